@@ -1,0 +1,313 @@
+//! One typed configuration, layered: built-in defaults < TOML file < `NEUROSHARD_*` environment
+//! variables < command-line flags. config/default.toml documents every key.
+
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::Rule;
+use crate::model::NeuroLlmConfig;
+use crate::model::config::PRESETS;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Wallet token (64 hex characters or a 12-word BIP39 mnemonic). Prefer `token_file` or
+    /// NEUROSHARD_TOKEN over writing it into a shared config file.
+    pub token: Option<String>,
+    /// File whose first line is the token.
+    pub token_file: Option<PathBuf>,
+    /// Address the HTTP API and dashboard bind to.
+    pub host: String,
+    pub port: u16,
+    /// Tracker URL used only to bootstrap peer discovery.
+    pub tracker: Option<String>,
+    /// Multiaddrs of peers to bootstrap from without a tracker.
+    pub seed_peers: Vec<String>,
+    /// Holds checkpoints (and the ledger). `~` is the home directory.
+    pub state_dir: PathBuf,
+    /// tracing filter, e.g. "info" or "neuroshard=debug".
+    pub log_level: String,
+    pub model: ModelSection,
+    pub training: TrainingSection,
+    pub diloco: DilocoSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// nano | micro | bootstrap
+    pub preset: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainingSection {
+    pub enabled: bool,
+    /// Text data: .txt / .jsonl files or directories. Empty: the built-in generated corpus.
+    pub data: Vec<PathBuf>,
+    pub batch_size: usize,
+    /// Peak learning rate of the inner AdamW.
+    pub lr: f64,
+    pub warmup_steps: u64,
+    /// Step at which the cosine decay reaches `lr * min_lr_ratio`.
+    pub total_steps: u64,
+    pub min_lr_ratio: f64,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub weight_decay: f32,
+    pub grad_clip: f32,
+    /// Fraction of the token stream held out for validation.
+    pub val_fraction: f64,
+    /// Held-out sequences per validation-loss estimate.
+    pub eval_sequences: usize,
+    /// Validation loss every N steps (and at the end of each round).
+    pub eval_every: u64,
+    /// Progress log line every N steps.
+    pub log_every: u64,
+    /// Checkpoint every N steps (and on shutdown).
+    pub checkpoint_every: u64,
+    /// Seed of the data order and of the initial model.
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DilocoSection {
+    /// H: inner steps between outer synchronisations.
+    pub inner_steps: u64,
+    pub outer_lr: f32,
+    pub outer_momentum: f32,
+    pub aggregation: Rule,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            token: None,
+            token_file: None,
+            host: "127.0.0.1".into(),
+            port: 8000,
+            tracker: None,
+            seed_peers: Vec::new(),
+            state_dir: PathBuf::from("~/.neuroshard"),
+            log_level: "info".into(),
+            model: ModelSection::default(),
+            training: TrainingSection::default(),
+            diloco: DilocoSection::default(),
+        }
+    }
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self { preset: "micro".into() }
+    }
+}
+
+impl Default for TrainingSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            data: Vec::new(),
+            batch_size: 8,
+            lr: 1e-3,
+            warmup_steps: 100,
+            total_steps: 100_000,
+            min_lr_ratio: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            weight_decay: 0.1,
+            grad_clip: 1.0,
+            val_fraction: 0.05,
+            eval_sequences: 64,
+            eval_every: 100,
+            log_every: 10,
+            checkpoint_every: 100,
+            seed: 0,
+        }
+    }
+}
+
+impl Default for DilocoSection {
+    fn default() -> Self {
+        Self { inner_steps: 500, outer_lr: 0.7, outer_momentum: 0.9, aggregation: Rule::Mean }
+    }
+}
+
+/// A configuration problem, naming where the bad value came from and which key it is.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: key `{key}`: {reason}")]
+pub struct ConfigError {
+    pub source_name: String,
+    pub key: String,
+    pub reason: String,
+}
+
+/// Values given on the command line; `None` leaves the lower layers' value.
+#[derive(Debug, Default, Clone)]
+pub struct CliOverrides {
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub tracker: Option<String>,
+    pub seed_peers: Option<Vec<String>>,
+    pub state_dir: Option<PathBuf>,
+    pub preset: Option<String>,
+    pub data: Option<Vec<PathBuf>>,
+    pub training: Option<bool>,
+    pub diloco_steps: Option<u64>,
+}
+
+impl CliOverrides {
+    fn into_figment(self, mut figment: Figment) -> Figment {
+        fn set<T: Serialize>(f: Figment, key: &str, value: Option<T>) -> Figment {
+            match value {
+                Some(v) => f.merge(Serialized::default(key, v)),
+                None => f,
+            }
+        }
+        figment = set(figment, "token", self.token);
+        figment = set(figment, "token_file", self.token_file);
+        figment = set(figment, "host", self.host);
+        figment = set(figment, "port", self.port);
+        figment = set(figment, "tracker", self.tracker);
+        figment = set(figment, "seed_peers", self.seed_peers);
+        figment = set(figment, "state_dir", self.state_dir);
+        figment = set(figment, "model.preset", self.preset);
+        figment = set(figment, "training.data", self.data);
+        figment = set(figment, "training.enabled", self.training);
+        set(figment, "diloco.inner_steps", self.diloco_steps)
+    }
+}
+
+fn describe(error: figment::Error) -> ConfigError {
+    let source_name = match (&error.metadata, error.metadata.as_ref().and_then(|m| m.source.as_ref())) {
+        (_, Some(source)) => source.to_string(),
+        (Some(meta), None) => meta.name.to_string(),
+        _ => "configuration".into(),
+    };
+    let key = if error.path.is_empty() { "-".into() } else { error.path.join(".") };
+    ConfigError { source_name, key, reason: error.kind.to_string() }
+}
+
+impl Config {
+    /// Defaults < `file` < NEUROSHARD_* environment < `cli`.
+    pub fn load(file: Option<&Path>, cli: CliOverrides) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError { source_name: path.display().to_string(), key: "-".into(), reason: "config file not found".into() });
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        // NEUROSHARD_FAULT_* are test fault switches, not configuration.
+        let env = Env::prefixed("NEUROSHARD_").split("__").filter(|key| !key.as_str().to_ascii_lowercase().starts_with("fault_"));
+        figment = cli.into_figment(figment.merge(env));
+        let config: Config = figment.extract().map_err(describe)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, reason: String| Err(ConfigError { source_name: "configuration".into(), key: key.into(), reason });
+        let t = &self.training;
+        if !PRESETS.contains(&self.model.preset.as_str()) {
+            return bad("model.preset", format!("unknown preset {:?} (expected one of {})", self.model.preset, PRESETS.join(", ")));
+        }
+        if t.batch_size == 0 || t.batch_size > 4096 {
+            return bad("training.batch_size", format!("{} is not in 1..=4096", t.batch_size));
+        }
+        if !(t.lr > 0.0 && t.lr < 1.0) {
+            return bad("training.lr", format!("{} is not in (0, 1)", t.lr));
+        }
+        if !(0.0..=1.0).contains(&t.min_lr_ratio) {
+            return bad("training.min_lr_ratio", format!("{} is not in [0, 1]", t.min_lr_ratio));
+        }
+        if !(t.val_fraction > 0.0 && t.val_fraction < 0.5) {
+            return bad("training.val_fraction", format!("{} is not in (0, 0.5)", t.val_fraction));
+        }
+        for (key, value) in [("training.eval_every", t.eval_every), ("training.log_every", t.log_every), ("training.checkpoint_every", t.checkpoint_every), ("diloco.inner_steps", self.diloco.inner_steps)] {
+            if value == 0 {
+                return bad(key, "must be at least 1".into());
+            }
+        }
+        if t.eval_sequences == 0 {
+            return bad("training.eval_sequences", "must be at least 1".into());
+        }
+        if !(self.diloco.outer_lr > 0.0) || !(0.0..1.0).contains(&self.diloco.outer_momentum) {
+            return bad("diloco.outer_lr", "outer_lr must be positive and outer_momentum in [0, 1)".into());
+        }
+        for path in &t.data {
+            if !path.exists() {
+                return bad("training.data", format!("data path {} does not exist", path.display()));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn model_config(&self) -> NeuroLlmConfig {
+        NeuroLlmConfig::preset(&self.model.preset).expect("validated preset")
+    }
+
+    /// `state_dir` with a leading `~` expanded.
+    pub fn state_dir(&self) -> PathBuf {
+        let raw = self.state_dir.to_string_lossy();
+        match (raw.strip_prefix("~"), std::env::var_os("HOME")) {
+            (Some(rest), Some(home)) => PathBuf::from(home).join(rest.trim_start_matches('/')),
+            _ => self.state_dir.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn layers_apply_in_order_defaults_file_env_cli() {
+        Jail::expect_with(|jail| {
+            jail.create_file("node.toml", "port = 9001\n[training]\nbatch_size = 4\nlr = 0.002\n[diloco]\ninner_steps = 50\n")?;
+            jail.set_env("NEUROSHARD_TRAINING__BATCH_SIZE", "16");
+            jail.set_env("NEUROSHARD_DILOCO__INNER_STEPS", "70");
+            jail.set_env("NEUROSHARD_FAULT_TRAINER_PANIC_AT_STEP", "3");
+            let cli = CliOverrides { diloco_steps: Some(20), ..Default::default() };
+            let c = Config::load(Some(Path::new("node.toml")), cli).unwrap();
+            assert_eq!(c.port, 9001, "file beats default");
+            assert_eq!(c.training.lr, 0.002, "file beats default");
+            assert_eq!(c.training.batch_size, 16, "env beats file");
+            assert_eq!(c.diloco.inner_steps, 20, "CLI beats env");
+            assert_eq!(c.training.warmup_steps, 100, "untouched keys keep their default");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_key() {
+        Jail::expect_with(|jail| {
+            jail.create_file("typo.toml", "[training]\nbatch_sise = 4\n")?;
+            let e = Config::load(Some(Path::new("typo.toml")), CliOverrides::default()).unwrap_err();
+            assert!(e.source_name.contains("typo.toml") && e.reason.contains("batch_sise"), "{e}");
+
+            jail.create_file("type.toml", "[training]\nbatch_size = \"many\"\n")?;
+            let e = Config::load(Some(Path::new("type.toml")), CliOverrides::default()).unwrap_err();
+            assert!(e.source_name.contains("type.toml") && e.key == "training.batch_size", "{e}");
+
+            jail.create_file("preset.toml", "[model]\npreset = \"giant\"\n")?;
+            let e = Config::load(Some(Path::new("preset.toml")), CliOverrides::default()).unwrap_err();
+            assert_eq!(e.key, "model.preset");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_documented_default_file_matches_the_built_in_defaults() {
+        let text = include_str!("../config/default.toml");
+        let from_file: Config = Figment::from(Toml::string(text)).extract().unwrap();
+        assert_eq!(from_file, Config::default());
+    }
+}

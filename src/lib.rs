@@ -1,0 +1,11 @@
+//! NeuroShard: a node daemon that trains NeuroLLM together with its peers using DiLoCo.
+//! See ARCHITECTURE.md for the map of the code.
+
+pub mod actors;
+pub mod aggregate;
+pub mod config;
+pub mod crypto;
+pub mod diloco;
+pub mod model;
+pub mod node;
+pub mod web;
