@@ -8,4 +8,5 @@ pub mod crypto;
 pub mod diloco;
 pub mod model;
 pub mod node;
+pub mod status;
 pub mod web;

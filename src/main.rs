@@ -1,1 +1,136 @@
-fn main() {}
+//! `neuroshard`: CLI → Config → node::run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{ArgAction, Parser, Subcommand};
+use neuroshard::config::{CliOverrides, Config};
+use neuroshard::crypto::{Identity, generate_token};
+use neuroshard::node::{self, NodeError};
+
+/// A node of the NeuroShard network: trains NeuroLLM with DiLoCo and serves it at http://localhost:8000.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// TOML config file (see config/default.toml for every key).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Wallet token: 64 hex characters or a 12-word BIP39 mnemonic (also NEUROSHARD_TOKEN).
+    #[arg(long)]
+    token: Option<String>,
+    /// File whose first line is the token.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Port of the REST API and dashboard.
+    #[arg(long)]
+    port: Option<u16>,
+    /// Address to bind the API to (default 127.0.0.1).
+    #[arg(long)]
+    host: Option<String>,
+    /// Tracker URL, used only to bootstrap peer discovery.
+    #[arg(long)]
+    tracker: Option<String>,
+    /// Comma-separated multiaddrs of peers to bootstrap from.
+    #[arg(long, value_delimiter = ',')]
+    seed_peers: Option<Vec<String>>,
+    /// Serve the API and the model without training.
+    #[arg(long, action = ArgAction::SetTrue, conflicts_with = "training")]
+    no_training: bool,
+    /// Train (the default; accepted for compatibility).
+    #[arg(long, action = ArgAction::SetTrue)]
+    training: bool,
+    /// H: inner steps between DiLoCo outer synchronisations.
+    #[arg(long)]
+    diloco_steps: Option<u64>,
+    /// Directory for checkpoints and the ledger (default ~/.neuroshard).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Model preset: nano | micro | bootstrap.
+    #[arg(long)]
+    preset: Option<String>,
+    /// Training data: .txt / .jsonl files or directories (repeatable). Default: built-in corpus.
+    #[arg(long)]
+    data: Vec<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a fresh random token and its node_id.
+    Keygen,
+    /// Print the node_id of a token.
+    Id {
+        #[arg(long, env = "NEUROSHARD_TOKEN")]
+        token: String,
+    },
+}
+
+impl Cli {
+    fn overrides(&self) -> CliOverrides {
+        CliOverrides {
+            token: self.token.clone(),
+            token_file: self.token_file.clone(),
+            host: self.host.clone(),
+            port: self.port,
+            tracker: self.tracker.clone(),
+            seed_peers: self.seed_peers.clone(),
+            state_dir: self.state_dir.clone(),
+            preset: self.preset.clone(),
+            data: (!self.data.is_empty()).then(|| self.data.clone()),
+            training: if self.no_training { Some(false) } else if self.training { Some(true) } else { None },
+            diloco_steps: self.diloco_steps,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match &cli.command {
+        Some(Command::Keygen) => {
+            let token = generate_token();
+            let id = Identity::from_token(&token).expect("generated tokens are valid");
+            println!("token:   {token}\nnode_id: {}", id.node_id);
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Id { token }) => {
+            return match Identity::from_token(token) {
+                Ok(id) => {
+                    println!("{}", id.node_id);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: token: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        None => {}
+    }
+    let config = match Config::load(cli.config.as_deref(), cli.overrides()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: config: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config.log_level);
+    let result = actix_rt::System::new().block_on(node::run(config));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(NodeError::Input(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+        Err(NodeError::Runtime(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(level)).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

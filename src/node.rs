@@ -1,1 +1,239 @@
+//! Builds the actor tree from a [`Config`], runs until SIGINT/SIGTERM, then shuts down in order:
+//! stop the trainer, write the final checkpoint, stop the HTTP server.
 
+use std::fs;
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use actix::prelude::*;
+use actix_web::web;
+use tracing::{error, info, warn};
+
+use crate::actors::aggregator::AggregatorActor;
+use crate::actors::http::HttpActor;
+use crate::actors::messages::{StopHttp, StopTraining, WriteCheckpoint};
+use crate::actors::supervisor::{SupervisorActor, TrainerRecipe};
+use crate::actors::sync::{CheckpointTarget, SyncActor};
+use crate::actors::trainer::{Cadence, PanicFault};
+use crate::config::Config;
+use crate::crypto::{Identity, generate_token};
+use crate::diloco::OuterOptimizer;
+use crate::model::backend::{CpuBackend, cpu_device, train_backend_name};
+use crate::model::checkpoint::{self, OuterState};
+use crate::model::corpus::builtin_corpus;
+use crate::model::data::{TokenDataset, load_documents};
+use crate::model::optim::{AdamWConfig, LrSchedule};
+use crate::model::params::{flatten, layout};
+use crate::model::training::TrainerOptions;
+use crate::status::{NodeStatus, StatusBoard, TrainerPhase};
+use crate::web::ApiState;
+
+/// Why the node could not start. `Input` errors (bad token, data, state dir, port) exit with 2.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{0}")]
+    Input(String),
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// Documents of the built-in corpus: ~1.3 MB of text, enough that the micro preset does not
+/// memorise it within a few rounds.
+const BUILTIN_DOCUMENTS: usize = 20_000;
+
+/// The token from config/flags/env, else from `token_file`, else the one kept in the state dir
+/// (created on first start), so `neuroshard` alone gives a stable identity.
+fn resolve_token(config: &Config, state_dir: &Path) -> Result<String, NodeError> {
+    if let Some(token) = &config.token {
+        return Ok(token.clone());
+    }
+    let read = |path: &Path| {
+        fs::read_to_string(path)
+            .map(|t| t.lines().next().unwrap_or("").trim().to_string())
+            .map_err(|e| NodeError::Input(format!("token file {}: {e}", path.display())))
+    };
+    if let Some(path) = &config.token_file {
+        return read(path);
+    }
+    let kept = state_dir.join("token");
+    if kept.exists() {
+        return read(&kept);
+    }
+    let token = generate_token();
+    write_private(&kept, &token).map_err(|e| NodeError::Input(format!("state dir {}: cannot write token: {e}", state_dir.display())))?;
+    info!(path = %kept.display(), "created a new wallet token; back it up, it is your identity");
+    Ok(token)
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(format!("{contents}\n").as_bytes())
+}
+
+fn prepare_state_dir(dir: &Path) -> Result<(), NodeError> {
+    let bad = |e: std::io::Error| NodeError::Input(format!("state dir {}: {e}", dir.display()));
+    fs::create_dir_all(dir).map_err(bad)?;
+    let probe = dir.join(".write-test");
+    fs::write(&probe, b"ok").map_err(bad)?;
+    fs::remove_file(&probe).map_err(bad)
+}
+
+fn dataset(config: &Config, seq_len: usize) -> Result<TokenDataset, NodeError> {
+    let t = &config.training;
+    let docs = if t.data.is_empty() {
+        builtin_corpus(BUILTIN_DOCUMENTS, t.seed)
+    } else {
+        load_documents(&t.data).map_err(|e| NodeError::Input(e.to_string()))?
+    };
+    TokenDataset::new(&docs, seq_len, t.val_fraction, t.seed).map_err(|e| NodeError::Input(e.to_string()))
+}
+
+/// Everything decided before the first actor starts: checked inputs, the model and the resume point.
+struct Prepared {
+    identity: Identity,
+    data: Option<Arc<TokenDataset>>,
+    outer: OuterState,
+    resume: Option<checkpoint::TrainerSnapshot>,
+    target: CheckpointTarget,
+    listener: TcpListener,
+}
+
+fn prepare(config: &Config) -> Result<Prepared, NodeError> {
+    let state_dir = config.state_dir();
+    prepare_state_dir(&state_dir)?;
+    let identity = Identity::from_token(&resolve_token(config, &state_dir)?).map_err(|e| NodeError::Input(format!("token: {e}")))?;
+    let model_config = config.model_config();
+    let data = if config.training.enabled { Some(Arc::new(dataset(config, model_config.max_seq_len)?)) } else { None };
+
+    let device = cpu_device();
+    <CpuBackend as burn::tensor::backend::Backend>::seed(&device, config.training.seed);
+    let initial = model_config.init::<CpuBackend>(&device);
+    let specs = Arc::new(layout(&initial));
+    let model_hash = model_config.hash_hex();
+    let target = CheckpointTarget { dir: state_dir.join("checkpoints"), model_hash: model_hash.clone(), layout: specs.clone(), lock: Arc::new(Mutex::new(())) };
+    let (outer, resume) = match checkpoint::load(&target.dir, &model_hash, &specs).map_err(|e| NodeError::Input(e.to_string()))? {
+        Some(ckpt) => {
+            info!(step = ckpt.trainer.counters.global_step, round = ckpt.outer.round, "resuming from checkpoint");
+            (ckpt.outer, Some(ckpt.trainer))
+        }
+        None => {
+            let theta0 = flatten(&initial);
+            let momentum = vec![0.0; theta0.len()];
+            (OuterState { round: 0, theta0, momentum }, None)
+        }
+    };
+    let address = format!("{}:{}", config.host, config.port);
+    let listener = TcpListener::bind(&address).map_err(|e| NodeError::Input(format!("port: cannot listen on {address}: {e}")))?;
+    Ok(Prepared { identity, data, outer, resume, target, listener })
+}
+
+fn trainer_recipe(config: &Config, data: Arc<TokenDataset>) -> TrainerRecipe {
+    let t = &config.training;
+    TrainerRecipe {
+        model: config.model_config(),
+        data,
+        options: TrainerOptions {
+            batch_size: t.batch_size,
+            schedule: LrSchedule { peak_lr: t.lr, warmup_steps: t.warmup_steps, total_steps: t.total_steps, min_lr_ratio: t.min_lr_ratio },
+            adamw: AdamWConfig { beta1: t.beta1, beta2: t.beta2, eps: 1e-8, weight_decay: t.weight_decay, grad_clip: t.grad_clip },
+            eval_sequences: t.eval_sequences,
+        },
+        cadence: Cadence { inner_steps: config.diloco.inner_steps, eval_every: t.eval_every, log_every: t.log_every, checkpoint_every: t.checkpoint_every },
+        fault: PanicFault { at_step: fault_switch("NEUROSHARD_FAULT_TRAINER_PANIC_AT_STEP"), fired: Default::default() },
+    }
+}
+
+/// A test fault switch (documented in README): a number in an environment variable.
+fn fault_switch(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    match value.parse() {
+        Ok(n) => {
+            warn!(%name, n, "test fault switch is on");
+            Some(n)
+        }
+        Err(_) => {
+            warn!(%name, %value, "ignoring a fault switch that is not a number");
+            None
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Runs a node until SIGINT/SIGTERM. Must be called inside an actix `System`.
+pub async fn run(config: Config) -> Result<(), NodeError> {
+    let prepared = prepare(&config)?;
+    let model_config = config.model_config();
+    let training = prepared.data.is_some();
+    info!(node_id = %prepared.identity.node_id, preset = %config.model.preset, params = model_config.num_params(), backend = train_backend_name(), "node starting");
+
+    let status = StatusBoard::new(NodeStatus {
+        node_id: prepared.identity.node_id.clone(),
+        role: if training { "trainer" } else { "observer" },
+        version: env!("CARGO_PKG_VERSION"),
+        preset: config.model.preset.clone(),
+        num_params: model_config.num_params(),
+        backend: train_backend_name(),
+        phase: if training { TrainerPhase::Starting } else { TrainerPhase::Disabled },
+        global_step: prepared.resume.as_ref().map_or(0, |r| r.counters.global_step),
+        loss: None,
+        val_loss: None,
+        initial_val_loss: None,
+        tokens_per_sec: 0.0,
+        tokens_seen: 0,
+        lr: 0.0,
+        trainer_restarts: 0,
+        last_crash: None,
+        inner_step: 0,
+        inner_steps_total: config.diloco.inner_steps,
+        outer_step_count: prepared.outer.round,
+        last_outer_reason: None,
+        checkpoints_written: 0,
+        last_checkpoint_step: None,
+        weights: None,
+        weights_version: 0,
+    });
+    status.publish_weights(Arc::new(prepared.resume.as_ref().map_or_else(|| prepared.outer.theta0.clone(), |r| r.params.clone())));
+
+    let aggregator = SyncArbiter::start(1, || AggregatorActor);
+    let optimizer = OuterOptimizer { lr: config.diloco.outer_lr, momentum: config.diloco.outer_momentum };
+    let sync = SyncActor::new(prepared.identity.node_id.clone(), prepared.outer, prepared.resume, optimizer, config.diloco.aggregation, aggregator, prepared.target, status.clone()).start();
+    let supervisor = prepared.data.map(|data| SupervisorActor::new(trainer_recipe(&config, data), sync.clone(), status.clone()).start());
+
+    let state = web::Data::new(ApiState::new(status.clone(), model_config, training));
+    let http = HttpActor::serve(prepared.listener, state).map_err(|e| NodeError::Runtime(format!("HTTP server: {e}")))?.start();
+    info!(address = %format!("http://{}:{}", config.host, config.port), "API and dashboard listening");
+
+    shutdown_signal().await;
+    info!("shutting down: stopping the trainer");
+    let snapshot = match &supervisor {
+        Some(s) => s.send(StopTraining).await.ok().flatten(),
+        None => None,
+    };
+    if training {
+        match sync.send(WriteCheckpoint(snapshot)).await {
+            Ok(Ok(path)) => info!(path = %path.display(), "final checkpoint written"),
+            Ok(Err(e)) => error!(error = %e, "final checkpoint failed"),
+            Err(e) => error!(error = %e, "sync actor gone; no final checkpoint"),
+        }
+    }
+    let _ = http.send(StopHttp).await;
+    info!("stopped");
+    Ok(())
+}

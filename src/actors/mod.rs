@@ -1,1 +1,9 @@
+//! The actor tree. Actors are thin owners of state; the logic they call lives in model/,
+//! diloco/ and aggregate/. Every message type is in messages.rs.
+
+pub mod aggregator;
+pub mod http;
 pub mod messages;
+pub mod supervisor;
+pub mod sync;
+pub mod trainer;

@@ -1,6 +1,8 @@
 //! One worker's inner training loop: forward, backward, clip, AdamW, on the flat parameter view.
 //! No actors or threads here: the TrainerActor owns a [`Trainer`] and drives it step by step.
 
+use std::sync::Arc;
+
 use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -37,7 +39,7 @@ pub struct Trainer {
     params: Vec<f32>,
     adam: AdamWState,
     decay: Vec<(usize, usize, bool)>,
-    data: TokenDataset,
+    data: Arc<TokenDataset>,
     options: TrainerOptions,
     pub counters: TrainerCounters,
 }
@@ -52,7 +54,7 @@ fn tensors<B: Backend>(batch: &Batch, device: &B::Device) -> (Tensor<B, 2, Int>,
 
 impl Trainer {
     /// A trainer resuming from `snapshot`, or starting fresh at `theta0` in round `round`.
-    pub fn new(model_config: &NeuroLlmConfig, data: TokenDataset, options: TrainerOptions, theta0: &[f32], round: u64, snapshot: Option<TrainerSnapshot>) -> Self {
+    pub fn new(model_config: &NeuroLlmConfig, data: Arc<TokenDataset>, options: TrainerOptions, theta0: &[f32], round: u64, snapshot: Option<TrainerSnapshot>) -> Self {
         let model = model_config.init::<TrainBackend>(&train_device());
         let decay = decay_ranges(&layout(&model));
         let snapshot = snapshot.unwrap_or_else(|| TrainerSnapshot {
@@ -138,7 +140,7 @@ mod tests {
             eval_sequences: 2,
         };
         let theta0 = flatten(&config.init::<CpuBackend>(&cpu_device()));
-        let mut trainer = Trainer::new(&config, data, options, &theta0, 0, None);
+        let mut trainer = Trainer::new(&config, Arc::new(data), options, &theta0, 0, None);
         // the same two sequences every step: rewind the cursor
         let first = trainer.step().loss;
         let mut last = first;

@@ -1,1 +1,6 @@
+//! The REST API and the status page (actix-web handlers). Handlers read the published
+//! [`StatusBoard`](crate::status::StatusBoard); none of them waits on the trainer.
 
+mod api;
+
+pub use api::{ApiState, configure};

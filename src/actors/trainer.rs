@@ -1,0 +1,197 @@
+//! TrainerActor: owns the burn model, the inner AdamW state and the data cursor, on its own thread
+//! (an Arbiter), so training never blocks the HTTP or P2P loops. It runs one inner step per
+//! `TrainStep` message and sends itself the next one through its mailbox, so `StartRound` and
+//! `StopTraining` are handled between steps.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use actix::prelude::*;
+use tracing::{error, info};
+
+use super::messages::{InnerRoundDone, SnapshotTaken, StartRound, StopTraining, TrainStep, TrainerCrashed};
+use super::sync::SyncActor;
+use crate::model::checkpoint::TrainerSnapshot;
+use crate::model::training::Trainer;
+use crate::status::{StatusBoard, TrainerPhase};
+
+/// When the trainer reports, evaluates and snapshots.
+#[derive(Debug, Clone, Copy)]
+pub struct Cadence {
+    pub inner_steps: u64,
+    pub eval_every: u64,
+    pub log_every: u64,
+    pub checkpoint_every: u64,
+}
+
+/// Test fault switch NEUROSHARD_FAULT_TRAINER_PANIC_AT_STEP=N: panic inside step N, once per
+/// process (`fired` is shared across restarts, or the restarted trainer would panic again).
+#[derive(Debug, Clone, Default)]
+pub struct PanicFault {
+    pub at_step: Option<u64>,
+    pub fired: Arc<AtomicBool>,
+}
+
+pub struct TrainerActor {
+    trainer: Trainer,
+    cadence: Cadence,
+    sync: Addr<SyncActor>,
+    supervisor: Recipient<TrainerCrashed>,
+    status: StatusBoard,
+    fault: PanicFault,
+    /// No step runs while the round's outer step is pending or after a stop.
+    idle: bool,
+    round_tokens: u64,
+    window: (Instant, u64),
+}
+
+impl TrainerActor {
+    pub fn new(trainer: Trainer, cadence: Cadence, sync: Addr<SyncActor>, supervisor: Recipient<TrainerCrashed>, status: StatusBoard, fault: PanicFault) -> Self {
+        Self { trainer, cadence, sync, supervisor, status, fault, idle: false, round_tokens: 0, window: (Instant::now(), 0) }
+    }
+
+    fn step_guarded(&mut self) -> Result<crate::model::training::StepReport, String> {
+        let next_step = self.trainer.counters.global_step + 1;
+        let fault = &self.fault;
+        let trainer = &mut self.trainer;
+        catch_unwind(AssertUnwindSafe(|| {
+            if fault.at_step == Some(next_step) && !fault.fired.swap(true, Ordering::SeqCst) {
+                panic!("injected fault: NEUROSHARD_FAULT_TRAINER_PANIC_AT_STEP={next_step}");
+            }
+            trainer.step()
+        }))
+        .map_err(|payload| {
+            payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "unknown panic".into())
+        })
+    }
+
+    fn publish_snapshot(&self) {
+        let snapshot = Arc::new(self.trainer.snapshot());
+        self.status.publish_weights(Arc::new(snapshot.params.clone()));
+        self.sync.do_send(SnapshotTaken(snapshot));
+    }
+}
+
+impl Actor for TrainerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let c = self.trainer.counters;
+        info!(step = c.global_step, round = c.round, inner_step = c.inner_step, "trainer started");
+        if c.initial_val_loss.is_none() {
+            let val = self.trainer.evaluate();
+            info!(val_loss = val, "initial validation loss");
+        }
+        let counters = self.trainer.counters;
+        self.status.update(|s| {
+            s.phase = TrainerPhase::Training;
+            s.global_step = counters.global_step;
+            s.inner_step = counters.inner_step;
+            s.val_loss = counters.val_loss;
+            s.initial_val_loss = counters.initial_val_loss;
+            s.loss = counters.loss;
+            s.tokens_seen = counters.tokens_seen;
+        });
+        ctx.address().do_send(TrainStep);
+    }
+}
+
+impl Handler<TrainStep> for TrainerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: TrainStep, ctx: &mut Self::Context) {
+        if self.idle {
+            return;
+        }
+        let report = match self.step_guarded() {
+            Ok(report) => report,
+            Err(reason) => {
+                let step = self.trainer.counters.global_step + 1;
+                error!(step, %reason, "training step panicked; asking the supervisor for a restart");
+                self.idle = true;
+                self.supervisor.do_send(TrainerCrashed { reason, step });
+                ctx.stop();
+                return;
+            }
+        };
+        self.round_tokens += report.tokens;
+        let c = self.trainer.counters;
+        let cadence = self.cadence;
+
+        self.window.1 += report.tokens;
+        let elapsed = self.window.0.elapsed().as_secs_f64();
+        let tokens_per_sec = self.window.1 as f64 / elapsed.max(1e-9);
+        if c.global_step % cadence.log_every == 0 {
+            info!(
+                step = c.global_step,
+                loss = format!("{:.4}", report.loss),
+                tokens_per_sec = format!("{tokens_per_sec:.0}"),
+                lr = format!("{:.2e}", report.lr),
+                grad_norm = format!("{:.3}", report.grad_norm),
+                steps_to_sync = cadence.inner_steps - c.inner_step,
+                "training"
+            );
+            self.window = (Instant::now(), 0);
+        }
+        let round_done = c.inner_step >= cadence.inner_steps;
+        if c.global_step % cadence.eval_every == 0 || round_done {
+            let val = self.trainer.evaluate();
+            info!(step = c.global_step, val_loss = format!("{val:.4}"), "validation");
+        }
+        let c = self.trainer.counters;
+        self.status.update(|s| {
+            s.global_step = c.global_step;
+            s.inner_step = c.inner_step;
+            s.loss = c.loss;
+            s.val_loss = c.val_loss;
+            s.initial_val_loss = c.initial_val_loss;
+            s.tokens_seen = c.tokens_seen;
+            s.lr = report.lr;
+            if elapsed > 0.5 || s.tokens_per_sec == 0.0 {
+                s.tokens_per_sec = tokens_per_sec;
+            }
+        });
+        if c.global_step % cadence.checkpoint_every == 0 && !round_done {
+            self.publish_snapshot();
+        }
+        if round_done {
+            self.idle = true;
+            self.status.update(|s| s.phase = TrainerPhase::Syncing);
+            let tokens = std::mem::take(&mut self.round_tokens);
+            self.sync.do_send(InnerRoundDone { round: c.round, theta_h: Arc::new(self.trainer.params().to_vec()), tokens });
+        } else {
+            ctx.address().do_send(TrainStep);
+        }
+    }
+}
+
+impl Handler<StartRound> for TrainerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: StartRound, ctx: &mut Self::Context) {
+        self.trainer.reset_to(&msg.theta0, msg.round);
+        self.status.update(|s| {
+            s.phase = TrainerPhase::Training;
+            s.inner_step = 0;
+        });
+        // Every round start is checkpointed: the on-disk state is never more than a round old.
+        self.publish_snapshot();
+        if self.idle {
+            self.idle = false;
+            ctx.address().do_send(TrainStep);
+        }
+    }
+}
+
+impl Handler<StopTraining> for TrainerActor {
+    type Result = Option<Arc<TrainerSnapshot>>;
+
+    fn handle(&mut self, _: StopTraining, ctx: &mut Self::Context) -> Self::Result {
+        self.idle = true;
+        self.status.update(|s| s.phase = TrainerPhase::Stopped);
+        ctx.stop();
+        Some(Arc::new(self.trainer.snapshot()))
+    }
+}

@@ -1,0 +1,83 @@
+//! The node's published read model: actors write their part, the HTTP layer only reads it.
+//! A snapshot, not a channel, so a slow API client can never hold up training.
+
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use serde::Serialize;
+
+/// What the trainer is doing right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainerPhase {
+    Starting,
+    Training,
+    /// Inner steps done; waiting for the outer step of the round.
+    Syncing,
+    Restarting,
+    Stopped,
+    Disabled,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    pub node_id: String,
+    pub role: &'static str,
+    pub version: &'static str,
+    pub preset: String,
+    pub num_params: usize,
+    pub backend: &'static str,
+    pub phase: TrainerPhase,
+    pub global_step: u64,
+    pub loss: Option<f32>,
+    pub val_loss: Option<f32>,
+    pub initial_val_loss: Option<f32>,
+    pub tokens_per_sec: f64,
+    pub tokens_seen: u64,
+    pub lr: f64,
+    pub trainer_restarts: u64,
+    pub last_crash: Option<String>,
+    pub inner_step: u64,
+    pub inner_steps_total: u64,
+    pub outer_step_count: u64,
+    pub last_outer_reason: Option<String>,
+    pub checkpoints_written: u64,
+    pub last_checkpoint_step: Option<u64>,
+    /// The parameters generation uses (the latest published model) and their version.
+    #[serde(skip)]
+    pub weights: Option<Arc<Vec<f32>>>,
+    pub weights_version: u64,
+}
+
+#[derive(Clone)]
+pub struct StatusBoard {
+    inner: Arc<RwLock<NodeStatus>>,
+    started: Instant,
+}
+
+impl StatusBoard {
+    pub fn new(status: NodeStatus) -> Self {
+        Self { inner: Arc::new(RwLock::new(status)), started: Instant::now() }
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut NodeStatus)) {
+        // A panic elsewhere while holding the lock must not take the API down with it.
+        let mut guard = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        f(&mut guard);
+    }
+
+    pub fn read(&self) -> NodeStatus {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn publish_weights(&self, weights: Arc<Vec<f32>>) {
+        self.update(|s| {
+            s.weights = Some(weights);
+            s.weights_version += 1;
+        });
+    }
+
+    pub fn uptime_s(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+}

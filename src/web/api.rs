@@ -1,0 +1,204 @@
+//! /api/health, /api/stats, /api/diloco, POST /generate_text and the plain status page at /.
+//! Every error is JSON {error, detail} with a 4xx (or 503) status.
+
+use std::sync::{Arc, Mutex};
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::model::backend::{CpuBackend, cpu_device};
+use crate::model::inference::{SamplingOptions, generate};
+use crate::model::params::unflatten;
+use crate::model::{NeuroLlm, NeuroLlmConfig};
+use crate::status::StatusBoard;
+
+/// Largest accepted JSON body; prompts are short.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+const MAX_PROMPT_BYTES: usize = 8 * 1024;
+const MAX_NEW_TOKENS: usize = 512;
+
+pub struct ApiState {
+    pub status: StatusBoard,
+    pub model: NeuroLlmConfig,
+    pub training_enabled: bool,
+    /// The CPU model generation uses, rebuilt when the published weights change.
+    inference: Mutex<Option<(u64, Arc<NeuroLlm<CpuBackend>>)>>,
+}
+
+impl ApiState {
+    pub fn new(status: StatusBoard, model: NeuroLlmConfig, training_enabled: bool) -> Self {
+        Self { status, model, training_enabled, inference: Mutex::new(None) }
+    }
+
+    fn current_model(&self) -> Option<Arc<NeuroLlm<CpuBackend>>> {
+        let status = self.status.read();
+        let weights = status.weights?;
+        let mut cache = self.inference.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((version, model)) = cache.as_ref() {
+            if *version == status.weights_version {
+                return Some(model.clone());
+            }
+        }
+        let model = Arc::new(unflatten(self.model.init::<CpuBackend>(&cpu_device()), &weights));
+        *cache = Some((status.weights_version, model.clone()));
+        Some(model)
+    }
+}
+
+/// An API error: rendered as {error, detail} with its status code.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}: {detail}")]
+pub struct ApiError {
+    status: StatusCode,
+    error: &'static str,
+    detail: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, error: &'static str, detail: impl Into<String>) -> Self {
+        Self { status, error, detail: detail.into() }
+    }
+    fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", detail)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status).json(json!({"error": self.error, "detail": self.detail}))
+    }
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    let json = web::JsonConfig::default()
+        .limit(MAX_BODY_BYTES)
+        .error_handler(|err, _| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", err.to_string()).into());
+    cfg.app_data(json)
+        .route("/", web::get().to(index))
+        .route("/api/health", web::get().to(health))
+        .route("/api/stats", web::get().to(stats))
+        .route("/api/diloco", web::get().to(diloco))
+        .route("/generate_text", web::post().to(generate_text))
+        .route("/api/generate_text", web::post().to(generate_text))
+        .default_service(web::to(not_found));
+}
+
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route for {} {}", req.method(), req.path())).error_response()
+}
+
+async fn health(state: web::Data<ApiState>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok", "uptime_s": state.status.uptime_s()}))
+}
+
+async fn stats(state: web::Data<ApiState>) -> HttpResponse {
+    let s = state.status.read();
+    HttpResponse::Ok().json(json!({
+        "node_id": s.node_id,
+        "role": s.role,
+        "version": s.version,
+        "uptime_s": state.status.uptime_s(),
+        "phase": s.phase,
+        "preset": s.preset,
+        "num_params": s.num_params,
+        "backend": s.backend,
+        "global_step": s.global_step,
+        "loss": s.loss,
+        "val_loss": s.val_loss,
+        "initial_val_loss": s.initial_val_loss,
+        "tokens_per_sec": s.tokens_per_sec,
+        "tokens_seen": s.tokens_seen,
+        "lr": s.lr,
+        "trainer_restarts": s.trainer_restarts,
+        "last_crash": s.last_crash,
+        "checkpoints_written": s.checkpoints_written,
+        "last_checkpoint_step": s.last_checkpoint_step,
+    }))
+}
+
+async fn diloco(state: web::Data<ApiState>) -> HttpResponse {
+    let s = state.status.read();
+    let progress = s.inner_step as f64 / s.inner_steps_total.max(1) as f64;
+    HttpResponse::Ok().json(json!({
+        "enabled": state.training_enabled,
+        "inner_step_count": s.inner_step,
+        "inner_steps_total": s.inner_steps_total,
+        "progress": progress,
+        "outer_step_count": s.outer_step_count,
+        "phase": s.phase,
+        "last_outer_step": s.last_outer_reason,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GenerateRequest {
+    prompt: String,
+    #[serde(default = "default_max_new_tokens")]
+    max_new_tokens: usize,
+    #[serde(default = "default_temperature")]
+    temperature: f32,
+    #[serde(default = "default_top_k")]
+    top_k: usize,
+    #[serde(default)]
+    seed: Option<u64>,
+}
+
+fn default_max_new_tokens() -> usize {
+    64
+}
+fn default_temperature() -> f32 {
+    0.8
+}
+fn default_top_k() -> usize {
+    40
+}
+
+impl GenerateRequest {
+    fn validate(&self) -> Result<(), ApiError> {
+        if self.prompt.len() > MAX_PROMPT_BYTES {
+            return Err(ApiError::bad_request(format!("prompt is {} bytes; the limit is {MAX_PROMPT_BYTES}", self.prompt.len())));
+        }
+        if !(1..=MAX_NEW_TOKENS).contains(&self.max_new_tokens) {
+            return Err(ApiError::bad_request(format!("max_new_tokens must be in 1..={MAX_NEW_TOKENS}")));
+        }
+        if !(self.temperature.is_finite() && (0.0..=5.0).contains(&self.temperature)) {
+            return Err(ApiError::bad_request("temperature must be in [0, 5]"));
+        }
+        Ok(())
+    }
+}
+
+async fn generate_text(state: web::Data<ApiState>, body: web::Json<GenerateRequest>) -> Result<HttpResponse, ApiError> {
+    let request = body.into_inner();
+    request.validate()?;
+    let model = state.current_model().ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model_not_ready", "the model has not been published yet; retry in a moment"))?;
+    let options = SamplingOptions {
+        max_new_tokens: request.max_new_tokens,
+        temperature: request.temperature,
+        top_k: request.top_k,
+        seed: request.seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)),
+    };
+    let prompt = request.prompt.clone();
+    let started = std::time::Instant::now();
+    let text = web::block(move || generate(&model, &prompt, &options, &cpu_device()))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "generation_failed", e.to_string()))?;
+    let weights_version = state.status.read().weights_version;
+    Ok(HttpResponse::Ok().json(json!({
+        "prompt": request.prompt,
+        "text": text,
+        "generated_tokens": text.len(),
+        "model_version": weights_version,
+        "elapsed_ms": started.elapsed().as_millis() as u64,
+    })))
+}
+
+async fn index() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(include_str!("index.html"))
+}
