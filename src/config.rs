@@ -103,7 +103,9 @@ impl Default for Config {
 
 impl Default for ModelSection {
     fn default() -> Self {
-        Self { preset: "micro".into() }
+        Self {
+            preset: "micro".into(),
+        }
     }
 }
 
@@ -133,7 +135,12 @@ impl Default for TrainingSection {
 
 impl Default for DilocoSection {
     fn default() -> Self {
-        Self { inner_steps: 500, outer_lr: 0.7, outer_momentum: 0.9, aggregation: Rule::Mean }
+        Self {
+            inner_steps: 500,
+            outer_lr: 0.7,
+            outer_momentum: 0.9,
+            aggregation: Rule::Mean,
+        }
     }
 }
 
@@ -185,13 +192,24 @@ impl CliOverrides {
 }
 
 fn describe(error: figment::Error) -> ConfigError {
-    let source_name = match (&error.metadata, error.metadata.as_ref().and_then(|m| m.source.as_ref())) {
+    let source_name = match (
+        &error.metadata,
+        error.metadata.as_ref().and_then(|m| m.source.as_ref()),
+    ) {
         (_, Some(source)) => source.to_string(),
         (Some(meta), None) => meta.name.to_string(),
         _ => "configuration".into(),
     };
-    let key = if error.path.is_empty() { "-".into() } else { error.path.join(".") };
-    ConfigError { source_name, key, reason: error.kind.to_string() }
+    let key = if error.path.is_empty() {
+        "-".into()
+    } else {
+        error.path.join(".")
+    };
+    ConfigError {
+        source_name,
+        key,
+        reason: error.kind.to_string(),
+    }
 }
 
 impl Config {
@@ -200,12 +218,18 @@ impl Config {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.is_file() {
-                return Err(ConfigError { source_name: path.display().to_string(), key: "-".into(), reason: "config file not found".into() });
+                return Err(ConfigError {
+                    source_name: path.display().to_string(),
+                    key: "-".into(),
+                    reason: "config file not found".into(),
+                });
             }
             figment = figment.merge(Toml::file_exact(path));
         }
         // NEUROSHARD_FAULT_* are test fault switches, not configuration.
-        let env = Env::prefixed("NEUROSHARD_").split("__").filter(|key| !key.as_str().to_ascii_lowercase().starts_with("fault_"));
+        let env = Env::prefixed("NEUROSHARD_")
+            .split("__")
+            .filter(|key| !key.as_str().to_ascii_lowercase().starts_with("fault_"));
         figment = cli.into_figment(figment.merge(env));
         let config: Config = figment.extract().map_err(describe)?;
         config.validate()?;
@@ -213,24 +237,51 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key: &str, reason: String| Err(ConfigError { source_name: "configuration".into(), key: key.into(), reason });
+        let bad = |key: &str, reason: String| {
+            Err(ConfigError {
+                source_name: "configuration".into(),
+                key: key.into(),
+                reason,
+            })
+        };
         let t = &self.training;
         if !PRESETS.contains(&self.model.preset.as_str()) {
-            return bad("model.preset", format!("unknown preset {:?} (expected one of {})", self.model.preset, PRESETS.join(", ")));
+            return bad(
+                "model.preset",
+                format!(
+                    "unknown preset {:?} (expected one of {})",
+                    self.model.preset,
+                    PRESETS.join(", ")
+                ),
+            );
         }
         if t.batch_size == 0 || t.batch_size > 4096 {
-            return bad("training.batch_size", format!("{} is not in 1..=4096", t.batch_size));
+            return bad(
+                "training.batch_size",
+                format!("{} is not in 1..=4096", t.batch_size),
+            );
         }
         if !(t.lr > 0.0 && t.lr < 1.0) {
             return bad("training.lr", format!("{} is not in (0, 1)", t.lr));
         }
         if !(0.0..=1.0).contains(&t.min_lr_ratio) {
-            return bad("training.min_lr_ratio", format!("{} is not in [0, 1]", t.min_lr_ratio));
+            return bad(
+                "training.min_lr_ratio",
+                format!("{} is not in [0, 1]", t.min_lr_ratio),
+            );
         }
         if !(t.val_fraction > 0.0 && t.val_fraction < 0.5) {
-            return bad("training.val_fraction", format!("{} is not in (0, 0.5)", t.val_fraction));
+            return bad(
+                "training.val_fraction",
+                format!("{} is not in (0, 0.5)", t.val_fraction),
+            );
         }
-        for (key, value) in [("training.eval_every", t.eval_every), ("training.log_every", t.log_every), ("training.checkpoint_every", t.checkpoint_every), ("diloco.inner_steps", self.diloco.inner_steps)] {
+        for (key, value) in [
+            ("training.eval_every", t.eval_every),
+            ("training.log_every", t.log_every),
+            ("training.checkpoint_every", t.checkpoint_every),
+            ("diloco.inner_steps", self.diloco.inner_steps),
+        ] {
             if value == 0 {
                 return bad(key, "must be at least 1".into());
             }
@@ -239,11 +290,17 @@ impl Config {
             return bad("training.eval_sequences", "must be at least 1".into());
         }
         if !(self.diloco.outer_lr > 0.0) || !(0.0..1.0).contains(&self.diloco.outer_momentum) {
-            return bad("diloco.outer_lr", "outer_lr must be positive and outer_momentum in [0, 1)".into());
+            return bad(
+                "diloco.outer_lr",
+                "outer_lr must be positive and outer_momentum in [0, 1)".into(),
+            );
         }
         for path in &t.data {
             if !path.exists() {
-                return bad("training.data", format!("data path {} does not exist", path.display()));
+                return bad(
+                    "training.data",
+                    format!("data path {} does not exist", path.display()),
+                );
             }
         }
         Ok(())
@@ -271,17 +328,26 @@ mod tests {
     #[test]
     fn layers_apply_in_order_defaults_file_env_cli() {
         Jail::expect_with(|jail| {
-            jail.create_file("node.toml", "port = 9001\n[training]\nbatch_size = 4\nlr = 0.002\n[diloco]\ninner_steps = 50\n")?;
+            jail.create_file(
+                "node.toml",
+                "port = 9001\n[training]\nbatch_size = 4\nlr = 0.002\n[diloco]\ninner_steps = 50\n",
+            )?;
             jail.set_env("NEUROSHARD_TRAINING__BATCH_SIZE", "16");
             jail.set_env("NEUROSHARD_DILOCO__INNER_STEPS", "70");
             jail.set_env("NEUROSHARD_FAULT_TRAINER_PANIC_AT_STEP", "3");
-            let cli = CliOverrides { diloco_steps: Some(20), ..Default::default() };
+            let cli = CliOverrides {
+                diloco_steps: Some(20),
+                ..Default::default()
+            };
             let c = Config::load(Some(Path::new("node.toml")), cli).unwrap();
             assert_eq!(c.port, 9001, "file beats default");
             assert_eq!(c.training.lr, 0.002, "file beats default");
             assert_eq!(c.training.batch_size, 16, "env beats file");
             assert_eq!(c.diloco.inner_steps, 20, "CLI beats env");
-            assert_eq!(c.training.warmup_steps, 100, "untouched keys keep their default");
+            assert_eq!(
+                c.training.warmup_steps, 100,
+                "untouched keys keep their default"
+            );
             Ok(())
         });
     }
@@ -290,15 +356,24 @@ mod tests {
     fn errors_name_the_file_and_the_key() {
         Jail::expect_with(|jail| {
             jail.create_file("typo.toml", "[training]\nbatch_sise = 4\n")?;
-            let e = Config::load(Some(Path::new("typo.toml")), CliOverrides::default()).unwrap_err();
-            assert!(e.source_name.contains("typo.toml") && e.reason.contains("batch_sise"), "{e}");
+            let e =
+                Config::load(Some(Path::new("typo.toml")), CliOverrides::default()).unwrap_err();
+            assert!(
+                e.source_name.contains("typo.toml") && e.reason.contains("batch_sise"),
+                "{e}"
+            );
 
             jail.create_file("type.toml", "[training]\nbatch_size = \"many\"\n")?;
-            let e = Config::load(Some(Path::new("type.toml")), CliOverrides::default()).unwrap_err();
-            assert!(e.source_name.contains("type.toml") && e.key == "training.batch_size", "{e}");
+            let e =
+                Config::load(Some(Path::new("type.toml")), CliOverrides::default()).unwrap_err();
+            assert!(
+                e.source_name.contains("type.toml") && e.key == "training.batch_size",
+                "{e}"
+            );
 
             jail.create_file("preset.toml", "[model]\npreset = \"giant\"\n")?;
-            let e = Config::load(Some(Path::new("preset.toml")), CliOverrides::default()).unwrap_err();
+            let e =
+                Config::load(Some(Path::new("preset.toml")), CliOverrides::default()).unwrap_err();
             assert_eq!(e.key, "model.preset");
             Ok(())
         });

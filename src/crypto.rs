@@ -23,7 +23,9 @@ pub struct Identity {
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity").field("node_id", &self.node_id).finish_non_exhaustive()
+        f.debug_struct("Identity")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -39,19 +41,28 @@ fn canonical_token(token: &str) -> Result<String, TokenError> {
     }
     let words = token.split_whitespace().count();
     if words == 12 {
-        let mnemonic = bip39::Mnemonic::parse_normalized(token).map_err(|e| TokenError::Malformed(format!("invalid mnemonic: {e}")))?;
+        let mnemonic = bip39::Mnemonic::parse_normalized(token)
+            .map_err(|e| TokenError::Malformed(format!("invalid mnemonic: {e}")))?;
         return Ok(hex::encode(&mnemonic.to_seed("")[..32]));
     }
-    Err(TokenError::Malformed(format!("got {} characters in {words} word(s)", token.len())))
+    Err(TokenError::Malformed(format!(
+        "got {} characters in {words} word(s)",
+        token.len()
+    )))
 }
 
 impl Identity {
     pub fn from_token(token: &str) -> Result<Self, TokenError> {
         let digest: [u8; 32] = Sha256::digest(canonical_token(token)?.as_bytes()).into();
-        let secret = SecretKey::from_secret_bytes(digest).map_err(|_| TokenError::Malformed("token hashes to an invalid key".into()))?;
+        let secret = SecretKey::from_secret_bytes(digest)
+            .map_err(|_| TokenError::Malformed("token hashes to an invalid key".into()))?;
         let public = secret.public_key();
         let node_id = hex::encode(Sha256::digest(public.serialize()))[..32].to_string();
-        Ok(Self { secret, public, node_id })
+        Ok(Self {
+            secret,
+            public,
+            node_id,
+        })
     }
 
     /// The 32-byte secret, e.g. to derive the libp2p identity from the same key.
@@ -77,21 +88,38 @@ mod tests {
         let id = Identity::from_token(KNOWN_HEX_TOKEN).unwrap();
         assert_eq!(id.node_id, KNOWN_HEX_NODE_ID);
         assert_eq!(hex::encode(id.public.serialize()), KNOWN_HEX_PUBKEY);
-        assert_eq!(Identity::from_token(&KNOWN_HEX_TOKEN.to_uppercase()).unwrap().node_id, KNOWN_HEX_NODE_ID);
+        assert_eq!(
+            Identity::from_token(&KNOWN_HEX_TOKEN.to_uppercase())
+                .unwrap()
+                .node_id,
+            KNOWN_HEX_NODE_ID
+        );
     }
 
     #[test]
     fn mnemonic_token_gives_the_known_node_id() {
-        assert_eq!(Identity::from_token(KNOWN_MNEMONIC).unwrap().node_id, KNOWN_MNEMONIC_NODE_ID);
+        assert_eq!(
+            Identity::from_token(KNOWN_MNEMONIC).unwrap().node_id,
+            KNOWN_MNEMONIC_NODE_ID
+        );
     }
 
     #[test]
     fn malformed_tokens_are_refused() {
         assert_eq!(Identity::from_token("  ").unwrap_err(), TokenError::Empty);
-        assert!(matches!(Identity::from_token("abc"), Err(TokenError::Malformed(_))));
-        assert!(matches!(Identity::from_token(&"zz".repeat(32)), Err(TokenError::Malformed(_))));
+        assert!(matches!(
+            Identity::from_token("abc"),
+            Err(TokenError::Malformed(_))
+        ));
+        assert!(matches!(
+            Identity::from_token(&"zz".repeat(32)),
+            Err(TokenError::Malformed(_))
+        ));
         let bad_words = "apple ".repeat(12);
-        assert!(matches!(Identity::from_token(&bad_words), Err(TokenError::Malformed(_))));
+        assert!(matches!(
+            Identity::from_token(&bad_words),
+            Err(TokenError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -101,8 +129,10 @@ mod tests {
         assert_eq!(Identity::from_token(&a).unwrap().node_id.len(), 32);
     }
 
-    const KNOWN_HEX_TOKEN: &str = "c7bcca42c5583383e4933fac637e10e9504b8e67346e87b1702e97fe0d1794ec";
-    const KNOWN_HEX_PUBKEY: &str = "02e88452a053542e3c1198d2bc7fa9bc8c63d82d6a15afc0a0907695070ac40d31";
+    const KNOWN_HEX_TOKEN: &str =
+        "c7bcca42c5583383e4933fac637e10e9504b8e67346e87b1702e97fe0d1794ec";
+    const KNOWN_HEX_PUBKEY: &str =
+        "02e88452a053542e3c1198d2bc7fa9bc8c63d82d6a15afc0a0907695070ac40d31";
     const KNOWN_HEX_NODE_ID: &str = "f99a98e479263f0a28a91c4809fe5910";
     const KNOWN_MNEMONIC: &str = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about";
     const KNOWN_MNEMONIC_NODE_ID: &str = "d72992fd962a53bbab62f8710b11e0f7";

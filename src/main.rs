@@ -78,7 +78,13 @@ impl Cli {
             state_dir: self.state_dir.clone(),
             preset: self.preset.clone(),
             data: (!self.data.is_empty()).then(|| self.data.clone()),
-            training: if self.no_training { Some(false) } else if self.training { Some(true) } else { None },
+            training: if self.no_training {
+                Some(false)
+            } else if self.training {
+                Some(true)
+            } else {
+                None
+            },
             diloco_steps: self.diloco_steps,
         }
     }
@@ -131,6 +137,11 @@ fn main() -> ExitCode {
 
 fn init_logging(level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(level)).unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }

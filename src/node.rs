@@ -42,26 +42,33 @@ pub enum NodeError {
 /// memorise it within a few rounds.
 const BUILTIN_DOCUMENTS: usize = 20_000;
 
-/// The token from config/flags/env, else from `token_file`, else the one kept in the state dir
-/// (created on first start), so `neuroshard` alone gives a stable identity.
-fn resolve_token(config: &Config, state_dir: &Path) -> Result<String, NodeError> {
+/// The token from config/flags/env or from `token_file`, if one was given.
+fn explicit_token(config: &Config) -> Result<Option<String>, NodeError> {
     if let Some(token) = &config.token {
-        return Ok(token.clone());
+        return Ok(Some(token.clone()));
     }
-    let read = |path: &Path| {
-        fs::read_to_string(path)
-            .map(|t| t.lines().next().unwrap_or("").trim().to_string())
-            .map_err(|e| NodeError::Input(format!("token file {}: {e}", path.display())))
-    };
-    if let Some(path) = &config.token_file {
-        return read(path);
-    }
+    config.token_file.as_deref().map(read_token).transpose()
+}
+
+fn read_token(path: &Path) -> Result<String, NodeError> {
+    fs::read_to_string(path)
+        .map(|t| t.lines().next().unwrap_or("").trim().to_string())
+        .map_err(|e| NodeError::Input(format!("token file {}: {e}", path.display())))
+}
+
+/// The token kept in the state dir, created on first start, so `neuroshard` alone has a stable identity.
+fn kept_token(state_dir: &Path) -> Result<String, NodeError> {
     let kept = state_dir.join("token");
     if kept.exists() {
-        return read(&kept);
+        return read_token(&kept);
     }
     let token = generate_token();
-    write_private(&kept, &token).map_err(|e| NodeError::Input(format!("state dir {}: cannot write token: {e}", state_dir.display())))?;
+    write_private(&kept, &token).map_err(|e| {
+        NodeError::Input(format!(
+            "state dir {}: cannot write token: {e}",
+            state_dir.display()
+        ))
+    })?;
     info!(path = %kept.display(), "created a new wallet token; back it up, it is your identity");
     Ok(token)
 }
@@ -72,7 +79,9 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)?.write_all(format!("{contents}\n").as_bytes())
+    options
+        .open(path)?
+        .write_all(format!("{contents}\n").as_bytes())
 }
 
 fn prepare_state_dir(dir: &Path) -> Result<(), NodeError> {
@@ -90,7 +99,8 @@ fn dataset(config: &Config, seq_len: usize) -> Result<TokenDataset, NodeError> {
     } else {
         load_documents(&t.data).map_err(|e| NodeError::Input(e.to_string()))?
     };
-    TokenDataset::new(&docs, seq_len, t.val_fraction, t.seed).map_err(|e| NodeError::Input(e.to_string()))
+    TokenDataset::new(&docs, seq_len, t.val_fraction, t.seed)
+        .map_err(|e| NodeError::Input(e.to_string()))
 }
 
 /// Everything decided before the first actor starts: checked inputs, the model and the resume point.
@@ -104,32 +114,70 @@ struct Prepared {
 }
 
 fn prepare(config: &Config) -> Result<Prepared, NodeError> {
+    // Check every input before the first write, so a bad one leaves nothing behind.
+    let to_identity = |token: String| {
+        Identity::from_token(&token).map_err(|e| NodeError::Input(format!("token: {e}")))
+    };
+    let explicit = explicit_token(config)?.map(to_identity).transpose()?;
+    let model_config = config.model_config();
+    let data = if config.training.enabled {
+        Some(Arc::new(dataset(config, model_config.max_seq_len)?))
+    } else {
+        None
+    };
     let state_dir = config.state_dir();
     prepare_state_dir(&state_dir)?;
-    let identity = Identity::from_token(&resolve_token(config, &state_dir)?).map_err(|e| NodeError::Input(format!("token: {e}")))?;
-    let model_config = config.model_config();
-    let data = if config.training.enabled { Some(Arc::new(dataset(config, model_config.max_seq_len)?)) } else { None };
+    let identity = match explicit {
+        Some(identity) => identity,
+        None => to_identity(kept_token(&state_dir)?)?,
+    };
 
     let device = cpu_device();
     <CpuBackend as burn::tensor::backend::Backend>::seed(&device, config.training.seed);
     let initial = model_config.init::<CpuBackend>(&device);
     let specs = Arc::new(layout(&initial));
     let model_hash = model_config.hash_hex();
-    let target = CheckpointTarget { dir: state_dir.join("checkpoints"), model_hash: model_hash.clone(), layout: specs.clone(), lock: Arc::new(Mutex::new(())) };
-    let (outer, resume) = match checkpoint::load(&target.dir, &model_hash, &specs).map_err(|e| NodeError::Input(e.to_string()))? {
+    let target = CheckpointTarget {
+        dir: state_dir.join("checkpoints"),
+        model_hash: model_hash.clone(),
+        layout: specs.clone(),
+        lock: Arc::new(Mutex::new(())),
+    };
+    let (outer, resume) = match checkpoint::load(&target.dir, &model_hash, &specs)
+        .map_err(|e| NodeError::Input(e.to_string()))?
+    {
         Some(ckpt) => {
-            info!(step = ckpt.trainer.counters.global_step, round = ckpt.outer.round, "resuming from checkpoint");
+            info!(
+                step = ckpt.trainer.counters.global_step,
+                round = ckpt.outer.round,
+                "resuming from checkpoint"
+            );
             (ckpt.outer, Some(ckpt.trainer))
         }
         None => {
             let theta0 = flatten(&initial);
             let momentum = vec![0.0; theta0.len()];
-            (OuterState { round: 0, theta0, momentum }, None)
+            (
+                OuterState {
+                    round: 0,
+                    theta0,
+                    momentum,
+                },
+                None,
+            )
         }
     };
     let address = format!("{}:{}", config.host, config.port);
-    let listener = TcpListener::bind(&address).map_err(|e| NodeError::Input(format!("port: cannot listen on {address}: {e}")))?;
-    Ok(Prepared { identity, data, outer, resume, target, listener })
+    let listener = TcpListener::bind(&address)
+        .map_err(|e| NodeError::Input(format!("port: cannot listen on {address}: {e}")))?;
+    Ok(Prepared {
+        identity,
+        data,
+        outer,
+        resume,
+        target,
+        listener,
+    })
 }
 
 fn trainer_recipe(config: &Config, data: Arc<TokenDataset>) -> TrainerRecipe {
@@ -139,12 +187,31 @@ fn trainer_recipe(config: &Config, data: Arc<TokenDataset>) -> TrainerRecipe {
         data,
         options: TrainerOptions {
             batch_size: t.batch_size,
-            schedule: LrSchedule { peak_lr: t.lr, warmup_steps: t.warmup_steps, total_steps: t.total_steps, min_lr_ratio: t.min_lr_ratio },
-            adamw: AdamWConfig { beta1: t.beta1, beta2: t.beta2, eps: 1e-8, weight_decay: t.weight_decay, grad_clip: t.grad_clip },
+            schedule: LrSchedule {
+                peak_lr: t.lr,
+                warmup_steps: t.warmup_steps,
+                total_steps: t.total_steps,
+                min_lr_ratio: t.min_lr_ratio,
+            },
+            adamw: AdamWConfig {
+                beta1: t.beta1,
+                beta2: t.beta2,
+                eps: 1e-8,
+                weight_decay: t.weight_decay,
+                grad_clip: t.grad_clip,
+            },
             eval_sequences: t.eval_sequences,
         },
-        cadence: Cadence { inner_steps: config.diloco.inner_steps, eval_every: t.eval_every, log_every: t.log_every, checkpoint_every: t.checkpoint_every },
-        fault: PanicFault { at_step: fault_switch("NEUROSHARD_FAULT_TRAINER_PANIC_AT_STEP"), fired: Default::default() },
+        cadence: Cadence {
+            inner_steps: config.diloco.inner_steps,
+            eval_every: t.eval_every,
+            log_every: t.log_every,
+            checkpoint_every: t.checkpoint_every,
+        },
+        fault: PanicFault {
+            at_step: fault_switch("NEUROSHARD_FAULT_TRAINER_PANIC_AT_STEP"),
+            fired: Default::default(),
+        },
     }
 }
 
@@ -166,7 +233,8 @@ fn fault_switch(name: &str) -> Option<u64> {
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -190,8 +258,15 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         preset: config.model.preset.clone(),
         num_params: model_config.num_params(),
         backend: train_backend_name(),
-        phase: if training { TrainerPhase::Starting } else { TrainerPhase::Disabled },
-        global_step: prepared.resume.as_ref().map_or(0, |r| r.counters.global_step),
+        phase: if training {
+            TrainerPhase::Starting
+        } else {
+            TrainerPhase::Disabled
+        },
+        global_step: prepared
+            .resume
+            .as_ref()
+            .map_or(0, |r| r.counters.global_step),
         loss: None,
         val_loss: None,
         initial_val_loss: None,
@@ -209,15 +284,37 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         weights: None,
         weights_version: 0,
     });
-    status.publish_weights(Arc::new(prepared.resume.as_ref().map_or_else(|| prepared.outer.theta0.clone(), |r| r.params.clone())));
+    status.publish_weights(Arc::new(
+        prepared
+            .resume
+            .as_ref()
+            .map_or_else(|| prepared.outer.theta0.clone(), |r| r.params.clone()),
+    ));
 
     let aggregator = SyncArbiter::start(1, || AggregatorActor);
-    let optimizer = OuterOptimizer { lr: config.diloco.outer_lr, momentum: config.diloco.outer_momentum };
-    let sync = SyncActor::new(prepared.identity.node_id.clone(), prepared.outer, prepared.resume, optimizer, config.diloco.aggregation, aggregator, prepared.target, status.clone()).start();
-    let supervisor = prepared.data.map(|data| SupervisorActor::new(trainer_recipe(&config, data), sync.clone(), status.clone()).start());
+    let optimizer = OuterOptimizer {
+        lr: config.diloco.outer_lr,
+        momentum: config.diloco.outer_momentum,
+    };
+    let sync = SyncActor::new(
+        prepared.identity.node_id.clone(),
+        prepared.outer,
+        prepared.resume,
+        optimizer,
+        config.diloco.aggregation,
+        aggregator,
+        prepared.target,
+        status.clone(),
+    )
+    .start();
+    let supervisor = prepared.data.map(|data| {
+        SupervisorActor::new(trainer_recipe(&config, data), sync.clone(), status.clone()).start()
+    });
 
     let state = web::Data::new(ApiState::new(status.clone(), model_config, training));
-    let http = HttpActor::serve(prepared.listener, state).map_err(|e| NodeError::Runtime(format!("HTTP server: {e}")))?.start();
+    let http = HttpActor::serve(prepared.listener, state)
+        .map_err(|e| NodeError::Runtime(format!("HTTP server: {e}")))?
+        .start();
     info!(address = %format!("http://{}:{}", config.host, config.port), "API and dashboard listening");
 
     shutdown_signal().await;

@@ -57,7 +57,10 @@ pub struct StatusBoard {
 
 impl StatusBoard {
     pub fn new(status: NodeStatus) -> Self {
-        Self { inner: Arc::new(RwLock::new(status)), started: Instant::now() }
+        Self {
+            inner: Arc::new(RwLock::new(status)),
+            started: Instant::now(),
+        }
     }
 
     pub fn update(&self, f: impl FnOnce(&mut NodeStatus)) {

@@ -16,11 +16,12 @@ pub struct HttpActor {
 impl HttpActor {
     /// Starts serving on `listener` (already bound, so a port conflict is reported before start-up).
     pub fn serve(listener: TcpListener, state: web::Data<ApiState>) -> std::io::Result<Self> {
-        let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(configure))
-            .workers(2)
-            .disable_signals() // the node owns shutdown: checkpoint first, then stop the server
-            .listen(listener)?
-            .run();
+        let server =
+            HttpServer::new(move || App::new().app_data(state.clone()).configure(configure))
+                .workers(2)
+                .disable_signals() // the node owns shutdown: checkpoint first, then stop the server
+                .listen(listener)?
+                .run();
         let handle = server.handle();
         actix::spawn(async move {
             if let Err(e) = server.await {

@@ -39,16 +39,28 @@ pub struct SupervisorActor {
 
 impl SupervisorActor {
     pub fn new(recipe: TrainerRecipe, sync: Addr<SyncActor>, status: StatusBoard) -> Self {
-        Self { recipe, sync, status, arbiter: Arbiter::new(), trainer: None, restarts: 0, stopping: false }
+        Self {
+            recipe,
+            sync,
+            status,
+            arbiter: Arbiter::new(),
+            trainer: None,
+            restarts: 0,
+            stopping: false,
+        }
     }
 
     /// Asks the SyncActor what to resume from, then starts a trainer on the trainer thread.
     fn start_trainer(&mut self, ctx: &mut Context<Self>) {
-        let fut = self.sync.send(GetResumeState).into_actor(self).map(|resume, act, ctx| match resume {
-            Ok(resume) if !act.stopping => act.spawn_trainer(resume, ctx),
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "sync actor unavailable; trainer not started"),
-        });
+        let fut = self
+            .sync
+            .send(GetResumeState)
+            .into_actor(self)
+            .map(|resume, act, ctx| match resume {
+                Ok(resume) if !act.stopping => act.spawn_trainer(resume, ctx),
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "sync actor unavailable; trainer not started"),
+            });
         ctx.wait(fut);
     }
 
@@ -58,8 +70,22 @@ impl SupervisorActor {
         let supervisor = ctx.address().recipient();
         let snapshot: Option<TrainerSnapshot> = resume.snapshot;
         let addr = TrainerActor::start_in_arbiter(&self.arbiter.handle(), move |_| {
-            let trainer = Trainer::new(&recipe.model, recipe.data, recipe.options, &resume.theta0, resume.round, snapshot);
-            TrainerActor::new(trainer, recipe.cadence, sync, supervisor, status, recipe.fault)
+            let trainer = Trainer::new(
+                &recipe.model,
+                recipe.data,
+                recipe.options,
+                &resume.theta0,
+                resume.round,
+                snapshot,
+            );
+            TrainerActor::new(
+                trainer,
+                recipe.cadence,
+                sync,
+                supervisor,
+                status,
+                recipe.fault,
+            )
         });
         self.sync.do_send(RegisterTrainer(addr.clone().recipient()));
         self.trainer = Some(addr);

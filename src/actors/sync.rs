@@ -10,7 +10,10 @@ use actix::prelude::*;
 use tracing::{error, info, warn};
 
 use super::aggregator::AggregatorActor;
-use super::messages::{AggregateRound, GetResumeState, InnerRoundDone, RegisterTrainer, ResumeState, SnapshotTaken, StartRound, WriteCheckpoint};
+use super::messages::{
+    AggregateRound, GetResumeState, InnerRoundDone, RegisterTrainer, ResumeState, SnapshotTaken,
+    StartRound, WriteCheckpoint,
+};
 use crate::aggregate::{Contribution, Rule};
 use crate::diloco::{OuterOptimizer, pseudo_gradient};
 use crate::model::checkpoint::{self, Checkpoint, OuterState, TrainerSnapshot};
@@ -30,7 +33,8 @@ pub struct CheckpointTarget {
 impl CheckpointTarget {
     fn write(&self, checkpoint: &Checkpoint) -> Result<PathBuf, String> {
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        checkpoint::save(&self.dir, &self.model_hash, &self.layout, checkpoint).map_err(|e| e.to_string())
+        checkpoint::save(&self.dir, &self.model_hash, &self.layout, checkpoint)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -50,9 +54,30 @@ pub struct SyncActor {
 
 impl SyncActor {
     /// `resume` is the trainer state of the checkpoint the node started from, if any.
-    pub fn new(node_id: String, outer: OuterState, resume: Option<TrainerSnapshot>, optimizer: OuterOptimizer, rule: Rule, aggregator: Addr<AggregatorActor>, checkpoints: CheckpointTarget, status: StatusBoard) -> Self {
+    pub fn new(
+        node_id: String,
+        outer: OuterState,
+        resume: Option<TrainerSnapshot>,
+        optimizer: OuterOptimizer,
+        rule: Rule,
+        aggregator: Addr<AggregatorActor>,
+        checkpoints: CheckpointTarget,
+        status: StatusBoard,
+    ) -> Self {
         let last_snapshot = resume.map(Arc::new);
-        Self { node_id, round: outer.round, theta0: Arc::new(outer.theta0), momentum: outer.momentum, optimizer, rule, aggregator, trainer: None, last_snapshot, checkpoints, status }
+        Self {
+            node_id,
+            round: outer.round,
+            theta0: Arc::new(outer.theta0),
+            momentum: outer.momentum,
+            optimizer,
+            rule,
+            aggregator,
+            trainer: None,
+            last_snapshot,
+            checkpoints,
+            status,
+        }
     }
 
     /// The trainer state to checkpoint or resume from, consistent with the current round: a
@@ -71,7 +96,11 @@ impl SyncActor {
     fn checkpoint_of(&self, snapshot: &TrainerSnapshot) -> Checkpoint {
         Checkpoint {
             trainer: self.consistent(snapshot),
-            outer: OuterState { round: self.round, theta0: self.theta0.to_vec(), momentum: self.momentum.clone() },
+            outer: OuterState {
+                round: self.round,
+                theta0: self.theta0.to_vec(),
+                momentum: self.momentum.clone(),
+            },
         }
     }
 }
@@ -93,11 +122,23 @@ impl Handler<InnerRoundDone> for SyncActor {
     fn handle(&mut self, msg: InnerRoundDone, _: &mut Self::Context) -> Self::Result {
         let round = self.round;
         if msg.round != round {
-            warn!(reported = msg.round, current = round, "ignoring θ_H of another round");
+            warn!(
+                reported = msg.round,
+                current = round,
+                "ignoring θ_H of another round"
+            );
             return Box::pin(fut::ready(()));
         }
-        let own = Contribution { node_id: self.node_id.clone(), delta: pseudo_gradient(&self.theta0, &msg.theta_h), tokens: msg.tokens };
-        let request = AggregateRound { round, rule: self.rule, contributions: vec![own] };
+        let own = Contribution {
+            node_id: self.node_id.clone(),
+            delta: pseudo_gradient(&self.theta0, &msg.theta_h),
+            tokens: msg.tokens,
+        };
+        let request = AggregateRound {
+            round,
+            rule: self.rule,
+            contributions: vec![own],
+        };
         Box::pin(self.aggregator.send(request).into_actor(self).map(move |result, act, _| {
             let aggregate = match result {
                 Ok(Ok(aggregate)) => aggregate,
@@ -152,7 +193,11 @@ impl Handler<GetResumeState> for SyncActor {
 
     fn handle(&mut self, _: GetResumeState, _: &mut Self::Context) -> Self::Result {
         let snapshot = self.last_snapshot.as_ref().map(|s| self.consistent(s));
-        MessageResult(ResumeState { snapshot, round: self.round, theta0: self.theta0.clone() })
+        MessageResult(ResumeState {
+            snapshot,
+            round: self.round,
+            theta0: self.theta0.clone(),
+        })
     }
 }
 
@@ -165,6 +210,10 @@ impl Handler<WriteCheckpoint> for SyncActor {
         };
         let checkpoint = self.checkpoint_of(&snapshot);
         let target = self.checkpoints.clone();
-        Box::pin(async move { tokio::task::spawn_blocking(move || target.write(&checkpoint)).await.map_err(|e| e.to_string())? })
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || target.write(&checkpoint))
+                .await
+                .map_err(|e| e.to_string())?
+        })
     }
 }

@@ -11,7 +11,9 @@ use std::time::Instant;
 use actix::prelude::*;
 use tracing::{error, info};
 
-use super::messages::{InnerRoundDone, SnapshotTaken, StartRound, StopTraining, TrainStep, TrainerCrashed};
+use super::messages::{
+    InnerRoundDone, SnapshotTaken, StartRound, StopTraining, TrainStep, TrainerCrashed,
+};
 use super::sync::SyncActor;
 use crate::model::checkpoint::TrainerSnapshot;
 use crate::model::training::Trainer;
@@ -48,8 +50,25 @@ pub struct TrainerActor {
 }
 
 impl TrainerActor {
-    pub fn new(trainer: Trainer, cadence: Cadence, sync: Addr<SyncActor>, supervisor: Recipient<TrainerCrashed>, status: StatusBoard, fault: PanicFault) -> Self {
-        Self { trainer, cadence, sync, supervisor, status, fault, idle: false, round_tokens: 0, window: (Instant::now(), 0) }
+    pub fn new(
+        trainer: Trainer,
+        cadence: Cadence,
+        sync: Addr<SyncActor>,
+        supervisor: Recipient<TrainerCrashed>,
+        status: StatusBoard,
+        fault: PanicFault,
+    ) -> Self {
+        Self {
+            trainer,
+            cadence,
+            sync,
+            supervisor,
+            status,
+            fault,
+            idle: false,
+            round_tokens: 0,
+            window: (Instant::now(), 0),
+        }
     }
 
     fn step_guarded(&mut self) -> Result<crate::model::training::StepReport, String> {
@@ -63,13 +82,18 @@ impl TrainerActor {
             trainer.step()
         }))
         .map_err(|payload| {
-            payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "unknown panic".into())
+            payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into())
         })
     }
 
     fn publish_snapshot(&self) {
         let snapshot = Arc::new(self.trainer.snapshot());
-        self.status.publish_weights(Arc::new(snapshot.params.clone()));
+        self.status
+            .publish_weights(Arc::new(snapshot.params.clone()));
         self.sync.do_send(SnapshotTaken(snapshot));
     }
 }
@@ -79,7 +103,12 @@ impl Actor for TrainerActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let c = self.trainer.counters;
-        info!(step = c.global_step, round = c.round, inner_step = c.inner_step, "trainer started");
+        info!(
+            step = c.global_step,
+            round = c.round,
+            inner_step = c.inner_step,
+            "trainer started"
+        );
         if c.initial_val_loss.is_none() {
             let val = self.trainer.evaluate();
             info!(val_loss = val, "initial validation loss");
@@ -138,7 +167,11 @@ impl Handler<TrainStep> for TrainerActor {
         let round_done = c.inner_step >= cadence.inner_steps;
         if c.global_step % cadence.eval_every == 0 || round_done {
             let val = self.trainer.evaluate();
-            info!(step = c.global_step, val_loss = format!("{val:.4}"), "validation");
+            info!(
+                step = c.global_step,
+                val_loss = format!("{val:.4}"),
+                "validation"
+            );
         }
         let c = self.trainer.counters;
         self.status.update(|s| {
@@ -160,7 +193,11 @@ impl Handler<TrainStep> for TrainerActor {
             self.idle = true;
             self.status.update(|s| s.phase = TrainerPhase::Syncing);
             let tokens = std::mem::take(&mut self.round_tokens);
-            self.sync.do_send(InnerRoundDone { round: c.round, theta_h: Arc::new(self.trainer.params().to_vec()), tokens });
+            self.sync.do_send(InnerRoundDone {
+                round: c.round,
+                theta_h: Arc::new(self.trainer.params().to_vec()),
+                tokens,
+            });
         } else {
             ctx.address().do_send(TrainStep);
         }

@@ -49,17 +49,29 @@ pub enum AggregateError {
     #[error("no contributions to aggregate")]
     Empty,
     #[error("contribution of {node_id} has {found} values, expected {expected}")]
-    LengthMismatch { node_id: String, found: usize, expected: usize },
+    LengthMismatch {
+        node_id: String,
+        found: usize,
+        expected: usize,
+    },
     #[error("contribution of {0} holds a non-finite value")]
     NonFinite(String),
 }
 
 /// Checks that every contribution has the same length and only finite values.
 fn validate(contributions: &[Contribution]) -> Result<usize, AggregateError> {
-    let expected = contributions.first().ok_or(AggregateError::Empty)?.delta.len();
+    let expected = contributions
+        .first()
+        .ok_or(AggregateError::Empty)?
+        .delta
+        .len();
     for c in contributions {
         if c.delta.len() != expected {
-            return Err(AggregateError::LengthMismatch { node_id: c.node_id.clone(), found: c.delta.len(), expected });
+            return Err(AggregateError::LengthMismatch {
+                node_id: c.node_id.clone(),
+                found: c.delta.len(),
+                expected,
+            });
         }
         if c.delta.iter().any(|x| !x.is_finite()) {
             return Err(AggregateError::NonFinite(c.node_id.clone()));

@@ -20,7 +20,10 @@ pub struct OuterOptimizer {
 
 impl Default for OuterOptimizer {
     fn default() -> Self {
-        Self { lr: 0.7, momentum: 0.9 }
+        Self {
+            lr: 0.7,
+            momentum: 0.9,
+        }
     }
 }
 
@@ -28,12 +31,18 @@ impl OuterOptimizer {
     /// One outer step in place, PyTorch's SGD(nesterov=True) form:
     /// b ← μ·b + Δ;  θ₀ ← θ₀ − lr·(Δ + μ·b).
     pub fn step(&self, theta0: &mut [f32], momentum_buf: &mut [f32], delta: &[f32]) {
-        assert!(theta0.len() == delta.len() && momentum_buf.len() == delta.len(), "outer step on vectors of different lengths");
+        assert!(
+            theta0.len() == delta.len() && momentum_buf.len() == delta.len(),
+            "outer step on vectors of different lengths"
+        );
         let (lr, mu) = (self.lr, self.momentum);
-        (theta0, momentum_buf, delta).into_par_iter().with_min_len(4096).for_each(|(theta, buf, &d)| {
-            *buf = mu * *buf + d;
-            *theta -= lr * (d + mu * *buf);
-        });
+        (theta0, momentum_buf, delta)
+            .into_par_iter()
+            .with_min_len(4096)
+            .for_each(|(theta, buf, &d)| {
+                *buf = mu * *buf + d;
+                *theta -= lr * (d + mu * *buf);
+            });
     }
 }
 
@@ -52,7 +61,10 @@ mod tests {
         let (mut theta, mut buf) = (vec![1.0f32, -2.0], vec![0.0f32, 0.0]);
         // step 1, Δ = (0.5, -1): b = (0.5, -1); θ = 1 − 0.7·(0.5 + 0.45) = 0.335, −2 − 0.7·(−1 − 0.9) = −0.67
         opt.step(&mut theta, &mut buf, &[0.5, -1.0]);
-        assert!((theta[0] - 0.335).abs() < 1e-6 && (theta[1] + 0.67).abs() < 1e-6, "{theta:?}");
+        assert!(
+            (theta[0] - 0.335).abs() < 1e-6 && (theta[1] + 0.67).abs() < 1e-6,
+            "{theta:?}"
+        );
         assert!((buf[0] - 0.5).abs() < 1e-6 && (buf[1] + 1.0).abs() < 1e-6);
         // step 2, same Δ: b = 0.9·0.5 + 0.5 = 0.95; θ = 0.335 − 0.7·(0.5 + 0.855) = −0.6135
         opt.step(&mut theta, &mut buf, &[0.5, -1.0]);
@@ -62,10 +74,17 @@ mod tests {
 
     #[test]
     fn lr_one_without_momentum_moves_theta0_to_theta_h() {
-        let opt = OuterOptimizer { lr: 1.0, momentum: 0.0 };
+        let opt = OuterOptimizer {
+            lr: 1.0,
+            momentum: 0.0,
+        };
         let (theta0, theta_h) = (vec![1.0f32, 2.0, 3.0], vec![0.0f32, 2.5, -1.0]);
         let mut theta = theta0.clone();
-        opt.step(&mut theta, &mut vec![0.0; 3], &pseudo_gradient(&theta0, &theta_h));
+        opt.step(
+            &mut theta,
+            &mut vec![0.0; 3],
+            &pseudo_gradient(&theta0, &theta_h),
+        );
         assert_eq!(theta, theta_h);
     }
 }

@@ -23,5 +23,9 @@ pub fn train_device() -> burn::tensor::ops::Device<TrainInnerBackend> {
 
 /// Human-readable name of the training backend, for /api/stats and logs.
 pub fn train_backend_name() -> &'static str {
-    if cfg!(feature = "cuda") { "cuda" } else { "flex-cpu" }
+    if cfg!(feature = "cuda") {
+        "cuda"
+    } else {
+        "flex-cpu"
+    }
 }

@@ -58,7 +58,11 @@ pub enum CheckpointError {
     #[error("checkpoint {path}: {reason}")]
     Io { path: PathBuf, reason: String },
     #[error("checkpoint {path} is for another model (hash {found}, this node trains {expected})")]
-    OtherModel { path: PathBuf, found: String, expected: String },
+    OtherModel {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
     #[error("checkpoint {path} is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
 }
@@ -76,22 +80,52 @@ fn view<'a>(values: &'a [f32], shape: Vec<usize>) -> TensorView<'a> {
 }
 
 /// Writes `checkpoint` to `dir/checkpoint.safetensors` atomically.
-pub fn save(dir: &Path, model_hash: &str, layout: &[ParamSpec], checkpoint: &Checkpoint) -> Result<PathBuf, CheckpointError> {
+pub fn save(
+    dir: &Path,
+    model_hash: &str,
+    layout: &[ParamSpec],
+    checkpoint: &Checkpoint,
+) -> Result<PathBuf, CheckpointError> {
     let path = dir.join(CHECKPOINT_FILE);
-    let io = |e: std::io::Error| CheckpointError::Io { path: path.clone(), reason: e.to_string() };
+    let io = |e: std::io::Error| CheckpointError::Io {
+        path: path.clone(),
+        reason: e.to_string(),
+    };
     let (trainer, outer) = (&checkpoint.trainer, &checkpoint.outer);
     let mut tensors: Vec<(String, TensorView)> = Vec::with_capacity(layout.len() + 4);
     let mut offset = 0;
     for spec in layout {
-        tensors.push((format!("model.{}", spec.name), view(&trainer.params[offset..offset + spec.len()], spec.shape.clone())));
+        tensors.push((
+            format!("model.{}", spec.name),
+            view(
+                &trainer.params[offset..offset + spec.len()],
+                spec.shape.clone(),
+            ),
+        ));
         offset += spec.len();
     }
-    for (name, values) in [("adamw.m", &trainer.adam.m), ("adamw.v", &trainer.adam.v), ("diloco.theta0", &outer.theta0), ("diloco.momentum", &outer.momentum)] {
+    for (name, values) in [
+        ("adamw.m", &trainer.adam.m),
+        ("adamw.v", &trainer.adam.v),
+        ("diloco.theta0", &outer.theta0),
+        ("diloco.momentum", &outer.momentum),
+    ] {
         tensors.push((name.to_string(), view(values, vec![values.len()])));
     }
-    let meta = Metadata { model_hash: model_hash.to_string(), counters: trainer.counters, outer_round: outer.round, adam_t: trainer.adam.t };
-    let info = HashMap::from([("neuroshard".to_string(), serde_json::to_string(&meta).expect("metadata serialises"))]);
-    let bytes = safetensors::serialize(tensors, Some(info)).map_err(|e| CheckpointError::Io { path: path.clone(), reason: e.to_string() })?;
+    let meta = Metadata {
+        model_hash: model_hash.to_string(),
+        counters: trainer.counters,
+        outer_round: outer.round,
+        adam_t: trainer.adam.t,
+    };
+    let info = HashMap::from([(
+        "neuroshard".to_string(),
+        serde_json::to_string(&meta).expect("metadata serialises"),
+    )]);
+    let bytes = safetensors::serialize(tensors, Some(info)).map_err(|e| CheckpointError::Io {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
 
     fs::create_dir_all(dir).map_err(io)?;
     let tmp = dir.join(format!("{CHECKPOINT_FILE}.tmp"));
@@ -106,27 +140,52 @@ pub fn save(dir: &Path, model_hash: &str, layout: &[ParamSpec], checkpoint: &Che
 }
 
 /// Loads `dir/checkpoint.safetensors` if it exists; refuses one written for another model.
-pub fn load(dir: &Path, model_hash: &str, layout: &[ParamSpec]) -> Result<Option<Checkpoint>, CheckpointError> {
+pub fn load(
+    dir: &Path,
+    model_hash: &str,
+    layout: &[ParamSpec],
+) -> Result<Option<Checkpoint>, CheckpointError> {
     let path = dir.join(CHECKPOINT_FILE);
     let bytes = match fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(CheckpointError::Io { path, reason: e.to_string() }),
+        Err(e) => {
+            return Err(CheckpointError::Io {
+                path,
+                reason: e.to_string(),
+            });
+        }
     };
-    let corrupt = |reason: String| CheckpointError::Corrupt { path: path.clone(), reason };
+    let corrupt = |reason: String| CheckpointError::Corrupt {
+        path: path.clone(),
+        reason,
+    };
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(e.to_string()))?;
-    let meta_json = header.metadata().as_ref().and_then(|m| m.get("neuroshard")).ok_or_else(|| corrupt("no neuroshard metadata".into()))?;
+    let meta_json = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("neuroshard"))
+        .ok_or_else(|| corrupt("no neuroshard metadata".into()))?;
     let meta: Metadata = serde_json::from_str(meta_json).map_err(|e| corrupt(e.to_string()))?;
     if meta.model_hash != model_hash {
-        return Err(CheckpointError::OtherModel { path, found: meta.model_hash, expected: model_hash.to_string() });
+        return Err(CheckpointError::OtherModel {
+            path,
+            found: meta.model_hash,
+            expected: model_hash.to_string(),
+        });
     }
     let tensors = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(e.to_string()))?;
     let read = |name: &str, len: usize| -> Result<Vec<f32>, CheckpointError> {
-        let t = tensors.tensor(name).map_err(|e| corrupt(format!("{name}: {e}")))?;
+        let t = tensors
+            .tensor(name)
+            .map_err(|e| corrupt(format!("{name}: {e}")))?;
         if t.dtype() != Dtype::F32 || t.data().len() != len * 4 {
             return Err(corrupt(format!("{name}: expected {len} f32 values")));
         }
-        Ok(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        Ok(t.data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
     };
     let total: usize = layout.iter().map(ParamSpec::len).sum();
     let mut params = Vec::with_capacity(total);
@@ -136,10 +195,18 @@ pub fn load(dir: &Path, model_hash: &str, layout: &[ParamSpec]) -> Result<Option
     Ok(Some(Checkpoint {
         trainer: TrainerSnapshot {
             params,
-            adam: AdamWState { m: read("adamw.m", total)?, v: read("adamw.v", total)?, t: meta.adam_t },
+            adam: AdamWState {
+                m: read("adamw.m", total)?,
+                v: read("adamw.v", total)?,
+                t: meta.adam_t,
+            },
             counters: meta.counters,
         },
-        outer: OuterState { round: meta.outer_round, theta0: read("diloco.theta0", total)?, momentum: read("diloco.momentum", total)? },
+        outer: OuterState {
+            round: meta.outer_round,
+            theta0: read("diloco.theta0", total)?,
+            momentum: read("diloco.momentum", total)?,
+        },
     }))
 }
 
@@ -149,17 +216,40 @@ mod tests {
 
     fn sample() -> (Vec<ParamSpec>, Checkpoint) {
         let layout = vec![
-            ParamSpec { name: "a.weight".into(), shape: vec![2, 3] },
-            ParamSpec { name: "b.gamma".into(), shape: vec![2] },
+            ParamSpec {
+                name: "a.weight".into(),
+                shape: vec![2, 3],
+            },
+            ParamSpec {
+                name: "b.gamma".into(),
+                shape: vec![2],
+            },
         ];
         let v = |k: f32| (0..8).map(|i| i as f32 * k).collect::<Vec<_>>();
         let checkpoint = Checkpoint {
             trainer: TrainerSnapshot {
                 params: v(1.0),
-                adam: AdamWState { m: v(0.5), v: v(0.25), t: 42 },
-                counters: TrainerCounters { global_step: 120, inner_step: 20, round: 5, data_cursor: 960, tokens_seen: 61_440, initial_val_loss: Some(5.5), val_loss: Some(2.0), loss: Some(2.1) },
+                adam: AdamWState {
+                    m: v(0.5),
+                    v: v(0.25),
+                    t: 42,
+                },
+                counters: TrainerCounters {
+                    global_step: 120,
+                    inner_step: 20,
+                    round: 5,
+                    data_cursor: 960,
+                    tokens_seen: 61_440,
+                    initial_val_loss: Some(5.5),
+                    val_loss: Some(2.0),
+                    loss: Some(2.1),
+                },
             },
-            outer: OuterState { round: 5, theta0: v(2.0), momentum: v(-1.0) },
+            outer: OuterState {
+                round: 5,
+                theta0: v(2.0),
+                momentum: v(-1.0),
+            },
         };
         (layout, checkpoint)
     }
@@ -179,8 +269,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (layout, checkpoint) = sample();
         save(dir.path(), "h", &layout, &checkpoint).unwrap();
-        assert!(matches!(load(dir.path(), "other", &layout), Err(CheckpointError::OtherModel { .. })));
+        assert!(matches!(
+            load(dir.path(), "other", &layout),
+            Err(CheckpointError::OtherModel { .. })
+        ));
         fs::write(dir.path().join(CHECKPOINT_FILE), b"garbage").unwrap();
-        assert!(matches!(load(dir.path(), "h", &layout), Err(CheckpointError::Corrupt { .. })));
+        assert!(matches!(
+            load(dir.path(), "h", &layout),
+            Err(CheckpointError::Corrupt { .. })
+        ));
     }
 }

@@ -54,10 +54,16 @@ impl NeuroLlmConfig {
             return Err("d_model, n_layers, n_heads and n_kv_heads must be positive".into());
         }
         if self.d_model % self.n_heads != 0 {
-            return Err(format!("d_model {} is not a multiple of n_heads {}", self.d_model, self.n_heads));
+            return Err(format!(
+                "d_model {} is not a multiple of n_heads {}",
+                self.d_model, self.n_heads
+            ));
         }
         if self.n_heads % self.n_kv_heads != 0 {
-            return Err(format!("n_heads {} is not a multiple of n_kv_heads {}", self.n_heads, self.n_kv_heads));
+            return Err(format!(
+                "n_heads {} is not a multiple of n_kv_heads {}",
+                self.n_heads, self.n_kv_heads
+            ));
         }
         if self.head_dim() % 2 != 0 {
             return Err("head dimension must be even for RoPE".into());
@@ -94,7 +100,10 @@ mod tests {
             NeuroLlmConfig::preset(name).unwrap().validate().unwrap();
         }
         let micro = NeuroLlmConfig::preset("micro").unwrap().num_params();
-        assert!((8_000_000..12_000_000).contains(&micro), "micro has {micro} params");
+        assert!(
+            (8_000_000..12_000_000).contains(&micro),
+            "micro has {micro} params"
+        );
         assert!(NeuroLlmConfig::preset("giant").is_none());
     }
 

@@ -24,30 +24,69 @@ impl SplitMix64 {
     }
 }
 
-const NAMES: &[&str] = &["Ada", "Alan", "Grace", "Linus", "Marie", "Niels", "Emmy", "Kurt", "Rosalind", "Claude"];
-const ADJECTIVES: &[&str] = &["small", "bright", "quiet", "old", "green", "heavy", "quick", "gentle", "red", "clever"];
-const NOUNS: &[&str] = &["fox", "river", "garden", "machine", "letter", "bridge", "lantern", "violin", "map", "engine"];
-const VERBS: &[&str] = &["found", "painted", "repaired", "carried", "watched", "opened", "measured", "followed"];
-const PLACES: &[&str] = &["village", "harbour", "library", "forest", "station", "market", "valley", "workshop"];
+const NAMES: &[&str] = &[
+    "Ada", "Alan", "Grace", "Linus", "Marie", "Niels", "Emmy", "Kurt", "Rosalind", "Claude",
+];
+const ADJECTIVES: &[&str] = &[
+    "small", "bright", "quiet", "old", "green", "heavy", "quick", "gentle", "red", "clever",
+];
+const NOUNS: &[&str] = &[
+    "fox", "river", "garden", "machine", "letter", "bridge", "lantern", "violin", "map", "engine",
+];
+const VERBS: &[&str] = &[
+    "found", "painted", "repaired", "carried", "watched", "opened", "measured", "followed",
+];
+const PLACES: &[&str] = &[
+    "village", "harbour", "library", "forest", "station", "market", "valley", "workshop",
+];
 const PREPOSITIONS: &[&str] = &["near", "behind", "inside", "beyond", "under", "beside"];
-const TIMES: &[&str] = &["In the morning", "At noon", "Every evening", "Last winter", "On Sunday", "Before dawn"];
+const TIMES: &[&str] = &[
+    "In the morning",
+    "At noon",
+    "Every evening",
+    "Last winter",
+    "On Sunday",
+    "Before dawn",
+];
 
 fn sentence(rng: &mut SplitMix64) -> String {
     match rng.below(5) {
         0 => format!(
             "{} {} the {} {} {} the {}.",
-            rng.pick(NAMES), rng.pick(VERBS), rng.pick(ADJECTIVES), rng.pick(NOUNS), rng.pick(PREPOSITIONS), rng.pick(PLACES)
+            rng.pick(NAMES),
+            rng.pick(VERBS),
+            rng.pick(ADJECTIVES),
+            rng.pick(NOUNS),
+            rng.pick(PREPOSITIONS),
+            rng.pick(PLACES)
         ),
-        1 => format!("{}, {} walked to the {} with a {} {}.", rng.pick(TIMES), rng.pick(NAMES), rng.pick(PLACES), rng.pick(ADJECTIVES), rng.pick(NOUNS)),
+        1 => format!(
+            "{}, {} walked to the {} with a {} {}.",
+            rng.pick(TIMES),
+            rng.pick(NAMES),
+            rng.pick(PLACES),
+            rng.pick(ADJECTIVES),
+            rng.pick(NOUNS)
+        ),
         2 => {
             let (a, b) = (rng.below(50), rng.below(50));
             format!("{a} plus {b} is {}.", a + b)
         }
         3 => {
             let count = 2 + rng.below(8);
-            format!("There are {count} {}s in the {}.", rng.pick(NOUNS), rng.pick(PLACES))
+            format!(
+                "There are {count} {}s in the {}.",
+                rng.pick(NOUNS),
+                rng.pick(PLACES)
+            )
         }
-        _ => format!("The {} {} is {} the {}.", rng.pick(ADJECTIVES), rng.pick(NOUNS), rng.pick(PREPOSITIONS), rng.pick(PLACES)),
+        _ => format!(
+            "The {} {} is {} the {}.",
+            rng.pick(ADJECTIVES),
+            rng.pick(NOUNS),
+            rng.pick(PREPOSITIONS),
+            rng.pick(PLACES)
+        ),
     }
 }
 
@@ -57,7 +96,10 @@ pub fn builtin_corpus(n_documents: usize, seed: u64) -> Vec<String> {
     (0..n_documents)
         .map(|_| {
             let n = 4 + rng.below(9);
-            (0..n).map(|_| sentence(&mut rng)).collect::<Vec<_>>().join(" ")
+            (0..n)
+                .map(|_| sentence(&mut rng))
+                .collect::<Vec<_>>()
+                .join(" ")
         })
         .collect()
 }

@@ -14,10 +14,16 @@ pub enum DataError {
     #[error("data file {path}: {reason}")]
     Unreadable { path: PathBuf, reason: String },
     #[error("data file {path}, line {line}: {reason}")]
-    BadLine { path: PathBuf, line: usize, reason: String },
+    BadLine {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
     #[error("data file {0}: unsupported extension (expected .txt or .jsonl)")]
     UnsupportedFile(PathBuf),
-    #[error("corpus too small: {tokens} tokens give no full training and validation sequence of {seq_len}")]
+    #[error(
+        "corpus too small: {tokens} tokens give no full training and validation sequence of {seq_len}"
+    )]
     TooSmall { tokens: usize, seq_len: usize },
 }
 
@@ -44,12 +50,21 @@ pub fn load_documents(paths: &[PathBuf]) -> Result<Vec<String>, DataError> {
 }
 
 fn is_data_file(path: &Path) -> bool {
-    matches!(path.extension().and_then(|e| e.to_str()), Some("txt" | "jsonl"))
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("txt" | "jsonl")
+    )
 }
 
 fn files_under(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
-    let unreadable = |e: std::io::Error| DataError::Unreadable { path: dir.to_path_buf(), reason: e.to_string() };
-    let mut entries: Vec<PathBuf> = fs::read_dir(dir).map_err(unreadable)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let unreadable = |e: std::io::Error| DataError::Unreadable {
+        path: dir.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let mut entries: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(unreadable)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
     entries.sort();
     let mut files = Vec::new();
     for entry in entries {
@@ -63,15 +78,30 @@ fn files_under(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
 }
 
 fn read_file(path: &Path, docs: &mut Vec<String>) -> Result<(), DataError> {
-    let text = fs::read_to_string(path).map_err(|e| DataError::Unreadable { path: path.to_path_buf(), reason: e.to_string() })?;
+    let text = fs::read_to_string(path).map_err(|e| DataError::Unreadable {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
     if path.extension().and_then(|e| e.to_str()) == Some("txt") {
         docs.push(text);
         return Ok(());
     }
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let bad = |reason: String| DataError::BadLine { path: path.to_path_buf(), line: i + 1, reason };
-        let value: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(format!("invalid JSON: {e}")))?;
-        let text = value.get("text").and_then(|t| t.as_str()).ok_or_else(|| bad("no string field \"text\"".into()))?;
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let bad = |reason: String| DataError::BadLine {
+            path: path.to_path_buf(),
+            line: i + 1,
+            reason,
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+        let text = value
+            .get("text")
+            .and_then(|t| t.as_str())
+            .ok_or_else(|| bad("no string field \"text\"".into()))?;
         docs.push(text.to_string());
     }
     Ok(())
@@ -98,7 +128,12 @@ pub struct Batch {
 
 impl TokenDataset {
     /// Documents are separated by EOS; the last `val_fraction` of the stream is held out.
-    pub fn new(docs: &[String], seq_len: usize, val_fraction: f64, seed: u64) -> Result<Self, DataError> {
+    pub fn new(
+        docs: &[String],
+        seq_len: usize,
+        val_fraction: f64,
+        seed: u64,
+    ) -> Result<Self, DataError> {
         let mut tokens = Vec::new();
         for doc in docs {
             tokens.extend(tokenizer::encode(doc));
@@ -107,9 +142,18 @@ impl TokenDataset {
         let chunks = tokens.len().saturating_sub(1) / seq_len;
         let val_chunks = ((chunks as f64 * val_fraction).ceil() as usize).max(1);
         if chunks < val_chunks + 1 {
-            return Err(DataError::TooSmall { tokens: tokens.len(), seq_len });
+            return Err(DataError::TooSmall {
+                tokens: tokens.len(),
+                seq_len,
+            });
         }
-        Ok(Self { tokens, seq_len, train_chunks: chunks - val_chunks, val_chunks, seed })
+        Ok(Self {
+            tokens,
+            seq_len,
+            train_chunks: chunks - val_chunks,
+            val_chunks,
+            seed,
+        })
     }
 
     pub fn train_sequences(&self) -> usize {
@@ -133,7 +177,12 @@ impl TokenDataset {
             targets.extend(chunk[1..].iter().map(|&t| t as i32));
             batch += 1;
         }
-        Batch { inputs, targets, batch, seq_len: self.seq_len }
+        Batch {
+            inputs,
+            targets,
+            batch,
+            seq_len: self.seq_len,
+        }
     }
 
     /// The seeded Fisher–Yates order of the training chunks in `epoch` (a new permutation per epoch).
@@ -168,7 +217,10 @@ impl TokenDataset {
     pub fn val_batches(&self, batch: usize, max_sequences: usize) -> Vec<Batch> {
         let first = self.train_chunks;
         let count = self.val_chunks.min(max_sequences.max(1));
-        (0..count).step_by(batch).map(|s| self.batch_of(first + s..first + (s + batch).min(count))).collect()
+        (0..count)
+            .step_by(batch)
+            .map(|s| self.batch_of(first + s..first + (s + batch).min(count)))
+            .collect()
     }
 }
 
@@ -190,32 +242,47 @@ mod tests {
         let bad = dir.path().join("bad.jsonl");
         fs::write(&bad, "{\"text\": \"ok\"}\n{\"title\": 3}\n").unwrap();
         let err = load_documents(&[bad]).unwrap_err().to_string();
-        assert!(err.contains("bad.jsonl") && err.contains("line 2") && err.contains("text"), "{err}");
+        assert!(
+            err.contains("bad.jsonl") && err.contains("line 2") && err.contains("text"),
+            "{err}"
+        );
         let missing = load_documents(&[dir.path().join("nope.txt")]).unwrap_err();
         assert!(matches!(missing, DataError::Missing(_)));
     }
 
     #[test]
     fn batches_are_shifted_deterministic_and_disjoint_from_validation() {
-        let docs: Vec<String> = (0..40).map(|i| format!("document number {i} with some text")).collect();
+        let docs: Vec<String> = (0..40)
+            .map(|i| format!("document number {i} with some text"))
+            .collect();
         let data = TokenDataset::new(&docs, 16, 0.1, 3).unwrap();
         let (mut c1, mut c2) = (0, 0);
         let a = data.next_batch(&mut c1, 4);
         assert_eq!(a, data.next_batch(&mut c2, 4));
         assert_eq!(c1, 4);
         assert_eq!(a.inputs.len(), 64);
-        assert_eq!(a.inputs[1..16], a.targets[..15], "targets are inputs shifted by one");
+        assert_eq!(
+            a.inputs[1..16],
+            a.targets[..15],
+            "targets are inputs shifted by one"
+        );
 
         // one epoch visits every training chunk exactly once, never a validation chunk
         let mut seen = data.epoch_order(0);
         seen.sort();
         assert_eq!(seen, (0..data.train_sequences()).collect::<Vec<_>>());
         let val = data.val_batches(4, 100);
-        assert_eq!(val.iter().map(|b| b.batch).sum::<usize>(), data.val_sequences());
+        assert_eq!(
+            val.iter().map(|b| b.batch).sum::<usize>(),
+            data.val_sequences()
+        );
     }
 
     #[test]
     fn a_tiny_corpus_is_refused() {
-        assert!(matches!(TokenDataset::new(&["hi".into()], 16, 0.1, 0), Err(DataError::TooSmall { .. })));
+        assert!(matches!(
+            TokenDataset::new(&["hi".into()], 16, 0.1, 0),
+            Err(DataError::TooSmall { .. })
+        ));
     }
 }

@@ -28,7 +28,10 @@ pub fn sample_token(logits: &[f32], options: &SamplingOptions, rng: &mut SplitMi
         ranked.truncate(options.top_k);
     }
     let max = ranked[0].1;
-    let weights: Vec<f64> = ranked.iter().map(|(_, l)| (((l - max) / options.temperature) as f64).exp()).collect();
+    let weights: Vec<f64> = ranked
+        .iter()
+        .map(|(_, l)| (((l - max) / options.temperature) as f64).exp())
+        .collect();
     let total: f64 = weights.iter().sum();
     let mut draw = (rng.next_u64() as f64 / u64::MAX as f64) * total;
     for ((token, _), w) in ranked.iter().zip(&weights) {
@@ -41,7 +44,12 @@ pub fn sample_token(logits: &[f32], options: &SamplingOptions, rng: &mut SplitMi
 }
 
 /// Continues `prompt` by up to `max_new_tokens` tokens (stopping at EOS) and returns only the new text.
-pub fn generate<B: Backend>(model: &NeuroLlm<B>, prompt: &str, options: &SamplingOptions, device: &B::Device) -> String {
+pub fn generate<B: Backend>(
+    model: &NeuroLlm<B>,
+    prompt: &str,
+    options: &SamplingOptions,
+    device: &B::Device,
+) -> String {
     let mut tokens: Vec<u32> = tokenizer::encode(prompt);
     let prompt_len = tokens.len();
     let mut rng = SplitMix64::new(options.seed);
@@ -52,10 +60,15 @@ pub fn generate<B: Backend>(model: &NeuroLlm<B>, prompt: &str, options: &Samplin
             continue;
         }
         let input: Vec<i32> = window.iter().map(|&t| t as i32).collect();
-        let input = Tensor::<B, 2, Int>::from_data(TensorData::new(input, [1, window.len()]), device);
+        let input =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(input, [1, window.len()]), device);
         let logits = model.forward(input);
         let vocab = logits.dims()[2];
-        let last = logits.slice([0..1, window.len() - 1..window.len(), 0..vocab]).into_data().to_vec::<f32>().unwrap_or_default();
+        let last = logits
+            .slice([0..1, window.len() - 1..window.len(), 0..vocab])
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap_or_default();
         let next = sample_token(&last, options, &mut rng) as u32;
         if next == EOS {
             break;
@@ -73,13 +86,26 @@ mod tests {
     fn greedy_takes_the_argmax_and_top_1_is_greedy_at_any_temperature() {
         let logits = [0.1, 2.0, -1.0, 1.9];
         let mut rng = SplitMix64::new(1);
-        let greedy = SamplingOptions { max_new_tokens: 1, temperature: 0.0, top_k: 0, seed: 0 };
+        let greedy = SamplingOptions {
+            max_new_tokens: 1,
+            temperature: 0.0,
+            top_k: 0,
+            seed: 0,
+        };
         assert_eq!(sample_token(&logits, &greedy, &mut rng), 1);
-        let top1 = SamplingOptions { temperature: 5.0, top_k: 1, ..greedy };
+        let top1 = SamplingOptions {
+            temperature: 5.0,
+            top_k: 1,
+            ..greedy
+        };
         for _ in 0..20 {
             assert_eq!(sample_token(&logits, &top1, &mut rng), 1);
         }
-        let top2 = SamplingOptions { temperature: 1.0, top_k: 2, ..greedy };
+        let top2 = SamplingOptions {
+            temperature: 1.0,
+            top_k: 2,
+            ..greedy
+        };
         for _ in 0..50 {
             assert!([1, 3].contains(&sample_token(&logits, &top2, &mut rng)));
         }

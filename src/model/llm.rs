@@ -66,7 +66,11 @@ fn linear<B: Backend>(d_in: usize, d_out: usize, std: f64, device: &B::Device) -
 impl NeuroLlmConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> NeuroLlm<B> {
         let (d, hd, std) = (self.d_model, self.head_dim(), self.init_std);
-        let norm = || RmsNormConfig::new(d).with_epsilon(self.norm_eps).init(device);
+        let norm = || {
+            RmsNormConfig::new(d)
+                .with_epsilon(self.norm_eps)
+                .init(device)
+        };
         let blocks = (0..self.n_layers)
             .map(|_| Block {
                 attn_norm: norm(),
@@ -109,7 +113,9 @@ impl<B: Backend> NeuroLlm<B> {
         let [batch, seq, d] = h.dims();
         let head = self.embedding.weight.val().transpose(); // [d, vocab]
         let vocab = head.dims()[1];
-        h.reshape([batch * seq, d]).matmul(head).reshape([batch, seq, vocab])
+        h.reshape([batch * seq, d])
+            .matmul(head)
+            .reshape([batch, seq, vocab])
     }
 
     /// Mean next-token cross-entropy of `targets` [batch, seq] given `inputs` [batch, seq].
@@ -136,14 +142,20 @@ impl<B: Backend> Block<B> {
 impl<B: Backend> GroupedQueryAttention<B> {
     fn forward(&self, x: Tensor<B, 3>, rope: &Rope<B>) -> Tensor<B, 3> {
         let [batch, seq, _] = x.dims();
-        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
+        let heads =
+            |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
         let q = rope.apply(heads(self.wq.forward(x.clone()), self.n_heads));
         let k = rope.apply(heads(self.wk.forward(x.clone()), self.n_kv_heads));
         let v = heads(self.wv.forward(x), self.n_kv_heads);
         let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
-        let options = AttentionModuleOptions { is_causal: true, ..Default::default() };
+        let options = AttentionModuleOptions {
+            is_causal: true,
+            ..Default::default()
+        };
         let out = attention(q, k, v, None, None, options); // [batch, heads, seq, head_dim]
-        let out = out.swap_dims(1, 2).reshape([batch, seq, self.n_heads * self.head_dim]);
+        let out = out
+            .swap_dims(1, 2)
+            .reshape([batch, seq, self.n_heads * self.head_dim]);
         self.wo.forward(out)
     }
 
@@ -154,20 +166,26 @@ impl<B: Backend> GroupedQueryAttention<B> {
             return t;
         }
         let [batch, kv, seq, hd] = t.dims();
-        t.unsqueeze_dim::<5>(2).expand([batch, kv, group, seq, hd]).reshape([batch, kv * group, seq, hd])
+        t.unsqueeze_dim::<5>(2)
+            .expand([batch, kv, group, seq, hd])
+            .reshape([batch, kv * group, seq, hd])
     }
 }
 
 impl<B: Backend> SwiGlu<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.w2.forward(silu(self.w1.forward(x.clone())) * self.w3.forward(x))
+        self.w2
+            .forward(silu(self.w1.forward(x.clone())) * self.w3.forward(x))
     }
 }
 
 impl<B: Backend> Rope<B> {
     fn new(head_dim: usize, max_seq_len: usize, theta: f32, device: &B::Device) -> Self {
         let half = head_dim / 2;
-        let (mut cos, mut sin) = (Vec::with_capacity(max_seq_len * head_dim), Vec::with_capacity(max_seq_len * head_dim));
+        let (mut cos, mut sin) = (
+            Vec::with_capacity(max_seq_len * head_dim),
+            Vec::with_capacity(max_seq_len * head_dim),
+        );
         for pos in 0..max_seq_len {
             for i in 0..head_dim {
                 let freq = theta.powf(-2.0 * (i % half) as f32 / head_dim as f32);
@@ -176,8 +194,12 @@ impl<B: Backend> Rope<B> {
                 sin.push(angle.sin());
             }
         }
-        let table = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [max_seq_len, head_dim]), device);
-        Self { cos: table(cos), sin: table(sin) }
+        let table =
+            |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [max_seq_len, head_dim]), device);
+        Self {
+            cos: table(cos),
+            sin: table(sin),
+        }
     }
 
     /// x·cos + rotate_half(x)·sin for x [batch, heads, seq, head_dim].
@@ -215,23 +237,45 @@ mod tests {
 
     #[test]
     fn changing_a_future_token_leaves_earlier_logits_unchanged() {
-        let model = NeuroLlmConfig::preset("nano").unwrap().init::<CpuBackend>(&cpu_device());
-        let a = model.forward(tokens(&[&[10, 20, 30, 40, 50, 60]])).into_data().to_vec::<f32>().unwrap();
-        let b = model.forward(tokens(&[&[10, 20, 30, 99, 50, 60]])).into_data().to_vec::<f32>().unwrap();
+        let model = NeuroLlmConfig::preset("nano")
+            .unwrap()
+            .init::<CpuBackend>(&cpu_device());
+        let a = model
+            .forward(tokens(&[&[10, 20, 30, 40, 50, 60]]))
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        let b = model
+            .forward(tokens(&[&[10, 20, 30, 99, 50, 60]]))
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
         let vocab = a.len() / 6;
         let max_diff = |lo: usize, hi: usize| {
-            a[lo * vocab..hi * vocab].iter().zip(&b[lo * vocab..hi * vocab]).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+            a[lo * vocab..hi * vocab]
+                .iter()
+                .zip(&b[lo * vocab..hi * vocab])
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max)
         };
         assert!(max_diff(0, 3) < 1e-5, "positions before the change moved");
-        assert!(max_diff(3, 6) > 1e-4, "positions from the change on must see it");
+        assert!(
+            max_diff(3, 6) > 1e-4,
+            "positions from the change on must see it"
+        );
     }
 
     #[test]
     fn initial_loss_is_near_uniform() {
         let config = NeuroLlmConfig::preset("nano").unwrap();
         let model = config.init::<CpuBackend>(&cpu_device());
-        let loss: f32 = model.loss(tokens(&[&[1, 2, 3, 4]]), tokens(&[&[2, 3, 4, 5]])).into_scalar();
+        let loss: f32 = model
+            .loss(tokens(&[&[1, 2, 3, 4]]), tokens(&[&[2, 3, 4, 5]]))
+            .into_scalar();
         let uniform = (config.vocab_size as f32).ln();
-        assert!((loss - uniform).abs() < 0.3, "initial loss {loss} vs ln(V) {uniform}");
+        assert!(
+            (loss - uniform).abs() < 0.3,
+            "initial loss {loss} vs ln(V) {uniform}"
+        );
     }
 }

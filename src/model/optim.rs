@@ -21,7 +21,13 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, grad_clip: 1.0 }
+        Self {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            grad_clip: 1.0,
+        }
     }
 }
 
@@ -72,7 +78,11 @@ pub fn decay_ranges(layout: &[ParamSpec]) -> Vec<(usize, usize, bool)> {
 
 /// Scales `grads` so their global L2 norm is at most `max_norm`; returns the norm before clipping.
 pub fn clip_grad_norm(grads: &mut [f32], max_norm: f32) -> f32 {
-    let norm = grads.par_iter().map(|g| (*g as f64) * (*g as f64)).sum::<f64>().sqrt() as f32;
+    let norm = grads
+        .par_iter()
+        .map(|g| (*g as f64) * (*g as f64))
+        .sum::<f64>()
+        .sqrt() as f32;
     if norm > max_norm && norm > 0.0 {
         let scale = max_norm / norm;
         grads.par_iter_mut().for_each(|g| *g *= scale);
@@ -82,17 +92,33 @@ pub fn clip_grad_norm(grads: &mut [f32], max_norm: f32) -> f32 {
 
 impl AdamWState {
     pub fn new(len: usize) -> Self {
-        Self { m: vec![0.0; len], v: vec![0.0; len], t: 0 }
+        Self {
+            m: vec![0.0; len],
+            v: vec![0.0; len],
+            t: 0,
+        }
     }
 
     /// One AdamW update of `params` in place (gradients already clipped).
-    pub fn step(&mut self, params: &mut [f32], grads: &[f32], lr: f32, cfg: &AdamWConfig, decay: &[(usize, usize, bool)]) {
+    pub fn step(
+        &mut self,
+        params: &mut [f32],
+        grads: &[f32],
+        lr: f32,
+        cfg: &AdamWConfig,
+        decay: &[(usize, usize, bool)],
+    ) {
         self.t += 1;
         let bias1 = 1.0 - cfg.beta1.powi(self.t as i32);
         let bias2 = 1.0 - cfg.beta2.powi(self.t as i32);
         for &(start, end, decays) in decay {
             let wd = if decays { lr * cfg.weight_decay } else { 0.0 };
-            (&mut params[start..end], &mut self.m[start..end], &mut self.v[start..end], &grads[start..end])
+            (
+                &mut params[start..end],
+                &mut self.m[start..end],
+                &mut self.v[start..end],
+                &grads[start..end],
+            )
                 .into_par_iter()
                 .with_min_len(4096)
                 .for_each(|(p, m, v, &g)| {
@@ -111,11 +137,19 @@ mod tests {
 
     #[test]
     fn schedule_warms_up_linearly_then_decays_by_cosine() {
-        let s = LrSchedule { peak_lr: 1.0, warmup_steps: 10, total_steps: 110, min_lr_ratio: 0.1 };
+        let s = LrSchedule {
+            peak_lr: 1.0,
+            warmup_steps: 10,
+            total_steps: 110,
+            min_lr_ratio: 0.1,
+        };
         assert!((s.lr_at(0) - 0.1).abs() < 1e-12);
         assert!((s.lr_at(9) - 1.0).abs() < 1e-12);
         assert!((s.lr_at(10) - 1.0).abs() < 1e-12);
-        assert!((s.lr_at(60) - 0.55).abs() < 1e-12, "half way is the mean of peak and min");
+        assert!(
+            (s.lr_at(60) - 0.55).abs() < 1e-12,
+            "half way is the mean of peak and min"
+        );
         assert!((s.lr_at(500) - 0.1).abs() < 1e-12);
     }
 
@@ -131,12 +165,25 @@ mod tests {
 
     #[test]
     fn first_adamw_step_moves_by_lr_times_sign_and_decays_only_matrices() {
-        let cfg = AdamWConfig { weight_decay: 0.5, ..Default::default() };
+        let cfg = AdamWConfig {
+            weight_decay: 0.5,
+            ..Default::default()
+        };
         let mut params = vec![1.0, 1.0];
         let mut state = AdamWState::new(2);
         // element 0 is a matrix (decays), element 1 a norm gain (does not)
-        state.step(&mut params, &[2.0, -2.0], 0.1, &cfg, &[(0, 1, true), (1, 2, false)]);
-        assert!((params[0] - (1.0 - 0.1 - 0.1 * 0.5)).abs() < 1e-5, "{}", params[0]);
+        state.step(
+            &mut params,
+            &[2.0, -2.0],
+            0.1,
+            &cfg,
+            &[(0, 1, true), (1, 2, false)],
+        );
+        assert!(
+            (params[0] - (1.0 - 0.1 - 0.1 * 0.5)).abs() < 1e-5,
+            "{}",
+            params[0]
+        );
         assert!((params[1] - 1.1).abs() < 1e-5, "{}", params[1]);
         assert_eq!(state.t, 1);
     }

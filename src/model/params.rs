@@ -45,13 +45,19 @@ impl<B: Backend> ModuleVisitor<B> for LayoutVisitor {
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         let name = self.path.0.join(".");
-        self.specs.push(ParamSpec { name, shape: param.val().dims().to_vec() });
+        self.specs.push(ParamSpec {
+            name,
+            shape: param.val().dims().to_vec(),
+        });
     }
 }
 
 /// The names and shapes of a model's float parameters, in flattening order.
 pub fn layout<B: Backend, M: Module<B>>(model: &M) -> Vec<ParamSpec> {
-    let mut visitor = LayoutVisitor { path: Path::default(), specs: Vec::new() };
+    let mut visitor = LayoutVisitor {
+        path: Path::default(),
+        specs: Vec::new(),
+    };
     model.visit(&mut visitor);
     visitor.specs
 }
@@ -89,14 +95,22 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for FlattenGrads<'_, B> {
         match value.grad(self.grads) {
             Some(grad) => extend_from(&mut self.out, grad.into_data()),
             // A parameter the loss does not reach has a zero gradient.
-            None => self.out.resize(self.out.len() + value.shape().num_elements(), 0.0),
+            None => self
+                .out
+                .resize(self.out.len() + value.shape().num_elements(), 0.0),
         }
     }
 }
 
 /// The gradient of every float parameter, in flattening order.
-pub fn flatten_grads<B: AutodiffBackend, M: Module<B>>(model: &M, grads: &B::Gradients) -> Vec<f32> {
-    let mut visitor = FlattenGrads { grads, out: Vec::with_capacity(model.num_params()) };
+pub fn flatten_grads<B: AutodiffBackend, M: Module<B>>(
+    model: &M,
+    grads: &B::Gradients,
+) -> Vec<f32> {
+    let mut visitor = FlattenGrads {
+        grads,
+        out: Vec::with_capacity(model.num_params()),
+    };
     model.visit(&mut visitor);
     visitor.out
 }
@@ -122,7 +136,11 @@ impl<B: Backend> ModuleMapper<B> for Unflatten<'_> {
 
 /// `model` with its float parameters replaced by `flat` (same order and length as [`flatten`]).
 pub fn unflatten<B: Backend, M: Module<B>>(model: M, flat: &[f32]) -> M {
-    assert_eq!(flat.len(), model.num_params(), "flat parameter vector has the wrong length");
+    assert_eq!(
+        flat.len(),
+        model.num_params(),
+        "flat parameter vector has the wrong length"
+    );
     model.map(&mut Unflatten { flat, offset: 0 })
 }
 
@@ -143,7 +161,11 @@ mod tests {
         let mut names: Vec<_> = specs.iter().map(|s| s.name.clone()).collect();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), specs.len(), "duplicate parameter names: {specs:?}");
+        assert_eq!(
+            names.len(),
+            specs.len(),
+            "duplicate parameter names: {specs:?}"
+        );
 
         let shifted: Vec<f32> = flat.iter().map(|x| x + 1.0).collect();
         let model = unflatten(model, &shifted);

@@ -11,7 +11,11 @@ pub fn encode(text: &str) -> Vec<u32> {
 
 /// Decodes byte tokens, skipping special tokens; invalid UTF-8 becomes U+FFFD.
 pub fn decode(tokens: &[u32]) -> String {
-    let bytes: Vec<u8> = tokens.iter().filter(|&&t| t < 256).map(|&t| t as u8).collect();
+    let bytes: Vec<u8> = tokens
+        .iter()
+        .filter(|&&t| t < 256)
+        .map(|&t| t as u8)
+        .collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }
 

@@ -44,7 +44,10 @@ pub struct Trainer {
     pub counters: TrainerCounters,
 }
 
-fn tensors<B: Backend>(batch: &Batch, device: &B::Device) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>) {
+fn tensors<B: Backend>(
+    batch: &Batch,
+    device: &B::Device,
+) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>) {
     let shape = [batch.batch, batch.seq_len];
     (
         Tensor::from_data(TensorData::new(batch.inputs.clone(), shape), device),
@@ -54,20 +57,40 @@ fn tensors<B: Backend>(batch: &Batch, device: &B::Device) -> (Tensor<B, 2, Int>,
 
 impl Trainer {
     /// A trainer resuming from `snapshot`, or starting fresh at `theta0` in round `round`.
-    pub fn new(model_config: &NeuroLlmConfig, data: Arc<TokenDataset>, options: TrainerOptions, theta0: &[f32], round: u64, snapshot: Option<TrainerSnapshot>) -> Self {
+    pub fn new(
+        model_config: &NeuroLlmConfig,
+        data: Arc<TokenDataset>,
+        options: TrainerOptions,
+        theta0: &[f32],
+        round: u64,
+        snapshot: Option<TrainerSnapshot>,
+    ) -> Self {
         let model = model_config.init::<TrainBackend>(&train_device());
         let decay = decay_ranges(&layout(&model));
         let snapshot = snapshot.unwrap_or_else(|| TrainerSnapshot {
             params: theta0.to_vec(),
             adam: AdamWState::new(theta0.len()),
-            counters: TrainerCounters { round, ..Default::default() },
+            counters: TrainerCounters {
+                round,
+                ..Default::default()
+            },
         });
         let model = unflatten(model, &snapshot.params);
-        Self { model, params: snapshot.params, adam: snapshot.adam, decay, data, options, counters: snapshot.counters }
+        Self {
+            model,
+            params: snapshot.params,
+            adam: snapshot.adam,
+            decay,
+            data,
+            options,
+            counters: snapshot.counters,
+        }
     }
 
     pub fn step(&mut self) -> StepReport {
-        let batch = self.data.next_batch(&mut self.counters.data_cursor, self.options.batch_size);
+        let batch = self
+            .data
+            .next_batch(&mut self.counters.data_cursor, self.options.batch_size);
         let (inputs, targets) = tensors::<TrainBackend>(&batch, &train_device());
         let loss = self.model.loss(inputs, targets);
         let loss_value: f32 = loss.clone().into_scalar();
@@ -75,7 +98,13 @@ impl Trainer {
         let mut grad = flatten_grads(&self.model, &grads);
         let grad_norm = clip_grad_norm(&mut grad, self.options.adamw.grad_clip);
         let lr = self.options.schedule.lr_at(self.counters.global_step);
-        self.adam.step(&mut self.params, &grad, lr as f32, &self.options.adamw, &self.decay);
+        self.adam.step(
+            &mut self.params,
+            &grad,
+            lr as f32,
+            &self.options.adamw,
+            &self.decay,
+        );
         self.model = unflatten(self.model.clone(), &self.params);
 
         let tokens = (batch.batch * batch.seq_len) as u64;
@@ -84,13 +113,20 @@ impl Trainer {
         c.inner_step += 1;
         c.tokens_seen += tokens;
         c.loss = Some(loss_value);
-        StepReport { loss: loss_value, lr, grad_norm, tokens }
+        StepReport {
+            loss: loss_value,
+            lr,
+            grad_norm,
+            tokens,
+        }
     }
 
     /// Mean loss over the held-out sequences, without autodiff; records the first value as the baseline.
     pub fn evaluate(&mut self) -> f32 {
         let model: NeuroLlm<TrainInnerBackend> = self.model.valid();
-        let batches = self.data.val_batches(self.options.batch_size, self.options.eval_sequences);
+        let batches = self
+            .data
+            .val_batches(self.options.batch_size, self.options.eval_sequences);
         let (mut total, mut count) = (0.0f64, 0usize);
         for batch in &batches {
             let (inputs, targets) = tensors::<TrainInnerBackend>(batch, &train_device());
@@ -118,7 +154,11 @@ impl Trainer {
     }
 
     pub fn snapshot(&self) -> TrainerSnapshot {
-        TrainerSnapshot { params: self.params.clone(), adam: self.adam.clone(), counters: self.counters }
+        TrainerSnapshot {
+            params: self.params.clone(),
+            adam: self.adam.clone(),
+            counters: self.counters,
+        }
     }
 }
 
@@ -135,8 +175,16 @@ mod tests {
         let data = TokenDataset::new(&docs, 32, 0.2, 0).unwrap();
         let options = TrainerOptions {
             batch_size: 2,
-            schedule: LrSchedule { peak_lr: 3e-3, warmup_steps: 1, total_steps: 1000, min_lr_ratio: 1.0 },
-            adamw: AdamWConfig { weight_decay: 0.0, ..Default::default() },
+            schedule: LrSchedule {
+                peak_lr: 3e-3,
+                warmup_steps: 1,
+                total_steps: 1000,
+                min_lr_ratio: 1.0,
+            },
+            adamw: AdamWConfig {
+                weight_decay: 0.0,
+                ..Default::default()
+            },
             eval_sequences: 2,
         };
         let theta0 = flatten(&config.init::<CpuBackend>(&cpu_device()));

@@ -29,7 +29,12 @@ pub struct ApiState {
 
 impl ApiState {
     pub fn new(status: StatusBoard, model: NeuroLlmConfig, training_enabled: bool) -> Self {
-        Self { status, model, training_enabled, inference: Mutex::new(None) }
+        Self {
+            status,
+            model,
+            training_enabled,
+            inference: Mutex::new(None),
+        }
     }
 
     fn current_model(&self) -> Option<Arc<NeuroLlm<CpuBackend>>> {
@@ -41,7 +46,10 @@ impl ApiState {
                 return Some(model.clone());
             }
         }
-        let model = Arc::new(unflatten(self.model.init::<CpuBackend>(&cpu_device()), &weights));
+        let model = Arc::new(unflatten(
+            self.model.init::<CpuBackend>(&cpu_device()),
+            &weights,
+        ));
         *cache = Some((status.weights_version, model.clone()));
         Some(model)
     }
@@ -58,7 +66,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, error: &'static str, detail: impl Into<String>) -> Self {
-        Self { status, error, detail: detail.into() }
+        Self {
+            status,
+            error,
+            detail: detail.into(),
+        }
     }
     fn bad_request(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", detail)
@@ -77,7 +89,9 @@ impl ResponseError for ApiError {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     let json = web::JsonConfig::default()
         .limit(MAX_BODY_BYTES)
-        .error_handler(|err, _| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", err.to_string()).into());
+        .error_handler(|err, _| {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", err.to_string()).into()
+        });
     cfg.app_data(json)
         .route("/", web::get().to(index))
         .route("/api/health", web::get().to(health))
@@ -89,7 +103,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 async fn not_found(req: HttpRequest) -> HttpResponse {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route for {} {}", req.method(), req.path())).error_response()
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {} {}", req.method(), req.path()),
+    )
+    .error_response()
 }
 
 async fn health(state: web::Data<ApiState>) -> HttpResponse {
@@ -162,10 +181,15 @@ fn default_top_k() -> usize {
 impl GenerateRequest {
     fn validate(&self) -> Result<(), ApiError> {
         if self.prompt.len() > MAX_PROMPT_BYTES {
-            return Err(ApiError::bad_request(format!("prompt is {} bytes; the limit is {MAX_PROMPT_BYTES}", self.prompt.len())));
+            return Err(ApiError::bad_request(format!(
+                "prompt is {} bytes; the limit is {MAX_PROMPT_BYTES}",
+                self.prompt.len()
+            )));
         }
         if !(1..=MAX_NEW_TOKENS).contains(&self.max_new_tokens) {
-            return Err(ApiError::bad_request(format!("max_new_tokens must be in 1..={MAX_NEW_TOKENS}")));
+            return Err(ApiError::bad_request(format!(
+                "max_new_tokens must be in 1..={MAX_NEW_TOKENS}"
+            )));
         }
         if !(self.temperature.is_finite() && (0.0..=5.0).contains(&self.temperature)) {
             return Err(ApiError::bad_request("temperature must be in [0, 5]"));
@@ -174,21 +198,41 @@ impl GenerateRequest {
     }
 }
 
-async fn generate_text(state: web::Data<ApiState>, body: web::Json<GenerateRequest>) -> Result<HttpResponse, ApiError> {
+async fn generate_text(
+    state: web::Data<ApiState>,
+    body: web::Json<GenerateRequest>,
+) -> Result<HttpResponse, ApiError> {
     let request = body.into_inner();
     request.validate()?;
-    let model = state.current_model().ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model_not_ready", "the model has not been published yet; retry in a moment"))?;
+    let model = state.current_model().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "model_not_ready",
+            "the model has not been published yet; retry in a moment",
+        )
+    })?;
     let options = SamplingOptions {
         max_new_tokens: request.max_new_tokens,
         temperature: request.temperature,
         top_k: request.top_k,
-        seed: request.seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)),
+        seed: request.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0)
+        }),
     };
     let prompt = request.prompt.clone();
     let started = std::time::Instant::now();
     let text = web::block(move || generate(&model, &prompt, &options, &cpu_device()))
         .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "generation_failed", e.to_string()))?;
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "generation_failed",
+                e.to_string(),
+            )
+        })?;
     let weights_version = state.status.read().weights_version;
     Ok(HttpResponse::Ok().json(json!({
         "prompt": request.prompt,
@@ -200,5 +244,7 @@ async fn generate_text(state: web::Data<ApiState>, body: web::Json<GenerateReque
 }
 
 async fn index() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(include_str!("index.html"))
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(include_str!("index.html"))
 }

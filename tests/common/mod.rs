@@ -1,0 +1,160 @@
+//! Starting real `neuroshard` processes on free loopback ports, and stopping them even when a test
+//! fails (Drop kills what is still running).
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_neuroshard");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Node {
+    child: Option<Child>,
+    pub port: u16,
+    pub log: PathBuf,
+    agent: ureq::Agent,
+}
+
+impl Node {
+    /// Starts a nano node with state in `state_dir`, logging to state_dir/../<port>.log.
+    pub fn start(state_dir: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let log = state_dir.with_extension(format!("{port}.log"));
+        let log_file = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "--preset",
+            "nano",
+            "--port",
+            &port.to_string(),
+            "--state-dir",
+        ])
+        .arg(state_dir)
+        .args(extra_args)
+        .env("NEUROSHARD_TRAINING__LOG_EVERY", "20")
+        .stdout(Stdio::null())
+        .stderr(log_file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start neuroshard");
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .new_agent();
+        let node = Self {
+            child: Some(child),
+            port,
+            log,
+            agent,
+        };
+        node.wait_for("the API to answer", Duration::from_secs(60), |n| {
+            n.try_get("/api/health").is_some_and(|(s, _)| s == 200)
+        });
+        node
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// (status, JSON body) or None when the node does not answer.
+    pub fn try_get(&self, path: &str) -> Option<(u16, Value)> {
+        let mut resp = self.agent.get(&self.url(path)).call().ok()?;
+        let status = resp.status().as_u16();
+        Some((status, resp.body_mut().read_json().ok()?))
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        let (status, body) = self
+            .try_get(path)
+            .unwrap_or_else(|| panic!("GET {path} failed; log:\n{}", self.log_tail()));
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    /// POSTs a raw body; returns (status, JSON body).
+    pub fn post_raw(&self, path: &str, body: &str) -> (u16, Value) {
+        let mut resp = self
+            .agent
+            .post(&self.url(path))
+            .header("content-type", "application/json")
+            .send(body)
+            .expect("POST");
+        let status = resp.status().as_u16();
+        (status, resp.body_mut().read_json().expect("JSON body"))
+    }
+
+    pub fn stats(&self) -> Value {
+        self.get("/api/stats")
+    }
+
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut ok: impl FnMut(&Self) -> bool) {
+        let start = Instant::now();
+        while !ok(self) {
+            assert!(
+                start.elapsed() < timeout,
+                "timed out after {timeout:?} waiting for {what}; log:\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!(
+                    "node did not exit within 60 s of SIGTERM; log:\n{}",
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn f64_of(v: &Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} is not a number in {v}"))
+}

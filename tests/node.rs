@@ -1,0 +1,195 @@
+//! A real node process: it trains with DiLoCo, serves its API, survives a crashing trainer, and
+//! resumes from its checkpoint after SIGTERM.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Node, f64_of};
+
+#[test]
+fn nano_node_trains_three_outer_rounds_and_val_loss_falls_by_30_percent() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("state"), &["--diloco-steps", "20"], &[]);
+    node.wait_for("3 outer steps", Duration::from_secs(240), |n| {
+        n.get("/api/diloco")["outer_step_count"].as_u64().unwrap() >= 3
+    });
+    // the validation loss is measured at the end of every round
+    let stats = node.stats();
+    let (val, initial) = (
+        f64_of(&stats, "val_loss"),
+        f64_of(&stats, "initial_val_loss"),
+    );
+    assert!(
+        val <= 0.7 * initial,
+        "val_loss {val} is not ≤ 0.7 × initial {initial}"
+    );
+    assert!(f64_of(&stats, "tokens_per_sec") > 0.0);
+    assert_eq!(stats["role"], "trainer");
+    assert_eq!(stats["node_id"].as_str().unwrap().len(), 32);
+    assert!(node.terminate().success());
+}
+
+#[test]
+fn api_answers_with_documented_keys_and_json_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("state"), &["--diloco-steps", "10"], &[]);
+    let stats = node.stats();
+    for key in [
+        "node_id",
+        "role",
+        "version",
+        "uptime_s",
+        "global_step",
+        "loss",
+        "val_loss",
+        "initial_val_loss",
+        "tokens_per_sec",
+        "trainer_restarts",
+    ] {
+        assert!(stats.get(key).is_some(), "/api/stats lacks {key}: {stats}");
+    }
+    let diloco = node.get("/api/diloco");
+    for key in [
+        "enabled",
+        "inner_step_count",
+        "inner_steps_total",
+        "progress",
+        "outer_step_count",
+    ] {
+        assert!(
+            diloco.get(key).is_some(),
+            "/api/diloco lacks {key}: {diloco}"
+        );
+    }
+    assert_eq!(diloco["inner_steps_total"], 10);
+    assert_eq!(diloco["enabled"], true);
+
+    let (status, body) = node.post_raw(
+        "/generate_text",
+        r#"{"prompt": "The quick ", "max_new_tokens": 12, "temperature": 0.5, "top_k": 10}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["text"].is_string() && body["prompt"] == "The quick ",
+        "{body}"
+    );
+
+    for (bad, why) in [
+        ("{not json", "malformed JSON"),
+        (r#"{"max_new_tokens": 5}"#, "missing prompt"),
+        (
+            r#"{"prompt": "a", "max_new_tokens": 100000}"#,
+            "too many tokens",
+        ),
+        (
+            r#"{"prompt": "a", "temperature": -1}"#,
+            "negative temperature",
+        ),
+        (r#"{"prompt": 7}"#, "wrong type"),
+    ] {
+        let (status, body) = node.post_raw("/generate_text", bad);
+        assert_eq!(status, 400, "{why}: {body}");
+        assert!(
+            body["error"].is_string() && body["detail"].is_string(),
+            "{why}: {body}"
+        );
+    }
+    let huge = format!(r#"{{"prompt": "{}"}}"#, "a".repeat(200_000));
+    let (status, body) = node.post_raw("/generate_text", &huge);
+    assert!(
+        (400..500).contains(&status) && body["error"].is_string(),
+        "oversized body: {status} {body}"
+    );
+    let (status, body) = node.try_get("/api/nope").unwrap();
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+
+    let page = ureq::get(&node.url("/"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(page.contains("NeuroShard") && page.contains("/api/stats"));
+}
+
+#[test]
+fn sigterm_checkpoints_and_a_restart_continues_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let node = Node::start(&state, &["--diloco-steps", "15"], &[]);
+    node.wait_for("50 steps", Duration::from_secs(120), |n| {
+        n.stats()["global_step"].as_u64().unwrap() >= 50
+    });
+    let before = node.stats();
+    let status = node.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(state.join("checkpoints/checkpoint.safetensors").exists());
+
+    let node = Node::start(&state, &["--diloco-steps", "15"], &[]);
+    let after = node.stats();
+    let (step_before, step_after) = (
+        before["global_step"].as_u64().unwrap(),
+        after["global_step"].as_u64().unwrap(),
+    );
+    assert!(
+        step_after >= step_before,
+        "global_step went back from {step_before} to {step_after}"
+    );
+    node.wait_for(
+        "a fresh loss after resuming",
+        Duration::from_secs(60),
+        |n| n.stats()["global_step"].as_u64().unwrap() > step_after + 5,
+    );
+    let resumed = node.stats();
+    let (initial, loss) = (
+        f64_of(&resumed, "initial_val_loss"),
+        f64_of(&resumed, "loss"),
+    );
+    assert!(
+        loss < 0.8 * initial,
+        "loss {loss} jumped back towards the initial {initial}"
+    );
+    assert!(
+        node.get("/api/diloco")["outer_step_count"]
+            .as_u64()
+            .unwrap()
+            >= 3
+    );
+    assert!(node.terminate().success());
+}
+
+#[test]
+fn a_panicking_trainer_is_restarted_while_the_api_stays_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(
+        &dir.path().join("state"),
+        &["--diloco-steps", "10"],
+        &[("NEUROSHARD_FAULT_TRAINER_PANIC_AT_STEP", "25")],
+    );
+    let mut health_checks = 0;
+    node.wait_for(
+        "the trainer to restart and go on",
+        Duration::from_secs(120),
+        |n| {
+            let (status, _) = n
+                .try_get("/api/health")
+                .expect("API must answer throughout");
+            assert_eq!(status, 200);
+            health_checks += 1;
+            let stats = n.stats();
+            stats["trainer_restarts"] == 1 && stats["global_step"].as_u64().unwrap() >= 40
+        },
+    );
+    assert!(health_checks > 1);
+    let stats = node.stats();
+    assert!(
+        stats["last_crash"]
+            .as_str()
+            .unwrap()
+            .contains("injected fault"),
+        "{stats}"
+    );
+    assert_eq!(stats["trainer_restarts"], 1, "the fault fires once");
+    assert!(node.terminate().success());
+}
