@@ -2,7 +2,7 @@
 //! clipping, AdamW) against the same architecture in JAX (benches/jax_neurollm.py), both run here,
 //! in the same invocation, with the ratio printed.
 //!
-//!   cargo bench --bench train_throughput -- [--preset micro] [--steps 10] [--batches 8,32]
+//!   cargo bench --bench train_throughput -- [--preset micro] [--steps 10] [--batches 8,32] [--skip-jax]
 //!
 //! Needs `pip install jax optax` for the baseline; without it the JAX column says so.
 
@@ -24,10 +24,19 @@ struct Args {
     warmup: usize,
     batches: Vec<usize>,
     threads: usize,
+    /// Measure burn only (e.g. under a profiler).
+    skip_jax: bool,
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { preset: "micro".into(), steps: 10, warmup: 2, batches: vec![8, 32], threads: 2 };
+    let mut args = Args {
+        preset: "micro".into(),
+        steps: 10,
+        warmup: 2,
+        batches: vec![8, 32],
+        threads: 2,
+        skip_jax: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -36,7 +45,13 @@ fn parse_args() -> Args {
             "--steps" => args.steps = value().parse().expect("--steps N"),
             "--warmup" => args.warmup = value().parse().expect("--warmup N"),
             "--threads" => args.threads = value().parse().expect("--threads N"),
-            "--batches" => args.batches = value().split(',').map(|b| b.parse().expect("--batches 8,32")).collect(),
+            "--batches" => {
+                args.batches = value()
+                    .split(',')
+                    .map(|b| b.parse().expect("--batches 8,32"))
+                    .collect()
+            }
+            "--skip-jax" => args.skip_jax = true,
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
@@ -46,10 +61,17 @@ fn parse_args() -> Args {
 
 /// Tokens per second of `steps` timed inner steps after `warmup` untimed ones.
 fn burn_tokens_per_sec(config: &NeuroLlmConfig, batch: usize, args: &Args) -> f64 {
-    let data = Arc::new(TokenDataset::new(&builtin_corpus(4_000, 0), config.max_seq_len, 0.05, 0).unwrap());
+    let data = Arc::new(
+        TokenDataset::new(&builtin_corpus(4_000, 0), config.max_seq_len, 0.05, 0).unwrap(),
+    );
     let options = TrainerOptions {
         batch_size: batch,
-        schedule: LrSchedule { peak_lr: 3e-4, warmup_steps: 0, total_steps: 1_000_000, min_lr_ratio: 1.0 },
+        schedule: LrSchedule {
+            peak_lr: 3e-4,
+            warmup_steps: 0,
+            total_steps: 1_000_000,
+            min_lr_ratio: 1.0,
+        },
         adamw: AdamWConfig::default(),
         eval_sequences: 8,
     };
@@ -66,7 +88,19 @@ fn burn_tokens_per_sec(config: &NeuroLlmConfig, batch: usize, args: &Args) -> f6
 fn jax_tokens_per_sec(batch: usize, args: &Args) -> Result<f64, String> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/jax_neurollm.py");
     let out = Command::new("python3")
-        .args([script, "--preset", &args.preset, "--batch", &batch.to_string(), "--steps", &args.steps.to_string(), "--warmup", &args.warmup.to_string(), "--threads", &args.threads.to_string()])
+        .args([
+            script,
+            "--preset",
+            &args.preset,
+            "--batch",
+            &batch.to_string(),
+            "--steps",
+            &args.steps.to_string(),
+            "--warmup",
+            &args.warmup.to_string(),
+            "--threads",
+            &args.threads.to_string(),
+        ])
         .output()
         .map_err(|e| format!("python3: {e}"))?;
     if !out.status.success() {
@@ -74,8 +108,11 @@ fn jax_tokens_per_sec(batch: usize, args: &Args) -> Result<f64, String> {
         return Err(err.lines().last().unwrap_or("failed").to_string());
     }
     let line = String::from_utf8_lossy(&out.stdout);
-    let json: serde_json::Value = serde_json::from_str(line.trim()).map_err(|e| format!("bad JSON from the JAX script: {e}"))?;
-    json["tokens_per_sec"].as_f64().ok_or_else(|| "no tokens_per_sec".into())
+    let json: serde_json::Value = serde_json::from_str(line.trim())
+        .map_err(|e| format!("bad JSON from the JAX script: {e}"))?;
+    json["tokens_per_sec"]
+        .as_f64()
+        .ok_or_else(|| "no tokens_per_sec".into())
 }
 
 fn main() {
@@ -83,14 +120,38 @@ fn main() {
     let config = NeuroLlmConfig::preset(&args.preset).expect("preset");
     let params = config.num_params() as f64;
     let gflops = |tps: f64| 6.0 * params * tps / 1e9;
-    println!("NeuroLLM {} ({} params, context {}), {} timed steps after {} warm-up, burn backend {}, {} threads",
-        args.preset, config.num_params(), config.max_seq_len, args.steps, args.warmup, train_backend_name(), args.threads);
-    println!("{:>6} {:>14} {:>10} {:>14} {:>10} {:>12}", "batch", "burn tok/s", "GFLOP/s", "jax tok/s", "GFLOP/s", "burn/jax");
+    println!(
+        "NeuroLLM {} ({} params, context {}), {} timed steps after {} warm-up, burn backend {}, {} threads",
+        args.preset,
+        config.num_params(),
+        config.max_seq_len,
+        args.steps,
+        args.warmup,
+        train_backend_name(),
+        args.threads
+    );
+    println!(
+        "{:>6} {:>14} {:>10} {:>14} {:>10} {:>12}",
+        "batch", "burn tok/s", "GFLOP/s", "jax tok/s", "GFLOP/s", "burn/jax"
+    );
     for &batch in &args.batches {
         let burn = burn_tokens_per_sec(&config, batch, &args);
-        match jax_tokens_per_sec(batch, &args) {
-            Ok(jax) => println!("{batch:>6} {burn:>14.0} {:>10.1} {jax:>14.0} {:>10.1} {:>11.2}x", gflops(burn), gflops(jax), burn / jax),
-            Err(e) => println!("{batch:>6} {burn:>14.0} {:>10.1}   jax unavailable: {e}", gflops(burn)),
+        let jax = if args.skip_jax {
+            Err("skipped (--skip-jax)".to_string())
+        } else {
+            jax_tokens_per_sec(batch, &args)
+        };
+        match jax {
+            Ok(jax) => println!(
+                "{batch:>6} {burn:>14.0} {:>10.1} {jax:>14.0} {:>10.1} {:>11.2}x",
+                gflops(burn),
+                gflops(jax),
+                burn / jax
+            ),
+            Err(e) => println!(
+                "{batch:>6} {burn:>14.0} {:>10.1}   jax unavailable: {e}",
+                gflops(burn)
+            ),
         }
     }
 }

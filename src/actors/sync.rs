@@ -80,22 +80,9 @@ impl SyncActor {
         }
     }
 
-    /// The trainer state to checkpoint or resume from, consistent with the current round: a
-    /// snapshot from an earlier round (taken before that round's outer step) resumes at the start
-    /// of this round, from θ₀, with its optimizer moments and data cursor.
-    fn consistent(&self, snapshot: &TrainerSnapshot) -> TrainerSnapshot {
-        let mut s = snapshot.clone();
-        if s.counters.round < self.round {
-            s.params.copy_from_slice(&self.theta0);
-            s.counters.round = self.round;
-            s.counters.inner_step = 0;
-        }
-        s
-    }
-
     fn checkpoint_of(&self, snapshot: &TrainerSnapshot) -> Checkpoint {
         Checkpoint {
-            trainer: self.consistent(snapshot),
+            trainer: snapshot.aligned_to(self.round, &self.theta0),
             outer: OuterState {
                 round: self.round,
                 theta0: self.theta0.to_vec(),
@@ -192,7 +179,10 @@ impl Handler<GetResumeState> for SyncActor {
     type Result = MessageResult<GetResumeState>;
 
     fn handle(&mut self, _: GetResumeState, _: &mut Self::Context) -> Self::Result {
-        let snapshot = self.last_snapshot.as_ref().map(|s| self.consistent(s));
+        let snapshot = self
+            .last_snapshot
+            .as_ref()
+            .map(|s| s.aligned_to(self.round, &self.theta0));
         MessageResult(ResumeState {
             snapshot,
             round: self.round,

@@ -53,6 +53,21 @@ pub struct Checkpoint {
     pub outer: OuterState,
 }
 
+impl TrainerSnapshot {
+    /// This snapshot as a resume point for `round`: a snapshot from an earlier round (taken before
+    /// that round's outer step) resumes at the start of `round`, from its θ₀, keeping the optimizer
+    /// moments, the step counters and the data cursor.
+    pub fn aligned_to(&self, round: u64, theta0: &[f32]) -> TrainerSnapshot {
+        let mut s = self.clone();
+        if s.counters.round < round {
+            s.params.copy_from_slice(theta0);
+            s.counters.round = round;
+            s.counters.inner_step = 0;
+        }
+        s
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("checkpoint {path}: {reason}")]
@@ -262,6 +277,22 @@ mod tests {
         save(dir.path(), "h", &layout, &checkpoint).unwrap();
         assert_eq!(load(dir.path(), "h", &layout).unwrap().unwrap(), checkpoint);
         assert!(!dir.path().join(format!("{CHECKPOINT_FILE}.tmp")).exists());
+    }
+
+    #[test]
+    fn a_snapshot_from_an_earlier_round_resumes_at_the_start_of_the_current_one() {
+        let (_, checkpoint) = sample();
+        let snapshot = checkpoint.trainer;
+        assert_eq!(
+            snapshot.aligned_to(5, &[9.0; 8]),
+            snapshot,
+            "same round: unchanged"
+        );
+        let next = snapshot.aligned_to(6, &[9.0; 8]);
+        assert_eq!(next.params, vec![9.0; 8]);
+        assert_eq!((next.counters.round, next.counters.inner_step), (6, 0));
+        assert_eq!(next.counters.global_step, snapshot.counters.global_step);
+        assert_eq!(next.adam, snapshot.adam);
     }
 
     #[test]
