@@ -3,10 +3,8 @@
 
 use burn::module::{Initializer, Module};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
-use burn::tensor::activation::{log_softmax, silu};
+use burn::tensor::activation::{log_softmax, silu, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use super::config::NeuroLlmConfig;
@@ -48,12 +46,16 @@ struct SwiGlu<B: Backend> {
     w3: Linear<B>,
 }
 
-/// Rotary position embedding tables (half-split / rotate_half form); constants, not parameters.
+/// Rotary position embedding (Su et al., 2021), half-split form; constants, not parameters.
 #[derive(Module, Debug)]
 struct Rope<B: Backend> {
-    /// cos and sin of position × frequency, each [max_seq_len, head_dim], halves repeated.
-    cos: Tensor<B, 2>,
-    sin: Tensor<B, 2>,
+    /// cos and sin of position × frequency, [max_seq_len, heads·head_dim] for query and key heads.
+    cos_q: Tensor<B, 2>,
+    sin_q: Tensor<B, 2>,
+    cos_k: Tensor<B, 2>,
+    sin_k: Tensor<B, 2>,
+    /// [head_dim, head_dim] signed permutation with x·R = rotate_half(x).
+    rotate: Tensor<B, 2>,
 }
 
 fn linear<B: Backend>(d_in: usize, d_out: usize, std: f64, device: &B::Device) -> Linear<B> {
@@ -97,7 +99,14 @@ impl NeuroLlmConfig {
                 .init(device),
             blocks,
             final_norm: norm(),
-            rope: Rope::new(hd, self.max_seq_len, self.rope_theta, device),
+            rope: Rope::new(
+                hd,
+                self.n_heads,
+                self.n_kv_heads,
+                self.max_seq_len,
+                self.rope_theta,
+                device,
+            ),
         }
     }
 }
@@ -105,113 +114,207 @@ impl NeuroLlmConfig {
 impl<B: Backend> NeuroLlm<B> {
     /// Next-token logits [batch, seq, vocab] for tokens [batch, seq].
     pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        let mut x = self.embedding.forward(tokens);
+        let [batch, seq] = tokens.dims();
+        let logits = self.logits(tokens);
+        let vocab = logits.dims()[1];
+        logits.reshape([batch, seq, vocab])
+    }
+
+    /// Logits as [batch·seq, vocab]. Activations stay 2-D ([batch·seq, d_model]) between blocks:
+    /// every projection is then one large matmul, and broadcasts hit the backend's fast paths.
+    fn logits(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+        let shape = Shape2 {
+            batch: tokens.dims()[0],
+            seq: tokens.dims()[1],
+        };
+        let group = self
+            .blocks
+            .first()
+            .map_or(1, |b| b.attn.n_heads / b.attn.n_kv_heads);
+        let mask = causal_bias::<B>(shape.seq, group, &tokens.device());
+        let x = self.embedding.forward(tokens);
+        let d = x.dims()[2];
+        let mut x = x.reshape([shape.batch * shape.seq, d]);
         for block in &self.blocks {
-            x = block.forward(x, &self.rope);
+            x = block.forward(x, shape, &self.rope, &mask);
         }
-        let h = self.final_norm.forward(x);
-        let [batch, seq, d] = h.dims();
-        let head = self.embedding.weight.val().transpose(); // [d, vocab]
-        let vocab = head.dims()[1];
-        h.reshape([batch * seq, d])
-            .matmul(head)
-            .reshape([batch, seq, vocab])
+        self.final_norm
+            .forward(x)
+            .matmul(self.embedding.weight.val().transpose())
     }
 
     /// Mean next-token cross-entropy of `targets` [batch, seq] given `inputs` [batch, seq].
     pub fn loss(&self, inputs: Tensor<B, 2, Int>, targets: Tensor<B, 2, Int>) -> Tensor<B, 1> {
-        let logits = self.forward(inputs);
-        let [batch, seq, vocab] = logits.dims();
-        let log_probs = log_softmax(logits.reshape([batch * seq, vocab]), 1);
+        let [batch, seq] = targets.dims();
+        let log_probs = log_softmax(self.logits(inputs), 1);
         let picked = log_probs.gather(1, targets.reshape([batch * seq, 1]));
         picked.mean().neg()
     }
 
     pub fn max_seq_len(&self) -> usize {
-        self.rope.cos.dims()[0]
+        self.rope.cos_q.dims()[0]
     }
 }
 
+/// Batch and sequence length of the 2-D activations [batch·seq, features].
+#[derive(Debug, Clone, Copy)]
+struct Shape2 {
+    batch: usize,
+    seq: usize,
+}
+
+/// Additive causal mask for grouped attention, flattened to [1, g·seq·seq]: row `j·seq + t` (query
+/// position t of the j-th query head sharing a key/value head) may see key positions ≤ t; the
+/// others get a large negative.
+fn causal_bias<B: Backend>(seq: usize, group: usize, device: &B::Device) -> Tensor<B, 2> {
+    let mut bias = vec![0.0f32; group * seq * seq];
+    for (row, chunk) in bias.chunks_mut(seq).enumerate() {
+        chunk[row % seq + 1..].fill(-1e9);
+    }
+    Tensor::from_data(TensorData::new(bias, [1, group * seq * seq]), device)
+}
+
 impl<B: Backend> Block<B> {
-    fn forward(&self, x: Tensor<B, 3>, rope: &Rope<B>) -> Tensor<B, 3> {
-        let h = x.clone() + self.attn.forward(self.attn_norm.forward(x), rope);
+    fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        shape: Shape2,
+        rope: &Rope<B>,
+        mask: &Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
+        let h = x.clone()
+            + self
+                .attn
+                .forward(self.attn_norm.forward(x), shape, rope, mask);
         h.clone() + self.ffn.forward(self.ffn_norm.forward(h))
     }
 }
 
 impl<B: Backend> GroupedQueryAttention<B> {
-    fn forward(&self, x: Tensor<B, 3>, rope: &Rope<B>) -> Tensor<B, 3> {
-        let [batch, seq, _] = x.dims();
-        let heads =
-            |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
-        let q = rope.apply(heads(self.wq.forward(x.clone()), self.n_heads));
-        let k = rope.apply(heads(self.wk.forward(x.clone()), self.n_kv_heads));
-        let v = heads(self.wv.forward(x), self.n_kv_heads);
-        let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
-        let options = AttentionModuleOptions {
-            is_causal: true,
-            ..Default::default()
-        };
-        let out = attention(q, k, v, None, None, options); // [batch, heads, seq, head_dim]
-        let out = out
-            .swap_dims(1, 2)
-            .reshape([batch, seq, self.n_heads * self.head_dim]);
-        self.wo.forward(out)
-    }
-
-    /// Shares each key/value head with `n_heads / n_kv_heads` query heads (head h uses kv head h / g).
-    fn repeat_kv(&self, t: Tensor<B, 4>) -> Tensor<B, 4> {
-        let group = self.n_heads / self.n_kv_heads;
-        if group == 1 {
-            return t;
-        }
-        let [batch, kv, seq, hd] = t.dims();
-        t.unsqueeze_dim::<5>(2)
-            .expand([batch, kv, group, seq, hd])
-            .reshape([batch, kv * group, seq, hd])
+    fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        shape: Shape2,
+        rope: &Rope<B>,
+        mask: &Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
+        let (hd, kv) = (self.head_dim, self.n_kv_heads);
+        let heads4 = |t: Tensor<B, 2>, n: usize| t.reshape([shape.batch, shape.seq, n, hd]);
+        let q = heads4(
+            rope.apply(self.wq.forward(x.clone()), shape, RopeTable::Query),
+            self.n_heads,
+        );
+        let k = heads4(
+            rope.apply(self.wk.forward(x.clone()), shape, RopeTable::Key),
+            kv,
+        );
+        let v = heads4(self.wv.forward(x), kv);
+        self.wo.forward(grouped_causal_attention(q, k, v, mask))
     }
 }
 
+/// softmax(q·kᵀ/√d + mask)·v for q [batch, seq, heads, d] and k, v [batch, seq, kv_heads, d];
+/// returns [batch·seq, heads·d]. The g = heads / kv_heads query heads that share a key/value head
+/// (head h uses kv head h / g) are stacked along the sequence axis, so one batched matmul serves the
+/// whole group without copying keys and values g times; `mask` comes from [`causal_bias`].
+fn grouped_causal_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: &Tensor<B, 2>,
+) -> Tensor<B, 2> {
+    let [batch, seq, heads, hd] = q.dims();
+    let kv = k.dims()[2];
+    let group = heads / kv;
+    let q = (q * (hd as f64).powf(-0.5))
+        .swap_dims(1, 2)
+        .reshape([batch, kv, group * seq, hd]);
+    let (k, v) = (k.swap_dims(1, 2), v.swap_dims(1, 2));
+    let scores = q
+        .matmul(k.transpose())
+        .reshape([batch * kv, group * seq * seq])
+        + mask.clone();
+    let probs = softmax(scores.reshape([batch, kv, group * seq, seq]), 3);
+    let out = probs.matmul(v); // [batch, kv, group·seq, hd]
+    out.reshape([batch, heads, seq, hd])
+        .swap_dims(1, 2)
+        .reshape([batch * seq, heads * hd])
+}
+
 impl<B: Backend> SwiGlu<B> {
-    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         self.w2
             .forward(silu(self.w1.forward(x.clone())) * self.w3.forward(x))
     }
 }
 
+#[derive(Debug, Clone, Copy)]
+enum RopeTable {
+    Query,
+    Key,
+}
+
 impl<B: Backend> Rope<B> {
-    fn new(head_dim: usize, max_seq_len: usize, theta: f32, device: &B::Device) -> Self {
+    fn new(
+        head_dim: usize,
+        n_heads: usize,
+        n_kv_heads: usize,
+        max_seq_len: usize,
+        theta: f32,
+        device: &B::Device,
+    ) -> Self {
         let half = head_dim / 2;
-        let (mut cos, mut sin) = (
-            Vec::with_capacity(max_seq_len * head_dim),
-            Vec::with_capacity(max_seq_len * head_dim),
-        );
+        // cos/sin of position × frequency for one head; tiled over the heads below, so applying
+        // them to [batch, seq·heads·head_dim] is a plain row broadcast over the batch.
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
         for pos in 0..max_seq_len {
             for i in 0..head_dim {
-                let freq = theta.powf(-2.0 * (i % half) as f32 / head_dim as f32);
-                let angle = pos as f32 * freq;
+                let angle = pos as f32 * theta.powf(-2.0 * (i % half) as f32 / head_dim as f32);
                 cos.push(angle.cos());
                 sin.push(angle.sin());
             }
         }
-        let table =
-            |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [max_seq_len, head_dim]), device);
+        let tiled = |table: &[f32], heads: usize| {
+            let rows: Vec<f32> = table
+                .chunks(head_dim)
+                .flat_map(|row| row.repeat(heads))
+                .collect();
+            Tensor::from_data(
+                TensorData::new(rows, [max_seq_len, heads * head_dim]),
+                device,
+            )
+        };
+        // rotate_half(x) = (−x₂, x₁) = x·R, with R a signed permutation
+        let mut rotate = vec![0.0f32; head_dim * head_dim];
+        for j in 0..half {
+            rotate[(j + half) * head_dim + j] = -1.0;
+            rotate[j * head_dim + j + half] = 1.0;
+        }
         Self {
-            cos: table(cos),
-            sin: table(sin),
+            cos_q: tiled(&cos, n_heads),
+            sin_q: tiled(&sin, n_heads),
+            cos_k: tiled(&cos, n_kv_heads),
+            sin_k: tiled(&sin, n_kv_heads),
+            rotate: Tensor::from_data(TensorData::new(rotate, [head_dim, head_dim]), device),
         }
     }
 
-    /// x·cos + rotate_half(x)·sin for x [batch, heads, seq, head_dim].
-    fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [_, _, seq, hd] = x.dims();
-        let half = hd / 2;
-        let cos = self.cos.clone().slice([0..seq]).unsqueeze::<4>();
-        let sin = self.sin.clone().slice([0..seq]).unsqueeze::<4>();
-        let x1 = x.clone().narrow(3, 0, half);
-        let x2 = x.clone().narrow(3, half, half);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        x * cos + rotated * sin
+    /// x·cos + rotate_half(x)·sin per head, for x [batch·seq, heads·head_dim].
+    fn apply(&self, x: Tensor<B, 2>, shape: Shape2, table: RopeTable) -> Tensor<B, 2> {
+        let (cos, sin) = match table {
+            RopeTable::Query => (&self.cos_q, &self.sin_q),
+            RopeTable::Key => (&self.cos_k, &self.sin_k),
+        };
+        let hd = self.rotate.dims()[0];
+        let [rows, width] = x.dims();
+        let row = shape.seq * width;
+        let flat = |t: &Tensor<B, 2>| t.clone().slice([0..shape.seq]).reshape([1, row]);
+        let rotated = x
+            .clone()
+            .reshape([rows * width / hd, hd])
+            .matmul(self.rotate.clone())
+            .reshape([shape.batch, row]);
+        (x.reshape([shape.batch, row]) * flat(cos) + rotated * flat(sin)).reshape([rows, width])
     }
 }
 
@@ -263,6 +366,82 @@ mod tests {
             max_diff(3, 6) > 1e-4,
             "positions from the change on must see it"
         );
+    }
+
+    #[test]
+    fn grouped_attention_matches_burns_attention_with_repeated_kv_heads() {
+        use burn::tensor::Distribution;
+        use burn::tensor::module::attention;
+        use burn::tensor::ops::AttentionModuleOptions;
+        let (b, t, h, kv, d) = (2, 5, 6, 2, 4);
+        let device = cpu_device();
+        let rand = |heads| {
+            Tensor::<CpuBackend, 4>::random(
+                [b, t, heads, d],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            )
+        };
+        let (q, k, v) = (rand(h), rand(kv), rand(kv));
+        let ours = grouped_causal_attention(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            &causal_bias(t, h / kv, &device),
+        );
+
+        let repeat = |x: Tensor<CpuBackend, 4>| {
+            x.swap_dims(1, 2)
+                .unsqueeze_dim::<5>(2)
+                .expand([b, kv, h / kv, t, d])
+                .reshape([b, h, t, d])
+        };
+        let options = AttentionModuleOptions {
+            is_causal: true,
+            ..Default::default()
+        };
+        let reference = attention(q.swap_dims(1, 2), repeat(k), repeat(v), None, None, options)
+            .swap_dims(1, 2)
+            .reshape([b * t, h * d]);
+        let diff = (ours - reference).abs().max().into_scalar();
+        assert!(diff < 1e-5, "max difference {diff}");
+    }
+
+    #[test]
+    fn rope_rotates_each_pair_by_position_times_frequency() {
+        let (seq, heads, hd, theta) = (3, 2, 4, 10000.0f32);
+        let device = cpu_device();
+        let rope = Rope::<CpuBackend>::new(hd, heads, heads, 8, theta, &device);
+        let x: Vec<f32> = (0..seq * heads * hd)
+            .map(|i| (i as f32 * 0.37).sin())
+            .collect();
+        let input = Tensor::<CpuBackend, 2>::from_data(
+            TensorData::new(x.clone(), [seq, heads * hd]),
+            &device,
+        );
+        let out = rope
+            .apply(input, Shape2 { batch: 1, seq }, RopeTable::Query)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        for pos in 0..seq {
+            for head in 0..heads {
+                let base = (pos * heads + head) * hd;
+                for i in 0..hd / 2 {
+                    let angle = pos as f32 * theta.powf(-2.0 * i as f32 / hd as f32);
+                    let (a, b) = (x[base + i], x[base + i + hd / 2]);
+                    let expected = (
+                        a * angle.cos() - b * angle.sin(),
+                        b * angle.cos() + a * angle.sin(),
+                    );
+                    assert!(
+                        (out[base + i] - expected.0).abs() < 1e-5
+                            && (out[base + i + hd / 2] - expected.1).abs() < 1e-5,
+                        "pos {pos} head {head} pair {i}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
