@@ -117,6 +117,8 @@ fn jax_tokens_per_sec(batch: usize, args: &Args) -> Result<f64, String> {
 
 fn main() {
     let args = parse_args();
+    // as the node does (src/main.rs)
+    neuroshard::model::backend::keep_freed_memory_in_heap();
     let config = NeuroLlmConfig::preset(&args.preset).expect("preset");
     let params = config.num_params() as f64;
     let gflops = |tps: f64| 6.0 * params * tps / 1e9;

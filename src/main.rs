@@ -121,6 +121,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config.log_level);
+    neuroshard::model::backend::keep_freed_memory_in_heap();
     let result = actix_rt::System::new().block_on(node::run(config));
     match result {
         Ok(()) => ExitCode::SUCCESS,

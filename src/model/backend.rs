@@ -29,3 +29,19 @@ pub fn train_backend_name() -> &'static str {
         "flex-cpu"
     }
 }
+
+/// Keeps memory freed by the training step in the process heap.
+///
+/// glibc hands every allocation above 32 MB straight back to the OS on free, so each large
+/// activation of a training step was page-faulted and zeroed anew: at batch 32 on the micro preset
+/// that cost about a third of the step (BENCHMARKS.md). A training loop allocates the same sizes
+/// every step, so keeping them in the heap trades a stable peak footprint for that time.
+pub fn keep_freed_memory_in_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning parameters; it is called before the threads
+    // that allocate heavily are started.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
