@@ -26,6 +26,8 @@ struct Args {
     threads: usize,
     /// Measure burn only (e.g. under a profiler).
     skip_jax: bool,
+    /// Internal: measure burn at this one batch size in this process and print tokens/s.
+    child_batch: Option<usize>,
 }
 
 fn parse_args() -> Args {
@@ -36,6 +38,7 @@ fn parse_args() -> Args {
         batches: vec![8, 32],
         threads: 2,
         skip_jax: false,
+        child_batch: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -52,6 +55,7 @@ fn parse_args() -> Args {
                     .collect()
             }
             "--skip-jax" => args.skip_jax = true,
+            "--child-batch" => args.child_batch = Some(value().parse().expect("--child-batch N")),
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
@@ -83,6 +87,33 @@ fn burn_tokens_per_sec(config: &NeuroLlmConfig, batch: usize, args: &Args) -> f6
     let start = Instant::now();
     let tokens: u64 = (0..args.steps).map(|_| trainer.step().tokens).sum();
     tokens as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Runs [`burn_tokens_per_sec`] in a fresh process, as the JAX baseline runs: one measurement's
+/// heap must not shape the next one's.
+fn burn_in_child(batch: usize, args: &Args) -> f64 {
+    let out = Command::new(std::env::current_exe().expect("own path"))
+        .args([
+            "--preset",
+            &args.preset,
+            "--steps",
+            &args.steps.to_string(),
+            "--warmup",
+            &args.warmup.to_string(),
+            "--child-batch",
+            &batch.to_string(),
+        ])
+        .output()
+        .expect("re-run the benchmark");
+    assert!(
+        out.status.success(),
+        "burn run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("tokens/s from the burn run")
 }
 
 fn jax_tokens_per_sec(batch: usize, args: &Args) -> Result<f64, String> {
@@ -120,6 +151,10 @@ fn main() {
     // as the node does (src/main.rs)
     neuroshard::model::backend::keep_freed_memory_in_heap();
     let config = NeuroLlmConfig::preset(&args.preset).expect("preset");
+    if let Some(batch) = args.child_batch {
+        println!("{}", burn_tokens_per_sec(&config, batch, &args));
+        return;
+    }
     let params = config.num_params() as f64;
     let gflops = |tps: f64| 6.0 * params * tps / 1e9;
     println!(
@@ -137,7 +172,7 @@ fn main() {
         "batch", "burn tok/s", "GFLOP/s", "jax tok/s", "GFLOP/s", "burn/jax"
     );
     for &batch in &args.batches {
-        let burn = burn_tokens_per_sec(&config, batch, &args);
+        let burn = burn_in_child(batch, &args);
         let jax = if args.skip_jax {
             Err("skipped (--skip-jax)".to_string())
         } else {
