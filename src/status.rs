@@ -6,6 +6,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::model::checkpoint::TrainerCounters;
+
 /// What the trainer is doing right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -47,6 +49,18 @@ pub struct NodeStatus {
     #[serde(skip)]
     pub weights: Option<Arc<Vec<f32>>>,
     pub weights_version: u64,
+}
+
+impl NodeStatus {
+    /// Copies the trainer's counters into the published status.
+    pub fn record_counters(&mut self, c: &TrainerCounters) {
+        self.global_step = c.global_step;
+        self.inner_step = c.inner_step;
+        self.loss = c.loss;
+        self.val_loss = c.val_loss;
+        self.initial_val_loss = c.initial_val_loss;
+        self.tokens_seen = c.tokens_seen;
+    }
 }
 
 #[derive(Clone)]

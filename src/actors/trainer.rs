@@ -116,12 +116,7 @@ impl Actor for TrainerActor {
         let counters = self.trainer.counters;
         self.status.update(|s| {
             s.phase = TrainerPhase::Training;
-            s.global_step = counters.global_step;
-            s.inner_step = counters.inner_step;
-            s.val_loss = counters.val_loss;
-            s.initial_val_loss = counters.initial_val_loss;
-            s.loss = counters.loss;
-            s.tokens_seen = counters.tokens_seen;
+            s.record_counters(&counters);
         });
         ctx.address().do_send(TrainStep);
     }
@@ -175,12 +170,7 @@ impl Handler<TrainStep> for TrainerActor {
         }
         let c = self.trainer.counters;
         self.status.update(|s| {
-            s.global_step = c.global_step;
-            s.inner_step = c.inner_step;
-            s.loss = c.loss;
-            s.val_loss = c.val_loss;
-            s.initial_val_loss = c.initial_val_loss;
-            s.tokens_seen = c.tokens_seen;
+            s.record_counters(&c);
             s.lr = report.lr;
             if elapsed > 0.5 || s.tokens_per_sec == 0.0 {
                 s.tokens_per_sec = tokens_per_sec;
