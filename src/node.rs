@@ -125,6 +125,9 @@ fn prepare(config: &Config) -> Result<Prepared, NodeError> {
     } else {
         None
     };
+    let address = format!("{}:{}", config.host, config.port);
+    let listener = TcpListener::bind(&address)
+        .map_err(|e| NodeError::Input(format!("port: cannot listen on {address}: {e}")))?;
     let state_dir = config.state_dir();
     prepare_state_dir(&state_dir)?;
     let identity = match explicit {
@@ -167,9 +170,6 @@ fn prepare(config: &Config) -> Result<Prepared, NodeError> {
             )
         }
     };
-    let address = format!("{}:{}", config.host, config.port);
-    let listener = TcpListener::bind(&address)
-        .map_err(|e| NodeError::Input(format!("port: cannot listen on {address}: {e}")))?;
     Ok(Prepared {
         identity,
         data,

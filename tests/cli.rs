@@ -74,6 +74,8 @@ fn bad_input_exits_2_naming_the_file_and_key_and_writes_nothing() {
     let unknown_key = write("unknown.toml", "[training]\nbatch_sise = 4\n");
     let wrong_type = write("type.toml", "port = \"eighty\"\n");
     let missing_data = dir.path().join("no-such-corpus.txt");
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_port = busy.local_addr().unwrap().port().to_string();
     let blocker = write("not-a-dir", "a file where the state dir should be");
 
     let cases: Vec<(Vec<String>, Vec<&str>)> = vec![
@@ -130,6 +132,17 @@ fn bad_input_exits_2_naming_the_file_and_key_and_writes_nothing() {
                 format!("{blocker}/state"),
             ],
             vec!["state dir", "not-a-dir"],
+        ),
+        (
+            vec![
+                "--preset".into(),
+                "nano".into(),
+                "--port".into(),
+                busy_port,
+                "--state-dir".into(),
+                state_arg.clone(),
+            ],
+            vec!["port", "cannot listen"],
         ),
     ];
     for (args, expected) in cases {
