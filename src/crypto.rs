@@ -65,9 +65,16 @@ impl Identity {
         })
     }
 
-    /// The 32-byte secret, e.g. to derive the libp2p identity from the same key.
-    pub fn secret_bytes(&self) -> [u8; 32] {
-        self.secret.to_secret_bytes()
+    /// The libp2p key pair: the same secp256k1 secret, so the PeerId and the wallet are one identity.
+    pub fn libp2p_keypair(&self) -> libp2p::identity::Keypair {
+        let secret =
+            libp2p::identity::secp256k1::SecretKey::try_from_bytes(self.secret.to_secret_bytes())
+                .expect("a valid secp256k1 secret is a valid libp2p secp256k1 secret");
+        libp2p::identity::secp256k1::Keypair::from(secret).into()
+    }
+
+    pub fn peer_id(&self) -> libp2p::PeerId {
+        self.libp2p_keypair().public().to_peer_id()
     }
 }
 
@@ -101,6 +108,21 @@ mod tests {
         assert_eq!(
             Identity::from_token(KNOWN_MNEMONIC).unwrap().node_id,
             KNOWN_MNEMONIC_NODE_ID
+        );
+    }
+
+    #[test]
+    fn the_peer_id_names_the_wallet_key() {
+        let id = Identity::from_token(KNOWN_HEX_TOKEN).unwrap();
+        let libp2p_public = id.libp2p_keypair().public().try_into_secp256k1().unwrap();
+        assert_eq!(libp2p_public.to_bytes(), id.public.serialize());
+        assert_eq!(
+            id.peer_id(),
+            Identity::from_token(KNOWN_HEX_TOKEN).unwrap().peer_id()
+        );
+        assert_ne!(
+            id.peer_id(),
+            Identity::from_token(KNOWN_MNEMONIC).unwrap().peer_id()
         );
     }
 

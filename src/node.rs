@@ -253,6 +253,7 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
 
     let status = StatusBoard::new(NodeStatus {
         node_id: prepared.identity.node_id.clone(),
+        peer_id: prepared.identity.peer_id().to_string(),
         role: if training { "trainer" } else { "observer" },
         version: env!("CARGO_PKG_VERSION"),
         preset: config.model.preset.clone(),

@@ -24,6 +24,8 @@ pub enum TrainerPhase {
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeStatus {
     pub node_id: String,
+    /// libp2p PeerId of the same key as node_id.
+    pub peer_id: String,
     pub role: &'static str,
     pub version: &'static str,
     pub preset: String,

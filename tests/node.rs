@@ -27,6 +27,10 @@ fn nano_node_trains_three_outer_rounds_and_val_loss_falls_by_30_percent() {
     assert!(f64_of(&stats, "tokens_per_sec") > 0.0);
     assert_eq!(stats["role"], "trainer");
     assert_eq!(stats["node_id"].as_str().unwrap().len(), 32);
+    assert!(
+        stats["peer_id"].as_str().unwrap().starts_with("16Uiu2"),
+        "secp256k1 PeerId: {stats}"
+    );
     assert!(node.terminate().success());
 }
 

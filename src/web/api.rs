@@ -119,6 +119,7 @@ async fn stats(state: web::Data<ApiState>) -> HttpResponse {
     let s = state.status.read();
     HttpResponse::Ok().json(json!({
         "node_id": s.node_id,
+        "peer_id": s.peer_id,
         "role": s.role,
         "version": s.version,
         "uptime_s": state.status.uptime_s(),
