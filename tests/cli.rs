@@ -15,6 +15,10 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().unwrap()
 }
 
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -30,34 +34,24 @@ fn id_prints_the_known_node_id_and_keygen_a_working_token() {
         &[],
     );
     assert!(out.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "f99a98e479263f0a28a91c4809fe5910"
-    );
+    assert_eq!(stdout(&out), "f99a98e479263f0a28a91c4809fe5910");
 
     let mnemonic = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about";
     let out = run(&["id"], &[("NEUROSHARD_TOKEN", mnemonic)]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "d72992fd962a53bbab62f8710b11e0f7"
-    );
+    assert_eq!(stdout(&out), "d72992fd962a53bbab62f8710b11e0f7");
 
     let out = run(&["keygen"], &[]);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let token = text
-        .lines()
-        .find_map(|l| l.strip_prefix("token:"))
-        .unwrap()
-        .trim()
-        .to_string();
-    let node_id = text
-        .lines()
-        .find_map(|l| l.strip_prefix("node_id:"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let text = stdout(&out);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let (token, node_id) = (field("token:"), field("node_id:"));
     let again = run(&["id", "--token", &token], &[]);
-    assert_eq!(String::from_utf8_lossy(&again.stdout).trim(), node_id);
+    assert_eq!(stdout(&again), node_id);
 }
 
 /// Each bad input exits with 2, names what is wrong, and writes nothing into the state dir.
