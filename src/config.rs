@@ -7,9 +7,12 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use libp2p::Multiaddr;
+
 use crate::aggregate::Rule;
 use crate::model::NeuroLlmConfig;
 use crate::model::config::PRESETS;
+use crate::net::protocol::valid_network_id;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -33,6 +36,38 @@ pub struct Config {
     pub model: ModelSection,
     pub training: TrainingSection,
     pub diloco: DilocoSection,
+    pub network: NetworkSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkSection {
+    /// Peers of another network id are refused; protocols and topics are named after it.
+    pub network_id: String,
+    /// Multiaddrs the libp2p node listens on.
+    pub listen: Vec<String>,
+    /// Multiaddrs announced to peers and the tracker instead of the listen addresses (NAT, public IP).
+    pub announce_addrs: Vec<String>,
+    /// Discover peers on the local network by multicast DNS.
+    pub mdns: bool,
+    /// Seconds between signed heartbeats.
+    pub heartbeat_interval_s: u64,
+    /// A peer silent for this many heartbeat intervals is dropped from the peer table.
+    pub drop_after_intervals: u32,
+    /// Seconds between announcements to the tracker.
+    pub announce_interval_s: u64,
+    /// Connections this node opens on its own to peers it discovers.
+    pub target_peers: usize,
+    /// Largest blob (pseudo-gradient, model state) accepted from a peer, in MiB.
+    pub max_blob_mib: u64,
+    /// Seconds a blob transfer may take.
+    pub blob_timeout_s: u64,
+    /// Gossip messages one node may originate per heartbeat interval; more are rejected.
+    pub max_messages_per_interval: u32,
+    /// Rejected messages within one heartbeat interval that get a peer banned.
+    pub ban_after_rejections: u32,
+    /// Seconds a ban lasts.
+    pub ban_s: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,6 +132,27 @@ impl Default for Config {
             model: ModelSection::default(),
             training: TrainingSection::default(),
             diloco: DilocoSection::default(),
+            network: NetworkSection::default(),
+        }
+    }
+}
+
+impl Default for NetworkSection {
+    fn default() -> Self {
+        Self {
+            network_id: "mainnet".into(),
+            listen: vec!["/ip4/0.0.0.0/tcp/9000".into()],
+            announce_addrs: Vec::new(),
+            mdns: true,
+            heartbeat_interval_s: 10,
+            drop_after_intervals: 3,
+            announce_interval_s: 60,
+            target_peers: 32,
+            max_blob_mib: 512,
+            blob_timeout_s: 300,
+            max_messages_per_interval: 20,
+            ban_after_rejections: 50,
+            ban_s: 600,
         }
     }
 }
@@ -167,6 +223,9 @@ pub struct CliOverrides {
     pub data: Option<Vec<PathBuf>>,
     pub training: Option<bool>,
     pub diloco_steps: Option<u64>,
+    pub network_id: Option<String>,
+    pub listen: Option<Vec<String>>,
+    pub announce_addrs: Option<Vec<String>>,
 }
 
 impl CliOverrides {
@@ -187,6 +246,9 @@ impl CliOverrides {
         figment = set(figment, "model.preset", self.preset);
         figment = set(figment, "training.data", self.data);
         figment = set(figment, "training.enabled", self.training);
+        figment = set(figment, "network.network_id", self.network_id);
+        figment = set(figment, "network.listen", self.listen);
+        figment = set(figment, "network.announce_addrs", self.announce_addrs);
         set(figment, "diloco.inner_steps", self.diloco_steps)
     }
 }
@@ -295,12 +357,75 @@ impl Config {
                 "outer_lr must be positive and outer_momentum in [0, 1)".into(),
             );
         }
+        self.validate_network()?;
         for path in &t.data {
             if !path.exists() {
                 return bad(
                     "training.data",
                     format!("data path {} does not exist", path.display()),
                 );
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_network(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, reason: String| ConfigError {
+            source_name: "configuration".into(),
+            key: key.into(),
+            reason,
+        };
+        let n = &self.network;
+        if !valid_network_id(&n.network_id) {
+            return Err(bad(
+                "network.network_id",
+                format!(
+                    "{:?} is not 1 to 64 characters of A-Z a-z 0-9 . _ -",
+                    n.network_id
+                ),
+            ));
+        }
+        if n.listen.is_empty() {
+            return Err(bad("network.listen", "needs at least one multiaddr".into()));
+        }
+        for (key, addrs) in [
+            ("network.listen", &n.listen),
+            ("network.announce_addrs", &n.announce_addrs),
+            ("seed_peers", &self.seed_peers),
+        ] {
+            for addr in addrs {
+                addr.parse::<Multiaddr>()
+                    .map_err(|e| bad(key, format!("{addr:?} is not a multiaddr: {e}")))?;
+            }
+        }
+        if let Some(url) = &self.tracker {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(bad(
+                    "tracker",
+                    format!("{url:?} is not an http:// or https:// URL"),
+                ));
+            }
+        }
+        for (key, value) in [
+            ("network.heartbeat_interval_s", n.heartbeat_interval_s),
+            ("network.announce_interval_s", n.announce_interval_s),
+            ("network.max_blob_mib", n.max_blob_mib),
+            ("network.blob_timeout_s", n.blob_timeout_s),
+            (
+                "network.drop_after_intervals",
+                n.drop_after_intervals.into(),
+            ),
+            (
+                "network.max_messages_per_interval",
+                n.max_messages_per_interval.into(),
+            ),
+            (
+                "network.ban_after_rejections",
+                n.ban_after_rejections.into(),
+            ),
+        ] {
+            if value == 0 {
+                return Err(bad(key, "must be at least 1".into()));
             }
         }
         Ok(())

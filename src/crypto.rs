@@ -2,7 +2,7 @@
 //! and the ids match the Python original's: secret = SHA-256(token) (for a mnemonic, of the hex of
 //! its BIP39 seed's first 32 bytes), node_id = hex(SHA-256(compressed public key))[:32].
 
-use secp256k1::{PublicKey, SecretKey};
+use secp256k1::{Message, PublicKey, SecretKey, ecdsa};
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -57,7 +57,7 @@ impl Identity {
         let secret = SecretKey::from_secret_bytes(digest)
             .map_err(|_| TokenError::Malformed("token hashes to an invalid key".into()))?;
         let public = secret.public_key();
-        let node_id = hex::encode(Sha256::digest(public.serialize()))[..32].to_string();
+        let node_id = node_id_of(&public);
         Ok(Self {
             secret,
             public,
@@ -76,6 +76,44 @@ impl Identity {
     pub fn peer_id(&self) -> libp2p::PeerId {
         self.libp2p_keypair().public().to_peer_id()
     }
+
+    /// ECDSA secp256k1 over SHA-256(`message`), as 64 compact bytes (low-S).
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        self.secret
+            .sign_ecdsa(digest_of(message))
+            .serialize_compact()
+    }
+}
+
+fn digest_of(message: &[u8]) -> Message {
+    Message::from_digest(Sha256::digest(message).into())
+}
+
+/// node_id = hex(SHA-256(compressed public key))[:32].
+pub fn node_id_of(public: &PublicKey) -> String {
+    hex::encode(Sha256::digest(public.serialize()))[..32].to_string()
+}
+
+/// Whether `signature` (64 compact bytes) is `public`'s ECDSA signature of SHA-256(`message`).
+/// High-S signatures are refused, so a signature cannot be re-encoded into a second valid one.
+pub fn verify(public: &PublicKey, message: &[u8], signature: &[u8]) -> bool {
+    let Ok(signature) = ecdsa::Signature::from_compact(signature) else {
+        return false;
+    };
+    let mut normalized = signature;
+    normalized.normalize_s();
+    normalized == signature && signature.verify(digest_of(message), public).is_ok()
+}
+
+/// The secp256k1 public key a PeerId names. Our PeerIds inline the key (identity multihash), so
+/// a peer's messages can be checked against it; any other kind of PeerId gives `None`.
+pub fn public_key_of(peer_id: &libp2p::PeerId) -> Option<PublicKey> {
+    let multihash = peer_id.as_ref();
+    if multihash.code() != 0 {
+        return None;
+    }
+    let key = libp2p::identity::PublicKey::try_decode_protobuf(multihash.digest()).ok()?;
+    PublicKey::from_slice(&key.try_into_secp256k1().ok()?.to_bytes()).ok()
 }
 
 /// A fresh random token (64 hex characters) from the operating system's CSPRNG.
@@ -123,6 +161,22 @@ mod tests {
         assert_ne!(
             id.peer_id(),
             Identity::from_token(KNOWN_MNEMONIC).unwrap().peer_id()
+        );
+    }
+
+    #[test]
+    fn signatures_verify_only_for_the_signer_and_the_message() {
+        let id = Identity::from_token(KNOWN_HEX_TOKEN).unwrap();
+        let other = Identity::from_token(KNOWN_MNEMONIC).unwrap();
+        let signature = id.sign(b"round 7");
+        assert!(verify(&id.public, b"round 7", &signature));
+        assert!(!verify(&id.public, b"round 8", &signature));
+        assert!(!verify(&other.public, b"round 7", &signature));
+        assert!(!verify(&id.public, b"round 7", &signature[..63]));
+        assert_eq!(public_key_of(&id.peer_id()), Some(id.public));
+        assert_eq!(
+            node_id_of(&public_key_of(&id.peer_id()).unwrap()),
+            id.node_id
         );
     }
 

@@ -7,6 +7,8 @@ pub mod config;
 pub mod crypto;
 pub mod diloco;
 pub mod model;
+pub mod net;
 pub mod node;
 pub mod status;
+pub mod tracker;
 pub mod web;

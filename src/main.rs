@@ -35,6 +35,15 @@ struct Cli {
     /// Comma-separated multiaddrs of peers to bootstrap from.
     #[arg(long, value_delimiter = ',')]
     seed_peers: Option<Vec<String>>,
+    /// Comma-separated libp2p listen multiaddrs (default /ip4/0.0.0.0/tcp/9000).
+    #[arg(long, value_delimiter = ',')]
+    listen: Option<Vec<String>>,
+    /// Comma-separated multiaddrs told to peers instead of the listen ones (NAT, public address).
+    #[arg(long, value_delimiter = ',')]
+    announce_addr: Option<Vec<String>>,
+    /// Network to join; peers of another network id are refused.
+    #[arg(long)]
+    network_id: Option<String>,
     /// Serve the API and the model without training.
     #[arg(long, action = ArgAction::SetTrue, conflicts_with = "training")]
     no_training: bool,
@@ -64,6 +73,18 @@ enum Command {
         #[arg(long, env = "NEUROSHARD_TOKEN")]
         token: String,
     },
+    /// Run a bootstrap tracker: nodes announce themselves and fetch the peer list; it sees no tokens.
+    Tracker {
+        /// Port to listen on.
+        #[arg(long, default_value_t = 3000)]
+        port: u16,
+        /// Address to bind to.
+        #[arg(long, default_value = "0.0.0.0")]
+        host: String,
+        /// Seconds a node stays listed after its last announcement.
+        #[arg(long, default_value_t = 180)]
+        ttl_s: u64,
+    },
 }
 
 impl Cli {
@@ -86,6 +107,9 @@ impl Cli {
                 None
             },
             diloco_steps: self.diloco_steps,
+            network_id: self.network_id.clone(),
+            listen: self.listen.clone(),
+            announce_addrs: self.announce_addr.clone(),
         }
     }
 }
@@ -107,6 +131,23 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("error: token: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Some(Command::Tracker { port, host, ttl_s }) => {
+            if *ttl_s == 0 {
+                eprintln!("error: --ttl-s must be at least 1");
+                return ExitCode::from(2);
+            }
+            init_logging("info");
+            let ttl = std::time::Duration::from_secs(*ttl_s);
+            return match actix_rt::System::new()
+                .block_on(neuroshard::tracker::run(host, *port, ttl))
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: tracker: {e}");
                     ExitCode::from(2)
                 }
             };

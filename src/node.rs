@@ -5,6 +5,7 @@ use std::fs;
 use std::net::TcpListener;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use actix::prelude::*;
 use actix_web::web;
@@ -13,6 +14,7 @@ use tracing::{error, info, warn};
 use crate::actors::aggregator::AggregatorActor;
 use crate::actors::http::HttpActor;
 use crate::actors::messages::{StopHttp, StopTraining, WriteCheckpoint};
+use crate::actors::peer::{PeerActor, PeerOptions};
 use crate::actors::supervisor::{SupervisorActor, TrainerRecipe};
 use crate::actors::sync::{CheckpointTarget, SyncActor};
 use crate::actors::trainer::{Cadence, PanicFault};
@@ -26,6 +28,8 @@ use crate::model::data::{TokenDataset, load_documents};
 use crate::model::optim::{AdamWConfig, LrSchedule};
 use crate::model::params::{flatten, layout};
 use crate::model::training::TrainerOptions;
+use crate::net::peer_table::PeerPolicy;
+use crate::net::protocol::Protocols;
 use crate::status::{NodeStatus, StatusBoard, TrainerPhase};
 use crate::web::ApiState;
 
@@ -128,6 +132,7 @@ fn prepare(config: &Config) -> Result<Prepared, NodeError> {
     let address = format!("{}:{}", config.host, config.port);
     let listener = TcpListener::bind(&address)
         .map_err(|e| NodeError::Input(format!("port: cannot listen on {address}: {e}")))?;
+    check_p2p_ports_free(config)?;
     let state_dir = config.state_dir();
     prepare_state_dir(&state_dir)?;
     let identity = match explicit {
@@ -178,6 +183,58 @@ fn prepare(config: &Config) -> Result<Prepared, NodeError> {
         target,
         listener,
     })
+}
+
+/// Fails early (before any write) when a fixed libp2p listen port is taken; the Swarm binds the
+/// ports for real once it runs.
+fn check_p2p_ports_free(config: &Config) -> Result<(), NodeError> {
+    use libp2p::multiaddr::Protocol;
+    for text in &config.network.listen {
+        let addr: libp2p::Multiaddr = text.parse().map_err(|e| {
+            NodeError::Input(format!("network.listen: {text:?} is not a multiaddr: {e}"))
+        })?;
+        let mut parts = addr.iter();
+        let ip: std::net::IpAddr = match parts.next() {
+            Some(Protocol::Ip4(ip)) => ip.into(),
+            Some(Protocol::Ip6(ip)) => ip.into(),
+            _ => continue,
+        };
+        if let Some(Protocol::Tcp(port)) = parts.next() {
+            if port != 0 {
+                TcpListener::bind((ip, port)).map_err(|e| {
+                    NodeError::Input(format!("network.listen: cannot listen on {addr}: {e}"))
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn peer_options(config: &Config, identity: Identity, model_hash: &str) -> PeerOptions {
+    let n = &config.network;
+    // Every address was parsed when the config was validated.
+    let addrs = |texts: &[String]| texts.iter().filter_map(|t| t.parse().ok()).collect();
+    PeerOptions {
+        identity,
+        protocols: Protocols::new(&n.network_id, model_hash),
+        listen: addrs(&n.listen),
+        announce_addrs: addrs(&n.announce_addrs),
+        seed_peers: addrs(&config.seed_peers),
+        tracker: config.tracker.clone(),
+        mdns: n.mdns,
+        policy: PeerPolicy {
+            heartbeat_interval: Duration::from_secs(n.heartbeat_interval_s),
+            drop_after_intervals: n.drop_after_intervals,
+            max_messages_per_interval: n.max_messages_per_interval,
+            ban_after_rejections: n.ban_after_rejections,
+            ban_for: Duration::from_secs(n.ban_s),
+        },
+        announce_interval: Duration::from_secs(n.announce_interval_s),
+        target_peers: n.target_peers,
+        max_blob_bytes: n.max_blob_mib << 20,
+        blob_timeout: Duration::from_secs(n.blob_timeout_s),
+        send_garbage: fault_switch("NEUROSHARD_FAULT_GOSSIP_GARBAGE").is_some_and(|n| n > 0),
+    }
 }
 
 fn trainer_recipe(config: &Config, data: Arc<TokenDataset>) -> TrainerRecipe {
@@ -280,10 +337,12 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         inner_steps_total: config.diloco.inner_steps,
         outer_step_count: prepared.outer.round,
         last_outer_reason: None,
+        theta0_hash: String::new(),
         checkpoints_written: 0,
         last_checkpoint_step: None,
         weights: None,
         weights_version: 0,
+        network: Default::default(),
     });
     status.publish_weights(Arc::new(
         prepared
@@ -292,6 +351,12 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
             .map_or_else(|| prepared.outer.theta0.clone(), |r| r.params.clone()),
     ));
 
+    let peers = PeerActor::start(
+        peer_options(&config, prepared.identity.clone(), &model_config.hash_hex()),
+        status.clone(),
+    )
+    .await
+    .map_err(NodeError::Input)?;
     let aggregator = SyncArbiter::start(1, || AggregatorActor);
     let optimizer = OuterOptimizer {
         lr: config.diloco.outer_lr,
@@ -306,13 +371,14 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         aggregator,
         prepared.target,
         status.clone(),
+        peers.clone().recipient(),
     )
     .start();
     let supervisor = prepared.data.map(|data| {
         SupervisorActor::new(trainer_recipe(&config, data), sync.clone(), status.clone()).start()
     });
 
-    let state = web::Data::new(ApiState::new(status.clone(), model_config, training));
+    let state = web::Data::new(ApiState::new(status.clone(), model_config, training, peers));
     let http = HttpActor::serve(prepared.listener, state)
         .map_err(|e| NodeError::Runtime(format!("HTTP server: {e}")))?
         .start();

@@ -7,6 +7,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::model::checkpoint::TrainerCounters;
+use crate::net::peer_table::{NetworkTotals, PeerView};
 
 /// What the trainer is doing right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -45,12 +46,31 @@ pub struct NodeStatus {
     pub inner_steps_total: u64,
     pub outer_step_count: u64,
     pub last_outer_reason: Option<String>,
+    /// SHA-256 of θ₀'s bytes: peers on the same outer parameters show the same hash.
+    pub theta0_hash: String,
     pub checkpoints_written: u64,
     pub last_checkpoint_step: Option<u64>,
     /// The parameters generation uses (the latest published model) and their version.
     #[serde(skip)]
     pub weights: Option<Arc<Vec<f32>>>,
     pub weights_version: u64,
+    /// The peer table as the network layer last published it.
+    #[serde(skip)]
+    pub network: Arc<NetworkView>,
+}
+
+/// What /api/peers and /api/network show, refreshed by the PeerActor.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NetworkView {
+    pub network_id: String,
+    /// Full multiaddrs (with /p2p/<peer_id>) other nodes can use as --seed-peers.
+    pub listen_addrs: Vec<String>,
+    /// Peers listed and not banned.
+    pub peer_count: usize,
+    pub connected_peers: usize,
+    pub peers: Vec<PeerView>,
+    #[serde(flatten)]
+    pub totals: NetworkTotals,
 }
 
 impl NodeStatus {

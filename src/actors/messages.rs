@@ -8,6 +8,7 @@ use actix::prelude::*;
 
 use crate::aggregate::{Aggregate, AggregateError, Contribution, Rule};
 use crate::model::checkpoint::TrainerSnapshot;
+use crate::net::blob::BlobId;
 
 /// Trainer → itself: run one inner step (through the mailbox, so other messages interleave).
 #[derive(Message)]
@@ -85,3 +86,20 @@ pub struct WriteCheckpoint(pub Option<Arc<TrainerSnapshot>>);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct StopHttp;
+
+/// Sync → Peer: serve these bytes to peers that ask for `id` (θ₀ each round; deltas later).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct OfferBlob {
+    /// `BlobId::of(&bytes)`, computed by the sender that already hashed it.
+    pub id: BlobId,
+    pub bytes: Arc<Vec<u8>>,
+}
+
+/// → Peer: fetch blob `id` from `peer`; the bytes are checked against `id` before they are returned.
+#[derive(Message)]
+#[rtype(result = "Result<Arc<Vec<u8>>, String>")]
+pub struct FetchBlob {
+    pub peer: libp2p::PeerId,
+    pub id: BlobId,
+}

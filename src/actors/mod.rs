@@ -4,6 +4,7 @@
 pub mod aggregator;
 pub mod http;
 pub mod messages;
+pub mod peer;
 pub mod supervisor;
 pub mod sync;
 pub mod trainer;

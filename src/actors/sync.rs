@@ -11,13 +11,14 @@ use tracing::{error, info, warn};
 
 use super::aggregator::AggregatorActor;
 use super::messages::{
-    AggregateRound, GetResumeState, InnerRoundDone, RegisterTrainer, ResumeState, SnapshotTaken,
-    StartRound, WriteCheckpoint,
+    AggregateRound, GetResumeState, InnerRoundDone, OfferBlob, RegisterTrainer, ResumeState,
+    SnapshotTaken, StartRound, WriteCheckpoint,
 };
 use crate::aggregate::{Contribution, Rule};
 use crate::diloco::{OuterOptimizer, pseudo_gradient};
 use crate::model::checkpoint::{self, Checkpoint, OuterState, TrainerSnapshot};
 use crate::model::params::ParamSpec;
+use crate::net::blob::BlobId;
 use crate::status::StatusBoard;
 
 /// Where and for which model checkpoints are written.
@@ -50,6 +51,8 @@ pub struct SyncActor {
     last_snapshot: Option<Arc<TrainerSnapshot>>,
     checkpoints: CheckpointTarget,
     status: StatusBoard,
+    /// Serves θ₀ to peers (healing and joining nodes fetch it by its hash).
+    network: Recipient<OfferBlob>,
 }
 
 impl SyncActor {
@@ -63,6 +66,7 @@ impl SyncActor {
         aggregator: Addr<AggregatorActor>,
         checkpoints: CheckpointTarget,
         status: StatusBoard,
+        network: Recipient<OfferBlob>,
     ) -> Self {
         let last_snapshot = resume.map(Arc::new);
         Self {
@@ -77,6 +81,7 @@ impl SyncActor {
             last_snapshot,
             checkpoints,
             status,
+            network,
         }
     }
 
@@ -92,8 +97,23 @@ impl SyncActor {
     }
 }
 
+impl SyncActor {
+    /// Hashes θ₀ (its little-endian f32 bytes), publishes the hash for heartbeats and serves the
+    /// bytes to peers under it.
+    fn publish_theta0(&self) {
+        let bytes = Arc::new(bytemuck::cast_slice::<f32, u8>(&self.theta0).to_vec());
+        let id = BlobId::of(&bytes);
+        self.status.update(|s| s.theta0_hash = id.to_string());
+        self.network.do_send(OfferBlob { id, bytes });
+    }
+}
+
 impl Actor for SyncActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Self::Context) {
+        self.publish_theta0();
+    }
 }
 
 impl Handler<RegisterTrainer> for SyncActor {
@@ -136,6 +156,7 @@ impl Handler<InnerRoundDone> for SyncActor {
             act.optimizer.step(&mut theta0, &mut act.momentum, &aggregate.delta);
             act.theta0 = Arc::new(theta0);
             act.round += 1;
+            act.publish_theta0();
             let kept = aggregate.verdicts.iter().filter(|v| v.kept).count();
             let reason = format!("round {round} closed: {kept} of {} contribution(s) kept by rule {}, outer Nesterov step applied", aggregate.verdicts.len(), act.rule.name());
             info!(round, kept, "{reason}");

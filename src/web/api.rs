@@ -1,4 +1,5 @@
-//! /api/health, /api/stats, /api/diloco, POST /generate_text and the plain status page at /.
+//! /api/health, /api/stats, /api/diloco, /api/peers, /api/network, POST /generate_text,
+//! POST /api/blobs/fetch and the plain status page at /.
 //! Every error is JSON {error, detail} with a 4xx (or 503) status.
 
 use std::sync::{Arc, Mutex};
@@ -8,10 +9,13 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::actors::messages::FetchBlob;
+use crate::actors::peer::PeerActor;
 use crate::model::backend::{CpuBackend, cpu_device};
 use crate::model::inference::{SamplingOptions, generate};
 use crate::model::params::unflatten;
 use crate::model::{NeuroLlm, NeuroLlmConfig};
+use crate::net::blob::BlobId;
 use crate::status::StatusBoard;
 
 /// Largest accepted JSON body; prompts are short.
@@ -23,16 +27,23 @@ pub struct ApiState {
     pub status: StatusBoard,
     pub model: NeuroLlmConfig,
     pub training_enabled: bool,
+    peers: actix::Addr<PeerActor>,
     /// The CPU model generation uses, rebuilt when the published weights change.
     inference: Mutex<Option<(u64, Arc<NeuroLlm<CpuBackend>>)>>,
 }
 
 impl ApiState {
-    pub fn new(status: StatusBoard, model: NeuroLlmConfig, training_enabled: bool) -> Self {
+    pub fn new(
+        status: StatusBoard,
+        model: NeuroLlmConfig,
+        training_enabled: bool,
+        peers: actix::Addr<PeerActor>,
+    ) -> Self {
         Self {
             status,
             model,
             training_enabled,
+            peers,
             inference: Mutex::new(None),
         }
     }
@@ -97,6 +108,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/api/health", web::get().to(health))
         .route("/api/stats", web::get().to(stats))
         .route("/api/diloco", web::get().to(diloco))
+        .route("/api/peers", web::get().to(peers))
+        .route("/api/network", web::get().to(network))
+        .route("/api/blobs/fetch", web::post().to(fetch_blob))
         .route("/generate_text", web::post().to(generate_text))
         .route("/api/generate_text", web::post().to(generate_text))
         .default_service(web::to(not_found));
@@ -138,7 +152,64 @@ async fn stats(state: web::Data<ApiState>) -> HttpResponse {
         "last_crash": s.last_crash,
         "checkpoints_written": s.checkpoints_written,
         "last_checkpoint_step": s.last_checkpoint_step,
+        "theta0_hash": s.theta0_hash,
+        "peer_count": s.network.peer_count,
     }))
+}
+
+async fn peers(state: web::Data<ApiState>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({"peers": state.status.read().network.peers}))
+}
+
+async fn network(state: web::Data<ApiState>) -> HttpResponse {
+    let s = state.status.read();
+    let mut view = serde_json::to_value(s.network.as_ref()).unwrap_or_default();
+    if let Some(object) = view.as_object_mut() {
+        object.remove("peers");
+        object.insert("peer_id".into(), json!(s.peer_id));
+    }
+    HttpResponse::Ok().json(view)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FetchBlobRequest {
+    peer_id: String,
+    hash: String,
+}
+
+/// Fetches a blob a peer serves (e.g. its θ₀, named by the theta0_hash of its heartbeat) and
+/// reports the transfer: a check of the path to a peer and its throughput. The bytes are dropped.
+async fn fetch_blob(
+    state: web::Data<ApiState>,
+    body: web::Json<FetchBlobRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let peer = body
+        .peer_id
+        .parse()
+        .map_err(|e| ApiError::bad_request(format!("peer_id: {e}")))?;
+    let id = BlobId::from_hex(&body.hash)
+        .ok_or_else(|| ApiError::bad_request("hash must be 64 hexadecimal characters"))?;
+    let started = std::time::Instant::now();
+    let bytes = state
+        .peers
+        .send(FetchBlob { peer, id })
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "network_down",
+                e.to_string(),
+            )
+        })?
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "fetch_failed", e))?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(HttpResponse::Ok().json(json!({
+        "hash": BlobId::of(&bytes).to_string(),
+        "bytes": bytes.len(),
+        "seconds": seconds,
+        "mb_per_s": bytes.len() as f64 / 1e6 / seconds.max(1e-9),
+    })))
 }
 
 async fn diloco(state: web::Data<ApiState>) -> HttpResponse {
@@ -152,6 +223,7 @@ async fn diloco(state: web::Data<ApiState>) -> HttpResponse {
         "outer_step_count": s.outer_step_count,
         "phase": s.phase,
         "last_outer_step": s.last_outer_reason,
+        "theta0_hash": s.theta0_hash,
     }))
 }
 

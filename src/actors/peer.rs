@@ -1,0 +1,659 @@
+//! PeerActor: the libp2p Swarm's event loop, on its own thread. It alone touches the Swarm; the rest
+//! of the node sends it typed messages (`OfferBlob`, `FetchBlob`) and reads the published peer table.
+//! Every decision about a peer (refuse, reject, ban, drop) is made by `net::peer_table` /
+//! `net::protocol` and only applied and logged here.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use actix::fut::ActorStream;
+use actix::prelude::*;
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageAuthenticity};
+use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ProtocolSupport};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, Swarm, SwarmBuilder, allow_block_list, identify, kad, mdns, noise, ping,
+    tcp, yamux,
+};
+use tracing::{debug, info, warn};
+
+use super::messages::{FetchBlob, OfferBlob};
+use crate::crypto::{Identity, generate_token};
+use crate::net::announce::{Announcement, PeerRecord, announce_to_tracker};
+use crate::net::blob::{BlobCodec, BlobId, BlobRequest, BlobResponse, BlobStore};
+use crate::net::peer_table::{PeerPolicy, PeerTable};
+use crate::net::protocol::Protocols;
+use crate::net::wire::{self, GOSSIP_TRANSMIT_LIMIT, MAX_GOSSIP_BYTES, Rejection};
+use crate::status::{NetworkView, StatusBoard};
+
+/// Blobs served at once: θ₀ of the current and the previous round, and room for round deltas.
+const SERVED_BLOBS: usize = 8;
+const TRACKER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the published peer table is refreshed for the API.
+const VIEW_REFRESH: Duration = Duration::from_millis(500);
+
+/// Everything the network layer is configured with.
+#[derive(Clone)]
+pub struct PeerOptions {
+    pub identity: Identity,
+    pub protocols: Protocols,
+    pub listen: Vec<Multiaddr>,
+    pub announce_addrs: Vec<Multiaddr>,
+    pub seed_peers: Vec<Multiaddr>,
+    pub tracker: Option<String>,
+    pub mdns: bool,
+    pub policy: PeerPolicy,
+    pub announce_interval: Duration,
+    pub target_peers: usize,
+    pub max_blob_bytes: u64,
+    pub blob_timeout: Duration,
+    /// Test fault switch: also gossip malformed, oversized and badly signed messages.
+    pub send_garbage: bool,
+}
+
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    gossipsub: gossipsub::Behaviour,
+    blobs: request_response::Behaviour<BlobCodec>,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+}
+
+fn gossip_scoring(topic: &IdentTopic) -> gossipsub::PeerScoreParams {
+    let mut params = gossipsub::PeerScoreParams::default();
+    // Local devnets run many nodes on one machine; they must not count as a Sybil cluster.
+    params
+        .ip_colocation_factor_whitelist
+        .insert(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    params.topics.insert(
+        topic.hash(),
+        gossipsub::TopicScoreParams {
+            topic_weight: 1.0,
+            // Heartbeats are rare: delivery-rate penalties would punish honest peers. Invalid
+            // messages are what lowers a score here.
+            mesh_message_deliveries_weight: 0.0,
+            mesh_failure_penalty_weight: 0.0,
+            invalid_message_deliveries_weight: -10.0,
+            invalid_message_deliveries_decay: 0.5,
+            ..Default::default()
+        },
+    );
+    params
+}
+
+fn behaviour(
+    key: &libp2p::identity::Keypair,
+    o: &PeerOptions,
+    heartbeat_topic: &IdentTopic,
+) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+    let peer_id = key.public().to_peer_id();
+    let gossip_config = gossipsub::ConfigBuilder::default()
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
+        .max_transmit_size(GOSSIP_TRANSMIT_LIMIT)
+        .build()?;
+    let mut gossipsub =
+        gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_config)?;
+    gossipsub.with_peer_score(
+        gossip_scoring(heartbeat_topic),
+        gossipsub::PeerScoreThresholds::default(),
+    )?;
+    gossipsub.subscribe(heartbeat_topic)?;
+
+    let mut kad_config = kad::Config::new(o.protocols.kademlia());
+    kad_config.set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
+    let mut kad =
+        kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+    // Training peers must be reachable anyway; answer DHT queries without waiting for an
+    // externally confirmed address (which loopback devnets never get).
+    kad.set_mode(Some(kad::Mode::Server));
+
+    let mdns = if o.mdns {
+        Some(mdns::tokio::Behaviour::new(
+            mdns::Config::default(),
+            peer_id,
+        )?)
+    } else {
+        None
+    };
+    Ok(Behaviour {
+        identify: identify::Behaviour::new(
+            identify::Config::new(o.protocols.identify_version(), key.public())
+                .with_agent_version(format!("neuroshard/{}", env!("CARGO_PKG_VERSION")))
+                .with_push_listen_addr_updates(true),
+        ),
+        ping: ping::Behaviour::new(ping::Config::new().with_interval(o.policy.heartbeat_interval)),
+        kad,
+        gossipsub,
+        blobs: request_response::Behaviour::with_codec(
+            BlobCodec {
+                max_bytes: o.max_blob_bytes,
+            },
+            [(o.protocols.blob(), ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(o.blob_timeout),
+        ),
+        mdns: Toggle::from(mdns),
+        blocked: Default::default(),
+    })
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+struct PendingFetch {
+    peer: PeerId,
+    blob: BlobId,
+    reply: tokio::sync::oneshot::Sender<Result<Arc<Vec<u8>>, String>>,
+}
+
+pub struct PeerActor {
+    swarm: Swarm<Behaviour>,
+    options: PeerOptions,
+    heartbeat_topic: IdentTopic,
+    table: PeerTable,
+    blobs: BlobStore,
+    pending: HashMap<OutboundRequestId, PendingFetch>,
+    listen_addrs: Vec<Multiaddr>,
+    status: StatusBoard,
+}
+
+impl PeerActor {
+    /// Starts the network on its own thread: builds the Swarm there and binds the listen addresses.
+    pub async fn start(options: PeerOptions, status: StatusBoard) -> Result<Addr<Self>, String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let started = Arbiter::new().spawn_fn(move || {
+            let _ = tx.send(Self::build(options, status).map(Actor::start));
+        });
+        if !started {
+            return Err("cannot start the network thread".into());
+        }
+        rx.await
+            .map_err(|_| "the network thread stopped while starting".to_string())?
+    }
+
+    fn build(options: PeerOptions, status: StatusBoard) -> Result<Self, String> {
+        let heartbeat_topic = IdentTopic::new(options.protocols.topic("heartbeat"));
+        let mut swarm = SwarmBuilder::with_existing_identity(options.identity.libp2p_keypair())
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| format!("transport: {e}"))?
+            .with_behaviour(|key| behaviour(key, &options, &heartbeat_topic))
+            .map_err(|e| format!("network behaviour: {e}"))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+            .build();
+        for addr in &options.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| format!("network.listen: cannot listen on {addr}: {e}"))?;
+        }
+        for addr in &options.announce_addrs {
+            swarm.add_external_address(addr.clone());
+        }
+        Ok(Self {
+            swarm,
+            table: PeerTable::new(options.policy.clone()),
+            options,
+            heartbeat_topic,
+            blobs: BlobStore::new(SERVED_BLOBS),
+            pending: HashMap::new(),
+            listen_addrs: Vec::new(),
+            status,
+        })
+    }
+
+    fn local_peer_id(&self) -> PeerId {
+        *self.swarm.local_peer_id()
+    }
+
+    /// The addresses peers should dial: the configured announce addresses, else where we listen.
+    fn advertised_addrs(&self) -> Vec<Multiaddr> {
+        if self.options.announce_addrs.is_empty() {
+            self.listen_addrs.clone()
+        } else {
+            self.options.announce_addrs.clone()
+        }
+    }
+
+    fn dial_seeds(&mut self) {
+        for addr in self.options.seed_peers.clone() {
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                warn!(%addr, error = %e, "cannot dial seed peer");
+            }
+        }
+    }
+
+    /// Remembers a discovered peer in the DHT and connects to it while below `target_peers`.
+    fn discovered(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if peer == self.local_peer_id() || self.table.is_banned(&peer, Instant::now()) {
+            return;
+        }
+        for addr in &addrs {
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&peer, addr.clone());
+        }
+        if self.swarm.is_connected(&peer)
+            || self.swarm.connected_peers().count() >= self.options.target_peers
+        {
+            return;
+        }
+        let dial = DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        if let Err(e) = self.swarm.dial(dial) {
+            debug!(%peer, error = %e, "dial failed");
+        }
+    }
+
+    fn announce(&mut self, ctx: &mut Context<Self>) {
+        let Some(url) = self.options.tracker.clone() else {
+            return;
+        };
+        let addrs: Vec<String> = self
+            .advertised_addrs()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        if addrs.is_empty() {
+            return;
+        }
+        let announcement = Announcement::signed(
+            &self.options.identity,
+            &self.options.protocols.network_id,
+            addrs,
+            unix_ms() / 1000,
+        );
+        let request = tokio::task::spawn_blocking(move || {
+            announce_to_tracker(&url, &announcement, TRACKER_TIMEOUT)
+        });
+        ctx.spawn(request.into_actor(self).map(|result, act, _| match result {
+            Ok(Ok(records)) => {
+                debug!(peers = records.len(), "tracker answered");
+                act.meet(records);
+            }
+            Ok(Err(e)) => warn!(error = %e, "tracker announcement failed"),
+            Err(e) => warn!(error = %e, "tracker client crashed"),
+        }));
+    }
+
+    fn meet(&mut self, records: Vec<PeerRecord>) {
+        for record in records {
+            let Ok(peer) = record.peer_id.parse::<PeerId>() else {
+                continue;
+            };
+            let addrs = record
+                .multiaddrs
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect();
+            self.discovered(peer, addrs);
+        }
+    }
+
+    fn publish(&mut self, data: Vec<u8>) {
+        let topic = self.heartbeat_topic.clone();
+        match self.swarm.behaviour_mut().gossipsub.publish(topic, data) {
+            Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+            Err(e) => debug!(error = %e, "gossip publish failed"),
+        }
+    }
+
+    fn heartbeat(&self) -> wire::Heartbeat {
+        let s = self.status.read();
+        wire::Heartbeat {
+            node_id: s.node_id,
+            role: s.role.to_string(),
+            global_step: s.global_step,
+            outer_round: s.outer_step_count,
+            theta0_hash: s.theta0_hash,
+            tokens_per_sec: s.tokens_per_sec,
+            sent_at_ms: unix_ms(),
+        }
+    }
+
+    /// Every heartbeat interval: expire silent peers and ended bans, then gossip our heartbeat.
+    fn tick(&mut self) {
+        let expired = self.table.expire(Instant::now());
+        for (peer, reason) in expired.dropped {
+            info!(%peer, %reason, "peer dropped");
+        }
+        for peer in expired.unbanned {
+            info!(%peer, "ban ended");
+            let b = self.swarm.behaviour_mut();
+            b.blocked.unblock_peer(peer);
+            b.gossipsub.remove_blacklisted_peer(&peer);
+        }
+        let topic = self.heartbeat_topic.to_string();
+        let heartbeat = self.heartbeat();
+        self.publish(wire::seal(&self.options.identity, &topic, &heartbeat));
+        if self.options.send_garbage {
+            self.publish_garbage(&topic, &heartbeat);
+        }
+    }
+
+    /// The misbehaving-peer fault switch: one malformed, one oversized and one badly signed message.
+    fn publish_garbage(&mut self, topic: &str, heartbeat: &wire::Heartbeat) {
+        let impostor = Identity::from_token(&generate_token()).expect("generated tokens are valid");
+        self.publish(wire::seal_bytes(
+            &self.options.identity,
+            topic,
+            b"{not json",
+        ));
+        self.publish(vec![b'x'; 2 * MAX_GOSSIP_BYTES]);
+        self.publish(wire::seal(&impostor, topic, heartbeat));
+    }
+
+    fn publish_view(&self) {
+        let now = Instant::now();
+        let (peers, totals) = self.table.view(now);
+        let view = NetworkView {
+            network_id: self.options.protocols.network_id.clone(),
+            listen_addrs: self
+                .listen_addrs
+                .iter()
+                .map(|a| format!("{a}/p2p/{}", self.local_peer_id()))
+                .collect(),
+            peer_count: self.table.live_peers(now),
+            connected_peers: self.swarm.connected_peers().count(),
+            peers,
+            totals,
+        };
+        self.status.update(|s| s.network = Arc::new(view));
+    }
+
+    fn ban(&mut self, peer: PeerId, reason: String) {
+        warn!(%peer, %reason, "peer banned");
+        let b = self.swarm.behaviour_mut();
+        b.gossipsub.blacklist_peer(&peer);
+        b.blocked.block_peer(peer);
+    }
+
+    fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
+        let (now, now_ms, size) = (Instant::now(), unix_ms(), message.data.len());
+        let verdict = match message.source {
+            None => Err(Rejection::UnknownSigner),
+            Some(origin) if message.topic == self.heartbeat_topic.hash() => {
+                let topic = self.heartbeat_topic.to_string();
+                self.table
+                    .admit(now, origin)
+                    .and_then(|()| wire::open_heartbeat(&topic, &message.data, &origin, now_ms))
+                    .and_then(|heartbeat| {
+                        self.table
+                            .accept_heartbeat(now, now_ms, source, origin, heartbeat, size)
+                    })
+            }
+            Some(_) => Err(Rejection::Malformed(format!(
+                "unexpected topic {}",
+                message.topic
+            ))),
+        };
+        let acceptance = match verdict {
+            Ok(()) => MessageAcceptance::Accept,
+            Err(rejection) => {
+                warn!(peer = %source, %rejection, "gossip message rejected");
+                if let Some(reason) = self.table.reject(now, source, &rejection, size) {
+                    self.ban(source, reason);
+                }
+                MessageAcceptance::Reject
+            }
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&id, &source, acceptance);
+    }
+
+    fn on_blob_event(&mut self, event: request_response::Event<BlobRequest, BlobResponse>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request: BlobRequest(id),
+                        channel,
+                        ..
+                    },
+                ..
+            } => {
+                let response = match self.blobs.get(&id) {
+                    Some(bytes) => {
+                        self.table
+                            .record_bytes(Instant::now(), peer, 0, bytes.len() as u64);
+                        BlobResponse::Found(bytes)
+                    }
+                    None => BlobResponse::Missing,
+                };
+                // Fails only if the peer already gave up; nothing to do then.
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .blobs
+                    .send_response(channel, response);
+            }
+            Event::Message {
+                peer,
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                let Some(pending) = self.pending.remove(&request_id) else {
+                    return;
+                };
+                let result = match response {
+                    BlobResponse::Missing => {
+                        Err(format!("peer {peer} does not have blob {}", pending.blob))
+                    }
+                    BlobResponse::Found(bytes) => {
+                        let now = Instant::now();
+                        self.table.record_bytes(now, peer, bytes.len() as u64, 0);
+                        if BlobId::of(&bytes) == pending.blob {
+                            Ok(bytes)
+                        } else {
+                            let rejection = Rejection::Malformed(format!(
+                                "blob does not hash to the requested {}",
+                                pending.blob
+                            ));
+                            warn!(%peer, %rejection, "blob rejected");
+                            if let Some(reason) = self.table.reject(now, peer, &rejection, 0) {
+                                self.ban(peer, reason);
+                            }
+                            Err(rejection.to_string())
+                        }
+                    }
+                };
+                let _ = pending.reply.send(result);
+            }
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let OutboundFailure::Io(e) = &error {
+                    if e.kind() == std::io::ErrorKind::InvalidData {
+                        let rejection = Rejection::Malformed(format!("blob response: {e}"));
+                        warn!(%peer, %rejection, "blob rejected");
+                        if let Some(reason) = self.table.reject(Instant::now(), peer, &rejection, 0)
+                        {
+                            self.ban(peer, reason);
+                        }
+                    }
+                }
+                if let Some(pending) = self.pending.remove(&request_id) {
+                    let _ = pending.reply.send(Err(format!(
+                        "fetching blob {} from {}: {error}",
+                        pending.blob, pending.peer
+                    )));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                debug!(%peer, %error, "serving a blob failed");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(address = %format!("{address}/p2p/{}", self.local_peer_id()), "p2p listening");
+                self.listen_addrs.push(address);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| a != &address);
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => self.table.disconnected(&peer_id),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => match self.options.protocols.check_peer(&info.protocol_version) {
+                Ok(()) => {
+                    if !self.table.contains(&peer_id) {
+                        info!(peer = %peer_id, "peer joined");
+                    }
+                    self.table
+                        .connected(Instant::now(), peer_id, info.listen_addrs.clone());
+                    for addr in info.listen_addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
+                }
+                Err(reason) => {
+                    warn!(peer = %peer_id, %reason, "peer refused");
+                    self.table.refused(format!("{peer_id}: {reason}"));
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            })) => self.table.record_alive(Instant::now(), &peer, rtt),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                peer,
+                addresses,
+                ..
+            })) => self.discovered(peer, addresses.into_vec()),
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    self.discovered(peer, vec![addr]);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => self.on_gossip(propagation_source, message_id, message),
+            SwarmEvent::Behaviour(BehaviourEvent::Blobs(event)) => self.on_blob_event(event),
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                debug!(peer = ?peer_id, %error, "outgoing connection failed");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The Swarm as an actor stream: polled with access to the actor, so events and commands are
+/// handled on the same thread, one at a time.
+struct SwarmEvents;
+
+impl ActorStream<PeerActor> for SwarmEvents {
+    type Item = SwarmEvent<BehaviourEvent>;
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        act: &mut PeerActor,
+        _: &mut Context<PeerActor>,
+        task: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Self::Item>> {
+        act.swarm.poll_next_unpin(task)
+    }
+}
+
+impl Actor for PeerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.spawn(
+            SwarmEvents
+                .map(|event, act: &mut Self, _| act.on_swarm_event(event))
+                .finish(),
+        );
+        self.dial_seeds();
+        let interval = self.options.policy.heartbeat_interval;
+        ctx.run_interval(interval, |act, _| act.tick());
+        ctx.run_interval(VIEW_REFRESH, |act, _| act.publish_view());
+        // Seeds are re-dialled while the node has no peer at all (e.g. the seed restarted).
+        ctx.run_interval(interval * 3, |act, _| {
+            if act.swarm.connected_peers().next().is_none() {
+                act.dial_seeds();
+            }
+        });
+        if self.options.tracker.is_some() {
+            // The first announcement waits for the listen addresses to be known.
+            ctx.run_later(Duration::from_millis(500), |act, ctx| act.announce(ctx));
+            ctx.run_interval(self.options.announce_interval, |act, ctx| act.announce(ctx));
+        }
+    }
+}
+
+impl Handler<OfferBlob> for PeerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: OfferBlob, _: &mut Self::Context) {
+        self.blobs.insert(msg.id, msg.bytes);
+    }
+}
+
+impl Handler<FetchBlob> for PeerActor {
+    type Result = ResponseFuture<Result<Arc<Vec<u8>>, String>>;
+
+    fn handle(&mut self, msg: FetchBlob, _: &mut Self::Context) -> Self::Result {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let request_id = self
+            .swarm
+            .behaviour_mut()
+            .blobs
+            .send_request(&msg.peer, BlobRequest(msg.id));
+        self.pending.insert(
+            request_id,
+            PendingFetch {
+                peer: msg.peer,
+                blob: msg.id,
+                reply,
+            },
+        );
+        Box::pin(async move {
+            answer
+                .await
+                .unwrap_or_else(|_| Err("the network stopped".to_string()))
+        })
+    }
+}

@@ -1,0 +1,239 @@
+//! Blob transfer over request-response: pseudo-gradients and model state are too large for gossip.
+//! A blob is named by the SHA-256 of its bytes, so the receiver checks what it got against what it
+//! asked for. The response streams in 1 MiB chunks after a length header that is checked against
+//! the node's limit before anything is allocated.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::Arc;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
+use libp2p::request_response::Codec;
+use sha2::{Digest, Sha256};
+
+const CHUNK_BYTES: usize = 1 << 20;
+const FOUND: u8 = 1;
+const MISSING: u8 = 0;
+
+/// SHA-256 of a blob's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BlobId(pub [u8; 32]);
+
+impl BlobId {
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(Sha256::digest(bytes).into())
+    }
+
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let mut id = [0u8; 32];
+        hex::decode_to_slice(text, &mut id).ok()?;
+        Some(Self(id))
+    }
+}
+
+impl std::fmt::Display for BlobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BlobRequest(pub BlobId);
+
+#[derive(Debug, Clone)]
+pub enum BlobResponse {
+    Found(Arc<Vec<u8>>),
+    Missing,
+}
+
+/// The request-response codec; `max_bytes` bounds what a peer may send us.
+#[derive(Debug, Clone)]
+pub struct BlobCodec {
+    pub max_bytes: u64,
+}
+
+impl Codec for BlobCodec {
+    type Protocol = StreamProtocol;
+    type Request = BlobRequest;
+    type Response = BlobResponse;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<BlobRequest>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let mut id = [0u8; 32];
+        io.read_exact(&mut id).await?;
+        Ok(BlobRequest(BlobId(id)))
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<BlobResponse>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let mut status = [0u8; 1];
+        io.read_exact(&mut status).await?;
+        match status[0] {
+            MISSING => return Ok(BlobResponse::Missing),
+            FOUND => {}
+            other => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("unknown blob status byte {other}"),
+                ));
+            }
+        }
+        let mut header = [0u8; 8];
+        io.read_exact(&mut header).await?;
+        let len = u64::from_be_bytes(header);
+        if len > self.max_bytes {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "blob of {len} bytes exceeds the limit of {}",
+                    self.max_bytes
+                ),
+            ));
+        }
+        let len = len as usize;
+        let mut bytes = Vec::with_capacity(len.min(64 * CHUNK_BYTES));
+        while bytes.len() < len {
+            let start = bytes.len();
+            let chunk = (len - start).min(CHUNK_BYTES);
+            bytes.resize(start + chunk, 0);
+            io.read_exact(&mut bytes[start..]).await?;
+        }
+        Ok(BlobResponse::Found(Arc::new(bytes)))
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        BlobRequest(id): BlobRequest,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&id.0).await?;
+        io.close().await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        response: BlobResponse,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        match response {
+            BlobResponse::Missing => io.write_all(&[MISSING]).await?,
+            BlobResponse::Found(bytes) => {
+                io.write_all(&[FOUND]).await?;
+                io.write_all(&(bytes.len() as u64).to_be_bytes()).await?;
+                for chunk in bytes.chunks(CHUNK_BYTES) {
+                    io.write_all(chunk).await?;
+                }
+            }
+        }
+        io.close().await
+    }
+}
+
+/// The blobs this node serves: the newest `capacity`, oldest evicted first.
+pub struct BlobStore {
+    capacity: usize,
+    blobs: HashMap<BlobId, Arc<Vec<u8>>>,
+    order: VecDeque<BlobId>,
+}
+
+impl BlobStore {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            blobs: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    /// Serves `bytes` under `id` (the caller computed `BlobId::of(&bytes)`).
+    pub fn insert(&mut self, id: BlobId, bytes: Arc<Vec<u8>>) {
+        if self.blobs.insert(id, bytes).is_none() {
+            self.order.push_back(id);
+        }
+        while self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.blobs.remove(&old);
+            }
+        }
+    }
+
+    pub fn get(&self, id: &BlobId) -> Option<Arc<Vec<u8>>> {
+        self.blobs.get(id).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::executor::block_on;
+    use futures::io::Cursor;
+
+    fn protocol() -> StreamProtocol {
+        StreamProtocol::new("/test/blob/1")
+    }
+
+    fn round_trip(codec: &mut BlobCodec, response: BlobResponse) -> io::Result<BlobResponse> {
+        let mut wire = Cursor::new(Vec::new());
+        block_on(codec.write_response(&protocol(), &mut wire, response)).unwrap();
+        let mut wire = Cursor::new(wire.into_inner());
+        block_on(codec.read_response(&protocol(), &mut wire))
+    }
+
+    #[test]
+    fn a_multi_chunk_blob_arrives_intact() {
+        let bytes: Vec<u8> = (0..3 * CHUNK_BYTES + 17).map(|i| (i * 7) as u8).collect();
+        let mut codec = BlobCodec { max_bytes: 1 << 30 };
+        let BlobResponse::Found(got) =
+            round_trip(&mut codec, BlobResponse::Found(Arc::new(bytes.clone()))).unwrap()
+        else {
+            panic!("expected the blob")
+        };
+        assert_eq!(BlobId::of(&got), BlobId::of(&bytes));
+    }
+
+    #[test]
+    fn a_blob_over_the_limit_is_refused_before_it_is_read() {
+        let mut codec = BlobCodec { max_bytes: 1000 };
+        let err = round_trip(&mut codec, BlobResponse::Found(Arc::new(vec![0; 1001]))).unwrap_err();
+        assert!(err.to_string().contains("exceeds the limit"), "{err}");
+    }
+
+    #[test]
+    fn truncated_or_garbled_responses_are_errors() {
+        let mut codec = BlobCodec { max_bytes: 1000 };
+        let mut wire = Cursor::new(vec![FOUND, 0, 0, 0, 0, 0, 0, 0, 10, 1, 2]);
+        assert!(block_on(codec.read_response(&protocol(), &mut wire)).is_err());
+        let mut wire = Cursor::new(vec![7]);
+        assert!(block_on(codec.read_response(&protocol(), &mut wire)).is_err());
+        assert!(matches!(
+            round_trip(&mut codec, BlobResponse::Missing),
+            Ok(BlobResponse::Missing)
+        ));
+    }
+
+    #[test]
+    fn the_store_keeps_the_newest_blobs() {
+        let mut store = BlobStore::new(2);
+        let [a, b, c] = [1, 2, 3].map(|byte| {
+            let id = BlobId::of(&[byte]);
+            store.insert(id, Arc::new(vec![byte]));
+            id
+        });
+        assert!(store.get(&a).is_none());
+        assert!(store.get(&b).is_some() && store.get(&c).is_some());
+        assert_eq!(BlobId::from_hex(&c.to_string()), Some(c));
+    }
+}

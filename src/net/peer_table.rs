@@ -1,0 +1,488 @@
+//! The peer table and every decision about peers: who is alive, who is dropped for silence, who is
+//! rate-limited or banned, and why. Pure: the clock is an argument, so each rule is tested without
+//! sockets or sleeps; the PeerActor applies the decisions and logs the reasons.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use libp2p::{Multiaddr, PeerId};
+use serde::Serialize;
+
+use super::wire::{Heartbeat, Rejection};
+use crate::crypto;
+
+/// Limits from the `[network]` config.
+#[derive(Debug, Clone)]
+pub struct PeerPolicy {
+    pub heartbeat_interval: Duration,
+    /// A peer not heard from for this many heartbeat intervals is dropped.
+    pub drop_after_intervals: u32,
+    /// Gossip messages one origin may send per heartbeat interval; more are rejected.
+    pub max_messages_per_interval: u32,
+    /// Rejections within one interval that get a peer banned.
+    pub ban_after_rejections: u32,
+    pub ban_for: Duration,
+}
+
+#[derive(Debug, Clone)]
+struct Window {
+    start: Instant,
+    messages: u32,
+    rejections: u32,
+}
+
+impl Window {
+    /// The counters of the interval containing `now`.
+    fn current(&mut self, now: Instant, interval: Duration) -> &mut Self {
+        if now.saturating_duration_since(self.start) >= interval {
+            *self = Window {
+                start: now,
+                messages: 0,
+                rejections: 0,
+            };
+        }
+        self
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    node_id: String,
+    addrs: Vec<Multiaddr>,
+    connected: bool,
+    last_seen: Instant,
+    latency: Option<Duration>,
+    bytes_in: u64,
+    bytes_out: u64,
+    accepted: u64,
+    rejected: u64,
+    last_rejection: Option<String>,
+    heartbeat: Option<Heartbeat>,
+    heartbeat_age_ms: Option<i64>,
+    window: Window,
+    banned_until: Option<Instant>,
+}
+
+/// One row of /api/peers.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerView {
+    pub node_id: String,
+    pub peer_id: String,
+    pub addrs: Vec<String>,
+    pub connected: bool,
+    pub last_seen_s: f64,
+    pub latency_ms: Option<f64>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub last_rejection: Option<String>,
+    pub banned: bool,
+    /// The peer's last heartbeat: role, step, round, θ₀ hash, tokens/s.
+    pub heartbeat: Option<Heartbeat>,
+    /// Arrival time minus the heartbeat's own timestamp: gossip delay plus clock offset.
+    pub heartbeat_age_ms: Option<i64>,
+}
+
+/// Network-wide counters of /api/network.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NetworkTotals {
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub messages_accepted: u64,
+    pub messages_rejected: u64,
+    /// Peers disconnected for another network id, model or protocol version.
+    pub peers_refused: u64,
+    pub last_refusal: Option<String>,
+    pub peers_banned: u64,
+}
+
+/// What `expire` decided.
+#[derive(Debug, Default, PartialEq)]
+pub struct Expired {
+    /// Peers silent too long, with the reason.
+    pub dropped: Vec<(PeerId, String)>,
+    /// Peers whose ban ran out.
+    pub unbanned: Vec<PeerId>,
+}
+
+pub struct PeerTable {
+    policy: PeerPolicy,
+    peers: HashMap<PeerId, Entry>,
+    totals: NetworkTotals,
+}
+
+impl PeerTable {
+    pub fn new(policy: PeerPolicy) -> Self {
+        Self {
+            policy,
+            peers: HashMap::new(),
+            totals: NetworkTotals::default(),
+        }
+    }
+
+    fn entry(&mut self, now: Instant, peer: PeerId) -> &mut Entry {
+        self.peers.entry(peer).or_insert_with(|| Entry {
+            node_id: crypto::public_key_of(&peer)
+                .map(|k| crypto::node_id_of(&k))
+                .unwrap_or_default(),
+            addrs: Vec::new(),
+            connected: false,
+            last_seen: now,
+            latency: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            accepted: 0,
+            rejected: 0,
+            last_rejection: None,
+            heartbeat: None,
+            heartbeat_age_ms: None,
+            window: Window {
+                start: now,
+                messages: 0,
+                rejections: 0,
+            },
+            banned_until: None,
+        })
+    }
+
+    pub fn contains(&self, peer: &PeerId) -> bool {
+        self.peers.contains_key(peer)
+    }
+
+    pub fn is_banned(&self, peer: &PeerId, now: Instant) -> bool {
+        self.peers
+            .get(peer)
+            .and_then(|e| e.banned_until)
+            .is_some_and(|until| now < until)
+    }
+
+    /// A peer of our network and model connected directly (identify checked it).
+    pub fn connected(&mut self, now: Instant, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let entry = self.entry(now, peer);
+        entry.connected = true;
+        entry.last_seen = now;
+        if !addrs.is_empty() {
+            entry.addrs = addrs;
+        }
+    }
+
+    pub fn disconnected(&mut self, peer: &PeerId) {
+        if let Some(entry) = self.peers.get_mut(peer) {
+            entry.connected = false;
+        }
+    }
+
+    /// A ping answered on a direct connection: the peer is alive, `rtt` away.
+    pub fn record_alive(&mut self, now: Instant, peer: &PeerId, rtt: Duration) {
+        if let Some(entry) = self.peers.get_mut(peer) {
+            entry.latency = Some(rtt);
+            entry.last_seen = now;
+        }
+    }
+
+    pub fn record_bytes(&mut self, now: Instant, peer: PeerId, inbound: u64, outbound: u64) {
+        let entry = self.entry(now, peer);
+        entry.bytes_in += inbound;
+        entry.bytes_out += outbound;
+        self.totals.bytes_in += inbound;
+        self.totals.bytes_out += outbound;
+    }
+
+    /// A peer of another network or model was disconnected.
+    pub fn refused(&mut self, reason: String) {
+        self.totals.peers_refused += 1;
+        self.totals.last_refusal = Some(reason);
+    }
+
+    /// Whether a gossip message from `origin` may be looked at: not banned, within its rate.
+    pub fn admit(&mut self, now: Instant, origin: PeerId) -> Result<(), Rejection> {
+        if self.is_banned(&origin, now) {
+            return Err(Rejection::Banned);
+        }
+        let (interval, limit) = (
+            self.policy.heartbeat_interval,
+            self.policy.max_messages_per_interval,
+        );
+        let window = self.entry(now, origin).window.current(now, interval);
+        window.messages += 1;
+        if window.messages > limit {
+            return Err(Rejection::RateLimited { limit });
+        }
+        Ok(())
+    }
+
+    /// A valid heartbeat of `origin` arrived from `source` (`size` bytes). Refused when it is not
+    /// newer than the last one accepted from that node (a replay).
+    pub fn accept_heartbeat(
+        &mut self,
+        now: Instant,
+        now_ms: u64,
+        source: PeerId,
+        origin: PeerId,
+        heartbeat: Heartbeat,
+        size: usize,
+    ) -> Result<(), Rejection> {
+        let entry = self.entry(now, origin);
+        if entry
+            .heartbeat
+            .as_ref()
+            .is_some_and(|last| heartbeat.sent_at_ms <= last.sent_at_ms)
+        {
+            return Err(Rejection::Replayed);
+        }
+        entry.last_seen = now;
+        entry.heartbeat_age_ms = Some(now_ms as i64 - heartbeat.sent_at_ms as i64);
+        entry.heartbeat = Some(heartbeat);
+        let source_entry = self.entry(now, source);
+        source_entry.accepted += 1;
+        source_entry.bytes_in += size as u64;
+        self.totals.messages_accepted += 1;
+        self.totals.bytes_in += size as u64;
+        Ok(())
+    }
+
+    /// Counts a rejected message against `peer` (the one that sent it to us). Returns the ban
+    /// reason when this rejection crosses the ban threshold; the peer is banned from now on.
+    pub fn reject(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        rejection: &Rejection,
+        size: usize,
+    ) -> Option<String> {
+        let (interval, threshold, ban_for) = (
+            self.policy.heartbeat_interval,
+            self.policy.ban_after_rejections,
+            self.policy.ban_for,
+        );
+        self.totals.messages_rejected += 1;
+        self.totals.bytes_in += size as u64;
+        let entry = self.entry(now, peer);
+        entry.rejected += 1;
+        entry.bytes_in += size as u64;
+        entry.last_rejection = Some(rejection.to_string());
+        let window = entry.window.current(now, interval);
+        window.rejections += 1;
+        if window.rejections < threshold || entry.banned_until.is_some_and(|until| now < until) {
+            return None;
+        }
+        entry.banned_until = Some(now + ban_for);
+        let reason = format!(
+            "{} rejected messages within {:?} (last: {rejection}); banned for {:?}",
+            window.rejections, interval, ban_for
+        );
+        self.totals.peers_banned += 1;
+        Some(reason)
+    }
+
+    /// Drops peers silent for `drop_after_intervals` heartbeat intervals and lifts bans that ran
+    /// out. Banned peers stay listed (as banned) until their ban ends.
+    pub fn expire(&mut self, now: Instant) -> Expired {
+        let silence = self.policy.heartbeat_interval * self.policy.drop_after_intervals;
+        let mut expired = Expired::default();
+        self.peers.retain(|peer, entry| {
+            if let Some(until) = entry.banned_until {
+                if now < until {
+                    return true;
+                }
+                entry.banned_until = None;
+                entry.last_seen = now;
+                expired.unbanned.push(*peer);
+                return true;
+            }
+            let silent_for = now.saturating_duration_since(entry.last_seen);
+            if silent_for < silence {
+                return true;
+            }
+            expired.dropped.push((
+                *peer,
+                format!(
+                    "silent for {:.1} s ({} heartbeat intervals)",
+                    silent_for.as_secs_f64(),
+                    self.policy.drop_after_intervals
+                ),
+            ));
+            false
+        });
+        expired
+    }
+
+    /// Peers that are listed and not banned.
+    pub fn live_peers(&self, now: Instant) -> usize {
+        self.peers
+            .keys()
+            .filter(|peer| !self.is_banned(peer, now))
+            .count()
+    }
+
+    pub fn view(&self, now: Instant) -> (Vec<PeerView>, NetworkTotals) {
+        let mut peers: Vec<PeerView> = self
+            .peers
+            .iter()
+            .map(|(peer, e)| PeerView {
+                node_id: e.node_id.clone(),
+                peer_id: peer.to_string(),
+                addrs: e.addrs.iter().map(|a| a.to_string()).collect(),
+                connected: e.connected,
+                last_seen_s: now.saturating_duration_since(e.last_seen).as_secs_f64(),
+                latency_ms: e.latency.map(|d| d.as_secs_f64() * 1e3),
+                bytes_in: e.bytes_in,
+                bytes_out: e.bytes_out,
+                accepted: e.accepted,
+                rejected: e.rejected,
+                last_rejection: e.last_rejection.clone(),
+                banned: e.banned_until.is_some_and(|until| now < until),
+                heartbeat: e.heartbeat.clone(),
+                heartbeat_age_ms: e.heartbeat_age_ms,
+            })
+            .collect();
+        peers.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        (peers, self.totals.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{Identity, generate_token};
+
+    fn policy() -> PeerPolicy {
+        PeerPolicy {
+            heartbeat_interval: Duration::from_secs(1),
+            drop_after_intervals: 3,
+            max_messages_per_interval: 5,
+            ban_after_rejections: 10,
+            ban_for: Duration::from_secs(60),
+        }
+    }
+
+    fn peer() -> PeerId {
+        Identity::from_token(&generate_token()).unwrap().peer_id()
+    }
+
+    fn heartbeat(sent_at_ms: u64) -> Heartbeat {
+        Heartbeat {
+            node_id: "n".into(),
+            role: "trainer".into(),
+            global_step: 1,
+            outer_round: 0,
+            theta0_hash: "0".repeat(64),
+            tokens_per_sec: 0.0,
+            sent_at_ms,
+        }
+    }
+
+    #[test]
+    fn a_peer_silent_for_the_configured_intervals_is_dropped_with_the_reason() {
+        let t0 = Instant::now();
+        let mut table = PeerTable::new(policy());
+        let (a, b) = (peer(), peer());
+        table.connected(t0, a, vec![]);
+        table.connected(t0, b, vec![]);
+        table
+            .accept_heartbeat(
+                t0 + Duration::from_secs(2),
+                2_000,
+                b,
+                b,
+                heartbeat(2_000),
+                100,
+            )
+            .unwrap();
+        assert_eq!(
+            table.expire(t0 + Duration::from_millis(2_900)),
+            Expired::default()
+        );
+        let expired = table.expire(t0 + Duration::from_secs(3));
+        assert_eq!(expired.dropped.len(), 1);
+        assert_eq!(expired.dropped[0].0, a);
+        assert!(expired.dropped[0].1.contains("3 heartbeat intervals"));
+        assert!(table.contains(&b) && !table.contains(&a));
+    }
+
+    #[test]
+    fn replayed_heartbeats_are_refused() {
+        let t0 = Instant::now();
+        let mut table = PeerTable::new(policy());
+        let a = peer();
+        table
+            .accept_heartbeat(t0, 0, a, a, heartbeat(1_000), 10)
+            .unwrap();
+        assert_eq!(
+            table.accept_heartbeat(t0, 0, a, a, heartbeat(1_000), 10),
+            Err(Rejection::Replayed)
+        );
+        assert!(
+            table
+                .accept_heartbeat(t0, 0, a, a, heartbeat(1_001), 10)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_flooding_origin_is_rate_limited_each_interval() {
+        let t0 = Instant::now();
+        let mut table = PeerTable::new(policy());
+        let a = peer();
+        for _ in 0..5 {
+            assert_eq!(table.admit(t0, a), Ok(()));
+        }
+        assert_eq!(table.admit(t0, a), Err(Rejection::RateLimited { limit: 5 }));
+        assert_eq!(table.admit(t0 + Duration::from_secs(1), a), Ok(()));
+    }
+
+    #[test]
+    fn rejections_are_counted_and_enough_in_one_interval_ban_the_peer_until_the_ban_ends() {
+        let t0 = Instant::now();
+        let mut table = PeerTable::new(policy());
+        let a = peer();
+        for _ in 0..9 {
+            assert_eq!(table.reject(t0, a, &Rejection::BadSignature, 50), None);
+        }
+        let reason = table.reject(t0, a, &Rejection::BadSignature, 50).unwrap();
+        assert!(reason.contains("10 rejected") && reason.contains("bad signature"));
+        assert!(table.is_banned(&a, t0));
+        assert_eq!(table.admit(t0, a), Err(Rejection::Banned));
+        let (peers, totals) = table.view(t0);
+        assert_eq!((peers[0].rejected, peers[0].banned), (10, true));
+        assert_eq!((totals.messages_rejected, totals.peers_banned), (10, 1));
+        // Still listed while banned, even though silent; unbanned when the ban runs out.
+        assert_eq!(
+            table.expire(t0 + Duration::from_secs(30)),
+            Expired::default()
+        );
+        let expired = table.expire(t0 + Duration::from_secs(60));
+        assert_eq!(expired.unbanned, vec![a]);
+        assert!(!table.is_banned(&a, t0 + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn rejections_spread_over_intervals_do_not_ban() {
+        let t0 = Instant::now();
+        let mut table = PeerTable::new(policy());
+        let a = peer();
+        for second in 0..30 {
+            let now = t0 + Duration::from_secs(second);
+            for _ in 0..3 {
+                assert_eq!(table.reject(now, a, &Rejection::BadSignature, 1), None);
+            }
+        }
+        assert!(!table.is_banned(&a, t0 + Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn the_view_shows_the_node_id_of_the_peer_key() {
+        let t0 = Instant::now();
+        let id = Identity::from_token(&generate_token()).unwrap();
+        let mut table = PeerTable::new(policy());
+        table.connected(
+            t0,
+            id.peer_id(),
+            vec!["/ip4/127.0.0.1/tcp/1".parse().unwrap()],
+        );
+        let (peers, _) = table.view(t0);
+        assert_eq!(peers[0].node_id, id.node_id);
+        assert_eq!(peers[0].addrs, vec!["/ip4/127.0.0.1/tcp/1".to_string()]);
+    }
+}

@@ -1,0 +1,263 @@
+//! Gossip messages on the wire: a 64-byte ECDSA signature by the sender's wallet key, then a JSON
+//! body. The signature covers a domain tag, the topic and the body, so a message cannot be replayed
+//! on another topic or network. gossipsub's own strict signing already ties a message to its source
+//! PeerId; ours makes the body verifiable on its own (stored, relayed, shown), with the same key.
+
+use libp2p::PeerId;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{self, Identity};
+
+/// Largest gossip message the node accepts; gossip carries only small messages (blobs go by
+/// request-response).
+pub const MAX_GOSSIP_BYTES: usize = 16 * 1024;
+/// gossipsub's frame limit, above the application's so oversized messages reach validation and
+/// are counted against the peer that sent them.
+pub const GOSSIP_TRANSMIT_LIMIT: usize = 4 * MAX_GOSSIP_BYTES;
+/// How far a message's timestamp may be from this node's clock.
+pub const MAX_CLOCK_SKEW_MS: u64 = 120_000;
+const SIGNATURE_BYTES: usize = 64;
+const DOMAIN: &[u8] = b"neuroshard/gossip/v1";
+
+/// Why a peer's message was refused. Counted per peer and shown on /api/peers.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Rejection {
+    #[error("oversized: {size} bytes, limit {limit}")]
+    Oversized { size: usize, limit: usize },
+    #[error("malformed: {0}")]
+    Malformed(String),
+    #[error("bad signature")]
+    BadSignature,
+    #[error("sender's PeerId does not carry a secp256k1 key")]
+    UnknownSigner,
+    #[error("claims node_id {claimed}, but is signed by {actual}")]
+    WrongNodeId { claimed: String, actual: String },
+    #[error("stale: sent {skew_ms} ms away from this node's clock")]
+    Stale { skew_ms: u64 },
+    #[error("replayed: not newer than the last accepted message of this node")]
+    Replayed,
+    #[error("rate limited: more than {limit} messages in one heartbeat interval")]
+    RateLimited { limit: u32 },
+    #[error("banned peer")]
+    Banned,
+}
+
+/// What every node gossips each heartbeat interval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    pub node_id: String,
+    /// "trainer" or "observer".
+    pub role: String,
+    pub global_step: u64,
+    pub outer_round: u64,
+    /// SHA-256 of θ₀ (little-endian f32 bytes), hex: peers on the same θ₀ agree on it.
+    pub theta0_hash: String,
+    pub tokens_per_sec: f64,
+    /// Sender's clock, unix milliseconds.
+    pub sent_at_ms: u64,
+}
+
+const ROLES: [&str; 2] = ["trainer", "observer"];
+
+impl Heartbeat {
+    /// Field checks beyond the JSON shape: the node_id is the signer's, values are plausible.
+    pub fn check(&self, signer_node_id: &str, now_ms: u64) -> Result<(), Rejection> {
+        if self.node_id != signer_node_id {
+            return Err(Rejection::WrongNodeId {
+                claimed: self.node_id.chars().take(64).collect(),
+                actual: signer_node_id.to_string(),
+            });
+        }
+        if !ROLES.contains(&self.role.as_str()) {
+            return Err(Rejection::Malformed(format!(
+                "unknown role {:?}",
+                self.role.chars().take(32).collect::<String>()
+            )));
+        }
+        if self.theta0_hash.len() != 64 || !self.theta0_hash.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(Rejection::Malformed(
+                "theta0_hash is not 64 hex characters".into(),
+            ));
+        }
+        if !(self.tokens_per_sec.is_finite() && self.tokens_per_sec >= 0.0) {
+            return Err(Rejection::Malformed(
+                "tokens_per_sec is not a finite non-negative number".into(),
+            ));
+        }
+        let skew_ms = now_ms.abs_diff(self.sent_at_ms);
+        if skew_ms > MAX_CLOCK_SKEW_MS {
+            return Err(Rejection::Stale { skew_ms });
+        }
+        Ok(())
+    }
+}
+
+fn signed_bytes(topic: &str, body: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(DOMAIN.len() + topic.len() + body.len() + 2);
+    bytes.extend_from_slice(DOMAIN);
+    bytes.push(0);
+    bytes.extend_from_slice(topic.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// A message for `topic`, signed by `identity`.
+pub fn seal(identity: &Identity, topic: &str, body: &impl Serialize) -> Vec<u8> {
+    let body = serde_json::to_vec(body).expect("message types serialize");
+    seal_bytes(identity, topic, &body)
+}
+
+/// Signs raw body bytes; [`seal`] is the typed form.
+pub fn seal_bytes(identity: &Identity, topic: &str, body: &[u8]) -> Vec<u8> {
+    let mut message = identity.sign(&signed_bytes(topic, body)).to_vec();
+    message.extend_from_slice(body);
+    message
+}
+
+/// Checks size and signature against the sender's key and parses the body. Returns the body and
+/// the sender's node_id.
+pub fn open<T: DeserializeOwned>(
+    topic: &str,
+    data: &[u8],
+    sender: &PeerId,
+) -> Result<(T, String), Rejection> {
+    if data.len() > MAX_GOSSIP_BYTES {
+        return Err(Rejection::Oversized {
+            size: data.len(),
+            limit: MAX_GOSSIP_BYTES,
+        });
+    }
+    if data.len() < SIGNATURE_BYTES {
+        return Err(Rejection::Malformed(format!(
+            "{} bytes is shorter than a signature",
+            data.len()
+        )));
+    }
+    let key = crypto::public_key_of(sender).ok_or(Rejection::UnknownSigner)?;
+    let (signature, body) = data.split_at(SIGNATURE_BYTES);
+    if !crypto::verify(&key, &signed_bytes(topic, body), signature) {
+        return Err(Rejection::BadSignature);
+    }
+    let value = serde_json::from_slice(body).map_err(|e| Rejection::Malformed(e.to_string()))?;
+    Ok((value, crypto::node_id_of(&key)))
+}
+
+/// A heartbeat from `sender`, fully checked.
+pub fn open_heartbeat(
+    topic: &str,
+    data: &[u8],
+    sender: &PeerId,
+    now_ms: u64,
+) -> Result<Heartbeat, Rejection> {
+    let (heartbeat, node_id): (Heartbeat, String) = open(topic, data, sender)?;
+    heartbeat.check(&node_id, now_ms)?;
+    Ok(heartbeat)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::generate_token;
+
+    const TOPIC: &str = "neuroshard/test/heartbeat/1";
+    const NOW: u64 = 1_800_000_000_000;
+
+    fn identity() -> Identity {
+        Identity::from_token(&generate_token()).unwrap()
+    }
+
+    fn heartbeat(id: &Identity) -> Heartbeat {
+        Heartbeat {
+            node_id: id.node_id.clone(),
+            role: "trainer".into(),
+            global_step: 120,
+            outer_round: 3,
+            theta0_hash: "ab".repeat(32),
+            tokens_per_sec: 1500.0,
+            sent_at_ms: NOW - 40,
+        }
+    }
+
+    #[test]
+    fn a_sealed_heartbeat_opens_for_its_sender() {
+        let id = identity();
+        let data = seal(&id, TOPIC, &heartbeat(&id));
+        assert_eq!(
+            open_heartbeat(TOPIC, &data, &id.peer_id(), NOW),
+            Ok(heartbeat(&id))
+        );
+    }
+
+    #[test]
+    fn another_sender_topic_or_flipped_byte_breaks_the_signature() {
+        let id = identity();
+        let data = seal(&id, TOPIC, &heartbeat(&id));
+        let other = identity();
+        assert_eq!(
+            open_heartbeat(TOPIC, &data, &other.peer_id(), NOW),
+            Err(Rejection::BadSignature)
+        );
+        assert_eq!(
+            open_heartbeat("neuroshard/other/heartbeat/1", &data, &id.peer_id(), NOW),
+            Err(Rejection::BadSignature)
+        );
+        let mut flipped = data.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert_eq!(
+            open_heartbeat(TOPIC, &flipped, &id.peer_id(), NOW),
+            Err(Rejection::BadSignature)
+        );
+    }
+
+    #[test]
+    fn a_heartbeat_naming_another_node_is_refused() {
+        let (id, other) = (identity(), identity());
+        let data = seal(&id, TOPIC, &heartbeat(&other));
+        assert!(matches!(
+            open_heartbeat(TOPIC, &data, &id.peer_id(), NOW),
+            Err(Rejection::WrongNodeId { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_oversized_stale_and_implausible_messages_are_refused() {
+        let id = identity();
+        let peer = id.peer_id();
+        assert!(matches!(
+            open_heartbeat(TOPIC, b"short", &peer, NOW),
+            Err(Rejection::Malformed(_))
+        ));
+        let garbage = seal_bytes(&id, TOPIC, b"{not json");
+        assert!(matches!(
+            open_heartbeat(TOPIC, &garbage, &peer, NOW),
+            Err(Rejection::Malformed(_))
+        ));
+        let big = vec![b' '; MAX_GOSSIP_BYTES + 1];
+        assert!(matches!(
+            open_heartbeat(TOPIC, &big, &peer, NOW),
+            Err(Rejection::Oversized { .. })
+        ));
+        let mut old = heartbeat(&id);
+        old.sent_at_ms = NOW - MAX_CLOCK_SKEW_MS - 1;
+        assert!(matches!(
+            open_heartbeat(TOPIC, &seal(&id, TOPIC, &old), &peer, NOW),
+            Err(Rejection::Stale { .. })
+        ));
+        let mut nan = heartbeat(&id);
+        nan.tokens_per_sec = -1.0;
+        assert!(matches!(
+            open_heartbeat(TOPIC, &seal(&id, TOPIC, &nan), &peer, NOW),
+            Err(Rejection::Malformed(_))
+        ));
+        let mut role = heartbeat(&id);
+        role.role = "king".into();
+        assert!(matches!(
+            open_heartbeat(TOPIC, &seal(&id, TOPIC, &role), &peer, NOW),
+            Err(Rejection::Malformed(_))
+        ));
+    }
+}
