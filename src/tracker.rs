@@ -15,8 +15,9 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::net::announce::{
-    AnnounceError, Announcement, MAX_CLOCK_SKEW_S, PeerRecord, unix_time_s, valid_network_id,
+    AnnounceError, Announcement, MAX_CLOCK_SKEW_S, PeerRecord, unix_time_s,
 };
+use crate::net::protocol::valid_network_id;
 
 /// Largest accepted POST /announce body.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;

@@ -280,7 +280,7 @@ impl PeerActor {
             &self.options.identity,
             &self.options.protocols.network_id,
             addrs,
-            unix_ms() / 1000,
+            crate::net::announce::unix_time_s(),
         );
         let request = tokio::task::spawn_blocking(move || {
             announce_to_tracker(&url, &announcement, TRACKER_TIMEOUT)

@@ -13,6 +13,7 @@ use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{self, Identity};
+use crate::net::protocol::{MAX_NETWORK_ID_LEN, valid_network_id};
 
 /// Domain tag of the signed bytes: a signature made for anything else never verifies here.
 const DOMAIN_TAG: &[u8] = b"neuroshard/announce/v1";
@@ -20,8 +21,6 @@ const DOMAIN_TAG: &[u8] = b"neuroshard/announce/v1";
 pub const MAX_MULTIADDRS: usize = 16;
 /// Longest multiaddr accepted, in characters.
 pub const MAX_MULTIADDR_LEN: usize = 256;
-/// Longest network id accepted, in characters.
-pub const MAX_NETWORK_ID_LEN: usize = 64;
 /// How far an announcement's timestamp may be from the tracker's clock, either way.
 pub const MAX_CLOCK_SKEW_S: u64 = 120;
 /// Largest answer body the client reads from a tracker.
@@ -249,14 +248,6 @@ impl Announcement {
         }
         Ok(())
     }
-}
-
-/// 1..=64 characters of [A-Za-z0-9._-].
-pub fn valid_network_id(network_id: &str) -> bool {
-    (1..=MAX_NETWORK_ID_LEN).contains(&network_id.len())
-        && network_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// A multiaddr is at most MAX_MULTIADDR_LEN characters, parses, is not empty, and any /p2p/

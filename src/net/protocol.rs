@@ -79,9 +79,11 @@ impl Protocols {
     }
 }
 
+pub const MAX_NETWORK_ID_LEN: usize = 64;
+
 /// Whether `id` may name a network: 1..=64 characters of `[A-Za-z0-9._-]`.
 pub fn valid_network_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
+    (1..=MAX_NETWORK_ID_LEN).contains(&id.len())
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))

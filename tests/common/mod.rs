@@ -34,18 +34,21 @@ impl Node {
         let log = state_dir.with_extension(format!("{port}.log"));
         let log_file = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(BIN);
-        cmd.args([
-            "--preset",
-            "nano",
-            "--port",
-            &port.to_string(),
-            "--state-dir",
-        ])
-        .arg(state_dir)
-        .args(extra_args)
-        .env("NEUROSHARD_TRAINING__LOG_EVERY", "20")
-        .stdout(Stdio::null())
-        .stderr(log_file);
+        if !extra_args.contains(&"--preset") {
+            cmd.args(["--preset", "nano"]);
+        }
+        cmd.args(["--port", &port.to_string(), "--state-dir"])
+            .arg(state_dir)
+            .args(extra_args)
+            .env("NEUROSHARD_TRAINING__LOG_EVERY", "20")
+            // Loopback only, no multicast, quick heartbeats: tests see the network settle in seconds.
+            .env("NEUROSHARD_NETWORK__MDNS", "false")
+            .env("NEUROSHARD_NETWORK__HEARTBEAT_INTERVAL_S", "1")
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        if !extra_args.contains(&"--listen") {
+            cmd.args(["--listen", "/ip4/127.0.0.1/tcp/0"]);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -100,6 +103,10 @@ impl Node {
 
     pub fn stats(&self) -> Value {
         self.get("/api/stats")
+    }
+
+    pub fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.post_raw(path, &body.to_string())
     }
 
     pub fn wait_for(&self, what: &str, timeout: Duration, mut ok: impl FnMut(&Self) -> bool) {
@@ -157,4 +164,132 @@ pub fn f64_of(v: &Value, key: &str) -> f64 {
     v[key]
         .as_f64()
         .unwrap_or_else(|| panic!("{key} is not a number in {v}"))
+}
+
+/// A `neuroshard tracker` process on a free loopback port, logging to a temp file.
+pub struct Tracker {
+    child: Option<Child>,
+    pub port: u16,
+    log: tempfile::NamedTempFile,
+    agent: ureq::Agent,
+}
+
+impl Tracker {
+    /// Starts a tracker and waits until GET /health answers.
+    pub fn start() -> Self {
+        let port = free_port();
+        let log = tempfile::Builder::new()
+            .prefix("neuroshard-tracker-")
+            .suffix(".log")
+            .tempfile()
+            .unwrap();
+        let child = Command::new(BIN)
+            .args([
+                "tracker",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .expect("start neuroshard tracker");
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .new_agent();
+        let mut tracker = Self {
+            child: Some(child),
+            port,
+            log,
+            agent,
+        };
+        let start = Instant::now();
+        while tracker.try_get("/health").is_none_or(|(s, _)| s != 200) {
+            if let Some(status) = tracker.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("tracker exited with {status}; log:\n{}", tracker.log_tail());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "tracker did not answer within 30 s; log:\n{}",
+                tracker.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        tracker
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// (status, JSON body) or None when the tracker does not answer.
+    pub fn try_get(&self, path: &str) -> Option<(u16, Value)> {
+        let mut resp = self
+            .agent
+            .get(format!("{}{path}", self.url()))
+            .call()
+            .ok()?;
+        let status = resp.status().as_u16();
+        Some((status, resp.body_mut().read_json().ok()?))
+    }
+
+    /// GET: (status, JSON body).
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        self.try_get(path)
+            .unwrap_or_else(|| panic!("GET {path} failed; log:\n{}", self.log_tail()))
+    }
+
+    /// POSTs a raw body: (status, JSON body).
+    pub fn post_raw(&self, path: &str, body: &str) -> (u16, Value) {
+        let mut resp = self
+            .agent
+            .post(format!("{}{path}", self.url()))
+            .header("content-type", "application/json")
+            .send(body)
+            .expect("POST");
+        let status = resp.status().as_u16();
+        (status, resp.body_mut().read_json().expect("JSON body"))
+    }
+
+    /// Sends SIGTERM and waits (at most 30 s) for the exit status.
+    pub fn terminate(mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "tracker did not exit within 30 s of SIGTERM; log:\n{}",
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log.path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
