@@ -151,7 +151,7 @@ impl Default for NetworkSection {
             max_blob_mib: 512,
             blob_timeout_s: 300,
             max_messages_per_interval: 20,
-            ban_after_rejections: 50,
+            ban_after_rejections: 10,
             ban_s: 600,
         }
     }

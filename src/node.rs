@@ -14,7 +14,7 @@ use tracing::{error, info, warn};
 use crate::actors::aggregator::AggregatorActor;
 use crate::actors::http::HttpActor;
 use crate::actors::messages::{StopHttp, StopTraining, WriteCheckpoint};
-use crate::actors::peer::{PeerActor, PeerOptions};
+use crate::actors::peer::{GossipFaults, PeerActor, PeerOptions};
 use crate::actors::supervisor::{SupervisorActor, TrainerRecipe};
 use crate::actors::sync::{CheckpointTarget, SyncActor};
 use crate::actors::trainer::{Cadence, PanicFault};
@@ -233,7 +233,11 @@ fn peer_options(config: &Config, identity: Identity, model_hash: &str) -> PeerOp
         target_peers: n.target_peers,
         max_blob_bytes: n.max_blob_mib << 20,
         blob_timeout: Duration::from_secs(n.blob_timeout_s),
-        send_garbage: fault_switch("NEUROSHARD_FAULT_GOSSIP_GARBAGE").is_some_and(|n| n > 0),
+        faults: GossipFaults {
+            garbage: fault_switch("NEUROSHARD_FAULT_GOSSIP_GARBAGE").is_some_and(|n| n > 0),
+            flood: fault_switch("NEUROSHARD_FAULT_GOSSIP_FLOOD")
+                .map_or(0, |n| n.min(10_000) as u32),
+        },
     }
 }
 

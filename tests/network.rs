@@ -160,7 +160,7 @@ fn five_nodes_meet_through_a_tracker_refuse_another_network_and_drop_a_killed_no
 }
 
 #[test]
-fn five_nodes_meet_through_seed_peers_and_shrug_off_a_misbehaving_node() {
+fn five_nodes_meet_through_seed_peers_and_shrug_off_misbehaving_and_flooding_nodes() {
     let dir = tempfile::tempdir().unwrap();
     let first = Node::start(&dir.path().join("first"), &["--no-training"], &[]);
     let seed = p2p_addr(&first);
@@ -198,6 +198,47 @@ fn five_nodes_meet_through_seed_peers_and_shrug_off_a_misbehaving_node() {
             .any(|kind| reason.contains(kind)),
         "{reason}"
     );
+
+    // A node flooding valid heartbeats is rate-limited, then banned.
+    let flooder = Node::start(
+        &dir.path().join("flooder"),
+        &["--no-training", "--seed-peers", &seed],
+        &[("NEUROSHARD_FAULT_GOSSIP_FLOOD", "200")],
+    );
+    let flooder_id = peer_id(&flooder);
+    wait_until(
+        "the seed node to ban the flooder",
+        MEET_WITHIN,
+        &[&nodes[0], &flooder],
+        || {
+            nodes[0].get("/api/peers")["peers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["peer_id"] == flooder_id.as_str() && p["banned"] == true)
+        },
+    );
+    let flooded = nodes[0].get("/api/peers")["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["peer_id"] == flooder_id.as_str())
+        .cloned()
+        .unwrap();
+    assert!(
+        flooded["last_rejection"]
+            .as_str()
+            .unwrap()
+            .contains("rate limited"),
+        "{flooded}"
+    );
+    assert!(
+        nodes[0].get("/api/network")["peers_banned"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+
     std::thread::sleep(Duration::from_secs(3));
     // The honest nodes keep running, still see each other, and blame no honest peer.
     let honest: BTreeSet<String> = nodes.iter().map(peer_id).collect();

@@ -54,8 +54,16 @@ pub struct PeerOptions {
     pub target_peers: usize,
     pub max_blob_bytes: u64,
     pub blob_timeout: Duration,
-    /// Test fault switch: also gossip malformed, oversized and badly signed messages.
-    pub send_garbage: bool,
+    pub faults: GossipFaults,
+}
+
+/// Test fault switches that make this node a misbehaving peer (NEUROSHARD_FAULT_GOSSIP_*).
+#[derive(Clone, Default)]
+pub struct GossipFaults {
+    /// Each heartbeat, also gossip a malformed, an oversized and a badly signed message.
+    pub garbage: bool,
+    /// Each heartbeat, also gossip this many extra (valid) heartbeats: a flood.
+    pub flood: u32,
 }
 
 #[derive(NetworkBehaviour)]
@@ -345,8 +353,15 @@ impl PeerActor {
         let topic = self.heartbeat_topic.to_string();
         let heartbeat = self.heartbeat();
         self.publish(wire::seal(&self.options.identity, &topic, &heartbeat));
-        if self.options.send_garbage {
+        if self.options.faults.garbage {
             self.publish_garbage(&topic, &heartbeat);
+        }
+        for extra in 1..=u64::from(self.options.faults.flood) {
+            let flood = wire::Heartbeat {
+                sent_at_ms: heartbeat.sent_at_ms + extra,
+                ..heartbeat.clone()
+            };
+            self.publish(wire::seal(&self.options.identity, &topic, &flood));
         }
     }
 
@@ -380,46 +395,67 @@ impl PeerActor {
         self.status.update(|s| s.network = Arc::new(view));
     }
 
-    fn ban(&mut self, peer: PeerId, reason: String) {
-        warn!(%peer, %reason, "peer banned");
-        let b = self.swarm.behaviour_mut();
-        b.gossipsub.blacklist_peer(&peer);
-        b.blocked.block_peer(peer);
-    }
-
+    /// Validates a gossip message. Until its signature checks out, a bad message is the fault of
+    /// the peer that sent it to us (honest peers validate before they forward); after that, the
+    /// origin signed it, so rate limits, replays and implausible fields count against the origin,
+    /// and a relaying peer is not penalised for it.
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
         let (now, now_ms, size) = (Instant::now(), unix_ms(), message.data.len());
+        let topic = self.heartbeat_topic.to_string();
         let verdict = match message.source {
-            None => Err(Rejection::UnknownSigner),
-            Some(origin) if message.topic == self.heartbeat_topic.hash() => {
-                let topic = self.heartbeat_topic.to_string();
-                self.table
-                    .admit(now, origin)
-                    .and_then(|()| wire::open_heartbeat(&topic, &message.data, &origin, now_ms))
-                    .and_then(|heartbeat| {
-                        self.table
-                            .accept_heartbeat(now, now_ms, source, origin, heartbeat, size)
-                    })
-            }
-            Some(_) => Err(Rejection::Malformed(format!(
-                "unexpected topic {}",
-                message.topic
-            ))),
+            None => Err((source, Rejection::UnknownSigner)),
+            Some(_) if message.topic != self.heartbeat_topic.hash() => Err((
+                source,
+                Rejection::Malformed(format!("unexpected topic {}", message.topic)),
+            )),
+            Some(origin) => self
+                .table
+                .admit(now, origin)
+                .map_err(|r| (origin, r))
+                .and_then(|()| {
+                    wire::open::<wire::Heartbeat>(&topic, &message.data, &origin)
+                        .map_err(|r| (source, r))
+                })
+                .and_then(|(heartbeat, node_id)| {
+                    heartbeat
+                        .check(&node_id, now_ms)
+                        .and_then(|()| {
+                            self.table
+                                .accept_heartbeat(now, now_ms, source, origin, heartbeat, size)
+                        })
+                        .map_err(|r| (origin, r))
+                }),
         };
         let acceptance = match verdict {
             Ok(()) => MessageAcceptance::Accept,
-            Err(rejection) => {
-                warn!(peer = %source, %rejection, "gossip message rejected");
-                if let Some(reason) = self.table.reject(now, source, &rejection, size) {
-                    self.ban(source, reason);
+            Err((blamed, rejection)) => {
+                self.rejected(now, blamed, &rejection, size);
+                if blamed == source {
+                    MessageAcceptance::Reject
+                } else {
+                    MessageAcceptance::Ignore
                 }
-                MessageAcceptance::Reject
             }
         };
         self.swarm
             .behaviour_mut()
             .gossipsub
             .report_message_validation_result(&id, &source, acceptance);
+    }
+
+    /// Counts a rejection against `peer`, logs it (sparingly: a flood must not flood the log) and
+    /// bans the peer when the table says so.
+    fn rejected(&mut self, now: Instant, peer: PeerId, rejection: &Rejection, size: usize) {
+        let outcome = self.table.reject(now, peer, rejection, size);
+        if outcome.total.is_power_of_two() {
+            warn!(%peer, %rejection, rejected_so_far = outcome.total, "message rejected");
+        }
+        if let Some(reason) = outcome.ban {
+            warn!(%peer, %reason, "peer banned");
+            let b = self.swarm.behaviour_mut();
+            b.gossipsub.blacklist_peer(&peer);
+            b.blocked.block_peer(peer);
+        }
     }
 
     fn on_blob_event(&mut self, event: request_response::Event<BlobRequest, BlobResponse>) {
@@ -476,10 +512,7 @@ impl PeerActor {
                                 "blob does not hash to the requested {}",
                                 pending.blob
                             ));
-                            warn!(%peer, %rejection, "blob rejected");
-                            if let Some(reason) = self.table.reject(now, peer, &rejection, 0) {
-                                self.ban(peer, reason);
-                            }
+                            self.rejected(now, peer, &rejection, 0);
                             Err(rejection.to_string())
                         }
                     }
@@ -495,11 +528,7 @@ impl PeerActor {
                 if let OutboundFailure::Io(e) = &error {
                     if e.kind() == std::io::ErrorKind::InvalidData {
                         let rejection = Rejection::Malformed(format!("blob response: {e}"));
-                        warn!(%peer, %rejection, "blob rejected");
-                        if let Some(reason) = self.table.reject(Instant::now(), peer, &rejection, 0)
-                        {
-                            self.ban(peer, reason);
-                        }
+                        self.rejected(Instant::now(), peer, &rejection, 0);
                     }
                 }
                 if let Some(pending) = self.pending.remove(&request_id) {

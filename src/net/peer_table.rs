@@ -97,6 +97,15 @@ pub struct NetworkTotals {
     pub peers_banned: u64,
 }
 
+/// What `reject` decided.
+#[derive(Debug, PartialEq)]
+pub struct RejectOutcome {
+    /// Messages rejected from this peer so far.
+    pub total: u64,
+    /// Set when this rejection crossed the ban threshold: the reason, for the log.
+    pub ban: Option<String>,
+}
+
 /// What `expire` decided.
 #[derive(Debug, Default, PartialEq)]
 pub struct Expired {
@@ -242,15 +251,15 @@ impl PeerTable {
         Ok(())
     }
 
-    /// Counts a rejected message against `peer` (the one that sent it to us). Returns the ban
-    /// reason when this rejection crosses the ban threshold; the peer is banned from now on.
+    /// Counts a rejected message against `peer`. When this rejection crosses the ban threshold
+    /// the peer is banned from now on, and the outcome says why.
     pub fn reject(
         &mut self,
         now: Instant,
         peer: PeerId,
         rejection: &Rejection,
         size: usize,
-    ) -> Option<String> {
+    ) -> RejectOutcome {
         let (interval, threshold, ban_for) = (
             self.policy.heartbeat_interval,
             self.policy.ban_after_rejections,
@@ -262,10 +271,11 @@ impl PeerTable {
         entry.rejected += 1;
         entry.bytes_in += size as u64;
         entry.last_rejection = Some(rejection.to_string());
+        let total = entry.rejected;
         let window = entry.window.current(now, interval);
         window.rejections += 1;
         if window.rejections < threshold || entry.banned_until.is_some_and(|until| now < until) {
-            return None;
+            return RejectOutcome { total, ban: None };
         }
         entry.banned_until = Some(now + ban_for);
         let reason = format!(
@@ -273,7 +283,10 @@ impl PeerTable {
             window.rejections, interval, ban_for
         );
         self.totals.peers_banned += 1;
-        Some(reason)
+        RejectOutcome {
+            total,
+            ban: Some(reason),
+        }
     }
 
     /// Drops peers silent for `drop_after_intervals` heartbeat intervals and lifts bans that ran
@@ -438,9 +451,11 @@ mod tests {
         let mut table = PeerTable::new(policy());
         let a = peer();
         for _ in 0..9 {
-            assert_eq!(table.reject(t0, a, &Rejection::BadSignature, 50), None);
+            assert_eq!(table.reject(t0, a, &Rejection::BadSignature, 50).ban, None);
         }
-        let reason = table.reject(t0, a, &Rejection::BadSignature, 50).unwrap();
+        let outcome = table.reject(t0, a, &Rejection::BadSignature, 50);
+        assert_eq!(outcome.total, 10);
+        let reason = outcome.ban.unwrap();
         assert!(reason.contains("10 rejected") && reason.contains("bad signature"));
         assert!(table.is_banned(&a, t0));
         assert_eq!(table.admit(t0, a), Err(Rejection::Banned));
@@ -465,7 +480,7 @@ mod tests {
         for second in 0..30 {
             let now = t0 + Duration::from_secs(second);
             for _ in 0..3 {
-                assert_eq!(table.reject(now, a, &Rejection::BadSignature, 1), None);
+                assert_eq!(table.reject(now, a, &Rejection::BadSignature, 1).ban, None);
             }
         }
         assert!(!table.is_banned(&a, t0 + Duration::from_secs(30)));

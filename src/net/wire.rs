@@ -146,24 +146,24 @@ pub fn open<T: DeserializeOwned>(
     Ok((value, crypto::node_id_of(&key)))
 }
 
-/// A heartbeat from `sender`, fully checked.
-pub fn open_heartbeat(
-    topic: &str,
-    data: &[u8],
-    sender: &PeerId,
-    now_ms: u64,
-) -> Result<Heartbeat, Rejection> {
-    let (heartbeat, node_id): (Heartbeat, String) = open(topic, data, sender)?;
-    heartbeat.check(&node_id, now_ms)?;
-    Ok(heartbeat)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::crypto::generate_token;
 
     const TOPIC: &str = "neuroshard/test/heartbeat/1";
+
+    /// What the PeerActor does with a heartbeat: open (signature), then check the fields.
+    fn open_heartbeat(
+        topic: &str,
+        data: &[u8],
+        sender: &PeerId,
+        now_ms: u64,
+    ) -> Result<Heartbeat, Rejection> {
+        let (heartbeat, node_id): (Heartbeat, String) = open(topic, data, sender)?;
+        heartbeat.check(&node_id, now_ms)?;
+        Ok(heartbeat)
+    }
     const NOW: u64 = 1_800_000_000_000;
 
     fn identity() -> Identity {
