@@ -297,10 +297,12 @@ fn a_model_sized_blob_moves_between_two_nodes_intact() {
         "38.2 MB blob: {:.0} MB/s",
         body["mb_per_s"].as_f64().unwrap()
     );
-    let served = server.get("/api/peers")["peers"][0]["bytes_out"]
-        .as_u64()
-        .unwrap();
-    assert!(served >= 9_541_632 * 4);
+    // The server's connection counters saw the blob go out, the client's saw it come in.
+    for (node, direction) in [(&server, "bytes_out"), (&client, "bytes_in")] {
+        node.wait_for(direction, Duration::from_secs(5), |n| {
+            n.get("/api/peers")["peers"][0][direction].as_u64().unwrap() >= 9_541_632 * 4
+        });
+    }
 
     // A blob the peer does not have, and bad request bodies, get clear errors.
     let (status, body) = client.post_json(

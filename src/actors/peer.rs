@@ -13,14 +13,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use actix::fut::ActorStream;
 use actix::prelude::*;
 use futures::StreamExt;
+use libp2p::core::upgrade;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageAuthenticity};
 use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, Swarm, SwarmBuilder, allow_block_list, identify, kad, mdns, noise, ping,
-    tcp, yamux,
+    Multiaddr, PeerId, Swarm, SwarmBuilder, Transport, allow_block_list, identify, kad, mdns,
+    noise, ping, tcp, yamux,
 };
 use tracing::{debug, info, warn};
 
@@ -28,6 +29,7 @@ use super::messages::{FetchBlob, OfferBlob};
 use crate::crypto::{Identity, generate_token};
 use crate::net::announce::{Announcement, PeerRecord, announce_to_tracker};
 use crate::net::blob::{BlobCodec, BlobId, BlobRequest, BlobResponse, BlobStore};
+use crate::net::meter::{ByteMeter, CountingMuxer};
 use crate::net::peer_table::{PeerPolicy, PeerTable};
 use crate::net::protocol::Protocols;
 use crate::net::wire::{self, GOSSIP_TRANSMIT_LIMIT, MAX_GOSSIP_BYTES, Rejection};
@@ -169,6 +171,7 @@ struct PendingFetch {
 
 pub struct PeerActor {
     swarm: Swarm<Behaviour>,
+    meter: ByteMeter,
     options: PeerOptions,
     heartbeat_topic: IdentTopic,
     table: PeerTable,
@@ -194,13 +197,22 @@ impl PeerActor {
 
     fn build(options: PeerOptions, status: StatusBoard) -> Result<Self, String> {
         let heartbeat_topic = IdentTopic::new(options.protocols.topic("heartbeat"));
+        let meter = ByteMeter::default();
+        let counting = meter.clone();
         let mut swarm = SwarmBuilder::with_existing_identity(options.identity.libp2p_keypair())
             .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )
+            .with_other_transport(|key| {
+                // TCP + Noise + Yamux, as `with_tcp` builds it, plus per-peer byte counters.
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                    tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                        .upgrade(upgrade::Version::V1Lazy)
+                        .authenticate(noise::Config::new(key)?)
+                        .multiplex(yamux::Config::default())
+                        .map(move |(peer, muxer), _| {
+                            (peer, CountingMuxer::new(muxer, counting.for_peer(peer)))
+                        }),
+                )
+            })
             .map_err(|e| format!("transport: {e}"))?
             .with_behaviour(|key| behaviour(key, &options, &heartbeat_topic))
             .map_err(|e| format!("network behaviour: {e}"))?
@@ -216,6 +228,7 @@ impl PeerActor {
         }
         Ok(Self {
             swarm,
+            meter,
             table: PeerTable::new(options.policy.clone()),
             options,
             heartbeat_topic,
@@ -379,7 +392,7 @@ impl PeerActor {
 
     fn publish_view(&self) {
         let now = Instant::now();
-        let (peers, totals) = self.table.view(now);
+        let (peers, totals) = self.table.view(now, &self.meter.snapshot());
         let view = NetworkView {
             network_id: self.options.protocols.network_id.clone(),
             listen_addrs: self
@@ -400,7 +413,7 @@ impl PeerActor {
     /// origin signed it, so rate limits, replays and implausible fields count against the origin,
     /// and a relaying peer is not penalised for it.
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
-        let (now, now_ms, size) = (Instant::now(), unix_ms(), message.data.len());
+        let (now, now_ms) = (Instant::now(), unix_ms());
         let topic = self.heartbeat_topic.to_string();
         let verdict = match message.source {
             None => Err((source, Rejection::UnknownSigner)),
@@ -421,7 +434,7 @@ impl PeerActor {
                         .check(&node_id, now_ms)
                         .and_then(|()| {
                             self.table
-                                .accept_heartbeat(now, now_ms, source, origin, heartbeat, size)
+                                .accept_heartbeat(now, now_ms, source, origin, heartbeat)
                         })
                         .map_err(|r| (origin, r))
                 }),
@@ -429,7 +442,7 @@ impl PeerActor {
         let acceptance = match verdict {
             Ok(()) => MessageAcceptance::Accept,
             Err((blamed, rejection)) => {
-                self.rejected(now, blamed, &rejection, size);
+                self.rejected(now, blamed, &rejection);
                 if blamed == source {
                     MessageAcceptance::Reject
                 } else {
@@ -445,8 +458,8 @@ impl PeerActor {
 
     /// Counts a rejection against `peer`, logs it (sparingly: a flood must not flood the log) and
     /// bans the peer when the table says so.
-    fn rejected(&mut self, now: Instant, peer: PeerId, rejection: &Rejection, size: usize) {
-        let outcome = self.table.reject(now, peer, rejection, size);
+    fn rejected(&mut self, now: Instant, peer: PeerId, rejection: &Rejection) {
+        let outcome = self.table.reject(now, peer, rejection);
         if outcome.total.is_power_of_two() {
             warn!(%peer, %rejection, rejected_so_far = outcome.total, "message rejected");
         }
@@ -462,7 +475,6 @@ impl PeerActor {
         use request_response::{Event, Message};
         match event {
             Event::Message {
-                peer,
                 message:
                     Message::Request {
                         request: BlobRequest(id),
@@ -472,11 +484,7 @@ impl PeerActor {
                 ..
             } => {
                 let response = match self.blobs.get(&id) {
-                    Some(bytes) => {
-                        self.table
-                            .record_bytes(Instant::now(), peer, 0, bytes.len() as u64);
-                        BlobResponse::Found(bytes)
-                    }
+                    Some(bytes) => BlobResponse::Found(bytes),
                     None => BlobResponse::Missing,
                 };
                 // Fails only if the peer already gave up; nothing to do then.
@@ -504,7 +512,6 @@ impl PeerActor {
                     }
                     BlobResponse::Found(bytes) => {
                         let now = Instant::now();
-                        self.table.record_bytes(now, peer, bytes.len() as u64, 0);
                         if BlobId::of(&bytes) == pending.blob {
                             Ok(bytes)
                         } else {
@@ -512,7 +519,7 @@ impl PeerActor {
                                 "blob does not hash to the requested {}",
                                 pending.blob
                             ));
-                            self.rejected(now, peer, &rejection, 0);
+                            self.rejected(now, peer, &rejection);
                             Err(rejection.to_string())
                         }
                     }
@@ -528,7 +535,7 @@ impl PeerActor {
                 if let OutboundFailure::Io(e) = &error {
                     if e.kind() == std::io::ErrorKind::InvalidData {
                         let rejection = Rejection::Malformed(format!("blob response: {e}"));
-                        self.rejected(Instant::now(), peer, &rejection, 0);
+                        self.rejected(Instant::now(), peer, &rejection);
                     }
                 }
                 if let Some(pending) = self.pending.remove(&request_id) {

@@ -52,8 +52,6 @@ struct Entry {
     connected: bool,
     last_seen: Instant,
     latency: Option<Duration>,
-    bytes_in: u64,
-    bytes_out: u64,
     accepted: u64,
     rejected: u64,
     last_rejection: Option<String>,
@@ -87,6 +85,7 @@ pub struct PeerView {
 /// Network-wide counters of /api/network.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct NetworkTotals {
+    /// Over all connections since start, peers gone included.
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub messages_accepted: u64,
@@ -139,8 +138,6 @@ impl PeerTable {
             connected: false,
             last_seen: now,
             latency: None,
-            bytes_in: 0,
-            bytes_out: 0,
             accepted: 0,
             rejected: 0,
             last_rejection: None,
@@ -190,14 +187,6 @@ impl PeerTable {
         }
     }
 
-    pub fn record_bytes(&mut self, now: Instant, peer: PeerId, inbound: u64, outbound: u64) {
-        let entry = self.entry(now, peer);
-        entry.bytes_in += inbound;
-        entry.bytes_out += outbound;
-        self.totals.bytes_in += inbound;
-        self.totals.bytes_out += outbound;
-    }
-
     /// A peer of another network or model was disconnected.
     pub fn refused(&mut self, reason: String) {
         self.totals.peers_refused += 1;
@@ -221,8 +210,8 @@ impl PeerTable {
         Ok(())
     }
 
-    /// A valid heartbeat of `origin` arrived from `source` (`size` bytes). Refused when it is not
-    /// newer than the last one accepted from that node (a replay).
+    /// A valid heartbeat of `origin` arrived from `source`. Refused when it is not newer than the
+    /// last one accepted from that node (a replay).
     pub fn accept_heartbeat(
         &mut self,
         now: Instant,
@@ -230,7 +219,6 @@ impl PeerTable {
         source: PeerId,
         origin: PeerId,
         heartbeat: Heartbeat,
-        size: usize,
     ) -> Result<(), Rejection> {
         let entry = self.entry(now, origin);
         if entry
@@ -243,33 +231,22 @@ impl PeerTable {
         entry.last_seen = now;
         entry.heartbeat_age_ms = Some(now_ms as i64 - heartbeat.sent_at_ms as i64);
         entry.heartbeat = Some(heartbeat);
-        let source_entry = self.entry(now, source);
-        source_entry.accepted += 1;
-        source_entry.bytes_in += size as u64;
+        self.entry(now, source).accepted += 1;
         self.totals.messages_accepted += 1;
-        self.totals.bytes_in += size as u64;
         Ok(())
     }
 
     /// Counts a rejected message against `peer`. When this rejection crosses the ban threshold
     /// the peer is banned from now on, and the outcome says why.
-    pub fn reject(
-        &mut self,
-        now: Instant,
-        peer: PeerId,
-        rejection: &Rejection,
-        size: usize,
-    ) -> RejectOutcome {
+    pub fn reject(&mut self, now: Instant, peer: PeerId, rejection: &Rejection) -> RejectOutcome {
         let (interval, threshold, ban_for) = (
             self.policy.heartbeat_interval,
             self.policy.ban_after_rejections,
             self.policy.ban_for,
         );
         self.totals.messages_rejected += 1;
-        self.totals.bytes_in += size as u64;
         let entry = self.entry(now, peer);
         entry.rejected += 1;
-        entry.bytes_in += size as u64;
         entry.last_rejection = Some(rejection.to_string());
         let total = entry.rejected;
         let window = entry.window.current(now, interval);
@@ -329,7 +306,12 @@ impl PeerTable {
             .count()
     }
 
-    pub fn view(&self, now: Instant) -> (Vec<PeerView>, NetworkTotals) {
+    /// The table for the API; `bytes` holds (in, out) per peer from the connection counters.
+    pub fn view(
+        &self,
+        now: Instant,
+        bytes: &HashMap<PeerId, (u64, u64)>,
+    ) -> (Vec<PeerView>, NetworkTotals) {
         let mut peers: Vec<PeerView> = self
             .peers
             .iter()
@@ -340,8 +322,8 @@ impl PeerTable {
                 connected: e.connected,
                 last_seen_s: now.saturating_duration_since(e.last_seen).as_secs_f64(),
                 latency_ms: e.latency.map(|d| d.as_secs_f64() * 1e3),
-                bytes_in: e.bytes_in,
-                bytes_out: e.bytes_out,
+                bytes_in: bytes.get(peer).map_or(0, |b| b.0),
+                bytes_out: bytes.get(peer).map_or(0, |b| b.1),
                 accepted: e.accepted,
                 rejected: e.rejected,
                 last_rejection: e.last_rejection.clone(),
@@ -351,7 +333,10 @@ impl PeerTable {
             })
             .collect();
         peers.sort_by(|a, b| a.node_id.cmp(&b.node_id));
-        (peers, self.totals.clone())
+        let mut totals = self.totals.clone();
+        totals.bytes_in = bytes.values().map(|b| b.0).sum();
+        totals.bytes_out = bytes.values().map(|b| b.1).sum();
+        (peers, totals)
     }
 }
 
@@ -394,14 +379,7 @@ mod tests {
         table.connected(t0, a, vec![]);
         table.connected(t0, b, vec![]);
         table
-            .accept_heartbeat(
-                t0 + Duration::from_secs(2),
-                2_000,
-                b,
-                b,
-                heartbeat(2_000),
-                100,
-            )
+            .accept_heartbeat(t0 + Duration::from_secs(2), 2_000, b, b, heartbeat(2_000))
             .unwrap();
         assert_eq!(
             table.expire(t0 + Duration::from_millis(2_900)),
@@ -420,15 +398,15 @@ mod tests {
         let mut table = PeerTable::new(policy());
         let a = peer();
         table
-            .accept_heartbeat(t0, 0, a, a, heartbeat(1_000), 10)
+            .accept_heartbeat(t0, 0, a, a, heartbeat(1_000))
             .unwrap();
         assert_eq!(
-            table.accept_heartbeat(t0, 0, a, a, heartbeat(1_000), 10),
+            table.accept_heartbeat(t0, 0, a, a, heartbeat(1_000)),
             Err(Rejection::Replayed)
         );
         assert!(
             table
-                .accept_heartbeat(t0, 0, a, a, heartbeat(1_001), 10)
+                .accept_heartbeat(t0, 0, a, a, heartbeat(1_001))
                 .is_ok()
         );
     }
@@ -451,16 +429,20 @@ mod tests {
         let mut table = PeerTable::new(policy());
         let a = peer();
         for _ in 0..9 {
-            assert_eq!(table.reject(t0, a, &Rejection::BadSignature, 50).ban, None);
+            assert_eq!(table.reject(t0, a, &Rejection::BadSignature).ban, None);
         }
-        let outcome = table.reject(t0, a, &Rejection::BadSignature, 50);
+        let outcome = table.reject(t0, a, &Rejection::BadSignature);
         assert_eq!(outcome.total, 10);
         let reason = outcome.ban.unwrap();
         assert!(reason.contains("10 rejected") && reason.contains("bad signature"));
         assert!(table.is_banned(&a, t0));
         assert_eq!(table.admit(t0, a), Err(Rejection::Banned));
-        let (peers, totals) = table.view(t0);
+        let (peers, totals) = table.view(t0, &HashMap::from([(a, (300, 20))]));
         assert_eq!((peers[0].rejected, peers[0].banned), (10, true));
+        assert_eq!(
+            (peers[0].bytes_in, totals.bytes_in, totals.bytes_out),
+            (300, 300, 20)
+        );
         assert_eq!((totals.messages_rejected, totals.peers_banned), (10, 1));
         // Still listed while banned, even though silent; unbanned when the ban runs out.
         assert_eq!(
@@ -480,7 +462,7 @@ mod tests {
         for second in 0..30 {
             let now = t0 + Duration::from_secs(second);
             for _ in 0..3 {
-                assert_eq!(table.reject(now, a, &Rejection::BadSignature, 1).ban, None);
+                assert_eq!(table.reject(now, a, &Rejection::BadSignature).ban, None);
             }
         }
         assert!(!table.is_banned(&a, t0 + Duration::from_secs(30)));
@@ -496,7 +478,7 @@ mod tests {
             id.peer_id(),
             vec!["/ip4/127.0.0.1/tcp/1".parse().unwrap()],
         );
-        let (peers, _) = table.view(t0);
+        let (peers, _) = table.view(t0, &HashMap::new());
         assert_eq!(peers[0].node_id, id.node_id);
         assert_eq!(peers[0].addrs, vec!["/ip4/127.0.0.1/tcp/1".to_string()]);
     }
