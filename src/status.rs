@@ -46,7 +46,7 @@ pub struct NodeStatus {
     pub inner_steps_total: u64,
     pub outer_step_count: u64,
     pub last_outer_reason: Option<String>,
-    /// SHA-256 of θ₀'s bytes: peers on the same outer parameters show the same hash.
+    /// BLAKE3 of θ₀'s bytes (its blob id): peers on the same outer parameters show the same hash.
     pub theta0_hash: String,
     pub checkpoints_written: u64,
     pub last_checkpoint_step: Option<u64>,

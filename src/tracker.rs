@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, ResponseError, web};
+use actix_web::{App, HttpResponse, HttpServer, web};
 use serde::Deserialize;
 use serde_json::json;
 use tracing::{info, warn};
@@ -18,6 +18,8 @@ use crate::net::announce::{
     AnnounceError, Announcement, MAX_CLOCK_SKEW_S, PeerRecord, unix_time_s,
 };
 use crate::net::protocol::valid_network_id;
+use crate::node::shutdown_signal;
+use crate::web::{ApiError, not_found};
 
 /// Largest accepted POST /announce body.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -85,43 +87,13 @@ impl Registry {
     }
 }
 
-/// A tracker error: rendered as {error, detail} with its status code.
-#[derive(Debug, thiserror::Error)]
-#[error("{error}: {detail}")]
-struct TrackerApiError {
-    status: StatusCode,
-    error: &'static str,
-    detail: String,
-}
-
-impl TrackerApiError {
-    fn new(status: StatusCode, error: &'static str, detail: impl Into<String>) -> Self {
-        Self {
-            status,
-            error,
-            detail: detail.into(),
-        }
-    }
-}
-
-impl ResponseError for TrackerApiError {
-    fn status_code(&self) -> StatusCode {
-        self.status
-    }
-    fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(json!({"error": self.error, "detail": self.detail}))
-    }
-}
-
-impl From<&AnnounceError> for TrackerApiError {
-    fn from(e: &AnnounceError) -> Self {
-        let status = match e {
-            AnnounceError::BadSignature => StatusCode::UNAUTHORIZED,
-            AnnounceError::Replayed { .. } => StatusCode::CONFLICT,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        Self::new(status, e.code(), e.to_string())
-    }
+fn refused(e: &AnnounceError) -> ApiError {
+    let status = match e {
+        AnnounceError::BadSignature => StatusCode::UNAUTHORIZED,
+        AnnounceError::Replayed { .. } => StatusCode::CONFLICT,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    ApiError::new(status, e.code(), e.to_string())
 }
 
 fn configure(cfg: &mut web::ServiceConfig) {
@@ -133,19 +105,17 @@ fn configure(cfg: &mut web::ServiceConfig) {
             match err {
                 JsonPayloadError::OverflowKnownLength { .. }
                 | JsonPayloadError::Overflow { .. }
-                | JsonPayloadError::Payload(PayloadError::Overflow) => TrackerApiError::new(
+                | JsonPayloadError::Payload(PayloadError::Overflow) => ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "payload_too_large",
                     format!("the announcement body is larger than {MAX_BODY_BYTES} bytes"),
                 ),
-                err => {
-                    TrackerApiError::new(StatusCode::BAD_REQUEST, "invalid_json", err.to_string())
-                }
+                err => ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", err.to_string()),
             }
             .into()
         });
     let query = web::QueryConfig::default().error_handler(|err, _| {
-        TrackerApiError::new(StatusCode::BAD_REQUEST, "bad_request", err.to_string()).into()
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", err.to_string()).into()
     });
     cfg.app_data(json)
         .app_data(query)
@@ -155,15 +125,6 @@ fn configure(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(not_found));
 }
 
-async fn not_found(req: HttpRequest) -> HttpResponse {
-    TrackerApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        format!("no route for {} {}", req.method(), req.path()),
-    )
-    .error_response()
-}
-
 async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
@@ -171,7 +132,7 @@ async fn health() -> HttpResponse {
 async fn announce(
     state: web::Data<TrackerState>,
     body: web::Json<Announcement>,
-) -> Result<HttpResponse, TrackerApiError> {
+) -> Result<HttpResponse, ApiError> {
     let announcement = body.into_inner();
     let (now, now_s, ttl) = (Instant::now(), unix_time_s(), state.ttl);
     let mut registry = state.registry.lock().unwrap_or_else(|e| e.into_inner());
@@ -183,7 +144,7 @@ async fn announce(
         .map(|e| e.announcement.timestamp);
     if let Err(e) = announcement.verify(now_s, last) {
         warn!(network = %clip(&announcement.network_id), node_id = %clip(&announcement.node_id), error = %e, "announcement refused");
-        return Err((&e).into());
+        return Err(refused(&e));
     }
     let network_id = announcement.network_id.clone();
     let node_id = announcement.node_id.clone();
@@ -202,7 +163,7 @@ async fn announce(
         }
         if network_full(&registry) || registry.total >= MAX_ENTRIES_TOTAL {
             warn!(network = %network_id, %node_id, "announcement refused: tracker full");
-            return Err(TrackerApiError::new(
+            return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "tracker_full",
                 format!(
@@ -237,16 +198,16 @@ struct PeersQuery {
 async fn peers(
     state: web::Data<TrackerState>,
     query: web::Query<PeersQuery>,
-) -> Result<HttpResponse, TrackerApiError> {
+) -> Result<HttpResponse, ApiError> {
     let Some(network_id) = query.into_inner().network else {
-        return Err(TrackerApiError::new(
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_request",
             "the `network` query parameter is required: GET /peers?network=ID",
         ));
     };
     if !valid_network_id(&network_id) {
-        return Err(TrackerApiError::new(
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_request",
             format!(
@@ -286,20 +247,6 @@ fn clip(s: &str) -> &str {
         Some((cut, _)) => &s[..cut],
         None => s,
     }
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// Runs the tracker on `host:port` until SIGINT/SIGTERM; announcements older than `ttl` are no

@@ -483,10 +483,7 @@ impl PeerActor {
                     },
                 ..
             } => {
-                let response = match self.blobs.get(&id) {
-                    Some(bytes) => BlobResponse::Found(bytes),
-                    None => BlobResponse::Missing,
-                };
+                let response = self.blobs.response(&id);
                 // Fails only if the peer already gave up; nothing to do then.
                 let _ = self
                     .swarm
@@ -510,9 +507,9 @@ impl PeerActor {
                     BlobResponse::Missing => {
                         Err(format!("peer {peer} does not have blob {}", pending.blob))
                     }
-                    BlobResponse::Found(bytes) => {
+                    BlobResponse::Found { id, bytes } => {
                         let now = Instant::now();
-                        if BlobId::of(&bytes) == pending.blob {
+                        if id == pending.blob {
                             Ok(bytes)
                         } else {
                             let rejection = Rejection::Malformed(format!(

@@ -52,7 +52,7 @@ pub struct Heartbeat {
     pub role: String,
     pub global_step: u64,
     pub outer_round: u64,
-    /// SHA-256 of θ₀ (little-endian f32 bytes), hex: peers on the same θ₀ agree on it.
+    /// BLAKE3 of θ₀ (little-endian f32 bytes), hex: peers on the same θ₀ agree on it.
     pub theta0_hash: String,
     pub tokens_per_sec: f64,
     /// Sender's clock, unix milliseconds.

@@ -83,7 +83,7 @@ impl ApiError {
             detail: detail.into(),
         }
     }
-    fn bad_request(detail: impl Into<String>) -> Self {
+    pub fn bad_request(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", detail)
     }
 }
@@ -116,7 +116,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(not_found));
 }
 
-async fn not_found(req: HttpRequest) -> HttpResponse {
+/// 404 as JSON, for every route nobody serves.
+pub async fn not_found(req: HttpRequest) -> HttpResponse {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
@@ -204,8 +205,9 @@ async fn fetch_blob(
         })?
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "fetch_failed", e))?;
     let seconds = started.elapsed().as_secs_f64();
+    // The network layer hashed the bytes as they arrived and refused a mismatch.
     Ok(HttpResponse::Ok().json(json!({
-        "hash": BlobId::of(&bytes).to_string(),
+        "hash": id.to_string(),
         "bytes": bytes.len(),
         "seconds": seconds,
         "mb_per_s": bytes.len() as f64 / 1e6 / seconds.max(1e-9),

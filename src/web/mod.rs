@@ -3,4 +3,4 @@
 
 mod api;
 
-pub use api::{ApiState, configure};
+pub use api::{ApiError, ApiState, configure, not_found};
