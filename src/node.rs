@@ -14,7 +14,7 @@ use tracing::{error, info, warn};
 use crate::actors::aggregator::AggregatorActor;
 use crate::actors::http::HttpActor;
 use crate::actors::messages::{StopHttp, StopTraining, WriteCheckpoint};
-use crate::actors::peer::{GossipFaults, PeerActor, PeerOptions};
+use crate::actors::peer::{GossipFaults, PeerActor, PeerOptions, gossip_thresholds};
 use crate::actors::supervisor::{SupervisorActor, TrainerRecipe};
 use crate::actors::sync::{CheckpointTarget, SyncActor};
 use crate::actors::trainer::{Cadence, PanicFault};
@@ -227,6 +227,7 @@ fn peer_options(config: &Config, identity: Identity, model_hash: &str) -> PeerOp
             drop_after_intervals: n.drop_after_intervals,
             max_messages_per_interval: n.max_messages_per_interval,
             ban_after_rejections: n.ban_after_rejections,
+            ban_below_score: gossip_thresholds().graylist_threshold,
             ban_for: Duration::from_secs(n.ban_s),
         },
         announce_interval: Duration::from_secs(n.announce_interval_s),

@@ -7,7 +7,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{BIN, Tracker, free_port};
+use common::{BIN, Process, free_port};
 use neuroshard::crypto::{Identity, generate_token};
 use neuroshard::net::announce::{Announcement, announce_to_tracker, unix_time_s};
 use serde_json::Value;
@@ -35,9 +35,10 @@ fn assert_error(status: u16, body: &Value, want_status: u16, want_error: &str) {
 
 #[test]
 fn announcements_are_listed_in_their_network_only() {
-    let tracker = Tracker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = Process::start_tracker(dir.path());
     assert_eq!(
-        tracker.get("/health"),
+        tracker.get_with_status("/health"),
         (200, serde_json::json!({"status": "ok"}))
     );
 
@@ -47,7 +48,7 @@ fn announcements_are_listed_in_their_network_only() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer, serde_json::json!({"accepted": true, "peers": 1}));
 
-    let (status, listed) = tracker.get("/peers?network=net-a");
+    let (status, listed) = tracker.get_with_status("/peers?network=net-a");
     assert_eq!(status, 200, "{listed}");
     let peers = listed["peers"].as_array().unwrap();
     assert_eq!(peers.len(), 1, "{listed}");
@@ -58,19 +59,20 @@ fn announcements_are_listed_in_their_network_only() {
     // The signature and the timestamp are not handed out.
     assert!(peers[0].get("signature").is_none());
 
-    let (status, other) = tracker.get("/peers?network=net-b");
+    let (status, other) = tracker.get_with_status("/peers?network=net-b");
     assert_eq!(status, 200);
     assert_eq!(other, serde_json::json!({"peers": []}));
 
-    let (status, missing) = tracker.get("/peers");
+    let (status, missing) = tracker.get_with_status("/peers");
     assert_error(status, &missing, 400, "bad_request");
-    let (status, unknown) = tracker.get("/nowhere");
+    let (status, unknown) = tracker.get_with_status("/nowhere");
     assert_error(status, &unknown, 404, "not_found");
 }
 
 #[test]
 fn forged_stale_and_replayed_announcements_are_refused() {
-    let tracker = Tracker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = Process::start_tracker(dir.path());
     let id = identity();
     let other = identity();
     let now = unix_time_s();
@@ -85,7 +87,7 @@ fn forged_stale_and_replayed_announcements_are_refused() {
     let (status, answer) = tracker.post_raw("/announce", &body(&later));
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["peers"], 1);
-    let (_, listed) = tracker.get("/peers?network=net");
+    let (_, listed) = tracker.get_with_status("/peers?network=net");
     assert_eq!(
         listed["peers"][0]["multiaddrs"],
         serde_json::json!(addrs(4002))
@@ -116,13 +118,14 @@ fn forged_stale_and_replayed_announcements_are_refused() {
     );
 
     // Nothing refused was listed.
-    let (_, listed) = tracker.get("/peers?network=net");
+    let (_, listed) = tracker.get_with_status("/peers?network=net");
     assert_eq!(listed["peers"].as_array().unwrap().len(), 1, "{listed}");
 }
 
 #[test]
 fn malformed_and_oversized_bodies_get_json_errors() {
-    let tracker = Tracker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = Process::start_tracker(dir.path());
     let (status, answer) = tracker.post_raw("/announce", "{not json");
     assert_error(status, &answer, 400, "invalid_json");
 
@@ -143,18 +146,19 @@ fn malformed_and_oversized_bodies_get_json_errors() {
     assert_error(status, &answer, 413, "payload_too_large");
 
     // The tracker still serves after all that.
-    assert_eq!(tracker.get("/health").0, 200);
+    assert_eq!(tracker.get_with_status("/health").0, 200);
 }
 
 #[test]
 fn the_client_gets_the_other_peers_of_its_network() {
-    let tracker = Tracker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = Process::start_tracker(dir.path());
     let (a, b, c) = (identity(), identity(), identity());
     let now = unix_time_s();
     let timeout = Duration::from_secs(10);
 
     let from_a = announce_to_tracker(
-        &tracker.url(),
+        &tracker.url(""),
         &Announcement::signed(&a, "net", addrs(4001), now),
         timeout,
     )
@@ -162,14 +166,14 @@ fn the_client_gets_the_other_peers_of_its_network() {
     assert!(from_a.is_empty(), "{from_a:?}");
     // c is in another network: never listed to a or b.
     announce_to_tracker(
-        &format!("{}/", tracker.url()),
+        &format!("{}/", tracker.url("")),
         &Announcement::signed(&c, "elsewhere", addrs(4003), now),
         timeout,
     )
     .unwrap();
 
     let from_b = announce_to_tracker(
-        &tracker.url(),
+        &tracker.url(""),
         &Announcement::signed(&b, "net", addrs(4002), now),
         timeout,
     )
@@ -181,7 +185,7 @@ fn the_client_gets_the_other_peers_of_its_network() {
 
     // A refusal comes back with the tracker's status and detail.
     let err = announce_to_tracker(
-        &tracker.url(),
+        &tracker.url(""),
         &Announcement::signed(&b, "net", addrs(4002), now),
         timeout,
     )
@@ -202,7 +206,8 @@ fn the_client_gets_the_other_peers_of_its_network() {
 
 #[test]
 fn sigterm_stops_the_tracker_cleanly() {
-    let tracker = Tracker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = Process::start_tracker(dir.path());
     let status = tracker.terminate();
     assert!(status.success(), "{status}");
 }

@@ -89,16 +89,29 @@ fn gossip_scoring(topic: &IdentTopic) -> gossipsub::PeerScoreParams {
         topic.hash(),
         gossipsub::TopicScoreParams {
             topic_weight: 1.0,
+            // Small rewards (at most +36 for an hour in the mesh, +10 for first deliveries), so
+            // that a steady stream of invalid messages outweighs them. The defaults (+1 per ms in
+            // the mesh) would keep a misbehaving mesh peer's score high for an hour.
+            time_in_mesh_quantum: Duration::from_secs(1),
+            time_in_mesh_weight: 0.01,
+            first_message_deliveries_cap: 10.0,
             // Heartbeats are rare: delivery-rate penalties would punish honest peers. Invalid
             // messages are what lowers a score here.
             mesh_message_deliveries_weight: 0.0,
             mesh_failure_penalty_weight: 0.0,
-            invalid_message_deliveries_weight: -10.0,
+            // Squared counter: three invalid messages (-45) are still delivered and counted; a
+            // steady stream graylists the peer, and then the peer table bans it.
+            invalid_message_deliveries_weight: -5.0,
             invalid_message_deliveries_decay: 0.5,
             ..Default::default()
         },
     );
     params
+}
+
+/// gossipsub's defaults; the graylist threshold is also where the peer table bans.
+pub fn gossip_thresholds() -> gossipsub::PeerScoreThresholds {
+    gossipsub::PeerScoreThresholds::default()
 }
 
 fn behaviour(
@@ -114,10 +127,7 @@ fn behaviour(
         .build()?;
     let mut gossipsub =
         gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_config)?;
-    gossipsub.with_peer_score(
-        gossip_scoring(heartbeat_topic),
-        gossipsub::PeerScoreThresholds::default(),
-    )?;
+    gossipsub.with_peer_score(gossip_scoring(heartbeat_topic), gossip_thresholds())?;
     gossipsub.subscribe(heartbeat_topic)?;
 
     let mut kad_config = kad::Config::new(o.protocols.kademlia());
@@ -351,9 +361,20 @@ impl PeerActor {
         }
     }
 
-    /// Every heartbeat interval: expire silent peers and ended bans, then gossip our heartbeat.
+    /// Every heartbeat interval: ban peers gossipsub scored below the threshold, expire silent
+    /// peers and ended bans, then gossip our heartbeat.
     fn tick(&mut self) {
-        let expired = self.table.expire(Instant::now());
+        let now = Instant::now();
+        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in connected {
+            let Some(score) = self.swarm.behaviour().gossipsub.peer_score(&peer) else {
+                continue;
+            };
+            if let Some(reason) = self.table.judge_score(now, peer, score) {
+                self.banned(peer, reason);
+            }
+        }
+        let expired = self.table.expire(now);
         for (peer, reason) in expired.dropped {
             info!(%peer, %reason, "peer dropped");
         }
@@ -464,11 +485,16 @@ impl PeerActor {
             warn!(%peer, %rejection, rejected_so_far = outcome.total, "message rejected");
         }
         if let Some(reason) = outcome.ban {
-            warn!(%peer, %reason, "peer banned");
-            let b = self.swarm.behaviour_mut();
-            b.gossipsub.blacklist_peer(&peer);
-            b.blocked.block_peer(peer);
+            self.banned(peer, reason);
         }
+    }
+
+    /// Applies a ban the peer table decided: no gossip from it, no connection to it.
+    fn banned(&mut self, peer: PeerId, reason: String) {
+        warn!(%peer, %reason, "peer banned");
+        let b = self.swarm.behaviour_mut();
+        b.gossipsub.blacklist_peer(&peer);
+        b.blocked.block_peer(peer);
     }
 
     fn on_blob_event(&mut self, event: request_response::Event<BlobRequest, BlobResponse>) {

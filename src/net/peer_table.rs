@@ -2,7 +2,7 @@
 //! rate-limited or banned, and why. Pure: the clock is an argument, so each rule is tested without
 //! sockets or sleeps; the PeerActor applies the decisions and logs the reasons.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
@@ -21,6 +21,9 @@ pub struct PeerPolicy {
     pub max_messages_per_interval: u32,
     /// Rejections within one interval that get a peer banned.
     pub ban_after_rejections: u32,
+    /// A gossipsub score below this (its graylist threshold: the router already ignores the peer)
+    /// gets a peer banned too.
+    pub ban_below_score: f64,
     pub ban_for: Duration,
 }
 
@@ -54,6 +57,7 @@ struct Entry {
     latency: Option<Duration>,
     accepted: u64,
     rejected: u64,
+    rejections: BTreeMap<&'static str, u64>,
     last_rejection: Option<String>,
     heartbeat: Option<Heartbeat>,
     heartbeat_age_ms: Option<i64>,
@@ -74,6 +78,8 @@ pub struct PeerView {
     pub bytes_out: u64,
     pub accepted: u64,
     pub rejected: u64,
+    /// Rejected messages by kind (malformed, oversized, bad_signature, rate_limited, ...).
+    pub rejections: BTreeMap<&'static str, u64>,
     pub last_rejection: Option<String>,
     pub banned: bool,
     /// The peer's last heartbeat: role, step, round, θ₀ hash, tokens/s.
@@ -140,6 +146,7 @@ impl PeerTable {
             latency: None,
             accepted: 0,
             rejected: 0,
+            rejections: BTreeMap::new(),
             last_rejection: None,
             heartbeat: None,
             heartbeat_age_ms: None,
@@ -239,14 +246,14 @@ impl PeerTable {
     /// Counts a rejected message against `peer`. When this rejection crosses the ban threshold
     /// the peer is banned from now on, and the outcome says why.
     pub fn reject(&mut self, now: Instant, peer: PeerId, rejection: &Rejection) -> RejectOutcome {
-        let (interval, threshold, ban_for) = (
+        let (interval, threshold) = (
             self.policy.heartbeat_interval,
             self.policy.ban_after_rejections,
-            self.policy.ban_for,
         );
         self.totals.messages_rejected += 1;
         let entry = self.entry(now, peer);
         entry.rejected += 1;
+        *entry.rejections.entry(rejection.kind()).or_default() += 1;
         entry.last_rejection = Some(rejection.to_string());
         let total = entry.rejected;
         let window = entry.window.current(now, interval);
@@ -254,16 +261,34 @@ impl PeerTable {
         if window.rejections < threshold || entry.banned_until.is_some_and(|until| now < until) {
             return RejectOutcome { total, ban: None };
         }
-        entry.banned_until = Some(now + ban_for);
         let reason = format!(
-            "{} rejected messages within {:?} (last: {rejection}); banned for {:?}",
-            window.rejections, interval, ban_for
+            "{} rejected messages within {:?} (last: {rejection})",
+            window.rejections, interval
         );
-        self.totals.peers_banned += 1;
         RejectOutcome {
             total,
-            ban: Some(reason),
+            ban: Some(self.ban(now, peer, reason)),
         }
+    }
+
+    /// Bans a peer whose gossipsub score fell below the policy's threshold; returns the reason the
+    /// first time.
+    pub fn judge_score(&mut self, now: Instant, peer: PeerId, score: f64) -> Option<String> {
+        if score >= self.policy.ban_below_score || self.is_banned(&peer, now) {
+            return None;
+        }
+        let reason = format!(
+            "gossip score {score:.0} below {:.0}",
+            self.policy.ban_below_score
+        );
+        Some(self.ban(now, peer, reason))
+    }
+
+    fn ban(&mut self, now: Instant, peer: PeerId, reason: String) -> String {
+        let ban_for = self.policy.ban_for;
+        self.entry(now, peer).banned_until = Some(now + ban_for);
+        self.totals.peers_banned += 1;
+        format!("{reason}; banned for {ban_for:?}")
     }
 
     /// Drops peers silent for `drop_after_intervals` heartbeat intervals and lifts bans that ran
@@ -326,6 +351,7 @@ impl PeerTable {
                 bytes_out: bytes.get(peer).map_or(0, |b| b.1),
                 accepted: e.accepted,
                 rejected: e.rejected,
+                rejections: e.rejections.clone(),
                 last_rejection: e.last_rejection.clone(),
                 banned: e.banned_until.is_some_and(|until| now < until),
                 heartbeat: e.heartbeat.clone(),
@@ -351,6 +377,7 @@ mod tests {
             drop_after_intervals: 3,
             max_messages_per_interval: 5,
             ban_after_rejections: 10,
+            ban_below_score: -80.0,
             ban_for: Duration::from_secs(60),
         }
     }
@@ -439,6 +466,7 @@ mod tests {
         assert_eq!(table.admit(t0, a), Err(Rejection::Banned));
         let (peers, totals) = table.view(t0, &HashMap::from([(a, (300, 20))]));
         assert_eq!((peers[0].rejected, peers[0].banned), (10, true));
+        assert_eq!(peers[0].rejections, BTreeMap::from([("bad_signature", 10)]));
         assert_eq!(
             (peers[0].bytes_in, totals.bytes_in, totals.bytes_out),
             (300, 300, 20)
@@ -466,6 +494,18 @@ mod tests {
             }
         }
         assert!(!table.is_banned(&a, t0 + Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn a_peer_whose_gossip_score_falls_below_the_threshold_is_banned_once() {
+        let t0 = Instant::now();
+        let mut table = PeerTable::new(policy());
+        let a = peer();
+        assert_eq!(table.judge_score(t0, a, -79.0), None);
+        let reason = table.judge_score(t0, a, -125.0).unwrap();
+        assert!(reason.contains("gossip score -125 below -80"), "{reason}");
+        assert_eq!(table.judge_score(t0, a, -200.0), None, "already banned");
+        assert!(table.is_banned(&a, t0));
     }
 
     #[test]

@@ -43,6 +43,23 @@ pub enum Rejection {
     Banned,
 }
 
+impl Rejection {
+    /// A short name per kind, for counting (/api/peers `rejections`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Rejection::Oversized { .. } => "oversized",
+            Rejection::Malformed(_) => "malformed",
+            Rejection::BadSignature => "bad_signature",
+            Rejection::UnknownSigner => "unknown_signer",
+            Rejection::WrongNodeId { .. } => "wrong_node_id",
+            Rejection::Stale { .. } => "stale",
+            Rejection::Replayed => "replayed",
+            Rejection::RateLimited { .. } => "rate_limited",
+            Rejection::Banned => "banned",
+        }
+    }
+}
+
 /// What every node gossips each heartbeat interval.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

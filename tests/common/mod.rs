@@ -20,71 +20,78 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-pub struct Node {
+/// A started `neuroshard` process answering HTTP on 127.0.0.1:`port`; killed on drop, so a failing
+/// test leaves nothing running.
+pub struct Process {
     child: Option<Child>,
     pub port: u16,
     pub log: PathBuf,
     agent: ureq::Agent,
+    what: &'static str,
 }
 
-impl Node {
-    /// Starts a nano node with state in `state_dir`, logging to state_dir/../<port>.log.
-    pub fn start(state_dir: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
-        let port = free_port();
-        let log = state_dir.with_extension(format!("{port}.log"));
+impl Process {
+    /// Spawns `cmd` (stderr to `log`) and waits until GET `ready_path` answers 200.
+    fn spawn(
+        mut cmd: Command,
+        port: u16,
+        log: PathBuf,
+        what: &'static str,
+        ready_path: &str,
+    ) -> Self {
         let log_file = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(BIN);
-        if !extra_args.contains(&"--preset") {
-            cmd.args(["--preset", "nano"]);
-        }
-        cmd.args(["--port", &port.to_string(), "--state-dir"])
-            .arg(state_dir)
-            .args(extra_args)
-            .env("NEUROSHARD_TRAINING__LOG_EVERY", "20")
-            // Loopback only, no multicast, quick heartbeats: tests see the network settle in seconds.
-            .env("NEUROSHARD_NETWORK__MDNS", "false")
-            .env("NEUROSHARD_NETWORK__HEARTBEAT_INTERVAL_S", "1")
+        let child = cmd
             .stdout(Stdio::null())
-            .stderr(log_file);
-        if !extra_args.contains(&"--listen") {
-            cmd.args(["--listen", "/ip4/127.0.0.1/tcp/0"]);
-        }
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("start neuroshard");
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {what}: {e}"));
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(30)))
             .build()
             .new_agent();
-        let node = Self {
+        let mut process = Self {
             child: Some(child),
             port,
             log,
             agent,
+            what,
         };
-        node.wait_for("the API to answer", Duration::from_secs(60), |n| {
-            n.try_get("/api/health").is_some_and(|(s, _)| s == 200)
-        });
-        node
+        let start = Instant::now();
+        while process.try_get(ready_path).is_none_or(|(s, _)| s != 200) {
+            if let Some(status) = process.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("{what} exited with {status}; log:\n{}", process.log_tail());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{what} did not answer within 60 s; log:\n{}",
+                process.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        process
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    /// (status, JSON body) or None when the node does not answer.
+    /// (status, JSON body) or None when the process does not answer.
     pub fn try_get(&self, path: &str) -> Option<(u16, Value)> {
         let mut resp = self.agent.get(&self.url(path)).call().ok()?;
         let status = resp.status().as_u16();
         Some((status, resp.body_mut().read_json().ok()?))
     }
 
+    /// GET that must answer: (status, JSON body).
+    pub fn get_with_status(&self, path: &str) -> (u16, Value) {
+        self.try_get(path)
+            .unwrap_or_else(|| panic!("GET {path} failed; log:\n{}", self.log_tail()))
+    }
+
+    /// GET that must answer 200: the JSON body.
     pub fn get(&self, path: &str) -> Value {
-        let (status, body) = self
-            .try_get(path)
-            .unwrap_or_else(|| panic!("GET {path} failed; log:\n{}", self.log_tail()));
+        let (status, body) = self.get_with_status(path);
         assert_eq!(status, 200, "GET {path}: {body}");
         body
     }
@@ -99,10 +106,6 @@ impl Node {
             .expect("POST");
         let status = resp.status().as_u16();
         (status, resp.body_mut().read_json().expect("JSON body"))
-    }
-
-    pub fn stats(&self) -> Value {
-        self.get("/api/stats")
     }
 
     pub fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
@@ -135,8 +138,10 @@ impl Node {
             }
             if start.elapsed() > Duration::from_secs(60) {
                 let _ = child.kill();
+                let _ = child.wait();
                 panic!(
-                    "node did not exit within 60 s of SIGTERM; log:\n{}",
+                    "{} did not exit within 60 s of SIGTERM; log:\n{}",
+                    self.what,
                     self.log_tail()
                 );
             }
@@ -151,12 +156,65 @@ impl Node {
     }
 }
 
-impl Drop for Node {
+impl Drop for Process {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A node: `neuroshard` on the nano preset, with the API on a free port and libp2p on loopback.
+pub type Node = Process;
+
+impl Node {
+    /// Starts a node with state in `state_dir`, logging to state_dir/../<port>.log.
+    pub fn start(state_dir: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let log = state_dir.with_extension(format!("{port}.log"));
+        let mut cmd = Command::new(BIN);
+        if !extra_args.contains(&"--preset") {
+            cmd.args(["--preset", "nano"]);
+        }
+        cmd.args(["--port", &port.to_string(), "--state-dir"])
+            .arg(state_dir)
+            .args(extra_args)
+            .env("NEUROSHARD_TRAINING__LOG_EVERY", "20")
+            // Loopback only, no multicast, quick heartbeats: tests see the network settle in seconds.
+            .env("NEUROSHARD_NETWORK__MDNS", "false")
+            .env("NEUROSHARD_NETWORK__HEARTBEAT_INTERVAL_S", "1");
+        if !extra_args.contains(&"--listen") {
+            cmd.args(["--listen", "/ip4/127.0.0.1/tcp/0"]);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self::spawn(cmd, port, log, "node", "/api/health")
+    }
+
+    pub fn stats(&self) -> Value {
+        self.get("/api/stats")
+    }
+
+    /// Starts `neuroshard tracker` on a free loopback port, logging into `dir`.
+    pub fn start_tracker(dir: &Path) -> Self {
+        let port = free_port();
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "tracker",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ]);
+        Self::spawn(
+            cmd,
+            port,
+            dir.join(format!("tracker-{port}.log")),
+            "tracker",
+            "/health",
+        )
     }
 }
 
@@ -164,132 +222,4 @@ pub fn f64_of(v: &Value, key: &str) -> f64 {
     v[key]
         .as_f64()
         .unwrap_or_else(|| panic!("{key} is not a number in {v}"))
-}
-
-/// A `neuroshard tracker` process on a free loopback port, logging to a temp file.
-pub struct Tracker {
-    child: Option<Child>,
-    pub port: u16,
-    log: tempfile::NamedTempFile,
-    agent: ureq::Agent,
-}
-
-impl Tracker {
-    /// Starts a tracker and waits until GET /health answers.
-    pub fn start() -> Self {
-        let port = free_port();
-        let log = tempfile::Builder::new()
-            .prefix("neuroshard-tracker-")
-            .suffix(".log")
-            .tempfile()
-            .unwrap();
-        let child = Command::new(BIN)
-            .args([
-                "tracker",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(log.reopen().unwrap())
-            .spawn()
-            .expect("start neuroshard tracker");
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .new_agent();
-        let mut tracker = Self {
-            child: Some(child),
-            port,
-            log,
-            agent,
-        };
-        let start = Instant::now();
-        while tracker.try_get("/health").is_none_or(|(s, _)| s != 200) {
-            if let Some(status) = tracker.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("tracker exited with {status}; log:\n{}", tracker.log_tail());
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "tracker did not answer within 30 s; log:\n{}",
-                tracker.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        tracker
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// (status, JSON body) or None when the tracker does not answer.
-    pub fn try_get(&self, path: &str) -> Option<(u16, Value)> {
-        let mut resp = self
-            .agent
-            .get(format!("{}{path}", self.url()))
-            .call()
-            .ok()?;
-        let status = resp.status().as_u16();
-        Some((status, resp.body_mut().read_json().ok()?))
-    }
-
-    /// GET: (status, JSON body).
-    pub fn get(&self, path: &str) -> (u16, Value) {
-        self.try_get(path)
-            .unwrap_or_else(|| panic!("GET {path} failed; log:\n{}", self.log_tail()))
-    }
-
-    /// POSTs a raw body: (status, JSON body).
-    pub fn post_raw(&self, path: &str, body: &str) -> (u16, Value) {
-        let mut resp = self
-            .agent
-            .post(format!("{}{path}", self.url()))
-            .header("content-type", "application/json")
-            .send(body)
-            .expect("POST");
-        let status = resp.status().as_u16();
-        (status, resp.body_mut().read_json().expect("JSON body"))
-    }
-
-    /// Sends SIGTERM and waits (at most 30 s) for the exit status.
-    pub fn terminate(mut self) -> ExitStatus {
-        let mut child = self.child.take().unwrap();
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        let start = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "tracker did not exit within 30 s of SIGTERM; log:\n{}",
-                    self.log_tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.log.path()).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-}
-
-impl Drop for Tracker {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
