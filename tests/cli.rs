@@ -70,6 +70,8 @@ fn bad_input_exits_2_naming_the_file_and_key_and_writes_nothing() {
     let missing_data = dir.path().join("no-such-corpus.txt");
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy_port = busy.local_addr().unwrap().port().to_string();
+    let busy_p2p = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_p2p_port = busy_p2p.local_addr().unwrap().port();
     let blocker = write("not-a-dir", "a file where the state dir should be");
 
     let cases: Vec<(Vec<String>, Vec<&str>)> = vec![
@@ -137,6 +139,33 @@ fn bad_input_exits_2_naming_the_file_and_key_and_writes_nothing() {
                 state_arg.clone(),
             ],
             vec!["port", "cannot listen"],
+        ),
+        (
+            vec![
+                "--port".into(),
+                "0".into(),
+                "--listen".into(),
+                format!("/ip4/127.0.0.1/tcp/{busy_p2p_port}"),
+                "--state-dir".into(),
+                state_arg.clone(),
+            ],
+            vec!["network.listen", "cannot listen"],
+        ),
+        (
+            vec!["--listen".into(), "127.0.0.1:9000".into()],
+            vec!["network.listen", "not a multiaddr"],
+        ),
+        (
+            vec!["--seed-peers".into(), "/ip4/1.2.3.4/tcp/x".into()],
+            vec!["seed_peers", "not a multiaddr"],
+        ),
+        (
+            vec!["--network-id".into(), "main/net".into()],
+            vec!["network.network_id"],
+        ),
+        (
+            vec!["--tracker".into(), "tracker.example:3000".into()],
+            vec!["tracker", "http://"],
         ),
     ];
     for (args, expected) in cases {
