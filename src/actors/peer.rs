@@ -15,6 +15,7 @@ use actix::prelude::*;
 use futures::StreamExt;
 use libp2p::core::upgrade;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageAuthenticity};
+use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
@@ -27,7 +28,9 @@ use tracing::{debug, info, warn};
 
 use super::messages::{FetchBlob, OfferBlob};
 use crate::crypto::{Identity, generate_token};
-use crate::net::announce::{Announcement, PeerRecord, announce_to_tracker};
+use crate::net::announce::{
+    Announcement, MAX_MULTIADDRS, PeerRecord, announce_to_tracker, unix_time_s,
+};
 use crate::net::blob::{BlobCodec, BlobId, BlobRequest, BlobResponse, BlobStore};
 use crate::net::meter::{ByteMeter, CountingMuxer};
 use crate::net::peer_table::{PeerPolicy, PeerTable};
@@ -173,6 +176,15 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Whom a rejected gossip message counts against.
+#[derive(Clone, Copy)]
+enum Blame {
+    /// The peer that sent it to us: the message failed before its signature verified.
+    Sender,
+    /// The node that signed it.
+    Origin,
+}
+
 struct PendingFetch {
     peer: PeerId,
     blob: BlobId,
@@ -299,9 +311,17 @@ impl PeerActor {
         let Some(url) = self.options.tracker.clone() else {
             return;
         };
-        let addrs: Vec<String> = self
-            .advertised_addrs()
+        // Routable addresses first, loopback last, within what the tracker accepts.
+        let mut addrs = self.advertised_addrs();
+        addrs.sort_by_key(|a| {
+            a.iter().any(|p| {
+                matches!(p, Protocol::Ip4(ip) if ip.is_loopback())
+                    || matches!(p, Protocol::Ip6(ip) if ip.is_loopback())
+            })
+        });
+        let addrs: Vec<String> = addrs
             .iter()
+            .take(MAX_MULTIADDRS)
             .map(|a| a.to_string())
             .collect();
         if addrs.is_empty() {
@@ -311,7 +331,7 @@ impl PeerActor {
             &self.options.identity,
             &self.options.protocols.network_id,
             addrs,
-            crate::net::announce::unix_time_s(),
+            unix_time_s(),
         );
         let request = tokio::task::spawn_blocking(move || {
             announce_to_tracker(&url, &announcement, TRACKER_TIMEOUT)
@@ -386,6 +406,9 @@ impl PeerActor {
         }
         let topic = self.heartbeat_topic.to_string();
         let heartbeat = self.heartbeat();
+        if heartbeat.theta0_hash.is_empty() {
+            return; // Sync has not hashed θ₀ yet: nothing true to say.
+        }
         self.publish(wire::seal(&self.options.identity, &topic, &heartbeat));
         if self.options.faults.garbage {
             self.publish_garbage(&topic, &heartbeat);
@@ -434,35 +457,14 @@ impl PeerActor {
     /// origin signed it, so rate limits, replays and implausible fields count against the origin,
     /// and a relaying peer is not penalised for it.
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
-        let (now, now_ms) = (Instant::now(), unix_ms());
-        let topic = self.heartbeat_topic.to_string();
-        let verdict = match message.source {
-            None => Err((source, Rejection::UnknownSigner)),
-            Some(_) if message.topic != self.heartbeat_topic.hash() => Err((
-                source,
-                Rejection::Malformed(format!("unexpected topic {}", message.topic)),
-            )),
-            Some(origin) => self
-                .table
-                .admit(now, origin)
-                .map_err(|r| (origin, r))
-                .and_then(|()| {
-                    wire::open::<wire::Heartbeat>(&topic, &message.data, &origin)
-                        .map_err(|r| (source, r))
-                })
-                .and_then(|(heartbeat, node_id)| {
-                    heartbeat
-                        .check(&node_id, now_ms)
-                        .and_then(|()| {
-                            self.table
-                                .accept_heartbeat(now, now_ms, source, origin, heartbeat)
-                        })
-                        .map_err(|r| (origin, r))
-                }),
-        };
-        let acceptance = match verdict {
+        let now = Instant::now();
+        let acceptance = match self.validate_gossip(now, source, &message) {
             Ok(()) => MessageAcceptance::Accept,
-            Err((blamed, rejection)) => {
+            Err((blame, rejection)) => {
+                let blamed = match (blame, message.source) {
+                    (Blame::Origin, Some(origin)) => origin,
+                    _ => source,
+                };
                 self.rejected(now, blamed, &rejection);
                 if blamed == source {
                     MessageAcceptance::Reject
@@ -475,6 +477,36 @@ impl PeerActor {
             .behaviour_mut()
             .gossipsub
             .report_message_validation_result(&id, &source, acceptance);
+    }
+
+    fn validate_gossip(
+        &mut self,
+        now: Instant,
+        source: PeerId,
+        message: &gossipsub::Message,
+    ) -> Result<(), (Blame, Rejection)> {
+        let Some(origin) = message.source else {
+            return Err((Blame::Sender, Rejection::UnknownSigner));
+        };
+        if message.topic != self.heartbeat_topic.hash() {
+            let unexpected = format!("unexpected topic {}", message.topic);
+            return Err((Blame::Sender, Rejection::Malformed(unexpected)));
+        }
+        let blame = |blame| move |rejection| (blame, rejection);
+        self.table
+            .admit(now, origin)
+            .map_err(blame(Blame::Origin))?;
+        let topic = self.heartbeat_topic.to_string();
+        let (heartbeat, node_id) = wire::open::<wire::Heartbeat>(&topic, &message.data, &origin)
+            .map_err(blame(Blame::Sender))?;
+        let now_ms = unix_ms();
+        heartbeat
+            .check(&node_id, now_ms)
+            .and_then(|()| {
+                self.table
+                    .accept_heartbeat(now, now_ms, source, origin, heartbeat)
+            })
+            .map_err(blame(Blame::Origin))
     }
 
     /// Counts a rejection against `peer`, logs it (sparingly: a flood must not flood the log) and
@@ -555,11 +587,11 @@ impl PeerActor {
                 error,
                 ..
             } => {
-                if let OutboundFailure::Io(e) = &error {
-                    if e.kind() == std::io::ErrorKind::InvalidData {
-                        let rejection = Rejection::Malformed(format!("blob response: {e}"));
-                        self.rejected(Instant::now(), peer, &rejection);
-                    }
+                if let OutboundFailure::Io(e) = &error
+                    && e.kind() == std::io::ErrorKind::InvalidData
+                {
+                    let rejection = Rejection::Malformed(format!("blob response: {e}"));
+                    self.rejected(Instant::now(), peer, &rejection);
                 }
                 if let Some(pending) = self.pending.remove(&request_id) {
                     let _ = pending.reply.send(Err(format!(
