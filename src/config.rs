@@ -398,13 +398,13 @@ impl Config {
                     .map_err(|e| bad(key, format!("{addr:?} is not a multiaddr: {e}")))?;
             }
         }
-        if let Some(url) = &self.tracker {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(bad(
-                    "tracker",
-                    format!("{url:?} is not an http:// or https:// URL"),
-                ));
-            }
+        if let Some(url) = &self.tracker
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(bad(
+                "tracker",
+                format!("{url:?} is not an http:// or https:// URL"),
+            ));
         }
         for (key, value) in [
             ("network.heartbeat_interval_s", n.heartbeat_interval_s),

@@ -199,12 +199,12 @@ fn check_p2p_ports_free(config: &Config) -> Result<(), NodeError> {
             Some(Protocol::Ip6(ip)) => ip.into(),
             _ => continue,
         };
-        if let Some(Protocol::Tcp(port)) = parts.next() {
-            if port != 0 {
-                TcpListener::bind((ip, port)).map_err(|e| {
-                    NodeError::Input(format!("network.listen: cannot listen on {addr}: {e}"))
-                })?;
-            }
+        if let Some(Protocol::Tcp(port)) = parts.next()
+            && port != 0
+        {
+            TcpListener::bind((ip, port)).map_err(|e| {
+                NodeError::Input(format!("network.listen: cannot listen on {addr}: {e}"))
+            })?;
         }
     }
     Ok(())

@@ -147,7 +147,7 @@ impl Handler<TrainStep> for TrainerActor {
         self.window.1 += report.tokens;
         let elapsed = self.window.0.elapsed().as_secs_f64();
         let tokens_per_sec = self.window.1 as f64 / elapsed.max(1e-9);
-        if c.global_step % cadence.log_every == 0 {
+        if c.global_step.is_multiple_of(cadence.log_every) {
             info!(
                 step = c.global_step,
                 loss = format!("{:.4}", report.loss),
@@ -160,7 +160,7 @@ impl Handler<TrainStep> for TrainerActor {
             self.window = (Instant::now(), 0);
         }
         let round_done = c.inner_step >= cadence.inner_steps;
-        if c.global_step % cadence.eval_every == 0 || round_done {
+        if c.global_step.is_multiple_of(cadence.eval_every) || round_done {
             let val = self.trainer.evaluate();
             info!(
                 step = c.global_step,
@@ -176,7 +176,7 @@ impl Handler<TrainStep> for TrainerActor {
                 s.tokens_per_sec = tokens_per_sec;
             }
         });
-        if c.global_step % cadence.checkpoint_every == 0 && !round_done {
+        if c.global_step.is_multiple_of(cadence.checkpoint_every) && !round_done {
             self.publish_snapshot();
         }
         if round_done {

@@ -82,7 +82,7 @@ mod tests {
         let mut theta = theta0.clone();
         opt.step(
             &mut theta,
-            &mut vec![0.0; 3],
+            &mut [0.0; 3],
             &pseudo_gradient(&theta0, &theta_h),
         );
         assert_eq!(theta, theta_h);

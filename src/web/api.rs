@@ -52,10 +52,10 @@ impl ApiState {
         let status = self.status.read();
         let weights = status.weights?;
         let mut cache = self.inference.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((version, model)) = cache.as_ref() {
-            if *version == status.weights_version {
-                return Some(model.clone());
-            }
+        if let Some((version, model)) = cache.as_ref()
+            && *version == status.weights_version
+        {
+            return Some(model.clone());
         }
         let model = Arc::new(unflatten(
             self.model.init::<CpuBackend>(&cpu_device()),
