@@ -45,21 +45,6 @@ fn plain_tcp_copy(bytes: usize) -> f64 {
     bytes as f64 / 1e6 / seconds
 }
 
-fn peer_id(node: &Node) -> String {
-    node.stats()["peer_id"].as_str().unwrap().to_string()
-}
-
-fn p2p_addr(node: &Node) -> String {
-    let mut addr = None;
-    node.wait_for("a listen address", Duration::from_secs(10), |n| {
-        addr = n.get("/api/network")["listen_addrs"][0]
-            .as_str()
-            .map(str::to_string);
-        addr.is_some()
-    });
-    addr.unwrap()
-}
-
 fn peers(node: &Node) -> Vec<Value> {
     node.get("/api/peers")["peers"].as_array().unwrap().clone()
 }
@@ -70,13 +55,13 @@ fn blob_throughput(dir: &std::path::Path) {
         &["--no-training", "--preset", "micro"],
         &[],
     );
-    let seed = p2p_addr(&server);
+    let seed = server.p2p_addr();
     let client = Node::start(
         &dir.join("client"),
         &["--no-training", "--preset", "micro", "--seed-peers", &seed],
         &[],
     );
-    let (server_id, hash) = (peer_id(&server), server.stats()["theta0_hash"].clone());
+    let (server_id, hash) = (server.peer_id(), server.stats()["theta0_hash"].clone());
     client.wait_for("the server", Duration::from_secs(30), |c| {
         peers(c).iter().any(|p| p["peer_id"] == server_id.as_str())
     });
@@ -114,7 +99,7 @@ fn blob_throughput(dir: &std::path::Path) {
 
 fn gossip_latency(dir: &std::path::Path) {
     let first = Node::start(&dir.join("g0"), &["--no-training"], &[]);
-    let seed = p2p_addr(&first);
+    let seed = first.p2p_addr();
     let mut nodes = vec![first];
     for i in 1..5 {
         nodes.push(Node::start(
@@ -140,7 +125,7 @@ fn gossip_latency(dir: &std::path::Path) {
     for _ in 0..20 {
         std::thread::sleep(Duration::from_millis(1000));
         let tables: Vec<Vec<Value>> = nodes.iter().map(peers).collect();
-        let origins: Vec<String> = nodes.iter().map(peer_id).collect();
+        let origins: Vec<String> = nodes.iter().map(Node::peer_id).collect();
         for origin in &origins {
             let ages: Vec<f64> = tables
                 .iter()

@@ -13,22 +13,6 @@ use serde_json::{Value, json};
 
 const MEET_WITHIN: Duration = Duration::from_secs(30);
 
-fn peer_id(node: &Node) -> String {
-    node.stats()["peer_id"].as_str().unwrap().to_string()
-}
-
-/// A node's own multiaddr with /p2p/, as a --seed-peers value.
-fn p2p_addr(node: &Node) -> String {
-    let mut addr = None;
-    node.wait_for("a p2p listen address", Duration::from_secs(10), |n| {
-        addr = n.get("/api/network")["listen_addrs"][0]
-            .as_str()
-            .map(str::to_string);
-        addr.is_some()
-    });
-    addr.unwrap()
-}
-
 /// Peers a node lists (not banned), by peer_id.
 fn listed(node: &Node) -> BTreeSet<String> {
     node.get("/api/peers")["peers"]
@@ -67,7 +51,7 @@ fn wait_until(what: &str, timeout: Duration, nodes: &[&Node], mut ok: impl FnMut
 
 /// Waits until every node lists every other node and has heard a heartbeat from each.
 fn wait_until_all_meet(nodes: &[Node]) -> Duration {
-    let ids: Vec<String> = nodes.iter().map(peer_id).collect();
+    let ids: Vec<String> = nodes.iter().map(Node::peer_id).collect();
     let start = Instant::now();
     let refs: Vec<&Node> = nodes.iter().collect();
     wait_until(
@@ -106,7 +90,7 @@ fn five_nodes_meet_through_a_tracker_refuse_another_network_and_drop_a_killed_no
     eprintln!("5 nodes met through the tracker in {took:?}");
 
     // A node of another network, told about node 0 directly, is refused on both sides.
-    let seed = p2p_addr(&nodes[0]);
+    let seed = nodes[0].p2p_addr();
     let stranger = Node::start(
         &dir.path().join("stranger"),
         &[
@@ -136,7 +120,7 @@ fn five_nodes_meet_through_a_tracker_refuse_another_network_and_drop_a_killed_no
                     >= 1
         },
     );
-    let stranger_id = peer_id(&stranger);
+    let stranger_id = stranger.peer_id();
     for node in &nodes {
         assert!(!listed(node).contains(&stranger_id));
     }
@@ -144,7 +128,7 @@ fn five_nodes_meet_through_a_tracker_refuse_another_network_and_drop_a_killed_no
 
     // A killed node disappears from every table (3 silent heartbeat intervals of 1 s).
     let killed = nodes.pop().unwrap();
-    let killed_id = peer_id(&killed);
+    let killed_id = killed.peer_id();
     drop(killed);
     let refs: Vec<&Node> = nodes.iter().collect();
     wait_until(
@@ -163,7 +147,7 @@ fn five_nodes_meet_through_a_tracker_refuse_another_network_and_drop_a_killed_no
 fn five_nodes_meet_through_seed_peers_and_shrug_off_misbehaving_and_flooding_nodes() {
     let dir = tempfile::tempdir().unwrap();
     let first = Node::start(&dir.path().join("first"), &["--no-training"], &[]);
-    let seed = p2p_addr(&first);
+    let seed = first.p2p_addr();
     let mut nodes = vec![first];
     nodes.extend(start_nodes(dir.path(), 4, &["--seed-peers", &seed]));
     let took = wait_until_all_meet(&nodes);
@@ -175,7 +159,7 @@ fn five_nodes_meet_through_seed_peers_and_shrug_off_misbehaving_and_flooding_nod
         &["--no-training", "--seed-peers", &seed],
         &[("NEUROSHARD_FAULT_GOSSIP_GARBAGE", "1")],
     );
-    let rogue_id = peer_id(&rogue);
+    let rogue_id = rogue.peer_id();
     let rogue_row = |node: &Node| -> Option<Value> {
         node.get("/api/peers")["peers"]
             .as_array()
@@ -204,7 +188,7 @@ fn five_nodes_meet_through_seed_peers_and_shrug_off_misbehaving_and_flooding_nod
         &["--no-training", "--seed-peers", &seed],
         &[("NEUROSHARD_FAULT_GOSSIP_FLOOD", "200")],
     );
-    let flooder_id = peer_id(&flooder);
+    let flooder_id = flooder.peer_id();
     wait_until(
         "the seed node to ban the flooder",
         MEET_WITHIN,
@@ -237,7 +221,7 @@ fn five_nodes_meet_through_seed_peers_and_shrug_off_misbehaving_and_flooding_nod
 
     std::thread::sleep(Duration::from_secs(3));
     // The honest nodes keep running, still see each other, and blame no honest peer.
-    let honest: BTreeSet<String> = nodes.iter().map(peer_id).collect();
+    let honest: BTreeSet<String> = nodes.iter().map(Node::peer_id).collect();
     for node in &nodes {
         assert_eq!(node.get("/api/health")["status"], "ok");
         let peers = node.get("/api/peers")["peers"].as_array().unwrap().clone();
@@ -247,7 +231,7 @@ fn five_nodes_meet_through_seed_peers_and_shrug_off_misbehaving_and_flooding_nod
         {
             assert_eq!(p["rejected"], 0, "an honest peer was blamed: {p}");
         }
-        let own = peer_id(node);
+        let own = node.peer_id();
         let others: BTreeSet<String> = honest.iter().filter(|i| **i != own).cloned().collect();
         assert!(listed(node).is_superset(&others));
     }
@@ -264,13 +248,13 @@ fn a_model_sized_blob_moves_between_two_nodes_intact() {
         &["--no-training", "--preset", "micro"],
         &[("NEUROSHARD_TRAINING__SEED", "7")],
     );
-    let seed = p2p_addr(&server);
+    let seed = server.p2p_addr();
     let client = Node::start(
         &dir.path().join("client"),
         &["--no-training", "--preset", "micro", "--seed-peers", &seed],
         &[],
     );
-    let server_id = peer_id(&server);
+    let server_id = server.peer_id();
     let server_hash = server.stats()["theta0_hash"].as_str().unwrap().to_string();
     assert_ne!(client.stats()["theta0_hash"], server_hash.as_str());
     wait_until(

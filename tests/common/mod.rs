@@ -197,6 +197,22 @@ impl Node {
         self.get("/api/stats")
     }
 
+    pub fn peer_id(&self) -> String {
+        self.stats()["peer_id"].as_str().unwrap().to_string()
+    }
+
+    /// The node's own multiaddr with /p2p/, as a --seed-peers value (once the Swarm listens).
+    pub fn p2p_addr(&self) -> String {
+        let mut addr = None;
+        self.wait_for("a p2p listen address", Duration::from_secs(10), |n| {
+            addr = n.get("/api/network")["listen_addrs"][0]
+                .as_str()
+                .map(str::to_string);
+            addr.is_some()
+        });
+        addr.unwrap()
+    }
+
     /// Starts `neuroshard tracker` on a free loopback port, logging into `dir`.
     pub fn start_tracker(dir: &Path) -> Self {
         let port = free_port();
