@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use libp2p::Multiaddr;
 
-use crate::aggregate::Rule;
+use crate::aggregate::AggregationConfig;
+use crate::diloco::codec::CodecConfig;
 use crate::model::NeuroLlmConfig;
 use crate::model::config::PRESETS;
 use crate::net::protocol::valid_network_id;
@@ -115,7 +116,18 @@ pub struct DilocoSection {
     pub inner_steps: u64,
     pub outer_lr: f32,
     pub outer_momentum: f32,
-    pub aggregation: Rule,
+    /// Contributions (this node's included) a round needs before its deadline.
+    pub min_peers: usize,
+    /// Fraction of the expected trainers a round needs before its deadline.
+    pub quorum_fraction: f64,
+    /// Seconds a round waits for peers' deltas once this node's own is ready.
+    pub round_deadline_s: u64,
+    /// A peer's delta with a larger L2 norm is refused before aggregation.
+    pub max_delta_norm: f32,
+    /// How deltas are encoded for the network.
+    pub compression: CodecConfig,
+    /// How a round's deltas are combined.
+    pub aggregation: AggregationConfig,
 }
 
 impl Default for Config {
@@ -195,7 +207,12 @@ impl Default for DilocoSection {
             inner_steps: 500,
             outer_lr: 0.7,
             outer_momentum: 0.9,
-            aggregation: Rule::Mean,
+            min_peers: 1,
+            quorum_fraction: 0.67,
+            round_deadline_s: 120,
+            max_delta_norm: 1e5,
+            compression: CodecConfig::default(),
+            aggregation: AggregationConfig::default(),
         }
     }
 }
@@ -350,6 +367,28 @@ impl Config {
         }
         if t.eval_sequences == 0 {
             return bad("training.eval_sequences", "must be at least 1".into());
+        }
+        let d = &self.diloco;
+        if d.min_peers == 0 {
+            return bad("diloco.min_peers", "must be at least 1".into());
+        }
+        if !(d.quorum_fraction > 0.0 && d.quorum_fraction <= 1.0) {
+            return bad(
+                "diloco.quorum_fraction",
+                format!("{} is not in (0, 1]", d.quorum_fraction),
+            );
+        }
+        if d.round_deadline_s == 0 {
+            return bad("diloco.round_deadline_s", "must be at least 1".into());
+        }
+        if !(d.max_delta_norm > 0.0) {
+            return bad("diloco.max_delta_norm", "must be positive".into());
+        }
+        if let Err(reason) = d.compression.validate() {
+            return bad("diloco.compression", reason);
+        }
+        if let Err(reason) = d.aggregation.validate() {
+            return bad("diloco.aggregation", reason);
         }
         if !(self.diloco.outer_lr > 0.0) || !(0.0..1.0).contains(&self.diloco.outer_momentum) {
             return bad(

@@ -16,11 +16,13 @@ use crate::actors::http::HttpActor;
 use crate::actors::messages::{StopHttp, StopTraining, WriteCheckpoint};
 use crate::actors::peer::{GossipFaults, PeerActor, PeerOptions, gossip_thresholds};
 use crate::actors::supervisor::{SupervisorActor, TrainerRecipe};
-use crate::actors::sync::{CheckpointTarget, SyncActor};
+use crate::actors::sync::{CheckpointTarget, RoundSettings, SyncActor};
 use crate::actors::trainer::{Cadence, PanicFault};
 use crate::config::Config;
 use crate::crypto::{Identity, generate_token};
 use crate::diloco::OuterOptimizer;
+use crate::diloco::attack::Attack;
+use crate::diloco::round::RoundOptions;
 use crate::model::backend::{CpuBackend, cpu_device, train_backend_name};
 use crate::model::checkpoint::{self, OuterState};
 use crate::model::corpus::builtin_corpus;
@@ -107,6 +109,12 @@ fn dataset(config: &Config, seq_len: usize) -> Result<TokenDataset, NodeError> {
         .map_err(|e| NodeError::Input(e.to_string()))
 }
 
+/// This node's training order: the configured seed mixed with its node_id, so peers differ.
+fn order_seed(seed: u64, identity: &Identity) -> u64 {
+    let id = u64::from_str_radix(&identity.node_id[..16], 16).unwrap_or(0);
+    seed ^ id
+}
+
 /// Everything decided before the first actor starts: checked inputs, the model and the resume point.
 struct Prepared {
     identity: Identity,
@@ -125,7 +133,7 @@ fn prepare(config: &Config) -> Result<Prepared, NodeError> {
     let explicit = explicit_token(config)?.map(to_identity).transpose()?;
     let model_config = config.model_config();
     let data = if config.training.enabled {
-        Some(Arc::new(dataset(config, model_config.max_seq_len)?))
+        Some(dataset(config, model_config.max_seq_len)?)
     } else {
         None
     };
@@ -139,6 +147,8 @@ fn prepare(config: &Config) -> Result<Prepared, NodeError> {
         Some(identity) => identity,
         None => to_identity(kept_token(&state_dir)?)?,
     };
+    let data =
+        data.map(|d| Arc::new(d.with_order_seed(order_seed(config.training.seed, &identity))));
 
     let device = cpu_device();
     <CpuBackend as burn::tensor::backend::Backend>::seed(&device, config.training.seed);
@@ -242,6 +252,38 @@ fn peer_options(config: &Config, identity: Identity, model_hash: &str) -> PeerOp
     }
 }
 
+fn round_settings(config: &Config) -> RoundSettings {
+    let d = &config.diloco;
+    RoundSettings {
+        optimizer: OuterOptimizer {
+            lr: d.outer_lr,
+            momentum: d.outer_momentum,
+        },
+        aggregation: d.aggregation.clone(),
+        compression: d.compression.clone(),
+        closing: RoundOptions {
+            min_peers: d.min_peers,
+            quorum_fraction: d.quorum_fraction,
+            deadline: Duration::from_secs(d.round_deadline_s),
+        },
+        max_delta_norm: d.max_delta_norm,
+        attack: byzantine_fault(),
+    }
+}
+
+/// Test fault switch NEUROSHARD_FAULT_BYZANTINE=sign_flip|scale|gaussian|nan|alie|ipm.
+fn byzantine_fault() -> Option<Attack> {
+    let name = std::env::var("NEUROSHARD_FAULT_BYZANTINE").ok()?;
+    let attack = Attack::parse(&name);
+    match attack {
+        Some(_) => warn!(%name, "test fault switch is on: this node sends poisoned deltas"),
+        None => {
+            warn!(%name, "ignoring NEUROSHARD_FAULT_BYZANTINE: expected sign_flip, scale, gaussian, nan, alie or ipm")
+        }
+    }
+    attack
+}
+
 fn trainer_recipe(config: &Config, data: Arc<TokenDataset>) -> TrainerRecipe {
     let t = &config.training;
     TrainerRecipe {
@@ -343,6 +385,7 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         inner_steps_total: config.diloco.inner_steps,
         outer_step_count: prepared.outer.round,
         last_outer_reason: None,
+        last_round: None,
         theta0_hash: String::new(),
         checkpoints_written: 0,
         last_checkpoint_step: None,
@@ -364,20 +407,15 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     .await
     .map_err(NodeError::Input)?;
     let aggregator = SyncArbiter::start(1, || AggregatorActor);
-    let optimizer = OuterOptimizer {
-        lr: config.diloco.outer_lr,
-        momentum: config.diloco.outer_momentum,
-    };
     let sync = SyncActor::new(
         prepared.identity.node_id.clone(),
         prepared.outer,
         prepared.resume,
-        optimizer,
-        config.diloco.aggregation,
+        round_settings(&config),
         aggregator,
         prepared.target,
         status.clone(),
-        peers.clone().recipient(),
+        peers.clone(),
     )
     .start();
     let supervisor = prepared.data.map(|data| {

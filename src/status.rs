@@ -46,6 +46,8 @@ pub struct NodeStatus {
     pub inner_steps_total: u64,
     pub outer_step_count: u64,
     pub last_outer_reason: Option<String>,
+    /// The last closed DiLoCo round: who took part, who was kept, why it closed.
+    pub last_round: Option<crate::actors::sync::RoundSummary>,
     /// BLAKE3 of θ₀'s bytes (its blob id): peers on the same outer parameters show the same hash.
     pub theta0_hash: String,
     pub checkpoints_written: u64,

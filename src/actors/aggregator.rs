@@ -16,9 +16,9 @@ impl Handler<AggregateRound> for AggregatorActor {
     type Result = Result<Aggregate, AggregateError>;
 
     fn handle(&mut self, msg: AggregateRound, _: &mut Self::Context) -> Self::Result {
-        let result = aggregate(msg.rule, &msg.contributions);
+        let result = aggregate(&msg.config, &msg.contributions);
         if let Err(e) = &result {
-            tracing::warn!(round = msg.round, rule = msg.rule.name(), error = %e, "aggregation failed");
+            tracing::warn!(round = msg.round, rule = msg.config.rule.name(), error = %e, "aggregation failed");
         }
         result
     }

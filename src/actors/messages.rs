@@ -6,16 +6,18 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use crate::aggregate::{Aggregate, AggregateError, Contribution, Rule};
+use crate::aggregate::{Aggregate, AggregateError, AggregationConfig, Contribution};
 use crate::model::checkpoint::TrainerSnapshot;
 use crate::net::blob::BlobId;
+use crate::net::wire::RoundAnnouncement;
 
 /// Trainer → itself: run one inner step (through the mailbox, so other messages interleave).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct TrainStep;
 
-/// Trainer → Sync: the H inner steps of `round` are done; θ_H is attached.
+/// Trainer → Sync: the H inner steps of `round` are done; θ_H is attached. Sync encodes,
+/// announces and serves Δ, then waits for the round to close.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct InnerRoundDone {
@@ -38,12 +40,12 @@ pub struct StartRound {
 #[rtype(result = "()")]
 pub struct SnapshotTaken(pub Arc<TrainerSnapshot>);
 
-/// Sync → Aggregator: combine one round's contributions with `rule`.
+/// Sync → Aggregator: combine one round's contributions (ordered by node_id) as configured.
 #[derive(Message)]
 #[rtype(result = "Result<Aggregate, AggregateError>")]
 pub struct AggregateRound {
     pub round: u64,
-    pub rule: Rule,
+    pub config: AggregationConfig,
     pub contributions: Vec<Contribution>,
 }
 
@@ -103,3 +105,21 @@ pub struct FetchBlob {
     pub peer: libp2p::PeerId,
     pub id: BlobId,
 }
+
+/// Sync → Peer: gossip this node's signed announcement of its delta for a round.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AnnounceRound(pub RoundAnnouncement);
+
+/// Peer → Sync: a peer's round announcement that passed validation (signature, fields, rate).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PeerRoundAnnounced {
+    pub peer: libp2p::PeerId,
+    pub announcement: RoundAnnouncement,
+}
+
+/// Sync → Peer: where to deliver round announcements.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RegisterRounds(pub Recipient<PeerRoundAnnounced>);

@@ -26,7 +26,7 @@ use libp2p::{
 };
 use tracing::{debug, info, warn};
 
-use super::messages::{FetchBlob, OfferBlob};
+use super::messages::{AnnounceRound, FetchBlob, OfferBlob, PeerRoundAnnounced, RegisterRounds};
 use crate::crypto::{Identity, generate_token};
 use crate::net::announce::{
     Announcement, MAX_MULTIADDRS, PeerRecord, announce_to_tracker, unix_time_s,
@@ -82,33 +82,57 @@ pub struct Behaviour {
     blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
 }
 
-fn gossip_scoring(topic: &IdentTopic) -> gossipsub::PeerScoreParams {
+/// The gossip topics of this node's network.
+#[derive(Clone)]
+struct Topics {
+    /// Signed heartbeats: who is alive, at which step and round, on which θ₀.
+    heartbeat: IdentTopic,
+    /// Signed round announcements: a node's delta for a round is ready to fetch.
+    round: IdentTopic,
+}
+
+impl Topics {
+    fn new(protocols: &Protocols) -> Self {
+        Self {
+            heartbeat: IdentTopic::new(protocols.topic("heartbeat")),
+            round: IdentTopic::new(protocols.topic("round")),
+        }
+    }
+
+    fn all(&self) -> [&IdentTopic; 2] {
+        [&self.heartbeat, &self.round]
+    }
+}
+
+fn gossip_scoring(topics: &Topics) -> gossipsub::PeerScoreParams {
     let mut params = gossipsub::PeerScoreParams::default();
     // Local devnets run many nodes on one machine; they must not count as a Sybil cluster.
     params
         .ip_colocation_factor_whitelist
         .insert(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    params.topics.insert(
-        topic.hash(),
-        gossipsub::TopicScoreParams {
-            topic_weight: 1.0,
-            // Small rewards (at most +36 for an hour in the mesh, +10 for first deliveries), so
-            // that a steady stream of invalid messages outweighs them. The defaults (+1 per ms in
-            // the mesh) would keep a misbehaving mesh peer's score high for an hour.
-            time_in_mesh_quantum: Duration::from_secs(1),
-            time_in_mesh_weight: 0.01,
-            first_message_deliveries_cap: 10.0,
-            // Heartbeats are rare: delivery-rate penalties would punish honest peers. Invalid
-            // messages are what lowers a score here.
-            mesh_message_deliveries_weight: 0.0,
-            mesh_failure_penalty_weight: 0.0,
-            // Squared counter: three invalid messages (-45) are still delivered and counted; a
-            // steady stream graylists the peer, and then the peer table bans it.
-            invalid_message_deliveries_weight: -5.0,
-            invalid_message_deliveries_decay: 0.5,
-            ..Default::default()
-        },
-    );
+    for topic in topics.all() {
+        params.topics.insert(
+            topic.hash(),
+            gossipsub::TopicScoreParams {
+                topic_weight: 1.0,
+                // Small rewards (at most +36 for an hour in the mesh, +10 for first deliveries), so
+                // that a steady stream of invalid messages outweighs them. The defaults (+1 per ms in
+                // the mesh) would keep a misbehaving mesh peer's score high for an hour.
+                time_in_mesh_quantum: Duration::from_secs(1),
+                time_in_mesh_weight: 0.01,
+                first_message_deliveries_cap: 10.0,
+                // Heartbeats are rare: delivery-rate penalties would punish honest peers. Invalid
+                // messages are what lowers a score here.
+                mesh_message_deliveries_weight: 0.0,
+                mesh_failure_penalty_weight: 0.0,
+                // Squared counter: three invalid messages (-45) are still delivered and counted; a
+                // steady stream graylists the peer, and then the peer table bans it.
+                invalid_message_deliveries_weight: -5.0,
+                invalid_message_deliveries_decay: 0.5,
+                ..Default::default()
+            },
+        );
+    }
     params
 }
 
@@ -120,7 +144,7 @@ pub fn gossip_thresholds() -> gossipsub::PeerScoreThresholds {
 fn behaviour(
     key: &libp2p::identity::Keypair,
     o: &PeerOptions,
-    heartbeat_topic: &IdentTopic,
+    topics: &Topics,
 ) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
     let peer_id = key.public().to_peer_id();
     let gossip_config = gossipsub::ConfigBuilder::default()
@@ -130,8 +154,10 @@ fn behaviour(
         .build()?;
     let mut gossipsub =
         gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_config)?;
-    gossipsub.with_peer_score(gossip_scoring(heartbeat_topic), gossip_thresholds())?;
-    gossipsub.subscribe(heartbeat_topic)?;
+    gossipsub.with_peer_score(gossip_scoring(topics), gossip_thresholds())?;
+    for topic in topics.all() {
+        gossipsub.subscribe(topic)?;
+    }
 
     let mut kad_config = kad::Config::new(o.protocols.kademlia());
     kad_config.set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
@@ -195,7 +221,9 @@ pub struct PeerActor {
     swarm: Swarm<Behaviour>,
     meter: ByteMeter,
     options: PeerOptions,
-    heartbeat_topic: IdentTopic,
+    topics: Topics,
+    /// Where valid round announcements go (the SyncActor, once it registered).
+    rounds: Option<Recipient<PeerRoundAnnounced>>,
     table: PeerTable,
     blobs: BlobStore,
     pending: HashMap<OutboundRequestId, PendingFetch>,
@@ -218,7 +246,7 @@ impl PeerActor {
     }
 
     fn build(options: PeerOptions, status: StatusBoard) -> Result<Self, String> {
-        let heartbeat_topic = IdentTopic::new(options.protocols.topic("heartbeat"));
+        let topics = Topics::new(&options.protocols);
         let meter = ByteMeter::default();
         let counting = meter.clone();
         let mut swarm = SwarmBuilder::with_existing_identity(options.identity.libp2p_keypair())
@@ -236,7 +264,7 @@ impl PeerActor {
                 )
             })
             .map_err(|e| format!("transport: {e}"))?
-            .with_behaviour(|key| behaviour(key, &options, &heartbeat_topic))
+            .with_behaviour(|key| behaviour(key, &options, &topics))
             .map_err(|e| format!("network behaviour: {e}"))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
             .build();
@@ -253,7 +281,8 @@ impl PeerActor {
             meter,
             table: PeerTable::new(options.policy.clone()),
             options,
-            heartbeat_topic,
+            topics,
+            rounds: None,
             blobs: BlobStore::new(SERVED_BLOBS),
             pending: HashMap::new(),
             listen_addrs: Vec::new(),
@@ -360,8 +389,7 @@ impl PeerActor {
         }
     }
 
-    fn publish(&mut self, data: Vec<u8>) {
-        let topic = self.heartbeat_topic.clone();
+    fn publish(&mut self, topic: IdentTopic, data: Vec<u8>) {
         match self.swarm.behaviour_mut().gossipsub.publish(topic, data) {
             Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
             Err(e) => debug!(error = %e, "gossip publish failed"),
@@ -404,12 +432,16 @@ impl PeerActor {
             b.blocked.unblock_peer(peer);
             b.gossipsub.remove_blacklisted_peer(&peer);
         }
-        let topic = self.heartbeat_topic.to_string();
+        let topic = self.topics.heartbeat.clone();
         let heartbeat = self.heartbeat();
         if heartbeat.theta0_hash.is_empty() {
             return; // Sync has not hashed θ₀ yet: nothing true to say.
         }
-        self.publish(wire::seal(&self.options.identity, &topic, &heartbeat));
+        let name = topic.to_string();
+        self.publish(
+            topic.clone(),
+            wire::seal(&self.options.identity, &name, &heartbeat),
+        );
         if self.options.faults.garbage {
             self.publish_garbage(&topic, &heartbeat);
         }
@@ -418,20 +450,21 @@ impl PeerActor {
                 sent_at_ms: heartbeat.sent_at_ms + extra,
                 ..heartbeat.clone()
             };
-            self.publish(wire::seal(&self.options.identity, &topic, &flood));
+            self.publish(
+                topic.clone(),
+                wire::seal(&self.options.identity, &name, &flood),
+            );
         }
     }
 
     /// The misbehaving-peer fault switch: one malformed, one oversized and one badly signed message.
-    fn publish_garbage(&mut self, topic: &str, heartbeat: &wire::Heartbeat) {
+    fn publish_garbage(&mut self, topic: &IdentTopic, heartbeat: &wire::Heartbeat) {
         let impostor = Identity::from_token(&generate_token()).expect("generated tokens are valid");
-        self.publish(wire::seal_bytes(
-            &self.options.identity,
-            topic,
-            b"{not json",
-        ));
-        self.publish(vec![b'x'; 2 * MAX_GOSSIP_BYTES]);
-        self.publish(wire::seal(&impostor, topic, heartbeat));
+        let name = topic.to_string();
+        let malformed = wire::seal_bytes(&self.options.identity, &name, b"{not json");
+        self.publish(topic.clone(), malformed);
+        self.publish(topic.clone(), vec![b'x'; 2 * MAX_GOSSIP_BYTES]);
+        self.publish(topic.clone(), wire::seal(&impostor, &name, heartbeat));
     }
 
     fn publish_view(&self) {
@@ -488,25 +521,45 @@ impl PeerActor {
         let Some(origin) = message.source else {
             return Err((Blame::Sender, Rejection::UnknownSigner));
         };
-        if message.topic != self.heartbeat_topic.hash() {
-            let unexpected = format!("unexpected topic {}", message.topic);
-            return Err((Blame::Sender, Rejection::Malformed(unexpected)));
-        }
         let blame = |blame| move |rejection| (blame, rejection);
-        self.table
-            .admit(now, origin)
-            .map_err(blame(Blame::Origin))?;
-        let topic = self.heartbeat_topic.to_string();
-        let (heartbeat, node_id) = wire::open::<wire::Heartbeat>(&topic, &message.data, &origin)
-            .map_err(blame(Blame::Sender))?;
         let now_ms = unix_ms();
-        heartbeat
-            .check(&node_id, now_ms)
-            .and_then(|()| {
-                self.table
-                    .accept_heartbeat(now, now_ms, source, origin, heartbeat)
-            })
-            .map_err(blame(Blame::Origin))
+        if message.topic == self.topics.heartbeat.hash() {
+            self.table
+                .admit(now, origin)
+                .map_err(blame(Blame::Origin))?;
+            let name = self.topics.heartbeat.to_string();
+            let (heartbeat, node_id) = wire::open::<wire::Heartbeat>(&name, &message.data, &origin)
+                .map_err(blame(Blame::Sender))?;
+            heartbeat
+                .check(&node_id, now_ms)
+                .and_then(|()| {
+                    self.table
+                        .accept_heartbeat(now, now_ms, source, origin, heartbeat)
+                })
+                .map_err(blame(Blame::Origin))
+        } else if message.topic == self.topics.round.hash() {
+            self.table
+                .admit(now, origin)
+                .map_err(blame(Blame::Origin))?;
+            let name = self.topics.round.to_string();
+            let (announcement, node_id) =
+                wire::open::<wire::RoundAnnouncement>(&name, &message.data, &origin)
+                    .map_err(blame(Blame::Sender))?;
+            announcement
+                .check(&node_id, self.options.max_blob_bytes, now_ms)
+                .map_err(blame(Blame::Origin))?;
+            self.table.accept(now, source);
+            if let Some(sync) = &self.rounds {
+                sync.do_send(PeerRoundAnnounced {
+                    peer: origin,
+                    announcement,
+                });
+            }
+            Ok(())
+        } else {
+            let unexpected = format!("unexpected topic {}", message.topic);
+            Err((Blame::Sender, Rejection::Malformed(unexpected)))
+        }
     }
 
     /// Counts a rejection against `peer`, logs it (sparingly: a flood must not flood the log) and
@@ -746,5 +799,23 @@ impl Handler<FetchBlob> for PeerActor {
                 .await
                 .unwrap_or_else(|_| Err("the network stopped".to_string()))
         })
+    }
+}
+
+impl Handler<RegisterRounds> for PeerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RegisterRounds, _: &mut Self::Context) {
+        self.rounds = Some(msg.0);
+    }
+}
+
+impl Handler<AnnounceRound> for PeerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: AnnounceRound, _: &mut Self::Context) {
+        let topic = self.topics.round.clone();
+        let data = wire::seal(&self.options.identity, &topic.to_string(), &msg.0);
+        self.publish(topic, data);
     }
 }

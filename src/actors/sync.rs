@@ -1,25 +1,45 @@
-//! SyncActor: owns DiLoCo's outer state — θ₀, the outer Nesterov momentum, the round number — and
-//! the checkpoints. When the trainer finishes its H inner steps it computes Δ = θ₀ − θ_H, has the
-//! AggregatorActor combine the round's contributions, applies the outer step and restarts the
-//! trainer from the new θ₀.
+//! SyncActor: owns DiLoCo's outer state — θ₀, the outer Nesterov momentum, the round number — the
+//! round in progress and the checkpoints. When the trainer finishes its H inner steps it encodes
+//! Δ = θ₀ − θ_H (with error feedback), serves it as a blob and announces it; it fetches the peers'
+//! deltas for the same round and θ₀ as their announcements arrive; when `round_decision` says the
+//! round is complete (quorum or deadline) the AggregatorActor combines the deltas, the outer step
+//! is applied, and the trainer restarts from the new θ₀.
 
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
-use tracing::{error, info, warn};
+use libp2p::PeerId;
+use serde::Serialize;
+use tracing::{debug, error, info, warn};
 
 use super::aggregator::AggregatorActor;
 use super::messages::{
-    AggregateRound, GetResumeState, InnerRoundDone, OfferBlob, RegisterTrainer, ResumeState,
-    SnapshotTaken, StartRound, WriteCheckpoint,
+    AggregateRound, AnnounceRound, FetchBlob, GetResumeState, InnerRoundDone, OfferBlob,
+    PeerRoundAnnounced, RegisterRounds, RegisterTrainer, ResumeState, SnapshotTaken, StartRound,
+    WriteCheckpoint,
 };
-use crate::aggregate::{Contribution, Rule};
+use super::peer::PeerActor;
+use crate::aggregate::{Aggregate, AggregationConfig, Contribution};
+use crate::diloco::attack::{Attack, poison};
+use crate::diloco::codec::{CodecConfig, ErrorFeedback, decode, encode};
+use crate::diloco::round::{RoundDecision, RoundOptions, RoundProgress, round_decision};
 use crate::diloco::{OuterOptimizer, pseudo_gradient};
 use crate::model::checkpoint::{self, Checkpoint, OuterState, TrainerSnapshot};
 use crate::model::params::ParamSpec;
 use crate::net::blob::BlobId;
+use crate::net::wire::RoundAnnouncement;
 use crate::status::StatusBoard;
+
+/// How often an open round is re-examined (its deadline needs a clock).
+const ROUND_CHECK: Duration = Duration::from_millis(200);
+/// How often this node repeats its latest round announcement: gossip is fire-and-forget, and a
+/// peer that connected (or joined the mesh) after the first one must still learn of the delta.
+const REANNOUNCE: Duration = Duration::from_secs(2);
+/// Announcements kept for the next round while this one is still open.
+const MAX_EARLY_ANNOUNCEMENTS: usize = 1024;
 
 /// Where and for which model checkpoints are written.
 #[derive(Clone)]
@@ -39,43 +59,100 @@ impl CheckpointTarget {
     }
 }
 
+/// How this node takes part in rounds (the `[diloco]` config).
+#[derive(Debug, Clone)]
+pub struct RoundSettings {
+    pub optimizer: OuterOptimizer,
+    pub aggregation: AggregationConfig,
+    pub compression: CodecConfig,
+    pub closing: RoundOptions,
+    /// A peer's decoded delta with a larger L2 norm is refused.
+    pub max_delta_norm: f32,
+    /// Test fault switch NEUROSHARD_FAULT_BYZANTINE: send poisoned deltas.
+    pub attack: Option<Attack>,
+}
+
+/// What /api/diloco shows of the last closed round.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundSummary {
+    pub round: u64,
+    pub participants: usize,
+    pub kept: Vec<String>,
+    pub rejected: Vec<String>,
+    pub rule: String,
+    pub reason: String,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+/// The round in progress.
+#[derive(Default)]
+struct OpenRound {
+    own_ready_at: Option<Instant>,
+    /// Decoded deltas by node_id: every node combines them in the same order.
+    contributions: BTreeMap<String, Contribution>,
+    /// node_ids whose announced delta is being fetched.
+    pending: HashSet<String>,
+    /// The aggregation is running; nothing joins the round any more.
+    closing: bool,
+    bytes_sent: u64,
+    bytes_received: u64,
+}
+
 pub struct SyncActor {
     node_id: String,
     round: u64,
     theta0: Arc<Vec<f32>>,
+    theta0_hash: String,
     momentum: Vec<f32>,
-    optimizer: OuterOptimizer,
-    rule: Rule,
+    settings: RoundSettings,
+    feedback: ErrorFeedback,
+    open: OpenRound,
+    /// Announcements for the next round that arrived before this one closed.
+    early: Vec<(PeerId, RoundAnnouncement)>,
+    /// This node's latest announcement, repeated until the next one replaces it.
+    announced: Option<RoundAnnouncement>,
     aggregator: Addr<AggregatorActor>,
     trainer: Option<Recipient<StartRound>>,
     last_snapshot: Option<Arc<TrainerSnapshot>>,
     checkpoints: CheckpointTarget,
     status: StatusBoard,
-    /// Serves θ₀ to peers (healing and joining nodes fetch it by its hash).
-    network: Recipient<OfferBlob>,
+    /// Serves θ₀ and deltas to peers, announces rounds, fetches peers' deltas.
+    network: Addr<PeerActor>,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl SyncActor {
     /// `resume` is the trainer state of the checkpoint the node started from, if any.
+    #[allow(clippy::too_many_arguments)] // each is a distinct collaborator, named at the call site
     pub fn new(
         node_id: String,
         outer: OuterState,
         resume: Option<TrainerSnapshot>,
-        optimizer: OuterOptimizer,
-        rule: Rule,
+        settings: RoundSettings,
         aggregator: Addr<AggregatorActor>,
         checkpoints: CheckpointTarget,
         status: StatusBoard,
-        network: Recipient<OfferBlob>,
+        network: Addr<PeerActor>,
     ) -> Self {
         let last_snapshot = resume.map(Arc::new);
+        let feedback = ErrorFeedback::new(outer.theta0.len());
         Self {
             node_id,
             round: outer.round,
             theta0: Arc::new(outer.theta0),
+            theta0_hash: String::new(),
             momentum: outer.momentum,
-            optimizer,
-            rule,
+            settings,
+            feedback,
+            open: OpenRound::default(),
+            early: Vec::new(),
+            announced: None,
             aggregator,
             trainer: None,
             last_snapshot,
@@ -95,24 +172,220 @@ impl SyncActor {
             },
         }
     }
-}
 
-impl SyncActor {
-    /// Hashes θ₀ (its little-endian f32 bytes), publishes the hash for heartbeats and serves the
-    /// bytes to peers under it.
-    fn publish_theta0(&self) {
+    /// Hashes θ₀ (its little-endian f32 bytes), serves the bytes to peers under the hash and
+    /// publishes the round and the hash together (heartbeats and the API never see one without
+    /// the other).
+    fn publish_theta0(&mut self) {
         let bytes = Arc::new(bytemuck::cast_slice::<f32, u8>(&self.theta0).to_vec());
         let id = BlobId::of(&bytes);
-        self.status.update(|s| s.theta0_hash = id.to_string());
+        self.theta0_hash = id.to_string();
+        let round = self.round;
+        self.status.update(|s| {
+            s.theta0_hash = id.to_string();
+            s.outer_step_count = round;
+        });
         self.network.do_send(OfferBlob { id, bytes });
+    }
+
+    /// Trainers expected in this round: this node and the live peers whose heartbeat says they
+    /// train at this round or later.
+    fn expected_contributors(&self) -> usize {
+        let network = self.status.read().network;
+        1 + network
+            .peers
+            .iter()
+            .filter(|p| !p.banned)
+            .filter_map(|p| p.heartbeat.as_ref())
+            .filter(|h| h.role == "trainer" && h.outer_round >= self.round)
+            .count()
+    }
+
+    /// A peer's announcement: fetch its delta if it belongs to this round and θ₀.
+    fn consider(&mut self, peer: PeerId, a: RoundAnnouncement, ctx: &mut Context<Self>) {
+        if a.node_id == self.node_id {
+            return;
+        }
+        if a.round > self.round || (a.round == self.round && self.open.closing) {
+            if a.round <= self.round + 1 && self.early.len() < MAX_EARLY_ANNOUNCEMENTS {
+                self.early.push((peer, a));
+            }
+            return;
+        }
+        if a.round < self.round {
+            debug!(node = %a.node_id, round = a.round, current = self.round, "late delta dropped");
+            return;
+        }
+        if a.theta0_hash != self.theta0_hash {
+            debug!(node = %a.node_id, round = a.round, "delta from another θ₀ left out");
+            return;
+        }
+        if self.open.contributions.contains_key(&a.node_id)
+            || !self.open.pending.insert(a.node_id.clone())
+        {
+            return;
+        }
+        let Some(id) = BlobId::from_hex(&a.delta_hash) else {
+            self.open.pending.remove(&a.node_id);
+            return;
+        };
+        let (round, len, max_norm) = (self.round, self.theta0.len(), self.settings.max_delta_norm);
+        let fetch = self.network.send(FetchBlob { peer, id });
+        ctx.spawn(fetch.into_actor(self).map(move |result, act, ctx| {
+            if act.round != round || !act.open.pending.remove(&a.node_id) {
+                return; // the round closed without it
+            }
+            let decoded = match result {
+                Ok(Ok(bytes)) => {
+                    act.open.bytes_received += bytes.len() as u64;
+                    decode(&bytes, len, max_norm).map_err(|e| e.to_string())
+                }
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(e.to_string()),
+            };
+            match decoded {
+                Ok(delta) => {
+                    act.open.contributions.insert(
+                        a.node_id.clone(),
+                        Contribution {
+                            node_id: a.node_id.clone(),
+                            delta,
+                            tokens: a.tokens,
+                        },
+                    );
+                }
+                Err(e) => warn!(node = %a.node_id, round, error = %e, "peer delta refused"),
+            }
+            act.evaluate(ctx);
+        }));
+    }
+
+    /// Closes the round when `round_decision` says so.
+    fn evaluate(&mut self, ctx: &mut Context<Self>) {
+        if self.open.closing {
+            return;
+        }
+        let progress = RoundProgress {
+            own_ready_at: self.open.own_ready_at,
+            contributions: self.open.contributions.len(),
+            pending: self.open.pending.len(),
+            expected: self.expected_contributors(),
+        };
+        match round_decision(Instant::now(), &progress, &self.settings.closing) {
+            RoundDecision::Wait(_) => {}
+            RoundDecision::Close(reason) => self.close(reason, ctx),
+        }
+    }
+
+    fn close(&mut self, why: String, ctx: &mut Context<Self>) {
+        self.open.closing = true;
+        let round = self.round;
+        let contributions: Vec<Contribution> = std::mem::take(&mut self.open.contributions)
+            .into_values()
+            .collect();
+        let participants = contributions.len();
+        let request = AggregateRound {
+            round,
+            config: self.settings.aggregation.clone(),
+            contributions,
+        };
+        ctx.spawn(self.aggregator.send(request).into_actor(self).map(move |result, act, ctx| {
+            let summary = match result {
+                Ok(Ok(aggregate)) => {
+                    let summary = act.summary(round, participants, &aggregate, &why);
+                    let mut theta0 = act.theta0.to_vec();
+                    act.settings.optimizer.step(&mut theta0, &mut act.momentum, &aggregate.delta);
+                    act.theta0 = Arc::new(theta0);
+                    summary
+                }
+                Ok(Err(e)) => {
+                    error!(round, error = %e, "aggregation refused the round; θ₀ unchanged");
+                    act.summary_of_failure(round, participants, &why, &e.to_string())
+                }
+                Err(e) => {
+                    error!(round, error = %e, "aggregator unavailable; θ₀ unchanged");
+                    act.summary_of_failure(round, participants, &why, &e.to_string())
+                }
+            };
+            info!(round, kept = summary.kept.len(), rejected = ?summary.rejected, "{}", summary.reason);
+            act.status.update(|s| {
+                s.last_outer_reason = Some(summary.reason.clone());
+                s.last_round = Some(summary);
+            });
+            act.round += 1;
+            act.publish_theta0();
+            act.open = OpenRound::default();
+            if let Some(trainer) = &act.trainer {
+                trainer.do_send(StartRound { round: act.round, theta0: act.theta0.clone() });
+            }
+            for (peer, a) in std::mem::take(&mut act.early) {
+                act.consider(peer, a, ctx);
+            }
+        }));
+    }
+
+    fn summary(
+        &self,
+        round: u64,
+        participants: usize,
+        aggregate: &Aggregate,
+        why: &str,
+    ) -> RoundSummary {
+        let (kept, rejected): (Vec<_>, Vec<_>) = aggregate.verdicts.iter().partition(|v| v.kept);
+        RoundSummary {
+            round,
+            participants,
+            kept: kept.iter().map(|v| v.node_id.clone()).collect(),
+            rejected: rejected.iter().map(|v| v.node_id.clone()).collect(),
+            rule: aggregate.rule_used.name().to_string(),
+            reason: format!(
+                "round {round} closed ({why}); {} of {participants} kept by {}: {}; outer Nesterov step applied",
+                kept.len(),
+                aggregate.rule_used.name(),
+                aggregate.reason
+            ),
+            bytes_sent: self.open.bytes_sent,
+            bytes_received: self.open.bytes_received,
+        }
+    }
+
+    fn summary_of_failure(
+        &self,
+        round: u64,
+        participants: usize,
+        why: &str,
+        error: &str,
+    ) -> RoundSummary {
+        RoundSummary {
+            round,
+            participants,
+            kept: Vec::new(),
+            rejected: Vec::new(),
+            rule: self.settings.aggregation.rule.name().to_string(),
+            reason: format!("round {round} closed ({why}) but not applied: {error}"),
+            bytes_sent: self.open.bytes_sent,
+            bytes_received: self.open.bytes_received,
+        }
     }
 }
 
 impl Actor for SyncActor {
     type Context = Context<Self>;
 
-    fn started(&mut self, _: &mut Self::Context) {
+    fn started(&mut self, ctx: &mut Self::Context) {
         self.publish_theta0();
+        self.network
+            .do_send(RegisterRounds(ctx.address().recipient()));
+        ctx.run_interval(ROUND_CHECK, |act, ctx| act.evaluate(ctx));
+        ctx.run_interval(REANNOUNCE, |act, _| {
+            if let Some(announcement) = &act.announced {
+                let again = RoundAnnouncement {
+                    sent_at_ms: unix_ms(),
+                    ..announcement.clone()
+                };
+                act.network.do_send(AnnounceRound(again));
+            }
+        });
     }
 }
 
@@ -124,50 +397,78 @@ impl Handler<RegisterTrainer> for SyncActor {
 }
 
 impl Handler<InnerRoundDone> for SyncActor {
-    type Result = ResponseActFuture<Self, ()>;
+    type Result = ();
 
-    fn handle(&mut self, msg: InnerRoundDone, _: &mut Self::Context) -> Self::Result {
-        let round = self.round;
-        if msg.round != round {
+    /// This node's H inner steps are done: encode, serve and announce its delta.
+    fn handle(&mut self, msg: InnerRoundDone, ctx: &mut Self::Context) {
+        if msg.round != self.round || self.open.own_ready_at.is_some() {
             warn!(
                 reported = msg.round,
-                current = round,
+                current = self.round,
                 "ignoring θ_H of another round"
             );
-            return Box::pin(fut::ready(()));
+            return;
         }
-        let own = Contribution {
-            node_id: self.node_id.clone(),
-            delta: pseudo_gradient(&self.theta0, &msg.theta_h),
-            tokens: msg.tokens,
-        };
-        let request = AggregateRound {
-            round,
-            rule: self.rule,
-            contributions: vec![own],
-        };
-        Box::pin(self.aggregator.send(request).into_actor(self).map(move |result, act, _| {
-            let aggregate = match result {
-                Ok(Ok(aggregate)) => aggregate,
-                Ok(Err(e)) => return error!(round, error = %e, "aggregation refused the round; θ₀ unchanged"),
-                Err(e) => return error!(round, error = %e, "aggregator unavailable; θ₀ unchanged"),
-            };
-            let mut theta0 = act.theta0.to_vec();
-            act.optimizer.step(&mut theta0, &mut act.momentum, &aggregate.delta);
-            act.theta0 = Arc::new(theta0);
-            act.round += 1;
-            act.publish_theta0();
-            let kept = aggregate.verdicts.iter().filter(|v| v.kept).count();
-            let reason = format!("round {round} closed: {kept} of {} contribution(s) kept by rule {}, outer Nesterov step applied", aggregate.verdicts.len(), act.rule.name());
-            info!(round, kept, "{reason}");
-            act.status.update(|s| {
-                s.outer_step_count = act.round;
-                s.last_outer_reason = Some(reason);
-            });
-            if let Some(trainer) = &act.trainer {
-                trainer.do_send(StartRound { round: act.round, theta0: act.theta0.clone() });
+        let delta = pseudo_gradient(&self.theta0, &msg.theta_h);
+        // Our own contribution is what peers will decode, so every node combines the same inputs.
+        let (bytes, own) = match self.settings.attack {
+            None => {
+                let bytes = self.feedback.encode(&self.settings.compression, &delta);
+                match decode(&bytes, delta.len(), f32::INFINITY) {
+                    Ok(own) => (bytes, own),
+                    Err(e) => {
+                        return error!(error = %e, "cannot decode our own delta; round skipped");
+                    }
+                }
             }
-        }))
+            // The Byzantine fault switch: peers get the poisoned delta; this node keeps what
+            // decodes of it, or its honest delta when nothing does (NaN).
+            Some(attack) => {
+                let bytes = encode(
+                    &self.settings.compression,
+                    &poison(attack, &delta, self.round),
+                );
+                let own = decode(&bytes, delta.len(), f32::INFINITY).unwrap_or(delta);
+                (bytes, own)
+            }
+        };
+        let id = BlobId::of(&bytes);
+        let size = bytes.len() as u64;
+        self.network.do_send(OfferBlob {
+            id,
+            bytes: Arc::new(bytes),
+        });
+        let announcement = RoundAnnouncement {
+            node_id: self.node_id.clone(),
+            round: self.round,
+            theta0_hash: self.theta0_hash.clone(),
+            delta_hash: id.to_string(),
+            delta_bytes: size,
+            codec: self.settings.compression.codec.name().to_string(),
+            tokens: msg.tokens,
+            sent_at_ms: unix_ms(),
+        };
+        self.network.do_send(AnnounceRound(announcement.clone()));
+        self.announced = Some(announcement);
+        self.open.bytes_sent = size;
+        self.open.own_ready_at = Some(Instant::now());
+        self.open.contributions.insert(
+            self.node_id.clone(),
+            Contribution {
+                node_id: self.node_id.clone(),
+                delta: own,
+                tokens: msg.tokens,
+            },
+        );
+        self.evaluate(ctx);
+    }
+}
+
+impl Handler<PeerRoundAnnounced> for SyncActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: PeerRoundAnnounced, ctx: &mut Self::Context) {
+        self.consider(msg.peer, msg.announcement, ctx);
     }
 }
 

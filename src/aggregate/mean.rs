@@ -1,41 +1,46 @@
 //! The plain (token-weighted) mean: optimal with honest workers, broken by a single attacker.
+//! Needs n ≥ 1; every contributor is kept and scored by its weight.
 
-use super::{Aggregate, Contribution, Verdict};
+use super::{Contribution, Outcome, blocks, verdicts};
 
 /// Σ wᵢ·Δᵢ with wᵢ = tokensᵢ / Σ tokens (equal weights when no tokens are reported); keeps everyone.
-pub fn weighted_mean(contributions: &[Contribution]) -> Aggregate {
+/// Per coordinate the weighted values are added in input order, in f64: the result is a convex
+/// combination, so even values near f32::MAX cannot overflow to infinity.
+pub(super) fn weighted_mean(contributions: &[Contribution], d: usize) -> Outcome {
     let total: u64 = contributions.iter().map(|c| c.tokens).sum();
-    let weight = |c: &Contribution| {
-        if total == 0 {
-            1.0 / contributions.len() as f64
-        } else {
-            c.tokens as f64 / total as f64
-        }
-    };
-    let mut delta = vec![0.0f32; contributions[0].delta.len()];
-    for c in contributions {
-        let w = weight(c) as f32;
-        delta
-            .iter_mut()
-            .zip(&c.delta)
-            .for_each(|(acc, x)| *acc += w * x);
-    }
-    let verdicts = contributions
+    let weights: Vec<f64> = contributions
         .iter()
-        .map(|c| Verdict {
-            node_id: c.node_id.clone(),
-            kept: true,
-            score: weight(c),
+        .map(|c| {
+            if total == 0 {
+                1.0 / contributions.len() as f64
+            } else {
+                c.tokens as f64 / total as f64
+            }
         })
         .collect();
-    Aggregate { delta, verdicts }
+    let delta = blocks::fill_blocks(contributions, d, |cols, out| {
+        for (j, o) in out.iter_mut().enumerate() {
+            let sum: f64 = cols
+                .iter()
+                .zip(&weights)
+                .map(|(col, w)| w * f64::from(col[j]))
+                .sum();
+            *o = sum as f32;
+        }
+    });
+    Outcome {
+        delta,
+        verdicts: verdicts(contributions, std::iter::repeat(true), weights),
+        note: String::new(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::*;
     use super::super::*;
 
-    fn c(id: &str, delta: Vec<f32>, tokens: u64) -> Contribution {
+    fn ct(id: &str, delta: Vec<f32>, tokens: u64) -> Contribution {
         Contribution {
             node_id: id.into(),
             delta,
@@ -43,36 +48,75 @@ mod tests {
         }
     }
 
+    fn mean(cs: &[Contribution]) -> Aggregate {
+        run(Rule::Mean, 1, cs)
+    }
+
     #[test]
     fn weights_by_tokens_and_keeps_everyone() {
-        let out = aggregate(
-            Rule::Mean,
-            &[c("a", vec![1.0, 0.0], 300), c("b", vec![5.0, 4.0], 100)],
-        )
-        .unwrap();
+        let out = mean(&[ct("a", vec![1.0, 0.0], 300), ct("b", vec![5.0, 4.0], 100)]);
         assert_eq!(out.delta, vec![2.0, 1.0]);
         assert!(out.verdicts.iter().all(|v| v.kept));
         assert_eq!(out.verdicts[0].score, 0.75);
+        assert_eq!(out.verdicts[1].score, 0.25);
+        assert_eq!(out.reason, "mean: n = 2 meets n ≥ 1");
+    }
+
+    #[test]
+    fn no_tokens_means_equal_weights() {
+        let out = mean(&[
+            ct("a", vec![1.0], 0),
+            ct("b", vec![2.0], 0),
+            ct("c", vec![6.0], 0),
+        ]);
+        assert_eq!(out.delta, [3.0]);
+        assert!(out.verdicts.iter().all(|v| v.score == 1.0 / 3.0));
     }
 
     #[test]
     fn a_single_input_is_returned_as_is() {
-        let out = aggregate(Rule::Mean, &[c("a", vec![0.25, -3.0], 0)]).unwrap();
+        let out = mean(&[ct("a", vec![0.25, -3.0], 0)]);
         assert_eq!(out.delta, vec![0.25, -3.0]);
     }
 
     #[test]
+    fn identical_inputs_and_permutations() {
+        assert_identical_inputs_return_the_input(Rule::Mean, 1, 7, 0.0);
+        let cs = honest_and_attackers(&random_vec(1, 2 * blocks::BLOCK + 5, 1.0), 4, 0.1, 1);
+        assert_permutation_invariant(Rule::Mean, 1, &cs, 1e-4);
+    }
+
+    #[test]
+    fn values_near_the_largest_f32_do_not_overflow() {
+        let out = mean(&[
+            ct("a", vec![f32::MAX], 1),
+            ct("b", vec![f32::MAX], 1),
+            ct("c", vec![f32::MAX], 1),
+        ]);
+        assert_eq!(out.delta, [f32::MAX]);
+    }
+
+    #[test]
+    fn one_attacker_drags_the_mean_away() {
+        let centre = random_vec(2, 64, 1.0);
+        let cs = honest_and_attackers(&centre, 4, 0.0, 1);
+        let out = mean(&cs);
+        // (4·x − 100·x) / 5 = −19.2·x
+        let expected: Vec<f32> = centre.iter().map(|x| -19.2 * x).collect();
+        assert!(max_abs_diff(&out.delta, &expected) < 1e-4);
+        assert!(out.verdicts.iter().all(|v| v.kept));
+    }
+
+    #[test]
     fn refuses_empty_mismatched_and_non_finite_inputs() {
-        assert_eq!(aggregate(Rule::Mean, &[]), Err(AggregateError::Empty));
+        let cfg = config(Rule::Mean, 1);
+        assert_eq!(aggregate(&cfg, &[]), Err(AggregateError::Empty));
         assert!(matches!(
-            aggregate(
-                Rule::Mean,
-                &[c("a", vec![1.0], 1), c("b", vec![1.0, 2.0], 1)]
-            ),
+            aggregate(&cfg, &[ct("a", vec![1.0], 1), ct("b", vec![1.0, 2.0], 1)]),
             Err(AggregateError::LengthMismatch { .. })
         ));
         assert_eq!(
-            aggregate(Rule::Mean, &[c("a", vec![f32::NAN], 1)]),
+            aggregate(&cfg, &[ct("a", vec![f32::NAN], 1)]),
             Err(AggregateError::NonFinite("a".into()))
         );
     }

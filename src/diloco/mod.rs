@@ -2,6 +2,10 @@
 //! from the shared parameters θ₀, the pseudo-gradient Δ = θ₀ − θ_H of the workers is aggregated, and
 //! an outer optimizer (SGD with Nesterov momentum) applies it to θ₀.
 
+pub mod attack;
+pub mod codec;
+pub mod round;
+
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 

@@ -156,6 +156,12 @@ impl TokenDataset {
         })
     }
 
+    /// The same data in another training order: each node reads the corpus in its own order, so
+    /// the peers of a round see different batches (the validation split does not change).
+    pub fn with_order_seed(self, seed: u64) -> Self {
+        Self { seed, ..self }
+    }
+
     pub fn train_sequences(&self) -> usize {
         self.train_chunks
     }

@@ -238,9 +238,14 @@ impl PeerTable {
         entry.last_seen = now;
         entry.heartbeat_age_ms = Some(now_ms as i64 - heartbeat.sent_at_ms as i64);
         entry.heartbeat = Some(heartbeat);
+        self.accept(now, source);
+        Ok(())
+    }
+
+    /// A valid gossip message arrived from `source`.
+    pub fn accept(&mut self, now: Instant, source: PeerId) {
         self.entry(now, source).accepted += 1;
         self.totals.messages_accepted += 1;
-        Ok(())
     }
 
     /// Counts a rejected message against `peer`. When this rejection crosses the ban threshold

@@ -93,8 +93,7 @@ impl Heartbeat {
                 self.role.chars().take(32).collect::<String>()
             )));
         }
-        if self.theta0_hash.len() != 64 || !self.theta0_hash.bytes().all(|b| b.is_ascii_hexdigit())
-        {
+        if !is_hex_hash(&self.theta0_hash) {
             return Err(Rejection::Malformed(
                 "theta0_hash is not 64 hex characters".into(),
             ));
@@ -103,6 +102,66 @@ impl Heartbeat {
             return Err(Rejection::Malformed(
                 "tokens_per_sec is not a finite non-negative number".into(),
             ));
+        }
+        let skew_ms = now_ms.abs_diff(self.sent_at_ms);
+        if skew_ms > MAX_CLOCK_SKEW_MS {
+            return Err(Rejection::Stale { skew_ms });
+        }
+        Ok(())
+    }
+}
+
+/// A node's contribution to a DiLoCo round, announced on the round topic; the delta itself is a
+/// blob fetched by `delta_hash`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoundAnnouncement {
+    pub node_id: String,
+    pub round: u64,
+    /// The θ₀ the delta was computed from: only deltas from the same θ₀ are combined.
+    pub theta0_hash: String,
+    /// Blob id (BLAKE3) of the encoded delta.
+    pub delta_hash: String,
+    /// Size of the encoded delta in bytes.
+    pub delta_bytes: u64,
+    /// How the delta is encoded (fp32, fp16, int8, top_k).
+    pub codec: String,
+    /// Tokens the node processed in the round (the mean weights by them).
+    pub tokens: u64,
+    pub sent_at_ms: u64,
+}
+
+fn is_hex_hash(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+impl RoundAnnouncement {
+    /// Field checks: signed by the node it names, plausible values, fresh.
+    pub fn check(
+        &self,
+        signer_node_id: &str,
+        max_delta_bytes: u64,
+        now_ms: u64,
+    ) -> Result<(), Rejection> {
+        if self.node_id != signer_node_id {
+            return Err(Rejection::WrongNodeId {
+                claimed: self.node_id.chars().take(64).collect(),
+                actual: signer_node_id.to_string(),
+            });
+        }
+        if !is_hex_hash(&self.theta0_hash) || !is_hex_hash(&self.delta_hash) {
+            return Err(Rejection::Malformed(
+                "theta0_hash and delta_hash must be 64 hex characters".into(),
+            ));
+        }
+        if self.delta_bytes == 0 || self.delta_bytes > max_delta_bytes {
+            return Err(Rejection::Malformed(format!(
+                "delta of {} bytes is outside 1..={max_delta_bytes}",
+                self.delta_bytes
+            )));
+        }
+        if self.codec.len() > 16 {
+            return Err(Rejection::Malformed("codec name too long".into()));
         }
         let skew_ms = now_ms.abs_diff(self.sent_at_ms);
         if skew_ms > MAX_CLOCK_SKEW_MS {

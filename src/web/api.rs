@@ -226,6 +226,7 @@ async fn diloco(state: web::Data<ApiState>) -> HttpResponse {
         "phase": s.phase,
         "last_outer_step": s.last_outer_reason,
         "theta0_hash": s.theta0_hash,
+        "last_round": s.last_round,
     }))
 }
 
