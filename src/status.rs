@@ -50,6 +50,11 @@ pub struct NodeStatus {
     pub last_round: Option<crate::actors::sync::RoundSummary>,
     /// BLAKE3 of θ₀'s bytes (its blob id): peers on the same outer parameters show the same hash.
     pub theta0_hash: String,
+    /// Blob id of the outer momentum (served to healing peers).
+    pub momentum_hash: String,
+    /// Times this node adopted the majority's outer state, and why it last did.
+    pub heals: u64,
+    pub last_heal: Option<String>,
     pub checkpoints_written: u64,
     pub last_checkpoint_step: Option<u64>,
     /// The parameters generation uses (the latest published model) and their version.

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{Node, f64_of};
+use common::{Node, f64_of, wait_until};
 
 /// 4 trainers that wait for each other: a round needs all 4 deltas (or its deadline).
 fn start_trainers(dir: &std::path::Path, count: usize, inner_steps: &str) -> Vec<Node> {
@@ -91,5 +91,95 @@ fn four_nodes_agree_on_theta0_every_round_and_learn() {
     assert!(
         now <= 0.7 * initial,
         "val_loss {now} is not 30% below the initial {initial}"
+    );
+}
+
+fn diloco(node: &Node) -> serde_json::Value {
+    node.get("/api/diloco")
+}
+
+fn round_of(node: &Node) -> u64 {
+    diloco(node)["outer_step_count"].as_u64().unwrap()
+}
+
+#[test]
+fn rounds_go_on_without_a_killed_node_which_heals_when_it_returns_as_does_a_late_joiner() {
+    let dir = tempfile::tempdir().unwrap();
+    // Rounds wait for every live trainer (a dead one stops counting once it is dropped, after
+    // 3 silent heartbeats), or 8 s at most.
+    let env = [
+        ("NEUROSHARD_DILOCO__MIN_PEERS", "2"),
+        ("NEUROSHARD_DILOCO__QUORUM_FRACTION", "1.0"),
+        ("NEUROSHARD_DILOCO__ROUND_DEADLINE_S", "8"),
+        ("NEUROSHARD_TRAINING__EVAL_EVERY", "1000"),
+    ];
+    let start = |name: &str, seed: Option<&str>| {
+        let mut args = vec!["--diloco-steps", "20"];
+        if let Some(seed) = seed {
+            args.extend(["--seed-peers", seed]);
+        }
+        Node::start(&dir.path().join(name), &args, &env)
+    };
+    let first = start("n0", None);
+    let seed = first.p2p_addr();
+    let mut nodes = vec![first];
+    for i in 1..4 {
+        nodes.push(start(&format!("n{i}"), Some(&seed)));
+    }
+    let wait_rounds = |nodes: &[Node], at_least: u64, what: &str| {
+        let refs: Vec<&Node> = nodes.iter().collect();
+        wait_until(what, Duration::from_secs(120), &refs, || {
+            nodes.iter().all(|n| round_of(n) >= at_least)
+        });
+    };
+    wait_rounds(&nodes, 2, "4 nodes to reach round 2");
+
+    // Kill one mid-run: the other three keep closing rounds.
+    let killed = nodes.pop().unwrap();
+    drop(killed);
+    let after_kill = nodes.iter().map(round_of).max().unwrap();
+    wait_rounds(&nodes, after_kill + 2, "3 nodes to go on for 2 rounds");
+    let last = diloco(&nodes[0])["last_round"].clone();
+    assert_eq!(last["participants"], 3, "{last}");
+
+    // It comes back from its checkpoint, rounds behind: it heals to the majority and takes part.
+    nodes.push(start("n3", Some(&seed)));
+    // And a fresh node joins at round ≥ 3: it heals too.
+    nodes.push(start("n4", Some(&seed)));
+    let refs: Vec<&Node> = nodes.iter().collect();
+    wait_until(
+        "the returning node and the joiner to heal and take part",
+        Duration::from_secs(120),
+        &refs,
+        || {
+            nodes[3..]
+                .iter()
+                .all(|n| diloco(n)["heals"].as_u64().unwrap() >= 1)
+                && diloco(&nodes[0])["last_round"]["participants"] == 5
+        },
+    );
+    // All five on one θ₀ once they are at the same round.
+    wait_until(
+        "all 5 to agree on θ₀",
+        Duration::from_secs(60),
+        &refs,
+        || {
+            let states: Vec<(u64, String)> = nodes
+                .iter()
+                .map(|n| {
+                    let d = diloco(n);
+                    (
+                        d["outer_step_count"].as_u64().unwrap(),
+                        d["theta0_hash"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect();
+            states.windows(2).all(|w| w[0] == w[1])
+        },
+    );
+    let healed = diloco(&nodes[4]);
+    assert!(
+        healed["last_heal"].as_str().unwrap().contains("round"),
+        "{healed}"
     );
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::Node;
+use common::{Node, wait_until};
 use serde_json::{Value, json};
 
 const MEET_WITHIN: Duration = Duration::from_secs(30);
@@ -33,20 +33,6 @@ fn heard(node: &Node) -> BTreeSet<String> {
         .filter(|p| p["heartbeat"]["node_id"] == p["node_id"])
         .map(|p| p["peer_id"].as_str().unwrap().to_string())
         .collect()
-}
-
-fn wait_until(what: &str, timeout: Duration, nodes: &[&Node], mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        if start.elapsed() > timeout {
-            let logs: Vec<String> = nodes.iter().map(|n| n.log_tail()).collect();
-            panic!(
-                "timed out after {timeout:?} waiting for {what}; logs:\n{}",
-                logs.join("\n-----\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 /// Waits until every node lists every other node and has heard a heartbeat from each.

@@ -404,6 +404,7 @@ impl PeerActor {
             global_step: s.global_step,
             outer_round: s.outer_step_count,
             theta0_hash: s.theta0_hash,
+            momentum_hash: s.momentum_hash,
             tokens_per_sec: s.tokens_per_sec,
             sent_at_ms: unix_ms(),
         }

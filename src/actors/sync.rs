@@ -25,6 +25,7 @@ use super::peer::PeerActor;
 use crate::aggregate::{Aggregate, AggregationConfig, Contribution};
 use crate::diloco::attack::{Attack, poison};
 use crate::diloco::codec::{CodecConfig, ErrorFeedback, decode, encode};
+use crate::diloco::heal::{HealPlan, PeerOuterState, disagrees, heal_decision};
 use crate::diloco::round::{RoundDecision, RoundOptions, RoundProgress, round_decision};
 use crate::diloco::{OuterOptimizer, pseudo_gradient};
 use crate::model::checkpoint::{self, Checkpoint, OuterState, TrainerSnapshot};
@@ -112,6 +113,11 @@ pub struct SyncActor {
     early: Vec<(PeerId, RoundAnnouncement)>,
     /// This node's latest announcement, repeated until the next one replaces it.
     announced: Option<RoundAnnouncement>,
+    /// A heal (fetching the majority's outer state) is under way.
+    healing: bool,
+    heal_attempts: u32,
+    /// Since when this node has disagreed with a larger group of trainers.
+    disagreeing_since: Option<Instant>,
     aggregator: Addr<AggregatorActor>,
     trainer: Option<Recipient<StartRound>>,
     last_snapshot: Option<Arc<TrainerSnapshot>>,
@@ -153,6 +159,9 @@ impl SyncActor {
             open: OpenRound::default(),
             early: Vec::new(),
             announced: None,
+            healing: false,
+            heal_attempts: 0,
+            disagreeing_since: None,
             aggregator,
             trainer: None,
             last_snapshot,
@@ -173,19 +182,131 @@ impl SyncActor {
         }
     }
 
-    /// Hashes θ₀ (its little-endian f32 bytes), serves the bytes to peers under the hash and
-    /// publishes the round and the hash together (heartbeats and the API never see one without
-    /// the other).
-    fn publish_theta0(&mut self) {
-        let bytes = Arc::new(bytemuck::cast_slice::<f32, u8>(&self.theta0).to_vec());
-        let id = BlobId::of(&bytes);
-        self.theta0_hash = id.to_string();
+    /// Serves θ₀ and the outer momentum (little-endian f32 bytes) to peers under their BLAKE3
+    /// hashes, and publishes the round and both hashes together (heartbeats and the API never
+    /// see one without the others).
+    fn publish_outer_state(&mut self) {
+        let serve = |values: &[f32]| {
+            let bytes = Arc::new(bytemuck::cast_slice::<f32, u8>(values).to_vec());
+            let id = BlobId::of(&bytes);
+            self.network.do_send(OfferBlob { id, bytes });
+            id.to_string()
+        };
+        let (theta0_hash, momentum_hash) = (serve(&self.theta0), serve(&self.momentum));
+        self.theta0_hash = theta0_hash.clone();
         let round = self.round;
         self.status.update(|s| {
-            s.theta0_hash = id.to_string();
+            s.theta0_hash = theta0_hash;
+            s.momentum_hash = momentum_hash;
             s.outer_step_count = round;
         });
-        self.network.do_send(OfferBlob { id, bytes });
+    }
+
+    /// The trainer peers' outer states, from their last heartbeats.
+    fn peer_states(&self) -> Vec<PeerOuterState> {
+        self.status
+            .read()
+            .network
+            .peers
+            .iter()
+            .filter(|p| !p.banned)
+            .filter_map(|p| {
+                let h = p.heartbeat.as_ref()?;
+                (h.role == "trainer").then(|| PeerOuterState {
+                    peer_id: p.peer_id.clone(),
+                    round: h.outer_round,
+                    theta0_hash: h.theta0_hash.clone(),
+                    momentum_hash: h.momentum_hash.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Heals when `heal_decision` says this node's outer state is not the majority's.
+    fn check_heal(&mut self, ctx: &mut Context<Self>) {
+        if self.healing || self.theta0_hash.is_empty() {
+            return;
+        }
+        let peers = self.peer_states();
+        let now = Instant::now();
+        if !disagrees(self.round, &self.theta0_hash, &peers) {
+            self.disagreeing_since = None;
+            return;
+        }
+        let since = *self.disagreeing_since.get_or_insert(now);
+        if let Some(plan) = heal_decision(now, self.round, &self.theta0_hash, &peers, Some(since)) {
+            self.heal(plan, ctx);
+        }
+    }
+
+    /// Fetches θ₀ (checked against the majority's hash) and the momentum from a majority peer,
+    /// adopts them with the majority's round and restarts the trainer there.
+    fn heal(&mut self, plan: HealPlan, ctx: &mut Context<Self>) {
+        // Successive attempts try the majority's peers in turn.
+        let source = plan.sources[self.heal_attempts as usize % plan.sources.len()].clone();
+        self.heal_attempts += 1;
+        let (Ok(peer), Some(theta0_id), Some(momentum_id)) = (
+            source.peer_id.parse::<PeerId>(),
+            BlobId::from_hex(&plan.theta0_hash),
+            BlobId::from_hex(&source.momentum_hash),
+        ) else {
+            return;
+        };
+        self.healing = true;
+        info!(round = plan.round, from = %source.peer_id, "healing: {}", plan.reason);
+        let network = self.network.clone();
+        let fetch = async move {
+            let theta0 = network
+                .send(FetchBlob {
+                    peer,
+                    id: theta0_id,
+                })
+                .await;
+            let momentum = network
+                .send(FetchBlob {
+                    peer,
+                    id: momentum_id,
+                })
+                .await;
+            (theta0, momentum)
+        };
+        ctx.spawn(fetch.into_actor(self).map(move |(theta0, momentum), act, ctx| {
+            act.healing = false;
+            let as_values = |fetched: Result<Result<Arc<Vec<u8>>, String>, MailboxError>| {
+                let bytes = fetched.map_err(|e| e.to_string())??;
+                if bytes.len() != act.theta0.len() * 4 {
+                    return Err(format!("{} bytes, expected {}", bytes.len(), act.theta0.len() * 4));
+                }
+                Ok(bytemuck::pod_collect_to_vec::<u8, f32>(&bytes))
+            };
+            let (theta0, momentum) = match (as_values(theta0), as_values(momentum)) {
+                (Ok(t), Ok(m)) if m.iter().all(|x| x.is_finite()) => (t, m),
+                (t, m) => {
+                    let why = t.err().or(m.err()).unwrap_or_else(|| "non-finite momentum".into());
+                    return warn!(from = %source.peer_id, error = %why, "healing failed; will retry");
+                }
+            };
+            act.round = plan.round;
+            act.theta0 = Arc::new(theta0);
+            act.momentum = momentum;
+            act.feedback = ErrorFeedback::new(act.theta0.len());
+            act.open = OpenRound::default();
+            act.early.clear();
+            act.announced = None;
+            act.disagreeing_since = None;
+            act.heal_attempts = 0;
+            act.publish_outer_state();
+            let reason = plan.reason.clone();
+            act.status.update(|s| {
+                s.heals += 1;
+                s.last_heal = Some(reason);
+            });
+            info!(round = act.round, "healed: θ₀ and momentum adopted from {}", source.peer_id);
+            if let Some(trainer) = &act.trainer {
+                trainer.do_send(StartRound { round: act.round, theta0: act.theta0.clone() });
+            }
+            act.evaluate(ctx);
+        }));
     }
 
     /// Trainers expected in this round: this node and the live peers whose heartbeat says they
@@ -262,7 +383,7 @@ impl SyncActor {
 
     /// Closes the round when `round_decision` says so.
     fn evaluate(&mut self, ctx: &mut Context<Self>) {
-        if self.open.closing {
+        if self.open.closing || self.healing {
             return;
         }
         let progress = RoundProgress {
@@ -313,7 +434,7 @@ impl SyncActor {
                 s.last_round = Some(summary);
             });
             act.round += 1;
-            act.publish_theta0();
+            act.publish_outer_state();
             act.open = OpenRound::default();
             if let Some(trainer) = &act.trainer {
                 trainer.do_send(StartRound { round: act.round, theta0: act.theta0.clone() });
@@ -373,10 +494,13 @@ impl Actor for SyncActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.publish_theta0();
+        self.publish_outer_state();
         self.network
             .do_send(RegisterRounds(ctx.address().recipient()));
-        ctx.run_interval(ROUND_CHECK, |act, ctx| act.evaluate(ctx));
+        ctx.run_interval(ROUND_CHECK, |act, ctx| {
+            act.check_heal(ctx);
+            act.evaluate(ctx);
+        });
         ctx.run_interval(REANNOUNCE, |act, _| {
             if let Some(announcement) = &act.announced {
                 let again = RoundAnnouncement {

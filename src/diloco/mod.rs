@@ -4,6 +4,7 @@
 
 pub mod attack;
 pub mod codec;
+pub mod heal;
 pub mod round;
 
 use rayon::prelude::*;

@@ -398,6 +398,7 @@ mod tests {
             global_step: 1,
             outer_round: 0,
             theta0_hash: "0".repeat(64),
+            momentum_hash: "0".repeat(64),
             tokens_per_sec: 0.0,
             sent_at_ms,
         }

@@ -71,6 +71,8 @@ pub struct Heartbeat {
     pub outer_round: u64,
     /// BLAKE3 of θ₀ (little-endian f32 bytes), hex: peers on the same θ₀ agree on it.
     pub theta0_hash: String,
+    /// Blob id of the outer momentum, which a healing node fetches with θ₀.
+    pub momentum_hash: String,
     pub tokens_per_sec: f64,
     /// Sender's clock, unix milliseconds.
     pub sent_at_ms: u64,
@@ -93,9 +95,9 @@ impl Heartbeat {
                 self.role.chars().take(32).collect::<String>()
             )));
         }
-        if !is_hex_hash(&self.theta0_hash) {
+        if !is_hex_hash(&self.theta0_hash) || !is_hex_hash(&self.momentum_hash) {
             return Err(Rejection::Malformed(
-                "theta0_hash is not 64 hex characters".into(),
+                "theta0_hash and momentum_hash must be 64 hex characters".into(),
             ));
         }
         if !(self.tokens_per_sec.is_finite() && self.tokens_per_sec >= 0.0) {
@@ -253,6 +255,7 @@ mod tests {
             global_step: 120,
             outer_round: 3,
             theta0_hash: "ab".repeat(32),
+            momentum_hash: "cd".repeat(32),
             tokens_per_sec: 1500.0,
             sent_at_ms: NOW - 40,
         }

@@ -226,6 +226,8 @@ async fn diloco(state: web::Data<ApiState>) -> HttpResponse {
         "phase": s.phase,
         "last_outer_step": s.last_outer_reason,
         "theta0_hash": s.theta0_hash,
+        "heals": s.heals,
+        "last_heal": s.last_heal,
         "last_round": s.last_round,
     }))
 }

@@ -239,3 +239,18 @@ pub fn f64_of(v: &Value, key: &str) -> f64 {
         .as_f64()
         .unwrap_or_else(|| panic!("{key} is not a number in {v}"))
 }
+
+/// Polls `ok` until it holds; on timeout, fails with the logs of `nodes`.
+pub fn wait_until(what: &str, timeout: Duration, nodes: &[&Node], mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        if start.elapsed() > timeout {
+            let logs: Vec<String> = nodes.iter().map(|n| n.log_tail()).collect();
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; logs:\n{}",
+                logs.join("\n-----\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
