@@ -183,3 +183,101 @@ fn rounds_go_on_without_a_killed_node_which_heals_when_it_returns_as_does_a_late
         "{healed}"
     );
 }
+
+/// val_loss of node 0 at the end of round `rounds`, for 5 nodes (fixed identities, so the data
+/// orders are the same in every run) of which node 4 may run a Byzantine attack. Also returns the
+/// attacker's node_id and node 0's last round summary.
+fn five_node_run(
+    rule: &str,
+    attack: Option<&str>,
+    rounds: u64,
+) -> (f64, String, serde_json::Value) {
+    const H: u64 = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let rule_env = format!("{rule}");
+    let common_env = vec![
+        ("NEUROSHARD_DILOCO__MIN_PEERS", "5"),
+        ("NEUROSHARD_DILOCO__QUORUM_FRACTION", "1.0"),
+        ("NEUROSHARD_DILOCO__ROUND_DEADLINE_S", "60"),
+        ("NEUROSHARD_DILOCO__AGGREGATION__RULE", rule_env.as_str()),
+        ("NEUROSHARD_TRAINING__EVAL_EVERY", "1000"),
+    ];
+    let start = |i: usize, seed: Option<&str>| {
+        let token = format!("{:064x}", i + 1);
+        let state = dir.path().join(format!("n{i}"));
+        let mut args = vec!["--diloco-steps", "20", "--token", token.as_str()];
+        if let Some(seed) = seed {
+            args.extend(["--seed-peers", seed]);
+        }
+        let mut env = common_env.clone();
+        if let (4, Some(attack)) = (i, attack) {
+            env.push(("NEUROSHARD_FAULT_BYZANTINE", attack));
+        }
+        Node::start(&state, &args, &env)
+    };
+    let first = start(0, None);
+    let seed = first.p2p_addr();
+    let mut nodes = vec![first];
+    for i in 1..5 {
+        nodes.push(start(i, Some(&seed)));
+    }
+    // The evaluation at the end of round k is published with global_step = k·H; the node then
+    // waits for the round to close, so polling catches it.
+    let target = rounds * H;
+    let mut val = None;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    wait_until(
+        &format!("round {rounds} under {rule} with {attack:?}"),
+        Duration::from_secs(180),
+        &refs,
+        || {
+            let stats = nodes[0].stats();
+            if stats["global_step"].as_u64() == Some(target) {
+                val = stats["val_loss"].as_f64();
+            }
+            val.is_some()
+        },
+    );
+    let attacker = nodes[4].stats()["node_id"].as_str().unwrap().to_string();
+    (
+        val.unwrap(),
+        attacker,
+        diloco(&nodes[0])["last_round"].clone(),
+    )
+}
+
+#[test]
+fn robust_rules_shrug_off_a_sign_flipping_node_that_spoils_the_plain_mean() {
+    const ROUNDS: u64 = 6;
+    let (clean, _, _) = five_node_run("mean", None, ROUNDS);
+    let (spoiled, _, _) = five_node_run("mean", Some("sign_flip"), ROUNDS);
+    let (trimmed, attacker, trimmed_round) =
+        five_node_run("trimmed_mean", Some("sign_flip"), ROUNDS);
+    let (krum, _, krum_round) = five_node_run("krum", Some("sign_flip"), ROUNDS);
+    eprintln!(
+        "val_loss after {ROUNDS} rounds: clean mean {clean:.3}, attacked mean {spoiled:.3}, attacked trimmed_mean {trimmed:.3}, attacked krum {krum:.3}"
+    );
+    assert!(
+        spoiled > 1.2 * clean,
+        "the attack should spoil the plain mean: {spoiled} vs clean {clean}"
+    );
+    for (rule, loss, round) in [
+        ("trimmed_mean", trimmed, &trimmed_round),
+        ("krum", krum, &krum_round),
+    ] {
+        assert!(
+            loss <= 1.05 * clean,
+            "{rule} under attack: {loss}, clean run {clean}"
+        );
+        let rejected: Vec<&str> = round["rejected"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(
+            rejected.contains(&attacker.as_str()),
+            "{rule} kept the attacker {attacker}: {round}"
+        );
+    }
+}
