@@ -82,8 +82,13 @@ pub struct RoundSummary {
     pub rejected: Vec<String>,
     pub rule: String,
     pub reason: String,
+    /// Size of this node's encoded delta (each peer fetches it once).
     pub bytes_sent: u64,
+    /// Encoded deltas fetched from peers.
     pub bytes_received: u64,
+    /// From this node's delta being ready to the round's aggregate in hand: waiting for the
+    /// slower peers, fetching and aggregating.
+    pub sync_seconds: f64,
 }
 
 /// The round in progress.
@@ -467,7 +472,14 @@ impl SyncActor {
             ),
             bytes_sent: self.open.bytes_sent,
             bytes_received: self.open.bytes_received,
+            sync_seconds: self.sync_seconds(),
         }
+    }
+
+    fn sync_seconds(&self) -> f64 {
+        self.open
+            .own_ready_at
+            .map_or(0.0, |ready| ready.elapsed().as_secs_f64())
     }
 
     fn summary_of_failure(
@@ -486,6 +498,7 @@ impl SyncActor {
             reason: format!("round {round} closed ({why}) but not applied: {error}"),
             bytes_sent: self.open.bytes_sent,
             bytes_received: self.open.bytes_received,
+            sync_seconds: self.sync_seconds(),
         }
     }
 }
