@@ -17,6 +17,8 @@
 //! [`encode`] is for our own Δ; [`decode`] is for a peer's bytes and never panics: it returns a
 //! [`CodecError`] for anything malformed, non-finite, of the wrong size or too large in norm.
 
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -256,11 +258,20 @@ pub fn encode(config: &CodecConfig, delta: &[f32]) -> Vec<u8> {
         Codec::Fp16 => payload
             .par_chunks_mut(2 * CHUNK)
             .zip(delta.par_chunks(CHUNK))
-            .for_each(|(dst, src)| {
-                for (d, &x) in dst.chunks_exact_mut(2).zip(src) {
-                    d.copy_from_slice(&f32_to_f16_bits(x).to_le_bytes());
-                }
-            }),
+            .for_each_init(
+                || (vec![0.0f32; CHUNK], vec![f16::ZERO; CHUNK]),
+                |(saturated, halves), (dst, src)| {
+                    let (saturated, halves) =
+                        (&mut saturated[..src.len()], &mut halves[..src.len()]);
+                    for (s, &x) in saturated.iter_mut().zip(src) {
+                        *s = saturate_to_f16_range(x);
+                    }
+                    halves.convert_from_f32_slice(saturated);
+                    for (d, h) in dst.chunks_exact_mut(2).zip(halves.iter()) {
+                        d.copy_from_slice(&h.to_le_bytes());
+                    }
+                },
+            ),
         Codec::Int8 => {
             let block = config.int8_block;
             payload
@@ -472,11 +483,19 @@ fn for_each_decoded(parsed: &Parsed, out: &mut [f32], f: impl Fn(&mut f32, f32) 
         Codec::Fp16 => out
             .par_chunks_mut(CHUNK)
             .zip(parsed.payload.par_chunks(2 * CHUNK))
-            .for_each(|(dst, src)| {
-                for (d, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
-                    f(d, f16_bits_to_f32(u16::from_le_bytes([b[0], b[1]])));
-                }
-            }),
+            .for_each_init(
+                || (vec![f16::ZERO; CHUNK], vec![0.0f32; CHUNK]),
+                |(halves, values), (dst, src)| {
+                    let (halves, values) = (&mut halves[..dst.len()], &mut values[..dst.len()]);
+                    for (h, b) in halves.iter_mut().zip(src.chunks_exact(2)) {
+                        *h = f16::from_le_bytes([b[0], b[1]]);
+                    }
+                    halves.convert_to_f32_slice(values);
+                    for (d, &v) in dst.iter_mut().zip(values.iter()) {
+                        f(d, v);
+                    }
+                },
+            ),
         Codec::Int8 => {
             if n == 0 {
                 return;
@@ -596,62 +615,15 @@ impl ErrorFeedback {
     }
 }
 
-/// f32 → IEEE binary16 bits, round to nearest, ties to even; finite values beyond the f16 range
-/// saturate to ±65504 (0x7bff); ±∞ stays ±∞ and NaN stays NaN (quiet).
-pub fn f32_to_f16_bits(x: f32) -> u16 {
-    let bits = x.to_bits();
-    let sign = ((bits >> 16) & 0x8000) as u16;
-    let exp = ((bits >> 23) & 0xff) as i32;
-    let man = bits & 0x007f_ffff;
-    if exp == 0xff {
-        return sign | 0x7c00 | if man != 0 { 0x0200 } else { 0 };
-    }
-    let e = exp - 127;
-    if e > 15 {
-        return sign | 0x7bff;
-    }
-    if e >= -14 {
-        // Normal f16: keep the top 10 mantissa bits, round on the 13 dropped. A carry out of the
-        // mantissa correctly bumps the exponent.
-        let mut h = (((e + 15) as u32) << 10) | (man >> 13);
-        let rest = man & 0x1fff;
-        if rest > 0x1000 || (rest == 0x1000 && h & 1 == 1) {
-            h += 1;
-        }
-        if h >= 0x7c00 {
-            return sign | 0x7bff;
-        }
-        return sign | h as u16;
-    }
-    if e < -25 {
-        // Below half the smallest subnormal 2⁻²⁴ (f32 subnormals included): rounds to zero.
-        return sign;
-    }
-    // Subnormal f16: value = m·2⁻²⁴ with m = (1.man)·2^(e+24), e in [−25, −15].
-    let full = man | 0x0080_0000;
-    let shift = (-e - 1) as u32; // 14..=24
-    let mut h = full >> shift;
-    let rest = full & ((1 << shift) - 1);
-    let half = 1 << (shift - 1);
-    if rest > half || (rest == half && h & 1 == 1) {
-        h += 1; // may reach 0x400, the smallest normal: correct
-    }
-    sign | h as u16
-}
-
-/// IEEE binary16 bits → f32, exact.
-pub fn f16_bits_to_f32(h: u16) -> f32 {
-    let sign = ((h & 0x8000) as u32) << 16;
-    let exp = ((h >> 10) & 0x1f) as u32;
-    let man = (h & 0x03ff) as u32;
-    match exp {
-        0x1f => f32::from_bits(sign | 0x7f80_0000 | (man << 13)),
-        0 => {
-            // ±m·2⁻²⁴, exact in f32.
-            let magnitude = man as f32 * f32::from_bits(0x3380_0000);
-            if sign != 0 { -magnitude } else { magnitude }
-        }
-        _ => f32::from_bits(sign | ((exp + 112) << 23) | (man << 13)),
+/// Finite values beyond the f16 range become ±[`F16_MAX`] (rounding would make them ±∞); ±∞ and
+/// NaN pass unchanged, so they stay non-finite on the wire. [`Codec::Fp16`] converts what this
+/// returns with `half` (IEEE round to nearest, ties to even; F16C where the CPU has it).
+#[inline]
+fn saturate_to_f16_range(x: f32) -> f32 {
+    if x.is_infinite() {
+        x
+    } else {
+        x.clamp(-F16_MAX, F16_MAX)
     }
 }
 
@@ -690,6 +662,29 @@ mod tests {
         v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt()
     }
 
+    /// The fp16 wire values of `xs` as bits, through [`encode`] (so through the chunked slice
+    /// conversion and the saturation the codec really uses).
+    fn fp16_bits(xs: &[f32]) -> Vec<u16> {
+        encode(&config(Codec::Fp16), xs)[HEADER_LEN..]
+            .chunks_exact(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .collect()
+    }
+
+    /// The f32s fp16 wire values decode to, through the decoder's conversion (without
+    /// [`decode`]'s checks, so ±∞ and NaN come out as they are).
+    fn fp16_values(bits: &[u16]) -> Vec<f32> {
+        let payload: Vec<u8> = bits.iter().flat_map(|h| h.to_le_bytes()).collect();
+        let parsed = Parsed {
+            codec: Codec::Fp16,
+            param: 0,
+            payload: &payload,
+        };
+        let mut out = vec![0.0f32; bits.len()];
+        for_each_decoded(&parsed, &mut out, |d, v| *d = v);
+        out
+    }
+
     #[test]
     fn f16_known_values() {
         let cases: &[(f32, u16)] = &[
@@ -722,25 +717,45 @@ mod tests {
             (2047.4, 0x67ff),
             (f32::from_bits(0x0000_0001), 0x0000), // f32 subnormal
         ];
-        for &(x, bits) in cases {
-            assert_eq!(f32_to_f16_bits(x), bits, "{x:e}");
+        let xs: Vec<f32> = cases.iter().map(|c| c.0).collect();
+        for (&(x, bits), got) in cases.iter().zip(fp16_bits(&xs)) {
+            assert_eq!(got, bits, "{x:e}");
         }
-        assert!(f16_bits_to_f32(f32_to_f16_bits(f32::NAN)).is_nan());
-        assert_eq!(f16_bits_to_f32(0x7bff), 65504.0);
-        assert_eq!(f16_bits_to_f32(0x0001), 2f32.powi(-24));
-        assert_eq!(f16_bits_to_f32(0x8001), -(2f32.powi(-24)));
-        assert_eq!(f16_bits_to_f32(0x3555), 0.333_251_95);
+        let nan = fp16_bits(&[f32::NAN, -f32::NAN]);
+        assert!(fp16_values(&nan).iter().all(|v| v.is_nan()), "{nan:04x?}");
+        assert_eq!(
+            fp16_values(&[0x7bff, 0x0001, 0x8001, 0x3555, 0x7c00, 0xfc00]),
+            [
+                65504.0,
+                2f32.powi(-24),
+                -(2f32.powi(-24)),
+                0.333_251_95,
+                f32::INFINITY,
+                f32::NEG_INFINITY
+            ]
+        );
     }
 
     #[test]
     fn every_f16_round_trips_through_f32() {
-        for h in 0..=u16::MAX {
-            let x = f16_bits_to_f32(h);
+        let all: Vec<u16> = (0..=u16::MAX).collect();
+        let values = fp16_values(&all);
+        let back = fp16_bits(&values);
+        for ((&h, &x), &again) in all.iter().zip(&values).zip(&back) {
             if x.is_nan() {
                 assert!((h & 0x7c00) == 0x7c00 && (h & 0x03ff) != 0, "{h:#06x}");
-                assert!(f16_bits_to_f32(f32_to_f16_bits(x)).is_nan());
+                assert!(
+                    (again & 0x7c00) == 0x7c00 && (again & 0x03ff) != 0,
+                    "{h:#06x} → {again:#06x}"
+                );
             } else {
-                assert_eq!(f32_to_f16_bits(x), h, "{h:#06x} → {x:e}");
+                // half's software conversion (CPUs without F16C) agrees.
+                assert_eq!(
+                    x.to_bits(),
+                    f16::from_bits(h).to_f32_const().to_bits(),
+                    "{h:#06x}"
+                );
+                assert_eq!(again, h, "{h:#06x} → {x:e}");
             }
         }
     }
@@ -749,36 +764,35 @@ mod tests {
     /// or ±65504 beyond the range.
     #[test]
     fn f32_to_f16_rounds_to_nearest_even() {
-        let mut bits = 0u32;
-        loop {
-            let x = f32::from_bits(bits);
-            if x.is_finite() {
-                let h = f32_to_f16_bits(x);
-                let y = f16_bits_to_f32(h) as f64;
-                let xd = x as f64;
-                if xd.abs() >= 65504.0 {
-                    assert_eq!(y, 65504.0f64.copysign(xd), "{x:e}");
-                } else {
-                    // Neighbours of h in the same sign (toward and away from zero).
-                    let mag = h & 0x7fff;
-                    let sign = h & 0x8000;
-                    let err = (xd - y).abs();
-                    for m in [mag.wrapping_sub(1), mag + 1] {
-                        if m < 0x7c00 {
-                            let other = f16_bits_to_f32(sign | m) as f64;
-                            let other_err = (xd - other).abs();
-                            assert!(
-                                err < other_err || (err == other_err && mag & 1 == 0),
-                                "{x:e} → {h:#06x} ({y:e}), but {:#06x} ({other:e}) is nearer",
-                                sign | m
-                            );
-                        }
+        let xs: Vec<f32> = (0..=u32::MAX / 7919)
+            .map(|i| f32::from_bits(i * 7919))
+            .filter(|x| x.is_finite())
+            .collect();
+        let bits = fp16_bits(&xs);
+        let values = fp16_values(&bits);
+        for ((&x, &h), &y) in xs.iter().zip(&bits).zip(&values) {
+            // half's software conversion (CPUs without F16C) picks the same f16.
+            let software = f16::from_f32_const(saturate_to_f16_range(x)).to_bits();
+            assert_eq!(software, h, "{x:e}");
+            let (xd, y) = (x as f64, y as f64);
+            if xd.abs() >= 65504.0 {
+                assert_eq!(y, 65504.0f64.copysign(xd), "{x:e}");
+            } else {
+                // Neighbours of h in the same sign (toward and away from zero).
+                let mag = h & 0x7fff;
+                let sign = h & 0x8000;
+                let err = (xd - y).abs();
+                for m in [mag.wrapping_sub(1), mag + 1] {
+                    if m < 0x7c00 {
+                        let other = f16::from_bits(sign | m).to_f64();
+                        let other_err = (xd - other).abs();
+                        assert!(
+                            err < other_err || (err == other_err && mag & 1 == 0),
+                            "{x:e} → {h:#06x} ({y:e}), but {:#06x} ({other:e}) is nearer",
+                            sign | m
+                        );
                     }
                 }
-            }
-            match bits.checked_add(7919) {
-                Some(next) => bits = next,
-                None => break,
             }
         }
     }
@@ -1082,7 +1096,7 @@ mod tests {
             );
 
             let mut b = fp16.2.clone();
-            let h = f32_to_f16_bits(bad);
+            let h = fp16_bits(&[bad])[0];
             b[HEADER_LEN + 2 * 9..HEADER_LEN + 2 * 9 + 2].copy_from_slice(&h.to_le_bytes());
             assert_eq!(
                 decode(&b, 300, f32::INFINITY),
