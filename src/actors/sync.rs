@@ -229,7 +229,8 @@ impl SyncActor {
 
     /// Heals when `heal_decision` says this node's outer state is not the majority's.
     fn check_heal(&mut self, ctx: &mut Context<Self>) {
-        if self.healing || self.theta0_hash.is_empty() {
+        // Not while an aggregation is in flight: its outer step would land on the healed θ₀.
+        if self.healing || self.open.closing || self.theta0_hash.is_empty() {
             return;
         }
         let peers = self.peer_states();
@@ -317,13 +318,10 @@ impl SyncActor {
     /// Trainers expected in this round: this node and the live peers whose heartbeat says they
     /// train at this round or later.
     fn expected_contributors(&self) -> usize {
-        let network = self.status.read().network;
-        1 + network
-            .peers
+        1 + self
+            .peer_states()
             .iter()
-            .filter(|p| !p.banned)
-            .filter_map(|p| p.heartbeat.as_ref())
-            .filter(|h| h.role == "trainer" && h.outer_round >= self.round)
+            .filter(|p| p.round >= self.round)
             .count()
     }
 
