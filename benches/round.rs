@@ -11,40 +11,37 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::Node;
+use common::{env_of, fixed_token, start_cluster};
 
 const ROUNDS: u64 = 6;
 
 fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let env = [
-        ("NEUROSHARD_DILOCO__MIN_PEERS", "4"),
-        ("NEUROSHARD_DILOCO__QUORUM_FRACTION", "1.0"),
-        ("NEUROSHARD_DILOCO__ROUND_DEADLINE_S", "120"),
-        ("NEUROSHARD_TRAINING__EVAL_EVERY", "100000"),
-        ("NEUROSHARD_TRAINING__BATCH_SIZE", "2"),
-    ];
-    let start = |i: usize, seed: Option<&str>| {
-        let token = format!("{:064x}", i + 1);
-        let mut args = vec![
-            "--preset",
-            "micro",
-            "--diloco-steps",
-            "2",
-            "--token",
-            &token,
-        ];
-        if let Some(seed) = seed {
-            args.extend(["--seed-peers", seed]);
-        }
-        Node::start(&dir.path().join(format!("n{i}")), &args, &env)
-    };
-    let first = start(0, None);
-    let seed = first.p2p_addr();
-    let mut nodes = vec![first];
-    for i in 1..4 {
-        nodes.push(start(i, Some(&seed)));
-    }
+    let nodes = start_cluster(
+        dir.path(),
+        4,
+        |i| {
+            [
+                "--preset",
+                "micro",
+                "--diloco-steps",
+                "2",
+                "--token",
+                &fixed_token(i),
+            ]
+            .map(String::from)
+            .to_vec()
+        },
+        |_| {
+            env_of(&[
+                ("NEUROSHARD_DILOCO__MIN_PEERS", "4"),
+                ("NEUROSHARD_DILOCO__QUORUM_FRACTION", "1.0"),
+                ("NEUROSHARD_DILOCO__ROUND_DEADLINE_S", "120"),
+                ("NEUROSHARD_TRAINING__EVAL_EVERY", "100000"),
+                ("NEUROSHARD_TRAINING__BATCH_SIZE", "2"),
+            ])
+        },
+    );
     // round → node → (sync_seconds, bytes_received)
     let mut seen: BTreeMap<u64, BTreeMap<usize, (f64, u64)>> = BTreeMap::new();
     let began = Instant::now();

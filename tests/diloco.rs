@@ -7,27 +7,24 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{Node, f64_of, wait_until};
+use common::{Node, env_of, f64_of, fixed_token, start_cluster, val_loss_at_round, wait_until};
 
-/// 4 trainers that wait for each other: a round needs all 4 deltas (or its deadline).
+/// Trainers that wait for each other: a round needs all of them (or its 60 s deadline).
 fn start_trainers(dir: &std::path::Path, count: usize, inner_steps: &str) -> Vec<Node> {
-    let env = [
-        ("NEUROSHARD_DILOCO__MIN_PEERS", "4"),
-        ("NEUROSHARD_DILOCO__QUORUM_FRACTION", "1.0"),
-        ("NEUROSHARD_DILOCO__ROUND_DEADLINE_S", "60"),
-        ("NEUROSHARD_TRAINING__EVAL_EVERY", "1000"),
-    ];
-    let first = Node::start(&dir.join("n0"), &["--diloco-steps", inner_steps], &env);
-    let seed = first.p2p_addr();
-    let mut nodes = vec![first];
-    for i in 1..count {
-        nodes.push(Node::start(
-            &dir.join(format!("n{i}")),
-            &["--diloco-steps", inner_steps, "--seed-peers", &seed],
-            &env,
-        ));
-    }
-    nodes
+    let min_peers = count.to_string();
+    start_cluster(
+        dir,
+        count,
+        |_| vec!["--diloco-steps".into(), inner_steps.into()],
+        |_| {
+            env_of(&[
+                ("NEUROSHARD_DILOCO__MIN_PEERS", &min_peers),
+                ("NEUROSHARD_DILOCO__QUORUM_FRACTION", "1.0"),
+                ("NEUROSHARD_DILOCO__ROUND_DEADLINE_S", "60"),
+                ("NEUROSHARD_TRAINING__EVAL_EVERY", "1000"),
+            ])
+        },
+    )
 }
 
 #[test]
@@ -192,58 +189,35 @@ fn five_node_run(
     attack: Option<&str>,
     rounds: u64,
 ) -> (f64, String, serde_json::Value) {
-    const H: u64 = 20;
     let dir = tempfile::tempdir().unwrap();
-    let rule_env = format!("{rule}");
-    let common_env = vec![
-        ("NEUROSHARD_DILOCO__MIN_PEERS", "5"),
-        ("NEUROSHARD_DILOCO__QUORUM_FRACTION", "1.0"),
-        ("NEUROSHARD_DILOCO__ROUND_DEADLINE_S", "60"),
-        ("NEUROSHARD_DILOCO__AGGREGATION__RULE", rule_env.as_str()),
-        ("NEUROSHARD_TRAINING__EVAL_EVERY", "1000"),
-    ];
-    let start = |i: usize, seed: Option<&str>| {
-        let token = format!("{:064x}", i + 1);
-        let state = dir.path().join(format!("n{i}"));
-        let mut args = vec!["--diloco-steps", "20", "--token", token.as_str()];
-        if let Some(seed) = seed {
-            args.extend(["--seed-peers", seed]);
-        }
-        let mut env = common_env.clone();
-        if let (4, Some(attack)) = (i, attack) {
-            env.push(("NEUROSHARD_FAULT_BYZANTINE", attack));
-        }
-        Node::start(&state, &args, &env)
-    };
-    let first = start(0, None);
-    let seed = first.p2p_addr();
-    let mut nodes = vec![first];
-    for i in 1..5 {
-        nodes.push(start(i, Some(&seed)));
-    }
-    // The evaluation at the end of round k is published with global_step = k·H; the node then
-    // waits for the round to close, so polling catches it.
-    let target = rounds * H;
-    let mut val = None;
-    let refs: Vec<&Node> = nodes.iter().collect();
-    wait_until(
-        &format!("round {rounds} under {rule} with {attack:?}"),
-        Duration::from_secs(180),
-        &refs,
-        || {
-            let stats = nodes[0].stats();
-            if stats["global_step"].as_u64() == Some(target) {
-                val = stats["val_loss"].as_f64();
+    let nodes = start_cluster(
+        dir.path(),
+        5,
+        |i| {
+            vec![
+                "--diloco-steps".into(),
+                "20".into(),
+                "--token".into(),
+                fixed_token(i),
+            ]
+        },
+        |i| {
+            let mut env = env_of(&[
+                ("NEUROSHARD_DILOCO__MIN_PEERS", "5"),
+                ("NEUROSHARD_DILOCO__QUORUM_FRACTION", "1.0"),
+                ("NEUROSHARD_DILOCO__ROUND_DEADLINE_S", "60"),
+                ("NEUROSHARD_DILOCO__AGGREGATION__RULE", rule),
+                ("NEUROSHARD_TRAINING__EVAL_EVERY", "1000"),
+            ]);
+            if let (4, Some(attack)) = (i, attack) {
+                env.extend(env_of(&[("NEUROSHARD_FAULT_BYZANTINE", attack)]));
             }
-            val.is_some()
+            env
         },
     );
+    let val = val_loss_at_round(&nodes, rounds, 20, Duration::from_secs(180));
     let attacker = nodes[4].stats()["node_id"].as_str().unwrap().to_string();
-    (
-        val.unwrap(),
-        attacker,
-        diloco(&nodes[0])["last_round"].clone(),
-    )
+    (val, attacker, diloco(&nodes[0])["last_round"].clone())
 }
 
 #[test]

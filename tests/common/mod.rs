@@ -254,3 +254,60 @@ pub fn wait_until(what: &str, timeout: Duration, nodes: &[&Node], mut ok: impl F
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+/// A fixed token per node index, so repeated runs have the same identities (and data orders).
+pub fn fixed_token(i: usize) -> String {
+    format!("{:064x}", i + 1)
+}
+
+/// Starts `count` nodes in `dir`: node 0 alone, the others with node 0 as their seed peer.
+/// `args(i)` and `env(i)` give node i's extra flags and environment.
+pub fn start_cluster(
+    dir: &Path,
+    count: usize,
+    args: impl Fn(usize) -> Vec<String>,
+    env: impl Fn(usize) -> Vec<(String, String)>,
+) -> Vec<Node> {
+    let start = |i: usize, seed: Option<&str>| {
+        let mut flags = args(i);
+        if let Some(seed) = seed {
+            flags.extend(["--seed-peers".to_string(), seed.to_string()]);
+        }
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let vars = env(i);
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Node::start(&dir.join(format!("n{i}")), &flags, &vars)
+    };
+    let first = start(0, None);
+    let seed = first.p2p_addr();
+    let mut nodes = vec![first];
+    for i in 1..count {
+        nodes.push(start(i, Some(&seed)));
+    }
+    nodes
+}
+
+/// Node 0's validation loss at the end of round `rounds` (H = `inner_steps`). The evaluation at
+/// the end of round k is published with global_step = k·H, and the node then waits for the round
+/// to close, so polling catches it.
+pub fn val_loss_at_round(nodes: &[Node], rounds: u64, inner_steps: u64, timeout: Duration) -> f64 {
+    let target = rounds * inner_steps;
+    let mut val = None;
+    let refs: Vec<&Node> = nodes.iter().collect();
+    wait_until(&format!("round {rounds}"), timeout, &refs, || {
+        let stats = nodes[0].stats();
+        if stats["global_step"].as_u64() == Some(target) {
+            val = stats["val_loss"].as_f64();
+        }
+        val.is_some()
+    });
+    val.unwrap()
+}
+
+/// Environment for `key=value` pairs.
+pub fn env_of(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
