@@ -108,7 +108,31 @@ pub(super) fn reduce_blocks(
 }
 
 /// ‖a − b‖² accumulated in f64 (the difference of two finite f32 can overflow f32), in 8 lanes.
+///
+/// The same bits on every CPU: the AVX-512 variant (picked at run time) compiles the same body,
+/// and Rust never reassociates or contracts (FMA) float operations, so each lane adds its terms in
+/// the same order and the lanes are added in the same order whatever the vector width.
 pub(super) fn sq_dist(a: &[f32], b: &[f32]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F (checked just above).
+        return unsafe { sq_dist_avx512(a, b) };
+    }
+    sq_dist_portable(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn sq_dist_avx512(a: &[f32], b: &[f32]) -> f64 {
+    sq_dist_body(a, b)
+}
+
+fn sq_dist_portable(a: &[f32], b: &[f32]) -> f64 {
+    sq_dist_body(a, b)
+}
+
+#[inline(always)]
+fn sq_dist_body(a: &[f32], b: &[f32]) -> f64 {
     const LANES: usize = 8;
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let tail: f64 = ca
@@ -176,6 +200,25 @@ mod tests {
         assert!((sq_dist(&a, &b) - naive).abs() < 1e-12 * naive);
         let d = sq_dist(&[f32::MAX], &[-f32::MAX]);
         assert!(d.is_finite() && d > 1e77);
+    }
+
+    #[test]
+    fn squared_distance_has_the_same_bits_on_every_code_path() {
+        for len in [0, 1, 7, 8, 9, 63, 64, 65, BLOCK + 13] {
+            let a = random_vec(3 + len as u64, len, 1e3);
+            let b: Vec<f32> = random_vec(4 + len as u64, len, 1.0)
+                .iter()
+                .map(|&x| if x > 0.9 { f32::MAX } else { x * 1e-30 })
+                .collect();
+            let portable = sq_dist_portable(&a, &b).to_bits();
+            assert_eq!(sq_dist(&a, &b).to_bits(), portable, "len {len}");
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F.
+                let avx = unsafe { sq_dist_avx512(&a, &b) }.to_bits();
+                assert_eq!(avx, portable, "len {len}");
+            }
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! attackers, the median lies between two honest values. Verdict: kept unless among the f farthest
 //! from the median vector (L2); score: that distance.
 
+use super::network::{self, LANES, MAX_N};
 use super::{Contribution, Outcome, blocks, kept_nearest, verdicts};
 
 /// The median of `xs` (reordered in place); for even n the mean of the two middle values.
@@ -16,9 +17,28 @@ pub(super) fn median_of(xs: &mut [f32]) -> f32 {
     }
 }
 
-/// The coordinate-wise median vector.
+/// The coordinate-wise median vector: bit for bit [`median_of`] at every coordinate, by the
+/// sorting network up to [`MAX_N`] contributions.
 pub(super) fn median_delta(contributions: &[Contribution], d: usize) -> Vec<f32> {
-    blocks::per_coordinate(contributions, d, median_of)
+    if contributions.len() > MAX_N {
+        return blocks::per_coordinate(contributions, d, median_of);
+    }
+    network::per_coordinate_sorted(contributions, d, |rows, out| {
+        let n = rows.len();
+        if n % 2 == 1 {
+            for (o, &k) in out.iter_mut().zip(&rows[n / 2]) {
+                *o = network::value(k);
+            }
+        } else {
+            // The largest of the lower half, as `median_of`'s fold finds it (a ±0.0 mix there
+            // leaves the sum with `upper` ≥ +0.0 unchanged), and the upper middle value.
+            let (lower, upper): (&[i32; LANES], &[i32; LANES]) = (&rows[n / 2 - 1], &rows[n / 2]);
+            for ((o, &below), &upper) in out.iter_mut().zip(lower).zip(upper) {
+                let (below, upper) = (network::value(below), network::value(upper));
+                *o = ((f64::from(below) + f64::from(upper)) / 2.0) as f32;
+            }
+        }
+    })
 }
 
 pub(super) fn coordinate_median(contributions: &[Contribution], d: usize, f: usize) -> Outcome {

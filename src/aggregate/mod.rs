@@ -32,6 +32,7 @@ mod geometric_median;
 mod krum;
 mod mean;
 mod median;
+mod network;
 mod trimmed_mean;
 
 use rayon::prelude::*;

@@ -4,14 +4,37 @@
 //! coordinate are trimmed or lie between honest ones. Verdict: kept unless among the f farthest
 //! from the aggregate (L2); score: that distance.
 
+use super::network::{self, LANES, MAX_N};
 use super::{Contribution, Outcome, blocks, kept_nearest, verdicts};
 
 /// Trims `k` values at each end of `xs` (sorted in place) and averages the rest in sorted order.
-fn trimmed_mean_of(xs: &mut [f32], k: usize) -> f32 {
+pub(super) fn trimmed_mean_of(xs: &mut [f32], k: usize) -> f32 {
     xs.sort_unstable_by(f32::total_cmp);
     let kept = &xs[k..xs.len() - k];
     let sum: f64 = kept.iter().map(|&x| f64::from(x)).sum();
     (sum / kept.len() as f64) as f32
+}
+
+/// The trimmed-mean vector: bit for bit [`trimmed_mean_of`] at every coordinate (the kept values
+/// summed in the same sorted order from the same −0.0 as `Sum`), by the sorting network up to
+/// [`MAX_N`] contributions.
+pub(super) fn trimmed_mean_delta(contributions: &[Contribution], d: usize, k: usize) -> Vec<f32> {
+    if contributions.len() > MAX_N {
+        return blocks::per_coordinate(contributions, d, |xs| trimmed_mean_of(xs, k));
+    }
+    network::per_coordinate_sorted(contributions, d, |rows, out| {
+        let kept = &rows[k..rows.len() - k];
+        let mut sum = [-0.0f64; LANES];
+        for row in kept {
+            for (s, &x) in sum.iter_mut().zip(row) {
+                *s += f64::from(network::value(x));
+            }
+        }
+        let count = kept.len() as f64;
+        for (o, s) in out.iter_mut().zip(&sum) {
+            *o = (s / count) as f32;
+        }
+    })
 }
 
 /// `k` (≥ f, 2k < n) values trimmed at each end of every coordinate.
@@ -22,7 +45,7 @@ pub(super) fn trimmed_mean(
     k: usize,
 ) -> Outcome {
     debug_assert!(2 * k < contributions.len());
-    let delta = blocks::per_coordinate(contributions, d, |xs| trimmed_mean_of(xs, k));
+    let delta = trimmed_mean_delta(contributions, d, k);
     let distances = blocks::distances_to(contributions, &delta);
     Outcome {
         delta,
