@@ -5,7 +5,7 @@
 //! round is complete (quorum or deadline) the AggregatorActor combines the deltas, the outer step
 //! is applied, and the trainer restarts from the new θ₀.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -116,8 +116,9 @@ pub struct SyncActor {
     open: OpenRound,
     /// Announcements for the next round that arrived before this one closed.
     early: Vec<(PeerId, RoundAnnouncement)>,
-    /// This node's latest announcement, repeated until the next one replaces it.
-    announced: Option<RoundAnnouncement>,
+    /// This node's announcements of its last two rounds, repeated: a peer still in the previous
+    /// round (it started later, or missed the first announcement) must still get that delta.
+    announced: VecDeque<RoundAnnouncement>,
     /// A heal (fetching the majority's outer state) is under way.
     healing: bool,
     heal_attempts: u32,
@@ -163,7 +164,7 @@ impl SyncActor {
             feedback,
             open: OpenRound::default(),
             early: Vec::new(),
-            announced: None,
+            announced: VecDeque::new(),
             healing: false,
             heal_attempts: 0,
             disagreeing_since: None,
@@ -298,7 +299,7 @@ impl SyncActor {
             act.feedback = ErrorFeedback::new(act.theta0.len());
             act.open = OpenRound::default();
             act.early.clear();
-            act.announced = None;
+            act.announced.clear();
             act.disagreeing_since = None;
             act.heal_attempts = 0;
             act.publish_outer_state();
@@ -513,7 +514,7 @@ impl Actor for SyncActor {
             act.evaluate(ctx);
         });
         ctx.run_interval(REANNOUNCE, |act, _| {
-            if let Some(announcement) = &act.announced {
+            for announcement in &act.announced {
                 let again = RoundAnnouncement {
                     sent_at_ms: unix_ms(),
                     ..announcement.clone()
@@ -584,7 +585,10 @@ impl Handler<InnerRoundDone> for SyncActor {
             sent_at_ms: unix_ms(),
         };
         self.network.do_send(AnnounceRound(announcement.clone()));
-        self.announced = Some(announcement);
+        self.announced.push_back(announcement);
+        if self.announced.len() > 2 {
+            self.announced.pop_front();
+        }
         self.open.bytes_sent = size;
         self.open.own_ready_at = Some(Instant::now());
         self.open.contributions.insert(

@@ -45,8 +45,9 @@ fn majority(peers: &[PeerOuterState]) -> Option<((u64, &str), Vec<&PeerOuterStat
 /// Whether this node (at `round` with `theta0_hash`) should heal, given the trainer peers' states.
 /// `disagreeing_since` is when the current disagreement was first seen (the caller remembers it).
 /// - Two or more rounds behind the majority (a joiner, a restarted node): heal at once.
-/// - Otherwise on another θ₀ than a larger group at this round or the next, for longer than
-///   [`DISAGREEMENT_GRACE`]: heal.
+/// - Otherwise on another θ₀ than a larger group (more peers; then the later round; then the
+///   larger hash) for longer than [`DISAGREEMENT_GRACE`]: heal, even back to an earlier round —
+///   a node that ran ahead alone is the minority.
 pub fn heal_decision(
     now: Instant,
     round: u64,
@@ -92,7 +93,7 @@ fn plan(
         )));
     }
     let larger = (members.len(), best_round, best_hash) > (ours, round, theta0_hash);
-    if best_round >= round && larger && grace_over {
+    if larger && grace_over {
         return Some(heal(format!(
             "{} peer(s) hold θ₀ {} at round {best_round}; {ours} node(s), this one included, hold {} at round {round}",
             members.len(),
@@ -179,6 +180,18 @@ mod tests {
             heal_decision(late, 6, "new", &[peer("a", 5, "old")], Some(t0)),
             None
         );
+    }
+
+    #[test]
+    fn a_node_that_ran_ahead_alone_rejoins_the_majority_after_the_grace_period() {
+        let t0 = Instant::now();
+        let peers = [peer("a", 1, "h1"), peer("b", 1, "h1"), peer("c", 1, "h1")];
+        assert_eq!(
+            heal_decision(t0 + Duration::from_secs(1), 2, "solo", &peers, Some(t0)),
+            None
+        );
+        let plan = heal_decision(t0 + DISAGREEMENT_GRACE, 2, "solo", &peers, Some(t0)).unwrap();
+        assert_eq!((plan.round, plan.theta0_hash.as_str()), (1, "h1"));
     }
 
     #[test]
