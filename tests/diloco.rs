@@ -7,7 +7,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{Node, env_of, f64_of, fixed_token, start_cluster, val_loss_at_round, wait_until};
+use common::{
+    Node, env_of, f64_of, fixed_token, start_cluster, start_owned, val_loss_at_round, wait_until,
+};
 
 /// Trainers that wait for each other: a round needs all of them (or its 60 s deadline).
 fn start_trainers(dir: &std::path::Path, count: usize, inner_steps: &str) -> Vec<Node> {
@@ -104,25 +106,23 @@ fn rounds_go_on_without_a_killed_node_which_heals_when_it_returns_as_does_a_late
     let dir = tempfile::tempdir().unwrap();
     // Rounds wait for every live trainer (a dead one stops counting once it is dropped, after
     // 3 silent heartbeats), or 8 s at most.
-    let env = [
-        ("NEUROSHARD_DILOCO__MIN_PEERS", "2"),
-        ("NEUROSHARD_DILOCO__QUORUM_FRACTION", "1.0"),
-        ("NEUROSHARD_DILOCO__ROUND_DEADLINE_S", "8"),
-        ("NEUROSHARD_TRAINING__EVAL_EVERY", "1000"),
-    ];
-    let start = |name: &str, seed: Option<&str>| {
-        let mut args = vec!["--diloco-steps", "20"];
-        if let Some(seed) = seed {
-            args.extend(["--seed-peers", seed]);
-        }
-        Node::start(&dir.path().join(name), &args, &env)
+    let env = || {
+        env_of(&[
+            ("NEUROSHARD_DILOCO__MIN_PEERS", "2"),
+            ("NEUROSHARD_DILOCO__QUORUM_FRACTION", "1.0"),
+            ("NEUROSHARD_DILOCO__ROUND_DEADLINE_S", "8"),
+            ("NEUROSHARD_TRAINING__EVAL_EVERY", "1000"),
+        ])
     };
-    let first = start("n0", None);
-    let seed = first.p2p_addr();
-    let mut nodes = vec![first];
-    for i in 1..4 {
-        nodes.push(start(&format!("n{i}"), Some(&seed)));
-    }
+    let args = || vec!["--diloco-steps".to_string(), "20".to_string()];
+    let mut nodes = start_cluster(dir.path(), 4, |_| args(), |_| env());
+    let seed = nodes[0].p2p_addr();
+    // A node (re)started later, with node 0 as its seed peer.
+    let start = |name: &str| {
+        let mut flags = args();
+        flags.extend(["--seed-peers".to_string(), seed.clone()]);
+        start_owned(&dir.path().join(name), &flags, &env())
+    };
     let wait_rounds = |nodes: &[Node], at_least: u64, what: &str| {
         let refs: Vec<&Node> = nodes.iter().collect();
         wait_until(what, Duration::from_secs(120), &refs, || {
@@ -140,9 +140,9 @@ fn rounds_go_on_without_a_killed_node_which_heals_when_it_returns_as_does_a_late
     assert_eq!(last["participants"], 3, "{last}");
 
     // It comes back from its checkpoint, rounds behind: it heals to the majority and takes part.
-    nodes.push(start("n3", Some(&seed)));
+    nodes.push(start("n3"));
     // And a fresh node joins at round ≥ 3: it heals too.
-    nodes.push(start("n4", Some(&seed)));
+    nodes.push(start("n4"));
     let refs: Vec<&Node> = nodes.iter().collect();
     wait_until(
         "the returning node and the joiner to heal and take part",

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use actix::fut::ActorStream;
 use actix::prelude::*;
@@ -35,7 +35,7 @@ use crate::net::blob::{BlobCodec, BlobId, BlobRequest, BlobResponse, BlobStore};
 use crate::net::meter::{ByteMeter, CountingMuxer};
 use crate::net::peer_table::{PeerPolicy, PeerTable};
 use crate::net::protocol::Protocols;
-use crate::net::wire::{self, GOSSIP_TRANSMIT_LIMIT, MAX_GOSSIP_BYTES, Rejection};
+use crate::net::wire::{self, GOSSIP_TRANSMIT_LIMIT, MAX_GOSSIP_BYTES, Rejection, unix_ms};
 use crate::status::{NetworkView, StatusBoard};
 
 /// Blobs served at once: θ₀ of the current and the previous round, and room for round deltas.
@@ -194,12 +194,6 @@ fn behaviour(
         mdns: Toggle::from(mdns),
         blocked: Default::default(),
     })
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Whom a rejected gossip message counts against.

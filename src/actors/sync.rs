@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use libp2p::PeerId;
@@ -31,7 +31,7 @@ use crate::diloco::{OuterOptimizer, pseudo_gradient};
 use crate::model::checkpoint::{self, Checkpoint, OuterState, TrainerSnapshot};
 use crate::model::params::ParamSpec;
 use crate::net::blob::BlobId;
-use crate::net::wire::RoundAnnouncement;
+use crate::net::wire::{RoundAnnouncement, unix_ms};
 use crate::status::StatusBoard;
 
 /// How often an open round is re-examined (its deadline needs a clock).
@@ -131,12 +131,6 @@ pub struct SyncActor {
     status: StatusBoard,
     /// Serves θ₀ and deltas to peers, announces rounds, fetches peers' deltas.
     network: Addr<PeerActor>,
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl SyncActor {

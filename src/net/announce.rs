@@ -6,7 +6,7 @@
 //! checks it with [`Announcement::verify`], a pure function of the announcement, the clock and the
 //! last timestamp it accepted from that node.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
@@ -132,9 +132,7 @@ impl PeerRecord {
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_time_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    crate::net::wire::unix_ms() / 1000
 }
 
 impl Announcement {

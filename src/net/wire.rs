@@ -173,6 +173,13 @@ impl RoundAnnouncement {
     }
 }
 
+/// This node's clock in unix milliseconds: what `sent_at_ms` fields carry and are checked against.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn signed_bytes(topic: &str, body: &[u8]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(DOMAIN.len() + topic.len() + body.len() + 2);
     bytes.extend_from_slice(DOMAIN);

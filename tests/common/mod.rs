@@ -260,6 +260,13 @@ pub fn fixed_token(i: usize) -> String {
     format!("{:064x}", i + 1)
 }
 
+/// `Node::start` with owned flags and environment.
+pub fn start_owned(state_dir: &Path, flags: &[String], env: &[(String, String)]) -> Node {
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Node::start(state_dir, &flags, &env)
+}
+
 /// Starts `count` nodes in `dir`: node 0 alone, the others with node 0 as their seed peer.
 /// `args(i)` and `env(i)` give node i's extra flags and environment.
 pub fn start_cluster(
@@ -273,10 +280,7 @@ pub fn start_cluster(
         if let Some(seed) = seed {
             flags.extend(["--seed-peers".to_string(), seed.to_string()]);
         }
-        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-        let vars = env(i);
-        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        Node::start(&dir.join(format!("n{i}")), &flags, &vars)
+        start_owned(&dir.join(format!("n{i}")), &flags, &env(i))
     };
     let first = start(0, None);
     let seed = first.p2p_addr();
