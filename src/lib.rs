@@ -6,6 +6,7 @@ pub mod aggregate;
 pub mod config;
 pub mod crypto;
 pub mod diloco;
+pub mod ledger;
 pub mod model;
 pub mod net;
 pub mod node;
