@@ -180,6 +180,7 @@ fn prepare(config: &Config) -> Result<Prepared, NodeError> {
                     round: 0,
                     theta0,
                     momentum,
+                    residual: None,
                 },
                 None,
             )

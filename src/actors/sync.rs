@@ -24,7 +24,7 @@ use super::messages::{
 use super::peer::PeerActor;
 use crate::aggregate::{Aggregate, AggregationConfig, Contribution};
 use crate::diloco::attack::{Attack, poison};
-use crate::diloco::codec::{CodecConfig, ErrorFeedback, decode, encode};
+use crate::diloco::codec::{Codec, CodecConfig, ErrorFeedback, decode, encode};
 use crate::diloco::heal::{HealPlan, PeerOuterState, disagrees, heal_decision};
 use crate::diloco::round::{RoundDecision, RoundOptions, RoundProgress, round_decision};
 use crate::diloco::{OuterOptimizer, pseudo_gradient};
@@ -147,7 +147,12 @@ impl SyncActor {
         network: Addr<PeerActor>,
     ) -> Self {
         let last_snapshot = resume.map(Arc::new);
-        let feedback = ErrorFeedback::new(outer.theta0.len());
+        let feedback = match outer.residual {
+            Some(residual) if residual.len() == outer.theta0.len() => {
+                ErrorFeedback::from_residual(residual)
+            }
+            _ => ErrorFeedback::new(outer.theta0.len()),
+        };
         Self {
             node_id,
             round: outer.round,
@@ -178,8 +183,17 @@ impl SyncActor {
                 round: self.round,
                 theta0: self.theta0.to_vec(),
                 momentum: self.momentum.clone(),
+                residual: self.residual_at_round_start(),
             },
         }
+    }
+
+    /// The error-feedback residual to checkpoint: only a lossy codec has one, and once this
+    /// round's delta is encoded it already holds this round's error, which a restart (that
+    /// retrains the round) would count twice — then none is saved.
+    fn residual_at_round_start(&self) -> Option<Vec<f32>> {
+        let lossless = self.settings.compression.codec == Codec::Fp32;
+        (!lossless && self.open.own_ready_at.is_none()).then(|| self.feedback.residual().to_vec())
     }
 
     /// Serves θ₀ and the outer momentum (little-endian f32 bytes) to peers under their BLAKE3

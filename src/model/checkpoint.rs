@@ -45,6 +45,10 @@ pub struct OuterState {
     pub round: u64,
     pub theta0: Vec<f32>,
     pub momentum: Vec<f32>,
+    /// The error-feedback residual as of the start of `round` (what a lossy codec still owes the
+    /// network); `None` for a lossless codec, or when it was taken mid-round and would count that
+    /// round's error twice after a restart.
+    pub residual: Option<Vec<f32>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -94,6 +98,8 @@ fn view<'a>(values: &'a [f32], shape: Vec<usize>) -> TensorView<'a> {
     TensorView::new(Dtype::F32, shape, bytemuck::cast_slice(values)).expect("shape matches data")
 }
 
+const RESIDUAL: &str = "diloco.residual";
+
 /// Writes `checkpoint` to `dir/checkpoint.safetensors` atomically.
 pub fn save(
     dir: &Path,
@@ -126,6 +132,9 @@ pub fn save(
         ("diloco.momentum", &outer.momentum),
     ] {
         tensors.push((name.to_string(), view(values, vec![values.len()])));
+    }
+    if let Some(residual) = &outer.residual {
+        tensors.push((RESIDUAL.to_string(), view(residual, vec![residual.len()])));
     }
     let meta = Metadata {
         model_hash: model_hash.to_string(),
@@ -221,6 +230,11 @@ pub fn load(
             round: meta.outer_round,
             theta0: read("diloco.theta0", total)?,
             momentum: read("diloco.momentum", total)?,
+            // Optional: checkpoints of a lossless codec (and older ones) have none.
+            residual: match tensors.tensor(RESIDUAL) {
+                Ok(_) => Some(read(RESIDUAL, total)?),
+                Err(_) => None,
+            },
         },
     }))
 }
@@ -264,6 +278,7 @@ mod tests {
                 round: 5,
                 theta0: v(2.0),
                 momentum: v(-1.0),
+                residual: Some(v(0.125)),
             },
         };
         (layout, checkpoint)
@@ -277,6 +292,15 @@ mod tests {
         save(dir.path(), "h", &layout, &checkpoint).unwrap();
         assert_eq!(load(dir.path(), "h", &layout).unwrap().unwrap(), checkpoint);
         assert!(!dir.path().join(format!("{CHECKPOINT_FILE}.tmp")).exists());
+    }
+
+    #[test]
+    fn a_checkpoint_without_a_residual_loads_with_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let (layout, mut checkpoint) = sample();
+        checkpoint.outer.residual = None;
+        save(dir.path(), "h", &layout, &checkpoint).unwrap();
+        assert_eq!(load(dir.path(), "h", &layout).unwrap().unwrap(), checkpoint);
     }
 
     #[test]
