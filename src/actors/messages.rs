@@ -119,7 +119,18 @@ pub struct PeerRoundAnnounced {
     pub announcement: RoundAnnouncement,
 }
 
-/// Sync → Peer: where to deliver round announcements.
+/// Sync → Peer: where to deliver round announcements and reports of served blobs.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct RegisterRounds(pub Recipient<PeerRoundAnnounced>);
+pub struct RegisterRounds {
+    pub announced: Recipient<PeerRoundAnnounced>,
+    pub served: Recipient<BlobServed>,
+}
+
+/// Peer → Sync: blob `id` was sent to a peer, `bytes` long: what this node actually uploaded.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct BlobServed {
+    pub id: BlobId,
+    pub bytes: u64,
+}

@@ -26,7 +26,9 @@ use libp2p::{
 };
 use tracing::{debug, info, warn};
 
-use super::messages::{AnnounceRound, FetchBlob, OfferBlob, PeerRoundAnnounced, RegisterRounds};
+use super::messages::{
+    AnnounceRound, BlobServed, FetchBlob, OfferBlob, PeerRoundAnnounced, RegisterRounds,
+};
 use crate::crypto::{Identity, generate_token};
 use crate::net::announce::{
     Announcement, MAX_MULTIADDRS, PeerRecord, announce_to_tracker, unix_time_s,
@@ -217,7 +219,7 @@ pub struct PeerActor {
     options: PeerOptions,
     topics: Topics,
     /// Where valid round announcements go (the SyncActor, once it registered).
-    rounds: Option<Recipient<PeerRoundAnnounced>>,
+    rounds: Option<RegisterRounds>,
     table: PeerTable,
     blobs: BlobStore,
     pending: HashMap<OutboundRequestId, PendingFetch>,
@@ -545,7 +547,7 @@ impl PeerActor {
                 .map_err(blame(Blame::Origin))?;
             self.table.accept(now, source);
             if let Some(sync) = &self.rounds {
-                sync.do_send(PeerRoundAnnounced {
+                sync.announced.do_send(PeerRoundAnnounced {
                     peer: origin,
                     announcement,
                 });
@@ -590,12 +592,19 @@ impl PeerActor {
                 ..
             } => {
                 let response = self.blobs.response(&id);
-                // Fails only if the peer already gave up; nothing to do then.
-                let _ = self
+                let served = match &response {
+                    BlobResponse::Found { bytes, .. } => bytes.len() as u64,
+                    BlobResponse::Missing => 0,
+                };
+                // Fails only if the peer already gave up: then nothing was uploaded.
+                let sent = self
                     .swarm
                     .behaviour_mut()
                     .blobs
                     .send_response(channel, response);
+                if let (Ok(()), Some(rounds), true) = (sent, &self.rounds, served > 0) {
+                    rounds.served.do_send(BlobServed { id, bytes: served });
+                }
             }
             Event::Message {
                 peer,
@@ -801,7 +810,7 @@ impl Handler<RegisterRounds> for PeerActor {
     type Result = ();
 
     fn handle(&mut self, msg: RegisterRounds, _: &mut Self::Context) {
-        self.rounds = Some(msg.0);
+        self.rounds = Some(msg);
     }
 }
 

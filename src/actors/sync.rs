@@ -17,9 +17,9 @@ use tracing::{debug, error, info, warn};
 
 use super::aggregator::AggregatorActor;
 use super::messages::{
-    AggregateRound, AnnounceRound, FetchBlob, GetResumeState, InnerRoundDone, OfferBlob,
-    PeerRoundAnnounced, RegisterRounds, RegisterTrainer, ResumeState, SnapshotTaken, StartRound,
-    WriteCheckpoint,
+    AggregateRound, AnnounceRound, BlobServed, FetchBlob, GetResumeState, InnerRoundDone,
+    OfferBlob, PeerRoundAnnounced, RegisterRounds, RegisterTrainer, ResumeState, SnapshotTaken,
+    StartRound, WriteCheckpoint,
 };
 use super::peer::PeerActor;
 use crate::aggregate::{Aggregate, AggregationConfig, Contribution};
@@ -82,7 +82,7 @@ pub struct RoundSummary {
     pub rejected: Vec<String>,
     pub rule: String,
     pub reason: String,
-    /// Size of this node's encoded delta (each peer fetches it once).
+    /// Bytes of this node's encoded delta uploaded to peers while the round was open.
     pub bytes_sent: u64,
     /// Encoded deltas fetched from peers.
     pub bytes_received: u64,
@@ -101,6 +101,8 @@ struct OpenRound {
     pending: HashSet<String>,
     /// The aggregation is running; nothing joins the round any more.
     closing: bool,
+    /// The blob of this node's own encoded delta; its uploads to peers are `bytes_sent`.
+    own_delta: Option<BlobId>,
     bytes_sent: u64,
     bytes_received: u64,
 }
@@ -515,8 +517,10 @@ impl Actor for SyncActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.publish_outer_state();
-        self.network
-            .do_send(RegisterRounds(ctx.address().recipient()));
+        self.network.do_send(RegisterRounds {
+            announced: ctx.address().recipient(),
+            served: ctx.address().recipient(),
+        });
         ctx.run_interval(ROUND_CHECK, |act, ctx| {
             act.check_heal(ctx);
             act.evaluate(ctx);
@@ -597,7 +601,7 @@ impl Handler<InnerRoundDone> for SyncActor {
         if self.announced.len() > 2 {
             self.announced.pop_front();
         }
-        self.open.bytes_sent = size;
+        self.open.own_delta = Some(id);
         self.open.own_ready_at = Some(Instant::now());
         self.open.contributions.insert(
             self.node_id.clone(),
@@ -608,6 +612,17 @@ impl Handler<InnerRoundDone> for SyncActor {
             },
         );
         self.evaluate(ctx);
+    }
+}
+
+impl Handler<BlobServed> for SyncActor {
+    type Result = ();
+
+    /// Counts the uploads of this round's own delta (a peer's retry counts again: it was sent).
+    fn handle(&mut self, msg: BlobServed, _: &mut Self::Context) {
+        if self.open.own_delta == Some(msg.id) {
+            self.open.bytes_sent += msg.bytes;
+        }
     }
 }
 
