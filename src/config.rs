@@ -11,6 +11,8 @@ use libp2p::Multiaddr;
 
 use crate::aggregate::AggregationConfig;
 use crate::diloco::codec::CodecConfig;
+use crate::ledger::rewards::RewardSchedule;
+use crate::ledger::verify::ProofLimits;
 use crate::model::NeuroLlmConfig;
 use crate::model::config::PRESETS;
 use crate::net::protocol::valid_network_id;
@@ -38,6 +40,29 @@ pub struct Config {
     pub training: TrainingSection,
     pub diloco: DilocoSection,
     pub network: NetworkSection,
+    pub ledger: LedgerSection,
+    /// Bearer key of the mutating API endpoints (/api/wallet/send, /api/stake); without one they
+    /// are refused. Never the wallet token: a leaked API key cannot sign anything off this node.
+    pub api_key: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerSection {
+    /// Seconds between this node's uptime proofs.
+    pub uptime_interval_s: u64,
+    pub rewards: RewardSchedule,
+    pub limits: ProofLimits,
+}
+
+impl Default for LedgerSection {
+    fn default() -> Self {
+        Self {
+            uptime_interval_s: 60,
+            rewards: RewardSchedule::default(),
+            limits: ProofLimits::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -145,6 +170,8 @@ impl Default for Config {
             training: TrainingSection::default(),
             diloco: DilocoSection::default(),
             network: NetworkSection::default(),
+            ledger: LedgerSection::default(),
+            api_key: None,
         }
     }
 }
@@ -397,6 +424,7 @@ impl Config {
             );
         }
         self.validate_network()?;
+        self.validate_ledger()?;
         for path in &t.data {
             if !path.exists() {
                 return bad(
@@ -404,6 +432,28 @@ impl Config {
                     format!("data path {} does not exist", path.display()),
                 );
             }
+        }
+        Ok(())
+    }
+
+    fn validate_ledger(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, reason: String| ConfigError {
+            source_name: "configuration".into(),
+            key: key.into(),
+            reason,
+        };
+        let l = &self.ledger;
+        if !(1..=3600).contains(&l.uptime_interval_s) {
+            let reason = format!("{} is not in 1..=3600", l.uptime_interval_s);
+            return Err(bad("ledger.uptime_interval_s", reason));
+        }
+        l.rewards.validate().map_err(|r| bad("ledger.rewards", r))?;
+        l.limits.validate().map_err(|r| bad("ledger.limits", r))?;
+        if let Some(key) = &self.api_key
+            && (key.len() < 16 || key.len() > 256 || self.token.as_deref() == Some(key.as_str()))
+        {
+            let reason = "must be 16 to 256 characters and not the wallet token".to_string();
+            return Err(bad("api_key", reason));
         }
         Ok(())
     }

@@ -123,6 +123,13 @@ pub fn generate_token() -> String {
     hex::encode(bytes)
 }
 
+/// A random 64-bit nonce (a proof's nonce must never repeat for a node, also across restarts).
+pub fn generate_nonce() -> u64 {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("operating system random source");
+    u64::from_le_bytes(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -85,6 +85,22 @@ enum Command {
         #[arg(long, default_value_t = 180)]
         ttl_s: u64,
     },
+    /// Inspect the NEURO ledger of a node's state directory.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LedgerCommand {
+    /// Re-verify every stored proof and transaction and recompute every balance from them;
+    /// exit 0 only when everything matches (the reward schedule comes from --config).
+    Verify {
+        /// The node's state directory (holding ledger.sqlite).
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
 }
 
 impl Cli {
@@ -152,6 +168,9 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Some(Command::Ledger {
+            command: LedgerCommand::Verify { state_dir },
+        }) => return verify_ledger(&cli, state_dir),
         None => {}
     }
     let config = match Config::load(cli.config.as_deref(), cli.overrides()) {
@@ -186,4 +205,48 @@ fn init_logging(level: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// `neuroshard ledger verify`: exit 0 when the ledger is consistent, 1 when it is not, 2 when it
+/// cannot be read.
+fn verify_ledger(cli: &Cli, state_dir: &std::path::Path) -> ExitCode {
+    use neuroshard::ledger::{proof, store, tx};
+    let schedule = match Config::load(cli.config.as_deref(), CliOverrides::default()) {
+        Ok(config) => config.ledger.rewards,
+        Err(e) => {
+            eprintln!("error: config: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let path = state_dir.join(node::LEDGER_FILE);
+    if !path.is_file() {
+        eprintln!("error: no ledger at {}", path.display());
+        return ExitCode::from(2);
+    }
+    let report = match store::verify_store(
+        &path,
+        schedule,
+        |p| proof::check_signature(p).is_ok(),
+        |t| tx::check_signature(t).is_ok(),
+    ) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).unwrap_or_else(|e| e.to_string())
+    );
+    if report.is_ok() {
+        eprintln!(
+            "ledger ok: {} proofs, {} transactions, {} accounts recomputed and matching",
+            report.proofs, report.transactions, report.accounts
+        );
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("ledger verification FAILED (details above)");
+        ExitCode::FAILURE
+    }
 }

@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::actors::aggregator::AggregatorActor;
 use crate::actors::http::HttpActor;
+use crate::actors::ledger::{LedgerActor, LedgerOptions, PonwFault};
 use crate::actors::messages::{StopHttp, StopTraining, WriteCheckpoint};
 use crate::actors::peer::{GossipFaults, PeerActor, PeerOptions, gossip_thresholds};
 use crate::actors::supervisor::{SupervisorActor, TrainerRecipe};
@@ -23,6 +24,7 @@ use crate::crypto::{Identity, generate_token};
 use crate::diloco::OuterOptimizer;
 use crate::diloco::attack::Attack;
 use crate::diloco::round::RoundOptions;
+use crate::ledger::store::LedgerStore;
 use crate::model::backend::{CpuBackend, cpu_device, train_backend_name};
 use crate::model::checkpoint::{self, OuterState};
 use crate::model::corpus::builtin_corpus;
@@ -115,6 +117,9 @@ fn order_seed(seed: u64, identity: &Identity) -> u64 {
     seed ^ id
 }
 
+/// The ledger database in the state directory.
+pub const LEDGER_FILE: &str = "ledger.sqlite";
+
 /// Everything decided before the first actor starts: checked inputs, the model and the resume point.
 struct Prepared {
     identity: Identity,
@@ -123,6 +128,7 @@ struct Prepared {
     resume: Option<checkpoint::TrainerSnapshot>,
     target: CheckpointTarget,
     listener: TcpListener,
+    ledger: LedgerStore,
 }
 
 fn prepare(config: &Config) -> Result<Prepared, NodeError> {
@@ -147,6 +153,8 @@ fn prepare(config: &Config) -> Result<Prepared, NodeError> {
         Some(identity) => identity,
         None => to_identity(kept_token(&state_dir)?)?,
     };
+    let ledger = LedgerStore::open(&state_dir.join(LEDGER_FILE), config.ledger.rewards.clone())
+        .map_err(|e| NodeError::Input(e.to_string()))?;
     let data =
         data.map(|d| Arc::new(d.with_order_seed(order_seed(config.training.seed, &identity))));
 
@@ -193,6 +201,7 @@ fn prepare(config: &Config) -> Result<Prepared, NodeError> {
         resume,
         target,
         listener,
+        ledger,
     })
 }
 
@@ -396,6 +405,7 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         weights: None,
         weights_version: 0,
         network: Default::default(),
+        neuro: Default::default(),
     });
     status.publish_weights(Arc::new(
         prepared
@@ -410,6 +420,21 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
     )
     .await
     .map_err(NodeError::Input)?;
+    let ledger_options = LedgerOptions {
+        identity: prepared.identity.clone(),
+        schedule: config.ledger.rewards.clone(),
+        limits: config.ledger.limits.clone(),
+        uptime_interval: Duration::from_secs(config.ledger.uptime_interval_s),
+        fault: PonwFault {
+            cheat: fault_switch("NEUROSHARD_FAULT_PONW").is_some_and(|n| n > 0),
+        },
+    };
+    let (ledger_store, ledger_peers, ledger_status) =
+        (prepared.ledger, peers.clone(), status.clone());
+    // The ledger blocks on SQLite: it gets a thread of its own.
+    let ledger = LedgerActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+        LedgerActor::new(ledger_store, ledger_options, ledger_peers, ledger_status)
+    });
     let aggregator = SyncArbiter::start(1, || AggregatorActor);
     let sync = SyncActor::new(
         prepared.identity.node_id.clone(),
@@ -420,13 +445,21 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         prepared.target,
         status.clone(),
         peers.clone(),
+        ledger.clone(),
     )
     .start();
     let supervisor = prepared.data.map(|data| {
         SupervisorActor::new(trainer_recipe(&config, data), sync.clone(), status.clone()).start()
     });
 
-    let state = web::Data::new(ApiState::new(status.clone(), model_config, training, peers));
+    let state = web::Data::new(ApiState::new(
+        status.clone(),
+        model_config,
+        training,
+        peers,
+        ledger,
+        config.api_key.clone(),
+    ));
     let http = HttpActor::serve(prepared.listener, state)
         .map_err(|e| NodeError::Runtime(format!("HTTP server: {e}")))?
         .start();

@@ -64,6 +64,19 @@ pub struct NodeStatus {
     /// The peer table as the network layer last published it.
     #[serde(skip)]
     pub network: Arc<NetworkView>,
+    /// This node's account and the ledger's totals, as the LedgerActor last published them.
+    #[serde(skip)]
+    pub neuro: Arc<NeuroView>,
+}
+
+/// What /api/neuro shows, refreshed by the LedgerActor after every change.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NeuroView {
+    pub account: crate::ledger::state::Account,
+    pub stake_multiplier: f64,
+    pub network: crate::ledger::store::NetworkTotals,
+    /// Refused proofs and transactions by reason.
+    pub rejections: std::collections::BTreeMap<String, u64>,
 }
 
 /// What /api/peers and /api/network show, refreshed by the PeerActor.

@@ -7,9 +7,12 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use crate::aggregate::{Aggregate, AggregateError, AggregationConfig, Contribution};
+use crate::ledger::state::Account;
+use crate::ledger::store::StoredProof;
+use crate::ledger::{Nano, ProofRejection, SignedProof, SignedTransaction, TxKind};
 use crate::model::checkpoint::TrainerSnapshot;
 use crate::net::blob::BlobId;
-use crate::net::wire::RoundAnnouncement;
+use crate::net::wire::{LedgerMessage, Rejection, RoundAnnouncement};
 
 /// Trainer → itself: run one inner step (through the mailbox, so other messages interleave).
 #[derive(Message)]
@@ -25,6 +28,17 @@ pub struct InnerRoundDone {
     pub theta_h: Arc<Vec<f32>>,
     /// Tokens processed this round (the mean weights contributions by it).
     pub tokens: u64,
+    pub work: RoundWork,
+}
+
+/// What the trainer did in a round besides its tokens: the facts a training proof signs.
+#[derive(Debug, Clone, Copy)]
+pub struct RoundWork {
+    pub batches: u64,
+    pub mean_loss: f32,
+    /// Passes over this node's data shard so far.
+    pub epoch: u64,
+    pub seconds: f64,
 }
 
 /// Sync → Trainer: start `round` from the outer parameters θ₀ (the inner model is reset to them).
@@ -133,4 +147,110 @@ pub struct RegisterRounds {
 pub struct BlobServed {
     pub id: BlobId,
     pub bytes: u64,
+}
+
+/// Ledger → Peer: gossip this node's own proof or transaction on the ledger topic.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PublishLedger(pub LedgerMessage);
+
+/// Ledger → Peer: where to deliver the ledger topic's messages.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RegisterLedger(pub Recipient<LedgerGossip>);
+
+/// Peer → Ledger: a proof or transaction its signer gossiped (wire signature, signer and, for
+/// proofs, the proof's own signature already checked).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LedgerGossip {
+    pub origin: libp2p::PeerId,
+    pub message: LedgerMessage,
+}
+
+/// Ledger → Peer: `peer` signed something the ledger refused; count it against the peer.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PeerOffence {
+    pub peer: libp2p::PeerId,
+    pub rejection: Rejection,
+}
+
+/// Sync → Ledger: this node's delta for `round` is out; sign a training proof naming it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ProveTraining {
+    pub round: u64,
+    pub theta0_hash: String,
+    /// BLAKE3 of θ_H, the inner model the work produced.
+    pub theta_h_hash: String,
+    pub delta_hash: String,
+    pub tokens: u64,
+    pub work: RoundWork,
+}
+
+/// Sync → Ledger: which deltas `round`'s robust aggregation kept (training proofs naming them
+/// are credited) and which it rejected (they earn nothing; the reason is recorded).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RoundVerdicts {
+    pub round: u64,
+    pub verdicts: Vec<DeltaVerdict>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeltaVerdict {
+    pub node_id: String,
+    pub delta_hash: String,
+    pub kept: bool,
+    pub reason: String,
+}
+
+/// HTTP → Ledger: a generation request was served; sign an inference proof.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ProveInference {
+    pub request_id: String,
+    pub tokens: u64,
+    pub seconds: f64,
+}
+
+/// HTTP → Ledger: one account (zero if the ledger has never seen it).
+#[derive(Message)]
+#[rtype(result = "Result<Account, String>")]
+pub struct GetAccount(pub String);
+
+/// HTTP → Ledger: an account's newest proofs.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<StoredProof>, String>")]
+pub struct GetProofs {
+    pub node_id: String,
+    pub limit: usize,
+}
+
+/// HTTP → Ledger: would this proof be accepted now? Nothing is recorded.
+#[derive(Message)]
+#[rtype(result = "Result<ProofCheck, String>")]
+pub struct CheckProof(pub SignedProof);
+
+pub struct ProofCheck {
+    pub proof_id: Option<String>,
+    pub verdict: Result<Nano, ProofRejection>,
+}
+
+/// HTTP → Ledger: sign this node's transaction, apply it and gossip it.
+#[derive(Message)]
+#[rtype(result = "Result<SubmittedTransaction, Rejection>")]
+pub struct SubmitTransaction {
+    pub kind: TxKind,
+    pub to: String,
+    pub amount: Nano,
+    pub lock_s: u64,
+}
+
+pub struct SubmittedTransaction {
+    pub id: String,
+    pub transaction: SignedTransaction,
+    /// Applied, or refused by the ledger's fold (e.g. an overdraft), with the reason.
+    pub status: String,
 }

@@ -3,6 +3,7 @@
 
 pub mod aggregator;
 pub mod http;
+pub mod ledger;
 pub mod messages;
 pub mod peer;
 pub mod supervisor;

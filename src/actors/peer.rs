@@ -27,9 +27,11 @@ use libp2p::{
 use tracing::{debug, info, warn};
 
 use super::messages::{
-    AnnounceRound, BlobServed, FetchBlob, OfferBlob, PeerRoundAnnounced, RegisterRounds,
+    AnnounceRound, BlobServed, FetchBlob, LedgerGossip, OfferBlob, PeerOffence, PeerRoundAnnounced,
+    PublishLedger, RegisterLedger, RegisterRounds,
 };
 use crate::crypto::{Identity, generate_token};
+use crate::ledger::proof::check_signature;
 use crate::net::announce::{
     Announcement, MAX_MULTIADDRS, PeerRecord, announce_to_tracker, unix_time_s,
 };
@@ -37,7 +39,9 @@ use crate::net::blob::{BlobCodec, BlobId, BlobRequest, BlobResponse, BlobStore};
 use crate::net::meter::{ByteMeter, CountingMuxer};
 use crate::net::peer_table::{PeerPolicy, PeerTable};
 use crate::net::protocol::Protocols;
-use crate::net::wire::{self, GOSSIP_TRANSMIT_LIMIT, MAX_GOSSIP_BYTES, Rejection, unix_ms};
+use crate::net::wire::{
+    self, GOSSIP_TRANSMIT_LIMIT, LedgerMessage, MAX_GOSSIP_BYTES, Rejection, unix_ms,
+};
 use crate::status::{NetworkView, StatusBoard};
 
 /// Blobs served at once: θ₀ of the current and the previous round, and room for round deltas.
@@ -91,6 +95,8 @@ struct Topics {
     heartbeat: IdentTopic,
     /// Signed round announcements: a node's delta for a round is ready to fetch.
     round: IdentTopic,
+    /// Proofs of Neural Work and transactions, each gossiped by its signer.
+    ledger: IdentTopic,
 }
 
 impl Topics {
@@ -98,11 +104,12 @@ impl Topics {
         Self {
             heartbeat: IdentTopic::new(protocols.topic("heartbeat")),
             round: IdentTopic::new(protocols.topic("round")),
+            ledger: IdentTopic::new(protocols.topic("ledger")),
         }
     }
 
-    fn all(&self) -> [&IdentTopic; 2] {
-        [&self.heartbeat, &self.round]
+    fn all(&self) -> [&IdentTopic; 3] {
+        [&self.heartbeat, &self.round, &self.ledger]
     }
 }
 
@@ -220,6 +227,7 @@ pub struct PeerActor {
     topics: Topics,
     /// Where valid round announcements go (the SyncActor, once it registered).
     rounds: Option<RegisterRounds>,
+    ledger: Option<Recipient<LedgerGossip>>,
     table: PeerTable,
     blobs: BlobStore,
     pending: HashMap<OutboundRequestId, PendingFetch>,
@@ -279,6 +287,7 @@ impl PeerActor {
             options,
             topics,
             rounds: None,
+            ledger: None,
             blobs: BlobStore::new(SERVED_BLOBS),
             pending: HashMap::new(),
             listen_addrs: Vec::new(),
@@ -553,6 +562,26 @@ impl PeerActor {
                 });
             }
             Ok(())
+        } else if message.topic == self.topics.ledger.hash() {
+            self.table
+                .admit(now, origin)
+                .map_err(blame(Blame::Origin))?;
+            let name = self.topics.ledger.to_string();
+            let (entry, node_id) = wire::open::<LedgerMessage>(&name, &message.data, &origin)
+                .map_err(blame(Blame::Sender))?;
+            entry.check_signer(&node_id).map_err(blame(Blame::Origin))?;
+            // A forged proof is not passed on; the rest of its checks need the ledger's state.
+            if let LedgerMessage::Proof(p) = &entry {
+                check_signature(p).map_err(|r| (Blame::Origin, r.into()))?;
+            }
+            self.table.accept(now, source);
+            if let Some(ledger) = &self.ledger {
+                ledger.do_send(LedgerGossip {
+                    origin,
+                    message: entry,
+                });
+            }
+            Ok(())
         } else {
             let unexpected = format!("unexpected topic {}", message.topic);
             Err((Blame::Sender, Rejection::Malformed(unexpected)))
@@ -811,6 +840,34 @@ impl Handler<RegisterRounds> for PeerActor {
 
     fn handle(&mut self, msg: RegisterRounds, _: &mut Self::Context) {
         self.rounds = Some(msg);
+    }
+}
+
+impl Handler<RegisterLedger> for PeerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RegisterLedger, _: &mut Self::Context) {
+        self.ledger = Some(msg.0);
+    }
+}
+
+impl Handler<PublishLedger> for PeerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: PublishLedger, _: &mut Self::Context) {
+        let topic = self.topics.ledger.clone();
+        let data = wire::seal(&self.options.identity, &topic.to_string(), &msg.0);
+        self.publish(topic, data);
+    }
+}
+
+impl Handler<PeerOffence> for PeerActor {
+    type Result = ();
+
+    /// The ledger refused what `peer` signed (replay, rate, implausible, overdraft…): it counts
+    /// against the peer like any other rejected message.
+    fn handle(&mut self, msg: PeerOffence, _: &mut Self::Context) {
+        self.rejected(Instant::now(), msg.peer, &msg.rejection);
     }
 }
 

@@ -16,10 +16,11 @@ use serde::Serialize;
 use tracing::{debug, error, info, warn};
 
 use super::aggregator::AggregatorActor;
+use super::ledger::LedgerActor;
 use super::messages::{
-    AggregateRound, AnnounceRound, BlobServed, FetchBlob, GetResumeState, InnerRoundDone,
-    OfferBlob, PeerRoundAnnounced, RegisterRounds, RegisterTrainer, ResumeState, SnapshotTaken,
-    StartRound, WriteCheckpoint,
+    AggregateRound, AnnounceRound, BlobServed, DeltaVerdict, FetchBlob, GetResumeState,
+    InnerRoundDone, OfferBlob, PeerRoundAnnounced, ProveTraining, RegisterRounds, RegisterTrainer,
+    ResumeState, RoundVerdicts, SnapshotTaken, StartRound, WriteCheckpoint,
 };
 use super::peer::PeerActor;
 use crate::aggregate::{Aggregate, AggregationConfig, Contribution};
@@ -101,6 +102,8 @@ struct OpenRound {
     pending: HashSet<String>,
     /// The aggregation is running; nothing joins the round any more.
     closing: bool,
+    /// The blob id (hex) of each contribution's encoded delta, for the ledger's verdicts.
+    delta_hashes: BTreeMap<String, String>,
     /// The blob of this node's own encoded delta; its uploads to peers are `bytes_sent`.
     own_delta: Option<BlobId>,
     bytes_sent: u64,
@@ -133,6 +136,7 @@ pub struct SyncActor {
     status: StatusBoard,
     /// Serves θ₀ and deltas to peers, announces rounds, fetches peers' deltas.
     network: Addr<PeerActor>,
+    ledger: Addr<LedgerActor>,
 }
 
 impl SyncActor {
@@ -147,6 +151,7 @@ impl SyncActor {
         checkpoints: CheckpointTarget,
         status: StatusBoard,
         network: Addr<PeerActor>,
+        ledger: Addr<LedgerActor>,
     ) -> Self {
         let last_snapshot = resume.map(Arc::new);
         let feedback = match outer.residual {
@@ -175,6 +180,7 @@ impl SyncActor {
             checkpoints,
             status,
             network,
+            ledger,
         }
     }
 
@@ -380,6 +386,9 @@ impl SyncActor {
             };
             match decoded {
                 Ok(delta) => {
+                    act.open
+                        .delta_hashes
+                        .insert(a.node_id.clone(), a.delta_hash.clone());
                     act.open.contributions.insert(
                         a.node_id.clone(),
                         Contribution {
@@ -419,6 +428,7 @@ impl SyncActor {
             .into_values()
             .collect();
         let participants = contributions.len();
+        let delta_hashes = std::mem::take(&mut self.open.delta_hashes);
         let request = AggregateRound {
             round,
             config: self.settings.aggregation.clone(),
@@ -428,6 +438,7 @@ impl SyncActor {
             let summary = match result {
                 Ok(Ok(aggregate)) => {
                     let summary = act.summary(round, participants, &aggregate, &why);
+                    act.report_verdicts(round, &aggregate, &delta_hashes);
                     let mut theta0 = act.theta0.to_vec();
                     act.settings.optimizer.step(&mut theta0, &mut act.momentum, &aggregate.delta);
                     act.theta0 = Arc::new(theta0);
@@ -483,6 +494,33 @@ impl SyncActor {
             bytes_received: self.open.bytes_received,
             sync_seconds: self.sync_seconds(),
         }
+    }
+
+    /// Tells the ledger which deltas the rule kept: only those earn their training proofs.
+    fn report_verdicts(
+        &self,
+        round: u64,
+        aggregate: &Aggregate,
+        delta_hashes: &BTreeMap<String, String>,
+    ) {
+        let rule = aggregate.rule_used.name();
+        let verdicts = aggregate
+            .verdicts
+            .iter()
+            .filter_map(|v| {
+                Some(DeltaVerdict {
+                    node_id: v.node_id.clone(),
+                    delta_hash: delta_hashes.get(&v.node_id)?.clone(),
+                    kept: v.kept,
+                    reason: format!(
+                        "{} by {rule} in round {round} (score {:.4})",
+                        if v.kept { "kept" } else { "rejected" },
+                        v.score
+                    ),
+                })
+            })
+            .collect();
+        self.ledger.do_send(RoundVerdicts { round, verdicts });
     }
 
     fn sync_seconds(&self) -> f64 {
@@ -602,6 +640,17 @@ impl Handler<InnerRoundDone> for SyncActor {
             self.announced.pop_front();
         }
         self.open.own_delta = Some(id);
+        self.open
+            .delta_hashes
+            .insert(self.node_id.clone(), id.to_string());
+        self.ledger.do_send(ProveTraining {
+            round: self.round,
+            theta0_hash: self.theta0_hash.clone(),
+            theta_h_hash: BlobId::of(bytemuck::cast_slice(&msg.theta_h)).to_string(),
+            delta_hash: id.to_string(),
+            tokens: msg.tokens,
+            work: msg.work,
+        });
         self.open.own_ready_at = Some(Instant::now());
         self.open.contributions.insert(
             self.node_id.clone(),

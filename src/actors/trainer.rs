@@ -12,7 +12,7 @@ use actix::prelude::*;
 use tracing::{error, info};
 
 use super::messages::{
-    InnerRoundDone, SnapshotTaken, StartRound, StopTraining, TrainStep, TrainerCrashed,
+    InnerRoundDone, RoundWork, SnapshotTaken, StartRound, StopTraining, TrainStep, TrainerCrashed,
 };
 use super::sync::SyncActor;
 use crate::model::checkpoint::TrainerSnapshot;
@@ -45,8 +45,27 @@ pub struct TrainerActor {
     fault: PanicFault,
     /// No step runs while the round's outer step is pending or after a stop.
     idle: bool,
-    round_tokens: u64,
+    /// This round's work so far, reported with θ_H (and proven to the ledger).
+    tally: RoundTally,
     window: (Instant, u64),
+}
+
+struct RoundTally {
+    started: Instant,
+    tokens: u64,
+    batches: u64,
+    loss_sum: f64,
+}
+
+impl RoundTally {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            tokens: 0,
+            batches: 0,
+            loss_sum: 0.0,
+        }
+    }
 }
 
 impl TrainerActor {
@@ -66,7 +85,7 @@ impl TrainerActor {
             status,
             fault,
             idle: false,
-            round_tokens: 0,
+            tally: RoundTally::new(),
             window: (Instant::now(), 0),
         }
     }
@@ -140,7 +159,9 @@ impl Handler<TrainStep> for TrainerActor {
                 return;
             }
         };
-        self.round_tokens += report.tokens;
+        self.tally.tokens += report.tokens;
+        self.tally.batches += 1;
+        self.tally.loss_sum += f64::from(report.loss);
         let c = self.trainer.counters;
         let cadence = self.cadence;
 
@@ -182,11 +203,17 @@ impl Handler<TrainStep> for TrainerActor {
         if round_done {
             self.idle = true;
             self.status.update(|s| s.phase = TrainerPhase::Syncing);
-            let tokens = std::mem::take(&mut self.round_tokens);
+            let tally = std::mem::replace(&mut self.tally, RoundTally::new());
             self.sync.do_send(InnerRoundDone {
                 round: c.round,
                 theta_h: Arc::new(self.trainer.params().to_vec()),
-                tokens,
+                tokens: tally.tokens,
+                work: RoundWork {
+                    batches: tally.batches,
+                    mean_loss: (tally.loss_sum / tally.batches.max(1) as f64) as f32,
+                    epoch: self.trainer.data_epoch(),
+                    seconds: tally.started.elapsed().as_secs_f64(),
+                },
             });
         } else {
             ctx.address().do_send(TrainStep);
@@ -199,6 +226,7 @@ impl Handler<StartRound> for TrainerActor {
 
     fn handle(&mut self, msg: StartRound, ctx: &mut Self::Context) {
         self.trainer.reset_to(&msg.theta0, msg.round);
+        self.tally = RoundTally::new();
         self.status.update(|s| {
             s.phase = TrainerPhase::Training;
             s.inner_step = 0;

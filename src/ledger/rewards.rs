@@ -42,12 +42,17 @@ impl RewardSchedule {
             ("uptime_per_minute", self.uptime_per_minute),
             ("training_per_batch", self.training_per_batch),
             ("data_per_sample", self.data_per_sample),
-            ("inference_per_million_tokens", self.inference_per_million_tokens),
+            (
+                "inference_per_million_tokens",
+                self.inference_per_million_tokens,
+            ),
             ("max_per_proof", self.max_per_proof),
         ];
         for (name, value) in rates {
             if !value.is_finite() || value < 0.0 || value > 1e9 {
-                return Err(format!("{name} must be between 0 and 1e9 NEURO, got {value}"));
+                return Err(format!(
+                    "{name} must be between 0 and 1e9 NEURO, got {value}"
+                ));
             }
         }
         if self.max_per_proof <= 0.0 {
@@ -185,7 +190,12 @@ mod tests {
         let mut schedule = RewardSchedule::default();
         assert!(schedule.validate().is_ok());
         schedule.training_per_batch = -1.0;
-        assert!(schedule.validate().unwrap_err().contains("training_per_batch"));
+        assert!(
+            schedule
+                .validate()
+                .unwrap_err()
+                .contains("training_per_batch")
+        );
         schedule.training_per_batch = f64::NAN;
         assert!(schedule.validate().is_err());
     }

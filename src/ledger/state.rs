@@ -1,1 +1,794 @@
-//! (being written)
+//! The fold: balances are a deterministic function of the set of accepted events. Events are
+//! applied in one total order, `(timestamp_ms, id)`, with integer arithmetic that saturates or is
+//! checked, so two nodes holding the same set hold identical state whatever order it arrived in.
+//! No I/O here: the store (`store`) decides what the set is and persists what this computes.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::rewards::{RewardSchedule, burn_fee};
+use super::{Nano, Transaction, TxKind, TxRejection};
+
+/// One accepted event, borrowed from wherever the caller keeps it (the fold only reads it).
+/// Ids are content hashes (`proof::proof_id`, `tx::tx_id`), so the order key is unique.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Event<'a> {
+    /// A verified proof of work. `credited` is false while it earns nothing yet (a training proof
+    /// whose delta no round has kept) or never will (one whose delta was rejected).
+    Proof {
+        id: &'a str,
+        node_id: &'a str,
+        timestamp_ms: u64,
+        base_reward: Nano,
+        credited: bool,
+    },
+    Tx {
+        id: &'a str,
+        tx: &'a Transaction,
+    },
+}
+
+impl<'a> Event<'a> {
+    pub fn id(&self) -> &'a str {
+        match *self {
+            Event::Proof { id, .. } | Event::Tx { id, .. } => id,
+        }
+    }
+
+    pub fn timestamp_ms(&self) -> u64 {
+        match *self {
+            Event::Proof { timestamp_ms, .. } => timestamp_ms,
+            Event::Tx { tx, .. } => tx.timestamp_ms,
+        }
+    }
+
+    /// Where the event sits in the fold.
+    pub fn order_key(&self) -> (u64, &'a str) {
+        (self.timestamp_ms(), self.id())
+    }
+
+    fn fold_order(&self, other: &Self) -> Ordering {
+        // Proofs before transactions on an equal key (only a hash collision gives one), so the
+        // order stays total and the fold independent of the input order.
+        let is_tx = |event: &Self| matches!(event, Event::Tx { .. });
+        (self.order_key(), is_tx(self)).cmp(&(other.order_key(), is_tx(other)))
+    }
+}
+
+/// Sorts `events` into the fold's order: `(timestamp_ms, id)`.
+pub fn sort_events(events: &mut [Event<'_>]) {
+    events.sort_unstable_by(Event::fold_order);
+}
+
+/// One node's holdings, all in nano-NEURO except the counters and the time.
+#[derive(Default, Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Account {
+    /// Spendable.
+    pub balance: Nano,
+    /// Minted to this node by its proofs (transfers received are not earnings).
+    pub total_earned: Nano,
+    /// Sent and burned by its transfers.
+    pub total_spent: Nano,
+    pub stake: Nano,
+    pub stake_locked_until_ms: u64,
+    /// Credited proofs.
+    pub proof_count: u64,
+    /// Sequence number of its last applied transaction (0: none yet).
+    pub last_seq: u64,
+}
+
+/// Every account and the network totals after folding a set of events.
+#[derive(Default, Clone, Debug, PartialEq, Eq)]
+pub struct LedgerState {
+    accounts: BTreeMap<String, Account>,
+    total_minted: Nano,
+    total_burned: Nano,
+}
+
+impl LedgerState {
+    pub fn accounts(&self) -> &BTreeMap<String, Account> {
+        &self.accounts
+    }
+
+    pub fn account(&self, node_id: &str) -> Option<&Account> {
+        self.accounts.get(node_id)
+    }
+
+    pub fn total_minted(&self) -> Nano {
+        self.total_minted
+    }
+
+    pub fn total_burned(&self) -> Nano {
+        self.total_burned
+    }
+
+    /// What exists and has not been burned.
+    pub fn circulating_supply(&self) -> Nano {
+        self.total_minted.saturating_sub(self.total_burned)
+    }
+
+    /// Applies one event: returns what a proof credited (0 when uncredited) or what a transaction
+    /// moved. A refused transaction changes nothing, its sequence number included.
+    pub fn apply(
+        &mut self,
+        event: &Event<'_>,
+        schedule: &RewardSchedule,
+    ) -> Result<Nano, TxRejection> {
+        match *event {
+            Event::Proof {
+                node_id,
+                base_reward,
+                credited,
+                ..
+            } => Ok(if credited {
+                self.credit_proof(node_id, base_reward, schedule)
+            } else {
+                0
+            }),
+            Event::Tx { tx, .. } => self.apply_transaction(tx),
+        }
+    }
+
+    /// Sorts `events` into the fold's order and applies them, handing each outcome to `on_outcome`.
+    /// Applying events that all sort after those already applied is the same as replaying all.
+    pub fn apply_sorted<'e>(
+        &mut self,
+        events: &mut [Event<'e>],
+        schedule: &RewardSchedule,
+        mut on_outcome: impl FnMut(&Event<'e>, Result<Nano, TxRejection>),
+    ) {
+        sort_events(events);
+        for event in events.iter() {
+            let outcome = self.apply(event, schedule);
+            on_outcome(event, outcome);
+        }
+    }
+
+    fn credit_proof(
+        &mut self,
+        node_id: &str,
+        base_reward: Nano,
+        schedule: &RewardSchedule,
+    ) -> Nano {
+        let account = self.accounts.entry(node_id.to_owned()).or_default();
+        // The multiplier uses the stake the signer holds at this point of the order.
+        let amount = schedule.credited(base_reward, account.stake);
+        account.balance = account.balance.saturating_add(amount);
+        account.total_earned = account.total_earned.saturating_add(amount);
+        account.proof_count = account.proof_count.saturating_add(1);
+        self.total_minted = self.total_minted.saturating_add(amount);
+        amount
+    }
+
+    fn apply_transaction(&mut self, tx: &Transaction) -> Result<Nano, TxRejection> {
+        // Work on a copy of the sender and store it only once every check has passed.
+        let mut sender = self.accounts.get(&tx.from).cloned().unwrap_or_default();
+        if sender.last_seq.checked_add(1) != Some(tx.seq) {
+            return Err(TxRejection::BadSequence {
+                expected: sender.last_seq.saturating_add(1),
+                got: tx.seq,
+            });
+        }
+        // The fee is re-checked here so that the fold never burns what the signed rule says not to.
+        let expected_fee = match tx.kind {
+            TxKind::Transfer => burn_fee(tx.amount),
+            TxKind::Stake | TxKind::Unstake => 0,
+        };
+        if tx.fee != expected_fee {
+            return Err(TxRejection::BadFee {
+                expected: expected_fee,
+                got: tx.fee,
+            });
+        }
+        match tx.kind {
+            TxKind::Transfer => {
+                if tx.to.is_empty() {
+                    return Err(TxRejection::Malformed(
+                        "transfer without a recipient".into(),
+                    ));
+                }
+                let needed = tx.amount.checked_add(tx.fee);
+                let remaining = needed.and_then(|needed| sender.balance.checked_sub(needed));
+                let (Some(needed), Some(remaining)) = (needed, remaining) else {
+                    return Err(TxRejection::Overdraft {
+                        needed: needed.unwrap_or(Nano::MAX),
+                        balance: sender.balance,
+                    });
+                };
+                sender.balance = remaining;
+                sender.total_spent = sender.total_spent.saturating_add(needed);
+                sender.last_seq = tx.seq;
+                // The sender is stored before the recipient is credited, so a transfer to oneself
+                // nets out to the fee.
+                self.accounts.insert(tx.from.clone(), sender);
+                let recipient = self.accounts.entry(tx.to.clone()).or_default();
+                recipient.balance = recipient.balance.saturating_add(tx.amount);
+                self.total_burned = self.total_burned.saturating_add(tx.fee);
+            }
+            TxKind::Stake => {
+                let Some(remaining) = sender.balance.checked_sub(tx.amount) else {
+                    return Err(TxRejection::Overdraft {
+                        needed: tx.amount,
+                        balance: sender.balance,
+                    });
+                };
+                sender.balance = remaining;
+                sender.stake = sender.stake.saturating_add(tx.amount);
+                sender.stake_locked_until_ms = sender.stake_locked_until_ms.max(tx.lock_until_ms);
+                sender.last_seq = tx.seq;
+                self.accounts.insert(tx.from.clone(), sender);
+            }
+            TxKind::Unstake => {
+                let Some(remaining) = sender.stake.checked_sub(tx.amount) else {
+                    return Err(TxRejection::InsufficientStake {
+                        requested: tx.amount,
+                        staked: sender.stake,
+                    });
+                };
+                if tx.timestamp_ms < sender.stake_locked_until_ms {
+                    return Err(TxRejection::StakeLocked {
+                        until_ms: sender.stake_locked_until_ms,
+                    });
+                }
+                sender.stake = remaining;
+                sender.balance = sender.balance.saturating_add(tx.amount);
+                sender.last_seq = tx.seq;
+                self.accounts.insert(tx.from.clone(), sender);
+            }
+        }
+        Ok(tx.amount)
+    }
+}
+
+/// Folds `events` (sorted here) from an empty ledger: the state and every refused transaction.
+pub fn replay(
+    events: &mut [Event<'_>],
+    schedule: &RewardSchedule,
+) -> (LedgerState, Vec<(String, TxRejection)>) {
+    let mut state = LedgerState::default();
+    let mut rejections = Vec::new();
+    state.apply_sorted(events, schedule, |event, outcome| {
+        if let Err(rejection) = outcome {
+            rejections.push((event.id().to_owned(), rejection));
+        }
+    });
+    (state, rejections)
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use crate::ledger::rewards::nano;
+
+    const ALICE: &str = "alice";
+    const BOB: &str = "bob";
+
+    fn proof<'a>(id: &'a str, node_id: &'a str, timestamp_ms: u64, base_reward: Nano) -> Event<'a> {
+        Event::Proof {
+            id,
+            node_id,
+            timestamp_ms,
+            base_reward,
+            credited: true,
+        }
+    }
+
+    fn tx(kind: TxKind, from: &str, seq: u64, timestamp_ms: u64, amount: Nano) -> Transaction {
+        Transaction {
+            kind,
+            from: from.into(),
+            public_key: String::new(),
+            to: if kind == TxKind::Transfer {
+                BOB.into()
+            } else {
+                String::new()
+            },
+            amount,
+            fee: if kind == TxKind::Transfer {
+                burn_fee(amount)
+            } else {
+                0
+            },
+            seq,
+            timestamp_ms,
+            lock_until_ms: 0,
+        }
+    }
+
+    /// A schedule whose cap is out of the way, so the arithmetic in a test is only its own.
+    fn uncapped() -> RewardSchedule {
+        RewardSchedule {
+            max_per_proof: 1e9,
+            ..RewardSchedule::default()
+        }
+    }
+
+    fn fold(events: &[Event<'_>]) -> (LedgerState, Vec<(String, TxRejection)>) {
+        replay(&mut events.to_vec(), &uncapped())
+    }
+
+    #[test]
+    fn balances_are_hand_computed() {
+        let send = tx(TxKind::Transfer, ALICE, 1, 30, nano(2.0));
+        let (state, rejected) = fold(&[
+            proof("p1", ALICE, 10, nano(3.0)),
+            proof("p2", ALICE, 20, nano(1.5)),
+            Event::Tx {
+                id: "t1",
+                tx: &send,
+            },
+        ]);
+        assert!(rejected.is_empty());
+        let alice = state.account(ALICE).unwrap();
+        // 4.5 earned − 2 sent − 0.1 burned.
+        assert_eq!(alice.balance, nano(2.4));
+        assert_eq!(alice.total_earned, nano(4.5));
+        assert_eq!(alice.total_spent, nano(2.1));
+        assert_eq!((alice.proof_count, alice.last_seq), (2, 1));
+        let bob = state.account(BOB).unwrap();
+        assert_eq!(
+            (bob.balance, bob.total_earned, bob.proof_count),
+            (nano(2.0), 0, 0)
+        );
+        assert_eq!(state.total_minted(), nano(4.5));
+        assert_eq!(state.total_burned(), nano(0.1));
+        assert_eq!(state.circulating_supply(), nano(4.4));
+    }
+
+    /// splitmix64: a fixed-seed generator so the shuffles are the same on every run.
+    pub(in crate::ledger) struct SplitMix(pub(in crate::ledger) u64);
+
+    impl SplitMix {
+        pub(in crate::ledger) fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+
+        pub(in crate::ledger) fn shuffle<T>(&mut self, items: &mut [T]) {
+            for i in (1..items.len()).rev() {
+                let j = (self.next() % (i as u64 + 1)) as usize;
+                items.swap(i, j);
+            }
+        }
+    }
+
+    #[test]
+    fn every_permutation_of_the_same_events_gives_the_same_state() {
+        let mut rng = SplitMix(7);
+        let nodes = [ALICE, BOB, "carol"];
+        let ids: Vec<String> = (0..60).map(|i| format!("e{i:02}")).collect();
+        let mut transactions = Vec::new();
+        let mut next_seq = [1u64; 3];
+        for i in 0..30 {
+            let sender = (rng.next() % 3) as usize;
+            // Some sequence numbers repeat (double spends) and some transfers overdraw.
+            let seq = next_seq[sender];
+            if !rng.next().is_multiple_of(4) {
+                next_seq[sender] += 1;
+            }
+            let kind = [
+                TxKind::Transfer,
+                TxKind::Transfer,
+                TxKind::Stake,
+                TxKind::Unstake,
+            ][(rng.next() % 4) as usize];
+            let mut t = tx(
+                kind,
+                nodes[sender],
+                seq,
+                100 + i * 7 % 50,
+                rng.next() % nano(3.0),
+            );
+            t.to = nodes[(sender + 1) % 3].into();
+            if kind != TxKind::Transfer {
+                t.to.clear();
+            }
+            t.lock_until_ms = if kind == TxKind::Stake {
+                rng.next() % 400
+            } else {
+                0
+            };
+            transactions.push(t);
+        }
+        let mut events: Vec<Event<'_>> = transactions
+            .iter()
+            .enumerate()
+            .map(|(i, tx)| Event::Tx { id: &ids[i], tx })
+            .collect();
+        for (i, id) in ids.iter().enumerate().skip(30) {
+            events.push(Event::Proof {
+                id,
+                node_id: nodes[i % 3],
+                // Some proofs share a timestamp with a transaction: the id decides.
+                timestamp_ms: 90 + (i as u64 * 13) % 80,
+                base_reward: rng.next() % nano(2.0),
+                credited: i % 5 != 0,
+            });
+        }
+        let reference = fold(&events);
+        assert!(!reference.1.is_empty(), "the set must exercise refusals");
+        assert!(
+            reference
+                .0
+                .account("carol")
+                .is_some_and(|a| a.stake > 0 || a.last_seq > 0)
+        );
+        for _ in 0..50 {
+            rng.shuffle(&mut events);
+            assert_eq!(fold(&events), reference);
+        }
+    }
+
+    #[test]
+    fn a_reused_sequence_number_is_refused_and_changes_nothing() {
+        let first = tx(TxKind::Transfer, ALICE, 1, 20, nano(1.0));
+        let mut again = first.clone();
+        again.timestamp_ms = 30;
+        again.to = "carol".into();
+        let (state, rejected) = fold(&[
+            proof("p", ALICE, 10, nano(5.0)),
+            Event::Tx {
+                id: "t1",
+                tx: &first,
+            },
+            Event::Tx {
+                id: "t2",
+                tx: &again,
+            },
+        ]);
+        assert_eq!(
+            rejected,
+            vec![(
+                "t2".to_owned(),
+                TxRejection::BadSequence {
+                    expected: 2,
+                    got: 1
+                }
+            )]
+        );
+        assert_eq!(state.account(ALICE).unwrap().balance, nano(3.95));
+        assert!(state.account("carol").is_none());
+        // A sequence number that skips one is refused too.
+        let skip = tx(TxKind::Transfer, ALICE, 3, 40, 1);
+        let mut next = state.clone();
+        let event = Event::Tx {
+            id: "t3",
+            tx: &skip,
+        };
+        assert_eq!(
+            next.apply(&event, &uncapped()),
+            Err(TxRejection::BadSequence {
+                expected: 2,
+                got: 3
+            })
+        );
+        assert_eq!(next, state);
+    }
+
+    #[test]
+    fn an_overdraft_is_refused_fee_included() {
+        // 1 NEURO covers the amount but not the amount and its fee.
+        let send = tx(TxKind::Transfer, ALICE, 1, 20, nano(1.0));
+        let (state, rejected) = fold(&[
+            proof("p", ALICE, 10, nano(1.0)),
+            Event::Tx { id: "t", tx: &send },
+        ]);
+        assert_eq!(
+            rejected,
+            vec![(
+                "t".to_owned(),
+                TxRejection::Overdraft {
+                    needed: nano(1.05),
+                    balance: nano(1.0)
+                }
+            )]
+        );
+        let alice = state.account(ALICE).unwrap();
+        assert_eq!(
+            (alice.balance, alice.last_seq, alice.total_spent),
+            (nano(1.0), 0, 0)
+        );
+        // A sender the ledger has never seen has nothing to spend and gets no account.
+        let stranger = tx(TxKind::Transfer, "nobody", 1, 20, 1);
+        let (state, rejected) = fold(&[Event::Tx {
+            id: "t",
+            tx: &stranger,
+        }]);
+        assert_eq!(rejected.len(), 1);
+        assert!(state.accounts().is_empty());
+    }
+
+    #[test]
+    fn the_fee_is_burned_exactly() {
+        let amount = 1_234_567_891;
+        let send = tx(TxKind::Transfer, ALICE, 1, 20, amount);
+        let (state, rejected) = fold(&[
+            proof("p", ALICE, 10, nano(5.0)),
+            Event::Tx { id: "t", tx: &send },
+        ]);
+        assert!(rejected.is_empty());
+        let fee = burn_fee(amount);
+        assert_eq!(fee, 61_728_395);
+        assert_eq!(state.total_burned(), fee);
+        assert_eq!(
+            state.account(ALICE).unwrap().balance,
+            nano(5.0) - amount - fee
+        );
+        assert_eq!(state.account(BOB).unwrap().balance, amount);
+        let held: Nano = state.accounts().values().map(|a| a.balance).sum();
+        assert_eq!(held, state.circulating_supply());
+        // A fee that is not the rule's is refused.
+        let mut cheap = tx(TxKind::Transfer, ALICE, 1, 20, amount);
+        cheap.fee -= 1;
+        let (_, rejected) = fold(&[
+            proof("p", ALICE, 10, nano(5.0)),
+            Event::Tx {
+                id: "t",
+                tx: &cheap,
+            },
+        ]);
+        assert_eq!(
+            rejected[0].1,
+            TxRejection::BadFee {
+                expected: fee,
+                got: fee - 1
+            }
+        );
+    }
+
+    #[test]
+    fn a_transfer_to_oneself_costs_the_fee() {
+        let mut send = tx(TxKind::Transfer, ALICE, 1, 20, nano(1.0));
+        send.to = ALICE.into();
+        let (state, _) = fold(&[
+            proof("p", ALICE, 10, nano(2.0)),
+            Event::Tx { id: "t", tx: &send },
+        ]);
+        assert_eq!(state.account(ALICE).unwrap().balance, nano(1.95));
+        assert_eq!(state.circulating_supply(), nano(1.95));
+    }
+
+    #[test]
+    fn stake_unlocks_only_when_its_lock_has_passed() {
+        let mut stake = tx(TxKind::Stake, ALICE, 1, 20, nano(4.0));
+        stake.lock_until_ms = 1000;
+        let early = tx(TxKind::Unstake, ALICE, 2, 999, nano(1.0));
+        let too_much = tx(TxKind::Unstake, ALICE, 2, 1000, nano(5.0));
+        let on_time = tx(TxKind::Unstake, ALICE, 2, 1000, nano(1.0));
+        let base = [
+            proof("p", ALICE, 10, nano(10.0)),
+            Event::Tx {
+                id: "s",
+                tx: &stake,
+            },
+        ];
+
+        let (state, rejected) = fold(&base);
+        assert!(rejected.is_empty());
+        let alice = state.account(ALICE).unwrap();
+        assert_eq!(
+            (alice.balance, alice.stake, alice.stake_locked_until_ms),
+            (nano(6.0), nano(4.0), 1000)
+        );
+
+        let (_, rejected) = fold(&[
+            base[0],
+            base[1],
+            Event::Tx {
+                id: "u",
+                tx: &early,
+            },
+        ]);
+        assert_eq!(rejected[0].1, TxRejection::StakeLocked { until_ms: 1000 });
+        let (_, rejected) = fold(&[
+            base[0],
+            base[1],
+            Event::Tx {
+                id: "u",
+                tx: &too_much,
+            },
+        ]);
+        assert_eq!(
+            rejected[0].1,
+            TxRejection::InsufficientStake {
+                requested: nano(5.0),
+                staked: nano(4.0)
+            }
+        );
+        let (state, rejected) = fold(&[
+            base[0],
+            base[1],
+            Event::Tx {
+                id: "u",
+                tx: &on_time,
+            },
+        ]);
+        assert!(rejected.is_empty());
+        let alice = state.account(ALICE).unwrap();
+        assert_eq!(
+            (alice.balance, alice.stake, alice.last_seq),
+            (nano(7.0), nano(3.0), 2)
+        );
+
+        // Staking more never shortens a lock.
+        let mut shorter = tx(TxKind::Stake, ALICE, 2, 30, nano(1.0));
+        shorter.lock_until_ms = 500;
+        let (state, _) = fold(&[
+            base[0],
+            base[1],
+            Event::Tx {
+                id: "s2",
+                tx: &shorter,
+            },
+        ]);
+        assert_eq!(state.account(ALICE).unwrap().stake_locked_until_ms, 1000);
+        // Staking more than the balance is an overdraft.
+        let greedy = tx(TxKind::Stake, ALICE, 2, 30, nano(7.0));
+        let (_, rejected) = fold(&[
+            base[0],
+            base[1],
+            Event::Tx {
+                id: "s2",
+                tx: &greedy,
+            },
+        ]);
+        assert_eq!(
+            rejected[0].1,
+            TxRejection::Overdraft {
+                needed: nano(7.0),
+                balance: nano(6.0)
+            }
+        );
+    }
+
+    #[test]
+    fn the_stake_multiplier_applies_to_later_proofs_only() {
+        let stake = tx(TxKind::Stake, ALICE, 1, 20, nano(1000.0));
+        let (state, _) = fold(&[
+            proof("before", ALICE, 10, nano(1000.0)),
+            Event::Tx {
+                id: "s",
+                tx: &stake,
+            },
+            proof("after", ALICE, 30, nano(1.0)),
+        ]);
+        let alice = state.account(ALICE).unwrap();
+        // 1000 staked gives ×1.1 (rewards::stake_multiplier).
+        assert_eq!(alice.total_earned, nano(1000.0) + nano(1.1));
+        assert_eq!(alice.balance, nano(1.1));
+        assert_eq!(alice.stake, nano(1000.0));
+    }
+
+    #[test]
+    fn an_uncredited_proof_counts_nothing() {
+        let pending = Event::Proof {
+            id: "p",
+            node_id: ALICE,
+            timestamp_ms: 10,
+            base_reward: nano(5.0),
+            credited: false,
+        };
+        let mut state = LedgerState::default();
+        assert_eq!(state.apply(&pending, &uncapped()), Ok(0));
+        assert_eq!(state, LedgerState::default());
+    }
+
+    #[test]
+    fn the_per_proof_cap_holds_in_the_fold() {
+        let (state, _) = fold(&[]);
+        assert_eq!(state, LedgerState::default());
+        let (state, _) = replay(
+            &mut [proof("p", ALICE, 10, nano(500.0))],
+            &RewardSchedule::default(),
+        );
+        assert_eq!(state.total_minted(), nano(100.0));
+    }
+
+    #[test]
+    fn huge_amounts_saturate_or_are_refused_without_overflow() {
+        let schedule = RewardSchedule {
+            max_per_proof: 1e9,
+            ..RewardSchedule::default()
+        };
+        let mut events = Vec::new();
+        let ids: Vec<String> = (0..40).map(|i| format!("p{i:02}")).collect();
+        for (i, id) in ids.iter().enumerate() {
+            events.push(proof(id, ALICE, i as u64, Nano::MAX));
+        }
+        // amount + fee overflows u64: an overdraft, not a wrap-around.
+        let mut send = tx(TxKind::Transfer, ALICE, 1, 100, Nano::MAX);
+        send.fee = burn_fee(Nano::MAX);
+        let mut stake = tx(TxKind::Stake, ALICE, 1, 101, Nano::MAX / 2);
+        stake.lock_until_ms = u64::MAX;
+        let unstake = tx(TxKind::Unstake, ALICE, 2, u64::MAX, Nano::MAX / 2);
+        let mut last = tx(TxKind::Stake, ALICE, u64::MAX, 103, 0);
+        last.lock_until_ms = 0;
+        events.push(Event::Tx {
+            id: "t1",
+            tx: &send,
+        });
+        events.push(Event::Tx {
+            id: "t2",
+            tx: &stake,
+        });
+        events.push(Event::Tx {
+            id: "t3",
+            tx: &unstake,
+        });
+        events.push(Event::Tx {
+            id: "t4",
+            tx: &last,
+        });
+        let (state, rejected) = replay(&mut events, &schedule);
+        let alice = state.account(ALICE).unwrap();
+        assert_eq!(state.total_minted(), Nano::MAX);
+        assert_eq!(alice.total_earned, Nano::MAX);
+        assert_eq!(alice.proof_count, 40);
+        assert_eq!(alice.stake, 0);
+        assert_eq!(alice.last_seq, 2);
+        let kinds: Vec<&str> = rejected.iter().map(|(_, r)| r.kind()).collect();
+        assert_eq!(kinds, ["overdraft", "bad_sequence"]);
+
+        // A sender whose last sequence number is u64::MAX can send nothing more, without panicking.
+        let mut maxed = LedgerState::default();
+        maxed.accounts.insert(
+            ALICE.into(),
+            Account {
+                last_seq: u64::MAX,
+                balance: Nano::MAX,
+                ..Account::default()
+            },
+        );
+        let after = tx(TxKind::Transfer, ALICE, u64::MAX, 1, 1);
+        assert!(matches!(
+            maxed.apply(
+                &Event::Tx {
+                    id: "t",
+                    tx: &after
+                },
+                &schedule
+            ),
+            Err(TxRejection::BadSequence { .. })
+        ));
+        // Crediting a full recipient saturates.
+        let mut full = LedgerState::default();
+        full.accounts.insert(
+            BOB.into(),
+            Account {
+                balance: Nano::MAX,
+                ..Account::default()
+            },
+        );
+        full.accounts.insert(
+            ALICE.into(),
+            Account {
+                balance: nano(10.0),
+                ..Account::default()
+            },
+        );
+        let send = tx(TxKind::Transfer, ALICE, 1, 1, nano(1.0));
+        assert_eq!(
+            full.apply(&Event::Tx { id: "t", tx: &send }, &schedule),
+            Ok(nano(1.0))
+        );
+        assert_eq!(full.account(BOB).unwrap().balance, Nano::MAX);
+    }
+
+    #[test]
+    fn events_sort_by_time_then_id() {
+        let send = tx(TxKind::Transfer, ALICE, 1, 10, 1);
+        let mut events = [
+            proof("b", ALICE, 10, 1),
+            Event::Tx { id: "a", tx: &send },
+            proof("z", ALICE, 5, 1),
+        ];
+        sort_events(&mut events);
+        let ids: Vec<&str> = events.iter().map(Event::id).collect();
+        assert_eq!(ids, ["z", "a", "b"]);
+    }
+}

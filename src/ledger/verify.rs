@@ -1,1 +1,671 @@
-//! (being written)
+//! Verification of a Proof of Neural Work: signature, freshness, replay, rate, plausibility and
+//! the per-proof cap, with the Python original's anti-cheat constants as defaults.
+
+use serde::{Deserialize, Serialize};
+
+use super::proof::check_signature;
+use super::rewards::RewardSchedule;
+use super::{Nano, Proof, ProofKind, ProofRejection, SignedProof, TxRejection};
+
+/// Anti-cheat bounds. `[ledger.limits]` in the config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProofLimits {
+    /// Proofs and transactions older than this are stale (PROOF_FRESHNESS_WINDOW).
+    pub freshness_window_s: u64,
+    /// How far ahead of this node's clock a timestamp may be (clock skew between nodes).
+    pub max_future_s: u64,
+    /// Proofs one node may have accepted in the last hour (MAX_PROOFS_PER_HOUR).
+    pub max_proofs_per_hour: u32,
+    /// Uptime one proof may claim (MAX_UPTIME_PER_PROOF).
+    pub max_uptime_per_proof_s: u64,
+    /// Tokens per minute of work_seconds (MAX_TOKENS_PER_MINUTE).
+    pub max_tokens_per_minute: u64,
+    /// Training batches per minute of work_seconds.
+    pub max_batches_per_minute: u64,
+    /// Data samples per minute of work_seconds.
+    pub max_samples_per_minute: u64,
+    /// Shortest stake lock.
+    pub min_lock_s: u64,
+    /// Longest stake lock.
+    pub max_lock_s: u64,
+}
+
+impl Default for ProofLimits {
+    fn default() -> Self {
+        Self {
+            freshness_window_s: 300,
+            max_future_s: 60,
+            max_proofs_per_hour: 120,
+            max_uptime_per_proof_s: 120,
+            max_tokens_per_minute: 1_000_000,
+            max_batches_per_minute: 6_000,
+            max_samples_per_minute: 1_000_000,
+            min_lock_s: 86_400,
+            max_lock_s: 365 * 86_400,
+        }
+    }
+}
+
+impl ProofLimits {
+    /// Every window and rate is positive and the lock bounds are ordered.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("freshness_window_s", self.freshness_window_s),
+            ("max_future_s", self.max_future_s),
+            ("max_proofs_per_hour", u64::from(self.max_proofs_per_hour)),
+            ("max_uptime_per_proof_s", self.max_uptime_per_proof_s),
+            ("max_tokens_per_minute", self.max_tokens_per_minute),
+            ("max_batches_per_minute", self.max_batches_per_minute),
+            ("max_samples_per_minute", self.max_samples_per_minute),
+            ("min_lock_s", self.min_lock_s),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(format!("{name} must be positive"));
+            }
+        }
+        if self.min_lock_s > self.max_lock_s {
+            return Err(format!(
+                "min_lock_s ({}) must not exceed max_lock_s ({})",
+                self.min_lock_s, self.max_lock_s
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What the store knows about a proof's signer.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProofHistory {
+    /// The signer already has an accepted proof with this nonce.
+    pub nonce_used: bool,
+    /// The signer's proofs accepted in the hour before this one.
+    pub proofs_last_hour: u32,
+    /// timestamp_ms of the signer's last accepted uptime proof.
+    pub last_uptime_ms: Option<u64>,
+}
+
+/// One proof covers at most a day of work.
+pub const MAX_WORK_SECONDS: u64 = 86_400;
+/// Tolerance for an uptime claim against the time since the last one (timer jitter).
+pub const UPTIME_SLACK_S: u64 = 5;
+
+/// The proof's base reward if it passes every check, in order: signature (format, signature,
+/// key), freshness, replay, rate limit, plausibility, cap.
+pub fn verify_proof(
+    now_ms: u64,
+    signed: &SignedProof,
+    history: &ProofHistory,
+    limits: &ProofLimits,
+    schedule: &RewardSchedule,
+) -> Result<Nano, ProofRejection> {
+    check_signature(signed)?;
+    let proof = &signed.proof;
+    check_freshness(now_ms, proof.timestamp_ms, limits)?;
+    if history.nonce_used {
+        return Err(ProofRejection::Replay { nonce: proof.nonce });
+    }
+    if history.proofs_last_hour >= limits.max_proofs_per_hour {
+        return Err(ProofRejection::RateLimited {
+            limit: limits.max_proofs_per_hour,
+        });
+    }
+    check_kind_requirements(proof)?;
+    check_plausibility(proof, history, limits)?;
+    let reward = schedule.base_reward(proof);
+    let cap = schedule.max_per_proof_nano();
+    if reward > cap {
+        return Err(ProofRejection::OverCap { reward, cap });
+    }
+    Ok(reward)
+}
+
+/// A timestamp outside the freshness window, shared by proofs and transactions.
+#[derive(Debug, PartialEq)]
+pub(super) enum Unfresh {
+    Stale { age_s: u64, window_s: u64 },
+    Future { ahead_s: u64 },
+}
+
+pub(super) fn check_freshness(
+    now_ms: u64,
+    timestamp_ms: u64,
+    limits: &ProofLimits,
+) -> Result<(), Unfresh> {
+    let age_ms = now_ms.saturating_sub(timestamp_ms);
+    if age_ms > limits.freshness_window_s.saturating_mul(1000) {
+        return Err(Unfresh::Stale {
+            age_s: age_ms / 1000,
+            window_s: limits.freshness_window_s,
+        });
+    }
+    let ahead_ms = timestamp_ms.saturating_sub(now_ms);
+    if ahead_ms > limits.max_future_s.saturating_mul(1000) {
+        return Err(Unfresh::Future {
+            ahead_s: ahead_ms / 1000,
+        });
+    }
+    Ok(())
+}
+
+impl From<Unfresh> for ProofRejection {
+    fn from(unfresh: Unfresh) -> Self {
+        match unfresh {
+            Unfresh::Stale { age_s, window_s } => ProofRejection::Stale { age_s, window_s },
+            Unfresh::Future { ahead_s } => ProofRejection::Future { ahead_s },
+        }
+    }
+}
+
+impl From<Unfresh> for TxRejection {
+    fn from(unfresh: Unfresh) -> Self {
+        match unfresh {
+            Unfresh::Stale { age_s, window_s } => TxRejection::Stale { age_s, window_s },
+            Unfresh::Future { ahead_s } => TxRejection::Future { ahead_s },
+        }
+    }
+}
+
+/// The counters and hashes without which a kind's proof claims nothing checkable.
+fn check_kind_requirements(proof: &Proof) -> Result<(), ProofRejection> {
+    let missing = match proof.kind {
+        ProofKind::Training if proof.batches == 0 => Some("a training proof needs batches > 0"),
+        ProofKind::Training if proof.delta_hash.is_empty() => {
+            Some("a training proof needs a delta_hash")
+        }
+        ProofKind::Training if proof.model_hash_before.is_empty() => {
+            Some("a training proof needs a model_hash_before")
+        }
+        ProofKind::Inference if proof.request_id.is_empty() => {
+            Some("an inference proof needs a request_id")
+        }
+        ProofKind::Inference if proof.tokens == 0 => Some("an inference proof needs tokens > 0"),
+        ProofKind::Uptime if proof.uptime_seconds == 0 => {
+            Some("an uptime proof needs uptime_seconds > 0")
+        }
+        ProofKind::Data if proof.data_samples == 0 => Some("a data proof needs data_samples > 0"),
+        _ => None,
+    };
+    match missing {
+        Some(message) => Err(ProofRejection::Malformed(message.into())),
+        None => Ok(()),
+    }
+}
+
+/// Counters no honest node can reach in the work_seconds the proof covers.
+fn check_plausibility(
+    proof: &Proof,
+    history: &ProofHistory,
+    limits: &ProofLimits,
+) -> Result<(), ProofRejection> {
+    let work_seconds = proof.work_seconds;
+    // Every bound below is a rate over work_seconds; zero seconds of work claims nothing.
+    if work_seconds == 0 {
+        return Err(ProofRejection::Malformed(
+            "work_seconds must be at least 1".into(),
+        ));
+    }
+    at_most("work_seconds", work_seconds, MAX_WORK_SECONDS)?;
+    at_most(
+        "uptime_seconds",
+        proof.uptime_seconds,
+        limits.max_uptime_per_proof_s,
+    )?;
+    at_most("uptime_seconds", proof.uptime_seconds, work_seconds)?;
+    if proof.kind == ProofKind::Uptime
+        && let Some(last_uptime_ms) = history.last_uptime_ms
+    {
+        // Two uptime proofs cannot both claim the same seconds.
+        let since_last_s = proof.timestamp_ms.saturating_sub(last_uptime_ms) / 1000;
+        at_most(
+            "uptime_seconds",
+            proof.uptime_seconds,
+            since_last_s.saturating_add(UPTIME_SLACK_S),
+        )?;
+    }
+    // Only inference is paid per token; a training proof's tokens earn nothing (its batches do),
+    // and a small model trains far faster than the original's inference bound.
+    if proof.kind == ProofKind::Inference {
+        at_most(
+            "tokens",
+            proof.tokens,
+            per_minute(limits.max_tokens_per_minute, work_seconds),
+        )?;
+    }
+    at_most(
+        "batches",
+        proof.batches,
+        per_minute(limits.max_batches_per_minute, work_seconds),
+    )?;
+    at_most(
+        "data_samples",
+        proof.data_samples,
+        per_minute(limits.max_samples_per_minute, work_seconds),
+    )
+}
+
+fn at_most(field: &'static str, value: u64, limit: u64) -> Result<(), ProofRejection> {
+    if value > limit {
+        return Err(ProofRejection::Implausible {
+            field,
+            value,
+            limit,
+        });
+    }
+    Ok(())
+}
+
+/// `rate_per_minute` over `seconds`, rounded up (so a short proof still allows one unit).
+fn per_minute(rate_per_minute: u64, seconds: u64) -> u64 {
+    let limit = (u128::from(rate_per_minute) * u128::from(seconds)).div_ceil(60);
+    u64::try_from(limit).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::proof::tests::{
+        Edit, NOW_MS, high_s_twin, identity, other_identity, signed_training_proof, tamperings,
+        training_proof,
+    };
+    use crate::ledger::proof::{canonical_bytes, sign_proof};
+    use crate::ledger::rewards::nano;
+
+    fn verify(signed: &SignedProof) -> Result<Nano, ProofRejection> {
+        verify_with(signed, &ProofHistory::default())
+    }
+
+    fn verify_with(signed: &SignedProof, history: &ProofHistory) -> Result<Nano, ProofRejection> {
+        verify_proof(
+            NOW_MS,
+            signed,
+            history,
+            &ProofLimits::default(),
+            &RewardSchedule::default(),
+        )
+    }
+
+    fn signed(edit: impl FnOnce(&mut Proof)) -> SignedProof {
+        let mut proof = training_proof();
+        edit(&mut proof);
+        sign_proof(&identity(), proof).unwrap()
+    }
+
+    fn uptime(edit: impl FnOnce(&mut Proof)) -> SignedProof {
+        signed(|p| {
+            *p = Proof {
+                kind: ProofKind::Uptime,
+                work_seconds: 60,
+                uptime_seconds: 60,
+                tokens: 0,
+                batches: 0,
+                data_samples: 0,
+                request_id: String::new(),
+                model_hash_before: String::new(),
+                model_hash_after: String::new(),
+                delta_hash: String::new(),
+                loss: 0.0,
+                ..p.clone()
+            };
+            edit(p)
+        })
+    }
+
+    fn implausible(field: &'static str, value: u64, limit: u64) -> Result<Nano, ProofRejection> {
+        Err(ProofRejection::Implausible {
+            field,
+            value,
+            limit,
+        })
+    }
+
+    fn malformed_message(result: Result<Nano, ProofRejection>) -> String {
+        match result {
+            Err(ProofRejection::Malformed(message)) => message,
+            other => panic!("expected Malformed, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_valid_proof_earns_its_base_reward() {
+        // 120 batches at 0.0005 NEURO.
+        assert_eq!(verify(&signed_training_proof()), Ok(nano(0.06)));
+        assert_eq!(verify(&uptime(|_| {})), Ok(nano(0.0001)));
+    }
+
+    #[test]
+    fn tampering_any_field_fails_verification() {
+        let original = signed_training_proof();
+        for (field, tamper) in tamperings() {
+            let mut tampered = original.clone();
+            tamper(&mut tampered);
+            assert_eq!(
+                verify(&tampered),
+                Err(ProofRejection::BadSignature),
+                "{field}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_signature_by_another_key_fails_verification() {
+        let mut forged = signed_training_proof();
+        forged.signature = sign_proof(&other_identity(), training_proof())
+            .unwrap()
+            .signature;
+        assert_eq!(verify(&forged), Err(ProofRejection::BadSignature));
+    }
+
+    #[test]
+    fn a_foreign_public_key_with_a_matching_signature_fails_verification() {
+        let other = other_identity();
+        let mut proof = training_proof();
+        proof.node_id = identity().node_id;
+        proof.public_key = hex::encode(other.public.serialize());
+        let signature = hex::encode(other.sign(&canonical_bytes(&proof).unwrap()));
+        assert!(matches!(
+            verify(&SignedProof { proof, signature }),
+            Err(ProofRejection::ForeignKey { .. })
+        ));
+    }
+
+    #[test]
+    fn a_high_s_signature_fails_verification() {
+        let mut high = signed_training_proof();
+        let low: [u8; 64] = hex::decode(&high.signature).unwrap().try_into().unwrap();
+        high.signature = hex::encode(high_s_twin(&low));
+        assert_eq!(verify(&high), Err(ProofRejection::BadSignature));
+    }
+
+    #[test]
+    fn malformed_fields_fail_verification_before_the_signature() {
+        let mut upper = signed_training_proof();
+        upper.proof.delta_hash.replace_range(..1, "A");
+        assert!(malformed_message(verify(&upper)).contains("delta_hash"));
+        let mut infinite = signed_training_proof();
+        infinite.proof.loss = f32::INFINITY;
+        assert!(malformed_message(verify(&infinite)).contains("loss"));
+    }
+
+    #[test]
+    fn a_stale_proof_is_refused() {
+        let limits = ProofLimits::default();
+        let signed = signed_training_proof();
+        let window_ms = limits.freshness_window_s * 1000;
+        let schedule = RewardSchedule::default();
+        let history = ProofHistory::default();
+        let at = |now_ms| verify_proof(now_ms, &signed, &history, &limits, &schedule);
+        assert!(at(NOW_MS + window_ms).is_ok());
+        assert_eq!(
+            at(NOW_MS + window_ms + 1),
+            Err(ProofRejection::Stale {
+                age_s: 300,
+                window_s: 300
+            })
+        );
+        assert_eq!(
+            at(NOW_MS + 3_600_000),
+            Err(ProofRejection::Stale {
+                age_s: 3600,
+                window_s: 300
+            })
+        );
+    }
+
+    #[test]
+    fn a_proof_from_the_future_is_refused() {
+        let limits = ProofLimits::default();
+        let signed = signed_training_proof();
+        let schedule = RewardSchedule::default();
+        let history = ProofHistory::default();
+        let at = |now_ms| verify_proof(now_ms, &signed, &history, &limits, &schedule);
+        assert!(at(NOW_MS - 60_000).is_ok());
+        assert_eq!(
+            at(NOW_MS - 61_000),
+            Err(ProofRejection::Future { ahead_s: 61 })
+        );
+        assert_eq!(
+            at(0),
+            Err(ProofRejection::Future {
+                ahead_s: NOW_MS / 1000
+            })
+        );
+    }
+
+    #[test]
+    fn a_used_nonce_is_a_replay() {
+        let history = ProofHistory {
+            nonce_used: true,
+            ..ProofHistory::default()
+        };
+        assert_eq!(
+            verify_with(&signed_training_proof(), &history),
+            Err(ProofRejection::Replay { nonce: 7 })
+        );
+    }
+
+    #[test]
+    fn too_many_proofs_in_an_hour_are_rate_limited() {
+        let mut history = ProofHistory {
+            proofs_last_hour: 119,
+            ..ProofHistory::default()
+        };
+        assert!(verify_with(&signed_training_proof(), &history).is_ok());
+        history.proofs_last_hour = 120;
+        assert_eq!(
+            verify_with(&signed_training_proof(), &history),
+            Err(ProofRejection::RateLimited { limit: 120 })
+        );
+    }
+
+    #[test]
+    fn work_seconds_must_be_between_one_second_and_a_day() {
+        assert!(
+            malformed_message(verify(&signed(|p| p.work_seconds = 0))).contains("work_seconds")
+        );
+        assert!(verify(&signed(|p| p.work_seconds = 86_400)).is_ok());
+        assert_eq!(
+            verify(&signed(|p| p.work_seconds = 86_401)),
+            implausible("work_seconds", 86_401, 86_400)
+        );
+        assert_eq!(
+            verify(&signed(|p| p.work_seconds = u64::MAX)),
+            implausible("work_seconds", u64::MAX, 86_400)
+        );
+    }
+
+    #[test]
+    fn uptime_is_capped_per_proof_and_by_work_seconds() {
+        assert_eq!(
+            verify(&uptime(|p| {
+                p.work_seconds = 600;
+                p.uptime_seconds = 121;
+            })),
+            implausible("uptime_seconds", 121, 120)
+        );
+        assert_eq!(
+            verify(&uptime(|p| p.uptime_seconds = 61)),
+            implausible("uptime_seconds", 61, 60)
+        );
+    }
+
+    #[test]
+    fn overlapping_uptime_claims_are_implausible() {
+        let proof = uptime(|_| {});
+        let since = |seconds: u64| ProofHistory {
+            last_uptime_ms: Some(NOW_MS - seconds * 1000),
+            ..ProofHistory::default()
+        };
+        assert!(verify_with(&proof, &since(60)).is_ok());
+        assert!(verify_with(&proof, &since(55)).is_ok()); // within the slack
+        assert_eq!(
+            verify_with(&proof, &since(54)),
+            implausible("uptime_seconds", 60, 59)
+        );
+        // A last uptime proof after this one leaves only the slack.
+        let later = ProofHistory {
+            last_uptime_ms: Some(NOW_MS + 1000),
+            ..ProofHistory::default()
+        };
+        assert_eq!(
+            verify_with(&proof, &later),
+            implausible("uptime_seconds", 60, 5)
+        );
+        // Only uptime proofs claim uptime intervals.
+        assert!(verify_with(&signed_training_proof(), &since(1)).is_ok());
+    }
+
+    #[test]
+    fn counters_are_bounded_by_rates_over_work_seconds() {
+        // 90 s of work: 1.5M tokens, 900 batches, 1.5M samples.
+        assert!(
+            verify(&signed(|p| {
+                p.tokens = 1_500_000;
+                p.batches = 900;
+                p.data_samples = 1_500_000;
+            }))
+            .is_ok()
+        );
+        assert_eq!(
+            verify(&signed(|p| p.tokens = 1_500_001)),
+            implausible("tokens", 1_500_001, 1_500_000)
+        );
+        assert_eq!(
+            verify(&signed(|p| p.batches = 901)),
+            implausible("batches", 901, 900)
+        );
+        assert_eq!(
+            verify(&signed(|p| p.data_samples = 1_500_001)),
+            implausible("data_samples", 1_500_001, 1_500_000)
+        );
+        assert_eq!(
+            verify(&signed(|p| p.tokens = u64::MAX)),
+            implausible("tokens", u64::MAX, 1_500_000)
+        );
+    }
+
+    #[test]
+    fn rate_bounds_round_up() {
+        // One second at 600 batches a minute allows 10; 7 s at 1M tokens a minute 116,667.
+        assert_eq!(per_minute(600, 1), 10);
+        assert_eq!(per_minute(1_000_000, 7), 116_667);
+        assert_eq!(per_minute(u64::MAX, u64::MAX), u64::MAX);
+        assert_eq!(
+            verify(&signed(|p| {
+                p.work_seconds = 1;
+                p.uptime_seconds = 1;
+                p.batches = 11;
+            })),
+            implausible("batches", 11, 10)
+        );
+    }
+
+    #[test]
+    fn each_kind_needs_its_own_evidence() {
+        let cases: [Edit<Proof>; 7] = [
+            ("batches", |p| p.batches = 0),
+            ("delta_hash", |p| p.delta_hash.clear()),
+            ("model_hash_before", |p| p.model_hash_before.clear()),
+            ("request_id", |p| {
+                p.kind = ProofKind::Inference;
+                p.request_id.clear();
+            }),
+            ("tokens", |p| {
+                p.kind = ProofKind::Inference;
+                p.tokens = 0;
+            }),
+            ("uptime_seconds", |p| {
+                p.kind = ProofKind::Uptime;
+                p.uptime_seconds = 0;
+            }),
+            ("data_samples", |p| {
+                p.kind = ProofKind::Data;
+                p.data_samples = 0;
+            }),
+        ];
+        for (field, edit) in cases {
+            assert!(
+                malformed_message(verify(&signed(edit))).contains(field),
+                "{field}"
+            );
+        }
+        assert!(verify(&signed(|p| p.kind = ProofKind::Inference)).is_ok());
+        assert!(verify(&signed(|p| p.kind = ProofKind::Data)).is_ok());
+    }
+
+    #[test]
+    fn a_reward_over_the_cap_is_refused() {
+        // A day of training at 300,000 batches (within 600/min) would earn 150 NEURO.
+        let over = signed(|p| {
+            p.work_seconds = 86_400;
+            p.batches = 300_000;
+        });
+        assert_eq!(
+            verify(&over),
+            Err(ProofRejection::OverCap {
+                reward: nano(150.0),
+                cap: nano(100.0)
+            })
+        );
+        let at_cap = signed(|p| {
+            p.work_seconds = 86_400;
+            p.batches = 200_000;
+        });
+        assert_eq!(verify(&at_cap), Ok(nano(100.0)));
+    }
+
+    #[test]
+    fn default_limits_are_the_originals_and_valid() {
+        let limits = ProofLimits::default();
+        assert_eq!(limits.freshness_window_s, 300);
+        assert_eq!(limits.max_proofs_per_hour, 120);
+        assert_eq!(limits.max_uptime_per_proof_s, 120);
+        assert_eq!(limits.max_tokens_per_minute, 1_000_000);
+        assert_eq!(limits.max_lock_s, 31_536_000);
+        assert_eq!(limits.validate(), Ok(()));
+    }
+
+    #[test]
+    fn limits_refuse_zero_windows_and_inverted_lock_bounds() {
+        let zero_window = ProofLimits {
+            freshness_window_s: 0,
+            ..ProofLimits::default()
+        };
+        assert!(
+            zero_window
+                .validate()
+                .unwrap_err()
+                .contains("freshness_window_s")
+        );
+        let zero_rate = ProofLimits {
+            max_proofs_per_hour: 0,
+            ..ProofLimits::default()
+        };
+        assert!(
+            zero_rate
+                .validate()
+                .unwrap_err()
+                .contains("max_proofs_per_hour")
+        );
+        let inverted = ProofLimits {
+            min_lock_s: 10,
+            max_lock_s: 9,
+            ..ProofLimits::default()
+        };
+        assert!(inverted.validate().unwrap_err().contains("min_lock_s"));
+    }
+
+    #[test]
+    fn limits_deserialize_with_defaults_and_refuse_unknown_fields() {
+        let limits: ProofLimits = serde_json::from_str(r#"{"max_future_s": 30}"#).unwrap();
+        assert_eq!(
+            limits,
+            ProofLimits {
+                max_future_s: 30,
+                ..ProofLimits::default()
+            }
+        );
+        assert!(serde_json::from_str::<ProofLimits>(r#"{"max_futur_s": 30}"#).is_err());
+    }
+}

@@ -144,6 +144,11 @@ impl Trainer {
         &self.params
     }
 
+    /// Passes the data cursor has made over this node's training sequences.
+    pub fn data_epoch(&self) -> u64 {
+        self.counters.data_cursor / self.data.train_sequences().max(1) as u64
+    }
+
     /// DiLoCo: the inner model restarts every round from the new outer parameters θ₀ (the inner
     /// optimizer's moments carry over).
     pub fn reset_to(&mut self, theta0: &[f32], round: u64) {

@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{self, Identity};
+use crate::ledger::{ProofRejection, SignedProof, SignedTransaction, TxRejection};
 
 /// Largest gossip message the node accepts; gossip carries only small messages (blobs go by
 /// request-response).
@@ -41,6 +42,10 @@ pub enum Rejection {
     RateLimited { limit: u32 },
     #[error("banned peer")]
     Banned,
+    #[error("proof refused: {0}")]
+    Proof(#[from] ProofRejection),
+    #[error("transaction refused: {0}")]
+    Transaction(#[from] TxRejection),
 }
 
 impl Rejection {
@@ -56,6 +61,33 @@ impl Rejection {
             Rejection::Replayed => "replayed",
             Rejection::RateLimited { .. } => "rate_limited",
             Rejection::Banned => "banned",
+            Rejection::Proof(r) => r.kind(),
+            Rejection::Transaction(r) => r.kind(),
+        }
+    }
+}
+
+/// The ledger topic's messages: a node gossips its own proofs and transactions (each also signed
+/// on its own, so it can be stored and re-verified anywhere).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LedgerMessage {
+    Proof(SignedProof),
+    Transaction(SignedTransaction),
+}
+
+impl LedgerMessage {
+    /// Only a proof's or transaction's own signer may gossip it: anyone else sending it is
+    /// replaying someone else's work.
+    pub fn check_signer(&self, signer_node_id: &str) -> Result<(), Rejection> {
+        let (owner, nonce) = match self {
+            LedgerMessage::Proof(p) => (&p.proof.node_id, p.proof.nonce),
+            LedgerMessage::Transaction(t) => (&t.tx.from, t.tx.seq),
+        };
+        if owner == signer_node_id {
+            Ok(())
+        } else {
+            Err(ProofRejection::Replay { nonce }.into())
         }
     }
 }

@@ -9,7 +9,8 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::actors::messages::FetchBlob;
+use crate::actors::ledger::LedgerActor;
+use crate::actors::messages::{FetchBlob, ProveInference};
 use crate::actors::peer::PeerActor;
 use crate::model::backend::{CpuBackend, cpu_device};
 use crate::model::inference::{SamplingOptions, generate};
@@ -28,6 +29,9 @@ pub struct ApiState {
     pub model: NeuroLlmConfig,
     pub training_enabled: bool,
     peers: actix::Addr<PeerActor>,
+    pub(super) ledger: actix::Addr<LedgerActor>,
+    /// Bearer key of the mutating wallet endpoints; `None` refuses them.
+    pub(super) api_key: Option<String>,
     /// The CPU model generation uses, rebuilt when the published weights change.
     inference: Mutex<Option<(u64, Arc<NeuroLlm<CpuBackend>>)>>,
 }
@@ -38,12 +42,16 @@ impl ApiState {
         model: NeuroLlmConfig,
         training_enabled: bool,
         peers: actix::Addr<PeerActor>,
+        ledger: actix::Addr<LedgerActor>,
+        api_key: Option<String>,
     ) -> Self {
         Self {
             status,
             model,
             training_enabled,
             peers,
+            ledger,
+            api_key,
             inference: Mutex::new(None),
         }
     }
@@ -113,6 +121,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/api/blobs/fetch", web::post().to(fetch_blob))
         .route("/generate_text", web::post().to(generate_text))
         .route("/api/generate_text", web::post().to(generate_text))
+        .configure(super::ledger::configure)
         .default_service(web::to(not_found));
 }
 
@@ -312,6 +321,12 @@ async fn generate_text(
             )
         })?;
     let weights_version = state.status.read().weights_version;
+    // Byte-level tokenizer: the prompt's and the text's bytes are the tokens processed.
+    state.ledger.do_send(ProveInference {
+        request_id: format!("{:016x}", crate::crypto::generate_nonce()),
+        tokens: (request.prompt.len() + text.len()) as u64,
+        seconds: started.elapsed().as_secs_f64(),
+    });
     Ok(HttpResponse::Ok().json(json!({
         "prompt": request.prompt,
         "text": text,

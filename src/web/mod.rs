@@ -2,5 +2,6 @@
 //! [`StatusBoard`](crate::status::StatusBoard); none of them waits on the trainer.
 
 mod api;
+mod ledger;
 
 pub use api::{ApiError, ApiState, configure, not_found};

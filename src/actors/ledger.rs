@@ -1,0 +1,438 @@
+//! LedgerActor: owns the SQLite ledger on its own thread (every call blocks on the database).
+//! It signs this node's proofs (uptime on a timer, training when Sync has a delta out, inference
+//! when HTTP served a request), verifies and records everyone's proofs and transactions the same
+//! way, credits training proofs only when the round's robust aggregation kept their delta, and
+//! publishes this node's account to the StatusBoard for the API.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use tracing::{info, warn};
+
+use super::messages::{
+    CheckProof, DeltaVerdict, GetAccount, GetProofs, LedgerGossip, PeerOffence, ProofCheck,
+    ProveInference, ProveTraining, PublishLedger, RegisterLedger, RoundVerdicts, SubmitTransaction,
+    SubmittedTransaction,
+};
+use super::peer::PeerActor;
+use crate::crypto::{Identity, generate_nonce};
+use crate::ledger::proof::{proof_id, sign_proof};
+use crate::ledger::rewards::{RewardSchedule, stake_multiplier};
+use crate::ledger::state::Account;
+use crate::ledger::store::{InsertOutcome, LedgerStore, ProofStatus, StoredProof, TxInsertOutcome};
+use crate::ledger::tx::{check_transaction, sign_transaction, tx_id};
+use crate::ledger::verify::{ProofLimits, verify_proof};
+use crate::ledger::{
+    Proof, ProofKind, ProofRejection, SignedProof, SignedTransaction, Transaction, TxKind,
+    TxRejection, rewards::burn_fee,
+};
+use crate::net::wire::{LedgerMessage, Rejection, unix_ms};
+use crate::status::{NeuroView, StatusBoard};
+
+/// Test fault switch NEUROSHARD_FAULT_PONW=1: this node gossips only forged proofs (counters raised
+/// after signing) and replays of its peers' proofs, to show that neither earns anything.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PonwFault {
+    pub cheat: bool,
+}
+
+pub struct LedgerOptions {
+    pub identity: Identity,
+    pub schedule: RewardSchedule,
+    pub limits: ProofLimits,
+    pub uptime_interval: Duration,
+    pub fault: PonwFault,
+}
+
+pub struct LedgerActor {
+    store: LedgerStore,
+    options: LedgerOptions,
+    peers: Addr<PeerActor>,
+    status: StatusBoard,
+    last_uptime_proof: Instant,
+    /// Fault switch only: peers' proofs kept to replay.
+    stolen: Vec<SignedProof>,
+}
+
+impl LedgerActor {
+    pub fn new(
+        store: LedgerStore,
+        options: LedgerOptions,
+        peers: Addr<PeerActor>,
+        status: StatusBoard,
+    ) -> Self {
+        Self {
+            store,
+            options,
+            peers,
+            status,
+            last_uptime_proof: Instant::now(),
+            stolen: Vec::new(),
+        }
+    }
+
+    fn blank_proof(&self, kind: ProofKind, work_seconds: f64) -> Proof {
+        Proof {
+            node_id: self.options.identity.node_id.clone(),
+            public_key: hex::encode(self.options.identity.public.serialize()),
+            kind,
+            timestamp_ms: unix_ms(),
+            nonce: generate_nonce(),
+            epoch: 0,
+            outer_round: 0,
+            // Whole seconds, at least one: rates are checked over it.
+            work_seconds: (work_seconds.ceil() as u64).max(1),
+            uptime_seconds: 0,
+            tokens: 0,
+            batches: 0,
+            data_samples: 0,
+            request_id: String::new(),
+            model_hash_before: String::new(),
+            model_hash_after: String::new(),
+            delta_hash: String::new(),
+            loss: 0.0,
+        }
+    }
+
+    /// Signs this node's proof, verifies and records it exactly as a peer's would be, and
+    /// gossips it.
+    fn prove(&mut self, proof: Proof) {
+        let kind = proof.kind;
+        let signed = match sign_proof(&self.options.identity, proof) {
+            Ok(signed) => signed,
+            Err(e) => return warn!(?kind, error = %e, "cannot sign our own proof"),
+        };
+        if self.options.fault.cheat {
+            return self.cheat(signed);
+        }
+        match self.accept_proof(&signed) {
+            Ok(_) => self
+                .peers
+                .do_send(PublishLedger(LedgerMessage::Proof(signed))),
+            Err(e) => warn!(?kind, error = %e, "our own proof was refused"),
+        }
+    }
+
+    /// Verifies a proof against what the ledger knows of its signer and records it.
+    fn accept_proof(&mut self, signed: &SignedProof) -> Result<ProofStatus, Rejection> {
+        let now = unix_ms();
+        let verdict = self
+            .store
+            .history(&signed.proof.node_id, signed.proof.nonce, now)
+            .map_err(|e| Rejection::Malformed(format!("ledger unavailable: {e}")))
+            .and_then(|history| {
+                verify_proof(
+                    now,
+                    signed,
+                    &history,
+                    &self.options.limits,
+                    &self.options.schedule,
+                )
+                .map_err(Rejection::from)
+            });
+        let outcome = verdict.and_then(|base| {
+            let mut outcomes = self
+                .store
+                .insert_proofs(&[(signed.clone(), base)])
+                .map_err(|e| Rejection::Malformed(format!("ledger unavailable: {e}")))?;
+            Ok(outcomes.pop().unwrap_or(InsertOutcome::Duplicate))
+        });
+        let outcome = outcome.and_then(|inserted| match inserted {
+            InsertOutcome::Stored(status) => Ok(status),
+            // The same proof again from its signer is a replay (gossip itself never redelivers).
+            InsertOutcome::Duplicate | InsertOutcome::Replay => Err(ProofRejection::Replay {
+                nonce: signed.proof.nonce,
+            }
+            .into()),
+            InsertOutcome::Malformed(why) => Err(ProofRejection::Malformed(why).into()),
+        });
+        if let Err(rejection) = &outcome {
+            self.count(rejection);
+        }
+        self.publish_account();
+        outcome
+    }
+
+    /// Checks a transaction (signature, freshness, fee) and lets the fold decide whether it
+    /// applies; the status says which ("applied", or the fold's reason, e.g. an overdraft).
+    fn accept_transaction(&mut self, signed: &SignedTransaction) -> Result<String, Rejection> {
+        let outcome = check_transaction(unix_ms(), signed, &self.options.limits)
+            .map_err(Rejection::from)
+            .and_then(|()| {
+                let mut outcomes = self
+                    .store
+                    .insert_transactions(std::slice::from_ref(signed))
+                    .map_err(|e| Rejection::Malformed(format!("ledger unavailable: {e}")))?;
+                match outcomes.pop() {
+                    Some(TxInsertOutcome::Applied) => Ok("applied".to_string()),
+                    Some(TxInsertOutcome::Rejected(why)) => Ok(format!("refused: {why}")),
+                    Some(TxInsertOutcome::Duplicate) | None => Err(TxRejection::BadSequence {
+                        expected: signed.tx.seq + 1,
+                        got: signed.tx.seq,
+                    }
+                    .into()),
+                    Some(TxInsertOutcome::Malformed(why)) => {
+                        Err(TxRejection::Malformed(why).into())
+                    }
+                }
+            });
+        if let Err(rejection) = &outcome {
+            self.count(rejection);
+        }
+        self.publish_account();
+        outcome
+    }
+
+    fn count(&mut self, rejection: &Rejection) {
+        if let Err(e) = self.store.count_rejection(rejection.kind()) {
+            warn!(error = %e, "cannot count a rejection");
+        }
+    }
+
+    /// The fault switch: what goes out is a forged copy of `signed` (its reward-bearing
+    /// counters raised after signing) and a replay of a peer's proof; nothing honest.
+    fn cheat(&mut self, signed: SignedProof) {
+        let mut forged = signed;
+        forged.proof.uptime_seconds = forged.proof.uptime_seconds.saturating_mul(10).max(60);
+        forged.proof.batches = forged.proof.batches.saturating_mul(10);
+        self.peers
+            .do_send(PublishLedger(LedgerMessage::Proof(forged)));
+        if let Some(stolen) = self.stolen.pop() {
+            self.peers
+                .do_send(PublishLedger(LedgerMessage::Proof(stolen)));
+        }
+    }
+
+    /// This node's account and the network totals, for /api/neuro and /api/stats.
+    fn publish_account(&self) {
+        let node_id = &self.options.identity.node_id;
+        let account = self.store.account(node_id);
+        let view = NeuroView {
+            stake_multiplier: stake_multiplier(account.stake),
+            account,
+            network: self.store.network(),
+            rejections: self.store.rejections(),
+        };
+        self.status.update(|s| s.neuro = Arc::new(view));
+    }
+
+    fn prove_uptime(&mut self) {
+        let seconds = self.last_uptime_proof.elapsed().as_secs();
+        self.last_uptime_proof = Instant::now();
+        let cap = self.options.limits.max_uptime_per_proof_s;
+        let mut proof = self.blank_proof(ProofKind::Uptime, seconds as f64);
+        proof.uptime_seconds = seconds.min(cap).max(1);
+        proof.work_seconds = proof.uptime_seconds;
+        self.prove(proof);
+    }
+}
+
+impl Actor for LedgerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.peers
+            .do_send(RegisterLedger(ctx.address().recipient()));
+        self.publish_account();
+        ctx.run_interval(self.options.uptime_interval, |act, _| act.prove_uptime());
+        info!(
+            node_id = %self.options.identity.node_id,
+            uptime_interval_s = self.options.uptime_interval.as_secs(),
+            "ledger open"
+        );
+    }
+}
+
+impl Handler<LedgerGossip> for LedgerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: LedgerGossip, _: &mut Self::Context) {
+        let refused = match &msg.message {
+            LedgerMessage::Proof(proof) => {
+                if self.options.fault.cheat && self.stolen.len() < 16 {
+                    self.stolen.push(proof.clone());
+                }
+                self.accept_proof(proof).err()
+            }
+            LedgerMessage::Transaction(tx) => self.accept_transaction(tx).err(),
+        };
+        if let Some(rejection) = refused {
+            self.peers.do_send(PeerOffence {
+                peer: msg.origin,
+                rejection,
+            });
+        }
+    }
+}
+
+impl Handler<ProveTraining> for LedgerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ProveTraining, _: &mut Self::Context) {
+        let mut proof = self.blank_proof(ProofKind::Training, msg.work.seconds);
+        proof.epoch = msg.work.epoch;
+        proof.outer_round = msg.round;
+        proof.tokens = msg.tokens;
+        proof.batches = msg.work.batches;
+        proof.model_hash_before = msg.theta0_hash;
+        proof.model_hash_after = msg.theta_h_hash;
+        proof.delta_hash = msg.delta_hash;
+        proof.loss = if msg.work.mean_loss.is_finite() {
+            msg.work.mean_loss
+        } else {
+            0.0
+        };
+        self.prove(proof);
+    }
+}
+
+impl Handler<ProveInference> for LedgerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ProveInference, _: &mut Self::Context) {
+        let mut proof = self.blank_proof(ProofKind::Inference, msg.seconds);
+        proof.request_id = msg.request_id;
+        proof.tokens = msg.tokens;
+        self.prove(proof);
+    }
+}
+
+impl Handler<RoundVerdicts> for LedgerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RoundVerdicts, _: &mut Self::Context) {
+        let verdicts: Vec<_> = msg
+            .verdicts
+            .iter()
+            .map(
+                |DeltaVerdict {
+                     node_id,
+                     delta_hash,
+                     kept,
+                     reason,
+                 }| {
+                    (delta_hash.clone(), node_id.clone(), *kept, reason.clone())
+                },
+            )
+            .collect();
+        if let Err(e) = self.store.record_verdicts(msg.round, &verdicts) {
+            warn!(round = msg.round, error = %e, "cannot record the round's verdicts");
+        }
+        self.publish_account();
+    }
+}
+
+impl Handler<GetAccount> for LedgerActor {
+    type Result = Result<Account, String>;
+
+    fn handle(&mut self, msg: GetAccount, _: &mut Self::Context) -> Self::Result {
+        Ok(self.store.account(&msg.0))
+    }
+}
+
+impl Handler<GetProofs> for LedgerActor {
+    type Result = Result<Vec<StoredProof>, String>;
+
+    fn handle(&mut self, msg: GetProofs, _: &mut Self::Context) -> Self::Result {
+        self.store
+            .proofs_of(&msg.node_id, msg.limit)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl Handler<CheckProof> for LedgerActor {
+    type Result = Result<ProofCheck, String>;
+
+    fn handle(&mut self, msg: CheckProof, _: &mut Self::Context) -> Self::Result {
+        let proof = &msg.0;
+        let now = unix_ms();
+        let history = self
+            .store
+            .history(&proof.proof.node_id, proof.proof.nonce, now)
+            .map_err(|e| e.to_string())?;
+        Ok(ProofCheck {
+            proof_id: proof_id(&proof.proof).ok(),
+            verdict: verify_proof(
+                now,
+                proof,
+                &history,
+                &self.options.limits,
+                &self.options.schedule,
+            ),
+        })
+    }
+}
+
+impl Handler<SubmitTransaction> for LedgerActor {
+    type Result = Result<SubmittedTransaction, Rejection>;
+
+    /// Signs a transaction of this node with the next sequence number and handles it exactly
+    /// as a peer's; it is gossiped only when the fold applied it.
+    fn handle(&mut self, msg: SubmitTransaction, _: &mut Self::Context) -> Self::Result {
+        let identity = &self.options.identity;
+        let now = unix_ms();
+        let account = self.store.account(&identity.node_id);
+        // Refused here rather than stored as a refused transaction that a later refold of
+        // earlier events could still apply behind the user's back.
+        let fee = if msg.kind == TxKind::Transfer {
+            burn_fee(msg.amount)
+        } else {
+            0
+        };
+        match msg.kind {
+            TxKind::Transfer | TxKind::Stake
+                if account.balance < msg.amount.saturating_add(fee) =>
+            {
+                return Err(TxRejection::Overdraft {
+                    needed: msg.amount.saturating_add(fee),
+                    balance: account.balance,
+                }
+                .into());
+            }
+            TxKind::Unstake if account.stake < msg.amount => {
+                return Err(TxRejection::InsufficientStake {
+                    requested: msg.amount,
+                    staked: account.stake,
+                }
+                .into());
+            }
+            TxKind::Unstake if now < account.stake_locked_until_ms => {
+                return Err(TxRejection::StakeLocked {
+                    until_ms: account.stake_locked_until_ms,
+                }
+                .into());
+            }
+            _ => {}
+        }
+        let tx = Transaction {
+            kind: msg.kind,
+            from: identity.node_id.clone(),
+            public_key: hex::encode(identity.public.serialize()),
+            to: msg.to,
+            amount: msg.amount,
+            fee,
+            seq: account.last_seq + 1,
+            timestamp_ms: now,
+            lock_until_ms: if msg.kind == TxKind::Stake {
+                now.saturating_add(msg.lock_s.saturating_mul(1000))
+            } else {
+                0
+            },
+        };
+        let id = tx_id(&tx)?;
+        let signed = sign_transaction(identity, tx)?;
+        let status = self.accept_transaction(&signed)?;
+        if status == "applied" {
+            self.peers
+                .do_send(PublishLedger(LedgerMessage::Transaction(signed.clone())));
+            Ok(SubmittedTransaction {
+                id,
+                transaction: signed,
+                status,
+            })
+        } else {
+            Err(Rejection::Malformed(status))
+        }
+    }
+}

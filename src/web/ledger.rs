@@ -1,0 +1,307 @@
+//! The ledger's REST surface: GET /api/neuro (the original's keys), /api/ledger/balance/{id},
+//! /api/ledger/proofs/{id}?limit=, /api/ledger/network; POST /api/ponw/verify; and the mutating
+//! POST /api/wallet/send, /api/stake, /api/unstake, which need `Authorization: Bearer <api_key>`.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::api::{ApiError, ApiState};
+use crate::actors::messages::{CheckProof, GetAccount, GetProofs, SubmitTransaction};
+use crate::ledger::rewards::{nano, stake_multiplier};
+use crate::ledger::state::Account;
+use crate::ledger::{Nano, SignedProof, TxKind, to_neuro};
+
+const MAX_PROOFS_LISTED: usize = 1000;
+/// The largest amount one request may move, in NEURO (far above any balance; keeps the
+/// NEURO → nano conversion exact and in range).
+const MAX_AMOUNT_NEURO: f64 = 1e9;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/neuro", web::get().to(neuro))
+        .route("/api/ledger/balance/{id}", web::get().to(balance))
+        .route("/api/ledger/proofs/{id}", web::get().to(proofs))
+        .route("/api/ledger/network", web::get().to(network))
+        .route("/api/ponw/verify", web::post().to(verify))
+        .route("/api/wallet/send", web::post().to(send))
+        .route("/api/stake", web::post().to(stake))
+        .route("/api/unstake", web::post().to(unstake));
+}
+
+fn account_json(node_id: &str, account: &Account) -> serde_json::Value {
+    json!({
+        "node_id": node_id,
+        "balance": to_neuro(account.balance),
+        "total_earned": to_neuro(account.total_earned),
+        "total_spent": to_neuro(account.total_spent),
+        "stake": to_neuro(account.stake),
+        "stake_locked_until_ms": account.stake_locked_until_ms,
+        "stake_multiplier": stake_multiplier(account.stake),
+        "proof_count": account.proof_count,
+        "balance_nano": account.balance,
+    })
+}
+
+/// This node's wallet with the Python original's keys.
+async fn neuro(state: web::Data<ApiState>) -> HttpResponse {
+    let s = state.status.read();
+    let view = &s.neuro;
+    let mut body = account_json(&s.node_id, &view.account);
+    body["wallet_id"] = json!(s.node_id);
+    body["network"] = json!({
+        "total_minted": to_neuro(view.network.total_minted),
+        "total_burned": to_neuro(view.network.total_burned),
+        "circulating_supply": to_neuro(view.network.circulating_supply),
+    });
+    body["rejections"] = json!(view.rejections);
+    HttpResponse::Ok().json(body)
+}
+
+fn node_id_of_path(id: &str) -> Result<String, ApiError> {
+    let valid = id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if valid {
+        Ok(id.to_string())
+    } else {
+        Err(ApiError::bad_request(
+            "node id must be 32 lower-case hexadecimal characters",
+        ))
+    }
+}
+
+fn ledger_unavailable(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ledger_unavailable",
+        e.to_string(),
+    )
+}
+
+async fn balance(
+    state: web::Data<ApiState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let node_id = node_id_of_path(&id)?;
+    let account = state
+        .ledger
+        .send(GetAccount(node_id.clone()))
+        .await
+        .map_err(ledger_unavailable)?
+        .map_err(ledger_unavailable)?;
+    Ok(HttpResponse::Ok().json(account_json(&node_id, &account)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProofsQuery {
+    limit: Option<usize>,
+}
+
+async fn proofs(
+    state: web::Data<ApiState>,
+    id: web::Path<String>,
+    query: Result<web::Query<ProofsQuery>, actix_web::Error>,
+) -> Result<HttpResponse, ApiError> {
+    let node_id = node_id_of_path(&id)?;
+    let query = query.map_err(|e| ApiError::bad_request(format!("query: {e}")))?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=MAX_PROOFS_LISTED).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be in 1..={MAX_PROOFS_LISTED}"
+        )));
+    }
+    let proofs = state
+        .ledger
+        .send(GetProofs {
+            node_id: node_id.clone(),
+            limit,
+        })
+        .await
+        .map_err(ledger_unavailable)?
+        .map_err(ledger_unavailable)?;
+    Ok(HttpResponse::Ok().json(json!({"node_id": node_id, "proofs": proofs})))
+}
+
+async fn network(state: web::Data<ApiState>) -> HttpResponse {
+    let view = state.status.read().neuro;
+    HttpResponse::Ok().json(json!({
+        "total_minted": to_neuro(view.network.total_minted),
+        "total_burned": to_neuro(view.network.total_burned),
+        "circulating_supply": to_neuro(view.network.circulating_supply),
+        "totals": view.network,
+        "rejections": view.rejections,
+    }))
+}
+
+/// A proof in, the verdict out: what this node would decide if the proof arrived now.
+async fn verify(
+    state: web::Data<ApiState>,
+    body: web::Json<SignedProof>,
+) -> Result<HttpResponse, ApiError> {
+    let check = state
+        .ledger
+        .send(CheckProof(body.into_inner()))
+        .await
+        .map_err(ledger_unavailable)?
+        .map_err(ledger_unavailable)?;
+    Ok(HttpResponse::Ok().json(match check.verdict {
+        Ok(base) => json!({
+            "valid": true,
+            "proof_id": check.proof_id,
+            "reward": to_neuro(base),
+            "reward_nano": base,
+        }),
+        Err(rejection) => json!({
+            "valid": false,
+            "proof_id": check.proof_id,
+            "reason": rejection.kind(),
+            "detail": rejection.to_string(),
+        }),
+    }))
+}
+
+/// The mutating endpoints need the configured API key as a bearer token.
+fn authorize(state: &ApiState, req: &HttpRequest) -> Result<(), ApiError> {
+    let Some(expected) = &state.api_key else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "api_key_not_configured",
+            "set api_key (or NEUROSHARD_API_KEY) to enable wallet operations",
+        ));
+    };
+    let given = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(key) if constant_time_eq(key.as_bytes(), expected.as_bytes()) => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer API key",
+        )),
+    }
+}
+
+/// Compares without an early exit, so response timing does not reveal the key's prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn amount_nano(amount: f64) -> Result<Nano, ApiError> {
+    if !(amount.is_finite() && amount > 0.0 && amount <= MAX_AMOUNT_NEURO) {
+        return Err(ApiError::bad_request(format!(
+            "amount must be a number in (0, {MAX_AMOUNT_NEURO}] NEURO"
+        )));
+    }
+    match nano(amount) {
+        0 => Err(ApiError::bad_request("amount is below 1 nano-NEURO")),
+        n => Ok(n),
+    }
+}
+
+async fn submit(state: &ApiState, request: SubmitTransaction) -> Result<HttpResponse, ApiError> {
+    let submitted = state
+        .ledger
+        .send(request)
+        .await
+        .map_err(ledger_unavailable)?
+        .map_err(|rejection| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                rejection.kind(),
+                rejection.to_string(),
+            )
+        })?;
+    Ok(HttpResponse::Ok().json(json!({
+        "id": submitted.id,
+        "status": submitted.status,
+        "transaction": submitted.transaction,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendRequest {
+    to: String,
+    amount: f64,
+}
+
+async fn send(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+    body: web::Json<SendRequest>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let to = node_id_of_path(&body.to)?;
+    let amount = amount_nano(body.amount)?;
+    submit(
+        &state,
+        SubmitTransaction {
+            kind: TxKind::Transfer,
+            to,
+            amount,
+            lock_s: 0,
+        },
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StakeRequest {
+    amount: f64,
+    /// Lock period; the config's ledger.limits bound it (1 to 365 days by default).
+    duration_days: f64,
+}
+
+async fn stake(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+    body: web::Json<StakeRequest>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let amount = amount_nano(body.amount)?;
+    let days = body.duration_days;
+    if !(days.is_finite() && days > 0.0 && days <= 3650.0) {
+        return Err(ApiError::bad_request(
+            "duration_days must be a number in (0, 3650]",
+        ));
+    }
+    submit(
+        &state,
+        SubmitTransaction {
+            kind: TxKind::Stake,
+            to: String::new(),
+            amount,
+            lock_s: (days * 86_400.0).round() as u64,
+        },
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnstakeRequest {
+    amount: f64,
+}
+
+async fn unstake(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+    body: web::Json<UnstakeRequest>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let amount = amount_nano(body.amount)?;
+    submit(
+        &state,
+        SubmitTransaction {
+            kind: TxKind::Unstake,
+            to: String::new(),
+            amount,
+            lock_s: 0,
+        },
+    )
+    .await
+}

@@ -1,0 +1,174 @@
+//! Signs proofs and transactions here and has tests/python/ponw_crosscheck.py, an independent
+//! Python implementation (hashlib + the `ecdsa` package), re-encode and verify them and derive the
+//! node ids the way the Python original does.
+
+use std::path::Path;
+use std::process::Command;
+
+use neuroshard::crypto::Identity;
+use neuroshard::ledger::proof::{proof_id, sign_proof};
+use neuroshard::ledger::rewards::{RewardSchedule, burn_fee};
+use neuroshard::ledger::tx::{check_transaction, sign_transaction, tx_id};
+use neuroshard::ledger::verify::{ProofHistory, ProofLimits, verify_proof};
+use neuroshard::ledger::{Proof, ProofKind, Transaction, TxKind};
+use sha2::{Digest, Sha256};
+
+// The known answers of src/crypto.rs's tests (computed there with the Python original's formula).
+const TOKEN: &str = "c7bcca42c5583383e4933fac637e10e9504b8e67346e87b1702e97fe0d1794ec";
+const TOKEN_NODE_ID: &str = "f99a98e479263f0a28a91c4809fe5910";
+const MNEMONIC: &str =
+    "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about";
+const MNEMONIC_NODE_ID: &str = "d72992fd962a53bbab62f8710b11e0f7";
+const NOW_MS: u64 = 1_754_000_000_123;
+
+fn proof(kind: ProofKind) -> Proof {
+    Proof {
+        node_id: String::new(),
+        public_key: String::new(),
+        kind,
+        timestamp_ms: NOW_MS,
+        nonce: 1,
+        epoch: 0,
+        outer_round: 0,
+        work_seconds: 60,
+        uptime_seconds: 0,
+        tokens: 0,
+        batches: 0,
+        data_samples: 0,
+        request_id: String::new(),
+        model_hash_before: String::new(),
+        model_hash_after: String::new(),
+        delta_hash: String::new(),
+        loss: 0.0,
+    }
+}
+
+fn proofs() -> Vec<Proof> {
+    let training = Proof {
+        nonce: 17,
+        epoch: 3,
+        outer_round: 12,
+        work_seconds: 240,
+        uptime_seconds: 120,
+        tokens: 491_520,
+        batches: 500,
+        data_samples: 4000,
+        model_hash_before: hex::encode([0xa5; 32]),
+        model_hash_after: hex::encode([0x5a; 32]),
+        delta_hash: hex::encode(Sha256::digest(b"a pseudo-gradient")),
+        // Not exactly representable in decimal: checks the f32 survives JSON both ways.
+        loss: 4.187_3,
+        ..proof(ProofKind::Training)
+    };
+    let uptime = Proof {
+        // Above i64::MAX: checks both sides read the full u64 range.
+        nonce: u64::MAX - 1,
+        uptime_seconds: 60,
+        ..proof(ProofKind::Uptime)
+    };
+    let inference = Proof {
+        nonce: 18,
+        work_seconds: 3,
+        tokens: 256,
+        request_id: "req-ü-42".into(), // multi-byte UTF-8
+        ..proof(ProofKind::Inference)
+    };
+    vec![training, uptime, inference]
+}
+
+fn transactions(recipient: &str) -> Vec<Transaction> {
+    let amount = 12_345_678_901;
+    let transfer = Transaction {
+        kind: TxKind::Transfer,
+        from: String::new(),
+        public_key: String::new(),
+        to: recipient.into(),
+        amount,
+        fee: burn_fee(amount),
+        seq: 1,
+        timestamp_ms: NOW_MS,
+        lock_until_ms: 0,
+    };
+    let stake = Transaction {
+        kind: TxKind::Stake,
+        to: String::new(),
+        fee: 0,
+        seq: 2,
+        lock_until_ms: NOW_MS + 30 * 86_400_000,
+        ..transfer.clone()
+    };
+    vec![transfer, stake]
+}
+
+/// Fails (never skips) without Python and `ecdsa`: the check is what guards the encoding spec.
+fn require_python_with_ecdsa() {
+    let probe = Command::new("python3")
+        .args(["-c", "import ecdsa"])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("python3 is required for this test ({e}); then pip install ecdsa")
+        });
+    assert!(
+        probe.status.success(),
+        "python3 cannot import ecdsa: pip install ecdsa\n{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+}
+
+#[test]
+fn python_re_encodes_and_verifies_what_rust_signs() {
+    require_python_with_ecdsa();
+    let identity = Identity::from_token(TOKEN).unwrap();
+    let mnemonic_identity = Identity::from_token(MNEMONIC).unwrap();
+    assert_eq!(identity.node_id, TOKEN_NODE_ID);
+    assert_eq!(mnemonic_identity.node_id, MNEMONIC_NODE_ID);
+
+    let (limits, schedule) = (ProofLimits::default(), RewardSchedule::default());
+    let signed_proofs: Vec<_> = proofs()
+        .into_iter()
+        .map(|proof| sign_proof(&identity, proof).unwrap())
+        .collect();
+    for signed in &signed_proofs {
+        let reward = verify_proof(NOW_MS, signed, &ProofHistory::default(), &limits, &schedule);
+        assert!(reward.is_ok(), "{:?}: {reward:?}", signed.proof.kind);
+    }
+    let signed_transactions: Vec<_> = transactions(&mnemonic_identity.node_id)
+        .into_iter()
+        .map(|tx| sign_transaction(&identity, tx).unwrap())
+        .collect();
+    for signed in &signed_transactions {
+        assert_eq!(check_transaction(NOW_MS, signed, &limits), Ok(()));
+    }
+
+    let document = serde_json::json!({
+        "token": TOKEN,
+        "mnemonic": MNEMONIC,
+        "node_id_of_token": identity.node_id,
+        "node_id_of_mnemonic": mnemonic_identity.node_id,
+        "proofs": signed_proofs,
+        "transactions": signed_transactions,
+        "proof_ids": signed_proofs.iter().map(|s| proof_id(&s.proof).unwrap()).collect::<Vec<_>>(),
+        "tx_ids": signed_transactions.iter().map(|s| tx_id(&s.tx).unwrap()).collect::<Vec<_>>(),
+    });
+    let file = tempfile::NamedTempFile::new().unwrap();
+    serde_json::to_writer_pretty(&file, &document).unwrap();
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/ponw_crosscheck.py");
+    let output = Command::new("python3")
+        .arg(&script)
+        .arg(file.path())
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "{} failed ({}):\n{report}",
+        script.display(),
+        output.status
+    );
+    println!("{report}");
+}
