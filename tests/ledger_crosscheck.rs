@@ -1,9 +1,16 @@
 //! Signs proofs and transactions here and has tests/python/ponw_crosscheck.py, an independent
 //! Python implementation (hashlib + the `ecdsa` package), re-encode and verify them and derive the
-//! node ids the way the Python original does.
+//! node ids the way the Python original does — for proofs signed here and for what a running
+//! node signs.
+
+mod common;
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
+
+use common::Node;
+use serde_json::json;
 
 use neuroshard::crypto::Identity;
 use neuroshard::ledger::proof::{proof_id, sign_proof};
@@ -150,9 +157,13 @@ fn python_re_encodes_and_verifies_what_rust_signs() {
         "proof_ids": signed_proofs.iter().map(|s| proof_id(&s.proof).unwrap()).collect::<Vec<_>>(),
         "tx_ids": signed_transactions.iter().map(|s| tx_id(&s.tx).unwrap()).collect::<Vec<_>>(),
     });
-    let file = tempfile::NamedTempFile::new().unwrap();
-    serde_json::to_writer_pretty(&file, &document).unwrap();
+    run_python_check(&document);
+}
 
+/// Runs the independent Python check on `document`; fails with its report unless it passes.
+fn run_python_check(document: &serde_json::Value) {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    serde_json::to_writer_pretty(&file, document).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/ponw_crosscheck.py");
     let output = Command::new("python3")
         .arg(&script)
@@ -171,4 +182,74 @@ fn python_re_encodes_and_verifies_what_rust_signs() {
         output.status
     );
     println!("{report}");
+}
+
+/// What a running node signs — its uptime, training and inference proofs, a transfer and a stake
+/// made through the API — verifies in Python, and `neuroshard id` derives the original's node ids.
+#[test]
+fn python_verifies_what_a_running_node_signs() {
+    require_python_with_ecdsa();
+    let dir = tempfile::tempdir().unwrap();
+    let key = "test-api-key-0123456789";
+    let node = Node::start(
+        &dir.path().join("n"),
+        &["--token", TOKEN, "--diloco-steps", "10"],
+        &[
+            ("NEUROSHARD_LEDGER__UPTIME_INTERVAL_S", "1"),
+            ("NEUROSHARD_API_KEY", key),
+        ],
+    );
+    let (status, generated) = node.post_json(
+        "/generate_text",
+        &json!({"prompt": "hello", "max_new_tokens": 8}),
+    );
+    assert_eq!(status, 200, "{generated}");
+    let path = format!("/api/ledger/proofs/{TOKEN_NODE_ID}?limit=1000");
+    let mut listed = Vec::new();
+    node.wait_for(
+        "uptime, training and inference proofs",
+        Duration::from_secs(60),
+        |n| {
+            listed = n.get(&path)["proofs"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            ["uptime", "training", "inference"]
+                .iter()
+                .all(|kind| listed.iter().any(|p| p["proof"]["kind"] == *kind))
+        },
+    );
+    let mut transactions = Vec::new();
+    for (endpoint, body) in [
+        (
+            "/api/wallet/send",
+            json!({"to": MNEMONIC_NODE_ID, "amount": 0.000002}),
+        ),
+        (
+            "/api/stake",
+            json!({"amount": 0.000001, "duration_days": 1}),
+        ),
+    ] {
+        let (status, answer) = node.post_with_key(endpoint, key, &body);
+        assert_eq!(status, 200, "{endpoint}: {answer}");
+        assert_eq!(answer["status"], "applied", "{answer}");
+        transactions.push(answer["transaction"].clone());
+    }
+    let node_id_of = |token: &str| {
+        let out = Command::new(common::BIN)
+            .args(["id", "--token", token])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let proofs: Vec<_> = listed.iter().map(|p| p["proof"].clone()).collect();
+    run_python_check(&json!({
+        "token": TOKEN,
+        "mnemonic": MNEMONIC,
+        "node_id_of_token": node_id_of(TOKEN),
+        "node_id_of_mnemonic": node_id_of(MNEMONIC),
+        "proofs": proofs,
+        "proof_ids": listed.iter().map(|p| p["id"].clone()).collect::<Vec<_>>(),
+        "transactions": transactions,
+    }));
 }

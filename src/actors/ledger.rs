@@ -4,6 +4,7 @@
 //! way, credits training proofs only when the round's robust aggregation kept their delta, and
 //! publishes this node's account to the StatusBoard for the API.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,9 +12,9 @@ use actix::prelude::*;
 use tracing::{info, warn};
 
 use super::messages::{
-    CheckProof, DeltaVerdict, GetAccount, GetProofs, LedgerGossip, PeerOffence, ProofCheck,
-    ProveInference, ProveTraining, PublishLedger, RegisterLedger, RoundVerdicts, SubmitTransaction,
-    SubmittedTransaction,
+    CheckProof, GetAccount, GetBalances, GetProofs, LedgerGossip, ModelAdopted, PeerOffence,
+    ProofCheck, ProveInference, ProveTraining, PublishLedger, RegisterLedger, RoundVerdicts,
+    SubmitTransaction, SubmittedTransaction,
 };
 use super::peer::PeerActor;
 use crate::crypto::{Identity, generate_nonce};
@@ -27,7 +28,7 @@ use crate::ledger::{
     Proof, ProofKind, ProofRejection, SignedProof, SignedTransaction, Transaction, TxKind,
     TxRejection, rewards::burn_fee,
 };
-use crate::net::wire::{LedgerMessage, Rejection, unix_ms};
+use crate::net::wire::{LedgerMessage, Rejection, RoundVerdictsWire, unix_ms};
 use crate::status::{NeuroView, StatusBoard};
 
 /// Test fault switch NEUROSHARD_FAULT_PONW=1: this node gossips only forged proofs (counters raised
@@ -53,7 +54,14 @@ pub struct LedgerActor {
     last_uptime_proof: Instant,
     /// Fault switch only: peers' proofs kept to replay.
     stolen: Vec<SignedProof>,
+    /// θ₀ hash this node trained each recent round from.
+    adopted: BTreeMap<u64, String>,
+    /// Peers' verdicts on rounds whose resulting θ₀ this node does not hold yet.
+    peer_verdicts: Vec<RoundVerdictsWire>,
 }
+
+/// Rounds of θ₀ hashes remembered for matching peers' verdicts.
+const KEPT_ROUNDS: usize = 16;
 
 impl LedgerActor {
     pub fn new(
@@ -69,6 +77,8 @@ impl LedgerActor {
             status,
             last_uptime_proof: Instant::now(),
             stolen: Vec::new(),
+            adopted: BTreeMap::new(),
+            peer_verdicts: Vec::new(),
         }
     }
 
@@ -184,6 +194,48 @@ impl LedgerActor {
         outcome
     }
 
+    fn record_verdicts(&mut self, round: u64, verdicts: &[(String, String, bool, String)]) {
+        if let Err(e) = self.store.record_verdicts(round, verdicts) {
+            warn!(round, error = %e, "cannot record the round's verdicts");
+        }
+        self.publish_account();
+    }
+
+    /// A peer's verdicts count when its aggregate produced the θ₀ this node holds for the next
+    /// round (same inputs, same rule, same result); until this node knows that θ₀ they wait.
+    fn consider_peer_verdicts(&mut self, wire: RoundVerdictsWire) {
+        match self.adopted.get(&(wire.round + 1)) {
+            Some(hash) if *hash == wire.theta0_after => {
+                let reason = |kept: bool| {
+                    let word = if kept { "kept" } else { "rejected" };
+                    format!(
+                        "{word} in round {} (by the peers that produced θ₀ {})",
+                        wire.round,
+                        hash.get(..12).unwrap_or(hash)
+                    )
+                };
+                let verdicts: Vec<_> = wire
+                    .verdicts
+                    .iter()
+                    .map(|(node_id, delta_hash, kept)| {
+                        (delta_hash.clone(), node_id.clone(), *kept, reason(*kept))
+                    })
+                    .collect();
+                self.record_verdicts(wire.round, &verdicts);
+            }
+            // Not (yet) this node's θ₀ for that round: a heal may still adopt it.
+            _ => {
+                let oldest = self.adopted.first_key_value().map_or(0, |(r, _)| *r);
+                if wire.round + 1 >= oldest {
+                    if self.peer_verdicts.len() >= KEPT_ROUNDS * 8 {
+                        self.peer_verdicts.remove(0);
+                    }
+                    self.peer_verdicts.push(wire);
+                }
+            }
+        }
+    }
+
     fn count(&mut self, rejection: &Rejection) {
         if let Err(e) = self.store.count_rejection(rejection.kind()) {
             warn!(error = %e, "cannot count a rejection");
@@ -256,6 +308,10 @@ impl Handler<LedgerGossip> for LedgerActor {
                 self.accept_proof(proof).err()
             }
             LedgerMessage::Transaction(tx) => self.accept_transaction(tx).err(),
+            LedgerMessage::Verdicts(verdicts) => {
+                self.consider_peer_verdicts(verdicts.clone());
+                None
+            }
         };
         if let Some(rejection) = refused {
             self.peers.do_send(PeerOffence {
@@ -301,25 +357,44 @@ impl Handler<ProveInference> for LedgerActor {
 impl Handler<RoundVerdicts> for LedgerActor {
     type Result = ();
 
+    /// Records this node's verdicts and gossips them for peers that missed the round.
     fn handle(&mut self, msg: RoundVerdicts, _: &mut Self::Context) {
+        let wire = RoundVerdictsWire {
+            round: msg.round,
+            theta0_after: msg.theta0_after,
+            verdicts: msg
+                .verdicts
+                .iter()
+                .map(|v| (v.node_id.clone(), v.delta_hash.clone(), v.kept))
+                .collect(),
+        };
         let verdicts: Vec<_> = msg
             .verdicts
-            .iter()
-            .map(
-                |DeltaVerdict {
-                     node_id,
-                     delta_hash,
-                     kept,
-                     reason,
-                 }| {
-                    (delta_hash.clone(), node_id.clone(), *kept, reason.clone())
-                },
-            )
+            .into_iter()
+            .map(|v| (v.delta_hash, v.node_id, v.kept, v.reason))
             .collect();
-        if let Err(e) = self.store.record_verdicts(msg.round, &verdicts) {
-            warn!(round = msg.round, error = %e, "cannot record the round's verdicts");
+        self.record_verdicts(msg.round, &verdicts);
+        if !self.options.fault.cheat {
+            self.peers
+                .do_send(PublishLedger(LedgerMessage::Verdicts(wire)));
         }
-        self.publish_account();
+    }
+}
+
+impl Handler<ModelAdopted> for LedgerActor {
+    type Result = ();
+
+    /// This node now holds θ₀ of `round`: peers' verdicts on the round before that produced
+    /// the same θ₀ are as good as its own.
+    fn handle(&mut self, msg: ModelAdopted, _: &mut Self::Context) {
+        self.adopted.insert(msg.round, msg.theta0_hash);
+        while self.adopted.len() > KEPT_ROUNDS {
+            self.adopted.pop_first();
+        }
+        let waiting = std::mem::take(&mut self.peer_verdicts);
+        for verdicts in waiting {
+            self.consider_peer_verdicts(verdicts);
+        }
     }
 }
 
@@ -328,6 +403,14 @@ impl Handler<GetAccount> for LedgerActor {
 
     fn handle(&mut self, msg: GetAccount, _: &mut Self::Context) -> Self::Result {
         Ok(self.store.account(&msg.0))
+    }
+}
+
+impl Handler<GetBalances> for LedgerActor {
+    type Result = Result<std::collections::BTreeMap<String, Account>, String>;
+
+    fn handle(&mut self, _: GetBalances, _: &mut Self::Context) -> Self::Result {
+        Ok(self.store.balances())
     }
 }
 

@@ -195,6 +195,8 @@ pub struct ProveTraining {
 #[rtype(result = "()")]
 pub struct RoundVerdicts {
     pub round: u64,
+    /// BLAKE3 of the θ₀ the round's aggregate produced.
+    pub theta0_after: String,
     pub verdicts: Vec<DeltaVerdict>,
 }
 
@@ -204,6 +206,16 @@ pub struct DeltaVerdict {
     pub delta_hash: String,
     pub kept: bool,
     pub reason: String,
+}
+
+/// Sync → Ledger: this node now trains `round` from θ₀ with this hash (after an outer step, a
+/// heal, or at start). A peer's verdicts on round − 1 are adopted only when its aggregate led to
+/// this same θ₀.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ModelAdopted {
+    pub round: u64,
+    pub theta0_hash: String,
 }
 
 /// HTTP → Ledger: a generation request was served; sign an inference proof.
@@ -219,6 +231,11 @@ pub struct ProveInference {
 #[derive(Message)]
 #[rtype(result = "Result<Account, String>")]
 pub struct GetAccount(pub String);
+
+/// HTTP → Ledger: every account the ledger holds.
+#[derive(Message)]
+#[rtype(result = "Result<std::collections::BTreeMap<String, Account>, String>")]
+pub struct GetBalances;
 
 /// HTTP → Ledger: an account's newest proofs.
 #[derive(Message)]

@@ -19,8 +19,8 @@ use super::aggregator::AggregatorActor;
 use super::ledger::LedgerActor;
 use super::messages::{
     AggregateRound, AnnounceRound, BlobServed, DeltaVerdict, FetchBlob, GetResumeState,
-    InnerRoundDone, OfferBlob, PeerRoundAnnounced, ProveTraining, RegisterRounds, RegisterTrainer,
-    ResumeState, RoundVerdicts, SnapshotTaken, StartRound, WriteCheckpoint,
+    InnerRoundDone, ModelAdopted, OfferBlob, PeerRoundAnnounced, ProveTraining, RegisterRounds,
+    RegisterTrainer, ResumeState, RoundVerdicts, SnapshotTaken, StartRound, WriteCheckpoint,
 };
 use super::peer::PeerActor;
 use crate::aggregate::{Aggregate, AggregationConfig, Contribution};
@@ -217,6 +217,10 @@ impl SyncActor {
         let (theta0_hash, momentum_hash) = (serve(&self.theta0), serve(&self.momentum));
         self.theta0_hash = theta0_hash.clone();
         let round = self.round;
+        self.ledger.do_send(ModelAdopted {
+            round,
+            theta0_hash: theta0_hash.clone(),
+        });
         self.status.update(|s| {
             s.theta0_hash = theta0_hash;
             s.momentum_hash = momentum_hash;
@@ -438,10 +442,10 @@ impl SyncActor {
             let summary = match result {
                 Ok(Ok(aggregate)) => {
                     let summary = act.summary(round, participants, &aggregate, &why);
-                    act.report_verdicts(round, &aggregate, &delta_hashes);
                     let mut theta0 = act.theta0.to_vec();
                     act.settings.optimizer.step(&mut theta0, &mut act.momentum, &aggregate.delta);
                     act.theta0 = Arc::new(theta0);
+                    act.report_verdicts(round, &aggregate, &delta_hashes);
                     summary
                 }
                 Ok(Err(e)) => {
@@ -520,7 +524,12 @@ impl SyncActor {
                 })
             })
             .collect();
-        self.ledger.do_send(RoundVerdicts { round, verdicts });
+        let theta0_after = BlobId::of(bytemuck::cast_slice(&self.theta0)).to_string();
+        self.ledger.do_send(RoundVerdicts {
+            round,
+            theta0_after,
+            verdicts,
+        });
     }
 
     fn sync_seconds(&self) -> f64 {

@@ -74,6 +74,19 @@ impl Rejection {
 pub enum LedgerMessage {
     Proof(SignedProof),
     Transaction(SignedTransaction),
+    /// What the sender's aggregation of a round kept: lets a node that missed (part of) that
+    /// round settle the training proofs of it, once it holds the θ₀ that aggregate produced.
+    Verdicts(RoundVerdictsWire),
+}
+
+/// A round's verdicts as gossiped; `theta0_after` is the BLAKE3 hash of the θ₀ they produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoundVerdictsWire {
+    pub round: u64,
+    pub theta0_after: String,
+    /// (node_id, delta_hash, kept)
+    pub verdicts: Vec<(String, String, bool)>,
 }
 
 impl LedgerMessage {
@@ -83,6 +96,8 @@ impl LedgerMessage {
         let (owner, nonce) = match self {
             LedgerMessage::Proof(p) => (&p.proof.node_id, p.proof.nonce),
             LedgerMessage::Transaction(t) => (&t.tx.from, t.tx.seq),
+            // Verdicts are the sender's own by construction (the gossip signature names it).
+            LedgerMessage::Verdicts(_) => return Ok(()),
         };
         if owner == signer_node_id {
             Ok(())

@@ -1,5 +1,5 @@
 //! The ledger's REST surface: GET /api/neuro (the original's keys), /api/ledger/balance/{id},
-//! /api/ledger/proofs/{id}?limit=, /api/ledger/network; POST /api/ponw/verify; and the mutating
+//! /api/ledger/proofs/{id}?limit=, /api/ledger/network, /api/ledger/balances; POST /api/ponw/verify; and the mutating
 //! POST /api/wallet/send, /api/stake, /api/unstake, which need `Authorization: Bearer <api_key>`.
 
 use actix_web::http::StatusCode;
@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::api::{ApiError, ApiState};
-use crate::actors::messages::{CheckProof, GetAccount, GetProofs, SubmitTransaction};
+use crate::actors::messages::{CheckProof, GetAccount, GetBalances, GetProofs, SubmitTransaction};
 use crate::ledger::rewards::{nano, stake_multiplier};
 use crate::ledger::state::Account;
 use crate::ledger::{Nano, SignedProof, TxKind, to_neuro};
@@ -23,6 +23,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/api/ledger/balance/{id}", web::get().to(balance))
         .route("/api/ledger/proofs/{id}", web::get().to(proofs))
         .route("/api/ledger/network", web::get().to(network))
+        .route("/api/ledger/balances", web::get().to(balances))
         .route("/api/ponw/verify", web::post().to(verify))
         .route("/api/wallet/send", web::post().to(send))
         .route("/api/stake", web::post().to(stake))
@@ -89,6 +90,21 @@ async fn balance(
         .map_err(ledger_unavailable)?
         .map_err(ledger_unavailable)?;
     Ok(HttpResponse::Ok().json(account_json(&node_id, &account)))
+}
+
+/// Every account: nodes that saw the same proofs and transactions show identical tables.
+async fn balances(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let accounts = state
+        .ledger
+        .send(GetBalances)
+        .await
+        .map_err(ledger_unavailable)?
+        .map_err(ledger_unavailable)?;
+    let table: serde_json::Map<String, serde_json::Value> = accounts
+        .iter()
+        .map(|(id, account)| (id.clone(), account_json(id, account)))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({"accounts": table})))
 }
 
 #[derive(Deserialize)]

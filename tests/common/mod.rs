@@ -112,6 +112,19 @@ impl Process {
         self.post_raw(path, &body.to_string())
     }
 
+    /// POST with `Authorization: Bearer <key>`.
+    pub fn post_with_key(&self, path: &str, key: &str, body: &Value) -> (u16, Value) {
+        let mut resp = self
+            .agent
+            .post(&self.url(path))
+            .header("content-type", "application/json")
+            .header("authorization", &format!("Bearer {key}"))
+            .send(body.to_string())
+            .expect("POST");
+        let status = resp.status().as_u16();
+        (status, resp.body_mut().read_json().expect("JSON body"))
+    }
+
     pub fn wait_for(&self, what: &str, timeout: Duration, mut ok: impl FnMut(&Self) -> bool) {
         let start = Instant::now();
         while !ok(self) {

@@ -1,0 +1,163 @@
+//! The NEURO ledger across real nodes on 127.0.0.1: proofs gossip, every node verifies and records
+//! them in its own SQLite ledger, honest nodes end with identical balance tables, a cheating node
+//! earns nothing, and acknowledged proofs survive kill -9.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{BIN, Node, env_of, start_cluster, wait_until};
+use serde_json::Value;
+
+fn balances(node: &Node) -> Value {
+    node.get("/api/ledger/balances")["accounts"].clone()
+}
+
+fn ledger_verify(state_dir: &std::path::Path) -> (bool, String) {
+    let out = Command::new(BIN)
+        .args(["ledger", "verify", "--state-dir"])
+        .arg(state_dir)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn honest_nodes_hold_identical_balances_and_a_forging_replaying_node_earns_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // Node 3 gossips only forged proofs and replays of its peers' proofs (the test fault switch).
+    let nodes = start_cluster(
+        dir.path(),
+        4,
+        |_| vec!["--diloco-steps".into(), "20".into()],
+        |i| {
+            let mut env = env_of(&[
+                ("NEUROSHARD_LEDGER__UPTIME_INTERVAL_S", "2"),
+                ("NEUROSHARD_DILOCO__MIN_PEERS", "3"),
+                ("NEUROSHARD_DILOCO__ROUND_DEADLINE_S", "10"),
+                ("NEUROSHARD_TRAINING__EVAL_EVERY", "1000"),
+            ]);
+            if i == 3 {
+                env.extend(env_of(&[("NEUROSHARD_FAULT_PONW", "1")]));
+            }
+            env
+        },
+    );
+    let ids: Vec<String> = nodes
+        .iter()
+        .map(|n| n.stats()["node_id"].as_str().unwrap().to_string())
+        .collect();
+    let cheater_peer = nodes[3].peer_id();
+    let (honest, refs): (&[Node], Vec<&Node>) = (&nodes[..3], nodes.iter().collect());
+    wait_until(
+        "three outer rounds",
+        Duration::from_secs(120),
+        &refs,
+        || {
+            honest
+                .iter()
+                .all(|n| n.get("/api/diloco")["outer_step_count"].as_u64() >= Some(3))
+        },
+    );
+
+    // Proofs keep streaming; between two of them every honest node holds the same table.
+    let mut tables: Vec<Value>;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        tables = honest.iter().map(balances).collect();
+        if tables.windows(2).all(|w| w[0] == w[1]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "balance tables still differ after 60 s:\n{}",
+            tables
+                .iter()
+                .map(|t| format!("{t:#}"))
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let table = &tables[0];
+    for id in &ids[..3] {
+        let account = &table[id];
+        assert!(account["balance"].as_f64() > Some(0.0), "{id}: {table}");
+        assert!(account["proof_count"].as_u64() >= Some(3), "{id}: {table}");
+    }
+    // Training proofs were credited: more than uptime alone could earn.
+    let uptime_only = 0.0001 / 60.0 * 2.0 * table[&ids[0]]["proof_count"].as_f64().unwrap();
+    assert!(
+        table[&ids[0]]["balance"].as_f64().unwrap() > uptime_only,
+        "{table}"
+    );
+
+    let cheater = &ids[3];
+    for node in honest {
+        let cheater_balance = &balances(node)[cheater];
+        assert!(
+            cheater_balance.is_null() || cheater_balance["balance"] == 0.0,
+            "the forger earned: {cheater_balance}"
+        );
+    }
+    // Every honest node counted the forger's rejections, by reason.
+    wait_until(
+        "the forger's rejections counted",
+        Duration::from_secs(30),
+        &refs,
+        || {
+            honest.iter().all(|node| {
+                let peers = node.get("/api/peers")["peers"].clone();
+                peers.as_array().unwrap().iter().any(|p| {
+                    p["peer_id"] == cheater_peer.as_str()
+                        && p["rejections"]["bad_signature"].as_u64() > Some(0)
+                        && p["rejections"]["replay"].as_u64() > Some(0)
+                })
+            })
+        },
+    );
+    drop(nodes);
+    for i in 0..3 {
+        let (ok, report) = ledger_verify(&dir.path().join(format!("n{i}")));
+        assert!(ok, "node {i}'s ledger does not verify:\n{report}");
+    }
+}
+
+#[test]
+fn acknowledged_proofs_survive_kill_9_and_the_ledger_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("n");
+    let env = [("NEUROSHARD_LEDGER__UPTIME_INTERVAL_S", "1")];
+    let node = Node::start(&state, &["--diloco-steps", "5"], &env);
+    let id = node.stats()["node_id"].as_str().unwrap().to_string();
+    let path = format!("/api/ledger/proofs/{id}?limit=1000");
+    let listed = |node: &Node| -> BTreeSet<String> {
+        node.get(&path)["proofs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let mut acknowledged = BTreeSet::new();
+    node.wait_for("proofs streaming in", Duration::from_secs(60), |n| {
+        acknowledged.extend(listed(n));
+        acknowledged.len() >= 8
+    });
+    acknowledged.extend(listed(&node));
+    drop(node); // SIGKILL, while uptime and training proofs are being written
+
+    let (ok, report) = ledger_verify(&state);
+    assert!(ok, "the ledger does not verify after kill -9:\n{report}");
+    let node = Node::start(&state, &["--diloco-steps", "5"], &env);
+    let after = listed(&node);
+    let lost: Vec<_> = acknowledged.difference(&after).collect();
+    assert!(lost.is_empty(), "acknowledged proofs lost: {lost:?}");
+}
