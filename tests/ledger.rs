@@ -32,16 +32,25 @@ fn ledger_verify(state_dir: &std::path::Path) -> (bool, String) {
 #[test]
 fn honest_nodes_hold_identical_balances_and_a_forging_replaying_node_earns_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    // Node 3 gossips only forged proofs and replays of its peers' proofs (the test fault switch).
+    // Node 3 (an observer) gossips only forged proofs and replays of its peers' proofs (the test
+    // fault switch). The three trainers' rounds wait for all three deltas, so every trainer
+    // aggregates the same inputs and reaches the same verdicts.
     let nodes = start_cluster(
         dir.path(),
         4,
-        |_| vec!["--diloco-steps".into(), "20".into()],
+        |i| {
+            let mut args = vec!["--diloco-steps".to_string(), "20".to_string()];
+            if i == 3 {
+                args.push("--no-training".into());
+            }
+            args
+        },
         |i| {
             let mut env = env_of(&[
                 ("NEUROSHARD_LEDGER__UPTIME_INTERVAL_S", "2"),
                 ("NEUROSHARD_DILOCO__MIN_PEERS", "3"),
-                ("NEUROSHARD_DILOCO__ROUND_DEADLINE_S", "10"),
+                ("NEUROSHARD_DILOCO__QUORUM_FRACTION", "1.0"),
+                ("NEUROSHARD_DILOCO__ROUND_DEADLINE_S", "60"),
                 ("NEUROSHARD_TRAINING__EVAL_EVERY", "1000"),
             ]);
             if i == 3 {
