@@ -86,22 +86,11 @@ impl LedgerActor {
         Proof {
             node_id: self.options.identity.node_id.clone(),
             public_key: hex::encode(self.options.identity.public.serialize()),
-            kind,
             timestamp_ms: unix_ms(),
             nonce: generate_nonce(),
-            epoch: 0,
-            outer_round: 0,
             // Whole seconds, at least one: rates are checked over it.
             work_seconds: (work_seconds.ceil() as u64).max(1),
-            uptime_seconds: 0,
-            tokens: 0,
-            batches: 0,
-            data_samples: 0,
-            request_id: String::new(),
-            model_hash_before: String::new(),
-            model_hash_after: String::new(),
-            delta_hash: String::new(),
-            loss: 0.0,
+            ..Proof::empty(kind)
         }
     }
 

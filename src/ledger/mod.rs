@@ -72,6 +72,32 @@ pub struct Proof {
     pub loss: f32,
 }
 
+impl Proof {
+    /// A proof of `kind` with every counter zero and every optional field empty; callers set
+    /// what their work claims (`Proof { batches: 20, ..Proof::empty(ProofKind::Training) }`).
+    pub fn empty(kind: ProofKind) -> Self {
+        Self {
+            node_id: String::new(),
+            public_key: String::new(),
+            kind,
+            timestamp_ms: 0,
+            nonce: 0,
+            epoch: 0,
+            outer_round: 0,
+            work_seconds: 0,
+            uptime_seconds: 0,
+            tokens: 0,
+            batches: 0,
+            data_samples: 0,
+            request_id: String::new(),
+            model_hash_before: String::new(),
+            model_hash_after: String::new(),
+            delta_hash: String::new(),
+            loss: 0.0,
+        }
+    }
+}
+
 /// A proof and its ECDSA secp256k1 signature over SHA-256 of its canonical bytes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -117,23 +117,8 @@ mod tests {
 
     fn proof(kind: ProofKind) -> Proof {
         Proof {
-            node_id: String::new(),
-            public_key: String::new(),
-            kind,
-            timestamp_ms: 0,
-            nonce: 0,
-            epoch: 0,
-            outer_round: 0,
             work_seconds: 60,
-            uptime_seconds: 0,
-            tokens: 0,
-            batches: 0,
-            data_samples: 0,
-            request_id: String::new(),
-            model_hash_before: String::new(),
-            model_hash_after: String::new(),
-            delta_hash: String::new(),
-            loss: 0.0,
+            ..Proof::empty(kind)
         }
     }
 

@@ -1511,23 +1511,11 @@ mod tests {
 
     fn blank(kind: ProofKind, nonce: u64, timestamp_ms: u64) -> Proof {
         Proof {
-            node_id: String::new(),
-            public_key: String::new(),
-            kind,
             timestamp_ms,
             nonce,
-            epoch: 0,
-            outer_round: 0,
             work_seconds: 60,
             uptime_seconds: 60,
-            tokens: 0,
-            batches: 0,
-            data_samples: 0,
-            request_id: String::new(),
-            model_hash_before: String::new(),
-            model_hash_after: String::new(),
-            delta_hash: String::new(),
-            loss: 0.0,
+            ..Proof::empty(kind)
         }
     }
 
