@@ -29,6 +29,30 @@ fn ledger_verify(state_dir: &std::path::Path) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// Per node, the proofs of `ids` it holds but has not credited, to explain differing tables.
+fn uncredited(nodes: &[Node], ids: &[String]) -> String {
+    let mut out = String::new();
+    for (i, node) in nodes.iter().enumerate() {
+        for id in ids {
+            let listed = node.get(&format!("/api/ledger/proofs/{id}?limit=1000"))["proofs"].clone();
+            let all = listed.as_array().cloned().unwrap_or_default();
+            out += &format!("node {i}, proofs of {id}: {} held\n", all.len());
+            for p in all.iter().filter(|p| p["status"] != "credited") {
+                let proof = &p["proof"];
+                out += &format!(
+                    "  {} round {} delta {}: {} {}\n",
+                    proof["kind"],
+                    proof["outer_round"],
+                    proof["delta_hash"],
+                    p["status"],
+                    p["reason"]
+                );
+            }
+        }
+    }
+    out
+}
+
 #[test]
 fn honest_nodes_hold_identical_balances_and_a_forging_replaying_node_earns_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -86,12 +110,13 @@ fn honest_nodes_hold_identical_balances_and_a_forging_replaying_node_earns_nothi
         }
         assert!(
             Instant::now() < deadline,
-            "balance tables still differ after 60 s:\n{}",
+            "balance tables still differ after 60 s:\n{}\nproofs not credited:\n{}",
             tables
                 .iter()
                 .map(|t| format!("{t:#}"))
                 .collect::<Vec<_>>()
-                .join("\n---\n")
+                .join("\n---\n"),
+            uncredited(honest, &ids[..3])
         );
         std::thread::sleep(Duration::from_millis(100));
     }

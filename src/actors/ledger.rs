@@ -21,7 +21,9 @@ use crate::crypto::{Identity, generate_nonce};
 use crate::ledger::proof::{proof_id, sign_proof};
 use crate::ledger::rewards::{RewardSchedule, stake_multiplier};
 use crate::ledger::state::Account;
-use crate::ledger::store::{InsertOutcome, LedgerStore, ProofStatus, StoredProof, TxInsertOutcome};
+use crate::ledger::store::{
+    InsertOutcome, LedgerError, LedgerStore, ProofStatus, StoredProof, TxInsertOutcome,
+};
 use crate::ledger::tx::{check_transaction, sign_transaction, tx_id};
 use crate::ledger::verify::{ProofLimits, verify_proof};
 use crate::ledger::{
@@ -59,6 +61,9 @@ pub struct LedgerActor {
     /// Peers' verdicts on rounds whose resulting θ₀ this node does not hold yet.
     peer_verdicts: Vec<RoundVerdictsWire>,
 }
+
+/// Own proofs gossiped again each uptime interval: ~700 bytes each, well inside one gossip message.
+const RECENT_PROOFS: usize = 12;
 
 /// Rounds of θ₀ hashes remembered for matching peers' verdicts.
 const KEPT_ROUNDS: usize = 16;
@@ -113,12 +118,23 @@ impl LedgerActor {
         }
     }
 
-    /// Verifies a proof against what the ledger knows of its signer and records it.
-    fn accept_proof(&mut self, signed: &SignedProof) -> Result<ProofStatus, Rejection> {
+    /// Verifies a proof against what the ledger knows of its signer and records it; a proof
+    /// already stored is a no-op (`Ok(None)`).
+    fn accept_proof(&mut self, signed: &SignedProof) -> Result<Option<ProofStatus>, Rejection> {
+        let unavailable = |e: LedgerError| Rejection::Malformed(format!("ledger unavailable: {e}"));
+        let id = proof_id(&signed.proof)?;
+        if self.store.has_proof(&id).map_err(unavailable)? {
+            return Ok(None);
+        }
         let now = unix_ms();
         let verdict = self
             .store
-            .history(&signed.proof.node_id, signed.proof.nonce, now)
+            .history(
+                &signed.proof.node_id,
+                signed.proof.nonce,
+                now,
+                signed.proof.timestamp_ms,
+            )
             .map_err(|e| Rejection::Malformed(format!("ledger unavailable: {e}")))
             .and_then(|history| {
                 verify_proof(
@@ -138,9 +154,9 @@ impl LedgerActor {
             Ok(outcomes.pop().unwrap_or(InsertOutcome::Duplicate))
         });
         let outcome = outcome.and_then(|inserted| match inserted {
-            InsertOutcome::Stored(status) => Ok(status),
-            // The same proof again from its signer is a replay (gossip itself never redelivers).
-            InsertOutcome::Duplicate | InsertOutcome::Replay => Err(ProofRejection::Replay {
+            InsertOutcome::Stored(status) => Ok(Some(status)),
+            InsertOutcome::Duplicate => Ok(None),
+            InsertOutcome::Replay => Err(ProofRejection::Replay {
                 nonce: signed.proof.nonce,
             }
             .into()),
@@ -258,6 +274,25 @@ impl LedgerActor {
         self.status.update(|s| s.neuro = Arc::new(view));
     }
 
+    /// Gossips this node's newest proofs still inside the freshness window again (as many as fit
+    /// one gossip message), for peers that missed them.
+    fn republish_recent(&self) {
+        let own = &self.options.identity.node_id;
+        let since = unix_ms().saturating_sub(self.options.limits.freshness_window_s * 1000 / 2);
+        let Ok(stored) = self.store.proofs_of(own, RECENT_PROOFS) else {
+            return;
+        };
+        let recent: Vec<SignedProof> = stored
+            .into_iter()
+            .map(|s| s.proof)
+            .filter(|p| p.proof.timestamp_ms >= since)
+            .collect();
+        if !recent.is_empty() {
+            self.peers
+                .do_send(PublishLedger(LedgerMessage::Recent(recent)));
+        }
+    }
+
     fn prove_uptime(&mut self) {
         let seconds = self.last_uptime_proof.elapsed().as_secs();
         self.last_uptime_proof = Instant::now();
@@ -276,7 +311,12 @@ impl Actor for LedgerActor {
         self.peers
             .do_send(RegisterLedger(ctx.address().recipient()));
         self.publish_account();
-        ctx.run_interval(self.options.uptime_interval, |act, _| act.prove_uptime());
+        ctx.run_interval(self.options.uptime_interval, |act, _| {
+            act.prove_uptime();
+            if !act.options.fault.cheat {
+                act.republish_recent();
+            }
+        });
         info!(
             node_id = %self.options.identity.node_id,
             uptime_interval_s = self.options.uptime_interval.as_secs(),
@@ -297,6 +337,9 @@ impl Handler<LedgerGossip> for LedgerActor {
                 self.accept_proof(proof).err()
             }
             LedgerMessage::Transaction(tx) => self.accept_transaction(tx).err(),
+            LedgerMessage::Recent(proofs) => proofs
+                .iter()
+                .find_map(|proof| self.accept_proof(proof).err()),
             LedgerMessage::Verdicts(verdicts) => {
                 self.consider_peer_verdicts(verdicts.clone());
                 None
@@ -421,7 +464,12 @@ impl Handler<CheckProof> for LedgerActor {
         let now = unix_ms();
         let history = self
             .store
-            .history(&proof.proof.node_id, proof.proof.nonce, now)
+            .history(
+                &proof.proof.node_id,
+                proof.proof.nonce,
+                now,
+                proof.proof.timestamp_ms,
+            )
             .map_err(|e| e.to_string())?;
         Ok(ProofCheck {
             proof_id: proof_id(&proof.proof).ok(),

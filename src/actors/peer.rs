@@ -571,8 +571,13 @@ impl PeerActor {
                 .map_err(blame(Blame::Sender))?;
             entry.check_signer(&node_id).map_err(blame(Blame::Origin))?;
             // A forged proof is not passed on; the rest of its checks need the ledger's state.
-            if let LedgerMessage::Proof(p) = &entry {
-                check_signature(p).map_err(|r| (Blame::Origin, r.into()))?;
+            let proofs = match &entry {
+                LedgerMessage::Proof(p) => std::slice::from_ref(p),
+                LedgerMessage::Recent(proofs) => proofs.as_slice(),
+                _ => &[],
+            };
+            for proof in proofs {
+                check_signature(proof).map_err(|r| (Blame::Origin, r.into()))?;
             }
             self.table.accept(now, source);
             if let Some(ledger) = &self.ledger {

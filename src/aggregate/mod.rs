@@ -16,10 +16,11 @@
 //! | `geometric_median` | n ≥ 2f+1 | smoothed Weiszfeld geometric median | not among the f farthest | final Weiszfeld weight (sums to 1) |
 //! | `centered_clip` | n ≥ 2f+1 | centered clipping from the coordinate median | unless clipped and among the f farthest | last clip factor in (0, 1] |
 //!
-//! "Not among the f farthest": kept iff its L2 distance to the aggregate is at most the (n−f)-th
-//! smallest such distance, so the f farthest are rejected and ties with a kept one are kept (n
-//! identical inputs are all kept). With honest peers only, up to f honest peers are rejected in a
-//! round: that is the price of crediting no attacker that sits outside the honest spread.
+//! "Not among the f farthest": kept unless its L2 distance to the aggregate is both above the
+//! (n−f)-th smallest such distance and more than `OUTLIER_FACTOR` (2) times the median distance:
+//! at most f are rejected, ties with a kept one are kept, and honest peers within the usual
+//! spread of honest deltas are not (they would otherwise lose their training reward every round).
+//! An attacker inside that spread (ALIE-style) is kept: no rule can tell it from an honest peer.
 //!
 //! Only the mean weights by `tokens`: it is self-reported, so the robust rules count every
 //! contributor once. Every rule is deterministic: the same inputs in the same order give the same
@@ -346,7 +347,13 @@ pub fn aggregate(
     })
 }
 
-/// Kept flags for "not among the f farthest": distance at most the (n−f)-th smallest distance.
+/// How much farther than the median contributor a contribution must lie from the aggregate to be
+/// rejected. Honest deltas differ by their data: rejecting the f farthest of them every round
+/// would take honest peers' rewards away; attackers the rules guard against sit far outside.
+pub const OUTLIER_FACTOR: f64 = 2.0;
+
+/// Kept flags for "not an outlier": rejected only when among the f farthest (distance above the
+/// (n−f)-th smallest) and more than [`OUTLIER_FACTOR`] times the median distance.
 fn kept_nearest(distances: &[f64], f: usize) -> Vec<bool> {
     let n = distances.len();
     if f == 0 || f >= n {
@@ -354,7 +361,7 @@ fn kept_nearest(distances: &[f64], f: usize) -> Vec<bool> {
     }
     let mut sorted = distances.to_vec();
     sorted.sort_by(f64::total_cmp);
-    let threshold = sorted[n - f - 1];
+    let threshold = sorted[n - f - 1].max(OUTLIER_FACTOR * sorted[(n - 1) / 2]);
     distances.iter().map(|&x| x <= threshold).collect()
 }
 
@@ -708,6 +715,16 @@ mod tests {
         );
         assert_eq!(kept_nearest(&[0.0, 0.0, 0.0], 1), [true, true, true]);
         assert_eq!(kept_nearest(&[3.0, 1.0], 0), [true, true]);
+    }
+
+    #[test]
+    fn honest_spread_is_kept_and_only_far_outliers_are_rejected() {
+        // Three honest peers at similar distances: none loses its reward.
+        assert_eq!(kept_nearest(&[1.0, 1.3, 1.6], 1), [true, true, true]);
+        // A sign-flipped (x10) delta lies far outside: rejected.
+        assert_eq!(kept_nearest(&[1.0, 1.2, 12.0], 1), [true, true, false]);
+        // Just at twice the median distance: still kept.
+        assert_eq!(kept_nearest(&[1.0, 1.0, 2.0], 1), [true, true, true]);
     }
 }
 

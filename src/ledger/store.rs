@@ -333,18 +333,35 @@ impl LedgerStore {
         }
     }
 
-    /// What verification needs to know about `node_id`'s earlier proofs.
+    /// What verification needs to know about `node_id`'s earlier proofs; `uptime_before_ms` is
+    /// the timestamp of the proof being checked, so a late-arriving uptime proof is compared with
+    /// the one before it, not with newer ones.
     pub fn history(
         &self,
         node_id: &str,
         nonce: u64,
         now_ms: u64,
+        uptime_before_ms: u64,
     ) -> Result<ProofHistory, LedgerError> {
-        self.history_at(node_id, nonce, now_ms)
+        self.history_at(node_id, nonce, now_ms, uptime_before_ms)
             .map_err(|kind| self.error(kind))
     }
 
-    fn history_at(&self, node_id: &str, nonce: u64, now_ms: u64) -> Fallible<ProofHistory> {
+    /// Whether the proof with this id is stored (the same proof gossiped again is a no-op).
+    pub fn has_proof(&self, id: &str) -> Result<bool, LedgerError> {
+        self.conn
+            .prepare_cached("SELECT 1 FROM proofs WHERE id = ?1")
+            .and_then(|mut statement| statement.exists(params![id]))
+            .map_err(|e| self.error(e.into()))
+    }
+
+    fn history_at(
+        &self,
+        node_id: &str,
+        nonce: u64,
+        now_ms: u64,
+        uptime_before_ms: u64,
+    ) -> Fallible<ProofHistory> {
         let nonce_used = self
             .conn
             .prepare_cached("SELECT 1 FROM proofs WHERE node_id = ?1 AND nonce = ?2")?
@@ -359,9 +376,13 @@ impl LedgerStore {
         let last_uptime: Option<i64> = self
             .conn
             .prepare_cached(
-                "SELECT MAX(timestamp_ms) FROM proofs WHERE node_id = ?1 AND kind = 'uptime'",
+                "SELECT MAX(timestamp_ms) FROM proofs
+                 WHERE node_id = ?1 AND kind = 'uptime' AND timestamp_ms < ?2",
             )?
-            .query_row(params![node_id], |row| row.get(0))?;
+            .query_row(
+                params![node_id, sql_int(uptime_before_ms.min(i64::MAX as u64))],
+                |row| row.get(0),
+            )?;
         Ok(ProofHistory {
             nonce_used,
             proofs_last_hour: u32::try_from(last_hour).unwrap_or(u32::MAX),
@@ -1780,7 +1801,9 @@ mod tests {
         store
             .insert_proofs(&[(older, 0), (training(&alice, 9, 1, 1), 0)])
             .unwrap();
-        let history = store.history(&alice.node_id, 7, T0 + 60_000).unwrap();
+        let history = store
+            .history(&alice.node_id, 7, T0 + 60_000, u64::MAX)
+            .unwrap();
         assert_eq!(
             history,
             ProofHistory {
@@ -1790,7 +1813,10 @@ mod tests {
                 last_uptime_ms: Some(T0),
             }
         );
-        let fresh = store.history(&alice.node_id, 10, T0).unwrap();
+        // A late-arriving uptime proof is compared with the uptime proof before it.
+        let late = store.history(&alice.node_id, 11, T0 + 60_000, T0).unwrap();
+        assert_eq!(late.last_uptime_ms, None);
+        let fresh = store.history(&alice.node_id, 10, T0, u64::MAX).unwrap();
         assert!(!fresh.nonce_used);
         // Nonces above i64::MAX survive SQLite's signed integers.
         store
@@ -1798,13 +1824,13 @@ mod tests {
             .unwrap();
         assert!(
             store
-                .history(&bob.node_id, u64::MAX, T0)
+                .history(&bob.node_id, u64::MAX, T0, u64::MAX)
                 .unwrap()
                 .nonce_used
         );
         assert!(
             !store
-                .history(&bob.node_id, u64::MAX - 1, T0)
+                .history(&bob.node_id, u64::MAX - 1, T0, u64::MAX)
                 .unwrap()
                 .nonce_used
         );
@@ -1815,7 +1841,7 @@ mod tests {
             vec![InsertOutcome::Replay]
         );
         assert_eq!(
-            store.history("nobody", 7, T0).unwrap(),
+            store.history("nobody", 7, T0, u64::MAX).unwrap(),
             ProofHistory::default()
         );
     }

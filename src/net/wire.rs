@@ -77,6 +77,9 @@ pub enum LedgerMessage {
     /// What the sender's aggregation of a round kept: lets a node that missed (part of) that
     /// round settle the training proofs of it, once it holds the θ₀ that aggregate produced.
     Verdicts(RoundVerdictsWire),
+    /// The sender's own recent proofs again, so peers that were not connected (or not yet
+    /// subscribed) when one was first gossiped still get it; known ones are no-ops.
+    Recent(Vec<SignedProof>),
 }
 
 /// A round's verdicts as gossiped; `theta0_after` is the BLAKE3 hash of the θ₀ they produced.
@@ -93,16 +96,21 @@ impl LedgerMessage {
     /// Only a proof's or transaction's own signer may gossip it: anyone else sending it is
     /// replaying someone else's work.
     pub fn check_signer(&self, signer_node_id: &str) -> Result<(), Rejection> {
-        let (owner, nonce) = match self {
-            LedgerMessage::Proof(p) => (&p.proof.node_id, p.proof.nonce),
-            LedgerMessage::Transaction(t) => (&t.tx.from, t.tx.seq),
-            // Verdicts are the sender's own by construction (the gossip signature names it).
-            LedgerMessage::Verdicts(_) => return Ok(()),
+        let owned = |owner: &str, nonce: u64| {
+            if owner == signer_node_id {
+                Ok(())
+            } else {
+                Err(Rejection::from(ProofRejection::Replay { nonce }))
+            }
         };
-        if owner == signer_node_id {
-            Ok(())
-        } else {
-            Err(ProofRejection::Replay { nonce }.into())
+        match self {
+            LedgerMessage::Proof(p) => owned(&p.proof.node_id, p.proof.nonce),
+            LedgerMessage::Transaction(t) => owned(&t.tx.from, t.tx.seq),
+            LedgerMessage::Recent(proofs) => proofs
+                .iter()
+                .try_for_each(|p| owned(&p.proof.node_id, p.proof.nonce)),
+            // Verdicts are the sender's own by construction (the gossip signature names it).
+            LedgerMessage::Verdicts(_) => Ok(()),
         }
     }
 }
