@@ -1403,30 +1403,22 @@ fn verify_proofs(
     while let Some(row) = rows.next()? {
         report.proofs += 1;
         let id: String = row.get(0)?;
-        let signed = match serde_json::from_str::<SignedProof>(&row.get::<_, String>(7)?) {
-            Ok(signed) => signed,
-            Err(error) => {
-                let problem = format!("body is not a signed proof: {error}");
-                report.bad_records.push(BadRecord { id, problem });
-                continue;
-            }
+        let (node_id, timestamp_ms) = (row.get::<_, String>(1)?, get_u64(row, 2)?);
+        let Some(signed) = checked_event(
+            &id,
+            &row.get::<_, String>(7)?,
+            report,
+            check,
+            |s: &SignedProof| proof_id(&s.proof).map_err(|e| e.to_string()),
+            |s| {
+                (s.proof.node_id == node_id && s.proof.timestamp_ms == timestamp_ms)
+                    .then_some(())
+                    .ok_or("node_id or timestamp_ms column differs from the body")
+            },
+        ) else {
+            continue;
         };
-        if !check(&signed) {
-            report.bad_signatures.push(id);
-            continue;
-        }
         let proof = signed.proof;
-        if let Some(problem) = id_problem(&id, proof_id(&proof).map_err(|e| e.to_string())) {
-            report.bad_records.push(BadRecord { id, problem });
-            continue;
-        }
-        if row.get::<_, String>(1)? != proof.node_id || get_u64(row, 2)? != proof.timestamp_ms {
-            let problem = "node_id or timestamp_ms column differs from the body".into();
-            report.bad_records.push(BadRecord {
-                id: id.clone(),
-                problem,
-            });
-        }
         let (status, reason) = if proof.kind == ProofKind::Training {
             let key = (proof.outer_round, proof.delta_hash.clone());
             training_status(&proof.node_id, verdicts.get(&key))
@@ -1469,30 +1461,22 @@ fn verify_transactions(
     while let Some(row) = rows.next()? {
         report.transactions += 1;
         let id: String = row.get(0)?;
-        let signed = match serde_json::from_str::<SignedTransaction>(&row.get::<_, String>(5)?) {
-            Ok(signed) => signed,
-            Err(error) => {
-                let problem = format!("body is not a signed transaction: {error}");
-                report.bad_records.push(BadRecord { id, problem });
-                continue;
-            }
+        let (sender, timestamp_ms) = (row.get::<_, String>(1)?, get_u64(row, 2)?);
+        let Some(signed) = checked_event(
+            &id,
+            &row.get::<_, String>(5)?,
+            report,
+            check_tx,
+            |s: &SignedTransaction| tx_id(&s.tx).map_err(|e| e.to_string()),
+            |s| {
+                (s.tx.from == sender && s.tx.timestamp_ms == timestamp_ms)
+                    .then_some(())
+                    .ok_or("sender or timestamp_ms column differs from the body")
+            },
+        ) else {
+            continue;
         };
-        if !check_tx(&signed) {
-            report.bad_signatures.push(id);
-            continue;
-        }
         let tx = signed.tx;
-        if let Some(problem) = id_problem(&id, tx_id(&tx).map_err(|e| e.to_string())) {
-            report.bad_records.push(BadRecord { id, problem });
-            continue;
-        }
-        if row.get::<_, String>(1)? != tx.from || get_u64(row, 2)? != tx.timestamp_ms {
-            let problem = "sender or timestamp_ms column differs from the body".into();
-            report.bad_records.push(BadRecord {
-                id: id.clone(),
-                problem,
-            });
-        }
         txs.push(TxRow {
             id,
             tx,
@@ -1501,6 +1485,44 @@ fn verify_transactions(
         });
     }
     Ok(txs)
+}
+
+/// A stored event's body, if it parses, passes `check` (its signature) and hashes to its id;
+/// otherwise the problem goes into `report` and the event is left out of the fold. Indexed columns
+/// that disagree with the body are reported too, but the event (its body is what counts) stays.
+fn checked_event<T: serde::de::DeserializeOwned>(
+    id: &str,
+    body: &str,
+    report: &mut VerifyReport,
+    check: &dyn Fn(&T) -> bool,
+    id_of: impl Fn(&T) -> Result<String, String>,
+    columns_match: impl Fn(&T) -> Result<(), &'static str>,
+) -> Option<T> {
+    let bad = |report: &mut VerifyReport, problem: String| {
+        report.bad_records.push(BadRecord {
+            id: id.to_string(),
+            problem,
+        })
+    };
+    let event = match serde_json::from_str::<T>(body) {
+        Ok(event) => event,
+        Err(error) => {
+            bad(report, format!("body is not a signed event: {error}"));
+            return None;
+        }
+    };
+    if !check(&event) {
+        report.bad_signatures.push(id.to_string());
+        return None;
+    }
+    if let Some(problem) = id_problem(id, id_of(&event)) {
+        bad(report, problem);
+        return None;
+    }
+    if let Err(problem) = columns_match(&event) {
+        bad(report, problem.to_string());
+    }
+    Some(event)
 }
 
 /// Why a stored id does not name its body, if it does not.
