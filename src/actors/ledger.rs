@@ -121,7 +121,6 @@ impl LedgerActor {
     /// Verifies a proof against what the ledger knows of its signer and records it; a proof
     /// already stored is a no-op (`Ok(None)`).
     fn accept_proof(&mut self, signed: &SignedProof) -> Result<Option<ProofStatus>, Rejection> {
-        let unavailable = |e: LedgerError| Rejection::Malformed(format!("ledger unavailable: {e}"));
         let id = proof_id(&signed.proof)?;
         if self.store.has_proof(&id).map_err(unavailable)? {
             return Ok(None);
@@ -135,7 +134,7 @@ impl LedgerActor {
                 now,
                 signed.proof.timestamp_ms,
             )
-            .map_err(|e| Rejection::Malformed(format!("ledger unavailable: {e}")))
+            .map_err(unavailable)
             .and_then(|history| {
                 verify_proof(
                     now,
@@ -150,7 +149,7 @@ impl LedgerActor {
             let mut outcomes = self
                 .store
                 .insert_proofs(&[(signed.clone(), base)])
-                .map_err(|e| Rejection::Malformed(format!("ledger unavailable: {e}")))?;
+                .map_err(unavailable)?;
             Ok(outcomes.pop().unwrap_or(InsertOutcome::Duplicate))
         });
         let outcome = outcome.and_then(|inserted| match inserted {
@@ -178,15 +177,12 @@ impl LedgerActor {
                 let mut outcomes = self
                     .store
                     .insert_transactions(std::slice::from_ref(signed))
-                    .map_err(|e| Rejection::Malformed(format!("ledger unavailable: {e}")))?;
+                    .map_err(unavailable)?;
                 match outcomes.pop() {
                     Some(TxInsertOutcome::Applied) => Ok("applied".to_string()),
                     Some(TxInsertOutcome::Rejected(why)) => Ok(format!("refused: {why}")),
-                    Some(TxInsertOutcome::Duplicate) | None => Err(TxRejection::BadSequence {
-                        expected: signed.tx.seq + 1,
-                        got: signed.tx.seq,
-                    }
-                    .into()),
+                    // The same transaction again changes nothing (idempotent, like proofs).
+                    Some(TxInsertOutcome::Duplicate) | None => Ok("duplicate".to_string()),
                     Some(TxInsertOutcome::Malformed(why)) => {
                         Err(TxRejection::Malformed(why).into())
                     }
@@ -302,6 +298,11 @@ impl LedgerActor {
         proof.work_seconds = proof.uptime_seconds;
         self.prove(proof);
     }
+}
+
+/// The database failed under us: refuse the message rather than lose it silently.
+fn unavailable(e: LedgerError) -> Rejection {
+    Rejection::Malformed(format!("ledger unavailable: {e}"))
 }
 
 impl Actor for LedgerActor {
