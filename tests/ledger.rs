@@ -149,11 +149,15 @@ fn honest_nodes_hold_identical_balances_and_a_forging_replaying_node_earns_nothi
         || {
             honest.iter().all(|node| {
                 let peers = node.get("/api/peers")["peers"].clone();
-                peers.as_array().unwrap().iter().any(|p| {
+                let against_the_peer = peers.as_array().unwrap().iter().any(|p| {
                     p["peer_id"] == cheater_peer.as_str()
                         && p["rejections"]["bad_signature"].as_u64() > Some(0)
                         && p["rejections"]["replay"].as_u64() > Some(0)
-                })
+                });
+                let by_reason = &node.get("/api/neuro")["rejections"];
+                against_the_peer
+                    && by_reason["bad_signature"].as_u64() > Some(0)
+                    && by_reason["replay"].as_u64() > Some(0)
             })
         },
     );

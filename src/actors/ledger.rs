@@ -13,8 +13,8 @@ use tracing::{info, warn};
 
 use super::messages::{
     CheckProof, GetAccount, GetBalances, GetProofs, LedgerGossip, ModelAdopted, PeerOffence,
-    ProofCheck, ProveInference, ProveTraining, PublishLedger, RegisterLedger, RoundVerdicts,
-    SubmitTransaction, SubmittedTransaction,
+    ProofCheck, ProveInference, ProveTraining, PublishLedger, RefusedAtGate, RegisterLedger,
+    RoundVerdicts, SubmitTransaction, SubmittedTransaction,
 };
 use super::peer::PeerActor;
 use crate::crypto::{Identity, generate_nonce};
@@ -62,8 +62,10 @@ pub struct LedgerActor {
     peer_verdicts: Vec<RoundVerdictsWire>,
 }
 
-/// Own proofs gossiped again each uptime interval: ~700 bytes each, well inside one gossip message.
-const RECENT_PROOFS: usize = 12;
+/// Own proofs (~700 bytes each) and transactions (~450) gossiped again each uptime interval,
+/// well inside one gossip message.
+const RECENT_PROOFS: usize = 10;
+const RECENT_TRANSACTIONS: usize = 6;
 
 /// Rounds of θ₀ hashes remembered for matching peers' verdicts.
 const KEPT_ROUNDS: usize = 16;
@@ -270,22 +272,27 @@ impl LedgerActor {
         self.status.update(|s| s.neuro = Arc::new(view));
     }
 
-    /// Gossips this node's newest proofs still inside the freshness window again (as many as fit
-    /// one gossip message), for peers that missed them.
+    /// Gossips this node's newest proofs and transactions still inside the freshness window
+    /// again (as many as fit one gossip message), for peers that missed them.
     fn republish_recent(&self) {
         let own = &self.options.identity.node_id;
         let since = unix_ms().saturating_sub(self.options.limits.freshness_window_s * 1000 / 2);
-        let Ok(stored) = self.store.proofs_of(own, RECENT_PROOFS) else {
+        let (Ok(proofs), Ok(transactions)) = (
+            self.store.proofs_of(own, RECENT_PROOFS),
+            self.store.transactions_of(own, since, RECENT_TRANSACTIONS),
+        ) else {
             return;
         };
-        let recent: Vec<SignedProof> = stored
+        let proofs: Vec<SignedProof> = proofs
             .into_iter()
             .map(|s| s.proof)
             .filter(|p| p.proof.timestamp_ms >= since)
             .collect();
-        if !recent.is_empty() {
-            self.peers
-                .do_send(PublishLedger(LedgerMessage::Recent(recent)));
+        if !proofs.is_empty() || !transactions.is_empty() {
+            self.peers.do_send(PublishLedger(LedgerMessage::Recent {
+                proofs,
+                transactions,
+            }));
         }
     }
 
@@ -309,8 +316,10 @@ impl Actor for LedgerActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.peers
-            .do_send(RegisterLedger(ctx.address().recipient()));
+        self.peers.do_send(RegisterLedger {
+            gossip: ctx.address().recipient(),
+            refused: ctx.address().recipient(),
+        });
         self.publish_account();
         ctx.run_interval(self.options.uptime_interval, |act, _| {
             act.prove_uptime();
@@ -338,9 +347,20 @@ impl Handler<LedgerGossip> for LedgerActor {
                 self.accept_proof(proof).err()
             }
             LedgerMessage::Transaction(tx) => self.accept_transaction(tx).err(),
-            LedgerMessage::Recent(proofs) => proofs
-                .iter()
-                .find_map(|proof| self.accept_proof(proof).err()),
+            LedgerMessage::Recent {
+                proofs,
+                transactions,
+            } => {
+                // Transactions after proofs: a transfer may spend what a proof just earned.
+                let mut refused: Vec<Rejection> = proofs
+                    .iter()
+                    .filter_map(|proof| self.accept_proof(proof).err())
+                    .collect();
+                for tx in transactions {
+                    refused.extend(self.accept_transaction(tx).err());
+                }
+                refused.into_iter().next()
+            }
             LedgerMessage::Verdicts(verdicts) => {
                 self.consider_peer_verdicts(verdicts.clone());
                 None
@@ -352,6 +372,17 @@ impl Handler<LedgerGossip> for LedgerActor {
                 rejection,
             });
         }
+    }
+}
+
+impl Handler<RefusedAtGate> for LedgerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RefusedAtGate, _: &mut Self::Context) {
+        if let Err(e) = self.store.count_rejection(msg.0) {
+            warn!(error = %e, "cannot count a rejection");
+        }
+        self.publish_account();
     }
 }
 

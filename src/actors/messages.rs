@@ -154,10 +154,19 @@ pub struct BlobServed {
 #[rtype(result = "()")]
 pub struct PublishLedger(pub LedgerMessage);
 
-/// Ledger → Peer: where to deliver the ledger topic's messages.
+/// Ledger → Peer: where to deliver the ledger topic's messages and the refusals made before them.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct RegisterLedger(pub Recipient<LedgerGossip>);
+pub struct RegisterLedger {
+    pub gossip: Recipient<LedgerGossip>,
+    pub refused: Recipient<RefusedAtGate>,
+}
+
+/// Peer → Ledger: a ledger message refused before it reached the ledger (forged proof, someone
+/// else's proof); counted with the ledger's own rejections, by reason.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RefusedAtGate(pub &'static str);
 
 /// Peer → Ledger: a proof or transaction its signer gossiped (wire signature, signer and, for
 /// proofs, the proof's own signature already checked).

@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 
 use super::messages::{
     AnnounceRound, BlobServed, FetchBlob, LedgerGossip, OfferBlob, PeerOffence, PeerRoundAnnounced,
-    PublishLedger, RegisterLedger, RegisterRounds,
+    PublishLedger, RefusedAtGate, RegisterLedger, RegisterRounds,
 };
 use crate::crypto::{Identity, generate_token};
 use crate::ledger::proof::check_signature;
@@ -227,7 +227,7 @@ pub struct PeerActor {
     topics: Topics,
     /// Where valid round announcements go (the SyncActor, once it registered).
     rounds: Option<RegisterRounds>,
-    ledger: Option<Recipient<LedgerGossip>>,
+    ledger: Option<RegisterLedger>,
     table: PeerTable,
     blobs: BlobStore,
     pending: HashMap<OutboundRequestId, PendingFetch>,
@@ -569,19 +569,27 @@ impl PeerActor {
             let name = self.topics.ledger.to_string();
             let (entry, node_id) = wire::open::<LedgerMessage>(&name, &message.data, &origin)
                 .map_err(blame(Blame::Sender))?;
-            entry.check_signer(&node_id).map_err(blame(Blame::Origin))?;
-            // A forged proof is not passed on; the rest of its checks need the ledger's state.
+            // A forged proof, or anyone's proof sent by someone else, is not passed on; the rest
+            // of the checks need the ledger's state. The ledger counts these by reason too.
             let proofs = match &entry {
                 LedgerMessage::Proof(p) => std::slice::from_ref(p),
-                LedgerMessage::Recent(proofs) => proofs.as_slice(),
+                LedgerMessage::Recent { proofs, .. } => proofs.as_slice(),
                 _ => &[],
             };
-            for proof in proofs {
-                check_signature(proof).map_err(|r| (Blame::Origin, r.into()))?;
+            let gate = entry.check_signer(&node_id).and_then(|()| {
+                proofs
+                    .iter()
+                    .try_for_each(|proof| check_signature(proof).map_err(Rejection::from))
+            });
+            if let Err(rejection) = gate {
+                if let Some(ledger) = &self.ledger {
+                    ledger.refused.do_send(RefusedAtGate(rejection.kind()));
+                }
+                return Err((Blame::Origin, rejection));
             }
             self.table.accept(now, source);
             if let Some(ledger) = &self.ledger {
-                ledger.do_send(LedgerGossip {
+                ledger.gossip.do_send(LedgerGossip {
                     origin,
                     message: entry,
                 });
@@ -852,7 +860,7 @@ impl Handler<RegisterLedger> for PeerActor {
     type Result = ();
 
     fn handle(&mut self, msg: RegisterLedger, _: &mut Self::Context) {
-        self.ledger = Some(msg.0);
+        self.ledger = Some(msg);
     }
 }
 

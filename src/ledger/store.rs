@@ -552,6 +552,41 @@ impl LedgerStore {
         Ok(proofs)
     }
 
+    /// `sender`'s newest transactions made at or after `since_ms` (applied or not), at most
+    /// `limit`: what the node gossips again for peers that missed them.
+    pub fn transactions_of(
+        &self,
+        sender: &str,
+        since_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<SignedTransaction>, LedgerError> {
+        self.transactions_of_at(sender, since_ms, limit)
+            .map_err(|kind| self.error(kind))
+    }
+
+    fn transactions_of_at(
+        &self,
+        sender: &str,
+        since_ms: u64,
+        limit: usize,
+    ) -> Fallible<Vec<SignedTransaction>> {
+        let limit = limit.clamp(1, MAX_PROOFS_PER_PAGE);
+        let mut statement = self.conn.prepare_cached(
+            "SELECT id, body FROM transactions WHERE sender = ?1 AND timestamp_ms >= ?2
+             ORDER BY timestamp_ms DESC, id DESC LIMIT ?3",
+        )?;
+        let since = sql_int(since_ms.min(i64::MAX as u64));
+        let mut rows = statement.query(params![sender, since, limit as i64])?;
+        let mut txs = Vec::new();
+        while let Some(row) = rows.next()? {
+            let id: String = row.get(0)?;
+            txs.push(parse_json(&row.get::<_, String>(1)?, || {
+                format!("transaction {id}")
+            })?);
+        }
+        Ok(txs)
+    }
+
     /// Counted verification rejections by kind.
     pub fn rejections(&self) -> BTreeMap<String, u64> {
         self.rejections.clone()

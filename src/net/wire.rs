@@ -77,9 +77,12 @@ pub enum LedgerMessage {
     /// What the sender's aggregation of a round kept: lets a node that missed (part of) that
     /// round settle the training proofs of it, once it holds the θ₀ that aggregate produced.
     Verdicts(RoundVerdictsWire),
-    /// The sender's own recent proofs again, so peers that were not connected (or not yet
-    /// subscribed) when one was first gossiped still get it; known ones are no-ops.
-    Recent(Vec<SignedProof>),
+    /// The sender's own recent proofs and transactions again, so peers that were not connected
+    /// (or not yet subscribed) when one was first gossiped still get it; known ones are no-ops.
+    Recent {
+        proofs: Vec<SignedProof>,
+        transactions: Vec<SignedTransaction>,
+    },
 }
 
 /// A round's verdicts as gossiped; `theta0_after` is the BLAKE3 hash of the θ₀ they produced.
@@ -106,9 +109,14 @@ impl LedgerMessage {
         match self {
             LedgerMessage::Proof(p) => owned(&p.proof.node_id, p.proof.nonce),
             LedgerMessage::Transaction(t) => owned(&t.tx.from, t.tx.seq),
-            LedgerMessage::Recent(proofs) => proofs
+            LedgerMessage::Recent {
+                proofs,
+                transactions,
+            } => proofs
                 .iter()
-                .try_for_each(|p| owned(&p.proof.node_id, p.proof.nonce)),
+                .map(|p| (&p.proof.node_id, p.proof.nonce))
+                .chain(transactions.iter().map(|t| (&t.tx.from, t.tx.seq)))
+                .try_for_each(|(owner, nonce)| owned(owner, nonce)),
             // Verdicts are the sender's own by construction (the gossip signature names it).
             LedgerMessage::Verdicts(_) => Ok(()),
         }
