@@ -409,4 +409,39 @@ mod tests {
             Err(Rejection::Malformed(_))
         ));
     }
+
+    fn signed_proof(id: &Identity, nonce: u64) -> SignedProof {
+        let proof = crate::ledger::Proof {
+            nonce,
+            timestamp_ms: 1,
+            work_seconds: 60,
+            uptime_seconds: 60,
+            ..crate::ledger::Proof::empty(crate::ledger::ProofKind::Uptime)
+        };
+        crate::ledger::proof::sign_proof(id, proof).unwrap()
+    }
+
+    #[test]
+    fn only_the_signer_of_a_proof_may_gossip_it() {
+        let (alice, bob) = (identity(), identity());
+        let own = LedgerMessage::Proof(signed_proof(&alice, 1));
+        assert_eq!(own.check_signer(&alice.node_id), Ok(()));
+        let replayed = own.check_signer(&bob.node_id).unwrap_err();
+        assert_eq!(replayed.kind(), "replay");
+        // One foreign proof spoils a bundle of recent ones.
+        let bundle = LedgerMessage::Recent {
+            proofs: vec![signed_proof(&alice, 2), signed_proof(&bob, 3)],
+            transactions: Vec::new(),
+        };
+        assert_eq!(
+            bundle.check_signer(&alice.node_id).unwrap_err().kind(),
+            "replay"
+        );
+        let verdicts = LedgerMessage::Verdicts(RoundVerdictsWire {
+            round: 1,
+            theta0_after: String::new(),
+            verdicts: Vec::new(),
+        });
+        assert_eq!(verdicts.check_signer(&bob.node_id), Ok(()));
+    }
 }
