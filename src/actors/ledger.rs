@@ -58,8 +58,15 @@ pub struct LedgerActor {
     stolen: Vec<SignedProof>,
     /// θ₀ hash this node trained each recent round from.
     adopted: BTreeMap<u64, String>,
-    /// Peers' verdicts on rounds whose resulting θ₀ this node does not hold yet.
-    peer_verdicts: Vec<RoundVerdictsWire>,
+    /// Round verdicts (own and peers') waiting to settle.
+    pending_verdicts: Vec<PendingVerdicts>,
+}
+
+/// A round's verdicts before they settle; `reasons` (this node's own, with scores) is empty for
+/// a peer's.
+struct PendingVerdicts {
+    wire: RoundVerdictsWire,
+    reasons: Vec<String>,
 }
 
 /// Own proofs (~700 bytes each) and transactions (~450) gossiped again each uptime interval,
@@ -85,7 +92,7 @@ impl LedgerActor {
             last_uptime_proof: Instant::now(),
             stolen: Vec::new(),
             adopted: BTreeMap::new(),
-            peer_verdicts: Vec::new(),
+            pending_verdicts: Vec::new(),
         }
     }
 
@@ -204,38 +211,50 @@ impl LedgerActor {
         self.publish_account();
     }
 
-    /// A peer's verdicts count when its aggregate produced the θ₀ this node holds for the next
-    /// round (same inputs, same rule, same result); until this node knows that θ₀ they wait.
-    fn consider_peer_verdicts(&mut self, wire: RoundVerdictsWire) {
-        match self.adopted.get(&(wire.round + 1)) {
-            Some(hash) if *hash == wire.theta0_after => {
-                let reason = |kept: bool| {
-                    let word = if kept { "kept" } else { "rejected" };
-                    format!(
-                        "{word} in round {} (by the peers that produced θ₀ {})",
-                        wire.round,
-                        hash.get(..12).unwrap_or(hash)
-                    )
-                };
-                let verdicts: Vec<_> = wire
-                    .verdicts
-                    .iter()
-                    .map(|(node_id, delta_hash, kept)| {
-                        (delta_hash.clone(), node_id.clone(), *kept, reason(*kept))
-                    })
-                    .collect();
-                self.record_verdicts(wire.round, &verdicts);
+    /// Keeps a round's verdicts (this node's or a peer's) until they can be settled.
+    fn hold_verdicts(&mut self, pending: PendingVerdicts) {
+        if self.pending_verdicts.len() >= KEPT_ROUNDS * 8 {
+            self.pending_verdicts.remove(0);
+        }
+        self.pending_verdicts.push(pending);
+        self.settle_verdicts();
+    }
+
+    /// Verdicts on round r are settled once this node trains round r + 2, from the θ₀ it then
+    /// holds for round r + 1: by then a node that aggregated round r on a minority θ₀ has
+    /// healed to the majority's, so only verdicts whose aggregate produced that θ₀ are recorded
+    /// (its own, or any peer's), and all nodes on the majority's θ₀ settle the same proofs.
+    fn settle_verdicts(&mut self) {
+        let Some(&current) = self.adopted.keys().next_back() else {
+            return;
+        };
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_verdicts)
+            .into_iter()
+            .partition(|p| p.wire.round + 2 <= current);
+        self.pending_verdicts = waiting;
+        for pending in ready {
+            let round = pending.wire.round;
+            let Some(theta0) = self.adopted.get(&(round + 1)).cloned() else {
+                continue; // older than the θ₀ hashes this node remembers
+            };
+            if theta0 != pending.wire.theta0_after {
+                continue; // another history than the one this node holds
             }
-            // Not (yet) this node's θ₀ for that round: a heal may still adopt it.
-            _ => {
-                let oldest = self.adopted.first_key_value().map_or(0, |(r, _)| *r);
-                if wire.round + 1 >= oldest {
-                    if self.peer_verdicts.len() >= KEPT_ROUNDS * 8 {
-                        self.peer_verdicts.remove(0);
-                    }
-                    self.peer_verdicts.push(wire);
-                }
-            }
+            let verdicts: Vec<_> = pending
+                .wire
+                .verdicts
+                .iter()
+                .enumerate()
+                .map(|(i, (node_id, delta_hash, kept))| {
+                    let reason = pending.reasons.get(i).cloned().unwrap_or_else(|| {
+                        let word = if *kept { "kept" } else { "rejected" };
+                        let theta0 = theta0.get(..12).unwrap_or(&theta0);
+                        format!("{word} in round {round} (by the peers that produced θ₀ {theta0})")
+                    });
+                    (delta_hash.clone(), node_id.clone(), *kept, reason)
+                })
+                .collect();
+            self.record_verdicts(round, &verdicts);
         }
     }
 
@@ -362,7 +381,10 @@ impl Handler<LedgerGossip> for LedgerActor {
                 refused.into_iter().next()
             }
             LedgerMessage::Verdicts(verdicts) => {
-                self.consider_peer_verdicts(verdicts.clone());
+                self.hold_verdicts(PendingVerdicts {
+                    wire: verdicts.clone(),
+                    reasons: Vec::new(),
+                });
                 None
             }
         };
@@ -421,7 +443,8 @@ impl Handler<ProveInference> for LedgerActor {
 impl Handler<RoundVerdicts> for LedgerActor {
     type Result = ();
 
-    /// Records this node's verdicts and gossips them for peers that missed the round.
+    /// Holds this node's verdicts until they settle and gossips them for peers that missed the
+    /// round.
     fn handle(&mut self, msg: RoundVerdicts, _: &mut Self::Context) {
         let wire = RoundVerdictsWire {
             round: msg.round,
@@ -432,33 +455,25 @@ impl Handler<RoundVerdicts> for LedgerActor {
                 .map(|v| (v.node_id.clone(), v.delta_hash.clone(), v.kept))
                 .collect(),
         };
-        let verdicts: Vec<_> = msg
-            .verdicts
-            .into_iter()
-            .map(|v| (v.delta_hash, v.node_id, v.kept, v.reason))
-            .collect();
-        self.record_verdicts(msg.round, &verdicts);
         if !self.options.fault.cheat {
             self.peers
-                .do_send(PublishLedger(LedgerMessage::Verdicts(wire)));
+                .do_send(PublishLedger(LedgerMessage::Verdicts(wire.clone())));
         }
+        let reasons = msg.verdicts.into_iter().map(|v| v.reason).collect();
+        self.hold_verdicts(PendingVerdicts { wire, reasons });
     }
 }
 
 impl Handler<ModelAdopted> for LedgerActor {
     type Result = ();
 
-    /// This node now holds θ₀ of `round`: peers' verdicts on the round before that produced
-    /// the same θ₀ are as good as its own.
+    /// This node now trains `round` from this θ₀: verdicts that waited for it may settle.
     fn handle(&mut self, msg: ModelAdopted, _: &mut Self::Context) {
         self.adopted.insert(msg.round, msg.theta0_hash);
         while self.adopted.len() > KEPT_ROUNDS {
             self.adopted.pop_first();
         }
-        let waiting = std::mem::take(&mut self.peer_verdicts);
-        for verdicts in waiting {
-            self.consider_peer_verdicts(verdicts);
-        }
+        self.settle_verdicts();
     }
 }
 
