@@ -4,11 +4,12 @@
 //! way, credits training proofs only when the round's robust aggregation kept their delta, and
 //! publishes this node's account to the StatusBoard for the API.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use libp2p::PeerId;
 use tracing::{info, warn};
 
 use super::messages::{
@@ -27,7 +28,7 @@ use crate::ledger::store::{
 use crate::ledger::tx::{check_transaction, sign_transaction, tx_id};
 use crate::ledger::verify::{ProofLimits, verify_proof};
 use crate::ledger::{
-    Proof, ProofKind, ProofRejection, SignedProof, SignedTransaction, Transaction, TxKind,
+    Nano, Proof, ProofKind, ProofRejection, SignedProof, SignedTransaction, Transaction, TxKind,
     TxRejection, rewards::burn_fee,
 };
 use crate::net::wire::{LedgerMessage, Rejection, RoundVerdictsWire, unix_ms};
@@ -60,7 +61,14 @@ pub struct LedgerActor {
     adopted: BTreeMap<u64, String>,
     /// Round verdicts (own and peers') waiting to settle.
     pending_verdicts: Vec<PendingVerdicts>,
+    /// Peers' verified proofs waiting for the next batch write, with who sent them.
+    inbox: Vec<(SignedProof, Nano, PeerId)>,
+    inbox_ids: HashSet<String>,
 }
+
+/// Peers' proofs are written at least this often, or when this many are waiting.
+const INBOX_FLUSH: Duration = Duration::from_millis(200);
+const INBOX_BATCH: usize = 128;
 
 /// A round's verdicts before they settle; `reasons` (this node's own, with scores) is empty for
 /// a peer's.
@@ -93,6 +101,8 @@ impl LedgerActor {
             stolen: Vec::new(),
             adopted: BTreeMap::new(),
             pending_verdicts: Vec::new(),
+            inbox: Vec::new(),
+            inbox_ids: HashSet::new(),
         }
     }
 
@@ -127,54 +137,108 @@ impl LedgerActor {
         }
     }
 
-    /// Verifies a proof against what the ledger knows of its signer and records it; a proof
-    /// already stored is a no-op (`Ok(None)`).
+    /// Verifies a proof against what the ledger knows of its signer and records it at once (this
+    /// node's own proofs: acknowledged when stored); a proof already stored is a no-op.
     fn accept_proof(&mut self, signed: &SignedProof) -> Result<Option<ProofStatus>, Rejection> {
+        match self.check_proof(signed) {
+            Ok(Some(base)) => self
+                .store_proofs(vec![(signed.clone(), base)])
+                .into_iter()
+                .next()
+                .unwrap_or(Ok(None)),
+            Ok(None) => Ok(None),
+            Err(rejection) => {
+                self.count(&rejection);
+                Err(rejection)
+            }
+        }
+    }
+
+    /// The proof's base reward if it is new and passes verification; `None` if it is known.
+    fn check_proof(&self, signed: &SignedProof) -> Result<Option<Nano>, Rejection> {
         let id = proof_id(&signed.proof)?;
-        if self.store.has_proof(&id).map_err(unavailable)? {
+        if self.inbox_ids.contains(&id) || self.store.has_proof(&id).map_err(unavailable)? {
             return Ok(None);
         }
         let now = unix_ms();
-        let verdict = self
+        let proof = &signed.proof;
+        let history = self
             .store
-            .history(
-                &signed.proof.node_id,
-                signed.proof.nonce,
-                now,
-                signed.proof.timestamp_ms,
-            )
-            .map_err(unavailable)
-            .and_then(|history| {
-                verify_proof(
-                    now,
-                    signed,
-                    &history,
-                    &self.options.limits,
-                    &self.options.schedule,
-                )
-                .map_err(Rejection::from)
-            });
-        let outcome = verdict.and_then(|base| {
-            let mut outcomes = self
-                .store
-                .insert_proofs(&[(signed.clone(), base)])
-                .map_err(unavailable)?;
-            Ok(outcomes.pop().unwrap_or(InsertOutcome::Duplicate))
-        });
-        let outcome = outcome.and_then(|inserted| match inserted {
-            InsertOutcome::Stored(status) => Ok(Some(status)),
-            InsertOutcome::Duplicate => Ok(None),
-            InsertOutcome::Replay => Err(ProofRejection::Replay {
-                nonce: signed.proof.nonce,
+            .history(&proof.node_id, proof.nonce, now, proof.timestamp_ms)
+            .map_err(unavailable)?;
+        let (limits, schedule) = (&self.options.limits, &self.options.schedule);
+        let base = verify_proof(now, signed, &history, limits, schedule)?;
+        Ok(Some(base))
+    }
+
+    /// Writes verified proofs in one transaction; per proof, its status or why it was refused.
+    fn store_proofs(
+        &mut self,
+        batch: Vec<(SignedProof, Nano)>,
+    ) -> Vec<Result<Option<ProofStatus>, Rejection>> {
+        let outcomes = match self.store.insert_proofs(&batch) {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                let rejection = unavailable(e);
+                return batch.iter().map(|_| Err(rejection.clone())).collect();
             }
-            .into()),
-            InsertOutcome::Malformed(why) => Err(ProofRejection::Malformed(why).into()),
-        });
-        if let Err(rejection) = &outcome {
+        };
+        let results: Vec<_> = batch
+            .iter()
+            .zip(outcomes)
+            .map(|((signed, _), inserted)| match inserted {
+                InsertOutcome::Stored(status) => Ok(Some(status)),
+                InsertOutcome::Duplicate => Ok(None),
+                InsertOutcome::Replay => Err(ProofRejection::Replay {
+                    nonce: signed.proof.nonce,
+                }
+                .into()),
+                InsertOutcome::Malformed(why) => Err(ProofRejection::Malformed(why).into()),
+            })
+            .collect();
+        for rejection in results.iter().filter_map(|r| r.as_ref().err()) {
             self.count(rejection);
         }
         self.publish_account();
-        outcome
+        results
+    }
+
+    /// A peer's proof: verified now, written with the others of the next flush (one SQLite
+    /// transaction, and one re-fold at most, per batch instead of per proof).
+    fn receive_proof(&mut self, signed: &SignedProof, origin: PeerId) -> Option<Rejection> {
+        match self.check_proof(signed) {
+            Ok(Some(base)) => {
+                self.inbox_ids
+                    .insert(proof_id(&signed.proof).unwrap_or_default());
+                self.inbox.push((signed.clone(), base, origin));
+                if self.inbox.len() >= INBOX_BATCH {
+                    self.flush_inbox();
+                }
+                None
+            }
+            Ok(None) => None,
+            Err(rejection) => {
+                self.count(&rejection);
+                Some(rejection)
+            }
+        }
+    }
+
+    fn flush_inbox(&mut self) {
+        if self.inbox.is_empty() {
+            return;
+        }
+        self.inbox_ids.clear();
+        let (batch, origins): (Vec<_>, Vec<_>) = std::mem::take(&mut self.inbox)
+            .into_iter()
+            .map(|(signed, base, origin)| ((signed, base), origin))
+            .unzip();
+        let results = self.store_proofs(batch);
+        for (result, peer) in results.into_iter().zip(origins) {
+            if let Err(rejection) = result {
+                self.peers.do_send(PeerOffence { peer, rejection });
+            }
+        }
     }
 
     /// Checks a transaction (signature, freshness, fee) and lets the fold decide whether it
@@ -340,6 +404,7 @@ impl Actor for LedgerActor {
             refused: ctx.address().recipient(),
         });
         self.publish_account();
+        ctx.run_interval(INBOX_FLUSH, |act, _| act.flush_inbox());
         ctx.run_interval(self.options.uptime_interval, |act, _| {
             act.prove_uptime();
             if !act.options.fault.cheat {
@@ -363,7 +428,7 @@ impl Handler<LedgerGossip> for LedgerActor {
                 if self.options.fault.cheat && self.stolen.len() < 16 {
                     self.stolen.push(proof.clone());
                 }
-                self.accept_proof(proof).err()
+                self.receive_proof(proof, msg.origin)
             }
             LedgerMessage::Transaction(tx) => self.accept_transaction(tx).err(),
             LedgerMessage::Recent {
@@ -373,8 +438,9 @@ impl Handler<LedgerGossip> for LedgerActor {
                 // Transactions after proofs: a transfer may spend what a proof just earned.
                 let mut refused: Vec<Rejection> = proofs
                     .iter()
-                    .filter_map(|proof| self.accept_proof(proof).err())
+                    .filter_map(|proof| self.receive_proof(proof, msg.origin))
                     .collect();
+                self.flush_inbox();
                 for tx in transactions {
                     refused.extend(self.accept_transaction(tx).err());
                 }
