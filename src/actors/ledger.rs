@@ -323,9 +323,7 @@ impl LedgerActor {
     }
 
     fn count(&mut self, rejection: &Rejection) {
-        if let Err(e) = self.store.count_rejection(rejection.kind()) {
-            warn!(error = %e, "cannot count a rejection");
-        }
+        self.store.count_rejection(rejection.kind());
     }
 
     /// The fault switch: what goes out is a forged copy of `signed` (its reward-bearing
@@ -404,7 +402,12 @@ impl Actor for LedgerActor {
             refused: ctx.address().recipient(),
         });
         self.publish_account();
-        ctx.run_interval(INBOX_FLUSH, |act, _| act.flush_inbox());
+        ctx.run_interval(INBOX_FLUSH, |act, _| {
+            act.flush_inbox();
+            if let Err(e) = act.store.save_rejections() {
+                warn!(error = %e, "cannot save the rejection counts");
+            }
+        });
         ctx.run_interval(self.options.uptime_interval, |act, _| {
             act.prove_uptime();
             if !act.options.fault.cheat {
@@ -467,9 +470,7 @@ impl Handler<RefusedAtGate> for LedgerActor {
     type Result = ();
 
     fn handle(&mut self, msg: RefusedAtGate, _: &mut Self::Context) {
-        if let Err(e) = self.store.count_rejection(msg.0) {
-            warn!(error = %e, "cannot count a rejection");
-        }
+        self.store.count_rejection(msg.0);
         self.publish_account();
     }
 }

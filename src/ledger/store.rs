@@ -265,6 +265,8 @@ pub struct LedgerStore {
     stored_transactions: u64,
     /// The `rejections` table, kept in memory so that reading it cannot fail.
     rejections: BTreeMap<String, u64>,
+    /// Counted since the last `save_rejections`.
+    unsaved_rejections: BTreeMap<String, u64>,
 }
 
 impl LedgerStore {
@@ -323,6 +325,7 @@ impl LedgerStore {
             stored_proofs,
             stored_transactions,
             rejections,
+            unsaved_rejections: BTreeMap::new(),
         })
     }
 
@@ -449,17 +452,35 @@ impl LedgerStore {
         result.map_err(|kind| self.error(kind))
     }
 
-    /// Counts a proof or transaction refused by verification (not stored as an event).
-    pub fn count_rejection(&mut self, kind: &str) -> Result<(), LedgerError> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO rejections (kind, count) VALUES (?1, 1)
-                 ON CONFLICT (kind) DO UPDATE SET count = count + 1",
-            )
-            .and_then(|mut statement| statement.execute(params![kind]))
-            .map_err(|error| self.error(error.into()))?;
-        let count = self.rejections.entry(kind.to_owned()).or_default();
-        *count = count.saturating_add(1);
+    /// Counts a proof or transaction refused by verification (not stored as an event); written
+    /// by the next `save_rejections`.
+    pub fn count_rejection(&mut self, kind: &str) {
+        for counts in [&mut self.rejections, &mut self.unsaved_rejections] {
+            let count = counts.entry(kind.to_owned()).or_default();
+            *count = count.saturating_add(1);
+        }
+    }
+
+    /// Writes the rejection counts gathered since the last call, in one transaction: a flood
+    /// of bad proofs costs one fsync per call, not one per proof.
+    pub fn save_rejections(&mut self) -> Result<(), LedgerError> {
+        if self.unsaved_rejections.is_empty() {
+            return Ok(());
+        }
+        let save = |conn: &mut Connection, counts: &BTreeMap<String, u64>| -> Fallible<()> {
+            let db = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for (kind, added) in counts {
+                db.prepare_cached(
+                    "INSERT INTO rejections (kind, count) VALUES (?1, ?2)
+                     ON CONFLICT (kind) DO UPDATE SET count = count + ?2",
+                )?
+                .execute(params![kind, sql_int(*added)])?;
+            }
+            db.commit()?;
+            Ok(())
+        };
+        save(&mut self.conn, &self.unsaved_rejections).map_err(|kind| self.error(kind))?;
+        self.unsaved_rejections.clear();
         Ok(())
     }
 
@@ -1756,7 +1777,8 @@ mod tests {
                     .unwrap(),
                 vec![TxInsertOutcome::Applied]
             );
-            store.count_rejection("stale").unwrap();
+            store.count_rejection("stale");
+            store.save_rejections().unwrap();
         }
         let store = open(&dir);
         let account = store.account(&alice.node_id);
