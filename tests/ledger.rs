@@ -161,6 +161,11 @@ fn honest_nodes_hold_identical_balances_and_a_forging_replaying_node_earns_nothi
             })
         },
     );
+    let metrics = honest[0].get_text("/metrics");
+    assert!(
+        metrics.contains("neuroshard_ledger_rejections_total{reason=\"bad_signature\"}"),
+        "/metrics lacks the rejections by reason:\n{metrics}"
+    );
     drop(nodes);
     for i in 0..3 {
         let (ok, report) = ledger_verify(&dir.path().join(format!("n{i}")));

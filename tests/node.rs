@@ -53,6 +53,27 @@ fn api_answers_with_documented_keys_and_json_errors() {
     ] {
         assert!(stats.get(key).is_some(), "/api/stats lacks {key}: {stats}");
     }
+    // Prometheus: the documented series, in the text format, once the node has trained.
+    node.wait_for("a training step", std::time::Duration::from_secs(60), |n| {
+        n.stats()["global_step"].as_u64() > Some(0)
+    });
+    let metrics = node.get_text("/metrics");
+    for series in [
+        "neuroshard_global_step_total ",
+        "neuroshard_loss ",
+        "neuroshard_tokens_per_second ",
+        "neuroshard_outer_rounds_total ",
+        "neuroshard_network_bytes_in_total ",
+        "neuroshard_peers ",
+        "neuroshard_neuro_balance ",
+        "neuroshard_trainer_restarts_total ",
+        "neuroshard_ledger_proofs_total ",
+    ] {
+        assert!(
+            metrics.contains(series),
+            "/metrics lacks {series:?}:\n{metrics}"
+        );
+    }
     let diloco = node.get("/api/diloco");
     for key in [
         "enabled",

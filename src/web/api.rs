@@ -122,6 +122,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/generate_text", web::post().to(generate_text))
         .route("/api/generate_text", web::post().to(generate_text))
         .configure(super::ledger::configure)
+        .configure(super::metrics::configure)
         .default_service(web::to(not_found));
 }
 

@@ -3,5 +3,6 @@
 
 mod api;
 mod ledger;
+mod metrics;
 
 pub use api::{ApiError, ApiState, configure, not_found};

@@ -83,6 +83,13 @@ impl Process {
         Some((status, resp.body_mut().read_json().ok()?))
     }
 
+    /// GET of a text resource (e.g. /metrics) that must answer 200.
+    pub fn get_text(&self, path: &str) -> String {
+        let mut resp = self.agent.get(&self.url(path)).call().expect("GET");
+        assert_eq!(resp.status().as_u16(), 200, "GET {path}");
+        resp.body_mut().read_to_string().expect("text body")
+    }
+
     /// GET that must answer: (status, JSON body).
     pub fn get_with_status(&self, path: &str) -> (u16, Value) {
         self.try_get(path)
