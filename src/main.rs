@@ -85,6 +85,12 @@ enum Command {
         #[arg(long, default_value_t = 180)]
         ttl_s: u64,
     },
+    /// Print a running node's state (training, DiLoCo round, peers, NEURO) from its API.
+    Status {
+        /// The node's API address.
+        #[arg(long, default_value = "http://127.0.0.1:8000")]
+        url: String,
+    },
     /// Inspect the NEURO ledger of a node's state directory.
     Ledger {
         #[command(subcommand)]
@@ -171,6 +177,7 @@ fn main() -> ExitCode {
         Some(Command::Ledger {
             command: LedgerCommand::Verify { state_dir },
         }) => return verify_ledger(&cli, state_dir),
+        Some(Command::Status { url }) => return print_status(url),
         None => {}
     }
     let config = match Config::load(cli.config.as_deref(), cli.overrides()) {
@@ -249,4 +256,92 @@ fn verify_ledger(cli: &Cli, state_dir: &std::path::Path) -> ExitCode {
         eprintln!("ledger verification FAILED (details above)");
         ExitCode::FAILURE
     }
+}
+
+/// `neuroshard status`: one screen of a running node's state; exit 1 when it cannot be reached.
+fn print_status(url: &str) -> ExitCode {
+    let agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(5)))
+        .build()
+        .new_agent();
+    let base = url.trim_end_matches('/');
+    let get = |path: &str| -> Result<serde_json::Value, String> {
+        agent
+            .get(&format!("{base}{path}"))
+            .call()
+            .map_err(|e| e.to_string())?
+            .body_mut()
+            .read_json()
+            .map_err(|e| e.to_string())
+    };
+    let (stats, diloco, neuro) = match (get("/api/stats"), get("/api/diloco"), get("/api/neuro")) {
+        (Ok(s), Ok(d), Ok(n)) => (s, d, n),
+        (s, d, n) => {
+            let why = [s.err(), d.err(), n.err()].into_iter().flatten().next();
+            eprintln!(
+                "error: cannot reach the node at {base}: {}",
+                why.unwrap_or_default()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let fixed = |v: &serde_json::Value, decimals: usize| {
+        v.as_f64()
+            .map_or_else(|| text(v), |x| format!("{x:.decimals$}"))
+    };
+    let rows = [
+        (
+            "node",
+            format!("{} ({})", text(&stats["node_id"]), text(&stats["role"])),
+        ),
+        ("phase", text(&stats["phase"])),
+        (
+            "preset",
+            format!(
+                "{} ({} parameters)",
+                text(&stats["preset"]),
+                text(&stats["num_params"])
+            ),
+        ),
+        ("step", text(&stats["global_step"])),
+        (
+            "loss / val_loss",
+            format!(
+                "{} / {}",
+                fixed(&stats["loss"], 4),
+                fixed(&stats["val_loss"], 4)
+            ),
+        ),
+        ("tokens/s", fixed(&stats["tokens_per_sec"], 0)),
+        (
+            "outer round",
+            format!(
+                "{} (inner {} of {})",
+                text(&diloco["outer_step_count"]),
+                text(&diloco["inner_step_count"]),
+                text(&diloco["inner_steps_total"])
+            ),
+        ),
+        ("θ₀", text(&stats["theta0_hash"])),
+        ("peers", text(&stats["peer_count"])),
+        (
+            "NEURO",
+            format!(
+                "{} (earned {}, {} proofs)",
+                text(&neuro["balance"]),
+                text(&neuro["total_earned"]),
+                text(&neuro["proof_count"])
+            ),
+        ),
+        ("trainer restarts", text(&stats["trainer_restarts"])),
+    ];
+    for (name, value) in rows {
+        println!("{name:<17} {value}");
+    }
+    ExitCode::SUCCESS
 }

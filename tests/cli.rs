@@ -187,3 +187,29 @@ fn bad_input_exits_2_naming_the_file_and_key_and_writes_nothing() {
         assert!(!state.exists(), "{args:?} wrote into the state dir");
     }
 }
+
+#[test]
+fn status_prints_a_running_node_and_fails_clearly_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::Node::start(&dir.path().join("n"), &["--diloco-steps", "10"], &[]);
+    let node_id = node.stats()["node_id"].as_str().unwrap().to_string();
+    let out = run(&["status", "--url", &node.url("")], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for line in ["node", "outer round", "NEURO", "peers"] {
+        assert!(text.contains(line), "status lacks {line:?}:\n{text}");
+    }
+    assert!(text.contains(&node_id), "{text}");
+
+    let port = common::free_port();
+    let out = run(
+        &["status", "--url", &format!("http://127.0.0.1:{port}")],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot reach the node"),
+        "{}",
+        stderr(&out)
+    );
+}
