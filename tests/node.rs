@@ -126,8 +126,18 @@ fn api_answers_with_documented_keys_and_json_errors() {
         (400..500).contains(&status) && body["error"].is_string(),
         "oversized body: {status} {body}"
     );
-    let (status, body) = node.try_get("/api/nope").unwrap();
-    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+    for missing in ["/api/nope", "/api/v1/nope", "/nope"] {
+        let (status, body) = node.try_get(missing).unwrap();
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (404, Some("not_found")),
+            "{missing}"
+        );
+    }
+    // Every API path is also served under /api/v1.
+    let v1 = node.get("/api/v1/stats");
+    assert_eq!(v1["node_id"], stats["node_id"]);
+    assert!(node.get("/api/v1/neuro")["balance"].is_number());
 
     let page = ureq::get(&node.url("/"))
         .call()

@@ -1,5 +1,5 @@
 //! /api/health, /api/stats, /api/diloco, /api/peers, /api/network, POST /generate_text,
-//! POST /api/blobs/fetch and the plain status page at /.
+//! POST /api/blobs/fetch (each also under /api/v1) and the plain status page at /.
 //! Every error is JSON {error, detail} with a 4xx (or 503) status.
 
 use std::sync::{Arc, Mutex};
@@ -113,17 +113,24 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         });
     cfg.app_data(json)
         .route("/", web::get().to(index))
-        .route("/api/health", web::get().to(health))
-        .route("/api/stats", web::get().to(stats))
-        .route("/api/diloco", web::get().to(diloco))
-        .route("/api/peers", web::get().to(peers))
-        .route("/api/network", web::get().to(network))
-        .route("/api/blobs/fetch", web::post().to(fetch_blob))
         .route("/generate_text", web::post().to(generate_text))
-        .route("/api/generate_text", web::post().to(generate_text))
-        .configure(super::ledger::configure)
         .configure(super::metrics::configure)
+        // /api/v1/... first: the /api scope would claim its prefix.
+        .service(web::scope("/api/v1").configure(api_routes))
+        .service(web::scope("/api").configure(api_routes))
         .default_service(web::to(not_found));
+}
+
+/// The JSON API, served under /api (the original's paths) and /api/v1.
+fn api_routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/health", web::get().to(health))
+        .route("/stats", web::get().to(stats))
+        .route("/diloco", web::get().to(diloco))
+        .route("/peers", web::get().to(peers))
+        .route("/network", web::get().to(network))
+        .route("/blobs/fetch", web::post().to(fetch_blob))
+        .route("/generate_text", web::post().to(generate_text))
+        .configure(super::ledger::configure);
 }
 
 /// 404 as JSON, for every route nobody serves.

@@ -18,16 +18,17 @@ const MAX_PROOFS_LISTED: usize = 1000;
 /// NEURO → nano conversion exact and in range).
 const MAX_AMOUNT_NEURO: f64 = 1e9;
 
+/// Paths relative to the API scope (/api and /api/v1).
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/neuro", web::get().to(neuro))
-        .route("/api/ledger/balance/{id}", web::get().to(balance))
-        .route("/api/ledger/proofs/{id}", web::get().to(proofs))
-        .route("/api/ledger/network", web::get().to(network))
-        .route("/api/ledger/balances", web::get().to(balances))
-        .route("/api/ponw/verify", web::post().to(verify))
-        .route("/api/wallet/send", web::post().to(send))
-        .route("/api/stake", web::post().to(stake))
-        .route("/api/unstake", web::post().to(unstake));
+    cfg.route("/neuro", web::get().to(neuro))
+        .route("/ledger/balance/{id}", web::get().to(balance))
+        .route("/ledger/proofs/{id}", web::get().to(proofs))
+        .route("/ledger/network", web::get().to(network))
+        .route("/ledger/balances", web::get().to(balances))
+        .route("/ponw/verify", web::post().to(verify))
+        .route("/wallet/send", web::post().to(send))
+        .route("/stake", web::post().to(stake))
+        .route("/unstake", web::post().to(unstake));
 }
 
 fn account_json(node_id: &str, account: &Account) -> serde_json::Value {
