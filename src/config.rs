@@ -599,4 +599,24 @@ mod tests {
         let from_file: Config = Figment::from(Toml::string(text)).extract().unwrap();
         assert_eq!(from_file, Config::default());
     }
+
+    #[test]
+    fn the_three_node_example_is_valid_and_wired_to_node_one() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/local-3-nodes");
+        let nodes: Vec<Config> = (1..=3)
+            .map(|i| {
+                let file = dir.join(format!("node{i}.toml"));
+                Config::load(Some(&file), CliOverrides::default())
+                    .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+            })
+            .collect();
+        let first = &nodes[0].network.listen[0];
+        for (i, node) in nodes.iter().enumerate() {
+            assert_eq!(node.port, 8001 + i as u16);
+            assert_eq!(node.network.network_id, "local");
+            if i > 0 {
+                assert_eq!(&node.seed_peers, &[first.clone()]);
+            }
+        }
+    }
 }
