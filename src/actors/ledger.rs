@@ -141,7 +141,7 @@ impl LedgerActor {
     /// node's own proofs: acknowledged when stored); a proof already stored is a no-op.
     fn accept_proof(&mut self, signed: &SignedProof) -> Result<Option<ProofStatus>, Rejection> {
         match self.check_proof(signed) {
-            Ok(Some(base)) => self
+            Ok(Some((_, base))) => self
                 .store_proofs(vec![(signed.clone(), base)])
                 .into_iter()
                 .next()
@@ -154,8 +154,9 @@ impl LedgerActor {
         }
     }
 
-    /// The proof's base reward if it is new and passes verification; `None` if it is known.
-    fn check_proof(&self, signed: &SignedProof) -> Result<Option<Nano>, Rejection> {
+    /// The proof's id and base reward if it is new and passes verification; `None` if it is
+    /// known.
+    fn check_proof(&self, signed: &SignedProof) -> Result<Option<(String, Nano)>, Rejection> {
         let id = proof_id(&signed.proof)?;
         if self.inbox_ids.contains(&id) || self.store.has_proof(&id).map_err(unavailable)? {
             return Ok(None);
@@ -168,7 +169,7 @@ impl LedgerActor {
             .map_err(unavailable)?;
         let (limits, schedule) = (&self.options.limits, &self.options.schedule);
         let base = verify_proof(now, signed, &history, limits, schedule)?;
-        Ok(Some(base))
+        Ok(Some((id, base)))
     }
 
     /// Writes verified proofs in one transaction; per proof, its status or why it was refused.
@@ -207,9 +208,8 @@ impl LedgerActor {
     /// transaction, and one re-fold at most, per batch instead of per proof).
     fn receive_proof(&mut self, signed: &SignedProof, origin: PeerId) -> Option<Rejection> {
         match self.check_proof(signed) {
-            Ok(Some(base)) => {
-                self.inbox_ids
-                    .insert(proof_id(&signed.proof).unwrap_or_default());
+            Ok(Some((id, base))) => {
+                self.inbox_ids.insert(id);
                 self.inbox.push((signed.clone(), base, origin));
                 if self.inbox.len() >= INBOX_BATCH {
                     self.flush_inbox();
