@@ -91,6 +91,25 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:8000")]
         url: String,
     },
+    /// Start N nodes on 127.0.0.1 (network id "devnet", nodes 2..N seeded with node 1), print their
+    /// URLs and wait; Ctrl-C stops them all. Tokens are kept in STATE_DIR/nodeK/token.
+    Devnet {
+        /// How many nodes.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64))]
+        nodes: u16,
+        /// Model preset: nano | micro | bootstrap.
+        #[arg(long, default_value = "nano")]
+        preset: String,
+        /// H: inner steps between DiLoCo outer synchronisations.
+        #[arg(long, default_value_t = 50)]
+        diloco_steps: u64,
+        /// Directory holding node1/ … nodeN/ (state, token, node.log).
+        #[arg(long, default_value = "~/.neuroshard/devnet")]
+        state_dir: PathBuf,
+        /// API ports P..P+N-1 (e.g. 8001); default: free ports picked at start.
+        #[arg(long)]
+        api_port_base: Option<u16>,
+    },
     /// Inspect the NEURO ledger of a node's state directory.
     Ledger {
         #[command(subcommand)]
@@ -162,7 +181,7 @@ fn main() -> ExitCode {
                 eprintln!("error: --ttl-s must be at least 1");
                 return ExitCode::from(2);
             }
-            init_logging("info");
+            init_logging("info", None);
             let ttl = std::time::Duration::from_secs(*ttl_s);
             return match actix_rt::System::new()
                 .block_on(neuroshard::tracker::run(host, *port, ttl))
@@ -178,6 +197,22 @@ fn main() -> ExitCode {
             command: LedgerCommand::Verify { state_dir },
         }) => return verify_ledger(&cli, state_dir),
         Some(Command::Status { url }) => return print_status(url),
+        Some(Command::Devnet {
+            nodes,
+            preset,
+            diloco_steps,
+            state_dir,
+            api_port_base,
+        }) => {
+            return neuroshard::devnet::run(neuroshard::devnet::Options {
+                nodes: usize::from(*nodes),
+                preset: preset.clone(),
+                diloco_steps: *diloco_steps,
+                state_dir: state_dir.clone(),
+                api_port_base: *api_port_base,
+                config: cli.config.clone(),
+            });
+        }
         None => {}
     }
     let config = match Config::load(cli.config.as_deref(), cli.overrides()) {
@@ -187,9 +222,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&config.log_level);
+    let logs = neuroshard::logs::LogRing::new(node::LOG_LINES_KEPT);
+    init_logging(&config.log_level, Some(logs.clone()));
     neuroshard::model::backend::keep_freed_memory_in_heap();
-    let result = actix_rt::System::new().block_on(node::run(config));
+    neuroshard::model::backend::lower_compute_pool_priority();
+    let result = actix_rt::System::new().block_on(node::run(config, logs));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(NodeError::Input(e)) => {
@@ -203,14 +240,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(level: &str) {
+/// Logs to stderr and, for a node, into `ring` (the dashboard's logs tab), through one filter.
+fn init_logging(level: &str, ring: Option<neuroshard::logs::LogRing>) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(ring.map(neuroshard::logs::RingLayer))
         .init();
 }
 

@@ -25,6 +25,7 @@ use crate::diloco::OuterOptimizer;
 use crate::diloco::attack::Attack;
 use crate::diloco::round::RoundOptions;
 use crate::ledger::store::LedgerStore;
+use crate::logs::LogRing;
 use crate::model::backend::{CpuBackend, cpu_device, train_backend_name};
 use crate::model::checkpoint::{self, OuterState};
 use crate::model::corpus::builtin_corpus;
@@ -359,8 +360,11 @@ pub async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-/// Runs a node until SIGINT/SIGTERM. Must be called inside an actix `System`.
-pub async fn run(config: Config) -> Result<(), NodeError> {
+/// Log lines the dashboard's logs tab can look back on.
+pub const LOG_LINES_KEPT: usize = 2000;
+
+/// Runs a node until SIGINT/SIGTERM; `logs` is what the tracing subscriber records for the API. Must be called inside an actix `System`.
+pub async fn run(config: Config, logs: LogRing) -> Result<(), NodeError> {
     let prepared = prepare(&config)?;
     let model_config = config.model_config();
     let training = prepared.data.is_some();
@@ -459,6 +463,7 @@ pub async fn run(config: Config) -> Result<(), NodeError> {
         peers,
         ledger,
         config.api_key.clone(),
+        logs,
     ));
     let http = HttpActor::serve(prepared.listener, state)
         .map_err(|e| NodeError::Runtime(format!("HTTP server: {e}")))?

@@ -75,7 +75,7 @@ pub struct RoundSettings {
 }
 
 /// What /api/diloco shows of the last closed round.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RoundSummary {
     pub round: u64,
     pub participants: usize,

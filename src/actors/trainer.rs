@@ -121,6 +121,8 @@ impl Actor for TrainerActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        // This Arbiter's thread only trains: it yields to the API and the network under contention.
+        crate::model::backend::lower_thread_priority();
         let c = self.trainer.counters;
         info!(
             step = c.global_step,

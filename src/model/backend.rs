@@ -30,6 +30,31 @@ pub fn train_backend_name() -> &'static str {
     }
 }
 
+/// The nice value of the threads that train and aggregate. Only contention makes it matter: a
+/// node alone on its cores trains at full speed, but its API, network and ledger threads (and the
+/// rest of the volunteer's machine) get a core first when they wake (BENCHMARKS.md, API latency).
+pub const COMPUTE_NICE: i32 = 10;
+
+/// Lowers the calling thread to [`COMPUTE_NICE`] (on Linux the nice value is per thread).
+pub fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority on the calling thread's own id changes only its scheduling weight.
+    unsafe {
+        let tid = libc::gettid();
+        if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, COMPUTE_NICE) != 0 {
+            tracing::debug!("could not lower the compute threads' priority");
+        }
+    }
+}
+
+/// Builds rayon's global pool (burn's CPU kernels and the aggregation run on it) with every
+/// thread at [`COMPUTE_NICE`]. Call before anything uses rayon; later calls change nothing.
+pub fn lower_compute_pool_priority() {
+    let _ = rayon::ThreadPoolBuilder::new()
+        .start_handler(|_| lower_thread_priority())
+        .build_global();
+}
+
 /// Keeps memory freed by the training step in the process heap.
 ///
 /// glibc hands every allocation above 32 MB straight back to the OS on free, so each large

@@ -12,12 +12,13 @@ use serde_json::json;
 use crate::actors::ledger::LedgerActor;
 use crate::actors::messages::{FetchBlob, ProveInference};
 use crate::actors::peer::PeerActor;
+use crate::logs::LogRing;
 use crate::model::backend::{CpuBackend, cpu_device};
 use crate::model::inference::{SamplingOptions, generate};
 use crate::model::params::unflatten;
 use crate::model::{NeuroLlm, NeuroLlmConfig};
 use crate::net::blob::BlobId;
-use crate::status::StatusBoard;
+use crate::status::{NodeStatus, StatusBoard};
 
 /// Largest accepted JSON body; prompts are short.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -34,6 +35,8 @@ pub struct ApiState {
     pub(super) api_key: Option<String>,
     /// The CPU model generation uses, rebuilt when the published weights change.
     inference: Mutex<Option<(u64, Arc<NeuroLlm<CpuBackend>>)>>,
+    /// The dashboard's history and its open event streams.
+    pub(super) feed: super::dashboard::Feed,
 }
 
 impl ApiState {
@@ -44,6 +47,7 @@ impl ApiState {
         peers: actix::Addr<PeerActor>,
         ledger: actix::Addr<LedgerActor>,
         api_key: Option<String>,
+        logs: LogRing,
     ) -> Self {
         Self {
             status,
@@ -53,7 +57,13 @@ impl ApiState {
             ledger,
             api_key,
             inference: Mutex::new(None),
+            feed: super::dashboard::Feed::new(logs),
         }
+    }
+
+    /// Ends the dashboard's open event streams, so a graceful stop does not wait on them.
+    pub fn close_streams(&self) {
+        self.feed.close();
     }
 
     fn current_model(&self) -> Option<Arc<NeuroLlm<CpuBackend>>> {
@@ -130,6 +140,8 @@ fn api_routes(cfg: &mut web::ServiceConfig) {
         .route("/network", web::get().to(network))
         .route("/blobs/fetch", web::post().to(fetch_blob))
         .route("/generate_text", web::post().to(generate_text))
+        .configure(super::dashboard::configure)
+        .configure(super::openapi::configure)
         .configure(super::ledger::configure);
 }
 
@@ -148,8 +160,12 @@ async fn health(state: web::Data<ApiState>) -> HttpResponse {
 }
 
 async fn stats(state: web::Data<ApiState>) -> HttpResponse {
-    let s = state.status.read();
-    HttpResponse::Ok().json(json!({
+    HttpResponse::Ok().json(stats_view(&state, &state.status.read()))
+}
+
+/// The body of /api/stats (also part of the dashboard's stream).
+pub(super) fn stats_view(state: &ApiState, s: &NodeStatus) -> serde_json::Value {
+    json!({
         "node_id": s.node_id,
         "peer_id": s.peer_id,
         "role": s.role,
@@ -172,7 +188,7 @@ async fn stats(state: web::Data<ApiState>) -> HttpResponse {
         "last_checkpoint_step": s.last_checkpoint_step,
         "theta0_hash": s.theta0_hash,
         "peer_count": s.network.peer_count,
-    }))
+    })
 }
 
 async fn peers(state: web::Data<ApiState>) -> HttpResponse {
@@ -180,13 +196,17 @@ async fn peers(state: web::Data<ApiState>) -> HttpResponse {
 }
 
 async fn network(state: web::Data<ApiState>) -> HttpResponse {
-    let s = state.status.read();
+    HttpResponse::Ok().json(network_view(&state.status.read()))
+}
+
+/// The body of /api/network: the network totals without the peer list.
+pub(super) fn network_view(s: &NodeStatus) -> serde_json::Value {
     let mut view = serde_json::to_value(s.network.as_ref()).unwrap_or_default();
     if let Some(object) = view.as_object_mut() {
         object.remove("peers");
         object.insert("peer_id".into(), json!(s.peer_id));
     }
-    HttpResponse::Ok().json(view)
+    view
 }
 
 #[derive(Deserialize)]
@@ -202,12 +222,22 @@ async fn fetch_blob(
     state: web::Data<ApiState>,
     body: web::Json<FetchBlobRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let peer = body
+    let peer: libp2p::PeerId = body
         .peer_id
         .parse()
         .map_err(|e| ApiError::bad_request(format!("peer_id: {e}")))?;
     let id = BlobId::from_hex(&body.hash)
         .ok_or_else(|| ApiError::bad_request("hash must be 64 hexadecimal characters"))?;
+    // A peer this node has never seen is the caller's mistake, not a failed transfer (502).
+    let listed = peer.to_string();
+    let network = state.status.read().network;
+    if !network.peers.iter().any(|p| p.peer_id == listed) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_peer",
+            format!("{listed} is not in this node's peer table (see /api/peers)"),
+        ));
+    }
     let started = std::time::Instant::now();
     let bytes = state
         .peers
@@ -232,9 +262,13 @@ async fn fetch_blob(
 }
 
 async fn diloco(state: web::Data<ApiState>) -> HttpResponse {
-    let s = state.status.read();
+    HttpResponse::Ok().json(diloco_view(&state, &state.status.read()))
+}
+
+/// The body of /api/diloco (also part of the dashboard's stream).
+pub(super) fn diloco_view(state: &ApiState, s: &NodeStatus) -> serde_json::Value {
     let progress = s.inner_step as f64 / s.inner_steps_total.max(1) as f64;
-    HttpResponse::Ok().json(json!({
+    json!({
         "enabled": state.training_enabled,
         "inner_step_count": s.inner_step,
         "inner_steps_total": s.inner_steps_total,
@@ -246,7 +280,7 @@ async fn diloco(state: web::Data<ApiState>) -> HttpResponse {
         "heals": s.heals,
         "last_heal": s.last_heal,
         "last_round": s.last_round,
-    }))
+    })
 }
 
 #[derive(Deserialize)]

@@ -12,6 +12,7 @@ use crate::actors::messages::{CheckProof, GetAccount, GetBalances, GetProofs, Su
 use crate::ledger::rewards::{nano, stake_multiplier};
 use crate::ledger::state::Account;
 use crate::ledger::{Nano, SignedProof, TxKind, to_neuro};
+use crate::status::NodeStatus;
 
 const MAX_PROOFS_LISTED: usize = 1000;
 /// The largest amount one request may move, in NEURO (far above any balance; keeps the
@@ -47,7 +48,11 @@ fn account_json(node_id: &str, account: &Account) -> serde_json::Value {
 
 /// This node's wallet with the Python original's keys.
 async fn neuro(state: web::Data<ApiState>) -> HttpResponse {
-    let s = state.status.read();
+    HttpResponse::Ok().json(neuro_view(&state.status.read()))
+}
+
+/// The body of /api/neuro (also part of the dashboard's stream).
+pub(super) fn neuro_view(s: &NodeStatus) -> serde_json::Value {
     let view = &s.neuro;
     let mut body = account_json(&s.node_id, &view.account);
     body["wallet_id"] = json!(s.node_id);
@@ -57,7 +62,7 @@ async fn neuro(state: web::Data<ApiState>) -> HttpResponse {
         "circulating_supply": to_neuro(view.network.circulating_supply),
     });
     body["rejections"] = json!(view.rejections);
-    HttpResponse::Ok().json(body)
+    body
 }
 
 fn node_id_of_path(id: &str) -> Result<String, ApiError> {

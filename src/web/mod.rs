@@ -2,7 +2,10 @@
 //! [`StatusBoard`](crate::status::StatusBoard); none of them waits on the trainer.
 
 mod api;
+mod dashboard;
 mod ledger;
 mod metrics;
+mod openapi;
 
 pub use api::{ApiError, ApiState, configure, not_found};
+pub use dashboard::tick;

@@ -1,0 +1,108 @@
+//! The dashboard as a person sees it: headless Chromium (Debian's chromium and chromium-driver,
+//! driven by tests/python/dashboard_browser.py through selenium) opens a training node's page and
+//! watches it update live. The screenshot lands in target/tmp/dashboard.png.
+
+mod common;
+
+use std::io::Read;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::Node;
+
+fn require_browser() {
+    for (program, install) in [
+        ("chromium", "apt-get install chromium"),
+        ("chromedriver", "apt-get install chromium-driver"),
+    ] {
+        let found = Command::new(program).arg("--version").output();
+        assert!(
+            found.is_ok_and(|o| o.status.success()),
+            "{program} is required for this test: {install}"
+        );
+    }
+    let selenium = Command::new("python3")
+        .args(["-c", "import selenium"])
+        .output();
+    assert!(
+        selenium.is_ok_and(|o| o.status.success()),
+        "python3 cannot import selenium: pip install selenium"
+    );
+}
+
+#[test]
+fn a_browser_sees_the_dashboard_train_live_and_generate() {
+    require_browser();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("node"), &["--diloco-steps", "30"], &[]);
+
+    let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/dashboard_browser.py");
+    let output = Command::new("python3")
+        .arg(&script)
+        .arg(node.url("/"))
+        .arg(&screenshot)
+        .output()
+        .expect("run python3");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "browser check failed:\n{report}\nnode log:\n{}",
+        node.log_tail()
+    );
+    println!("{report}");
+    let png = std::fs::read(&screenshot).expect("the screenshot was saved");
+    assert!(png.starts_with(b"\x89PNG"), "the screenshot is a PNG");
+}
+
+#[test]
+fn the_event_stream_starts_with_the_history_and_logs_filter_by_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(&dir.path().join("node"), &["--diloco-steps", "30"], &[]);
+
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", node.port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut stream,
+        b"GET /api/events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n",
+    )
+    .unwrap();
+    // The snapshot, then at least one update a second later, without asking again.
+    let mut received = String::new();
+    let mut buf = [0u8; 65536];
+    while !received.contains("event: update") {
+        let n = stream.read(&mut buf).expect("the stream keeps sending");
+        assert!(n > 0, "the stream ended: {received}");
+        received.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(
+        received.contains("content-type: text/event-stream"),
+        "{received}"
+    );
+    let snapshot = received.find("event: snapshot").expect("a snapshot first");
+    assert!(snapshot < received.find("event: update").unwrap());
+    assert!(received.contains("\"timeline\":{\"rounds\""), "{received}");
+
+    let lines = node.get("/api/logs?level=info&q=node+starting");
+    let lines = lines["lines"].as_array().unwrap();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["target"], "neuroshard::node");
+    let warnings = node.get("/api/logs?level=warn&limit=500");
+    for line in warnings["lines"].as_array().unwrap() {
+        assert!(
+            ["WARN", "ERROR"].contains(&line["level"].as_str().unwrap()),
+            "{line}"
+        );
+    }
+    let (status, body) = node.get_with_status("/api/logs?level=loud");
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "bad_request");
+}
