@@ -4,12 +4,10 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
-use common::Node;
+use common::{Node, event_data, read_events};
 
 fn require_browser() {
     for (program, install) in [
@@ -66,30 +64,19 @@ fn the_event_stream_starts_with_the_history_and_logs_filter_by_level() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(&dir.path().join("node"), &["--diloco-steps", "30"], &[]);
 
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", node.port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    std::io::Write::write_all(
-        &mut stream,
-        b"GET /api/events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n",
-    )
-    .unwrap();
-    // The snapshot, then at least one update a second later, without asking again.
-    let mut received = String::new();
-    let mut buf = [0u8; 65536];
-    while !received.contains("event: update") {
-        let n = stream.read(&mut buf).expect("the stream keeps sending");
-        assert!(n > 0, "the stream ended: {received}");
-        received.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    // The snapshot, then an update a second later, without asking again.
+    let received = read_events(node.port, "update");
     assert!(
         received.contains("content-type: text/event-stream"),
         "{received}"
     );
     let snapshot = received.find("event: snapshot").expect("a snapshot first");
     assert!(snapshot < received.find("event: update").unwrap());
-    assert!(received.contains("\"timeline\":{\"rounds\""), "{received}");
+    let history = event_data(&received, "snapshot");
+    assert!(history["timeline"]["samples"].is_array(), "{history}");
+    assert_eq!(history["stats"]["node_id"], node.stats()["node_id"]);
+    let update = event_data(&received, "update");
+    assert!(update["diloco"]["inner_steps_total"] == 30, "{update}");
 
     let lines = node.get("/api/logs?level=info&q=node+starting");
     let lines = lines["lines"].as_array().unwrap();

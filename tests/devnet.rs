@@ -9,7 +9,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::BIN;
+use common::{BIN, event_data, read_events};
 use serde_json::Value;
 
 /// A node line printed by devnet.
@@ -203,10 +203,27 @@ fn three_nodes_see_each_other_and_stop_together_on_sigterm() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    // Each node answers as the node_id devnet printed for it, on the devnet network.
+    // Each node answers as the node_id devnet printed for it, and its dashboard's feed lists the
+    // other two as connected peers.
     for node in &devnet.nodes {
         let stats = get(&agent, &format!("{}/api/stats", node.url)).unwrap();
         assert_eq!(stats["node_id"], node.node_id.as_str());
+        let port = node.url.rsplit(':').next().unwrap().parse().unwrap();
+        let dashboard = event_data(&read_events(port, "snapshot"), "snapshot");
+        let shown: Vec<&str> = dashboard["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["connected"] == true)
+            .filter_map(|p| p["node_id"].as_str())
+            .collect();
+        for other in ids.iter().filter(|i| **i != node.node_id) {
+            assert!(
+                shown.contains(&other.as_str()),
+                "{} shows {shown:?}",
+                node.url
+            );
+        }
     }
     eprintln!("3 nodes met {:?} after devnet started", started.elapsed());
 

@@ -345,3 +345,47 @@ pub fn env_of(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
+
+/// Reads the dashboard's event stream (GET /api/events) of the node on `port` until an event named
+/// `until` has arrived; returns the raw response, headers included.
+pub fn read_events(port: u16, until: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(
+            b"GET /api/events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n",
+        )
+        .unwrap();
+    let marker = format!("event: {until}\n");
+    let mut received = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        let text = String::from_utf8_lossy(&received);
+        if let Some(at) = text.find(&marker)
+            && text[at..].contains("\n\n")
+        {
+            return text.into_owned();
+        }
+        let n = stream
+            .read(&mut buf)
+            .expect("the event stream keeps sending");
+        assert!(n > 0, "the event stream ended: {text}");
+        received.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// The data of the first event named `name` in `raw` (as read by [`read_events`]).
+pub fn event_data(raw: &str, name: &str) -> Value {
+    let at = raw
+        .find(&format!("event: {name}\n"))
+        .unwrap_or_else(|| panic!("no {name} event in {raw}"));
+    let data = raw[at..]
+        .lines()
+        .nth(1)
+        .and_then(|line| line.strip_prefix("data: "))
+        .expect("a data line after the event line");
+    serde_json::from_str(data).expect("event data is JSON")
+}
