@@ -13,6 +13,7 @@ use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::{CliOverrides, Config};
@@ -59,6 +60,8 @@ pub struct NodeSpec {
     pub multiaddr: String,
     /// Arguments of the child `neuroshard` process (the executable excluded).
     pub args: Vec<OsString>,
+    /// Environment of this node on top of NODE_ENV (e.g. a fault switch for one node).
+    pub env: Vec<(String, String)>,
 }
 
 impl NodeSpec {
@@ -139,6 +142,7 @@ pub fn plan(
             p2p_port: p2p_ports[i],
             multiaddr,
             args,
+            env: Vec::new(),
         });
     }
     specs
@@ -183,7 +187,7 @@ pub fn load_or_create_token(dir: &Path) -> Result<Identity, String> {
 /// (API ports, p2p ports), all distinct. API ports are base..base+N-1 when a base is given (each
 /// checked free), otherwise free ones; p2p ports are always free ones. A port is "free" when
 /// 127.0.0.1:port can be bound now; the listeners are dropped before the nodes start.
-fn pick_ports(base: Option<u16>, count: usize) -> Result<(Vec<u16>, Vec<u16>), String> {
+pub fn pick_ports(base: Option<u16>, count: usize) -> Result<(Vec<u16>, Vec<u16>), String> {
     let mut held = Vec::with_capacity(2 * count);
     let mut bind = |port: u16| -> Result<u16, String> {
         let listener = TcpListener::bind(("127.0.0.1", port))
@@ -241,28 +245,176 @@ pub fn run(mut options: Options) -> ExitCode {
         Ok(ports) => ports,
         Err(e) => return fail(e),
     };
-    let exe = match std::env::current_exe() {
-        Ok(exe) => exe,
-        Err(e) => return fail(format!("cannot find this executable: {e}")),
-    };
     let specs = plan(&options, &identities, &api_ports, &p2p_ports);
-    // A current-thread runtime: the children are forked from this (main) thread, which lives as
-    // long as the process, so PR_SET_PDEATHSIG fires only when devnet itself dies.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(format!("runtime: {e}")),
+    catch_stop_signals();
+    let mut fleet = match Fleet::start(&specs) {
+        Ok(fleet) => fleet,
+        Err(e) => {
+            eprintln!("error: devnet: {e}");
+            return ExitCode::FAILURE;
+        }
     };
-    runtime.block_on(supervise(&exe, &specs))
+    for spec in &specs {
+        println!("{}", spec.summary());
+    }
+    eprintln!(
+        "devnet: {} node(s) on network {NETWORK_ID:?}; Ctrl-C stops them",
+        specs.len()
+    );
+    while !stop_requested() {
+        std::thread::sleep(Duration::from_millis(200));
+        if let Some(report) = fleet.exited_on_their_own() {
+            eprintln!("devnet: {report}\ndevnet: stopping the other nodes");
+            fleet.stop();
+            return ExitCode::FAILURE;
+        }
+    }
+    eprintln!("devnet: stopping {} node(s)", specs.len());
+    fleet.stop();
+    ExitCode::SUCCESS
+}
+
+/// Set by SIGINT / SIGTERM once [`catch_stop_signals`] ran.
+static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP_REQUESTED.store(true, Ordering::SeqCst);
+}
+
+/// From now on SIGINT and SIGTERM only set a flag ([`stop_requested`]): the program that started
+/// the nodes stops them in order instead of dying and leaving them to their parent-death signal.
+pub fn catch_stop_signals() {
+    let handler = on_stop_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+    }
+}
+
+/// Whether SIGINT or SIGTERM arrived since the last call.
+pub fn stop_requested() -> bool {
+    STOP_REQUESTED.swap(false, Ordering::SeqCst)
 }
 
 /// A started node.
-struct Running<'a> {
-    spec: &'a NodeSpec,
+struct Running {
+    spec: NodeSpec,
     child: Child,
     status: Option<ExitStatus>,
+}
+
+/// Child `neuroshard` processes started from [`NodeSpec`]s: devnet's nodes, or one run of
+/// `neuroshard experiment`. They die with this process (parent-death signal) and are killed when
+/// the fleet is dropped without [`Fleet::stop`].
+pub struct Fleet {
+    nodes: Vec<Running>,
+}
+
+impl Fleet {
+    /// Starts one process per spec (this executable); if one cannot start, stops the others.
+    /// Call it from the main thread: the parent-death signal fires when the starting thread ends.
+    pub fn start(specs: &[NodeSpec]) -> Result<Self, String> {
+        let exe =
+            std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+        let mut fleet = Fleet {
+            nodes: Vec::with_capacity(specs.len()),
+        };
+        for spec in specs {
+            match spawn(&exe, spec) {
+                Ok(child) => fleet.nodes.push(Running {
+                    spec: spec.clone(),
+                    child,
+                    status: None,
+                }),
+                Err(e) => {
+                    fleet.stop();
+                    return Err(format!("cannot start node {}: {e}", spec.index));
+                }
+            }
+        }
+        Ok(fleet)
+    }
+
+    /// Collects the exit status of every node that has exited since the last call: their positions.
+    fn reap(&mut self) -> Vec<usize> {
+        let mut exited = Vec::new();
+        for (i, node) in self.nodes.iter_mut().enumerate() {
+            if node.status.is_none() {
+                match node.child.try_wait() {
+                    Ok(Some(status)) => {
+                        node.status = Some(status);
+                        exited.push(i);
+                    }
+                    Ok(None) => {}
+                    Err(e) => eprintln!("node {}: {e}", node.spec.index),
+                }
+            }
+        }
+        exited
+    }
+
+    /// Which nodes exited although nobody stopped them, with their status and the end of their
+    /// logs; `None` while all run.
+    pub fn exited_on_their_own(&mut self) -> Option<String> {
+        let exited = self.reap();
+        (!exited.is_empty()).then(|| {
+            exited
+                .iter()
+                .map(|&i| {
+                    let node = &self.nodes[i];
+                    format!(
+                        "node {} exited on its own ({}); its log {} ends:\n{}",
+                        node.spec.index,
+                        node.status.expect("reaped"),
+                        node.spec.log.display(),
+                        log_tail(&node.spec.log, 15)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+    }
+
+    /// SIGTERM to every running node, up to GRACE for them to checkpoint and exit, then SIGKILL.
+    /// A second Ctrl-C / SIGTERM (see [`catch_stop_signals`]) skips the rest of the wait.
+    pub fn stop(&mut self) {
+        self.reap();
+        for node in self.nodes.iter().filter(|n| n.status.is_none()) {
+            send_signal(&node.child, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + GRACE;
+        while self.nodes.iter().any(|n| n.status.is_none()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            self.reap();
+            if stop_requested() {
+                eprintln!("asked again; killing the nodes still running");
+                break;
+            }
+        }
+        for node in &mut self.nodes {
+            match node.status {
+                Some(status) => eprintln!("node {} exited ({status})", node.spec.index),
+                None => {
+                    eprintln!(
+                        "node {} still running after SIGTERM; sending SIGKILL",
+                        node.spec.index
+                    );
+                    let _ = node.child.kill();
+                    node.status = node.child.wait().ok();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for node in self.nodes.iter_mut().filter(|n| n.status.is_none()) {
+            let _ = node.child.kill();
+            let _ = node.child.wait();
+        }
+    }
 }
 
 fn spawn(exe: &Path, spec: &NodeSpec) -> std::io::Result<Child> {
@@ -280,9 +432,10 @@ fn spawn(exe: &Path, spec: &NodeSpec) -> std::io::Result<Child> {
     if std::env::var_os(HEARTBEAT_ENV.0).is_none() {
         cmd.env(HEARTBEAT_ENV.0, HEARTBEAT_ENV.1);
     }
+    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
     use std::os::unix::process::CommandExt;
-    // Its own process group: a Ctrl-C in the terminal reaches devnet only, which then stops the
-    // nodes in order (instead of every node racing devnet to exit).
+    // Its own process group: a Ctrl-C in the terminal reaches only the program that started the
+    // nodes, which then stops them in order (instead of every node racing it to exit).
     cmd.process_group(0);
     #[cfg(target_os = "linux")]
     {
@@ -294,7 +447,7 @@ fn spawn(exe: &Path, spec: &NodeSpec) -> std::io::Result<Child> {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                // devnet died before prctl took effect: do not outlive it.
+                // The parent died before prctl took effect: do not outlive it.
                 if libc::getppid() != parent {
                     return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
                 }
@@ -309,127 +462,6 @@ fn send_signal(child: &Child, signal: libc::c_int) {
     // SAFETY: kill has no memory effects; the pid is our own unreaped child, so it is not reused.
     unsafe {
         libc::kill(child.id() as libc::pid_t, signal);
-    }
-}
-
-async fn supervise(exe: &Path, specs: &[NodeSpec]) -> ExitCode {
-    let (mut int, mut term) = {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) {
-            (Ok(int), Ok(term)) => (int, term),
-            (Err(e), _) | (_, Err(e)) => {
-                eprintln!("error: devnet: signal handlers: {e}");
-                return ExitCode::from(2);
-            }
-        }
-    };
-    let mut nodes: Vec<Running> = Vec::with_capacity(specs.len());
-    for spec in specs {
-        match spawn(exe, spec) {
-            Ok(child) => nodes.push(Running {
-                spec,
-                child,
-                status: None,
-            }),
-            Err(e) => {
-                eprintln!("error: devnet: cannot start node {}: {e}", spec.index);
-                stop_all(&mut nodes, &mut int, &mut term).await;
-                return ExitCode::FAILURE;
-            }
-        }
-    }
-    for spec in specs {
-        println!("{}", spec.summary());
-    }
-    eprintln!(
-        "devnet: {} node(s) on network {NETWORK_ID:?}; Ctrl-C stops them",
-        specs.len()
-    );
-    loop {
-        tokio::select! {
-            _ = int.recv() => break,
-            _ = term.recv() => break,
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-        }
-        let exited = reap(&mut nodes);
-        if !exited.is_empty() {
-            for &i in &exited {
-                let node = &nodes[i];
-                eprintln!(
-                    "devnet: node {} exited on its own ({}); its log {} ends:\n{}",
-                    node.spec.index,
-                    node.status.expect("reaped"),
-                    node.spec.log.display(),
-                    log_tail(&node.spec.log, 15)
-                );
-            }
-            eprintln!("devnet: stopping the other nodes");
-            stop_all(&mut nodes, &mut int, &mut term).await;
-            return ExitCode::FAILURE;
-        }
-    }
-    eprintln!("devnet: stopping {} node(s)", nodes.len());
-    stop_all(&mut nodes, &mut int, &mut term).await;
-    ExitCode::SUCCESS
-}
-
-/// Collects the exit status of every node that has exited since the last call: their positions.
-fn reap(nodes: &mut [Running<'_>]) -> Vec<usize> {
-    let mut exited = Vec::new();
-    for (i, node) in nodes.iter_mut().enumerate() {
-        if node.status.is_none() {
-            match node.child.try_wait() {
-                Ok(Some(status)) => {
-                    node.status = Some(status);
-                    exited.push(i);
-                }
-                Ok(None) => {}
-                Err(e) => eprintln!("devnet: node {}: {e}", node.spec.index),
-            }
-        }
-    }
-    exited
-}
-
-/// SIGTERM to every running node, up to GRACE for them to checkpoint and exit, then SIGKILL.
-/// A second Ctrl-C / SIGTERM skips the rest of the wait.
-async fn stop_all(
-    nodes: &mut [Running<'_>],
-    int: &mut tokio::signal::unix::Signal,
-    term: &mut tokio::signal::unix::Signal,
-) {
-    reap(nodes);
-    for node in nodes.iter().filter(|n| n.status.is_none()) {
-        send_signal(&node.child, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + GRACE;
-    while nodes.iter().any(|n| n.status.is_none()) && Instant::now() < deadline {
-        let hurry = tokio::select! {
-            _ = int.recv() => true,
-            _ = term.recv() => true,
-            _ = tokio::time::sleep(Duration::from_millis(100)) => false,
-        };
-        reap(nodes);
-        if hurry {
-            eprintln!("devnet: asked again; killing the nodes still running");
-            break;
-        }
-    }
-    for node in nodes.iter_mut() {
-        match node.status {
-            Some(status) => eprintln!("devnet: node {} exited ({status})", node.spec.index),
-            None => {
-                eprintln!(
-                    "devnet: node {} still running after SIGTERM; sending SIGKILL",
-                    node.spec.index
-                );
-                let _ = node.child.kill();
-                node.status = node.child.wait().ok();
-            }
-        }
     }
 }
 

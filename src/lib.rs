@@ -7,6 +7,7 @@ pub mod config;
 pub mod crypto;
 pub mod devnet;
 pub mod diloco;
+pub mod experiment;
 pub mod ledger;
 pub mod logs;
 pub mod model;

@@ -109,6 +109,18 @@ impl TrainerActor {
         })
     }
 
+    /// The validation loss of the current parameters, logged (the experiment reads these lines).
+    fn validate(&mut self) {
+        let val = self.trainer.evaluate();
+        let c = self.trainer.counters;
+        info!(
+            step = c.global_step,
+            round = c.round,
+            val_loss = format!("{val:.4}"),
+            "validation"
+        );
+    }
+
     fn publish_snapshot(&self) {
         let snapshot = Arc::new(self.trainer.snapshot());
         self.status
@@ -131,8 +143,7 @@ impl Actor for TrainerActor {
             "trainer started"
         );
         if c.initial_val_loss.is_none() {
-            let val = self.trainer.evaluate();
-            info!(val_loss = val, "initial validation loss");
+            self.validate();
         }
         let counters = self.trainer.counters;
         self.status.update(|s| {
@@ -183,13 +194,8 @@ impl Handler<TrainStep> for TrainerActor {
             self.window = (Instant::now(), 0);
         }
         let round_done = c.inner_step >= cadence.inner_steps;
-        if c.global_step.is_multiple_of(cadence.eval_every) || round_done {
-            let val = self.trainer.evaluate();
-            info!(
-                step = c.global_step,
-                val_loss = format!("{val:.4}"),
-                "validation"
-            );
+        if c.global_step.is_multiple_of(cadence.eval_every) && !round_done {
+            self.validate();
         }
         let c = self.trainer.counters;
         self.status.update(|s| {
@@ -228,10 +234,13 @@ impl Handler<StartRound> for TrainerActor {
 
     fn handle(&mut self, msg: StartRound, ctx: &mut Self::Context) {
         self.trainer.reset_to(&msg.theta0, msg.round);
+        // The new θ₀ is the shared model every node now holds: its loss is the network's.
+        self.validate();
         self.tally = RoundTally::new();
+        let counters = self.trainer.counters;
         self.status.update(|s| {
             s.phase = TrainerPhase::Training;
-            s.inner_step = 0;
+            s.record_counters(&counters);
         });
         // Every round start is checkpointed: the on-disk state is never more than a round old.
         self.publish_snapshot();

@@ -1,0 +1,593 @@
+//! `neuroshard experiment`: does training together match training in one place? The DiLoCo paper's
+//! comparison (arXiv 2311.08105, Table 2) at CPU scale, with this product's real nodes:
+//!
+//! - A1: one worker, as many steps as each DiLoCo worker (the paper's baseline: 1/k of the tokens);
+//! - A: one worker, the same tokens as C (k× the steps);
+//! - B: synchronous data-parallel with k× batch (one worker with k× batch is the same update:
+//!   the gradient averaged over k batches every step);
+//! - C: DiLoCo, k nodes over loopback libp2p, mean of the pseudo-gradients, outer Nesterov;
+//! - D: C plus one Byzantine node (k+1 nodes) under Krum, trimmed mean and the plain mean;
+//! - E: C with each lossy delta codec.
+//!
+//! Single-worker runs are the same node with outer lr 1 and no momentum: θ₀ ← θ₀ − (θ₀ − θ_H) =
+//! θ_H, so they are plain AdamW (its moments carry over rounds), evaluated every H steps. Every
+//! run evaluates the shared θ₀ at each round start on the same held-out sequences; curves are read
+//! from node 1's `validation` log lines through /api/logs.
+
+pub mod corpus;
+pub mod report;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::devnet::{self, Fleet, NodeSpec};
+use report::{Curve, Point};
+
+/// What `neuroshard experiment` was asked for.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Directory of text files (Debian's `fortunes` by default).
+    pub corpus: PathBuf,
+    /// Results, the corpus in the node's format and every run's node directories.
+    pub out: PathBuf,
+    /// Run groups: A1, A, B, C, D, E.
+    pub runs: Vec<String>,
+    /// k: DiLoCo workers (and B's batch multiple).
+    pub workers: usize,
+    /// Outer rounds of C (each worker trains rounds × H steps).
+    pub rounds: u64,
+    pub inner_steps: u64,
+    pub batch: usize,
+    pub preset: String,
+    pub seeds: Vec<u64>,
+    /// D's attack (see NEUROSHARD_FAULT_BYZANTINE).
+    pub attack: String,
+    /// E's codecs.
+    pub codecs: Vec<String>,
+    /// D's rules.
+    pub rules: Vec<String>,
+}
+
+/// One training run, fully decided before anything starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSpec {
+    pub id: String,
+    pub label: String,
+    pub nodes: usize,
+    /// Nodes that train honestly: the tokens of a point are theirs.
+    pub honest: usize,
+    pub batch: usize,
+    pub inner_steps: u64,
+    pub rounds: u64,
+    pub outer_lr: f64,
+    pub outer_momentum: f64,
+    pub rule: String,
+    pub codec: String,
+    /// The attack of the last node, if any.
+    pub attack: Option<String>,
+}
+
+impl RunSpec {
+    fn single(id: &str, label: String, batch: usize, o: &Options, rounds: u64) -> Self {
+        Self {
+            id: id.into(),
+            label,
+            nodes: 1,
+            honest: 1,
+            batch,
+            inner_steps: o.inner_steps,
+            rounds,
+            outer_lr: 1.0,
+            outer_momentum: 0.0,
+            rule: "mean".into(),
+            codec: "fp32".into(),
+            attack: None,
+        }
+    }
+
+    fn diloco(id: String, label: String, o: &Options) -> Self {
+        Self {
+            id,
+            label,
+            nodes: o.workers,
+            honest: o.workers,
+            batch: o.batch,
+            inner_steps: o.inner_steps,
+            rounds: o.rounds,
+            outer_lr: 0.7,
+            outer_momentum: 0.9,
+            rule: "mean".into(),
+            codec: "fp32".into(),
+            attack: None,
+        }
+    }
+
+    /// Steps each worker trains: the LR schedule decays over exactly these.
+    pub fn steps(&self) -> u64 {
+        self.rounds * self.inner_steps
+    }
+
+    /// The node settings of this run (NEUROSHARD_* variables), the same for every node.
+    pub fn env(&self, seed: u64) -> Vec<(String, String)> {
+        let steps = self.steps();
+        [
+            ("TRAINING__BATCH_SIZE", self.batch.to_string()),
+            ("TRAINING__SEED", seed.to_string()),
+            ("TRAINING__TOTAL_STEPS", steps.to_string()),
+            (
+                "TRAINING__WARMUP_STEPS",
+                (steps / 10).clamp(1, 100).to_string(),
+            ),
+            // Only the round-start evaluations of θ₀: one per round, the curve's points.
+            ("TRAINING__EVAL_EVERY", (steps * 10).to_string()),
+            ("TRAINING__EVAL_SEQUENCES", "256".into()),
+            ("TRAINING__CHECKPOINT_EVERY", (steps * 10).to_string()),
+            ("TRAINING__LOG_EVERY", "100".into()),
+            ("DILOCO__OUTER_LR", self.outer_lr.to_string()),
+            ("DILOCO__OUTER_MOMENTUM", self.outer_momentum.to_string()),
+            // Every round waits for every node: no round closes on a partial quorum.
+            ("DILOCO__MIN_PEERS", self.nodes.to_string()),
+            ("DILOCO__QUORUM_FRACTION", "1.0".into()),
+            ("DILOCO__ROUND_DEADLINE_S", "600".into()),
+            ("DILOCO__AGGREGATION__RULE", self.rule.clone()),
+            ("DILOCO__AGGREGATION__BYZANTINE", "1".into()),
+            ("DILOCO__COMPRESSION__CODEC", self.codec.clone()),
+        ]
+        .into_iter()
+        .map(|(key, value)| (format!("NEUROSHARD_{key}"), value))
+        .collect()
+    }
+}
+
+/// The runs `options` asks for, in order.
+pub fn plan_runs(o: &Options) -> Result<Vec<RunSpec>, String> {
+    let k = o.workers;
+    if k < 2 {
+        return Err("--workers must be at least 2".into());
+    }
+    if o.rounds == 0 || o.inner_steps == 0 || o.batch == 0 {
+        return Err("--rounds, --inner-steps and --batch must be at least 1".into());
+    }
+    let mut runs = Vec::new();
+    for group in &o.runs {
+        match group.as_str() {
+            "A1" => runs.push(RunSpec::single(
+                "A1",
+                format!(
+                    "one worker, batch {}, {} steps (1/{k} of the tokens)",
+                    o.batch,
+                    o.rounds * o.inner_steps
+                ),
+                o.batch,
+                o,
+                o.rounds,
+            )),
+            "A" => runs.push(RunSpec::single(
+                "A",
+                format!(
+                    "one worker, batch {}, {} steps (same tokens)",
+                    o.batch,
+                    k as u64 * o.rounds * o.inner_steps
+                ),
+                o.batch,
+                o,
+                k as u64 * o.rounds,
+            )),
+            "B" => runs.push(RunSpec::single(
+                "B",
+                format!(
+                    "data-parallel: batch {k}×{}, gradient averaged every step",
+                    o.batch
+                ),
+                k * o.batch,
+                o,
+                o.rounds,
+            )),
+            "C" => runs.push(RunSpec::diloco(
+                "C".into(),
+                format!("DiLoCo: {k} nodes, H = {}, mean, fp32", o.inner_steps),
+                o,
+            )),
+            "D" => {
+                for rule in &o.rules {
+                    let mut run = RunSpec::diloco(
+                        format!("D-{rule}"),
+                        format!("DiLoCo: {k} nodes + 1 {}, {rule}", o.attack),
+                        o,
+                    );
+                    run.nodes += 1;
+                    run.rule = rule.clone();
+                    run.attack = Some(o.attack.clone());
+                    runs.push(run);
+                }
+            }
+            "E" => {
+                for codec in &o.codecs {
+                    let mut run = RunSpec::diloco(
+                        format!("E-{codec}"),
+                        format!("DiLoCo: {k} nodes, mean, {codec} deltas"),
+                        o,
+                    );
+                    run.codec = codec.clone();
+                    runs.push(run);
+                }
+            }
+            other => return Err(format!("--runs: unknown run {other:?} (A1, A, B, C, D, E)")),
+        }
+    }
+    Ok(runs)
+}
+
+/// A fixed token per node position, so each node reads the corpus in the same order on a rerun.
+fn fixed_token(index: usize) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(format!(
+        "neuroshard experiment node {index}"
+    )))
+}
+
+/// The command that reproduces one run.
+fn command_of(o: &Options, run: &RunSpec, seed: u64) -> String {
+    let group = run.id.split('-').next().unwrap_or(&run.id);
+    let mut command = format!(
+        "neuroshard experiment --corpus {} --runs {group} --workers {} --rounds {} --inner-steps {} --batch {} --preset {} --seeds {seed}",
+        o.corpus.display(),
+        o.workers,
+        o.rounds,
+        o.inner_steps,
+        o.batch,
+        o.preset
+    );
+    match group {
+        "D" => command += &format!(" --rules {} --attack {}", run.rule, o.attack),
+        "E" => command += &format!(" --codecs {}", run.codec),
+        _ => {}
+    }
+    command
+}
+
+/// Runs everything; exit 0 when every run finished and the results are written.
+pub fn run(options: Options) -> ExitCode {
+    match run_all(&options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: experiment: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_all(o: &Options) -> Result<(), String> {
+    let runs = plan_runs(o)?;
+    std::fs::create_dir_all(&o.out).map_err(|e| format!("{}: {e}", o.out.display()))?;
+    let data = o.out.join("corpus.jsonl");
+    let stats = corpus::build_corpus(&o.corpus, &data)?;
+    eprintln!(
+        "corpus: {} documents, {:.1} MB from {} files in {}",
+        stats.documents,
+        stats.bytes as f64 / 1e6,
+        stats.files,
+        o.corpus.display()
+    );
+    devnet::catch_stop_signals();
+    let mut curves = Vec::new();
+    for seed in &o.seeds {
+        for run in &runs {
+            let curve = run_one(o, run, *seed, &data)?;
+            let last = curve.points.last().map_or(f32::NAN, |p| p.val_loss);
+            eprintln!(
+                "{} seed {seed}: final val loss {last:.4} after {:.0} s",
+                run.id, curve.seconds
+            );
+            curves.push(curve);
+            // Written after every run: an interrupted experiment keeps what it measured.
+            report::write_csv(&o.out.join("results.csv"), &curves)
+                .map_err(|e| format!("results.csv: {e}"))?;
+        }
+    }
+    let title = format!(
+        "{} on {}: validation loss over tokens",
+        o.preset,
+        o.corpus.display()
+    );
+    report::plot_svg(&o.out.join("curves.svg"), &curves, &title)?;
+    let table = report::summary_table(&curves, ("A", "B"));
+    std::fs::write(o.out.join("summary.md"), &table).map_err(|e| format!("summary.md: {e}"))?;
+    println!("{table}");
+    eprintln!(
+        "results: {}, {}, {}",
+        o.out.join("results.csv").display(),
+        o.out.join("curves.svg").display(),
+        o.out.join("summary.md").display()
+    );
+    Ok(())
+}
+
+/// One run on fresh state: start its nodes, follow node 1's evaluations until round `rounds`,
+/// stop the nodes.
+fn run_one(o: &Options, run: &RunSpec, seed: u64, data: &Path) -> Result<Curve, String> {
+    let dir = o.out.join("runs").join(format!("{}-seed{seed}", run.id));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let mut identities = Vec::new();
+    for index in 1..=run.nodes {
+        let node_dir = devnet::node_dir(&dir, index);
+        std::fs::create_dir_all(&node_dir).map_err(|e| format!("{}: {e}", node_dir.display()))?;
+        std::fs::write(node_dir.join("token"), fixed_token(index))
+            .map_err(|e| format!("{}: {e}", node_dir.display()))?;
+        identities.push(devnet::load_or_create_token(&node_dir)?);
+    }
+    let network = devnet::Options {
+        nodes: run.nodes,
+        preset: o.preset.clone(),
+        diloco_steps: run.inner_steps,
+        state_dir: dir.clone(),
+        api_port_base: None,
+        config: None,
+    };
+    let (api_ports, p2p_ports) = devnet::pick_ports(None, run.nodes)?;
+    let mut specs: Vec<NodeSpec> = devnet::plan(&network, &identities, &api_ports, &p2p_ports);
+    for spec in &mut specs {
+        spec.args.extend(["--data".into(), data.into()]);
+        spec.env = run.env(seed);
+    }
+    if let (Some(attack), Some(last)) = (&run.attack, specs.last_mut()) {
+        last.env
+            .push(("NEUROSHARD_FAULT_BYZANTINE".into(), attack.clone()));
+    }
+    eprintln!(
+        "{} seed {seed}: {} ({} node(s))",
+        run.id, run.label, run.nodes
+    );
+    let started = Instant::now();
+    let mut fleet = Fleet::start(&specs)?;
+    let result = follow(&mut fleet, &specs[0], run, started);
+    fleet.stop();
+    let (points, bytes_per_round) = result?;
+    Ok(Curve {
+        run: run.id.clone(),
+        label: run.label.clone(),
+        seed,
+        command: command_of(o, run, seed),
+        bytes_sent: (bytes_per_round * run.rounds as f64) as u64,
+        seconds: started.elapsed().as_secs_f64(),
+        points,
+    })
+}
+
+/// How long one run may take before the experiment gives up on it.
+const RUN_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Polls node 1 until it has evaluated θ₀ after `run.rounds` outer steps. Returns the curve and
+/// the delta bytes node 1 uploaded per round (mean over the rounds seen).
+fn follow(
+    fleet: &mut Fleet,
+    node: &NodeSpec,
+    run: &RunSpec,
+    started: Instant,
+) -> Result<(Vec<Point>, f64), String> {
+    let agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .new_agent();
+    let get = |path: &str| -> Option<Value> {
+        agent
+            .get(&format!("{}{path}", node.url()))
+            .call()
+            .ok()?
+            .body_mut()
+            .read_json()
+            .ok()
+    };
+    let tokens_per_step = (run.batch * run.honest) as u64 * context_of(&get);
+    let mut by_round: BTreeMap<u64, Point> = BTreeMap::new();
+    let mut bytes: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut after = 0u64;
+    let mut reported = 0u64;
+    loop {
+        if devnet::stop_requested() {
+            return Err("interrupted".into());
+        }
+        if let Some(report) = fleet.exited_on_their_own() {
+            return Err(format!("{}: {report}", run.id));
+        }
+        if started.elapsed() > RUN_TIMEOUT {
+            return Err(format!("{}: not done after {RUN_TIMEOUT:?}", run.id));
+        }
+        let path = format!("/api/logs?target=trainer&q=validation&after={after}&limit=500");
+        if let Some(body) = get(&path) {
+            for line in body["lines"].as_array().into_iter().flatten() {
+                after = after.max(line["seq"].as_u64().unwrap_or(0));
+                if let Some((step, round, val_loss)) =
+                    line["message"].as_str().and_then(parse_validation)
+                {
+                    // The first evaluation of a round is its θ₀ (a resumed trainer would repeat it).
+                    by_round.entry(round).or_insert(Point {
+                        round,
+                        step,
+                        tokens: step * tokens_per_step,
+                        val_loss,
+                    });
+                }
+            }
+        }
+        if let Some(last) = get("/api/diloco").map(|d| d["last_round"].clone())
+            && let (Some(round), Some(sent)) = (last["round"].as_u64(), last["bytes_sent"].as_u64())
+        {
+            bytes.insert(round, sent);
+        }
+        let done = by_round.keys().next_back().copied().unwrap_or(0);
+        if done >= run.rounds {
+            let points: Vec<Point> = by_round
+                .into_values()
+                .filter(|p| p.round <= run.rounds)
+                .collect();
+            let per_round = if bytes.is_empty() {
+                0.0
+            } else {
+                bytes.values().sum::<u64>() as f64 / bytes.len() as f64
+            };
+            return Ok((points, per_round));
+        }
+        if done > reported && done.is_multiple_of(run.rounds.div_ceil(6).max(1)) {
+            reported = done;
+            if let Some(point) = by_round.get(&done) {
+                eprintln!(
+                    "  round {done}/{}: val loss {:.4} ({:.0} s)",
+                    run.rounds,
+                    point.val_loss,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The model's context length (tokens per sequence), from the node once it answers.
+fn context_of(get: &impl Fn(&str) -> Option<Value>) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        if let Some(preset) = get("/api/stats").and_then(|s| s["preset"].as_str().map(String::from))
+            && let Some(config) = crate::model::NeuroLlmConfig::preset(&preset)
+        {
+            return config.max_seq_len as u64;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    0
+}
+
+/// (step, round, val_loss) of a trainer's "validation step=S round=R val_loss=V" log message.
+fn parse_validation(message: &str) -> Option<(u64, u64, f32)> {
+    let field = |name: &str| {
+        message
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix(name)?.strip_prefix('='))
+    };
+    if !message.starts_with("validation") {
+        return None;
+    }
+    Some((
+        field("step")?.parse().ok()?,
+        field("round")?.parse().ok()?,
+        field("val_loss")?.parse().ok()?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(runs: &[&str]) -> Options {
+        Options {
+            corpus: "/usr/share/games/fortunes".into(),
+            out: "/tmp/x".into(),
+            runs: runs.iter().map(|r| r.to_string()).collect(),
+            workers: 4,
+            rounds: 12,
+            inner_steps: 50,
+            batch: 8,
+            preset: "nano".into(),
+            seeds: vec![0],
+            attack: "sign_flip".into(),
+            codecs: vec!["fp16".into(), "int8".into()],
+            rules: vec!["krum".into(), "trimmed_mean".into(), "mean".into()],
+        }
+    }
+
+    fn tokens(run: &RunSpec) -> u64 {
+        run.steps() * (run.batch * run.honest) as u64
+    }
+
+    #[test]
+    fn every_run_but_a1_gets_the_same_token_budget() {
+        let runs = plan_runs(&options(&["A1", "A", "B", "C", "D", "E"])).unwrap();
+        let ids: Vec<&str> = runs.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "A1",
+                "A",
+                "B",
+                "C",
+                "D-krum",
+                "D-trimmed_mean",
+                "D-mean",
+                "E-fp16",
+                "E-int8"
+            ]
+        );
+        let c = tokens(&runs[3]);
+        assert_eq!(c, 4 * 12 * 50 * 8);
+        for run in &runs[1..] {
+            assert_eq!(tokens(run), c, "{}", run.id);
+        }
+        assert_eq!(tokens(&runs[0]) * 4, c);
+        // B takes C's steps with k× batch; A takes k× the steps.
+        assert_eq!((runs[2].steps(), runs[2].batch), (600, 32));
+        assert_eq!((runs[1].steps(), runs[1].batch), (2400, 8));
+    }
+
+    #[test]
+    fn single_workers_are_plain_adamw_and_d_adds_one_attacker() {
+        let runs = plan_runs(&options(&["A", "D"])).unwrap();
+        assert_eq!((runs[0].outer_lr, runs[0].outer_momentum), (1.0, 0.0));
+        let d = &runs[1];
+        assert_eq!((d.nodes, d.honest, d.rule.as_str()), (5, 4, "krum"));
+        assert_eq!(d.attack.as_deref(), Some("sign_flip"));
+        let env = d.env(3);
+        let get = |k: &str| {
+            env.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("NEUROSHARD_DILOCO__MIN_PEERS"), Some("5"));
+        assert_eq!(get("NEUROSHARD_TRAINING__SEED"), Some("3"));
+        assert_eq!(get("NEUROSHARD_DILOCO__AGGREGATION__RULE"), Some("krum"));
+    }
+
+    #[test]
+    fn bad_runs_are_refused() {
+        assert!(
+            plan_runs(&options(&["Z"]))
+                .unwrap_err()
+                .contains("unknown run")
+        );
+        let mut one = options(&["C"]);
+        one.workers = 1;
+        assert!(plan_runs(&one).is_err());
+    }
+
+    #[test]
+    fn reads_the_trainers_validation_lines() {
+        assert_eq!(
+            parse_validation("validation step=300 round=6 val_loss=2.3456"),
+            Some((300, 6, 2.3456))
+        );
+        assert_eq!(parse_validation("training step=300 loss=2.1"), None);
+        assert_eq!(
+            parse_validation("validation step=x round=1 val_loss=1"),
+            None
+        );
+    }
+
+    #[test]
+    fn each_run_names_the_command_that_reproduces_it() {
+        let o = options(&["D"]);
+        let runs = plan_runs(&o).unwrap();
+        let command = command_of(&o, &runs[1], 2);
+        assert!(command.contains("--runs D "), "{command}");
+        assert!(
+            command.contains("--rules trimmed_mean --attack sign_flip"),
+            "{command}"
+        );
+        assert!(command.contains("--seeds 2"), "{command}");
+        assert_ne!(fixed_token(1), fixed_token(2));
+    }
+}

@@ -1,0 +1,87 @@
+//! `neuroshard experiment` end to end at toy scale: one single worker run and one DiLoCo run of two
+//! real nodes on a small corpus in the fortune format, written here; the CSV, the plot and the
+//! table must come out.
+
+mod common;
+
+use std::process::Command;
+
+use common::BIN;
+
+#[test]
+fn the_experiment_runs_end_to_end_and_writes_its_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir(&corpus).unwrap();
+    let sayings: Vec<String> = (0..400)
+        .map(|i| {
+            format!(
+                "Saying number {i}: the quick brown fox jumps over the lazy dog {}.\n",
+                i % 7
+            )
+        })
+        .collect();
+    std::fs::write(corpus.join("sayings"), sayings.join("%\n")).unwrap();
+    std::fs::write(corpus.join("sayings.dat"), [0u8, 159, 146, 150]).unwrap();
+    let out = dir.path().join("out");
+
+    let result = Command::new(BIN)
+        .args([
+            "experiment",
+            "--runs",
+            "A1,C",
+            "--workers",
+            "2",
+            "--rounds",
+            "2",
+        ])
+        .args(["--inner-steps", "5", "--batch", "4", "--preset", "nano"])
+        .arg("--corpus")
+        .arg(&corpus)
+        .arg("--out")
+        .arg(&out)
+        .env("NEUROSHARD_NETWORK__HEARTBEAT_INTERVAL_S", "1")
+        .output()
+        .expect("run neuroshard experiment");
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{stderr}");
+    assert!(stderr.contains("corpus: 400 documents"), "{stderr}");
+
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert!(
+        rows[0].starts_with("run,label,seed,round,step,tokens,val_loss"),
+        "{csv}"
+    );
+    // Rounds 0, 1 and 2 of each run: θ₀ before training and after each outer step.
+    for run in ["A1", "C"] {
+        let points: Vec<&str> = rows[1..]
+            .iter()
+            .filter(|r| r.starts_with(&format!("{run},")))
+            .copied()
+            .collect();
+        assert_eq!(points.len(), 3, "{run}: {csv}");
+        assert!(
+            points[0].contains("neuroshard experiment --corpus"),
+            "{csv}"
+        );
+    }
+    // C's two workers read twice A1's tokens by its last round.
+    let tokens = |run: &str| -> u64 {
+        let last = rows
+            .iter()
+            .rfind(|r| r.starts_with(&format!("{run},")))
+            .unwrap();
+        // Labels hold quoted commas; tokens is the sixth field from the end.
+        last.rsplit(',').nth(5).unwrap().parse().unwrap()
+    };
+    assert_eq!(tokens("C"), 2 * tokens("A1"));
+
+    let svg = std::fs::read_to_string(out.join("curves.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("A1") && svg.contains('C'));
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(
+        summary.contains("| A1 |") && summary.contains("| C |"),
+        "{summary}"
+    );
+}
