@@ -149,6 +149,12 @@ enum Command {
         /// E's delta codecs.
         #[arg(long, value_delimiter = ',', default_value = "fp16,int8,top_k")]
         codecs: Vec<String>,
+        /// Outer learning rate of the DiLoCo runs (the paper's 0.7).
+        #[arg(long, default_value_t = 0.7)]
+        outer_lr: f64,
+        /// Outer Nesterov momentum of the DiLoCo runs (the paper's 0.9).
+        #[arg(long, default_value_t = 0.9)]
+        outer_momentum: f64,
     },
     /// Inspect the NEURO ledger of a node's state directory.
     Ledger {
@@ -250,6 +256,8 @@ fn main() -> ExitCode {
             attack,
             rules,
             codecs,
+            outer_lr,
+            outer_momentum,
         }) => {
             return neuroshard::experiment::run(neuroshard::experiment::Options {
                 corpus: corpus.clone(),
@@ -264,6 +272,8 @@ fn main() -> ExitCode {
                 attack: attack.clone(),
                 rules: rules.clone(),
                 codecs: codecs.clone(),
+                outer_lr: *outer_lr,
+                outer_momentum: *outer_momentum,
             });
         }
         Some(Command::Devnet {

@@ -50,6 +50,9 @@ pub struct Options {
     pub codecs: Vec<String>,
     /// D's rules.
     pub rules: Vec<String>,
+    /// The outer optimizer of the DiLoCo runs (C, D, E): SGD with Nesterov momentum.
+    pub outer_lr: f64,
+    pub outer_momentum: f64,
 }
 
 /// One training run, fully decided before anything starts.
@@ -98,8 +101,8 @@ impl RunSpec {
             batch: o.batch,
             inner_steps: o.inner_steps,
             rounds: o.rounds,
-            outer_lr: 0.7,
-            outer_momentum: 0.9,
+            outer_lr: o.outer_lr,
+            outer_momentum: o.outer_momentum,
             rule: "mean".into(),
             codec: "fp32".into(),
             attack: None,
@@ -242,6 +245,12 @@ fn command_of(o: &Options, run: &RunSpec, seed: u64) -> String {
         o.batch,
         o.preset
     );
+    if group != "A" && group != "A1" && group != "B" {
+        command += &format!(
+            " --outer-lr {} --outer-momentum {}",
+            run.outer_lr, run.outer_momentum
+        );
+    }
     match group {
         "D" => command += &format!(" --rules {} --attack {}", run.rule, o.attack),
         "E" => command += &format!(" --codecs {}", run.codec),
@@ -498,6 +507,8 @@ mod tests {
             attack: "sign_flip".into(),
             codecs: vec!["fp16".into(), "int8".into()],
             rules: vec!["krum".into(), "trimmed_mean".into(), "mean".into()],
+            outer_lr: 0.7,
+            outer_momentum: 0.9,
         }
     }
 
