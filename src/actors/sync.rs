@@ -26,7 +26,7 @@ use super::peer::PeerActor;
 use crate::aggregate::{Aggregate, AggregationConfig, Contribution};
 use crate::diloco::attack::{Attack, poison};
 use crate::diloco::codec::{Codec, CodecConfig, ErrorFeedback, decode, encode};
-use crate::diloco::heal::{HealPlan, PeerOuterState, disagrees, heal_decision};
+use crate::diloco::heal::{HealPlan, PeerOuterState, catching_up, disagrees, heal_decision};
 use crate::diloco::round::{RoundDecision, RoundOptions, RoundProgress, round_decision};
 use crate::diloco::{OuterOptimizer, pseudo_gradient};
 use crate::model::checkpoint::{self, Checkpoint, OuterState, TrainerSnapshot};
@@ -115,6 +115,10 @@ pub struct SyncActor {
     round: u64,
     theta0: Arc<Vec<f32>>,
     theta0_hash: String,
+    /// The round and θ₀ hash published before the current ones (None after a heal: the path
+    /// here is not this node's own).
+    previous_outer: Option<(u64, String)>,
+    published_round: u64,
     momentum: Vec<f32>,
     settings: RoundSettings,
     feedback: ErrorFeedback,
@@ -165,6 +169,8 @@ impl SyncActor {
             round: outer.round,
             theta0: Arc::new(outer.theta0),
             theta0_hash: String::new(),
+            previous_outer: None,
+            published_round: 0,
             momentum: outer.momentum,
             settings,
             feedback,
@@ -215,8 +221,11 @@ impl SyncActor {
             id.to_string()
         };
         let (theta0_hash, momentum_hash) = (serve(&self.theta0), serve(&self.momentum));
-        self.theta0_hash = theta0_hash.clone();
         let round = self.round;
+        let left = std::mem::replace(&mut self.theta0_hash, theta0_hash.clone());
+        self.previous_outer = (!left.is_empty() && self.published_round + 1 == round)
+            .then(|| (self.published_round, left));
+        self.published_round = round;
         self.ledger.do_send(ModelAdopted {
             round,
             theta0_hash: theta0_hash.clone(),
@@ -254,7 +263,8 @@ impl SyncActor {
         if self.healing || self.open.closing || self.theta0_hash.is_empty() {
             return;
         }
-        let peers = self.peer_states();
+        let previous = self.previous_outer.as_ref().map(|(r, h)| (*r, h.as_str()));
+        let peers = catching_up(self.peer_states(), self.round, &self.theta0_hash, previous);
         let now = Instant::now();
         if !disagrees(self.round, &self.theta0_hash, &peers) {
             self.disagreeing_since = None;
@@ -323,6 +333,8 @@ impl SyncActor {
             act.disagreeing_since = None;
             act.heal_attempts = 0;
             act.publish_outer_state();
+            // The round this node left is not on the path to the adopted θ₀.
+            act.previous_outer = None;
             let reason = plan.reason.clone();
             act.status.update(|s| {
                 s.heals += 1;

@@ -66,6 +66,30 @@ pub fn disagrees(round: u64, theta0_hash: &str, peers: &[PeerOuterState]) -> boo
     plan(round, theta0_hash, peers, true).is_some()
 }
 
+/// Counts the peers still at the round this node just left, on the θ₀ it left (`previous`), as
+/// holding this node's state: they are on their way to it (they have not aggregated the round
+/// yet), not a fork. Without this a node that aggregates first would count its slower peers as a
+/// larger group and heal back a round, throwing its round away.
+pub fn catching_up(
+    mut peers: Vec<PeerOuterState>,
+    round: u64,
+    theta0_hash: &str,
+    previous: Option<(u64, &str)>,
+) -> Vec<PeerOuterState> {
+    if let Some((previous_round, previous_hash)) = previous
+        && previous_round + 1 == round
+    {
+        for p in peers
+            .iter_mut()
+            .filter(|p| p.round == previous_round && p.theta0_hash == previous_hash)
+        {
+            p.round = round;
+            p.theta0_hash = theta0_hash.to_string();
+        }
+    }
+    peers
+}
+
 fn plan(
     round: u64,
     theta0_hash: &str,
@@ -115,6 +139,28 @@ mod tests {
             theta0_hash: hash.into(),
             momentum_hash: format!("m-{hash}"),
         }
+    }
+
+    #[test]
+    fn peers_still_aggregating_the_round_this_node_left_do_not_pull_it_back() {
+        let t0 = Instant::now();
+        let late = t0 + DISAGREEMENT_GRACE * 10;
+        // This node closed round 1 (θ₀ h1 → h2) first; four peers still show round 1, h1.
+        let slow: Vec<_> = ["a", "b", "c", "d"].map(|id| peer(id, 1, "h1")).into();
+        assert!(
+            heal_decision(late, 2, "h2", &slow, Some(t0)).is_some(),
+            "the bare rule heals back"
+        );
+        let peers = catching_up(slow.clone(), 2, "h2", Some((1, "h1")));
+        assert!(!disagrees(2, "h2", &peers));
+        assert_eq!(heal_decision(late, 2, "h2", &peers, Some(t0)), None);
+        // A majority at round 1 on another θ₀ than the one this node left is a fork: heal.
+        let forked: Vec<_> = ["a", "b", "c"].map(|id| peer(id, 1, "other")).into();
+        let peers = catching_up(forked, 2, "h2", Some((1, "h1")));
+        assert!(heal_decision(late, 2, "h2", &peers, Some(t0)).is_some());
+        // Only the round just left counts: peers two rounds behind are not on their way here.
+        let peers = catching_up(slow, 3, "h3", Some((1, "h1")));
+        assert_eq!(peers[0].round, 1);
     }
 
     #[test]
