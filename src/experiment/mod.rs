@@ -416,10 +416,11 @@ fn follow(
                     line["message"].as_str().and_then(parse_validation)
                 {
                     // The first evaluation of a round is its θ₀ (a resumed trainer would repeat it).
+                    // Tokens that went into this θ₀: a round thrown away by a heal adds none.
                     by_round.entry(round).or_insert(Point {
                         round,
                         step,
-                        tokens: step * tokens_per_step,
+                        tokens: round * run.inner_steps * tokens_per_step,
                         val_loss,
                     });
                 }

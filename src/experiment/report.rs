@@ -228,6 +228,19 @@ pub fn plot_svg(path: &Path, curves: &[Curve], title: &str) -> Result<(), String
     let (lo, hi) = finite().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), p| {
         (lo.min(p.val_loss), hi.max(p.val_loss))
     });
+    // The top is the loss before training: a run that diverges above it (the plain mean under
+    // attack) is cut at the top edge instead of squashing every other curve into a line.
+    let start = finite()
+        .filter(|p| p.tokens == 0)
+        .map(|p| p.val_loss)
+        .fold(f32::NEG_INFINITY, f32::max);
+    let hi = if start.is_finite() { hi.min(start) } else { hi };
+    let clipped = finite().any(|p| p.val_loss > hi);
+    let title = if clipped {
+        format!("{title} (cut at the initial loss)")
+    } else {
+        title.to_string()
+    };
     let pad = ((hi - lo) * 0.05).max(0.01);
     let (y_lo, y_hi) = (f64::from(lo - pad), f64::from(hi + pad));
 
@@ -235,7 +248,7 @@ pub fn plot_svg(path: &Path, curves: &[Curve], title: &str) -> Result<(), String
     let root = SVGBackend::new(path, (1024, 640)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 24))
+        .caption(&title, ("sans-serif", 24))
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(64)
@@ -259,7 +272,7 @@ pub fn plot_svg(path: &Path, curves: &[Curve], title: &str) -> Result<(), String
                 .points
                 .iter()
                 .filter(|p| p.val_loss.is_finite())
-                .map(|p| (p.tokens as f64, f64::from(p.val_loss)))
+                .map(|p| (p.tokens as f64, f64::from(p.val_loss).min(y_hi)))
                 .collect();
             let series = chart
                 .draw_series(LineSeries::new(points, style))
