@@ -9,7 +9,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Node, wait_until};
+use common::{Node, combined_output, wait_until};
 
 const API_KEY: &str = "schema-test-api-key-0123456789";
 
@@ -101,11 +101,7 @@ fn the_api_answers_as_its_openapi_document_says_and_never_with_a_5xx() {
         .env("NO_COLOR", "1")
         .output()
         .expect("run schemathesis");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = combined_output(&out);
     eprintln!(
         "{version}: schemathesis {} took {:.1} s",
         args.join(" "),

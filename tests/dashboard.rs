@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Node, event_data, read_events};
+use common::{Node, combined_output, event_data, python_script, read_events};
 
 fn require_browser() {
     for (program, install) in [
@@ -37,18 +37,14 @@ fn a_browser_sees_the_dashboard_train_live_and_generate() {
 
     let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     let _ = std::fs::remove_file(&screenshot);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/dashboard_browser.py");
+    let script = python_script("dashboard_browser.py");
     let output = Command::new("python3")
         .arg(&script)
         .arg(node.url("/"))
         .arg(&screenshot)
         .output()
         .expect("run python3");
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let report = combined_output(&output);
     assert!(
         output.status.success(),
         "browser check failed:\n{report}\nnode log:\n{}",

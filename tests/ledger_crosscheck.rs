@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::Node;
+use common::{Node, combined_output, python_script};
 use serde_json::json;
 
 use neuroshard::crypto::Identity;
@@ -151,17 +150,13 @@ fn python_re_encodes_and_verifies_what_rust_signs() {
 fn run_python_check(document: &serde_json::Value) {
     let file = tempfile::NamedTempFile::new().unwrap();
     serde_json::to_writer_pretty(&file, document).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/ponw_crosscheck.py");
+    let script = python_script("ponw_crosscheck.py");
     let output = Command::new("python3")
         .arg(&script)
         .arg(file.path())
         .output()
         .unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let report = combined_output(&output);
     assert!(
         output.status.success(),
         "{} failed ({}):\n{report}",

@@ -272,22 +272,4 @@ mod tests {
         let err = build_corpus(&empty, &bad_out).unwrap_err();
         assert!(err.contains(&bad_out.display().to_string()), "{err}");
     }
-
-    /// The real corpus, where Debian's `fortunes` package is installed:
-    /// `cargo test --lib experiment::corpus -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn debian_fortunes() {
-        let dir = Path::new("/usr/share/games/fortunes");
-        if !dir.is_dir() {
-            eprintln!("{} not installed", dir.display());
-            return;
-        }
-        let out = tempfile::tempdir().unwrap();
-        let out = out.path().join("fortunes.jsonl");
-        let stats = build_corpus(dir, &out).unwrap();
-        eprintln!("{stats:?}");
-        assert!(stats.documents > 1000);
-        assert_eq!(read_texts(&out).len(), stats.documents);
-    }
 }

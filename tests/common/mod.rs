@@ -389,3 +389,19 @@ pub fn event_data(raw: &str, name: &str) -> Value {
         .expect("a data line after the event line");
     serde_json::from_str(data).expect("event data is JSON")
 }
+
+/// A finished command's stdout then stderr, as text: what a failing assertion shows.
+pub fn combined_output(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// tests/python/`name`.
+pub fn python_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(name)
+}
