@@ -224,7 +224,7 @@ impl SyncActor {
         let round = self.round;
         let left = std::mem::replace(&mut self.theta0_hash, theta0_hash.clone());
         self.previous_outer = (!left.is_empty() && self.published_round + 1 == round)
-            .then(|| (self.published_round, left));
+            .then_some((self.published_round, left));
         self.published_round = round;
         self.ledger.do_send(ModelAdopted {
             round,
