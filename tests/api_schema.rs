@@ -18,7 +18,8 @@ const API_KEY: &str = "schema-test-api-key-0123456789";
 const MAX_EXAMPLES: &str = "25";
 
 const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,\
-response_headers_conformance,response_schema_conformance,negative_data_rejection,ignored_auth";
+response_headers_conformance,response_schema_conformance,negative_data_rejection,ignored_auth,\
+unsupported_method";
 
 fn schemathesis_version() -> String {
     match Command::new("schemathesis").arg("--version").output() {

@@ -134,6 +134,22 @@ fn api_answers_with_documented_keys_and_json_errors() {
             "{missing}"
         );
     }
+    // A known path asked with another method: 405 naming the one it answers.
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    for (path, allowed) in [
+        ("/api/stats", "GET"),
+        ("/api/v1/stats", "GET"),
+        ("/generate_text", "POST"),
+    ] {
+        let mut resp = agent.put(&node.url(path)).send("").unwrap();
+        assert_eq!(resp.status().as_u16(), 405, "PUT {path}");
+        assert_eq!(resp.headers()["allow"], allowed, "PUT {path}");
+        let body: serde_json::Value = resp.body_mut().read_json().unwrap();
+        assert_eq!(body["error"], "method_not_allowed", "PUT {path}");
+    }
     // Every API path is also served under /api/v1.
     let v1 = node.get("/api/v1/stats");
     assert_eq!(v1["node_id"], stats["node_id"]);

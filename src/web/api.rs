@@ -4,8 +4,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use actix_web::http::{Method, StatusCode, header};
+use actix_web::{
+    FromRequest, Handler, HttpRequest, HttpResponse, Resource, Responder, ResponseError, Route, web,
+};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -122,8 +124,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", err.to_string()).into()
         });
     cfg.app_data(json)
-        .route("/", web::get().to(index))
-        .route("/generate_text", web::post().to(generate_text))
+        .service(get("/", index))
+        .service(post("/generate_text", generate_text))
         .configure(super::metrics::configure)
         // /api/v1/... first: the /api scope would claim its prefix.
         .service(web::scope("/api/v1").configure(api_routes))
@@ -133,16 +135,64 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// The JSON API, served under /api (the original's paths) and /api/v1.
 fn api_routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/health", web::get().to(health))
-        .route("/stats", web::get().to(stats))
-        .route("/diloco", web::get().to(diloco))
-        .route("/peers", web::get().to(peers))
-        .route("/network", web::get().to(network))
-        .route("/blobs/fetch", web::post().to(fetch_blob))
-        .route("/generate_text", web::post().to(generate_text))
+    cfg.service(get("/health", health))
+        .service(get("/stats", stats))
+        .service(get("/diloco", diloco))
+        .service(get("/peers", peers))
+        .service(get("/network", network))
+        .service(post("/blobs/fetch", fetch_blob))
+        .service(post("/generate_text", generate_text))
         .configure(super::dashboard::configure)
         .configure(super::openapi::configure)
         .configure(super::ledger::configure);
+}
+
+/// `path` served by `handler` for GET; any other method gets a 405 JSON error naming GET.
+pub fn get<F, Args>(path: &str, handler: F) -> Resource
+where
+    F: Handler<Args>,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    endpoint(path, Method::GET, web::get().to(handler))
+}
+
+/// `path` served by `handler` for POST; any other method gets a 405 JSON error naming POST.
+pub fn post<F, Args>(path: &str, handler: F) -> Resource
+where
+    F: Handler<Args>,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    endpoint(path, Method::POST, web::post().to(handler))
+}
+
+/// A resource whose method guard sits on the route, not on the resource, so a known path asked
+/// with another method answers 405 with `Allow` instead of falling through to the 404.
+fn endpoint(path: &str, method: Method, route: Route) -> Resource {
+    web::resource(path)
+        .route(route)
+        .default_service(web::to(move |req: HttpRequest| {
+            let method = method.clone();
+            async move {
+                let mut response = ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    format!(
+                        "{} {} is not served; this path answers {method}",
+                        req.method(),
+                        req.path()
+                    ),
+                )
+                .error_response();
+                response.headers_mut().insert(
+                    header::ALLOW,
+                    header::HeaderValue::from_str(method.as_str())
+                        .expect("an HTTP method is a valid header value"),
+                );
+                response
+            }
+        }))
 }
 
 /// 404 as JSON, for every route nobody serves.

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-use super::api::{ApiError, ApiState, diloco_view, network_view, stats_view};
+use super::api::{ApiError, ApiState, diloco_view, get, network_view, stats_view};
 use super::ledger::neuro_view;
 use crate::ledger::to_neuro;
 use crate::logs::{LogLine, LogQuery, LogRing};
@@ -32,8 +32,8 @@ const MAX_LOG_LINES: usize = 500;
 const STEP_RATE_WINDOW_S: f64 = 30.0;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/events", web::get().to(events))
-        .route("/logs", web::get().to(logs));
+    cfg.service(get("/events", events))
+        .service(get("/logs", logs));
 }
 
 /// The sampler's state, shared by the tick and the handlers.

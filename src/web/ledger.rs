@@ -7,7 +7,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::api::{ApiError, ApiState};
+use super::api::{ApiError, ApiState, get, post};
 use crate::actors::messages::{CheckProof, GetAccount, GetBalances, GetProofs, SubmitTransaction};
 use crate::ledger::rewards::{nano, stake_multiplier};
 use crate::ledger::state::Account;
@@ -21,15 +21,15 @@ const MAX_AMOUNT_NEURO: f64 = 1e9;
 
 /// Paths relative to the API scope (/api and /api/v1).
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/neuro", web::get().to(neuro))
-        .route("/ledger/balance/{id}", web::get().to(balance))
-        .route("/ledger/proofs/{id}", web::get().to(proofs))
-        .route("/ledger/network", web::get().to(network))
-        .route("/ledger/balances", web::get().to(balances))
-        .route("/ponw/verify", web::post().to(verify))
-        .route("/wallet/send", web::post().to(send))
-        .route("/stake", web::post().to(stake))
-        .route("/unstake", web::post().to(unstake));
+    cfg.service(get("/neuro", neuro))
+        .service(get("/ledger/balance/{id}", balance))
+        .service(get("/ledger/proofs/{id}", proofs))
+        .service(get("/ledger/network", network))
+        .service(get("/ledger/balances", balances))
+        .service(post("/ponw/verify", verify))
+        .service(post("/wallet/send", send))
+        .service(post("/stake", stake))
+        .service(post("/unstake", unstake));
 }
 
 fn account_json(node_id: &str, account: &Account) -> serde_json::Value {

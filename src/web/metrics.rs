@@ -15,7 +15,7 @@ use crate::status::NodeStatus;
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/metrics", web::get().to(metrics));
+    cfg.service(super::api::get("/metrics", metrics));
 }
 
 async fn metrics(state: web::Data<ApiState>) -> HttpResponse {

@@ -8,7 +8,7 @@ pub const OPENAPI_JSON: &str = include_str!("openapi.json");
 
 /// Paths relative to the API scope (/api and /api/v1).
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/openapi.json", web::get().to(openapi));
+    cfg.service(super::api::get("/openapi.json", openapi));
 }
 
 async fn openapi() -> HttpResponse {
