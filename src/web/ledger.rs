@@ -2,12 +2,14 @@
 //! /api/ledger/proofs/{id}?limit=, /api/ledger/network, /api/ledger/balances; POST /api/ponw/verify; and the mutating
 //! POST /api/wallet/send, /api/stake, /api/unstake, which need `Authorization: Bearer <api_key>`.
 
+use actix::{Handler, Message};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::api::{ApiError, ApiState, get, post};
+use crate::actors::ledger::LedgerActor;
 use crate::actors::messages::{CheckProof, GetAccount, GetBalances, GetProofs, SubmitTransaction};
 use crate::ledger::rewards::{nano, stake_multiplier};
 use crate::ledger::state::Account;
@@ -84,28 +86,34 @@ fn ledger_unavailable(e: impl std::fmt::Display) -> ApiError {
     )
 }
 
+/// Asks the LedgerActor a question whose only failure is the database: either error is a 503.
+async fn ask<M, T, E>(state: &ApiState, question: M) -> Result<T, ApiError>
+where
+    M: Message<Result = Result<T, E>> + Send + 'static,
+    M::Result: Send,
+    LedgerActor: Handler<M>,
+    E: std::fmt::Display,
+{
+    state
+        .ledger
+        .send(question)
+        .await
+        .map_err(ledger_unavailable)?
+        .map_err(ledger_unavailable)
+}
+
 async fn balance(
     state: web::Data<ApiState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let node_id = node_id_of_path(&id)?;
-    let account = state
-        .ledger
-        .send(GetAccount(node_id.clone()))
-        .await
-        .map_err(ledger_unavailable)?
-        .map_err(ledger_unavailable)?;
+    let account = ask(&state, GetAccount(node_id.clone())).await?;
     Ok(HttpResponse::Ok().json(account_json(&node_id, &account)))
 }
 
 /// Every account: nodes that saw the same proofs and transactions show identical tables.
 async fn balances(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
-    let accounts = state
-        .ledger
-        .send(GetBalances)
-        .await
-        .map_err(ledger_unavailable)?
-        .map_err(ledger_unavailable)?;
+    let accounts = ask(&state, GetBalances).await?;
     let table: serde_json::Map<String, serde_json::Value> = accounts
         .iter()
         .map(|(id, account)| (id.clone(), account_json(id, account)))
@@ -132,15 +140,14 @@ async fn proofs(
             "limit must be in 1..={MAX_PROOFS_LISTED}"
         )));
     }
-    let proofs = state
-        .ledger
-        .send(GetProofs {
+    let proofs = ask(
+        &state,
+        GetProofs {
             node_id: node_id.clone(),
             limit,
-        })
-        .await
-        .map_err(ledger_unavailable)?
-        .map_err(ledger_unavailable)?;
+        },
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(json!({"node_id": node_id, "proofs": proofs})))
 }
 
@@ -160,12 +167,7 @@ async fn verify(
     state: web::Data<ApiState>,
     body: web::Json<SignedProof>,
 ) -> Result<HttpResponse, ApiError> {
-    let check = state
-        .ledger
-        .send(CheckProof(body.into_inner()))
-        .await
-        .map_err(ledger_unavailable)?
-        .map_err(ledger_unavailable)?;
+    let check = ask(&state, CheckProof(body.into_inner())).await?;
     Ok(HttpResponse::Ok().json(match check.verdict {
         Ok(base) => json!({
             "valid": true,
