@@ -41,7 +41,8 @@ pub struct LogQuery {
 }
 
 impl LogQuery {
-    fn matches(&self, line: &LogLine) -> bool {
+    /// `text` must be lower-case already: it is lowered once per query, not once per line.
+    fn matches(&self, line: &LogLine, text: &str) -> bool {
         let level_ok = self.min_level.is_none_or(|min| {
             // tracing orders levels by verbosity: ERROR < WARN < ... < TRACE.
             line.level.parse::<Level>().is_ok_and(|level| level <= min)
@@ -49,11 +50,7 @@ impl LogQuery {
         level_ok
             && line.seq > self.after
             && line.target.contains(&self.target)
-            && (self.text.is_empty()
-                || line
-                    .message
-                    .to_lowercase()
-                    .contains(&self.text.to_lowercase()))
+            && (text.is_empty() || line.message.to_lowercase().contains(text))
     }
 }
 
@@ -106,12 +103,13 @@ impl LogRing {
 
     /// The latest `query.limit` matching lines, oldest first.
     pub fn query(&self, query: &LogQuery) -> Vec<LogLine> {
+        let text = query.text.to_lowercase();
         let ring = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let mut found: Vec<LogLine> = ring
             .lines
             .iter()
             .rev()
-            .filter(|line| query.matches(line))
+            .filter(|line| query.matches(line, &text))
             .take(query.limit)
             .cloned()
             .collect();
