@@ -112,50 +112,7 @@ enum Command {
     },
     /// Compare training in one place with DiLoCo across real nodes (and under attack, and with
     /// each delta codec) on validation loss over tokens; writes results.csv, curves.svg, summary.md.
-    Experiment {
-        /// Directory of text files; the default is Debian's `fortunes` (apt-get install fortunes).
-        #[arg(long, default_value = "/usr/share/games/fortunes")]
-        corpus: PathBuf,
-        /// Where the results and every run's node directories go.
-        #[arg(long, default_value = "experiment")]
-        out: PathBuf,
-        /// Runs: A1 (one worker, 1/k tokens), A (one worker), B (data-parallel, k× batch),
-        /// C (DiLoCo), D (C + a Byzantine node, per rule), E (C, per codec).
-        #[arg(long, value_delimiter = ',', default_value = "A1,A,B,C,D,E")]
-        runs: Vec<String>,
-        /// k: DiLoCo workers.
-        #[arg(long, default_value_t = 4)]
-        workers: usize,
-        /// Outer rounds of the DiLoCo runs.
-        #[arg(long, default_value_t = 12)]
-        rounds: u64,
-        /// H: inner steps per round.
-        #[arg(long, default_value_t = 50)]
-        inner_steps: u64,
-        /// Sequences per batch of one worker.
-        #[arg(long, default_value_t = 8)]
-        batch: usize,
-        #[arg(long, default_value = "nano")]
-        preset: String,
-        /// Seeds (model initialisation and data order); each run is repeated per seed.
-        #[arg(long, value_delimiter = ',', default_value = "0")]
-        seeds: Vec<u64>,
-        /// D's attacker: sign_flip, scale, gaussian, alie, ipm.
-        #[arg(long, default_value = "sign_flip")]
-        attack: String,
-        /// D's aggregation rules.
-        #[arg(long, value_delimiter = ',', default_value = "krum,trimmed_mean,mean")]
-        rules: Vec<String>,
-        /// E's delta codecs.
-        #[arg(long, value_delimiter = ',', default_value = "fp16,int8,top_k")]
-        codecs: Vec<String>,
-        /// Outer learning rate of the DiLoCo runs (the paper's 0.7).
-        #[arg(long, default_value_t = 0.7)]
-        outer_lr: f64,
-        /// Outer Nesterov momentum of the DiLoCo runs (the paper's 0.9).
-        #[arg(long, default_value_t = 0.9)]
-        outer_momentum: f64,
-    },
+    Experiment(neuroshard::experiment::Options),
     /// Inspect the NEURO ledger of a node's state directory.
     Ledger {
         #[command(subcommand)]
@@ -243,39 +200,7 @@ fn main() -> ExitCode {
             command: LedgerCommand::Verify { state_dir },
         }) => return verify_ledger(&cli, state_dir),
         Some(Command::Status { url }) => return print_status(url),
-        Some(Command::Experiment {
-            corpus,
-            out,
-            runs,
-            workers,
-            rounds,
-            inner_steps,
-            batch,
-            preset,
-            seeds,
-            attack,
-            rules,
-            codecs,
-            outer_lr,
-            outer_momentum,
-        }) => {
-            return neuroshard::experiment::run(neuroshard::experiment::Options {
-                corpus: corpus.clone(),
-                out: out.clone(),
-                runs: runs.clone(),
-                workers: *workers,
-                rounds: *rounds,
-                inner_steps: *inner_steps,
-                batch: *batch,
-                preset: preset.clone(),
-                seeds: seeds.clone(),
-                attack: attack.clone(),
-                rules: rules.clone(),
-                codecs: codecs.clone(),
-                outer_lr: *outer_lr,
-                outer_momentum: *outer_momentum,
-            });
-        }
+        Some(Command::Experiment(options)) => return neuroshard::experiment::run(options.clone()),
         Some(Command::Devnet {
             nodes,
             preset,

@@ -27,31 +27,50 @@ use serde_json::Value;
 use crate::devnet::{self, Fleet, NodeSpec};
 use report::{Curve, Point};
 
-/// What `neuroshard experiment` was asked for.
-#[derive(Debug, Clone)]
+/// What `neuroshard experiment` was asked for (its command-line arguments).
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
-    /// Directory of text files (Debian's `fortunes` by default).
+    /// Directory of text files; the default is Debian's `fortunes` (apt-get install fortunes).
+    #[arg(long, default_value = "/usr/share/games/fortunes")]
     pub corpus: PathBuf,
-    /// Results, the corpus in the node's format and every run's node directories.
+    /// Where the results, the corpus in the node's format and every run's node directories go.
+    #[arg(long, default_value = "experiment")]
     pub out: PathBuf,
-    /// Run groups: A1, A, B, C, D, E.
+    /// Runs: A1 (one worker, 1/k tokens), A (one worker), B (data-parallel, k× batch),
+    /// C (DiLoCo), D (C + a Byzantine node, per rule), E (C, per codec).
+    #[arg(long, value_delimiter = ',', default_value = "A1,A,B,C,D,E")]
     pub runs: Vec<String>,
     /// k: DiLoCo workers (and B's batch multiple).
+    #[arg(long, default_value_t = 4)]
     pub workers: usize,
-    /// Outer rounds of C (each worker trains rounds × H steps).
+    /// Outer rounds of the DiLoCo runs (each worker trains rounds × H steps).
+    #[arg(long, default_value_t = 12)]
     pub rounds: u64,
+    /// H: inner steps per round.
+    #[arg(long, default_value_t = 50)]
     pub inner_steps: u64,
+    /// Sequences per batch of one worker.
+    #[arg(long, default_value_t = 8)]
     pub batch: usize,
+    #[arg(long, default_value = "nano")]
     pub preset: String,
+    /// Seeds (model initialisation and data order); each run is repeated per seed.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
     pub seeds: Vec<u64>,
-    /// D's attack (see NEUROSHARD_FAULT_BYZANTINE).
+    /// D's attacker: sign_flip, scale, gaussian, alie, ipm (see NEUROSHARD_FAULT_BYZANTINE).
+    #[arg(long, default_value = "sign_flip")]
     pub attack: String,
-    /// E's codecs.
-    pub codecs: Vec<String>,
-    /// D's rules.
+    /// D's aggregation rules.
+    #[arg(long, value_delimiter = ',', default_value = "krum,trimmed_mean,mean")]
     pub rules: Vec<String>,
-    /// The outer optimizer of the DiLoCo runs (C, D, E): SGD with Nesterov momentum.
+    /// E's delta codecs.
+    #[arg(long, value_delimiter = ',', default_value = "fp16,int8,top_k")]
+    pub codecs: Vec<String>,
+    /// Outer learning rate of the DiLoCo runs (the paper's 0.7).
+    #[arg(long, default_value_t = 0.7)]
     pub outer_lr: f64,
+    /// Outer Nesterov momentum of the DiLoCo runs (the paper's 0.9).
+    #[arg(long, default_value_t = 0.9)]
     pub outer_momentum: f64,
 }
 
@@ -152,6 +171,7 @@ pub fn plan_runs(o: &Options) -> Result<Vec<RunSpec>, String> {
     if k < 2 {
         return Err("--workers must be at least 2".into());
     }
+    context_of(&o.preset)?;
     if o.rounds == 0 || o.inner_steps == 0 || o.batch == 0 {
         return Err("--rounds, --inner-steps and --batch must be at least 1".into());
     }
@@ -259,9 +279,16 @@ fn command_of(o: &Options, run: &RunSpec, seed: u64) -> String {
     command
 }
 
-/// Runs everything; exit 0 when every run finished and the results are written.
+/// Runs everything; exit 0 when every run finished and the results are written, 2 on bad options.
 pub fn run(options: Options) -> ExitCode {
-    match run_all(&options) {
+    let runs = match plan_runs(&options) {
+        Ok(runs) => runs,
+        Err(e) => {
+            eprintln!("error: experiment: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run_all(&options, &runs) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: experiment: {e}");
@@ -270,8 +297,7 @@ pub fn run(options: Options) -> ExitCode {
     }
 }
 
-fn run_all(o: &Options) -> Result<(), String> {
-    let runs = plan_runs(o)?;
+fn run_all(o: &Options, runs: &[RunSpec]) -> Result<(), String> {
     std::fs::create_dir_all(&o.out).map_err(|e| format!("{}: {e}", o.out.display()))?;
     let data = o.out.join("corpus.jsonl");
     let stats = corpus::build_corpus(&o.corpus, &data)?;
@@ -285,7 +311,7 @@ fn run_all(o: &Options) -> Result<(), String> {
     devnet::catch_stop_signals();
     let mut curves = Vec::new();
     for seed in &o.seeds {
-        for run in &runs {
+        for run in runs {
             let curve = run_one(o, run, *seed, &data)?;
             let last = curve.points.last().map_or(f32::NAN, |p| p.val_loss);
             eprintln!(
@@ -349,13 +375,14 @@ fn run_one(o: &Options, run: &RunSpec, seed: u64, data: &Path) -> Result<Curve, 
         last.env
             .push(("NEUROSHARD_FAULT_BYZANTINE".into(), attack.clone()));
     }
+    let context = context_of(&o.preset)?;
     eprintln!(
         "{} seed {seed}: {} ({} node(s))",
         run.id, run.label, run.nodes
     );
     let started = Instant::now();
     let mut fleet = Fleet::start(&specs)?;
-    let result = follow(&mut fleet, &specs[0], run, started);
+    let result = follow(&mut fleet, &specs[0], run, context, started);
     fleet.stop();
     let (points, bytes_per_round) = result?;
     Ok(Curve {
@@ -378,6 +405,7 @@ fn follow(
     fleet: &mut Fleet,
     node: &NodeSpec,
     run: &RunSpec,
+    context: u64,
     started: Instant,
 ) -> Result<(Vec<Point>, f64), String> {
     let agent = ureq::Agent::config_builder()
@@ -393,7 +421,6 @@ fn follow(
             .read_json()
             .ok()
     };
-    let tokens_per_step = (run.batch * run.honest) as u64 * context_of(&get);
     let mut by_round: BTreeMap<u64, Point> = BTreeMap::new();
     let mut bytes: BTreeMap<u64, u64> = BTreeMap::new();
     let mut after = 0u64;
@@ -420,7 +447,7 @@ fn follow(
                     by_round.entry(round).or_insert(Point {
                         round,
                         step,
-                        tokens: round * run.inner_steps * tokens_per_step,
+                        tokens: round * run.inner_steps * tokens_per_step(run, context),
                         val_loss,
                     });
                 }
@@ -459,18 +486,16 @@ fn follow(
     }
 }
 
-/// The model's context length (tokens per sequence), from the node once it answers.
-fn context_of(get: &impl Fn(&str) -> Option<Value>) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while Instant::now() < deadline {
-        if let Some(preset) = get("/api/stats").and_then(|s| s["preset"].as_str().map(String::from))
-            && let Some(config) = crate::model::NeuroLlmConfig::preset(&preset)
-        {
-            return config.max_seq_len as u64;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    0
+/// Tokens per sequence of `preset`.
+fn context_of(preset: &str) -> Result<u64, String> {
+    crate::model::NeuroLlmConfig::preset(preset)
+        .map(|config| config.max_seq_len as u64)
+        .ok_or_else(|| format!("--preset: unknown preset {preset:?} (nano, micro, bootstrap)"))
+}
+
+/// Tokens one inner step of `run` consumes over its honest workers.
+fn tokens_per_step(run: &RunSpec, context: u64) -> u64 {
+    (run.batch * run.honest) as u64 * context
 }
 
 /// (step, round, val_loss) of a trainer's "validation step=S round=R val_loss=V" log message.
@@ -514,7 +539,7 @@ mod tests {
     }
 
     fn tokens(run: &RunSpec) -> u64 {
-        run.steps() * (run.batch * run.honest) as u64
+        run.steps() * tokens_per_step(run, 1)
     }
 
     #[test]
@@ -574,6 +599,9 @@ mod tests {
         let mut one = options(&["C"]);
         one.workers = 1;
         assert!(plan_runs(&one).is_err());
+        let mut giant = options(&["C"]);
+        giant.preset = "giant".into();
+        assert!(plan_runs(&giant).unwrap_err().contains("--preset"));
     }
 
     #[test]
