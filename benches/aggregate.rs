@@ -121,14 +121,12 @@ fn inputs(n: usize, d: usize, f: usize) -> Vec<Contribution> {
                 Contribution {
                     node_id: format!("honest{i}"),
                     delta,
-                    tokens: 1000,
                 }
             } else {
                 fill(&mut delta, &|j| -100.0 * centre[j]);
                 Contribution {
                     node_id: format!("attacker{}", i - (n - f)),
                     delta,
-                    tokens: 1000,
                 }
             }
         })
@@ -221,6 +219,7 @@ fn main() {
         let config = AggregationConfig {
             rule,
             byzantine: f,
+            byzantine_fraction: 0.0,
             ..AggregationConfig::default()
         };
         let out = aggregate(&config, &cs).expect("aggregation runs");

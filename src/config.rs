@@ -147,6 +147,8 @@ pub struct DilocoSection {
     pub quorum_fraction: f64,
     /// Seconds a round waits for peers' deltas once this node's own is ready.
     pub round_deadline_s: u64,
+    /// Seconds deltas still in flight are waited for once the quorum is in hand.
+    pub straggler_grace_s: u64,
     /// A peer's delta with a larger L2 norm is refused before aggregation.
     pub max_delta_norm: f32,
     /// How deltas are encoded for the network.
@@ -237,6 +239,7 @@ impl Default for DilocoSection {
             min_peers: 1,
             quorum_fraction: 0.67,
             round_deadline_s: 120,
+            straggler_grace_s: 15,
             max_delta_norm: 1e5,
             compression: CodecConfig::default(),
             aggregation: AggregationConfig::default(),

@@ -116,6 +116,14 @@ pub fn public_key_of(peer_id: &libp2p::PeerId) -> Option<PublicKey> {
     PublicKey::from_slice(&key.try_into_secp256k1().ok()?.to_bytes()).ok()
 }
 
+/// The node_id of the key a PeerId names ("" for a PeerId that names no secp256k1 key: such a
+/// peer signs nothing this node accepts).
+pub fn node_id_of_peer(peer_id: &libp2p::PeerId) -> String {
+    public_key_of(peer_id)
+        .map(|key| node_id_of(&key))
+        .unwrap_or_default()
+}
+
 /// A fresh random token (64 hex characters) from the operating system's CSPRNG.
 pub fn generate_token() -> String {
     let mut bytes = [0u8; 32];

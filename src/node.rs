@@ -23,7 +23,9 @@ use crate::config::Config;
 use crate::crypto::{Identity, generate_token};
 use crate::diloco::OuterOptimizer;
 use crate::diloco::attack::Attack;
+use crate::diloco::codec::HEADER_LEN;
 use crate::diloco::round::RoundOptions;
+use crate::diloco::weight::WeightRule;
 use crate::ledger::store::LedgerStore;
 use crate::logs::LogRing;
 use crate::model::backend::{CpuBackend, cpu_device, train_backend_name};
@@ -231,7 +233,13 @@ fn check_p2p_ports_free(config: &Config) -> Result<(), NodeError> {
     Ok(())
 }
 
-fn peer_options(config: &Config, identity: Identity, model_hash: &str) -> PeerOptions {
+/// `num_params`: the model's size, which fixes the largest blob the protocol ever sends.
+fn peer_options(
+    config: &Config,
+    identity: Identity,
+    model_hash: &str,
+    num_params: usize,
+) -> PeerOptions {
     let n = &config.network;
     // Every address was parsed when the config was validated.
     let addrs = |texts: &[String]| texts.iter().filter_map(|t| t.parse().ok()).collect();
@@ -253,7 +261,7 @@ fn peer_options(config: &Config, identity: Identity, model_hash: &str) -> PeerOp
         },
         announce_interval: Duration::from_secs(n.announce_interval_s),
         target_peers: n.target_peers,
-        max_blob_bytes: n.max_blob_mib << 20,
+        max_blob_bytes: (n.max_blob_mib << 20).min(largest_blob(num_params)),
         blob_timeout: Duration::from_secs(n.blob_timeout_s),
         faults: GossipFaults {
             garbage: fault_switch("NEUROSHARD_FAULT_GOSSIP_GARBAGE").is_some_and(|n| n > 0),
@@ -261,6 +269,13 @@ fn peer_options(config: &Config, identity: Identity, model_hash: &str) -> PeerOp
                 .map_or(0, |n| n.min(10_000) as u32),
         },
     }
+}
+
+/// The largest blob of this model the protocol sends: θ₀ and the momentum are 4 bytes a
+/// parameter, a Δ at most 8 (top-k keeping every value: index and value) after the codec header.
+/// No peer needs to send more, so no transfer may be longer (`network.max_blob_mib` only lowers it).
+fn largest_blob(num_params: usize) -> u64 {
+    (HEADER_LEN as u64).saturating_add((num_params as u64).saturating_mul(8))
 }
 
 fn round_settings(config: &Config) -> RoundSettings {
@@ -276,7 +291,11 @@ fn round_settings(config: &Config) -> RoundSettings {
             min_peers: d.min_peers,
             quorum_fraction: d.quorum_fraction,
             deadline: Duration::from_secs(d.round_deadline_s),
+            // A grace past the deadline is the deadline.
+            straggler_grace: Duration::from_secs(d.straggler_grace_s.min(d.round_deadline_s)),
         },
+        weight_rule: WeightRule::Open,
+        own_admitted: false,
         max_delta_norm: d.max_delta_norm,
         attack: byzantine_fault(),
     }
@@ -419,7 +438,12 @@ pub async fn run(config: Config, logs: LogRing) -> Result<(), NodeError> {
     ));
 
     let peers = PeerActor::start(
-        peer_options(&config, prepared.identity.clone(), &model_config.hash_hex()),
+        peer_options(
+            &config,
+            prepared.identity.clone(),
+            &model_config.hash_hex(),
+            model_config.num_params(),
+        ),
         status.clone(),
     )
     .await

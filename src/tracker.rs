@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::crypto;
 use crate::net::announce::{
     AnnounceError, Announcement, MAX_CLOCK_SKEW_S, PeerRecord, unix_time_s,
 };
@@ -27,6 +28,11 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 pub const MAX_ENTRIES_PER_NETWORK: usize = 10_000;
 /// Most nodes held across all networks, so that many small networks cannot exhaust memory either.
 pub const MAX_ENTRIES_TOTAL: usize = 100_000;
+/// Peers one GET /peers answer lists: a uniform random sample of the live ones, so that a burst
+/// of fake announcements can neither push the answer past the client's size limit nor put the
+/// attacker's addresses first; a node asks again every announce interval and meets the rest
+/// through the DHT. 32 × 16 multiaddrs of 256 bytes stay far below the client's 1 MiB.
+pub const MAX_PEERS_PER_ANSWER: usize = 32;
 
 /// The last accepted announcement of one node in one network.
 struct Entry {
@@ -233,12 +239,20 @@ async fn peers(
         })
         .collect();
     drop(registry);
-    peers.sort_by(|a, b| {
-        a.last_seen_s
-            .cmp(&b.last_seen_s)
-            .then_with(|| a.node_id.cmp(&b.node_id))
-    });
-    Ok(HttpResponse::Ok().json(json!({"peers": peers})))
+    let sample = sample_uniform(&mut peers, MAX_PEERS_PER_ANSWER, crypto::generate_nonce);
+    Ok(HttpResponse::Ok().json(json!({"peers": sample})))
+}
+
+/// `k` items drawn uniformly without replacement (a partial Fisher–Yates shuffle driven by
+/// `random`); all of them, shuffled, when there are no more than `k`.
+fn sample_uniform<'a, T>(items: &'a mut [T], k: usize, mut random: impl FnMut() -> u64) -> &'a [T] {
+    let k = k.min(items.len());
+    for i in 0..k {
+        let remaining = (items.len() - i) as u64;
+        let j = i + (random() % remaining) as usize;
+        items.swap(i, j);
+    }
+    &items[..k]
 }
 
 /// Untrusted input cut short for a log line.
@@ -332,5 +346,32 @@ mod tests {
         r.total = 0;
         r.prune("net", Instant::now(), now_s, ttl);
         assert!(r.networks.is_empty());
+    }
+
+    #[test]
+    fn answers_are_bounded_uniform_samples() {
+        let mut items: Vec<u32> = (0..100).collect();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut state = 7u64;
+        let mut random = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            state >> 11
+        };
+        for _ in 0..20 {
+            let sample = sample_uniform(&mut items, MAX_PEERS_PER_ANSWER, &mut random).to_vec();
+            assert_eq!(sample.len(), MAX_PEERS_PER_ANSWER);
+            let distinct: std::collections::BTreeSet<_> = sample.iter().collect();
+            assert_eq!(distinct.len(), sample.len(), "no entry twice");
+            seen.extend(sample);
+        }
+        assert!(
+            seen.len() > 90,
+            "every entry gets its turn: {} of 100 seen",
+            seen.len()
+        );
+        let mut few = vec![1, 2, 3];
+        assert_eq!(sample_uniform(&mut few, 32, &mut random).len(), 3);
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use libp2p::PeerId;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::messages::{
     CheckProof, GetAccount, GetBalances, GetProofs, LedgerGossip, ModelAdopted, PeerOffence,
@@ -18,9 +18,10 @@ use super::messages::{
     RoundVerdicts, SubmitTransaction, SubmittedTransaction,
 };
 use super::peer::PeerActor;
-use crate::crypto::{Identity, generate_nonce};
+use crate::crypto::{Identity, generate_nonce, node_id_of_peer};
 use crate::ledger::proof::{proof_id, sign_proof};
 use crate::ledger::rewards::{RewardSchedule, stake_multiplier};
+use crate::ledger::settle::{Settlement, SignedVerdicts, settle};
 use crate::ledger::state::Account;
 use crate::ledger::store::{
     InsertOutcome, LedgerError, LedgerStore, ProofStatus, StoredProof, TxInsertOutcome,
@@ -61,6 +62,8 @@ pub struct LedgerActor {
     adopted: BTreeMap<u64, String>,
     /// Round verdicts (own and peers') waiting to settle.
     pending_verdicts: Vec<PendingVerdicts>,
+    /// What each signer of verdicts counts for, as Sync last weighed it.
+    weights: BTreeMap<String, f64>,
     /// Peers' verified proofs waiting for the next batch write, with who sent them.
     inbox: Vec<(SignedProof, Nano, PeerId)>,
     inbox_ids: HashSet<String>,
@@ -73,6 +76,7 @@ const INBOX_BATCH: usize = 128;
 /// A round's verdicts before they settle; `reasons` (this node's own, with scores) is empty for
 /// a peer's.
 struct PendingVerdicts {
+    signer: String,
     wire: RoundVerdictsWire,
     reasons: Vec<String>,
 }
@@ -101,6 +105,7 @@ impl LedgerActor {
             stolen: Vec::new(),
             adopted: BTreeMap::new(),
             pending_verdicts: Vec::new(),
+            weights: BTreeMap::new(),
             inbox: Vec::new(),
             inbox_ids: HashSet::new(),
         }
@@ -275,10 +280,21 @@ impl LedgerActor {
         self.publish_account();
     }
 
-    /// Keeps a round's verdicts (this node's or a peer's) until they can be settled.
+    fn weight_of(&self, node_id: &str) -> f64 {
+        self.weights.get(node_id).copied().unwrap_or(0.0)
+    }
+
+    /// Keeps a round's verdicts (this node's or a peer's) until they can be settled: one set per
+    /// signer and round (the newest), and when full, sets of signers without weight go first.
     fn hold_verdicts(&mut self, pending: PendingVerdicts) {
+        self.pending_verdicts
+            .retain(|p| !(p.signer == pending.signer && p.wire.round == pending.wire.round));
         if self.pending_verdicts.len() >= KEPT_ROUNDS * 8 {
-            self.pending_verdicts.remove(0);
+            let weightless = self
+                .pending_verdicts
+                .iter()
+                .position(|p| self.weight_of(&p.signer) <= 0.0);
+            self.pending_verdicts.remove(weightless.unwrap_or(0));
         }
         self.pending_verdicts.push(pending);
         self.settle_verdicts();
@@ -286,8 +302,8 @@ impl LedgerActor {
 
     /// Verdicts on round r are settled once this node trains round r + 2, from the θ₀ it then
     /// holds for round r + 1: by then a node that aggregated round r on a minority θ₀ has
-    /// healed to the majority's, so only verdicts whose aggregate produced that θ₀ are recorded
-    /// (its own, or any peer's), and all nodes on the majority's θ₀ settle the same proofs.
+    /// healed, so only verdicts whose aggregate produced that θ₀ count (its own, or peers'), and
+    /// of those the set that the most weight signed (`ledger::settle`), never the first to arrive.
     fn settle_verdicts(&mut self) {
         let Some(&current) = self.adopted.keys().next_back() else {
             return;
@@ -296,24 +312,44 @@ impl LedgerActor {
             .into_iter()
             .partition(|p| p.wire.round + 2 <= current);
         self.pending_verdicts = waiting;
+        let mut by_round: BTreeMap<u64, Vec<PendingVerdicts>> = BTreeMap::new();
         for pending in ready {
-            let round = pending.wire.round;
+            by_round
+                .entry(pending.wire.round)
+                .or_default()
+                .push(pending);
+        }
+        for (round, sets) in by_round {
             let Some(theta0) = self.adopted.get(&(round + 1)).cloned() else {
                 continue; // older than the θ₀ hashes this node remembers
             };
-            if theta0 != pending.wire.theta0_after {
-                continue; // another history than the one this node holds
-            }
-            let verdicts: Vec<_> = pending
+            let candidates: Vec<SignedVerdicts> = sets
+                .iter()
+                .map(|p| SignedVerdicts {
+                    signer: p.signer.clone(),
+                    wire: p.wire.clone(),
+                })
+                .collect();
+            let (index, agreement) = match settle(&candidates, &theta0, |id| self.weight_of(id)) {
+                Settlement::Settle { index, reason } => (index, reason),
+                Settlement::Unsettled(why) => {
+                    debug!(round, "round verdicts not settled: {why}");
+                    continue;
+                }
+            };
+            let chosen = &sets[index];
+            let verdicts: Vec<_> = chosen
                 .wire
                 .verdicts
                 .iter()
                 .enumerate()
                 .map(|(i, (node_id, delta_hash, kept))| {
-                    let reason = pending.reasons.get(i).cloned().unwrap_or_else(|| {
+                    let reason = chosen.reasons.get(i).cloned().unwrap_or_else(|| {
                         let word = if *kept { "kept" } else { "rejected" };
                         let theta0 = theta0.get(..12).unwrap_or(&theta0);
-                        format!("{word} in round {round} (by the peers that produced θ₀ {theta0})")
+                        format!(
+                            "{word} in round {round} (by the peers that produced θ₀ {theta0}: {agreement})"
+                        )
                     });
                     (delta_hash.clone(), node_id.clone(), *kept, reason)
                 })
@@ -451,6 +487,7 @@ impl Handler<LedgerGossip> for LedgerActor {
             }
             LedgerMessage::Verdicts(verdicts) => {
                 self.hold_verdicts(PendingVerdicts {
+                    signer: node_id_of_peer(&msg.origin),
                     wire: verdicts.clone(),
                     reasons: Vec::new(),
                 });
@@ -526,8 +563,14 @@ impl Handler<RoundVerdicts> for LedgerActor {
             self.peers
                 .do_send(PublishLedger(LedgerMessage::Verdicts(wire.clone())));
         }
+        self.weights = msg.weights;
         let reasons = msg.verdicts.into_iter().map(|v| v.reason).collect();
-        self.hold_verdicts(PendingVerdicts { wire, reasons });
+        let signer = self.options.identity.node_id.clone();
+        self.hold_verdicts(PendingVerdicts {
+            signer,
+            wire,
+            reasons,
+        });
     }
 }
 

@@ -1,6 +1,7 @@
 //! Every typed message the actors exchange, in one place. Large vectors travel as `Arc`s: the
 //! actors share one process, so a message is a pointer, never a copy.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -207,6 +208,9 @@ pub struct RoundVerdicts {
     /// BLAKE3 of the θ₀ the round's aggregate produced.
     pub theta0_after: String,
     pub verdicts: Vec<DeltaVerdict>,
+    /// What each node (this one included) counts for as Sync weighs it now: whose verdicts on
+    /// rounds settle proofs (see `ledger::settle`).
+    pub weights: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@
 //! round is complete (quorum or deadline) the AggregatorActor combines the deltas, the outer step
 //! is applied, and the trainer restarts from the new θ₀.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,11 +23,19 @@ use super::messages::{
     RegisterTrainer, ResumeState, RoundVerdicts, SnapshotTaken, StartRound, WriteCheckpoint,
 };
 use super::peer::PeerActor;
-use crate::aggregate::{Aggregate, AggregationConfig, Contribution};
+use crate::aggregate::{Aggregate, AggregationConfig, Contribution, check_aggregate};
 use crate::diloco::attack::{Attack, poison};
 use crate::diloco::codec::{Codec, CodecConfig, ErrorFeedback, decode, encode};
-use crate::diloco::heal::{HealPlan, PeerOuterState, catching_up, disagrees, heal_decision};
-use crate::diloco::round::{RoundDecision, RoundOptions, RoundProgress, round_decision};
+use crate::diloco::heal::{
+    HealPlan, OwnState, PeerOuterState, catching_up, check_adopted, disagrees, heal_decision, reach,
+};
+use crate::diloco::round::{
+    RoundDecision, RoundOptions, RoundProgress, has_quorum, round_decision,
+};
+use crate::diloco::weight::{
+    self, EPSILON, Reputation, Standing, WeightRule, is_newcomer_share, newcomer_places,
+    newcomer_rank,
+};
 use crate::diloco::{OuterOptimizer, pseudo_gradient};
 use crate::model::checkpoint::{self, Checkpoint, OuterState, TrainerSnapshot};
 use crate::model::params::ParamSpec;
@@ -72,6 +80,10 @@ pub struct RoundSettings {
     pub max_delta_norm: f32,
     /// Test fault switch NEUROSHARD_FAULT_BYZANTINE: send poisoned deltas.
     pub attack: Option<Attack>,
+    /// Who counts in heal, quorum and aggregation: admitted peers, or reputation.
+    pub weight_rule: WeightRule,
+    /// This node holds a valid membership certificate (what counts in a permissioned network).
+    pub own_admitted: bool,
 }
 
 /// What /api/diloco shows of the last closed round.
@@ -100,6 +112,10 @@ struct OpenRound {
     contributions: BTreeMap<String, Contribution>,
     /// node_ids whose announced delta is being fetched.
     pending: HashSet<String>,
+    /// Newcomers (open networks) holding one of the round's few newcomer places.
+    newcomers: BTreeSet<String>,
+    /// When the contributions in hand first made the quorum.
+    quorum_since: Option<Instant>,
     /// The aggregation is running; nothing joins the round any more.
     closing: bool,
     /// The blob id (hex) of each contribution's encoded delta, for the ledger's verdicts.
@@ -131,8 +147,10 @@ pub struct SyncActor {
     /// A heal (fetching the majority's outer state) is under way.
     healing: bool,
     heal_attempts: u32,
-    /// Since when this node has disagreed with a larger group of trainers.
+    /// Since when this node has disagreed with a heavier group of trainers.
     disagreeing_since: Option<Instant>,
+    /// Rounds in which this node's aggregation kept each peer's delta (open networks' weight).
+    reputation: Reputation,
     aggregator: Addr<AggregatorActor>,
     trainer: Option<Recipient<StartRound>>,
     last_snapshot: Option<Arc<TrainerSnapshot>>,
@@ -180,6 +198,7 @@ impl SyncActor {
             healing: false,
             heal_attempts: 0,
             disagreeing_since: None,
+            reputation: Reputation::default(),
             aggregator,
             trainer: None,
             last_snapshot,
@@ -237,49 +256,78 @@ impl SyncActor {
         });
     }
 
-    /// The trainer peers' outer states, from their last heartbeats.
-    fn peer_states(&self) -> Vec<PeerOuterState> {
-        self.status
-            .read()
-            .network
+    /// The trainer peers' outer states and weights, from their last heartbeats, by node_id.
+    fn trainer_peers(&self) -> BTreeMap<String, PeerOuterState> {
+        let network = self.status.read().network;
+        let trainers: Vec<_> = network
             .peers
             .iter()
             .filter(|p| !p.banned)
-            .filter_map(|p| {
-                let h = p.heartbeat.as_ref()?;
-                (h.role == "trainer").then(|| PeerOuterState {
+            .filter_map(|p| Some((p, p.heartbeat.as_ref().filter(|h| h.role == "trainer")?)))
+            .collect();
+        let standings: Vec<Standing> = trainers
+            .iter()
+            .map(|(p, _)| Standing {
+                node_id: p.node_id.clone(),
+                admitted: p.admitted,
+            })
+            .collect();
+        let weights = weight::weights(self.settings.weight_rule, &self.reputation, &standings);
+        trainers
+            .into_iter()
+            .zip(weights)
+            .map(|((p, h), weight)| {
+                let state = PeerOuterState {
                     peer_id: p.peer_id.clone(),
                     round: h.outer_round,
                     theta0_hash: h.theta0_hash.clone(),
                     momentum_hash: h.momentum_hash.clone(),
-                })
+                    weight,
+                };
+                (p.node_id.clone(), state)
             })
             .collect()
     }
 
-    /// Heals when `heal_decision` says this node's outer state is not the majority's.
+    fn own_weight(&self) -> f64 {
+        weight::own_weight(self.settings.weight_rule, self.settings.own_admitted)
+    }
+
+    /// Heals when `heal_decision` says a heavier group holds another outer state.
     fn check_heal(&mut self, ctx: &mut Context<Self>) {
         // Not while an aggregation is in flight: its outer step would land on the healed θ₀.
         if self.healing || self.open.closing || self.theta0_hash.is_empty() {
             return;
         }
         let previous = self.previous_outer.as_ref().map(|(r, h)| (*r, h.as_str()));
-        let peers = catching_up(self.peer_states(), self.round, &self.theta0_hash, previous);
+        let peers = catching_up(
+            self.trainer_peers().into_values().collect(),
+            self.round,
+            &self.theta0_hash,
+            previous,
+        );
+        let theta0_hash = self.theta0_hash.clone();
+        let own = OwnState {
+            round: self.round,
+            theta0_hash: &theta0_hash,
+            weight: self.own_weight(),
+        };
         let now = Instant::now();
-        if !disagrees(self.round, &self.theta0_hash, &peers) {
+        if !disagrees(own, &peers) {
             self.disagreeing_since = None;
             return;
         }
         let since = *self.disagreeing_since.get_or_insert(now);
-        if let Some(plan) = heal_decision(now, self.round, &self.theta0_hash, &peers, Some(since)) {
+        if let Some(plan) = heal_decision(now, own, &peers, Some(since)) {
             self.heal(plan, ctx);
         }
     }
 
-    /// Fetches θ₀ (checked against the majority's hash) and the momentum from a majority peer,
-    /// adopts them with the majority's round and restarts the trainer there.
+    /// Fetches θ₀ (checked against the heavier group's hash) and the momentum from one of its
+    /// peers, checks them (`check_adopted`), adopts them with that group's round and restarts the
+    /// trainer there.
     fn heal(&mut self, plan: HealPlan, ctx: &mut Context<Self>) {
-        // Successive attempts try the majority's peers in turn.
+        // Successive attempts try the group's peers in turn.
         let source = plan.sources[self.heal_attempts as usize % plan.sources.len()].clone();
         self.heal_attempts += 1;
         let (Ok(peer), Some(theta0_id), Some(momentum_id)) = (
@@ -311,16 +359,24 @@ impl SyncActor {
             act.healing = false;
             let as_values = |fetched: Result<Result<Arc<Vec<u8>>, String>, MailboxError>| {
                 let bytes = fetched.map_err(|e| e.to_string())??;
-                if bytes.len() != act.theta0.len() * 4 {
-                    return Err(format!("{} bytes, expected {}", bytes.len(), act.theta0.len() * 4));
+                if bytes.len() % 4 != 0 {
+                    return Err(format!("{} bytes is not a whole number of f32", bytes.len()));
                 }
                 Ok(bytemuck::pod_collect_to_vec::<u8, f32>(&bytes))
             };
-            let (theta0, momentum) = match (as_values(theta0), as_values(momentum)) {
-                (Ok(t), Ok(m)) if m.iter().all(|x| x.is_finite()) => (t, m),
-                (t, m) => {
-                    let why = t.err().or(m.err()).unwrap_or_else(|| "non-finite momentum".into());
-                    return warn!(from = %source.peer_id, error = %why, "healing failed; will retry");
+            let rounds = plan.round.abs_diff(act.round);
+            let o = &act.settings.optimizer;
+            let bound = reach(rounds, o.lr, o.momentum, act.settings.max_delta_norm);
+            let checked = match (as_values(theta0), as_values(momentum)) {
+                (Ok(t), Ok(m)) => check_adopted(&act.theta0, &t, &m, bound, rounds)
+                    .map(|()| (t, m))
+                    .map_err(|e| e.to_string()),
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            };
+            let (theta0, momentum) = match checked {
+                Ok(state) => state,
+                Err(why) => {
+                    return warn!(from = %source.peer_id, error = %why, "healing refused the fetched state; will retry");
                 }
             };
             act.round = plan.round;
@@ -348,14 +404,57 @@ impl SyncActor {
         }));
     }
 
-    /// Trainers expected in this round: this node and the live peers whose heartbeat says they
+    /// The weight of a contributor of this round: this node's own, or a peer's from its heartbeat
+    /// (0 for an identity this node has no standing for).
+    fn weight_of(&self, node_id: &str, peers: &BTreeMap<String, PeerOuterState>) -> f64 {
+        if node_id == self.node_id {
+            return self.own_weight();
+        }
+        peers.get(node_id).map_or(0.0, |p| p.weight)
+    }
+
+    /// Whether a newcomer (open networks) gets one of the round's newcomer places: ⌊β·n⌋ of
+    /// them (at least one), given in the order of `newcomer_rank`, so every node takes the same
+    /// newcomers and a thousand fresh keys take no more places than one. A better-ranked newcomer
+    /// displaces the worst one holding a place.
+    fn newcomer_place(&mut self, node_id: &str, peers: &BTreeMap<String, PeerOuterState>) -> bool {
+        let established = 1 + peers
+            .values()
+            .filter(|p| p.round == self.round && p.weight >= 1.0 - EPSILON)
+            .count();
+        let places = newcomer_places(established, self.settings.aggregation.byzantine_fraction);
+        let rank = |id: &str| newcomer_rank(&self.theta0_hash, id);
+        if self.open.newcomers.len() >= places {
+            let Some(worst) = self
+                .open
+                .newcomers
+                .iter()
+                .max_by_key(|id| rank(id))
+                .cloned()
+            else {
+                return false;
+            };
+            if rank(node_id) >= rank(&worst) {
+                return false;
+            }
+            self.open.newcomers.remove(&worst);
+            self.open.pending.remove(&worst);
+            self.open.contributions.remove(&worst);
+            self.open.delta_hashes.remove(&worst);
+        }
+        self.open.newcomers.insert(node_id.to_string());
+        true
+    }
+
+    /// Weight expected in this round: this node and the live peers whose heartbeat says they
     /// train at this round or later.
-    fn expected_contributors(&self) -> usize {
-        1 + self
-            .peer_states()
-            .iter()
-            .filter(|p| p.round >= self.round)
-            .count()
+    fn expected_weight(&self, peers: &BTreeMap<String, PeerOuterState>) -> f64 {
+        self.own_weight()
+            + peers
+                .values()
+                .filter(|p| p.round >= self.round)
+                .map(|p| p.weight)
+                .sum::<f64>()
     }
 
     /// A peer's announcement: fetch its delta if it belongs to this round and θ₀.
@@ -378,10 +477,21 @@ impl SyncActor {
             return;
         }
         if self.open.contributions.contains_key(&a.node_id)
-            || !self.open.pending.insert(a.node_id.clone())
+            || self.open.pending.contains(&a.node_id)
         {
             return;
         }
+        let peers = self.trainer_peers();
+        let weight = self.weight_of(&a.node_id, &peers);
+        if weight <= EPSILON {
+            debug!(node = %a.node_id, round = a.round, "delta of an identity without weight left out");
+            return;
+        }
+        if is_newcomer_share(weight) && !self.newcomer_place(&a.node_id, &peers) {
+            debug!(node = %a.node_id, round = a.round, "newcomer's delta left out: the round's newcomer places are taken");
+            return;
+        }
+        self.open.pending.insert(a.node_id.clone());
         let Some(id) = BlobId::from_hex(&a.delta_hash) else {
             self.open.pending.remove(&a.node_id);
             return;
@@ -410,7 +520,6 @@ impl SyncActor {
                         Contribution {
                             node_id: a.node_id.clone(),
                             delta,
-                            tokens: a.tokens,
                         },
                     );
                 }
@@ -425,13 +534,22 @@ impl SyncActor {
         if self.open.closing || self.healing {
             return;
         }
-        let progress = RoundProgress {
-            own_ready_at: self.open.own_ready_at,
-            contributions: self.open.contributions.len(),
-            pending: self.open.pending.len(),
-            expected: self.expected_contributors(),
+        let peers = self.trainer_peers();
+        let weight_of = |ids: &mut dyn Iterator<Item = &String>| -> f64 {
+            ids.map(|id| self.weight_of(id, &peers)).sum()
         };
-        match round_decision(Instant::now(), &progress, &self.settings.closing) {
+        let now = Instant::now();
+        let mut progress = RoundProgress {
+            own_ready_at: self.open.own_ready_at,
+            contributions: weight_of(&mut self.open.contributions.keys()),
+            pending: weight_of(&mut self.open.pending.iter()),
+            expected: self.expected_weight(&peers),
+            quorum_since: self.open.quorum_since,
+        };
+        if self.open.own_ready_at.is_some() && has_quorum(&progress, &self.settings.closing) {
+            progress.quorum_since = Some(*self.open.quorum_since.get_or_insert(now));
+        }
+        match round_decision(now, &progress, &self.settings.closing) {
             RoundDecision::Wait(_) => {}
             RoundDecision::Close(reason) => self.close(reason, ctx),
         }
@@ -451,22 +569,28 @@ impl SyncActor {
             contributions,
         };
         ctx.spawn(self.aggregator.send(request).into_actor(self).map(move |result, act, ctx| {
-            let summary = match result {
-                Ok(Ok(aggregate)) => {
+            let checked = match result {
+                Ok(Ok(aggregate)) => check_aggregate(&aggregate.delta, act.settings.max_delta_norm)
+                    .map(|()| aggregate)
+                    .map_err(|e| format!("aggregate refused: {e}")),
+                Ok(Err(e)) => Err(format!("aggregation refused the round: {e}")),
+                Err(e) => Err(format!("aggregator unavailable: {e}")),
+            };
+            let summary = match checked {
+                Ok(aggregate) => {
                     let summary = act.summary(round, participants, &aggregate, &why);
+                    act.reputation.record_kept(
+                        aggregate.verdicts.iter().filter(|v| v.kept).map(|v| v.node_id.as_str()),
+                    );
                     let mut theta0 = act.theta0.to_vec();
                     act.settings.optimizer.step(&mut theta0, &mut act.momentum, &aggregate.delta);
                     act.theta0 = Arc::new(theta0);
                     act.report_verdicts(round, &aggregate, &delta_hashes);
                     summary
                 }
-                Ok(Err(e)) => {
-                    error!(round, error = %e, "aggregation refused the round; θ₀ unchanged");
-                    act.summary_of_failure(round, participants, &why, &e.to_string())
-                }
                 Err(e) => {
-                    error!(round, error = %e, "aggregator unavailable; θ₀ unchanged");
-                    act.summary_of_failure(round, participants, &why, &e.to_string())
+                    error!(round, error = %e, "θ₀ unchanged");
+                    act.summary_of_failure(round, participants, &why, &e)
                 }
             };
             info!(round, kept = summary.kept.len(), rejected = ?summary.rejected, "{}", summary.reason);
@@ -537,10 +661,17 @@ impl SyncActor {
             })
             .collect();
         let theta0_after = BlobId::of(bytemuck::cast_slice(&self.theta0)).to_string();
+        let mut weights: BTreeMap<String, f64> = self
+            .trainer_peers()
+            .into_iter()
+            .map(|(node_id, p)| (node_id, p.weight))
+            .collect();
+        weights.insert(self.node_id.clone(), self.own_weight());
         self.ledger.do_send(RoundVerdicts {
             round,
             theta0_after,
             verdicts,
+            weights,
         });
     }
 
@@ -678,7 +809,6 @@ impl Handler<InnerRoundDone> for SyncActor {
             Contribution {
                 node_id: self.node_id.clone(),
                 delta: own,
-                tokens: msg.tokens,
             },
         );
         self.evaluate(ctx);

@@ -6,11 +6,12 @@
 //! score is bounded by the honest spread, while an attacker far from the honest ones has at least
 //! one honest contribution among its n − f − 2 ≥ f + 1 nearest and scores higher.
 //!
-//! Verdict: kept iff selected, or tied in score with the m-th selected (n identical inputs are all
-//! kept; only m are averaged); score: the Krum score, lower is better. Ties in score are broken by
-//! node id, so the selection does not depend on the input order.
+//! Verdict: kept unless an outlier by Krum score ([`super::kept_nearest`]: among the f worst and
+//! more than twice the median score), so honest contributors that were merely not selected keep
+//! their reward and their reputation; score: the Krum score, lower is better. Ties in score are
+//! broken by node id, so the selection does not depend on the input order.
 
-use super::{Contribution, Outcome, blocks, verdicts};
+use super::{Contribution, Outcome, blocks, kept_nearest, verdicts};
 
 /// Multi-Krum with `m` (1 ≤ m ≤ n − f) selected; Krum is m = 1. Needs n ≥ 2f + 3.
 pub(super) fn multi_krum(contributions: &[Contribution], d: usize, f: usize, m: usize) -> Outcome {
@@ -35,7 +36,6 @@ pub(super) fn multi_krum(contributions: &[Contribution], d: usize, f: usize, m: 
             .then(a.cmp(&b))
     });
     let selected = &ranking[..m];
-    let worst_selected = scores[selected[m - 1]];
 
     let delta = if m == 1 {
         contributions[selected[0]].delta.clone()
@@ -59,7 +59,7 @@ pub(super) fn multi_krum(contributions: &[Contribution], d: usize, f: usize, m: 
         delta,
         verdicts: verdicts(
             contributions,
-            scores.iter().map(|&s| s <= worst_selected),
+            kept_nearest(&scores, f),
             scores.iter().copied(),
         ),
         note,
@@ -83,7 +83,8 @@ mod tests {
         let scores: Vec<_> = out.verdicts.iter().map(|v| v.score).collect();
         assert_eq!(scores, [5.0, 2.0, 5.0, 65.0, 82.0]);
         let kept: Vec<_> = out.verdicts.iter().map(|v| v.kept).collect();
-        assert_eq!(kept, [false, true, false, false, false]);
+        // Only the worst (11) is an outlier; the others were just not selected.
+        assert_eq!(kept, [true, true, true, true, false]);
         assert_eq!(
             out.reason,
             "krum: n = 5 meets n ≥ 2f+3 = 5; selected n1 (Krum score over the 2 nearest)"
@@ -118,10 +119,11 @@ mod tests {
         let centre = random_vec(11, 2 * blocks::BLOCK + 1, 1.0);
         let cs = honest_and_attackers(&centre, 5, 0.1, 2);
         let krum = run(Rule::Krum, 2, &cs);
-        let chosen = krum.verdicts.iter().position(|v| v.kept).unwrap();
+        let chosen = cs.iter().position(|c| c.delta == krum.delta).unwrap();
         assert!(chosen < 5);
-        assert_eq!(krum.delta, cs[chosen].delta);
-        assert_eq!(krum.verdicts.iter().filter(|v| v.kept).count(), 1);
+        for v in &krum.verdicts {
+            assert_eq!(v.kept, v.node_id.starts_with("honest"), "{}", v.node_id);
+        }
 
         let multi = run(Rule::MultiKrum, 2, &cs);
         for v in &multi.verdicts {

@@ -1,36 +1,26 @@
-//! The plain (token-weighted) mean: optimal with honest workers, broken by a single attacker.
-//! Needs n ≥ 1; every contributor is kept and scored by its weight.
+//! The plain mean: optimal with honest workers, broken by a single attacker. Every contributor
+//! counts once: a weight taken from a number the contributor declares (tokens, samples) would let
+//! it buy influence with a lie. Needs n ≥ 1; everyone is kept and scored by its weight 1/n.
 
 use super::{Contribution, Outcome, blocks, verdicts};
 
-/// Σ wᵢ·Δᵢ with wᵢ = tokensᵢ / Σ tokens (equal weights when no tokens are reported); keeps everyone.
-/// Per coordinate the weighted values are added in input order, in f64: the result is a convex
-/// combination, so even values near f32::MAX cannot overflow to infinity.
-pub(super) fn weighted_mean(contributions: &[Contribution], d: usize) -> Outcome {
-    let total: u64 = contributions.iter().map(|c| c.tokens).sum();
-    let weights: Vec<f64> = contributions
-        .iter()
-        .map(|c| {
-            if total == 0 {
-                1.0 / contributions.len() as f64
-            } else {
-                c.tokens as f64 / total as f64
-            }
-        })
-        .collect();
+/// (1/n)·Σ Δᵢ; keeps everyone. Per coordinate the values are added in input order, in f64: the
+/// result is a convex combination, so even values near f32::MAX cannot overflow to infinity.
+pub(super) fn mean(contributions: &[Contribution], d: usize) -> Outcome {
+    let weight = 1.0 / contributions.len() as f64;
     let delta = blocks::fill_blocks(contributions, d, |cols, out| {
         for (j, o) in out.iter_mut().enumerate() {
-            let sum: f64 = cols
-                .iter()
-                .zip(&weights)
-                .map(|(col, w)| w * f64::from(col[j]))
-                .sum();
+            let sum: f64 = cols.iter().map(|col| weight * f64::from(col[j])).sum();
             *o = sum as f32;
         }
     });
     Outcome {
         delta,
-        verdicts: verdicts(contributions, std::iter::repeat(true), weights),
+        verdicts: verdicts(
+            contributions,
+            std::iter::repeat(true),
+            std::iter::repeat(weight),
+        ),
         note: String::new(),
     }
 }
@@ -40,11 +30,10 @@ mod tests {
     use super::super::test_support::*;
     use super::super::*;
 
-    fn ct(id: &str, delta: Vec<f32>, tokens: u64) -> Contribution {
+    fn ct(id: &str, delta: Vec<f32>) -> Contribution {
         Contribution {
             node_id: id.into(),
             delta,
-            tokens,
         }
     }
 
@@ -53,29 +42,19 @@ mod tests {
     }
 
     #[test]
-    fn weights_by_tokens_and_keeps_everyone() {
-        let out = mean(&[ct("a", vec![1.0, 0.0], 300), ct("b", vec![5.0, 4.0], 100)]);
-        assert_eq!(out.delta, vec![2.0, 1.0]);
-        assert!(out.verdicts.iter().all(|v| v.kept));
-        assert_eq!(out.verdicts[0].score, 0.75);
-        assert_eq!(out.verdicts[1].score, 0.25);
+    fn every_contributor_counts_once_and_is_kept() {
+        let out = mean(&[ct("a", vec![1.0, 0.0]), ct("b", vec![5.0, 4.0])]);
+        assert_eq!(out.delta, vec![3.0, 2.0]);
+        assert!(out.verdicts.iter().all(|v| v.kept && v.score == 0.5));
         assert_eq!(out.reason, "mean: n = 2 meets n ≥ 1");
-    }
-
-    #[test]
-    fn no_tokens_means_equal_weights() {
-        let out = mean(&[
-            ct("a", vec![1.0], 0),
-            ct("b", vec![2.0], 0),
-            ct("c", vec![6.0], 0),
-        ]);
+        let out = mean(&[ct("a", vec![1.0]), ct("b", vec![2.0]), ct("c", vec![6.0])]);
         assert_eq!(out.delta, [3.0]);
         assert!(out.verdicts.iter().all(|v| v.score == 1.0 / 3.0));
     }
 
     #[test]
     fn a_single_input_is_returned_as_is() {
-        let out = mean(&[ct("a", vec![0.25, -3.0], 0)]);
+        let out = mean(&[ct("a", vec![0.25, -3.0])]);
         assert_eq!(out.delta, vec![0.25, -3.0]);
     }
 
@@ -89,9 +68,9 @@ mod tests {
     #[test]
     fn values_near_the_largest_f32_do_not_overflow() {
         let out = mean(&[
-            ct("a", vec![f32::MAX], 1),
-            ct("b", vec![f32::MAX], 1),
-            ct("c", vec![f32::MAX], 1),
+            ct("a", vec![f32::MAX]),
+            ct("b", vec![f32::MAX]),
+            ct("c", vec![f32::MAX]),
         ]);
         assert_eq!(out.delta, [f32::MAX]);
     }
@@ -112,11 +91,11 @@ mod tests {
         let cfg = config(Rule::Mean, 1);
         assert_eq!(aggregate(&cfg, &[]), Err(AggregateError::Empty));
         assert!(matches!(
-            aggregate(&cfg, &[ct("a", vec![1.0], 1), ct("b", vec![1.0, 2.0], 1)]),
+            aggregate(&cfg, &[ct("a", vec![1.0]), ct("b", vec![1.0, 2.0])]),
             Err(AggregateError::LengthMismatch { .. })
         ));
         assert_eq!(
-            aggregate(&cfg, &[ct("a", vec![f32::NAN], 1)]),
+            aggregate(&cfg, &[ct("a", vec![f32::NAN])]),
             Err(AggregateError::NonFinite("a".into()))
         );
     }

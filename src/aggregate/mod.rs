@@ -1,29 +1,31 @@
 //! Robust aggregation of pseudo-gradients: each rule is a pure function from the contributions of
 //! one round to the aggregate and a verdict per contributor (kept or rejected) for the ledger.
 //!
-//! Rules are stateless, one file per family. Each rule guarantees robustness to `f`
-//! ([`AggregationConfig::byzantine`]) Byzantine contributors only from some number of contributors
+//! Rules are stateless, one file per family. Each rule guarantees robustness to `f` Byzantine
+//! contributors, and `f` follows n ([`AggregationConfig::tolerance`]: ⌊β·n⌋ with β =
+//! `byzantine_fraction`, never below `byzantine`), only from some number of contributors
 //! on ([`Rule::min_contributors`]); below it [`aggregate`] runs the configured fallback, then the
 //! mean, and says so in [`Aggregate::reason`].
 //!
 //! | rule | needs | aggregate | kept | score |
 //! |---|---|---|---|---|
-//! | `mean` | n ≥ 1 | Σ tokensᵢ·Δᵢ / Σ tokens | everyone | weight (token share) |
+//! | `mean` | n ≥ 1 | (1/n)·Σ Δᵢ | everyone | weight 1/n |
 //! | `median` | n ≥ 2f+1 | coordinate-wise median | not among the f farthest | L2 distance to the aggregate |
 //! | `trimmed_mean` | n ≥ 2f+1 | per coordinate, mean without the k lowest and k highest | not among the f farthest | L2 distance to the aggregate |
-//! | `krum` | n ≥ 2f+3 | the contribution with the lowest Krum score | the one selected (and ties in score) | Krum score (lower is better) |
-//! | `multi_krum` | n ≥ 2f+3 | mean of the m lowest-scored contributions | the m selected (and ties in score) | Krum score (lower is better) |
+//! | `krum` | n ≥ 2f+3 | the contribution with the lowest Krum score | not among the f worst-scored | Krum score (lower is better) |
+//! | `multi_krum` | n ≥ 2f+3 | mean of the m lowest-scored contributions | not among the f worst-scored | Krum score (lower is better) |
 //! | `geometric_median` | n ≥ 2f+1 | smoothed Weiszfeld geometric median | not among the f farthest | final Weiszfeld weight (sums to 1) |
 //! | `centered_clip` | n ≥ 2f+1 | centered clipping from the coordinate median | unless clipped and among the f farthest | last clip factor in (0, 1] |
 //!
-//! "Not among the f farthest": kept unless its L2 distance to the aggregate is both above the
+//! "Not among the f farthest" (or f worst-scored): kept unless its L2 distance to the aggregate is both above the
 //! (n−f)-th smallest such distance and more than `OUTLIER_FACTOR` (2) times the median distance:
 //! at most f are rejected, ties with a kept one are kept, and honest peers within the usual
 //! spread of honest deltas are not (they would otherwise lose their training reward every round).
 //! An attacker inside that spread (ALIE-style) is kept: no rule can tell it from an honest peer.
 //!
-//! Only the mean weights by `tokens`: it is self-reported, so the robust rules count every
-//! contributor once. Every rule is deterministic: the same inputs in the same order give the same
+//! No rule weights a contributor by a number it declares (tokens, samples): every contributor
+//! counts once, and who may contribute at all is decided before aggregation (admission). The
+//! aggregate itself is checked ([`check_aggregate`]) before an outer step uses it. Every rule is deterministic: the same inputs in the same order give the same
 //! bits on any number of threads (see `blocks`), so every node that aggregates a round's
 //! contributions gets the same θ₀. Reordering the inputs changes the result by rounding at most.
 
@@ -44,8 +46,6 @@ use serde::{Deserialize, Serialize};
 pub struct Contribution {
     pub node_id: String,
     pub delta: Vec<f32>,
-    /// Tokens the worker processed this round; the mean weights by it.
-    pub tokens: u64,
 }
 
 /// What the rule made of one contributor; the ledger credits only `kept` ones.
@@ -73,7 +73,7 @@ pub struct Aggregate {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Rule {
-    /// Token-weighted mean; no robustness. Needs n ≥ 1.
+    /// Plain mean; no robustness. Needs n ≥ 1.
     Mean,
     /// Coordinate-wise median. Needs n ≥ 2f+1.
     Median,
@@ -147,8 +147,11 @@ impl Rule {
 pub struct AggregationConfig {
     /// mean | median | trimmed_mean | krum | multi_krum | geometric_median | centered_clip
     pub rule: Rule,
-    /// f: contributors assumed Byzantine.
+    /// The least f (contributors assumed Byzantine), whatever n is.
     pub byzantine: usize,
+    /// β: a round of n contributors assumes f = max(`byzantine`, ⌊β·n⌋) of them Byzantine, so the
+    /// tolerance grows with the round instead of staying at a fixed count. In [0, 0.5).
+    pub byzantine_fraction: f64,
     /// β for trimmed_mean: ⌊β·n⌋ values trimmed at each end per coordinate, never fewer than f.
     /// In [0, 0.5). None trims exactly f.
     pub trim_fraction: Option<f32>,
@@ -171,11 +174,13 @@ pub struct AggregationConfig {
 }
 
 impl Default for AggregationConfig {
-    /// Trimmed mean tolerating one attacker from 3 contributors on, the mean below that.
+    /// Trimmed mean tolerating one attacker from 3 contributors on and a fifth of the round from
+    /// 10 on, the mean below 3.
     fn default() -> Self {
         Self {
             rule: Rule::TrimmedMean,
             byzantine: 1,
+            byzantine_fraction: 0.2,
             trim_fraction: None,
             multi_krum_m: None,
             clip_tau: 10.0,
@@ -193,6 +198,12 @@ impl AggregationConfig {
             && !(0.0..0.5).contains(&beta)
         {
             return Err(format!("trim_fraction: {beta} is not in [0, 0.5)"));
+        }
+        if !(0.0..0.5).contains(&self.byzantine_fraction) {
+            return Err(format!(
+                "byzantine_fraction: {} is not in [0, 0.5)",
+                self.byzantine_fraction
+            ));
         }
         if self.multi_krum_m == Some(0) {
             return Err("multi_krum_m: must be at least 1".into());
@@ -220,6 +231,12 @@ impl AggregationConfig {
             ));
         }
         Ok(())
+    }
+
+    /// f for a round of `n` contributors: max(`byzantine`, ⌊β·n⌋).
+    pub fn tolerance(&self, n: usize) -> usize {
+        let by_fraction = (self.byzantine_fraction * n as f64).floor() as usize;
+        self.byzantine.max(by_fraction)
     }
 }
 
@@ -285,7 +302,8 @@ pub fn aggregate(
 ) -> Result<Aggregate, AggregateError> {
     config.validate().map_err(AggregateError::InvalidConfig)?;
     let d = validate(contributions)?;
-    let (n, f) = (contributions.len(), config.byzantine);
+    let n = contributions.len();
+    let f = config.tolerance(n);
 
     let mut skipped: Vec<String> = Vec::new();
     let mut tried: Vec<Rule> = Vec::new();
@@ -307,7 +325,7 @@ pub fn aggregate(
     }
 
     let outcome = match rule {
-        Rule::Mean => mean::weighted_mean(contributions, d),
+        Rule::Mean => mean::mean(contributions, d),
         Rule::Median => median::coordinate_median(contributions, d, f),
         Rule::TrimmedMean => {
             let by_fraction = config
@@ -345,6 +363,34 @@ pub fn aggregate(
         rule_used: rule,
         reason,
     })
+}
+
+/// Why an aggregate must not be applied to θ₀.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum UnsafeAggregate {
+    #[error("the aggregate holds a non-finite value at coordinate {0}")]
+    NonFinite(usize),
+    #[error("the aggregate's L2 norm {norm:.4e} is above the bound {bound:.4e}")]
+    TooLarge { norm: f64, bound: f64 },
+}
+
+/// The last check before an outer step: every coordinate finite and ‖Δ‖ ≤ `max_norm` (the bound
+/// each contribution met). A rule's output is a combination of checked inputs, so this fails only
+/// through a bug or a rule pushed outside its guarantee; θ₀ must not move then.
+pub fn check_aggregate(delta: &[f32], max_norm: f32) -> Result<(), UnsafeAggregate> {
+    if let Some(i) = delta.iter().position(|x| !x.is_finite()) {
+        return Err(UnsafeAggregate::NonFinite(i));
+    }
+    let norm = delta
+        .par_chunks(blocks::BLOCK)
+        .map(|c| c.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>())
+        .sum::<f64>()
+        .sqrt();
+    let bound = f64::from(max_norm);
+    if norm > bound {
+        return Err(UnsafeAggregate::TooLarge { norm, bound });
+    }
+    Ok(())
 }
 
 /// How much farther than the median contributor a contribution must lie from the aggregate to be
@@ -392,7 +438,6 @@ pub(crate) mod test_support {
         Contribution {
             node_id: id.into(),
             delta,
-            tokens: 100,
         }
     }
 
@@ -408,6 +453,7 @@ pub(crate) mod test_support {
         AggregationConfig {
             rule,
             byzantine: f,
+            byzantine_fraction: 0.0,
             ..Default::default()
         }
     }
@@ -509,7 +555,7 @@ mod tests {
     fn default_config_is_trimmed_mean_with_one_attacker_falling_back_to_the_mean() {
         let d = AggregationConfig::default();
         assert_eq!(d.rule, Rule::TrimmedMean);
-        assert_eq!(d.byzantine, 1);
+        assert_eq!((d.byzantine, d.byzantine_fraction), (1, 0.2));
         assert_eq!(d.fallback, Rule::Mean);
         assert_eq!((d.trim_fraction, d.multi_krum_m), (None, None));
         assert_eq!((d.clip_tau, d.clip_iterations), (10.0, 3));
@@ -579,7 +625,7 @@ mod tests {
             );
         }
         let cfg = read(
-            "rule = \"multi_krum\"\nbyzantine = 2\nmulti_krum_m = 3\ntrim_fraction = 0.25\n\
+            "rule = \"multi_krum\"\nbyzantine = 2\nbyzantine_fraction = 0.3\nmulti_krum_m = 3\ntrim_fraction = 0.25\n\
              clip_tau = 2.5\nclip_iterations = 1\nfallback = \"median\"",
         )
         .unwrap();
@@ -588,6 +634,7 @@ mod tests {
             AggregationConfig {
                 rule: Rule::MultiKrum,
                 byzantine: 2,
+                byzantine_fraction: 0.3,
                 trim_fraction: Some(0.25),
                 multi_krum_m: Some(3),
                 clip_tau: 2.5,
@@ -705,6 +752,44 @@ mod tests {
             assert_eq!(bits(&one), bits(&three), "{}", rule.name());
             assert_eq!(one.verdicts, three.verdicts, "{}", rule.name());
         }
+    }
+
+    #[test]
+    fn the_tolerance_grows_with_the_round() {
+        let cfg = AggregationConfig::default();
+        let f: Vec<_> = [2, 3, 9, 10, 20, 64].map(|n| cfg.tolerance(n)).into();
+        assert_eq!(f, [1, 1, 1, 2, 4, 12]);
+        // A round of 20 contributors assumes 4 of them Byzantine, not 1.
+        let cs = honest_and_attackers(&random_vec(5, 64, 1.0), 16, 0.1, 4);
+        let out = aggregate(&cfg, &cs).unwrap();
+        assert!(
+            out.reason
+                .starts_with("trimmed_mean: n = 20 meets n ≥ 2f+1 = 9"),
+            "{}",
+            out.reason
+        );
+        let bad = AggregationConfig {
+            byzantine_fraction: 0.5,
+            ..cfg
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .starts_with("byzantine_fraction:")
+        );
+    }
+
+    #[test]
+    fn an_aggregate_is_applied_only_when_finite_and_bounded() {
+        assert_eq!(check_aggregate(&[3.0, 4.0], 5.0), Ok(()));
+        assert_eq!(
+            check_aggregate(&[1.0, f32::NAN], 5.0),
+            Err(UnsafeAggregate::NonFinite(1))
+        );
+        assert!(matches!(
+            check_aggregate(&[3.0, 4.0], 4.9),
+            Err(UnsafeAggregate::TooLarge { .. })
+        ));
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod attack;
 pub mod codec;
 pub mod heal;
 pub mod round;
+pub mod weight;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};

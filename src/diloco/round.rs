@@ -1,30 +1,40 @@
 //! When a DiLoCo round closes. A pure function of the clock and the round's progress, so the rule
 //! is tested without sockets or sleeps; its reason is what the logs and /api/diloco show.
+//! Everything is counted in admitted weight ([`super::weight`]), never in identities: keys are
+//! free, so identities that announce a delta and withhold it cannot stall a round, and identities
+//! without weight cannot make up a quorum.
 
 use std::time::{Duration, Instant};
+
+use super::weight::EPSILON;
 
 /// The `[diloco]` settings that govern closing a round.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RoundOptions {
-    /// Contributions (this node's included) a round needs before the deadline.
+    /// Weight of contributions (this node's included) a round needs before the deadline.
     pub min_peers: usize,
-    /// Fraction of the expected contributors a round needs before the deadline.
+    /// Fraction of the expected weight a round needs before the deadline.
     pub quorum_fraction: f64,
     /// How long after this node's own delta is ready the round waits for the others.
     pub deadline: Duration,
+    /// Once the quorum is in hand, how long deltas still in flight are waited for: a slow or
+    /// withholding sender is cut off then, and the round closes by the quorum of the others.
+    pub straggler_grace: Duration,
 }
 
-/// Where the current round stands.
+/// Where the current round stands, in weight.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RoundProgress {
     /// When this node's own delta was ready (None: still training).
     pub own_ready_at: Option<Instant>,
-    /// Valid deltas in hand, this node's included.
-    pub contributions: usize,
-    /// Deltas announced for this round and θ₀ but not fetched yet (or still being fetched).
-    pub pending: usize,
-    /// Trainers expected in this round: this node plus the live peers at this round.
-    pub expected: usize,
+    /// Weight of the valid deltas in hand, this node's included.
+    pub contributions: f64,
+    /// Weight of deltas announced for this round and θ₀ but not fetched yet (or being fetched).
+    pub pending: f64,
+    /// Weight expected in this round: this node plus the live peers at this round.
+    pub expected: f64,
+    /// When the contributions in hand first reached the quorum (the caller remembers it).
+    pub quorum_since: Option<Instant>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -33,14 +43,20 @@ pub enum RoundDecision {
     Close(String),
 }
 
-/// Contributions needed to close before the deadline.
-pub fn quorum(progress: &RoundProgress, options: &RoundOptions) -> usize {
-    let by_fraction = (options.quorum_fraction * progress.expected as f64).ceil() as usize;
-    options.min_peers.max(by_fraction).max(1)
+/// Weight needed to close before the deadline.
+pub fn quorum(progress: &RoundProgress, options: &RoundOptions) -> f64 {
+    let by_fraction = options.quorum_fraction * progress.expected;
+    (options.min_peers as f64).max(by_fraction).max(EPSILON)
 }
 
-/// Close when the quorum is in hand and nothing announced is still in flight, or at the deadline
-/// with whatever arrived; never before this node's own delta is ready.
+/// Whether the contributions in hand make the quorum (the caller starts its `quorum_since` clock).
+pub fn has_quorum(progress: &RoundProgress, options: &RoundOptions) -> bool {
+    progress.contributions + EPSILON >= quorum(progress, options)
+}
+
+/// Close when the quorum is in hand and nothing announced is still in flight, or when the quorum
+/// has waited `straggler_grace` for what is, or at the deadline with whatever arrived; never
+/// before this node's own delta is ready.
 pub fn round_decision(
     now: Instant,
     progress: &RoundProgress,
@@ -52,21 +68,32 @@ pub fn round_decision(
     let needed = quorum(progress, options);
     let have = progress.contributions;
     let waited = now.saturating_duration_since(ready_at);
-    if have >= needed && progress.pending == 0 {
-        return RoundDecision::Close(format!(
-            "quorum: {have} contribution(s), {needed} needed of {} expected",
-            progress.expected
-        ));
+    if has_quorum(progress, options) {
+        if progress.pending <= EPSILON {
+            return RoundDecision::Close(format!(
+                "quorum: weight {have:.2} in, {needed:.2} needed of {:.2} expected",
+                progress.expected
+            ));
+        }
+        let since = progress.quorum_since.unwrap_or(now);
+        if now.saturating_duration_since(since) >= options.straggler_grace {
+            return RoundDecision::Close(format!(
+                "quorum: weight {have:.2} in, {needed:.2} needed of {:.2} expected; weight {:.2} still in flight cut off after {:.1} s",
+                progress.expected,
+                progress.pending,
+                options.straggler_grace.as_secs_f64()
+            ));
+        }
     }
     if waited >= options.deadline {
         return RoundDecision::Close(format!(
-            "deadline: {have} contribution(s) after {:.1} s ({needed} needed, {} still in flight)",
+            "deadline: weight {have:.2} in after {:.1} s ({needed:.2} needed, {:.2} still in flight)",
             waited.as_secs_f64(),
             progress.pending
         ));
     }
     RoundDecision::Wait(format!(
-        "{have} of {needed} contribution(s), {} in flight; deadline in {:.1} s",
+        "weight {have:.2} of {needed:.2}, {:.2} in flight; deadline in {:.1} s",
         progress.pending,
         (options.deadline - waited).as_secs_f64()
     ))
@@ -80,6 +107,7 @@ mod tests {
         min_peers: 2,
         quorum_fraction: 0.75,
         deadline: Duration::from_secs(30),
+        straggler_grace: Duration::from_secs(5),
     };
 
     fn progress(
@@ -90,9 +118,10 @@ mod tests {
     ) -> RoundProgress {
         RoundProgress {
             own_ready_at: ready,
-            contributions,
-            pending,
-            expected,
+            contributions: contributions as f64,
+            pending: pending as f64,
+            expected: expected as f64,
+            quorum_since: ready,
         }
     }
 
@@ -127,7 +156,7 @@ mod tests {
             panic!("should close")
         };
         assert!(
-            reason.contains("3 contribution(s), 3 needed of 4"),
+            reason.contains("weight 3.00 in, 3.00 needed of 4.00"),
             "{reason}"
         );
     }
@@ -142,10 +171,7 @@ mod tests {
         else {
             panic!("the deadline closes the round")
         };
-        assert!(
-            reason.starts_with("deadline: 1 contribution(s)"),
-            "{reason}"
-        );
+        assert!(reason.starts_with("deadline: weight 1.00 in"), "{reason}");
     }
 
     #[test]
@@ -180,5 +206,54 @@ mod tests {
             &three_of_four,
             &all
         )));
+    }
+
+    #[test]
+    fn a_withholding_sender_is_cut_off_once_the_quorum_waited_its_grace() {
+        let t0 = Instant::now();
+        // 4 honest in hand of 5 expected, one delta announced and withheld.
+        let mut p = progress(Some(t0), 4, 1, 5);
+        assert!(!closes(round_decision(
+            t0 + Duration::from_secs(4),
+            &p,
+            &OPTIONS
+        )));
+        let RoundDecision::Close(reason) =
+            round_decision(t0 + Duration::from_secs(5), &p, &OPTIONS)
+        else {
+            panic!("the quorum closes the round after the grace")
+        };
+        assert!(
+            reason.starts_with("quorum:") && reason.contains("cut off"),
+            "{reason}"
+        );
+        // The grace counts from when the quorum was reached, not from the own delta.
+        p.quorum_since = Some(t0 + Duration::from_secs(20));
+        assert!(!closes(round_decision(
+            t0 + Duration::from_secs(24),
+            &p,
+            &OPTIONS
+        )));
+    }
+
+    #[test]
+    fn weightless_identities_neither_make_nor_stall_a_quorum() {
+        let t0 = Instant::now();
+        // 16 unadmitted identities add no expected weight and no pending weight: 4 of 4 close.
+        let p = RoundProgress {
+            own_ready_at: Some(t0),
+            contributions: 4.0,
+            pending: 0.0,
+            expected: 4.0,
+            quorum_since: Some(t0),
+        };
+        assert!(closes(round_decision(t0, &p, &OPTIONS)));
+        // Newcomers' shares (1/16 each) make up one unit at most.
+        let shares = RoundProgress {
+            contributions: 1.0 + 16.0 / 16.0,
+            expected: 5.0,
+            ..p
+        };
+        assert!(!has_quorum(&shares, &OPTIONS));
     }
 }

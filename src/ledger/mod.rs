@@ -9,6 +9,7 @@
 
 pub mod proof;
 pub mod rewards;
+pub mod settle;
 pub mod state;
 pub mod store;
 pub mod tx;

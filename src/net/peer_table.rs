@@ -82,6 +82,8 @@ pub struct PeerView {
     pub rejections: BTreeMap<&'static str, u64>,
     pub last_rejection: Option<String>,
     pub banned: bool,
+    /// Holds a valid membership certificate of this node's network (permissioned networks).
+    pub admitted: bool,
     /// The peer's last heartbeat: role, step, round, θ₀ hash, tokens/s.
     pub heartbeat: Option<Heartbeat>,
     /// Arrival time minus the heartbeat's own timestamp: gossip delay plus clock offset.
@@ -137,9 +139,7 @@ impl PeerTable {
 
     fn entry(&mut self, now: Instant, peer: PeerId) -> &mut Entry {
         self.peers.entry(peer).or_insert_with(|| Entry {
-            node_id: crypto::public_key_of(&peer)
-                .map(|k| crypto::node_id_of(&k))
-                .unwrap_or_default(),
+            node_id: crypto::node_id_of_peer(&peer),
             addrs: Vec::new(),
             connected: false,
             last_seen: now,
@@ -359,6 +359,7 @@ impl PeerTable {
                 rejections: e.rejections.clone(),
                 last_rejection: e.last_rejection.clone(),
                 banned: e.banned_until.is_some_and(|until| now < until),
+                admitted: false,
                 heartbeat: e.heartbeat.clone(),
                 heartbeat_age_ms: e.heartbeat_age_ms,
             })
