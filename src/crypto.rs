@@ -73,6 +73,17 @@ impl Identity {
         libp2p::identity::secp256k1::Keypair::from(secret).into()
     }
 
+    /// The token of this node's `index`-th Sybil identity (test fault switch
+    /// NEUROSHARD_FAULT_SYBIL): hex(SHA-256(secret key bytes ‖ "sybil" ‖ index in decimal)).
+    /// Deterministic, so a test that knows the node's token can compute the Sybils' node_ids.
+    pub fn sybil_token(&self, index: usize) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(self.secret.to_secret_bytes());
+        hasher.update(b"sybil");
+        hasher.update(index.to_string().as_bytes());
+        hex::encode(hasher.finalize())
+    }
+
     pub fn peer_id(&self) -> libp2p::PeerId {
         self.libp2p_keypair().public().to_peer_id()
     }
