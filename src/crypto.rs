@@ -145,6 +145,19 @@ pub fn generate_nonce() -> u64 {
 mod tests {
     use super::*;
 
+    #[test]
+    fn sybil_tokens_are_derived_from_the_secret_and_index() {
+        let node = Identity::from_token(&format!("{:064x}", 2)).unwrap();
+        let (a, b) = (node.sybil_token(0), node.sybil_token(1));
+        assert_eq!(a, node.sybil_token(0), "deterministic");
+        assert_ne!(a, b);
+        let mut hasher = Sha256::new();
+        hasher.update(Sha256::digest(format!("{:064x}", 2).as_bytes()));
+        hasher.update(b"sybil0");
+        assert_eq!(a, hex::encode(hasher.finalize()));
+        assert_ne!(Identity::from_token(&a).unwrap().node_id, node.node_id);
+    }
+
     // Known answers computed independently with Python's hashlib + the `ecdsa` package.
     #[test]
     fn hex_token_gives_the_known_node_id() {

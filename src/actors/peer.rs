@@ -1092,3 +1092,24 @@ impl Handler<RegisterAttack> for PeerActor {
         self.attack = Some(msg.0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slow_sender_withholds_only_its_round_deltas() {
+        let timeout = Duration::from_secs(30);
+        let serve = |slow, delta| match SlowBlob::serve(slow, delta, timeout) {
+            Serve::Now => "now".to_string(),
+            Serve::After(d) => format!("after {}", d.as_secs()),
+            Serve::Hold => "hold".to_string(),
+        };
+        assert_eq!(serve(None, true), "now");
+        assert_eq!(serve(Some(SlowBlob::JustInTime), false), "now");
+        assert_eq!(serve(Some(SlowBlob::JustInTime), true), "after 29");
+        assert_eq!(serve(Some(SlowBlob::Never), true), "hold");
+        assert_eq!(SlowBlob::parse("never"), Some(SlowBlob::Never));
+        assert_eq!(SlowBlob::parse("0"), None);
+    }
+}
