@@ -73,6 +73,17 @@ impl Identity {
         libp2p::identity::secp256k1::Keypair::from(secret).into()
     }
 
+    /// The token of this node's `index`-th Sybil identity (test fault switch
+    /// NEUROSHARD_FAULT_SYBIL): hex(SHA-256(secret key bytes ‖ "sybil" ‖ index in decimal)).
+    /// Deterministic, so a test that knows the node's token can compute the Sybils' node_ids.
+    pub fn sybil_token(&self, index: usize) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(self.secret.to_secret_bytes());
+        hasher.update(b"sybil");
+        hasher.update(index.to_string().as_bytes());
+        hex::encode(hasher.finalize())
+    }
+
     pub fn peer_id(&self) -> libp2p::PeerId {
         self.libp2p_keypair().public().to_peer_id()
     }
@@ -141,6 +152,19 @@ pub fn generate_nonce() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sybil_tokens_are_derived_from_the_secret_and_index() {
+        let node = Identity::from_token(&format!("{:064x}", 2)).unwrap();
+        let (a, b) = (node.sybil_token(0), node.sybil_token(1));
+        assert_eq!(a, node.sybil_token(0), "deterministic");
+        assert_ne!(a, b);
+        let mut hasher = Sha256::new();
+        hasher.update(Sha256::digest(format!("{:064x}", 2).as_bytes()));
+        hasher.update(b"sybil0");
+        assert_eq!(a, hex::encode(hasher.finalize()));
+        assert_ne!(Identity::from_token(&a).unwrap().node_id, node.node_id);
+    }
 
     // Known answers computed independently with Python's hashlib + the `ecdsa` package.
     #[test]

@@ -15,14 +15,15 @@ use crate::actors::aggregator::AggregatorActor;
 use crate::actors::http::HttpActor;
 use crate::actors::ledger::{LedgerActor, LedgerOptions, PonwFault};
 use crate::actors::messages::{StopHttp, StopTraining, WriteCheckpoint};
-use crate::actors::peer::{GossipFaults, PeerActor, PeerOptions, gossip_thresholds};
+use crate::actors::peer::{GossipFaults, PeerActor, PeerOptions, SlowBlob, gossip_thresholds};
 use crate::actors::supervisor::{SupervisorActor, TrainerRecipe};
+use crate::actors::sybil::{MAX_SYBILS, SybilActor, SybilOptions};
 use crate::actors::sync::{CheckpointTarget, RoundSettings, SyncActor};
 use crate::actors::trainer::{Cadence, PanicFault};
 use crate::config::Config;
 use crate::crypto::{Identity, generate_token};
 use crate::diloco::OuterOptimizer;
-use crate::diloco::attack::Attack;
+use crate::diloco::attack::{Attack, HealPoison, poisoned_outer};
 use crate::diloco::codec::HEADER_LEN;
 use crate::diloco::round::RoundOptions;
 use crate::diloco::weight::WeightRule;
@@ -267,6 +268,7 @@ fn peer_options(
             garbage: fault_switch("NEUROSHARD_FAULT_GOSSIP_GARBAGE").is_some_and(|n| n > 0),
             flood: fault_switch("NEUROSHARD_FAULT_GOSSIP_FLOOD")
                 .map_or(0, |n| n.min(10_000) as u32),
+            ..Default::default()
         },
     }
 }
@@ -312,6 +314,49 @@ fn byzantine_fault() -> Option<Attack> {
         }
     }
     attack
+}
+
+/// The attacker's test fault switches (README "Test fault switches").
+struct AttackSwitches {
+    /// NEUROSHARD_FAULT_SYBIL=N: extra identities.
+    sybils: usize,
+    /// NEUROSHARD_FAULT_SYBIL_CERTS=DIR: where identity i finds its certificate, sybil-<i>.json.
+    certificates: Option<std::path::PathBuf>,
+    /// NEUROSHARD_FAULT_HEAL_POISON=1|nan|far.
+    heal_poison: Option<HealPoison>,
+    /// NEUROSHARD_FAULT_VERDICT_FORGE=1.
+    verdict_forge: bool,
+    /// NEUROSHARD_FAULT_SLOW_BLOB=1|never.
+    slow_blob: Option<SlowBlob>,
+}
+
+/// A fault switch with named values: `parse` of the variable's value, warned about either way.
+fn named_switch<T>(name: &str, expected: &str, parse: impl Fn(&str) -> Option<T>) -> Option<T> {
+    let value = std::env::var(name).ok()?;
+    let parsed = parse(&value);
+    match parsed {
+        Some(_) => warn!(%name, %value, "test fault switch is on"),
+        None => warn!(%name, %value, "ignoring a fault switch: expected {expected}"),
+    }
+    parsed
+}
+
+fn attack_switches() -> AttackSwitches {
+    let sybils = fault_switch("NEUROSHARD_FAULT_SYBIL").map_or(0, |n| {
+        if n as usize > MAX_SYBILS {
+            warn!(n, max = MAX_SYBILS, "NEUROSHARD_FAULT_SYBIL capped");
+        }
+        (n as usize).min(MAX_SYBILS)
+    });
+    AttackSwitches {
+        sybils,
+        certificates: std::env::var_os("NEUROSHARD_FAULT_SYBIL_CERTS").map(Into::into),
+        heal_poison: named_switch("NEUROSHARD_FAULT_HEAL_POISON", "1, nan or far", |v| {
+            HealPoison::parse(v)
+        }),
+        verdict_forge: fault_switch("NEUROSHARD_FAULT_VERDICT_FORGE").is_some_and(|n| n > 0),
+        slow_blob: named_switch("NEUROSHARD_FAULT_SLOW_BLOB", "1 or never", SlowBlob::parse),
+    }
 }
 
 fn trainer_recipe(config: &Config, data: Arc<TokenDataset>) -> TrainerRecipe {
@@ -437,17 +482,42 @@ pub async fn run(config: Config, logs: LogRing) -> Result<(), NodeError> {
             .map_or_else(|| prepared.outer.theta0.clone(), |r| r.params.clone()),
     ));
 
-    let peers = PeerActor::start(
-        peer_options(
-            &config,
-            prepared.identity.clone(),
-            &model_config.hash_hex(),
-            model_config.num_params(),
-        ),
-        status.clone(),
-    )
-    .await
-    .map_err(NodeError::Input)?;
+    let settings = round_settings(&config);
+    let switches = attack_switches();
+    let sybils: Vec<Identity> = (0..switches.sybils)
+        .map(|i| {
+            Identity::from_token(&prepared.identity.sybil_token(i))
+                .expect("a SHA-256 hex digest is a valid token")
+        })
+        .collect();
+    let mut network = peer_options(
+        &config,
+        prepared.identity.clone(),
+        &model_config.hash_hex(),
+        model_config.num_params(),
+    );
+    network.faults.heal_poison = switches
+        .heal_poison
+        .map(|kind| Arc::new(poisoned_outer(kind, &prepared.outer.theta0)));
+    network.faults.slow_blob = switches.slow_blob;
+    network.faults.own_sybils = sybils.iter().map(Identity::peer_id).collect();
+    let peers = PeerActor::start(network.clone(), status.clone())
+        .await
+        .map_err(NodeError::Input)?;
+    if !sybils.is_empty() || switches.verdict_forge {
+        let options = SybilOptions {
+            network,
+            identities: sybils,
+            num_params: prepared.outer.theta0.len(),
+            compression: config.diloco.compression.clone(),
+            attack: settings.attack,
+            verdict_forge: switches.verdict_forge,
+            certificates: switches.certificates,
+        };
+        SybilActor::start(options, status.clone(), peers.clone())
+            .await
+            .map_err(NodeError::Input)?;
+    }
     let ledger_options = LedgerOptions {
         identity: prepared.identity.clone(),
         schedule: config.ledger.rewards.clone(),
@@ -468,7 +538,7 @@ pub async fn run(config: Config, logs: LogRing) -> Result<(), NodeError> {
         prepared.identity.node_id.clone(),
         prepared.outer,
         prepared.resume,
-        round_settings(&config),
+        settings,
         aggregator,
         prepared.target,
         status.clone(),

@@ -284,3 +284,17 @@ pub struct SubmittedTransaction {
     /// Applied, or refused by the ledger's fold (e.g. an overdraft), with the reason.
     pub status: String,
 }
+
+/// Peer → Sybil (the attacker's actor of NEUROSHARD_FAULT_SYBIL / _VERDICT_FORGE): a round
+/// announcement this node made (`own_delta`: the encoded delta it serves) or validated from a peer.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RoundObserved {
+    pub announcement: RoundAnnouncement,
+    pub own_delta: Option<Arc<Vec<u8>>>,
+}
+
+/// Sybil → Peer: where to deliver `RoundObserved`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RegisterAttack(pub Recipient<RoundObserved>);

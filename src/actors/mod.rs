@@ -7,5 +7,6 @@ pub mod ledger;
 pub mod messages;
 pub mod peer;
 pub mod supervisor;
+pub mod sybil;
 pub mod sync;
 pub mod trainer;

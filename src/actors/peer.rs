@@ -3,7 +3,7 @@
 //! Every decision about a peer (refuse, reject, ban, drop) is made by `net::peer_table` /
 //! `net::protocol` and only applied and logged here.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,7 +16,9 @@ use futures::StreamExt;
 use libp2p::core::upgrade;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageAuthenticity};
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ProtocolSupport};
+use libp2p::request_response::{
+    self, OutboundFailure, OutboundRequestId, ProtocolSupport, ResponseChannel,
+};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
@@ -28,9 +30,10 @@ use tracing::{debug, info, warn};
 
 use super::messages::{
     AnnounceRound, BlobServed, FetchBlob, LedgerGossip, OfferBlob, PeerOffence, PeerRoundAnnounced,
-    PublishLedger, RefusedAtGate, RegisterLedger, RegisterRounds,
+    PublishLedger, RefusedAtGate, RegisterAttack, RegisterLedger, RegisterRounds, RoundObserved,
 };
 use crate::crypto::{Identity, generate_token};
+use crate::diloco::attack::{HEAL_POISON_ROUNDS_AHEAD, PoisonedOuter};
 use crate::ledger::proof::check_signature;
 use crate::net::announce::{
     Announcement, MAX_MULTIADDRS, PeerRecord, announce_to_tracker, unix_time_s,
@@ -42,7 +45,7 @@ use crate::net::protocol::Protocols;
 use crate::net::wire::{
     self, GOSSIP_TRANSMIT_LIMIT, LedgerMessage, MAX_GOSSIP_BYTES, Rejection, unix_ms,
 };
-use crate::status::{NetworkView, StatusBoard};
+use crate::status::{NetworkView, NodeStatus, StatusBoard};
 
 /// Blobs served at once: θ₀ of the current and the previous round, and room for round deltas.
 const SERVED_BLOBS: usize = 8;
@@ -68,39 +71,141 @@ pub struct PeerOptions {
     pub faults: GossipFaults,
 }
 
-/// Test fault switches that make this node a misbehaving peer (NEUROSHARD_FAULT_GOSSIP_*).
+/// Test fault switches that make this node a misbehaving peer (NEUROSHARD_FAULT_GOSSIP_*,
+/// NEUROSHARD_FAULT_HEAL_POISON, NEUROSHARD_FAULT_SLOW_BLOB, NEUROSHARD_FAULT_SYBIL).
 #[derive(Clone, Default)]
 pub struct GossipFaults {
     /// Each heartbeat, also gossip a malformed, an oversized and a badly signed message.
     pub garbage: bool,
     /// Each heartbeat, also gossip this many extra (valid) heartbeats: a flood.
     pub flood: u32,
+    /// Advertise a far-ahead round and this poisoned outer state (served as blobs) in heartbeats.
+    pub heal_poison: Option<Arc<PoisonedOuter>>,
+    /// Answer requests for this node's round deltas late or never.
+    pub slow_blob: Option<SlowBlob>,
+    /// This node's own Sybil identities: their gossip is relayed but otherwise ignored here, so
+    /// the attacker's own rounds and heals are not steered by its own lies.
+    pub own_sybils: HashSet<PeerId>,
+}
+
+/// NEUROSHARD_FAULT_SLOW_BLOB: how a withholding sender answers requests for its round deltas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlowBlob {
+    /// Just under the requester's blob timeout (taken to be this node's own `blob_timeout`).
+    JustInTime,
+    /// Never: the request is held until it times out.
+    Never,
+}
+
+/// What to do with one blob request.
+pub(crate) enum Serve {
+    Now,
+    After(Duration),
+    Hold,
+}
+
+impl SlowBlob {
+    /// `1` → just in time, `never` → never.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "1" => Some(Self::JustInTime),
+            "never" => Some(Self::Never),
+            _ => None,
+        }
+    }
+
+    /// How a request is answered; only round deltas are withheld.
+    pub(crate) fn serve(slow: Option<Self>, round_delta: bool, blob_timeout: Duration) -> Serve {
+        match (slow, round_delta) {
+            (Some(Self::JustInTime), true) => {
+                Serve::After(blob_timeout.saturating_sub(Duration::from_secs(1)))
+            }
+            (Some(Self::Never), true) => Serve::Hold,
+            _ => Serve::Now,
+        }
+    }
+}
+
+/// Held blob requests (SLOW_BLOB=never) are let go after this many blob timeouts.
+const HOLD_FOR_TIMEOUTS: u32 = 2;
+/// At most this many held requests; the oldest is let go first.
+pub(crate) const MAX_HELD_REQUESTS: usize = 256;
+/// Round deltas of this node remembered for the slow-blob switch.
+pub(crate) const OWN_DELTAS_KEPT: usize = 4;
+
+/// The heartbeat `node_id` gossips with `role`, from the node's published status. With the
+/// heal-poisoning switch it claims a round far ahead, on the poisoned θ₀ it serves. `None` while
+/// Sync has not hashed θ₀ yet: nothing true to mirror. The one place a heartbeat is made (the
+/// node's own and its Sybils').
+pub(crate) fn heartbeat_of(
+    status: &NodeStatus,
+    node_id: &str,
+    role: &str,
+    poison: Option<&PoisonedOuter>,
+) -> Option<wire::Heartbeat> {
+    if status.theta0_hash.is_empty() {
+        return None;
+    }
+    let (outer_round, theta0_hash, momentum_hash) = match poison {
+        None => (
+            status.outer_step_count,
+            status.theta0_hash.clone(),
+            status.momentum_hash.clone(),
+        ),
+        Some(p) => (
+            status.outer_step_count + HEAL_POISON_ROUNDS_AHEAD,
+            p.theta0_hash.clone(),
+            p.momentum_hash.clone(),
+        ),
+    };
+    Some(wire::Heartbeat {
+        node_id: node_id.to_string(),
+        role: role.to_string(),
+        global_step: status.global_step,
+        outer_round,
+        theta0_hash,
+        momentum_hash,
+        tokens_per_sec: status.tokens_per_sec,
+        sent_at_ms: unix_ms(),
+    })
+}
+
+/// The poisoned outer state's blobs, if `id` names one of them.
+pub(crate) fn poisoned_blob(poison: Option<&PoisonedOuter>, id: &BlobId) -> Option<BlobResponse> {
+    let p = poison?;
+    [(&p.theta0_hash, &p.theta0), (&p.momentum_hash, &p.momentum)]
+        .into_iter()
+        .find(|(hash, _)| BlobId::from_hex(hash) == Some(*id))
+        .map(|(_, bytes)| BlobResponse::Found {
+            id: *id,
+            bytes: bytes.clone(),
+        })
 }
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
-    identify: identify::Behaviour,
-    ping: ping::Behaviour,
-    kad: kad::Behaviour<kad::store::MemoryStore>,
-    gossipsub: gossipsub::Behaviour,
-    blobs: request_response::Behaviour<BlobCodec>,
-    mdns: Toggle<mdns::tokio::Behaviour>,
-    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    pub(crate) identify: identify::Behaviour,
+    pub(crate) ping: ping::Behaviour,
+    pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub(crate) gossipsub: gossipsub::Behaviour,
+    pub(crate) blobs: request_response::Behaviour<BlobCodec>,
+    pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+    pub(crate) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
 }
 
 /// The gossip topics of this node's network.
 #[derive(Clone)]
-struct Topics {
+pub(crate) struct Topics {
     /// Signed heartbeats: who is alive, at which step and round, on which θ₀.
-    heartbeat: IdentTopic,
+    pub(crate) heartbeat: IdentTopic,
     /// Signed round announcements: a node's delta for a round is ready to fetch.
-    round: IdentTopic,
+    pub(crate) round: IdentTopic,
     /// Proofs of Neural Work and transactions, each gossiped by its signer.
-    ledger: IdentTopic,
+    pub(crate) ledger: IdentTopic,
 }
 
 impl Topics {
-    fn new(protocols: &Protocols) -> Self {
+    pub(crate) fn new(protocols: &Protocols) -> Self {
         Self {
             heartbeat: IdentTopic::new(protocols.topic("heartbeat")),
             round: IdentTopic::new(protocols.topic("round")),
@@ -108,7 +213,7 @@ impl Topics {
         }
     }
 
-    fn all(&self) -> [&IdentTopic; 3] {
+    pub(crate) fn all(&self) -> [&IdentTopic; 3] {
         [&self.heartbeat, &self.round, &self.ledger]
     }
 }
@@ -205,6 +310,39 @@ fn behaviour(
     })
 }
 
+/// A Swarm for `identity` with this network's transport (TCP + Noise + Yamux, bytes counted in
+/// `meter`), protocol version, topics and gossip configuration: the node's, and each Sybil's of
+/// the NEUROSHARD_FAULT_SYBIL switch. Listening and dialing are the caller's.
+pub(crate) fn build_swarm(
+    identity: &Identity,
+    options: &PeerOptions,
+    topics: &Topics,
+    meter: &ByteMeter,
+) -> Result<Swarm<Behaviour>, String> {
+    let counting = meter.clone();
+    Ok(
+        SwarmBuilder::with_existing_identity(identity.libp2p_keypair())
+            .with_tokio()
+            .with_other_transport(|key| {
+                // TCP + Noise + Yamux, as `with_tcp` builds it, plus per-peer byte counters.
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                    tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                        .upgrade(upgrade::Version::V1Lazy)
+                        .authenticate(noise::Config::new(key)?)
+                        .multiplex(yamux::Config::default())
+                        .map(move |(peer, muxer), _| {
+                            (peer, CountingMuxer::new(muxer, counting.for_peer(peer)))
+                        }),
+                )
+            })
+            .map_err(|e| format!("transport: {e}"))?
+            .with_behaviour(|key| behaviour(key, options, topics))
+            .map_err(|e| format!("network behaviour: {e}"))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+            .build(),
+    )
+}
+
 /// Whom a rejected gossip message counts against.
 #[derive(Clone, Copy)]
 enum Blame {
@@ -233,6 +371,13 @@ pub struct PeerActor {
     pending: HashMap<OutboundRequestId, PendingFetch>,
     listen_addrs: Vec<Multiaddr>,
     status: StatusBoard,
+    /// The attacker's actor (NEUROSHARD_FAULT_SYBIL / _VERDICT_FORGE), told of every round
+    /// announcement this node makes or validates.
+    attack: Option<Recipient<RoundObserved>>,
+    /// This node's latest round deltas (for NEUROSHARD_FAULT_SLOW_BLOB).
+    own_deltas: VecDeque<BlobId>,
+    /// Blob requests held unanswered (NEUROSHARD_FAULT_SLOW_BLOB=never), oldest first.
+    held: VecDeque<(Instant, ResponseChannel<BlobResponse>)>,
 }
 
 impl PeerActor {
@@ -252,26 +397,7 @@ impl PeerActor {
     fn build(options: PeerOptions, status: StatusBoard) -> Result<Self, String> {
         let topics = Topics::new(&options.protocols);
         let meter = ByteMeter::default();
-        let counting = meter.clone();
-        let mut swarm = SwarmBuilder::with_existing_identity(options.identity.libp2p_keypair())
-            .with_tokio()
-            .with_other_transport(|key| {
-                // TCP + Noise + Yamux, as `with_tcp` builds it, plus per-peer byte counters.
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
-                    tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-                        .upgrade(upgrade::Version::V1Lazy)
-                        .authenticate(noise::Config::new(key)?)
-                        .multiplex(yamux::Config::default())
-                        .map(move |(peer, muxer), _| {
-                            (peer, CountingMuxer::new(muxer, counting.for_peer(peer)))
-                        }),
-                )
-            })
-            .map_err(|e| format!("transport: {e}"))?
-            .with_behaviour(|key| behaviour(key, &options, &topics))
-            .map_err(|e| format!("network behaviour: {e}"))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
-            .build();
+        let mut swarm = build_swarm(&options.identity, &options, &topics, &meter)?;
         for addr in &options.listen {
             swarm
                 .listen_on(addr.clone())
@@ -292,6 +418,9 @@ impl PeerActor {
             pending: HashMap::new(),
             listen_addrs: Vec::new(),
             status,
+            attack: None,
+            own_deltas: VecDeque::new(),
+            held: VecDeque::new(),
         })
     }
 
@@ -401,18 +530,14 @@ impl PeerActor {
         }
     }
 
-    fn heartbeat(&self) -> wire::Heartbeat {
+    fn heartbeat(&self) -> Option<wire::Heartbeat> {
         let s = self.status.read();
-        wire::Heartbeat {
-            node_id: s.node_id,
-            role: s.role.to_string(),
-            global_step: s.global_step,
-            outer_round: s.outer_step_count,
-            theta0_hash: s.theta0_hash,
-            momentum_hash: s.momentum_hash,
-            tokens_per_sec: s.tokens_per_sec,
-            sent_at_ms: unix_ms(),
-        }
+        heartbeat_of(
+            &s,
+            &s.node_id,
+            s.role,
+            self.options.faults.heal_poison.as_deref(),
+        )
     }
 
     /// Every heartbeat interval: ban peers gossipsub scored below the threshold, expire silent
@@ -438,11 +563,18 @@ impl PeerActor {
             b.blocked.unblock_peer(peer);
             b.gossipsub.remove_blacklisted_peer(&peer);
         }
-        let topic = self.topics.heartbeat.clone();
-        let heartbeat = self.heartbeat();
-        if heartbeat.theta0_hash.is_empty() {
-            return; // Sync has not hashed θ₀ yet: nothing true to say.
+        let limit = self.options.blob_timeout * HOLD_FOR_TIMEOUTS;
+        while self
+            .held
+            .front()
+            .is_some_and(|(at, _)| at.elapsed() > limit)
+        {
+            self.held.pop_front();
         }
+        let topic = self.topics.heartbeat.clone();
+        let Some(heartbeat) = self.heartbeat() else {
+            return; // Sync has not hashed θ₀ yet: nothing true to say.
+        };
         let name = topic.to_string();
         self.publish(
             topic.clone(),
@@ -527,6 +659,9 @@ impl PeerActor {
         let Some(origin) = message.source else {
             return Err((Blame::Sender, Rejection::UnknownSigner));
         };
+        if self.options.faults.own_sybils.contains(&origin) {
+            return Ok(()); // this node's own Sybils: relayed, not believed
+        }
         let blame = |blame| move |rejection| (blame, rejection);
         let now_ms = unix_ms();
         if message.topic == self.topics.heartbeat.hash() {
@@ -555,6 +690,12 @@ impl PeerActor {
                 .check(&node_id, self.options.max_blob_bytes, now_ms)
                 .map_err(blame(Blame::Origin))?;
             self.table.accept(now, source);
+            if let Some(attack) = &self.attack {
+                attack.do_send(RoundObserved {
+                    announcement: announcement.clone(),
+                    own_delta: None,
+                });
+            }
             if let Some(sync) = &self.rounds {
                 sync.announced.do_send(PeerRoundAnnounced {
                     peer: origin,
@@ -621,7 +762,33 @@ impl PeerActor {
         b.blocked.block_peer(peer);
     }
 
-    fn on_blob_event(&mut self, event: request_response::Event<BlobRequest, BlobResponse>) {
+    /// Sends `response` to a blob request and reports what was uploaded.
+    fn respond(
+        &mut self,
+        channel: ResponseChannel<BlobResponse>,
+        id: BlobId,
+        response: BlobResponse,
+    ) {
+        let served = match &response {
+            BlobResponse::Found { bytes, .. } => bytes.len() as u64,
+            BlobResponse::Missing => 0,
+        };
+        // Fails only if the peer already gave up: then nothing was uploaded.
+        let sent = self
+            .swarm
+            .behaviour_mut()
+            .blobs
+            .send_response(channel, response);
+        if let (Ok(()), Some(rounds), true) = (sent, &self.rounds, served > 0) {
+            rounds.served.do_send(BlobServed { id, bytes: served });
+        }
+    }
+
+    fn on_blob_event(
+        &mut self,
+        event: request_response::Event<BlobRequest, BlobResponse>,
+        ctx: &mut Context<Self>,
+    ) {
         use request_response::{Event, Message};
         match event {
             Event::Message {
@@ -633,19 +800,24 @@ impl PeerActor {
                     },
                 ..
             } => {
-                let response = self.blobs.response(&id);
-                let served = match &response {
-                    BlobResponse::Found { bytes, .. } => bytes.len() as u64,
-                    BlobResponse::Missing => 0,
-                };
-                // Fails only if the peer already gave up: then nothing was uploaded.
-                let sent = self
-                    .swarm
-                    .behaviour_mut()
-                    .blobs
-                    .send_response(channel, response);
-                if let (Ok(()), Some(rounds), true) = (sent, &self.rounds, served > 0) {
-                    rounds.served.do_send(BlobServed { id, bytes: served });
+                let response = poisoned_blob(self.options.faults.heal_poison.as_deref(), &id)
+                    .unwrap_or_else(|| self.blobs.response(&id));
+                let round_delta = self.own_deltas.contains(&id);
+                match SlowBlob::serve(
+                    self.options.faults.slow_blob,
+                    round_delta,
+                    self.options.blob_timeout,
+                ) {
+                    Serve::Now => self.respond(channel, id, response),
+                    Serve::After(delay) => {
+                        ctx.run_later(delay, move |act, _| act.respond(channel, id, response));
+                    }
+                    Serve::Hold => {
+                        if self.held.len() >= MAX_HELD_REQUESTS {
+                            self.held.pop_front();
+                        }
+                        self.held.push_back((Instant::now(), channel));
+                    }
                 }
             }
             Event::Message {
@@ -706,7 +878,7 @@ impl PeerActor {
         }
     }
 
-    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>, ctx: &mut Context<Self>) {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 info!(address = %format!("{address}/p2p/{}", self.local_peer_id()), "p2p listening");
@@ -761,7 +933,7 @@ impl PeerActor {
                 message_id,
                 message,
             })) => self.on_gossip(propagation_source, message_id, message),
-            SwarmEvent::Behaviour(BehaviourEvent::Blobs(event)) => self.on_blob_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Blobs(event)) => self.on_blob_event(event, ctx),
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 debug!(peer = ?peer_id, %error, "outgoing connection failed");
             }
@@ -793,7 +965,7 @@ impl Actor for PeerActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.spawn(
             SwarmEvents
-                .map(|event, act: &mut Self, _| act.on_swarm_event(event))
+                .map(|event, act: &mut Self, ctx| act.on_swarm_event(event, ctx))
                 .finish(),
         );
         self.dial_seeds();
@@ -891,5 +1063,53 @@ impl Handler<AnnounceRound> for PeerActor {
         let topic = self.topics.round.clone();
         let data = wire::seal(&self.options.identity, &topic.to_string(), &msg.0);
         self.publish(topic, data);
+        if let Some(id) = BlobId::from_hex(&msg.0.delta_hash)
+            && !self.own_deltas.contains(&id)
+        {
+            if self.own_deltas.len() >= OWN_DELTAS_KEPT {
+                self.own_deltas.pop_front();
+            }
+            self.own_deltas.push_back(id);
+        }
+        if let Some(attack) = &self.attack {
+            let own_delta =
+                BlobId::from_hex(&msg.0.delta_hash).and_then(|id| match self.blobs.response(&id) {
+                    BlobResponse::Found { bytes, .. } => Some(bytes),
+                    BlobResponse::Missing => None,
+                });
+            attack.do_send(RoundObserved {
+                announcement: msg.0,
+                own_delta,
+            });
+        }
+    }
+}
+
+impl Handler<RegisterAttack> for PeerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RegisterAttack, _: &mut Self::Context) {
+        self.attack = Some(msg.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slow_sender_withholds_only_its_round_deltas() {
+        let timeout = Duration::from_secs(30);
+        let serve = |slow, delta| match SlowBlob::serve(slow, delta, timeout) {
+            Serve::Now => "now".to_string(),
+            Serve::After(d) => format!("after {}", d.as_secs()),
+            Serve::Hold => "hold".to_string(),
+        };
+        assert_eq!(serve(None, true), "now");
+        assert_eq!(serve(Some(SlowBlob::JustInTime), false), "now");
+        assert_eq!(serve(Some(SlowBlob::JustInTime), true), "after 29");
+        assert_eq!(serve(Some(SlowBlob::Never), true), "hold");
+        assert_eq!(SlowBlob::parse("never"), Some(SlowBlob::Never));
+        assert_eq!(SlowBlob::parse("0"), None);
     }
 }

@@ -2,6 +2,8 @@
 //! malicious node would send in place of its honest Δ. A test and demo tool: it lets a test show
 //! that the robust rules keep the shared model on course. A lone attacker only knows its own
 //! delta, so the attacks that need the honest mean and spread (ALIE, IPM) estimate them from it.
+//! Also the poisoned vectors of the Sybil and heal-poisoning switches (NEUROSHARD_FAULT_SYBIL,
+//! NEUROSHARD_FAULT_HEAL_POISON).
 
 use serde::{Deserialize, Serialize};
 
@@ -72,9 +74,160 @@ pub fn poison(attack: Attack, honest: &[f32], seed: u64) -> Vec<f32> {
     }
 }
 
+/// The poisoned θ₀ of the NEUROSHARD_FAULT_HEAL_POISON switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealPoison {
+    /// Every value NaN.
+    Nan,
+    /// Finite but far off: θ₀ + 1e3 · N(0, 1) per coordinate.
+    Far,
+}
+
+impl HealPoison {
+    /// `1` or `nan` → NaN-filled, `far` → finite and far; anything else is not a switch value.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "1" | "nan" => Some(Self::Nan),
+            "far" => Some(Self::Far),
+            _ => None,
+        }
+    }
+}
+
+/// An outer state (θ₀ and momentum, little-endian f32 bytes) served to lure healing peers, and
+/// the blob ids (BLAKE3, hex) the attacker's heartbeats advertise for them.
+#[derive(Debug, Clone)]
+pub struct PoisonedOuter {
+    pub theta0: std::sync::Arc<Vec<u8>>,
+    pub momentum: std::sync::Arc<Vec<u8>>,
+    pub theta0_hash: String,
+    pub momentum_hash: String,
+}
+
+/// Rounds ahead of its own that a heal-poisoning node claims: far enough that an honest node
+/// heals at once ("two or more rounds behind the majority").
+pub const HEAL_POISON_ROUNDS_AHEAD: u64 = 1000;
+
+/// The poisoned θ₀ for `theta0`'s length (and, for [`HealPoison::Far`], values). The momentum
+/// is all zeros: finite, so that the only check a heal makes today passes.
+pub fn poisoned_outer(kind: HealPoison, theta0: &[f32]) -> PoisonedOuter {
+    let values: Vec<f32> = match kind {
+        HealPoison::Nan => vec![f32::NAN; theta0.len()],
+        HealPoison::Far => {
+            let mut state = 0x005E_ED0F_7E7A_u64;
+            theta0
+                .iter()
+                .map(|&x| x + 1e3 * normal(&mut state))
+                .collect()
+        }
+    };
+    let momentum = vec![0.0f32; theta0.len()];
+    let as_blob = |v: &[f32]| {
+        let bytes = bytemuck::cast_slice::<f32, u8>(v).to_vec();
+        let id = crate::net::blob::BlobId::of(&bytes).to_string();
+        (std::sync::Arc::new(bytes), id)
+    };
+    let ((theta0, theta0_hash), (momentum, momentum_hash)) = (as_blob(&values), as_blob(&momentum));
+    PoisonedOuter {
+        theta0,
+        momentum,
+        theta0_hash,
+        momentum_hash,
+    }
+}
+
+fn l2(v: &[f32]) -> f64 {
+    v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt()
+}
+
+/// The delta Sybil identity `index` announces for a round in which its node sent `sent` (the
+/// node's encoded delta decoded as peers see it; `None` when it does not decode, e.g. NaN).
+/// - With the node's Byzantine `attack`: the node's own poisoned vector, as sent (colluding
+///   identities push one direction), scaled by 1 + 1e-3·(index + 1) so every blob differs; for
+///   `nan` (or a node delta that does not decode) a NaN-sprinkled vector.
+/// - Without: sign-flipped noise, −(Δ + N(0, σ²)) with σ = ‖Δ‖/√n, rescaled to ‖Δ‖: as large
+///   as an honest delta, pointing away from it.
+pub fn sybil_delta(
+    sent: Option<&[f32]>,
+    len: usize,
+    attack: Option<Attack>,
+    index: usize,
+    round: u64,
+) -> Vec<f32> {
+    let seed = round
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(index as u64 + 1);
+    let Some(sent) = sent.filter(|s| s.len() == len) else {
+        return poison(Attack::Nan, &vec![0.0; len], seed);
+    };
+    match attack {
+        Some(Attack::Nan) => poison(Attack::Nan, sent, seed),
+        Some(_) => {
+            let scale = 1.0 + 1e-3 * (index as f32 + 1.0);
+            sent.iter().map(|x| x * scale).collect()
+        }
+        None => {
+            let norm = l2(sent);
+            let sigma = (norm / (len.max(1) as f64).sqrt()) as f32;
+            let mut state = seed;
+            let flipped: Vec<f32> = sent
+                .iter()
+                .map(|&x| -(x + sigma * normal(&mut state)))
+                .collect();
+            let current = l2(&flipped);
+            let rescale = if current > 0.0 {
+                (norm / current) as f32
+            } else {
+                0.0
+            };
+            flipped.iter().map(|x| x * rescale).collect()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sybil_deltas_are_as_large_as_the_honest_one_and_point_away_from_it() {
+        let honest: Vec<f32> = (0..4096).map(|i| ((i % 13) as f32 - 6.0) * 1e-3).collect();
+        let a = sybil_delta(Some(&honest), honest.len(), None, 0, 3);
+        let b = sybil_delta(Some(&honest), honest.len(), None, 1, 3);
+        assert_ne!(a, b, "each identity sends its own vector");
+        assert!((l2(&a) - l2(&honest)).abs() < 1e-3 * l2(&honest));
+        let dot: f64 = a
+            .iter()
+            .zip(&honest)
+            .map(|(&x, &y)| f64::from(x) * f64::from(y))
+            .sum();
+        assert!(dot < 0.0, "sign-flipped: {dot}");
+        // With the node's attack: its poisoned vector, slightly scaled per identity.
+        let sent = poison(Attack::SignFlip, &honest, 3);
+        let c = sybil_delta(Some(&sent), sent.len(), Some(Attack::SignFlip), 0, 3);
+        assert!((c[1] / sent[1] - 1.001).abs() < 1e-5);
+        // NaN, or a node delta that does not decode: NaNs.
+        assert!(sybil_delta(None, 10, None, 0, 3)[0].is_nan());
+        assert!(sybil_delta(Some(&honest), honest.len(), Some(Attack::Nan), 0, 3)[0].is_nan());
+    }
+
+    #[test]
+    fn poisoned_outer_states_have_the_right_length_and_a_finite_momentum() {
+        let theta0 = vec![0.5f32; 1000];
+        let nan = poisoned_outer(HealPoison::Nan, &theta0);
+        assert_eq!(nan.theta0.len(), 4000);
+        assert_eq!(nan.momentum.len(), 4000);
+        let values: Vec<f32> = bytemuck::pod_collect_to_vec(&nan.theta0);
+        assert!(values.iter().all(|x| x.is_nan()));
+        let far = poisoned_outer(HealPoison::Far, &theta0);
+        let values: Vec<f32> = bytemuck::pod_collect_to_vec(&far.theta0);
+        assert!(values.iter().all(|x| x.is_finite()));
+        assert!(l2(&values) > 1e4, "far from θ₀");
+        assert_eq!(far.momentum_hash, nan.momentum_hash);
+        assert_eq!(HealPoison::parse("far"), Some(HealPoison::Far));
+        assert_eq!(HealPoison::parse("1"), Some(HealPoison::Nan));
+        assert_eq!(HealPoison::parse("0"), None);
+    }
 
     const HONEST: [f32; 4] = [1.0, -2.0, 0.5, 0.0];
 

@@ -405,3 +405,38 @@ pub fn python_script(name: &str) -> PathBuf {
         .join("tests/python")
         .join(name)
 }
+
+/// A process's resident memory, from /proc/<pid>/status, in KiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memory {
+    /// VmRSS: resident now.
+    pub rss_kib: u64,
+    /// VmHWM: the peak resident size so far.
+    pub hwm_kib: u64,
+}
+
+/// VmRSS and VmHWM out of the text of a /proc/<pid>/status file (pure).
+pub fn parse_memory(status: &str) -> Option<Memory> {
+    let field = |name: &str| {
+        status.lines().find_map(|line| {
+            let rest = line.strip_prefix(name)?.strip_prefix(':')?;
+            rest.split_whitespace().next()?.parse::<u64>().ok()
+        })
+    };
+    Some(Memory {
+        rss_kib: field("VmRSS")?,
+        hwm_kib: field("VmHWM")?,
+    })
+}
+
+/// The memory of process `pid` now (None once it has exited, or where there is no /proc).
+pub fn memory_of(pid: u32) -> Option<Memory> {
+    parse_memory(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+impl Process {
+    /// This process's memory now (None once it has exited).
+    pub fn memory(&self) -> Option<Memory> {
+        memory_of(self.pid()?)
+    }
+}
