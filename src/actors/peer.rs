@@ -30,6 +30,7 @@ use super::messages::{
     AnnounceRound, BlobServed, FetchBlob, LedgerGossip, OfferBlob, PeerOffence, PeerRoundAnnounced,
     PublishLedger, RefusedAtGate, RegisterLedger, RegisterRounds,
 };
+use crate::admission::{Certificate, Genesis, unix_s};
 use crate::crypto::{Identity, generate_token};
 use crate::ledger::proof::check_signature;
 use crate::net::announce::{
@@ -66,6 +67,10 @@ pub struct PeerOptions {
     pub max_blob_bytes: u64,
     pub blob_timeout: Duration,
     pub faults: GossipFaults,
+    /// This node's genesis: peers' certificates are checked against it.
+    pub genesis: Option<Genesis>,
+    /// This node's own membership certificate, presented in every heartbeat.
+    pub membership: Option<Certificate>,
 }
 
 /// Test fault switches that make this node a misbehaving peer (NEUROSHARD_FAULT_GOSSIP_*).
@@ -280,10 +285,14 @@ impl PeerActor {
         for addr in &options.announce_addrs {
             swarm.add_external_address(addr.clone());
         }
+        let table = PeerTable::new(options.policy.clone());
         Ok(Self {
             swarm,
             meter,
-            table: PeerTable::new(options.policy.clone()),
+            table: match options.genesis.clone() {
+                Some(genesis) => table.with_genesis(genesis),
+                None => table,
+            },
             options,
             topics,
             rounds: None,
@@ -412,6 +421,7 @@ impl PeerActor {
             momentum_hash: s.momentum_hash,
             tokens_per_sec: s.tokens_per_sec,
             sent_at_ms: unix_ms(),
+            membership: self.options.membership.clone(),
         }
     }
 
@@ -475,7 +485,7 @@ impl PeerActor {
 
     fn publish_view(&self) {
         let now = Instant::now();
-        let (peers, totals) = self.table.view(now, &self.meter.snapshot());
+        let (peers, totals) = self.table.view(now, unix_s(), &self.meter.snapshot());
         let view = NetworkView {
             network_id: self.options.protocols.network_id.clone(),
             listen_addrs: self
@@ -498,7 +508,7 @@ impl PeerActor {
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
         let now = Instant::now();
         let acceptance = match self.validate_gossip(now, source, &message) {
-            Ok(()) => MessageAcceptance::Accept,
+            Ok(acceptance) => acceptance,
             Err((blame, rejection)) => {
                 let blamed = match (blame, message.source) {
                     (Blame::Origin, Some(origin)) => origin,
@@ -518,12 +528,14 @@ impl PeerActor {
             .report_message_validation_result(&id, &source, acceptance);
     }
 
+    /// `Ignore` for valid work of an unadmitted origin in a permissioned network: not passed on
+    /// (to Sync, the ledger or other peers), counted as unadmitted, not held against anyone.
     fn validate_gossip(
         &mut self,
         now: Instant,
         source: PeerId,
         message: &gossipsub::Message,
-    ) -> Result<(), (Blame, Rejection)> {
+    ) -> Result<MessageAcceptance, (Blame, Rejection)> {
         let Some(origin) = message.source else {
             return Err((Blame::Sender, Rejection::UnknownSigner));
         };
@@ -542,6 +554,7 @@ impl PeerActor {
                     self.table
                         .accept_heartbeat(now, now_ms, source, origin, heartbeat)
                 })
+                .map(|()| MessageAcceptance::Accept)
                 .map_err(blame(Blame::Origin))
         } else if message.topic == self.topics.round.hash() {
             self.table
@@ -554,6 +567,9 @@ impl PeerActor {
             announcement
                 .check(&node_id, self.options.max_blob_bytes, now_ms)
                 .map_err(blame(Blame::Origin))?;
+            if !self.table.passes_work(now, now_ms / 1000, origin) {
+                return Ok(MessageAcceptance::Ignore);
+            }
             self.table.accept(now, source);
             if let Some(sync) = &self.rounds {
                 sync.announced.do_send(PeerRoundAnnounced {
@@ -561,7 +577,7 @@ impl PeerActor {
                     announcement,
                 });
             }
-            Ok(())
+            Ok(MessageAcceptance::Accept)
         } else if message.topic == self.topics.ledger.hash() {
             self.table
                 .admit(now, origin)
@@ -587,6 +603,9 @@ impl PeerActor {
                 }
                 return Err((Blame::Origin, rejection));
             }
+            if !self.table.passes_work(now, now_ms / 1000, origin) {
+                return Ok(MessageAcceptance::Ignore);
+            }
             self.table.accept(now, source);
             if let Some(ledger) = &self.ledger {
                 ledger.gossip.do_send(LedgerGossip {
@@ -594,7 +613,7 @@ impl PeerActor {
                     message: entry,
                 });
             }
-            Ok(())
+            Ok(MessageAcceptance::Accept)
         } else {
             let unexpected = format!("unexpected topic {}", message.topic);
             Err((Blame::Sender, Rejection::Malformed(unexpected)))

@@ -7,6 +7,7 @@ use libp2p::PeerId;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::admission::Certificate;
 use crate::crypto::{self, Identity};
 use crate::ledger::{ProofRejection, SignedProof, SignedTransaction, TxRejection};
 
@@ -42,6 +43,8 @@ pub enum Rejection {
     RateLimited { limit: u32 },
     #[error("banned peer")]
     Banned,
+    #[error("bad membership certificate: {0}")]
+    BadCertificate(String),
     #[error("proof refused: {0}")]
     Proof(#[from] ProofRejection),
     #[error("transaction refused: {0}")]
@@ -61,6 +64,7 @@ impl Rejection {
             Rejection::Replayed => "replayed",
             Rejection::RateLimited { .. } => "rate_limited",
             Rejection::Banned => "banned",
+            Rejection::BadCertificate(_) => "bad_certificate",
             Rejection::Proof(r) => r.kind(),
             Rejection::Transaction(r) => r.kind(),
         }
@@ -139,6 +143,9 @@ pub struct Heartbeat {
     pub tokens_per_sec: f64,
     /// Sender's clock, unix milliseconds.
     pub sent_at_ms: u64,
+    /// The sender's membership certificate in a permissioned network (a few hundred bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub membership: Option<Certificate>,
 }
 
 const ROLES: [&str; 2] = ["trainer", "observer"];
@@ -328,6 +335,7 @@ mod tests {
             momentum_hash: "cd".repeat(32),
             tokens_per_sec: 1500.0,
             sent_at_ms: NOW - 40,
+            membership: None,
         }
     }
 
