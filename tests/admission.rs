@@ -177,17 +177,18 @@ fn admitted_trainers_count_each_other_and_an_unadmitted_node_only_observes() {
         assert_eq!(r["rejected"], 0, "{r}");
         assert_eq!(r["admitted"], false, "{r}");
         assert_eq!(node.get("/api/network")["peers_banned"], 0);
-        // The admitted peer's work passed.
+        // The admitted peer's work passed (a message that arrived before its first heartbeat
+        // may have been dropped as unadmitted; it is repeated).
         let admitted = row(node, other).unwrap();
-        assert_eq!(admitted["unadmitted"], 0, "{admitted}");
+        assert!(admitted["accepted"].as_u64().unwrap() >= 1, "{admitted}");
         assert_eq!(admitted["rejected"], 0, "{admitted}");
     }
     // The observer holds nothing against the trainers either.
     for id in [&a_id, &b_id] {
         let r = row(&observer, id).unwrap();
         assert_eq!(
-            (r["unadmitted"].as_u64(), r["rejected"].as_u64()),
-            (Some(0), Some(0)),
+            (&r["rejected"], &r["banned"]),
+            (&Value::from(0), &Value::Bool(false)),
             "{r}"
         );
     }
