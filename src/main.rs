@@ -442,6 +442,15 @@ fn print_status(url: &str) -> ExitCode {
             ),
         ),
         ("θ₀", text(&stats["theta0_hash"])),
+        (
+            "admission",
+            format!(
+                "{} (admitted: {}, genesis {})",
+                text(&stats["admission"]["policy"]),
+                text(&stats["admission"]["admitted"]),
+                text(&stats["admission"]["genesis_hash"])
+            ),
+        ),
         ("peers", text(&stats["peer_count"])),
         (
             "NEURO",

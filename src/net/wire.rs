@@ -371,6 +371,48 @@ mod tests {
     }
 
     #[test]
+    fn a_heartbeat_carries_a_certificate_well_within_the_gossip_limit() {
+        use crate::admission::{Certificate, Genesis, Policy, verify};
+        let (id, authorities) = (identity(), [identity(), identity(), identity()]);
+        let keys: Vec<_> = authorities.iter().map(|a| a.public).collect();
+        let genesis = Genesis::new(
+            "permnet",
+            "nano",
+            Policy::Permissioned,
+            &keys,
+            3,
+            Default::default(),
+            1,
+        )
+        .unwrap();
+        let now_s = NOW / 1000;
+        let mut cert = Certificate::unsigned(
+            &genesis,
+            &id.node_id,
+            vec!["trainer".into()],
+            now_s,
+            now_s + 60,
+        );
+        for authority in &authorities {
+            cert.sign(authority);
+        }
+        let plain = seal(&id, TOPIC, &heartbeat(&id));
+        let with = Heartbeat {
+            membership: Some(cert.clone()),
+            ..heartbeat(&id)
+        };
+        let data = seal(&id, TOPIC, &with);
+        // Three signatures: about 220 bytes each on top of ~300 for the rest.
+        assert!(data.len() - plain.len() < 1024, "{} bytes", data.len());
+        assert!(data.len() < MAX_GOSSIP_BYTES / 8);
+        let opened = open_heartbeat(TOPIC, &data, &id.peer_id(), NOW).unwrap();
+        assert_eq!(opened.membership.as_ref(), Some(&cert));
+        assert_eq!(verify(now_s, &genesis, &cert, &id.node_id), Ok(()));
+        // Without a certificate the field is left out: the wire format is unchanged.
+        assert!(!String::from_utf8_lossy(&plain).contains("membership"));
+    }
+
+    #[test]
     fn a_heartbeat_naming_another_node_is_refused() {
         let (id, other) = (identity(), identity());
         let data = seal(&id, TOPIC, &heartbeat(&other));
