@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use libp2p::Multiaddr;
 
+use crate::admission::Genesis;
 use crate::aggregate::AggregationConfig;
 use crate::diloco::codec::CodecConfig;
 use crate::ledger::rewards::RewardSchedule;
@@ -44,6 +45,10 @@ pub struct Config {
     /// Bearer key of the mutating API endpoints (/api/wallet/send, /api/stake); without one they
     /// are refused. Never the wallet token: a leaked API key cannot sign anything off this node.
     pub api_key: Option<String>,
+    /// The genesis `network.genesis` names, loaded and checked; its network id, preset and reward
+    /// schedule are already applied to the sections above.
+    #[serde(skip)]
+    pub genesis: Option<Genesis>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,6 +75,11 @@ impl Default for LedgerSection {
 pub struct NetworkSection {
     /// Peers of another network id are refused; protocols and topics are named after it.
     pub network_id: String,
+    /// Genesis file (`neuroshard network init`): defines the network (id, model preset, reward
+    /// schedule, admission policy, authority keys). None: the built-in default, open network.
+    pub genesis: Option<PathBuf>,
+    /// This node's membership certificate (`neuroshard network admit`), presented to peers.
+    pub membership: Option<PathBuf>,
     /// Multiaddrs the libp2p node listens on.
     pub listen: Vec<String>,
     /// Multiaddrs announced to peers and the tracker instead of the listen addresses (NAT, public IP).
@@ -174,6 +184,7 @@ impl Default for Config {
             network: NetworkSection::default(),
             ledger: LedgerSection::default(),
             api_key: None,
+            genesis: None,
         }
     }
 }
@@ -182,6 +193,8 @@ impl Default for NetworkSection {
     fn default() -> Self {
         Self {
             network_id: "mainnet".into(),
+            genesis: None,
+            membership: None,
             listen: vec!["/ip4/0.0.0.0/tcp/9000".into()],
             announce_addrs: Vec::new(),
             mdns: true,
@@ -273,6 +286,8 @@ pub struct CliOverrides {
     pub network_id: Option<String>,
     pub listen: Option<Vec<String>>,
     pub announce_addrs: Option<Vec<String>>,
+    pub genesis: Option<PathBuf>,
+    pub membership: Option<PathBuf>,
 }
 
 impl CliOverrides {
@@ -296,6 +311,8 @@ impl CliOverrides {
         figment = set(figment, "network.network_id", self.network_id);
         figment = set(figment, "network.listen", self.listen);
         figment = set(figment, "network.announce_addrs", self.announce_addrs);
+        figment = set(figment, "network.genesis", self.genesis);
+        figment = set(figment, "network.membership", self.membership);
         set(figment, "diloco.inner_steps", self.diloco_steps)
     }
 }
@@ -322,9 +339,11 @@ fn describe(error: figment::Error) -> ConfigError {
 }
 
 impl Config {
-    /// Defaults < `file` < NEUROSHARD_* environment < `cli`.
+    /// Defaults < `file` < NEUROSHARD_* environment < `cli`; then the genesis, if one is named.
     pub fn load(file: Option<&Path>, cli: CliOverrides) -> Result<Self, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        // What was set explicitly (file, environment, flags), without the defaults: a genesis
+        // fills in the rest, and an explicit value that contradicts it is an error.
+        let mut explicit = Figment::new();
         if let Some(path) = file {
             if !path.is_file() {
                 return Err(ConfigError {
@@ -333,16 +352,76 @@ impl Config {
                     reason: "config file not found".into(),
                 });
             }
-            figment = figment.merge(Toml::file_exact(path));
+            explicit = explicit.merge(Toml::file_exact(path));
         }
         // NEUROSHARD_FAULT_* are test fault switches, not configuration.
         let env = Env::prefixed("NEUROSHARD_")
             .split("__")
             .filter(|key| !key.as_str().to_ascii_lowercase().starts_with("fault_"));
-        figment = cli.into_figment(figment.merge(env));
-        let config: Config = figment.extract().map_err(describe)?;
+        explicit = cli.into_figment(explicit.merge(env));
+        let figment =
+            Figment::from(Serialized::defaults(Config::default())).merge(explicit.clone());
+        let mut config: Config = figment.extract().map_err(describe)?;
+        config.adopt_genesis(|key| explicit.contains(key))?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Loads `network.genesis` and takes the network id, model preset and reward schedule from
+    /// it; one set explicitly (`is_explicit`) to another value is an error naming its key.
+    fn adopt_genesis(&mut self, is_explicit: impl Fn(&str) -> bool) -> Result<(), ConfigError> {
+        let Some(path) = self.network.genesis.clone() else {
+            if self.network.membership.is_some() {
+                return Err(ConfigError {
+                    source_name: "configuration".into(),
+                    key: "network.membership".into(),
+                    reason: "a membership certificate needs the network's genesis \
+                             (network.genesis, --genesis)"
+                        .into(),
+                });
+            }
+            return Ok(());
+        };
+        let genesis = Genesis::load(&path).map_err(|e| ConfigError {
+            source_name: e.file,
+            key: e.field,
+            reason: e.reason,
+        })?;
+        let conflict = |key: &str, ours: String, theirs: String| ConfigError {
+            source_name: "configuration".into(),
+            key: key.into(),
+            reason: format!(
+                "{ours} contradicts the genesis {} ({theirs}); leave it unset to take the genesis's",
+                path.display()
+            ),
+        };
+        let n = &mut self.network;
+        if is_explicit("network.network_id") && n.network_id != genesis.network_id {
+            return Err(conflict(
+                "network.network_id",
+                format!("{:?}", n.network_id),
+                format!("{:?}", genesis.network_id),
+            ));
+        }
+        n.network_id = genesis.network_id.clone();
+        if is_explicit("model.preset") && self.model.preset != genesis.preset {
+            return Err(conflict(
+                "model.preset",
+                format!("{:?}", self.model.preset),
+                format!("{:?}", genesis.preset),
+            ));
+        }
+        self.model.preset = genesis.preset.clone();
+        if is_explicit("ledger.rewards") && self.ledger.rewards != genesis.rewards {
+            return Err(conflict(
+                "ledger.rewards",
+                format!("{:?}", self.ledger.rewards),
+                format!("{:?}", genesis.rewards),
+            ));
+        }
+        self.ledger.rewards = genesis.rewards.clone();
+        self.genesis = Some(genesis);
+        Ok(())
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -592,6 +671,95 @@ mod tests {
             let e =
                 Config::load(Some(Path::new("preset.toml")), CliOverrides::default()).unwrap_err();
             assert_eq!(e.key, "model.preset");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure returns figment::Error
+    fn a_genesis_sets_network_preset_and_rewards_and_contradictions_name_their_key() {
+        use crate::admission::{Genesis, Policy};
+        use crate::crypto::{Identity, generate_token};
+        let authority = Identity::from_token(&generate_token()).unwrap();
+        let rewards = RewardSchedule {
+            uptime_per_minute: 0.5,
+            ..Default::default()
+        };
+        let genesis = Genesis::new(
+            "permnet",
+            "nano",
+            Policy::Permissioned,
+            &[authority.public],
+            1,
+            rewards.clone(),
+            1_800_000_000,
+        )
+        .unwrap();
+        Jail::expect_with(|jail| {
+            jail.create_file("genesis.json", &genesis.to_json_pretty())?;
+            let with = |cli: CliOverrides| {
+                Config::load(
+                    None,
+                    CliOverrides {
+                        genesis: Some("genesis.json".into()),
+                        ..cli
+                    },
+                )
+            };
+            let c = with(CliOverrides::default()).unwrap();
+            assert_eq!(c.network.network_id, "permnet");
+            assert_eq!(c.model.preset, "nano");
+            assert_eq!(c.ledger.rewards, rewards);
+            assert_eq!(c.genesis.as_ref(), Some(&genesis));
+            // The same values given explicitly are fine; others name their key.
+            let same = with(CliOverrides {
+                network_id: Some("permnet".into()),
+                preset: Some("nano".into()),
+                ..Default::default()
+            });
+            assert!(same.is_ok());
+            let e = with(CliOverrides {
+                network_id: Some("othernet".into()),
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert_eq!(e.key, "network.network_id", "{e}");
+            assert!(e.reason.contains("genesis.json"), "{e}");
+            let e = with(CliOverrides {
+                preset: Some("micro".into()),
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert_eq!(e.key, "model.preset", "{e}");
+            jail.set_env("NEUROSHARD_LEDGER__REWARDS__UPTIME_PER_MINUTE", "0.25");
+            assert_eq!(
+                with(CliOverrides::default()).unwrap_err().key,
+                "ledger.rewards"
+            );
+            jail.clear_env();
+
+            let mut broken = serde_json::to_value(&genesis).unwrap();
+            broken["network_id"] = 7.into();
+            jail.create_file("broken.json", &broken.to_string())?;
+            let e = Config::load(
+                None,
+                CliOverrides {
+                    genesis: Some("broken.json".into()),
+                    ..Default::default()
+                },
+            )
+            .unwrap_err();
+            assert!(e.source_name.contains("broken.json"), "{e}");
+            assert_eq!(e.key, "network_id", "{e}");
+            let e = Config::load(
+                None,
+                CliOverrides {
+                    membership: Some("cert.json".into()),
+                    ..Default::default()
+                },
+            )
+            .unwrap_err();
+            assert_eq!(e.key, "network.membership", "{e}");
             Ok(())
         });
     }

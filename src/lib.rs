@@ -2,6 +2,7 @@
 //! See ARCHITECTURE.md for the map of the code.
 
 pub mod actors;
+pub mod admission;
 pub mod aggregate;
 pub mod config;
 pub mod crypto;

@@ -62,6 +62,13 @@ struct Cli {
     /// Training data: .txt / .jsonl files or directories (repeatable). Default: built-in corpus.
     #[arg(long)]
     data: Vec<PathBuf>,
+    /// Genesis file of the network to join (`neuroshard network init`); it sets the network id,
+    /// model preset and reward schedule.
+    #[arg(long)]
+    genesis: Option<PathBuf>,
+    /// This node's membership certificate (`neuroshard network admit`).
+    #[arg(long)]
+    membership: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -118,6 +125,57 @@ enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// Define a network (genesis, authority keys) and admit nodes to it.
+    Network {
+        #[command(subcommand)]
+        command: NetworkCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum NetworkCommand {
+    /// Write a new network's genesis file and authority key(s) into DIR.
+    Init {
+        /// Directory for genesis.json and authority.key (created; existing files are kept).
+        #[arg(long)]
+        out: PathBuf,
+        /// Who counts: permissioned (authorities sign membership certificates) or open.
+        #[arg(long, default_value = "permissioned")]
+        policy: String,
+        #[arg(long, default_value = "mainnet")]
+        network_id: String,
+        /// Model preset: nano | micro | bootstrap.
+        #[arg(long, default_value = "micro")]
+        preset: String,
+        /// m: authority keys to create (authority.key, or authority-1.key … authority-m.key).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+        authorities: u32,
+        /// k: authority signatures a certificate needs (k of m).
+        #[arg(long, default_value_t = 1)]
+        threshold: u32,
+    },
+    /// Print a membership certificate (JSON) for a node, signed with an authority key.
+    Admit {
+        /// The network's genesis file.
+        #[arg(long)]
+        genesis: PathBuf,
+        /// The authority key file (from `network init`).
+        #[arg(long)]
+        authority_key: PathBuf,
+        /// The node_id to admit (32 hex characters, `neuroshard id`).
+        #[arg(long)]
+        node_id: String,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3650))]
+        days: u64,
+        /// Comma-separated roles.
+        #[arg(long, value_delimiter = ',', default_value = "trainer")]
+        roles: Vec<String>,
+        /// Add this authority's signature to an existing certificate (k-of-m) instead of issuing a
+        /// new one; --days and --roles are then those of the certificate.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -154,6 +212,8 @@ impl Cli {
             network_id: self.network_id.clone(),
             listen: self.listen.clone(),
             announce_addrs: self.announce_addr.clone(),
+            genesis: self.genesis.clone(),
+            membership: self.membership.clone(),
         }
     }
 }
@@ -200,6 +260,15 @@ fn main() -> ExitCode {
             command: LedgerCommand::Verify { state_dir },
         }) => return verify_ledger(&cli, state_dir),
         Some(Command::Status { url }) => return print_status(url),
+        Some(Command::Network { command }) => {
+            return match network_command(command) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         Some(Command::Experiment(options)) => return neuroshard::experiment::run(options.clone()),
         Some(Command::Devnet {
             nodes,
@@ -373,6 +442,15 @@ fn print_status(url: &str) -> ExitCode {
             ),
         ),
         ("θ₀", text(&stats["theta0_hash"])),
+        (
+            "admission",
+            format!(
+                "{} (admitted: {}, genesis {})",
+                text(&stats["admission"]["policy"]),
+                text(&stats["admission"]["admitted"]),
+                text(&stats["admission"]["genesis_hash"])
+            ),
+        ),
         ("peers", text(&stats["peer_count"])),
         (
             "NEURO",
@@ -389,4 +467,152 @@ fn print_status(url: &str) -> ExitCode {
         println!("{name:<17} {value}");
     }
     ExitCode::SUCCESS
+}
+
+/// `neuroshard network init|admit`; every error names the file (and field) at fault.
+fn network_command(command: &NetworkCommand) -> Result<(), String> {
+    use neuroshard::admission::{self, Certificate, Genesis, Policy};
+    match command {
+        NetworkCommand::Init {
+            out,
+            policy,
+            network_id,
+            preset,
+            authorities,
+            threshold,
+        } => {
+            let policy = Policy::parse(policy)
+                .ok_or_else(|| format!("--policy: {policy:?} is not permissioned or open"))?;
+            let tokens: Vec<String> = (0..*authorities).map(|_| generate_token()).collect();
+            let keys: Vec<_> = tokens
+                .iter()
+                .map(|t| {
+                    Identity::from_token(t)
+                        .expect("generated tokens are valid")
+                        .public
+                })
+                .collect();
+            let genesis = Genesis::new(
+                network_id,
+                preset,
+                policy,
+                &keys,
+                *threshold,
+                neuroshard::ledger::rewards::RewardSchedule::default(),
+                admission::unix_s(),
+            )
+            .map_err(|e| format!("--{}: {}", e.field.replace('_', "-"), e.reason))?;
+            std::fs::create_dir_all(out).map_err(|e| format!("--out {}: {e}", out.display()))?;
+            let key_files: Vec<PathBuf> = if tokens.len() == 1 {
+                vec![out.join("authority.key")]
+            } else {
+                (1..=tokens.len())
+                    .map(|i| out.join(format!("authority-{i}.key")))
+                    .collect()
+            };
+            let genesis_file = out.join("genesis.json");
+            for path in key_files.iter().chain([&genesis_file]) {
+                if path.exists() {
+                    return Err(format!(
+                        "{}: already exists; refusing to overwrite a network's files",
+                        path.display()
+                    ));
+                }
+            }
+            for (path, token) in key_files.iter().zip(&tokens) {
+                write_new(path, &format!("{token}\n"), 0o600)?;
+            }
+            write_new(
+                &genesis_file,
+                &format!("{}\n", genesis.to_json_pretty()),
+                0o644,
+            )?;
+            println!("genesis:       {}", genesis_file.display());
+            for path in &key_files {
+                println!("authority key: {} (keep it secret)", path.display());
+            }
+            println!("genesis hash:  {}", genesis.hash());
+            Ok(())
+        }
+        NetworkCommand::Admit {
+            genesis,
+            authority_key,
+            node_id,
+            days,
+            roles,
+            cert,
+        } => {
+            let genesis_file = genesis;
+            let genesis = Genesis::load(genesis_file).map_err(|e| e.to_string())?;
+            let token = std::fs::read_to_string(authority_key)
+                .map_err(|e| format!("{}: cannot read: {e}", authority_key.display()))?;
+            let authority = Identity::from_token(token.lines().next().unwrap_or(""))
+                .map_err(|e| format!("{}: not an authority key: {e}", authority_key.display()))?;
+            if !genesis.is_authority(&authority.public) {
+                return Err(format!(
+                    "{}: this key ({}) is not one of the authorities of {}",
+                    authority_key.display(),
+                    hex::encode(authority.public.serialize()),
+                    genesis_file.display()
+                ));
+            }
+            let node_id = node_id.trim().to_ascii_lowercase();
+            if !admission::valid_node_id(&node_id) {
+                return Err(format!(
+                    "--node-id: {node_id:?} is not a node_id (32 hex characters, see `neuroshard id`)"
+                ));
+            }
+            let mut certificate = match cert {
+                Some(path) => {
+                    let existing = Certificate::load(path).map_err(|e| e.to_string())?;
+                    if existing.node_id != node_id || existing.genesis_hash != genesis.hash() {
+                        return Err(format!(
+                            "{}: issued to node {} under genesis {}, not to {node_id} under {}",
+                            path.display(),
+                            existing.node_id,
+                            existing.genesis_hash,
+                            genesis_file.display()
+                        ));
+                    }
+                    existing
+                }
+                None => {
+                    let now = admission::unix_s();
+                    let mut roles = roles.clone();
+                    roles.dedup();
+                    Certificate::unsigned(&genesis, &node_id, roles, now, now + days * 86_400)
+                }
+            };
+            certificate.sign(&authority);
+            // Everything but the threshold must hold for what this command prints.
+            match certificate.check_signatures(&genesis) {
+                Ok(()) | Err(admission::CertError::BelowThreshold { .. }) => {}
+                Err(e) => return Err(format!("the certificate would not verify: {e}")),
+            }
+            println!("{}", certificate.to_json_pretty());
+            let signed = certificate.signatures.len();
+            if signed < genesis.threshold as usize {
+                eprintln!(
+                    "note: {signed} of the {} signatures the genesis requires; add more with --cert",
+                    genesis.threshold
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Creates `path` (never overwriting) with `mode` on unix.
+fn write_new(path: &std::path::Path, contents: &str, mode: u32) -> Result<(), String> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    options
+        .open(path)
+        .and_then(|mut f| f.write_all(contents.as_bytes()))
+        .map_err(|e| format!("{}: cannot write: {e}", path.display()))
 }

@@ -20,6 +20,7 @@ use crate::actors::supervisor::{SupervisorActor, TrainerRecipe};
 use crate::actors::sybil::{MAX_SYBILS, SybilActor, SybilOptions};
 use crate::actors::sync::{CheckpointTarget, RoundSettings, SyncActor};
 use crate::actors::trainer::{Cadence, PanicFault};
+use crate::admission::{self, AdmissionView, Certificate, Policy};
 use crate::config::Config;
 use crate::crypto::{Identity, generate_token};
 use crate::diloco::OuterOptimizer;
@@ -133,6 +134,44 @@ struct Prepared {
     target: CheckpointTarget,
     listener: TcpListener,
     ledger: LedgerStore,
+    /// This node's membership certificate, verified for its node_id.
+    membership: Option<Certificate>,
+}
+
+/// Reads `network.membership`; the error names the file and the field.
+fn load_membership(config: &Config) -> Result<Option<Certificate>, NodeError> {
+    config
+        .network
+        .membership
+        .as_deref()
+        .map(|path| {
+            Certificate::load(path)
+                .map_err(|e| NodeError::Input(format!("network.membership: {e}")))
+        })
+        .transpose()
+}
+
+/// The certificate must admit this node into the genesis's network now: a node that would present
+/// a certificate its peers refuse does not start.
+fn check_membership(
+    config: &Config,
+    certificate: Option<&Certificate>,
+    identity: &Identity,
+) -> Result<(), NodeError> {
+    let (Some(genesis), Some(certificate), Some(path)) = (
+        config.genesis.as_ref(),
+        certificate,
+        config.network.membership.as_deref(),
+    ) else {
+        return Ok(());
+    };
+    admission::verify(admission::unix_s(), genesis, certificate, &identity.node_id).map_err(|e| {
+        NodeError::Input(format!(
+            "network.membership: {}: does not admit node {}: {e}",
+            path.display(),
+            identity.node_id
+        ))
+    })
 }
 
 fn prepare(config: &Config) -> Result<Prepared, NodeError> {
@@ -141,6 +180,10 @@ fn prepare(config: &Config) -> Result<Prepared, NodeError> {
         Identity::from_token(&token).map_err(|e| NodeError::Input(format!("token: {e}")))
     };
     let explicit = explicit_token(config)?.map(to_identity).transpose()?;
+    let membership = load_membership(config)?;
+    if let Some(identity) = &explicit {
+        check_membership(config, membership.as_ref(), identity)?;
+    }
     let model_config = config.model_config();
     let data = if config.training.enabled {
         Some(dataset(config, model_config.max_seq_len)?)
@@ -155,7 +198,11 @@ fn prepare(config: &Config) -> Result<Prepared, NodeError> {
     prepare_state_dir(&state_dir)?;
     let identity = match explicit {
         Some(identity) => identity,
-        None => to_identity(kept_token(&state_dir)?)?,
+        None => {
+            let identity = to_identity(kept_token(&state_dir)?)?;
+            check_membership(config, membership.as_ref(), &identity)?;
+            identity
+        }
     };
     let ledger = LedgerStore::open(&state_dir.join(LEDGER_FILE), config.ledger.rewards.clone())
         .map_err(|e| NodeError::Input(e.to_string()))?;
@@ -206,6 +253,7 @@ fn prepare(config: &Config) -> Result<Prepared, NodeError> {
         target,
         listener,
         ledger,
+        membership,
     })
 }
 
@@ -240,13 +288,20 @@ fn peer_options(
     identity: Identity,
     model_hash: &str,
     num_params: usize,
+    membership: Option<Certificate>,
 ) -> PeerOptions {
     let n = &config.network;
     // Every address was parsed when the config was validated.
     let addrs = |texts: &[String]| texts.iter().filter_map(|t| t.parse().ok()).collect();
+    let protocols = Protocols::new(&n.network_id, model_hash);
     PeerOptions {
         identity,
-        protocols: Protocols::new(&n.network_id, model_hash),
+        protocols: match &config.genesis {
+            Some(genesis) => protocols.with_genesis(&genesis.short_hash()),
+            None => protocols,
+        },
+        genesis: config.genesis.clone(),
+        membership,
         listen: addrs(&n.listen),
         announce_addrs: addrs(&n.announce_addrs),
         seed_peers: addrs(&config.seed_peers),
@@ -433,11 +488,31 @@ pub async fn run(config: Config, logs: LogRing) -> Result<(), NodeError> {
     let model_config = config.model_config();
     let training = prepared.data.is_some();
     info!(node_id = %prepared.identity.node_id, preset = %config.model.preset, params = model_config.num_params(), backend = train_backend_name(), "node starting");
+    let admission = AdmissionView::new(config.genesis.as_ref(), prepared.membership.as_ref());
+    // Without a certificate in a permissioned network, this node observes: it may train locally
+    // and serve the model, and says so in its heartbeats (role observer).
+    let observer = config
+        .genesis
+        .as_ref()
+        .is_some_and(|g| g.policy == Policy::Permissioned)
+        && prepared.membership.is_none();
+    if let Some(genesis) = &config.genesis {
+        info!(network = %genesis.network_id, genesis = %genesis.hash(), policy = admission.policy, certificate_expires_at_s = ?admission.certificate_expires_at_s, "network defined by a genesis");
+    }
+    if observer {
+        warn!(
+            "no membership certificate (network.membership, --membership) in a permissioned network: this node only observes; its deltas, proofs and verdicts count for nothing on other nodes"
+        );
+    }
 
     let status = StatusBoard::new(NodeStatus {
         node_id: prepared.identity.node_id.clone(),
         peer_id: prepared.identity.peer_id().to_string(),
-        role: if training { "trainer" } else { "observer" },
+        role: if training && !observer {
+            "trainer"
+        } else {
+            "observer"
+        },
         version: env!("CARGO_PKG_VERSION"),
         preset: config.model.preset.clone(),
         num_params: model_config.num_params(),
@@ -474,6 +549,7 @@ pub async fn run(config: Config, logs: LogRing) -> Result<(), NodeError> {
         weights_version: 0,
         network: Default::default(),
         neuro: Default::default(),
+        admission,
     });
     status.publish_weights(Arc::new(
         prepared
@@ -495,6 +571,7 @@ pub async fn run(config: Config, logs: LogRing) -> Result<(), NodeError> {
         prepared.identity.clone(),
         &model_config.hash_hex(),
         model_config.num_params(),
+        prepared.membership.clone(),
     );
     network.faults.heal_poison = switches
         .heal_poison

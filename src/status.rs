@@ -67,6 +67,8 @@ pub struct NodeStatus {
     /// This node's account and the ledger's totals, as the LedgerActor last published them.
     #[serde(skip)]
     pub neuro: Arc<NeuroView>,
+    /// This node's admission: policy, genesis, own certificate.
+    pub admission: crate::admission::AdmissionView,
 }
 
 /// What /api/neuro shows, refreshed by the LedgerActor after every change.

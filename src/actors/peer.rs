@@ -32,6 +32,7 @@ use super::messages::{
     AnnounceRound, BlobServed, FetchBlob, LedgerGossip, OfferBlob, PeerOffence, PeerRoundAnnounced,
     PublishLedger, RefusedAtGate, RegisterAttack, RegisterLedger, RegisterRounds, RoundObserved,
 };
+use crate::admission::{Certificate, Genesis, unix_s};
 use crate::crypto::{Identity, generate_token};
 use crate::diloco::attack::{HEAL_POISON_ROUNDS_AHEAD, PoisonedOuter};
 use crate::ledger::proof::check_signature;
@@ -69,6 +70,10 @@ pub struct PeerOptions {
     pub max_blob_bytes: u64,
     pub blob_timeout: Duration,
     pub faults: GossipFaults,
+    /// This node's genesis: peers' certificates are checked against it.
+    pub genesis: Option<Genesis>,
+    /// This node's own membership certificate, presented in every heartbeat.
+    pub membership: Option<Certificate>,
 }
 
 /// Test fault switches that make this node a misbehaving peer (NEUROSHARD_FAULT_GOSSIP_*,
@@ -142,6 +147,7 @@ pub(crate) fn heartbeat_of(
     node_id: &str,
     role: &str,
     poison: Option<&PoisonedOuter>,
+    membership: Option<&Certificate>,
 ) -> Option<wire::Heartbeat> {
     if status.theta0_hash.is_empty() {
         return None;
@@ -167,6 +173,7 @@ pub(crate) fn heartbeat_of(
         momentum_hash,
         tokens_per_sec: status.tokens_per_sec,
         sent_at_ms: unix_ms(),
+        membership: membership.cloned(),
     })
 }
 
@@ -406,10 +413,14 @@ impl PeerActor {
         for addr in &options.announce_addrs {
             swarm.add_external_address(addr.clone());
         }
+        let table = PeerTable::new(options.policy.clone());
         Ok(Self {
             swarm,
             meter,
-            table: PeerTable::new(options.policy.clone()),
+            table: match options.genesis.clone() {
+                Some(genesis) => table.with_genesis(genesis),
+                None => table,
+            },
             options,
             topics,
             rounds: None,
@@ -537,6 +548,7 @@ impl PeerActor {
             &s.node_id,
             s.role,
             self.options.faults.heal_poison.as_deref(),
+            self.options.membership.as_ref(),
         )
     }
 
@@ -607,7 +619,7 @@ impl PeerActor {
 
     fn publish_view(&self) {
         let now = Instant::now();
-        let (peers, totals) = self.table.view(now, &self.meter.snapshot());
+        let (peers, totals) = self.table.view(now, unix_s(), &self.meter.snapshot());
         let view = NetworkView {
             network_id: self.options.protocols.network_id.clone(),
             listen_addrs: self
@@ -630,7 +642,7 @@ impl PeerActor {
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
         let now = Instant::now();
         let acceptance = match self.validate_gossip(now, source, &message) {
-            Ok(()) => MessageAcceptance::Accept,
+            Ok(acceptance) => acceptance,
             Err((blame, rejection)) => {
                 let blamed = match (blame, message.source) {
                     (Blame::Origin, Some(origin)) => origin,
@@ -650,17 +662,20 @@ impl PeerActor {
             .report_message_validation_result(&id, &source, acceptance);
     }
 
+    /// `Ignore` for valid work of an unadmitted origin in a permissioned network: not passed on
+    /// (to Sync, the ledger or other peers), counted as unadmitted, not held against anyone.
     fn validate_gossip(
         &mut self,
         now: Instant,
         source: PeerId,
         message: &gossipsub::Message,
-    ) -> Result<(), (Blame, Rejection)> {
+    ) -> Result<MessageAcceptance, (Blame, Rejection)> {
         let Some(origin) = message.source else {
             return Err((Blame::Sender, Rejection::UnknownSigner));
         };
         if self.options.faults.own_sybils.contains(&origin) {
-            return Ok(()); // this node's own Sybils: relayed, not believed
+            // This node's own Sybils: relayed, not believed.
+            return Ok(MessageAcceptance::Accept);
         }
         let blame = |blame| move |rejection| (blame, rejection);
         let now_ms = unix_ms();
@@ -677,6 +692,7 @@ impl PeerActor {
                     self.table
                         .accept_heartbeat(now, now_ms, source, origin, heartbeat)
                 })
+                .map(|()| MessageAcceptance::Accept)
                 .map_err(blame(Blame::Origin))
         } else if message.topic == self.topics.round.hash() {
             self.table
@@ -689,6 +705,9 @@ impl PeerActor {
             announcement
                 .check(&node_id, self.options.max_blob_bytes, now_ms)
                 .map_err(blame(Blame::Origin))?;
+            if !self.table.passes_work(now, now_ms / 1000, origin) {
+                return Ok(MessageAcceptance::Ignore);
+            }
             self.table.accept(now, source);
             if let Some(attack) = &self.attack {
                 attack.do_send(RoundObserved {
@@ -702,7 +721,7 @@ impl PeerActor {
                     announcement,
                 });
             }
-            Ok(())
+            Ok(MessageAcceptance::Accept)
         } else if message.topic == self.topics.ledger.hash() {
             self.table
                 .admit(now, origin)
@@ -728,6 +747,9 @@ impl PeerActor {
                 }
                 return Err((Blame::Origin, rejection));
             }
+            if !self.table.passes_work(now, now_ms / 1000, origin) {
+                return Ok(MessageAcceptance::Ignore);
+            }
             self.table.accept(now, source);
             if let Some(ledger) = &self.ledger {
                 ledger.gossip.do_send(LedgerGossip {
@@ -735,7 +757,7 @@ impl PeerActor {
                     message: entry,
                 });
             }
-            Ok(())
+            Ok(MessageAcceptance::Accept)
         } else {
             let unexpected = format!("unexpected topic {}", message.topic);
             Err((Blame::Sender, Rejection::Malformed(unexpected)))

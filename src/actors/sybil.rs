@@ -35,6 +35,7 @@ use super::peer::{
     Behaviour, BehaviourEvent, MAX_HELD_REQUESTS, OWN_DELTAS_KEPT, PeerActor, PeerOptions, Serve,
     SlowBlob, Topics, build_swarm, heartbeat_of, poisoned_blob,
 };
+use crate::admission::Certificate;
 use crate::crypto::Identity;
 use crate::diloco::attack::{Attack, sybil_delta};
 use crate::diloco::codec::{CodecConfig, decode, encode};
@@ -76,7 +77,7 @@ struct Sybil {
     /// This identity's announcement for the round the node last announced.
     announced: Option<RoundAnnouncement>,
     /// Its membership certificate (NEUROSHARD_FAULT_SYBIL_CERTS), once the file exists.
-    certificate: Option<serde_json::Value>,
+    certificate: Option<Certificate>,
 }
 
 impl Sybil {
@@ -114,15 +115,19 @@ impl Sybil {
     /// This identity's heartbeat: a trainer at the node's round and θ₀ (or the poisoned claim).
     /// The one place a Sybil's heartbeat is made.
     ///
-    /// HOOK (membership certificates): `wire::Heartbeat` has no `membership` field on this
-    /// branch yet. When it gets one, attach `self.certificate.clone()` to it here, so identity i
-    /// presents DIR/sybil-<i>.json; `load_certificate` already reads the file.
+    /// Identity i presents DIR/sybil-<i>.json (NEUROSHARD_FAULT_SYBIL_CERTS) once it exists.
     fn heartbeat(
         &self,
         status: &NodeStatus,
         poison: Option<&crate::diloco::attack::PoisonedOuter>,
     ) -> Option<wire::Heartbeat> {
-        heartbeat_of(status, &self.identity.node_id, "trainer", poison)
+        heartbeat_of(
+            status,
+            &self.identity.node_id,
+            "trainer",
+            poison,
+            self.certificate.as_ref(),
+        )
     }
 }
 

@@ -9,7 +9,11 @@ use libp2p::{Multiaddr, PeerId};
 use serde::Serialize;
 
 use super::wire::{Heartbeat, Rejection};
+use crate::admission::{CertError, Certificate, Genesis, Policy};
 use crate::crypto;
+
+/// Certificate verifications remembered (by the certificate's bytes) before the cache starts over.
+const MAX_CACHED_CERTIFICATES: usize = 1024;
 
 /// Limits from the `[network]` config.
 #[derive(Debug, Clone)]
@@ -25,6 +29,13 @@ pub struct PeerPolicy {
     /// gets a peer banned too.
     pub ban_below_score: f64,
     pub ban_for: Duration,
+}
+
+/// This node's genesis and the certificates already checked against it: a heartbeat carrying a
+/// known certificate costs a hash lookup, not an ECDSA verification.
+struct Admission {
+    genesis: Genesis,
+    checked: HashMap<[u8; 32], Result<(), CertError>>,
 }
 
 #[derive(Debug, Clone)]
@@ -63,6 +74,10 @@ struct Entry {
     heartbeat_age_ms: Option<i64>,
     window: Window,
     banned_until: Option<Instant>,
+    /// Expiry (unix s) of the valid certificate of the peer's last heartbeat.
+    admitted_until_s: Option<u64>,
+    /// Round announcements and ledger messages dropped because the peer is not admitted.
+    unadmitted: u64,
 }
 
 /// One row of /api/peers.
@@ -82,12 +97,18 @@ pub struct PeerView {
     pub rejections: BTreeMap<&'static str, u64>,
     pub last_rejection: Option<String>,
     pub banned: bool,
-    /// Holds a valid membership certificate of this node's network (permissioned networks).
-    pub admitted: bool,
     /// The peer's last heartbeat: role, step, round, θ₀ hash, tokens/s.
     pub heartbeat: Option<Heartbeat>,
     /// Arrival time minus the heartbeat's own timestamp: gossip delay plus clock offset.
     pub heartbeat_age_ms: Option<i64>,
+    /// The peer's last heartbeat carried a valid, unexpired certificate for its node_id under this
+    /// node's genesis (always false without a genesis).
+    pub admitted: bool,
+    /// When that certificate expires (unix seconds).
+    pub admitted_until_s: Option<u64>,
+    /// Messages of this peer dropped because it is not admitted (not rejections: unadmitted nodes
+    /// may observe, and are never banned for it).
+    pub unadmitted: u64,
 }
 
 /// Network-wide counters of /api/network.
@@ -102,6 +123,8 @@ pub struct NetworkTotals {
     pub peers_refused: u64,
     pub last_refusal: Option<String>,
     pub peers_banned: u64,
+    /// Round announcements and ledger messages dropped because their origin is not admitted.
+    pub messages_unadmitted: u64,
 }
 
 /// What `reject` decided.
@@ -126,6 +149,7 @@ pub struct PeerTable {
     policy: PeerPolicy,
     peers: HashMap<PeerId, Entry>,
     totals: NetworkTotals,
+    admission: Option<Admission>,
 }
 
 impl PeerTable {
@@ -134,7 +158,18 @@ impl PeerTable {
             policy,
             peers: HashMap::new(),
             totals: NetworkTotals::default(),
+            admission: None,
         }
+    }
+
+    /// Peers' certificates are checked against `genesis`; in a permissioned network only
+    /// admitted peers' work is passed on.
+    pub fn with_genesis(mut self, genesis: Genesis) -> Self {
+        self.admission = Some(Admission {
+            genesis,
+            checked: HashMap::new(),
+        });
+        self
     }
 
     fn entry(&mut self, now: Instant, peer: PeerId) -> &mut Entry {
@@ -156,6 +191,8 @@ impl PeerTable {
                 rejections: 0,
             },
             banned_until: None,
+            admitted_until_s: None,
+            unadmitted: 0,
         })
     }
 
@@ -218,28 +255,93 @@ impl PeerTable {
     }
 
     /// A valid heartbeat of `origin` arrived from `source`. Refused when it is not newer than the
-    /// last one accepted from that node (a replay).
+    /// last one accepted from that node (a replay), or when it carries a certificate that is
+    /// forged, altered or someone else's. An expired certificate, or none, leaves the peer
+    /// unadmitted but is no offence.
     pub fn accept_heartbeat(
         &mut self,
         now: Instant,
         now_ms: u64,
         source: PeerId,
         origin: PeerId,
-        heartbeat: Heartbeat,
+        mut heartbeat: Heartbeat,
     ) -> Result<(), Rejection> {
-        let entry = self.entry(now, origin);
-        if entry
-            .heartbeat
-            .as_ref()
+        if self
+            .peers
+            .get(&origin)
+            .and_then(|e| e.heartbeat.as_ref())
             .is_some_and(|last| heartbeat.sent_at_ms <= last.sent_at_ms)
         {
             return Err(Rejection::Replayed);
         }
+        // The certificate is checked here and not kept with the heartbeat (/api/peers shows the
+        // outcome, `admitted`), so the view stays small.
+        let certificate = heartbeat.membership.take();
+        let admitted_until_s =
+            self.check_certificate(now_ms / 1000, &heartbeat.node_id, certificate)?;
+        let entry = self.entry(now, origin);
+        entry.admitted_until_s = admitted_until_s;
         entry.last_seen = now;
         entry.heartbeat_age_ms = Some(now_ms as i64 - heartbeat.sent_at_ms as i64);
         entry.heartbeat = Some(heartbeat);
         self.accept(now, source);
         Ok(())
+    }
+
+    /// The expiry of `certificate` when it admits `node_id` at `now_s` under this node's genesis;
+    /// `None` without a genesis or a certificate, or when it expired or is not valid yet.
+    fn check_certificate(
+        &mut self,
+        now_s: u64,
+        node_id: &str,
+        certificate: Option<Certificate>,
+    ) -> Result<Option<u64>, Rejection> {
+        let (Some(admission), Some(certificate)) = (&mut self.admission, certificate) else {
+            return Ok(None);
+        };
+        let key = certificate.cache_key();
+        let signatures = match admission.checked.get(&key) {
+            Some(known) => known.clone(),
+            None => {
+                let checked = certificate.check_signatures(&admission.genesis);
+                if admission.checked.len() >= MAX_CACHED_CERTIFICATES {
+                    admission.checked.clear();
+                }
+                admission.checked.insert(key, checked.clone());
+                checked
+            }
+        };
+        match signatures.and_then(|()| certificate.check_holder(now_s, node_id)) {
+            Ok(()) => Ok(Some(certificate.expires_at_s)),
+            Err(e) if e.is_offence() => Err(Rejection::BadCertificate(e.to_string())),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Whether `peer` presented a certificate that admits it at `now_s` (never without a genesis).
+    pub fn is_admitted(&self, peer: &PeerId, now_s: u64) -> bool {
+        self.admission.is_some()
+            && self
+                .peers
+                .get(peer)
+                .and_then(|e| e.admitted_until_s)
+                .is_some_and(|until| now_s < until)
+    }
+
+    /// Whether the work `origin` signed (a round announcement, a ledger message) is passed on:
+    /// always, unless this node's genesis is permissioned and `origin` is not admitted; then the
+    /// message is dropped and counted as unadmitted, which is not a rejection and never bans.
+    pub fn passes_work(&mut self, now: Instant, now_s: u64, origin: PeerId) -> bool {
+        let permissioned = self
+            .admission
+            .as_ref()
+            .is_some_and(|a| a.genesis.policy == Policy::Permissioned);
+        if !permissioned || self.is_admitted(&origin, now_s) {
+            return true;
+        }
+        self.entry(now, origin).unadmitted += 1;
+        self.totals.messages_unadmitted += 1;
+        false
     }
 
     /// A valid gossip message arrived from `source`.
@@ -336,10 +438,12 @@ impl PeerTable {
             .count()
     }
 
-    /// The table for the API; `bytes` holds (in, out) per peer from the connection counters.
+    /// The table for the API at `now` (`now_s`: unix seconds, for certificate expiry); `bytes`
+    /// holds (in, out) per peer from the connection counters.
     pub fn view(
         &self,
         now: Instant,
+        now_s: u64,
         bytes: &HashMap<PeerId, (u64, u64)>,
     ) -> (Vec<PeerView>, NetworkTotals) {
         let mut peers: Vec<PeerView> = self
@@ -359,9 +463,11 @@ impl PeerTable {
                 rejections: e.rejections.clone(),
                 last_rejection: e.last_rejection.clone(),
                 banned: e.banned_until.is_some_and(|until| now < until),
-                admitted: false,
                 heartbeat: e.heartbeat.clone(),
                 heartbeat_age_ms: e.heartbeat_age_ms,
+                admitted: self.is_admitted(peer, now_s),
+                admitted_until_s: e.admitted_until_s,
+                unadmitted: e.unadmitted,
             })
             .collect();
         peers.sort_by(|a, b| a.node_id.cmp(&b.node_id));
@@ -402,6 +508,7 @@ mod tests {
             momentum_hash: "0".repeat(64),
             tokens_per_sec: 0.0,
             sent_at_ms,
+            membership: None,
         }
     }
 
@@ -471,7 +578,7 @@ mod tests {
         assert!(reason.contains("10 rejected") && reason.contains("bad signature"));
         assert!(table.is_banned(&a, t0));
         assert_eq!(table.admit(t0, a), Err(Rejection::Banned));
-        let (peers, totals) = table.view(t0, &HashMap::from([(a, (300, 20))]));
+        let (peers, totals) = table.view(t0, 0, &HashMap::from([(a, (300, 20))]));
         assert_eq!((peers[0].rejected, peers[0].banned), (10, true));
         assert_eq!(peers[0].rejections, BTreeMap::from([("bad_signature", 10)]));
         assert_eq!(
@@ -515,6 +622,158 @@ mod tests {
         assert!(table.is_banned(&a, t0));
     }
 
+    mod admission {
+        use super::*;
+        use crate::admission::{Certificate, Genesis, Policy};
+        use crate::ledger::rewards::RewardSchedule;
+
+        const NOW_S: u64 = 1_800_000_000;
+
+        fn id() -> Identity {
+            Identity::from_token(&generate_token()).unwrap()
+        }
+
+        fn genesis(authority: &Identity, policy: Policy) -> Genesis {
+            Genesis::new(
+                "permnet",
+                "nano",
+                policy,
+                &[authority.public],
+                1,
+                RewardSchedule::default(),
+                NOW_S - 10,
+            )
+            .unwrap()
+        }
+
+        fn cert(genesis: &Genesis, authority: &Identity, node: &Identity) -> Certificate {
+            let mut c = Certificate::unsigned(
+                genesis,
+                &node.node_id,
+                vec!["trainer".into()],
+                NOW_S - 5,
+                NOW_S + 100,
+            );
+            c.sign(authority);
+            c
+        }
+
+        fn heartbeat_of(
+            node: &Identity,
+            sent_at_ms: u64,
+            membership: Option<Certificate>,
+        ) -> Heartbeat {
+            Heartbeat {
+                node_id: node.node_id.clone(),
+                membership,
+                ..heartbeat(sent_at_ms)
+            }
+        }
+
+        const MS: u64 = NOW_S * 1000;
+
+        #[test]
+        fn a_valid_certificate_admits_its_peer_until_it_expires_and_is_verified_once() {
+            let t0 = Instant::now();
+            let (authority, node) = (id(), id());
+            let g = genesis(&authority, Policy::Permissioned);
+            let c = cert(&g, &authority, &node);
+            let mut table = PeerTable::new(policy()).with_genesis(g);
+            let p = node.peer_id();
+            for i in 0..3 {
+                table
+                    .accept_heartbeat(t0, MS, p, p, heartbeat_of(&node, MS + i, Some(c.clone())))
+                    .unwrap();
+            }
+            assert_eq!(table.admission.as_ref().unwrap().checked.len(), 1);
+            assert!(table.passes_work(t0, NOW_S, p));
+            let (peers, totals) = table.view(t0, NOW_S, &HashMap::new());
+            assert!(peers[0].admitted);
+            assert_eq!(peers[0].admitted_until_s, Some(NOW_S + 100));
+            assert!(peers[0].heartbeat.as_ref().unwrap().membership.is_none());
+            assert_eq!((peers[0].unadmitted, totals.messages_unadmitted), (0, 0));
+            // At its expiry the same peer is unadmitted, without a new heartbeat.
+            assert!(!table.is_admitted(&p, NOW_S + 100));
+            assert!(!table.passes_work(t0, NOW_S + 100, p));
+        }
+
+        #[test]
+        fn an_unadmitted_peer_is_dropped_and_counted_but_never_rejected_or_banned() {
+            let t0 = Instant::now();
+            let (authority, node) = (id(), id());
+            let mut table =
+                PeerTable::new(policy()).with_genesis(genesis(&authority, Policy::Permissioned));
+            let p = node.peer_id();
+            table
+                .accept_heartbeat(t0, MS, p, p, heartbeat_of(&node, MS, None))
+                .unwrap();
+            for _ in 0..100 {
+                assert!(!table.passes_work(t0, NOW_S, p));
+            }
+            assert!(!table.is_banned(&p, t0));
+            let (peers, totals) = table.view(t0, NOW_S, &HashMap::new());
+            assert_eq!((peers[0].admitted, peers[0].unadmitted), (false, 100));
+            assert_eq!((peers[0].rejected, peers[0].banned), (0, false));
+            assert_eq!(
+                (totals.messages_unadmitted, totals.messages_rejected),
+                (100, 0)
+            );
+        }
+
+        #[test]
+        fn an_expired_certificate_is_no_offence_but_a_forged_or_borrowed_one_is() {
+            let t0 = Instant::now();
+            let (authority, node, other, impostor) = (id(), id(), id(), id());
+            let g = genesis(&authority, Policy::Permissioned);
+            let mut table = PeerTable::new(policy()).with_genesis(g.clone());
+            let p = node.peer_id();
+            let late = (NOW_S + 200) * 1000;
+            table
+                .accept_heartbeat(
+                    t0,
+                    late,
+                    p,
+                    p,
+                    heartbeat_of(&node, late, Some(cert(&g, &authority, &node))),
+                )
+                .unwrap();
+            assert!(!table.is_admitted(&p, NOW_S + 200));
+            // Another node's certificate, and one signed by a non-authority.
+            let borrowed = cert(&g, &authority, &other);
+            let e = table
+                .accept_heartbeat(t0, MS, p, p, heartbeat_of(&node, late + 1, Some(borrowed)))
+                .unwrap_err();
+            assert_eq!(e.kind(), "bad_certificate");
+            assert!(e.to_string().contains("issued to node"), "{e}");
+            let forged = cert(&g, &impostor, &node);
+            let e = table
+                .accept_heartbeat(t0, MS, p, p, heartbeat_of(&node, late + 2, Some(forged)))
+                .unwrap_err();
+            assert_eq!(e.kind(), "bad_certificate");
+        }
+
+        #[test]
+        fn without_a_genesis_or_in_an_open_network_every_peer_passes_and_none_is_admitted() {
+            let t0 = Instant::now();
+            let (authority, node) = (id(), id());
+            let g = genesis(&authority, Policy::Permissioned);
+            let c = cert(&g, &authority, &node);
+            let p = node.peer_id();
+            let mut plain = PeerTable::new(policy());
+            plain
+                .accept_heartbeat(t0, MS, p, p, heartbeat_of(&node, MS, Some(c.clone())))
+                .unwrap();
+            assert!(plain.passes_work(t0, NOW_S, p));
+            assert!(!plain.view(t0, NOW_S, &HashMap::new()).0[0].admitted);
+            let mut open = PeerTable::new(policy()).with_genesis(genesis(&authority, Policy::Open));
+            let stranger = id().peer_id();
+            assert!(open.passes_work(t0, NOW_S, stranger));
+            open.accept_heartbeat(t0, MS, p, p, heartbeat_of(&node, MS, None))
+                .unwrap();
+            assert!(!open.is_admitted(&p, NOW_S));
+        }
+    }
+
     #[test]
     fn the_view_shows_the_node_id_of_the_peer_key() {
         let t0 = Instant::now();
@@ -525,7 +784,7 @@ mod tests {
             id.peer_id(),
             vec!["/ip4/127.0.0.1/tcp/1".parse().unwrap()],
         );
-        let (peers, _) = table.view(t0, &HashMap::new());
+        let (peers, _) = table.view(t0, 0, &HashMap::new());
         assert_eq!(peers[0].node_id, id.node_id);
         assert_eq!(peers[0].addrs, vec!["/ip4/127.0.0.1/tcp/1".to_string()]);
     }

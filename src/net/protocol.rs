@@ -1,5 +1,6 @@
-//! Protocol names, all derived from the network id, so separate networks never share a DHT or a
-//! gossip topic; and the check two peers run when they meet (same network, same model).
+//! Protocol names, all derived from the network id (and the genesis hash, when the network has a
+//! genesis), so separate networks never share a DHT or a gossip topic; and the check two peers run
+//! when they meet (same network, same model, same genesis).
 
 use libp2p::StreamProtocol;
 
@@ -11,6 +12,8 @@ const WIRE_VERSION: u32 = 1;
 pub struct Protocols {
     pub network_id: String,
     pub model_hash: String,
+    /// The first 16 hex characters of the genesis hash; `None` on the built-in default network.
+    pub genesis: Option<String>,
 }
 
 impl Protocols {
@@ -18,6 +21,21 @@ impl Protocols {
         Self {
             network_id: network_id.to_string(),
             model_hash: model_hash.to_string(),
+            genesis: None,
+        }
+    }
+
+    /// The names of the network a genesis (short hash, hex) defines.
+    pub fn with_genesis(mut self, short_hash: &str) -> Self {
+        self.genesis = Some(short_hash.to_string());
+        self
+    }
+
+    /// The network's name in protocol names: its id, and its genesis when it has one.
+    fn scope(&self) -> String {
+        match &self.genesis {
+            Some(genesis) => format!("{}/{genesis}", self.network_id),
+            None => self.network_id.clone(),
         }
     }
 
@@ -25,23 +43,21 @@ impl Protocols {
     pub fn identify_version(&self) -> String {
         format!(
             "/neuroshard/{WIRE_VERSION}/{}/{}",
-            self.network_id, self.model_hash
+            self.scope(),
+            self.model_hash
         )
     }
 
     pub fn kademlia(&self) -> StreamProtocol {
-        self.stream(&format!("/neuroshard/{}/kad/1.0.0", self.network_id))
+        self.stream(&format!("/neuroshard/{}/kad/1.0.0", self.scope()))
     }
 
     pub fn blob(&self) -> StreamProtocol {
-        self.stream(&format!(
-            "/neuroshard/{}/blob/{WIRE_VERSION}",
-            self.network_id
-        ))
+        self.stream(&format!("/neuroshard/{}/blob/{WIRE_VERSION}", self.scope()))
     }
 
     pub fn topic(&self, kind: &str) -> String {
-        format!("neuroshard/{}/{kind}/{WIRE_VERSION}", self.network_id)
+        format!("neuroshard/{}/{kind}/{WIRE_VERSION}", self.scope())
     }
 
     fn stream(&self, name: &str) -> StreamProtocol {
@@ -53,10 +69,16 @@ impl Protocols {
     /// is the reason logged, counted and shown on /api/network.
     pub fn check_peer(&self, their_version: &str) -> Result<(), String> {
         let parts: Vec<&str> = their_version.split('/').collect();
-        let [_, "neuroshard", version, network, model] = parts.as_slice() else {
-            return Err(format!(
-                "not a NeuroShard node (protocol {their_version:?})"
-            ));
+        let (version, network, genesis, model) = match parts.as_slice() {
+            [_, "neuroshard", version, network, model] => (version, network, None, model),
+            [_, "neuroshard", version, network, genesis, model] => {
+                (version, network, Some(*genesis), model)
+            }
+            _ => {
+                return Err(format!(
+                    "not a NeuroShard node (protocol {their_version:?})"
+                ));
+            }
         };
         if *version != WIRE_VERSION.to_string() {
             return Err(format!(
@@ -67,6 +89,15 @@ impl Protocols {
             return Err(format!(
                 "network {network:?}, this node is on {:?}",
                 self.network_id
+            ));
+        }
+        if genesis != self.genesis.as_deref() {
+            let name =
+                |g: Option<&str>| g.map_or("no genesis".to_string(), |g| format!("genesis {g}"));
+            return Err(format!(
+                "{}, this node is on {}",
+                name(genesis),
+                name(self.genesis.as_deref())
             ));
         }
         if *model != self.model_hash {
@@ -120,6 +151,27 @@ mod tests {
                 .unwrap_err()
                 .contains("version 9")
         );
+    }
+
+    #[test]
+    fn peers_of_another_genesis_or_without_one_are_refused_with_the_reason() {
+        let ours = Protocols::new("permnet", "abc123").with_genesis("0123456789abcdef");
+        assert_eq!(ours.check_peer(&ours.identify_version()), Ok(()));
+        let other = Protocols::new("permnet", "abc123").with_genesis("fedcba9876543210");
+        let reason = ours.check_peer(&other.identify_version()).unwrap_err();
+        assert!(
+            reason.contains("genesis fedcba9876543210")
+                && reason.contains("this node is on genesis 0123456789abcdef"),
+            "{reason}"
+        );
+        let plain = Protocols::new("permnet", "abc123");
+        let reason = ours.check_peer(&plain.identify_version()).unwrap_err();
+        assert!(reason.contains("no genesis"), "{reason}");
+        let reason = plain.check_peer(&ours.identify_version()).unwrap_err();
+        assert!(reason.contains("genesis 0123456789abcdef"), "{reason}");
+        assert_ne!(ours.topic("round"), plain.topic("round"));
+        assert_ne!(ours.topic("round"), other.topic("round"));
+        assert_ne!(ours.kademlia(), other.kademlia());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use libp2p::PeerId;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::admission::Certificate;
 use crate::crypto::{self, Identity};
 use crate::ledger::{ProofRejection, SignedProof, SignedTransaction, TxRejection};
 
@@ -42,6 +43,8 @@ pub enum Rejection {
     RateLimited { limit: u32 },
     #[error("banned peer")]
     Banned,
+    #[error("bad membership certificate: {0}")]
+    BadCertificate(String),
     #[error("proof refused: {0}")]
     Proof(#[from] ProofRejection),
     #[error("transaction refused: {0}")]
@@ -61,6 +64,7 @@ impl Rejection {
             Rejection::Replayed => "replayed",
             Rejection::RateLimited { .. } => "rate_limited",
             Rejection::Banned => "banned",
+            Rejection::BadCertificate(_) => "bad_certificate",
             Rejection::Proof(r) => r.kind(),
             Rejection::Transaction(r) => r.kind(),
         }
@@ -139,6 +143,9 @@ pub struct Heartbeat {
     pub tokens_per_sec: f64,
     /// Sender's clock, unix milliseconds.
     pub sent_at_ms: u64,
+    /// The sender's membership certificate in a permissioned network (a few hundred bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub membership: Option<Certificate>,
 }
 
 const ROLES: [&str; 2] = ["trainer", "observer"];
@@ -328,6 +335,7 @@ mod tests {
             momentum_hash: "cd".repeat(32),
             tokens_per_sec: 1500.0,
             sent_at_ms: NOW - 40,
+            membership: None,
         }
     }
 
@@ -360,6 +368,48 @@ mod tests {
             open_heartbeat(TOPIC, &flipped, &id.peer_id(), NOW),
             Err(Rejection::BadSignature)
         );
+    }
+
+    #[test]
+    fn a_heartbeat_carries_a_certificate_well_within_the_gossip_limit() {
+        use crate::admission::{Certificate, Genesis, Policy, verify};
+        let (id, authorities) = (identity(), [identity(), identity(), identity()]);
+        let keys: Vec<_> = authorities.iter().map(|a| a.public).collect();
+        let genesis = Genesis::new(
+            "permnet",
+            "nano",
+            Policy::Permissioned,
+            &keys,
+            3,
+            Default::default(),
+            1,
+        )
+        .unwrap();
+        let now_s = NOW / 1000;
+        let mut cert = Certificate::unsigned(
+            &genesis,
+            &id.node_id,
+            vec!["trainer".into()],
+            now_s,
+            now_s + 60,
+        );
+        for authority in &authorities {
+            cert.sign(authority);
+        }
+        let plain = seal(&id, TOPIC, &heartbeat(&id));
+        let with = Heartbeat {
+            membership: Some(cert.clone()),
+            ..heartbeat(&id)
+        };
+        let data = seal(&id, TOPIC, &with);
+        // Three signatures: about 220 bytes each on top of ~300 for the rest.
+        assert!(data.len() - plain.len() < 1024, "{} bytes", data.len());
+        assert!(data.len() < MAX_GOSSIP_BYTES / 8);
+        let opened = open_heartbeat(TOPIC, &data, &id.peer_id(), NOW).unwrap();
+        assert_eq!(opened.membership.as_ref(), Some(&cert));
+        assert_eq!(verify(now_s, &genesis, &cert, &id.node_id), Ok(()));
+        // Without a certificate the field is left out: the wire format is unchanged.
+        assert!(!String::from_utf8_lossy(&plain).contains("membership"));
     }
 
     #[test]

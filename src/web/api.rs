@@ -238,6 +238,12 @@ pub(super) fn stats_view(state: &ApiState, s: &NodeStatus) -> serde_json::Value 
         "last_checkpoint_step": s.last_checkpoint_step,
         "theta0_hash": s.theta0_hash,
         "peer_count": s.network.peer_count,
+        "admission": {
+            "policy": s.admission.policy,
+            "genesis_hash": s.admission.genesis_hash,
+            "certificate_expires_at_s": s.admission.certificate_expires_at_s,
+            "admitted": s.admission.admitted(crate::admission::unix_s()),
+        },
     })
 }
 
