@@ -410,6 +410,7 @@ pub async fn run(config: Config, logs: LogRing) -> Result<(), NodeError> {
         weights_version: 0,
         network: Default::default(),
         neuro: Default::default(),
+        health: Default::default(),
     });
     status.publish_weights(Arc::new(
         prepared
