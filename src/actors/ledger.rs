@@ -65,6 +65,8 @@ pub struct LedgerActor {
     /// database refuses writes they wait here (at most `MAX_INBOX`) for the retry.
     inbox: Vec<(SignedProof, Nano, PeerId)>,
     inbox_ids: HashSet<String>,
+    /// Peers' checked transactions the database has not taken yet, in arrival order.
+    unwritten_transactions: Vec<(SignedTransaction, PeerId)>,
     /// Settled verdicts the database has not taken yet, oldest first.
     unwritten_verdicts: VecDeque<(u64, Vec<VerdictRow>)>,
     /// When to try writing again after a local fault.
@@ -83,6 +85,8 @@ const INBOX_BATCH: usize = 128;
 /// it new ones are dropped, unblamed: their signers gossip their recent proofs again each uptime
 /// interval.
 const MAX_INBOX: usize = 4096;
+/// Peers' checked transactions kept while the database refuses writes (~0.5 KB each).
+const MAX_UNWRITTEN_TRANSACTIONS: usize = 1024;
 /// Rounds of settled verdicts kept while the database refuses writes.
 const MAX_UNWRITTEN_VERDICTS: usize = KEPT_ROUNDS * 8;
 /// While writes fail, the backlog is written again this often.
@@ -206,6 +210,7 @@ impl LedgerActor {
             pending_verdicts: Vec::new(),
             inbox: Vec::new(),
             inbox_ids: HashSet::new(),
+            unwritten_transactions: Vec::new(),
             unwritten_verdicts: VecDeque::new(),
             retry: Retry::default(),
             dropped: 0,
@@ -227,7 +232,9 @@ impl LedgerActor {
 
     /// Writes what waited for the database: peers' proofs, settled verdicts, rejection counts.
     fn write_backlog(&mut self) -> Result<(), LocalFault> {
+        // Proofs before transactions, as they arrived: a transfer may spend what a proof earned.
         self.flush_inbox()?;
+        self.write_transactions()?;
         self.write_verdicts()?;
         self.store.save_rejections().map_err(|e| self.failed(e))
     }
@@ -448,6 +455,72 @@ impl LedgerActor {
         outcome
     }
 
+    /// A peer's transaction: checked and stored now; while the database refuses writes, checked
+    /// and kept (after the proofs already kept) for the retry, never blamed on the peer.
+    fn receive_transaction(
+        &mut self,
+        signed: &SignedTransaction,
+        origin: PeerId,
+    ) -> Option<Rejection> {
+        if !self.retry.degraded() {
+            return match self.accept_transaction(signed) {
+                Err(NotRecorded::Local(_)) => {
+                    self.hold_transaction(signed, origin);
+                    None
+                }
+                outcome => outcome.err().and_then(NotRecorded::offence),
+            };
+        }
+        if let Err(rejection) = check_transaction(unix_ms(), signed, &self.options.limits) {
+            let rejection = rejection.into();
+            self.count(&rejection);
+            return Some(rejection);
+        }
+        self.hold_transaction(signed, origin);
+        None
+    }
+
+    fn hold_transaction(&mut self, signed: &SignedTransaction, origin: PeerId) {
+        let known = self.unwritten_transactions.iter().any(|(t, _)| t == signed);
+        if known {
+            return;
+        }
+        if self.unwritten_transactions.len() >= MAX_UNWRITTEN_TRANSACTIONS {
+            self.dropped += 1;
+            return;
+        }
+        self.unwritten_transactions.push((signed.clone(), origin));
+    }
+
+    /// Writes the kept transactions in one SQLite transaction; a malformed one counts against
+    /// its sender, as it would have on arrival.
+    fn write_transactions(&mut self) -> Result<(), LocalFault> {
+        if self.unwritten_transactions.is_empty() {
+            return Ok(());
+        }
+        let batch: Vec<_> = self
+            .unwritten_transactions
+            .iter()
+            .map(|(signed, _)| signed.clone())
+            .collect();
+        let outcomes = self
+            .store
+            .insert_transactions(&batch)
+            .map_err(|e| self.failed(e))?;
+        let origins = std::mem::take(&mut self.unwritten_transactions)
+            .into_iter()
+            .map(|(_, origin)| origin);
+        for (outcome, peer) in outcomes.into_iter().zip(origins) {
+            if let TxInsertOutcome::Malformed(why) = outcome {
+                let rejection = TxRejection::Malformed(why).into();
+                self.count(&rejection);
+                self.peers.do_send(PeerOffence { peer, rejection });
+            }
+        }
+        self.publish_account();
+        Ok(())
+    }
+
     /// Records a round's settled verdicts; while the database refuses writes they wait, in
     /// order, for the retry.
     fn record_verdicts(&mut self, round: u64, verdicts: Vec<VerdictRow>) {
@@ -626,10 +699,7 @@ impl Handler<LedgerGossip> for LedgerActor {
                 }
                 self.receive_proof(proof, msg.origin)
             }
-            LedgerMessage::Transaction(tx) => self
-                .accept_transaction(tx)
-                .err()
-                .and_then(NotRecorded::offence),
+            LedgerMessage::Transaction(tx) => self.receive_transaction(tx, msg.origin),
             LedgerMessage::Recent {
                 proofs,
                 transactions,
@@ -644,11 +714,7 @@ impl Handler<LedgerGossip> for LedgerActor {
                     let _ = self.flush_inbox();
                 }
                 for tx in transactions {
-                    refused.extend(
-                        self.accept_transaction(tx)
-                            .err()
-                            .and_then(NotRecorded::offence),
-                    );
+                    refused.extend(self.receive_transaction(tx, msg.origin));
                 }
                 refused.into_iter().next()
             }
