@@ -297,6 +297,7 @@ fn main() -> ExitCode {
     };
     let logs = neuroshard::logs::LogRing::new(node::LOG_LINES_KEPT);
     init_logging(&config.log_level, Some(logs.clone()));
+    ignore_file_size_signal();
     neuroshard::model::backend::keep_freed_memory_in_heap();
     neuroshard::model::backend::lower_compute_pool_priority();
     let result = actix_rt::System::new().block_on(node::run(config, logs));
@@ -313,6 +314,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// A write past the file-size limit (RLIMIT_FSIZE, e.g. set by a quota or a supervisor) raises
+/// SIGXFSZ, whose default action kills the process. Ignored, the write fails with EFBIG instead,
+/// which the ledger and the checkpoint writer report as a local fault (/api/health degraded) while
+/// training and the API go on, and writes resume once the limit allows them: like a full disk.
+fn ignore_file_size_signal() {
+    #[cfg(unix)]
+    // SAFETY: sets one signal's disposition to SIG_IGN (no handler runs), before the node's
+    // threads start.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
 /// Logs to stderr and, for a node, into `ring` (the dashboard's logs tab), through one filter.
 fn init_logging(level: &str, ring: Option<neuroshard::logs::LogRing>) {
     use tracing_subscriber::EnvFilter;
@@ -323,7 +337,14 @@ fn init_logging(level: &str, ring: Option<neuroshard::logs::LogRing>) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        // A log line that cannot be written (stderr on a full disk) is dropped: the default
+        // reports it with eprintln!, which panics the logging thread when stderr fails too. The
+        // ring below still holds it for /api/logs.
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .log_internal_errors(false),
+        )
         .with(ring.map(neuroshard::logs::RingLayer))
         .init();
 }

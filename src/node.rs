@@ -335,7 +335,8 @@ fn largest_blob(num_params: usize) -> u64 {
     (HEADER_LEN as u64).saturating_add((num_params as u64).saturating_mul(8))
 }
 
-fn round_settings(config: &Config) -> RoundSettings {
+/// `own_admitted`: this node holds a certificate verified at start (permissioned networks).
+fn round_settings(config: &Config, own_admitted: bool) -> RoundSettings {
     let d = &config.diloco;
     RoundSettings {
         optimizer: OuterOptimizer {
@@ -351,8 +352,11 @@ fn round_settings(config: &Config) -> RoundSettings {
             // A grace past the deadline is the deadline.
             straggler_grace: Duration::from_secs(d.straggler_grace_s.min(d.round_deadline_s)),
         },
-        weight_rule: WeightRule::Open,
-        own_admitted: false,
+        weight_rule: match config.genesis.as_ref().map(|g| g.policy) {
+            Some(Policy::Permissioned) => WeightRule::Permissioned,
+            Some(Policy::Open) | None => WeightRule::Open,
+        },
+        own_admitted,
         max_delta_norm: d.max_delta_norm,
         attack: byzantine_fault(),
     }
@@ -550,6 +554,7 @@ pub async fn run(config: Config, logs: LogRing) -> Result<(), NodeError> {
         network: Default::default(),
         neuro: Default::default(),
         admission,
+        health: Default::default(),
     });
     status.publish_weights(Arc::new(
         prepared
@@ -558,7 +563,7 @@ pub async fn run(config: Config, logs: LogRing) -> Result<(), NodeError> {
             .map_or_else(|| prepared.outer.theta0.clone(), |r| r.params.clone()),
     ));
 
-    let settings = round_settings(&config);
+    let settings = round_settings(&config, prepared.membership.is_some());
     let switches = attack_switches();
     let sybils: Vec<Identity> = (0..switches.sybils)
         .map(|i| {

@@ -69,6 +69,113 @@ pub struct NodeStatus {
     pub neuro: Arc<NeuroView>,
     /// This node's admission: policy, genesis, own certificate.
     pub admission: crate::admission::AdmissionView,
+    /// This node's own faults (a full disk, a failing database): /api/health, /metrics.
+    pub health: Health,
+}
+
+/// A part of this node that writes to its state dir and can fail on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Component {
+    Ledger,
+    Checkpoint,
+}
+
+impl Component {
+    pub const ALL: [Component; 2] = [Component::Ledger, Component::Checkpoint];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Component::Ledger => "ledger",
+            Component::Checkpoint => "checkpoint",
+        }
+    }
+}
+
+/// A storage or I/O failure of this node: its own disk or database, never a peer's offence.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{} storage unavailable: {reason}", component.as_str())]
+pub struct LocalFault {
+    pub component: Component,
+    pub reason: String,
+}
+
+impl LocalFault {
+    pub fn new(component: Component, reason: impl std::fmt::Display) -> Self {
+        Self {
+            component,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// A local fault that is still active.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ActiveFault {
+    pub component: Component,
+    /// The latest failure's message.
+    pub reason: String,
+    /// When the component first failed (Unix ms); later failures keep it.
+    pub since_ms: u64,
+}
+
+/// The node's own faults: at most one active per component (set by a failed write, cleared by
+/// the component's next successful one), and how many local writes failed since start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Health {
+    pub faults: Vec<ActiveFault>,
+    pub write_failures: std::collections::BTreeMap<Component, u64>,
+}
+
+impl Health {
+    /// Records a failed write: the component is degraded from its first failure on.
+    pub fn fail(&mut self, fault: &LocalFault, now_ms: u64) {
+        let count = self.write_failures.entry(fault.component).or_default();
+        *count = count.saturating_add(1);
+        match self
+            .faults
+            .iter_mut()
+            .find(|f| f.component == fault.component)
+        {
+            Some(active) => active.reason.clone_from(&fault.reason),
+            None => {
+                self.faults.push(ActiveFault {
+                    component: fault.component,
+                    reason: fault.reason.clone(),
+                    since_ms: now_ms,
+                });
+                self.faults.sort_by_key(|f| f.component);
+            }
+        }
+    }
+
+    /// The component works again; true if it was degraded.
+    pub fn recover(&mut self, component: Component) -> bool {
+        let before = self.faults.len();
+        self.faults.retain(|f| f.component != component);
+        self.faults.len() != before
+    }
+
+    pub fn is_degraded(&self, component: Component) -> bool {
+        self.faults.iter().any(|f| f.component == component)
+    }
+
+    /// "ok", or "degraded" while any component has an active fault.
+    pub fn status(&self) -> &'static str {
+        if self.faults.is_empty() {
+            "ok"
+        } else {
+            "degraded"
+        }
+    }
+
+    /// One line per active fault, naming the component first.
+    pub fn reasons(&self) -> Vec<String> {
+        self.faults
+            .iter()
+            .map(|f| format!("{}: {}", f.component.as_str(), f.reason))
+            .collect()
+    }
 }
 
 /// What /api/neuro shows, refreshed by the LedgerActor after every change.
@@ -140,5 +247,80 @@ impl StatusBoard {
 
     pub fn uptime_s(&self) -> f64 {
         self.started.elapsed().as_secs_f64()
+    }
+
+    /// Records a failed local write of `fault.component` (logged by the caller).
+    pub fn local_fault(&self, fault: &LocalFault) {
+        let now_ms = crate::net::wire::unix_ms();
+        self.update(|s| s.health.fail(fault, now_ms));
+    }
+
+    /// `component` wrote successfully: it is no longer degraded. True if it was.
+    pub fn local_recovery(&self, component: Component) -> bool {
+        let degraded = self
+            .inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .health
+            .is_degraded(component);
+        // Read first: the common case (nothing to clear) takes no write lock.
+        degraded && {
+            let mut recovered = false;
+            self.update(|s| recovered = s.health.recover(component));
+            recovered
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full(component: Component) -> LocalFault {
+        LocalFault::new(component, "database or disk is full")
+    }
+
+    #[test]
+    fn a_fault_degrades_until_its_component_recovers() {
+        let mut health = Health::default();
+        assert_eq!(health.status(), "ok");
+        assert!(health.reasons().is_empty());
+        health.fail(&full(Component::Ledger), 1_000);
+        assert_eq!(health.status(), "degraded");
+        assert_eq!(health.reasons(), ["ledger: database or disk is full"]);
+        assert!(!health.recover(Component::Checkpoint));
+        assert_eq!(health.status(), "degraded");
+        assert!(health.recover(Component::Ledger));
+        assert_eq!(health.status(), "ok");
+        assert!(!health.recover(Component::Ledger));
+        // Failures stay counted after recovery.
+        assert_eq!(health.write_failures[&Component::Ledger], 1);
+    }
+
+    #[test]
+    fn repeated_failures_keep_the_first_time_and_the_latest_reason() {
+        let mut health = Health::default();
+        health.fail(&full(Component::Checkpoint), 5);
+        health.fail(&full(Component::Ledger), 7);
+        health.fail(&LocalFault::new(Component::Checkpoint, "disk I/O error"), 9);
+        assert_eq!(health.faults.len(), 2);
+        // Listed in component order, whatever order they failed in.
+        assert_eq!(health.faults[0].component, Component::Ledger);
+        let checkpoint = &health.faults[1];
+        assert_eq!(
+            (checkpoint.since_ms, checkpoint.reason.as_str()),
+            (5, "disk I/O error")
+        );
+        assert_eq!(health.write_failures[&Component::Checkpoint], 2);
+        assert!(health.is_degraded(Component::Checkpoint));
+    }
+
+    #[test]
+    fn a_local_fault_names_its_component() {
+        let fault = full(Component::Ledger);
+        assert_eq!(
+            fault.to_string(),
+            "ledger storage unavailable: database or disk is full"
+        );
     }
 }

@@ -4,13 +4,13 @@
 //! way, credits training proofs only when the round's robust aggregation kept their delta, and
 //! publishes this node's account to the StatusBoard for the API.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use libp2p::PeerId;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::messages::{
     CheckProof, GetAccount, GetBalances, GetProofs, LedgerGossip, ModelAdopted, PeerOffence,
@@ -33,7 +33,7 @@ use crate::ledger::{
     TxRejection, rewards::burn_fee,
 };
 use crate::net::wire::{LedgerMessage, Rejection, RoundVerdictsWire, unix_ms};
-use crate::status::{NeuroView, StatusBoard};
+use crate::status::{Component, LocalFault, NeuroView, StatusBoard};
 
 /// Test fault switch NEUROSHARD_FAULT_PONW=1: this node gossips only forged proofs (counters raised
 /// after signing) and replays of its peers' proofs, to show that neither earns anything.
@@ -64,14 +64,121 @@ pub struct LedgerActor {
     pending_verdicts: Vec<PendingVerdicts>,
     /// What each signer of verdicts counts for, as Sync last weighed it.
     weights: BTreeMap<String, f64>,
-    /// Peers' verified proofs waiting for the next batch write, with who sent them.
+    /// Peers' verified proofs waiting for the next batch write, with who sent them; while the
+    /// database refuses writes they wait here (at most `MAX_INBOX`) for the retry.
     inbox: Vec<(SignedProof, Nano, PeerId)>,
     inbox_ids: HashSet<String>,
+    /// Peers' checked transactions the database has not taken yet, in arrival order.
+    unwritten_transactions: Vec<(SignedTransaction, PeerId)>,
+    /// Settled verdicts the database has not taken yet, oldest first.
+    unwritten_verdicts: VecDeque<(u64, Vec<VerdictRow>)>,
+    /// When to try writing again after a local fault.
+    retry: Retry,
+    /// Peers' verified proofs dropped because the inbox was full while writes failed.
+    dropped: u64,
 }
+
+/// One verdict as the store records it: (delta hash, node_id, kept, reason).
+type VerdictRow = (String, String, bool, String);
 
 /// Peers' proofs are written at least this often, or when this many are waiting.
 const INBOX_FLUSH: Duration = Duration::from_millis(200);
 const INBOX_BATCH: usize = 128;
+/// Peers' verified proofs kept in memory while the database refuses writes (~1 KB each); beyond
+/// it new ones are dropped, unblamed: their signers gossip their recent proofs again each uptime
+/// interval.
+const MAX_INBOX: usize = 4096;
+/// Peers' checked transactions kept while the database refuses writes (~0.5 KB each).
+const MAX_UNWRITTEN_TRANSACTIONS: usize = 1024;
+/// Rounds of settled verdicts kept while the database refuses writes.
+const MAX_UNWRITTEN_VERDICTS: usize = KEPT_ROUNDS * 8;
+/// While writes fail, the backlog is written again this often.
+const RETRY_EVERY: Duration = Duration::from_secs(2);
+
+/// Why a proof or transaction was not recorded: its signer's offence (counted against it), or
+/// this node's own storage failing (never the signer's fault).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NotRecorded {
+    #[error(transparent)]
+    Offence(#[from] Rejection),
+    #[error(transparent)]
+    Local(#[from] LocalFault),
+}
+
+impl NotRecorded {
+    /// The rejection to count against the signer, if it was the signer's fault.
+    pub fn offence(self) -> Option<Rejection> {
+        match self {
+            NotRecorded::Offence(rejection) => Some(rejection),
+            NotRecorded::Local(_) => None,
+        }
+    }
+}
+
+impl From<ProofRejection> for NotRecorded {
+    fn from(rejection: ProofRejection) -> Self {
+        NotRecorded::Offence(rejection.into())
+    }
+}
+
+impl From<TxRejection> for NotRecorded {
+    fn from(rejection: TxRejection) -> Self {
+        NotRecorded::Offence(rejection.into())
+    }
+}
+
+/// What `check_proof` found: the proof at fault, or the database (which `checked` records).
+enum CheckError {
+    Offence(Rejection),
+    Database(LedgerError),
+}
+
+impl CheckError {
+    fn offence(rejection: ProofRejection) -> Self {
+        CheckError::Offence(rejection.into())
+    }
+}
+
+/// The database failed under us: this node's fault, whatever message was being stored.
+fn local(e: LedgerError) -> LocalFault {
+    LocalFault::new(Component::Ledger, e)
+}
+
+/// Pacing of the ledger's writes after a local fault: healthy, every flush tick writes; degraded,
+/// the backlog is tried again every `RETRY_EVERY`. The clock is an argument.
+#[derive(Debug, Clone, Copy, Default)]
+struct Retry {
+    /// Set by the first failed write, cleared once the whole backlog is written.
+    degraded_since: Option<Instant>,
+    last_failure: Option<Instant>,
+}
+
+impl Retry {
+    fn degraded(&self) -> bool {
+        self.degraded_since.is_some()
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        self.last_failure
+            .is_none_or(|failed| now.saturating_duration_since(failed) >= RETRY_EVERY)
+    }
+
+    /// True for the failure that starts a degraded period.
+    fn failed(&mut self, now: Instant) -> bool {
+        self.last_failure = Some(now);
+        let first = self.degraded_since.is_none();
+        self.degraded_since.get_or_insert(now);
+        first
+    }
+
+    /// The backlog is written: how long the ledger was degraded, if it was.
+    fn recovered(&mut self, now: Instant) -> Option<Duration> {
+        self.last_failure = None;
+        self.degraded_since
+            .take()
+            .map(|since| now.saturating_duration_since(since))
+    }
+}
 
 /// A round's verdicts before they settle; `reasons` (this node's own, with scores) is empty for
 /// a peer's.
@@ -108,6 +215,50 @@ impl LedgerActor {
             weights: BTreeMap::new(),
             inbox: Vec::new(),
             inbox_ids: HashSet::new(),
+            unwritten_transactions: Vec::new(),
+            unwritten_verdicts: VecDeque::new(),
+            retry: Retry::default(),
+            dropped: 0,
+        }
+    }
+
+    /// A read or write of the database failed: reported on /api/health and /metrics, logged at
+    /// the start of a degraded period, and the backlog is retried on the timer.
+    fn failed(&mut self, e: LedgerError) -> LocalFault {
+        let fault = local(e);
+        self.status.local_fault(&fault);
+        if self.retry.failed(Instant::now()) {
+            error!(error = %fault, "ledger writes fail; peers' proofs are kept and retried");
+        } else {
+            debug!(error = %fault, "ledger write failed again");
+        }
+        fault
+    }
+
+    /// Writes what waited for the database: peers' proofs, settled verdicts, rejection counts.
+    fn write_backlog(&mut self) -> Result<(), LocalFault> {
+        // Proofs before transactions, as they arrived: a transfer may spend what a proof earned.
+        self.flush_inbox()?;
+        self.write_transactions()?;
+        self.write_verdicts()?;
+        self.store.save_rejections().map_err(|e| self.failed(e))
+    }
+
+    /// The flush tick: the backlog is written every tick while healthy, every `RETRY_EVERY` after
+    /// a failure; once it is all written, the ledger is healthy again.
+    fn tick(&mut self) {
+        let now = Instant::now();
+        if !self.retry.due(now) || self.write_backlog().is_err() {
+            return;
+        }
+        if let Some(degraded) = self.retry.recovered(now) {
+            self.status.local_recovery(Component::Ledger);
+            info!(
+                degraded_s = degraded.as_secs(),
+                dropped = self.dropped,
+                "ledger writes work again; the kept proofs are written"
+            );
+            self.dropped = 0;
         }
     }
 
@@ -124,46 +275,69 @@ impl LedgerActor {
     }
 
     /// Signs this node's proof, verifies and records it exactly as a peer's would be, and
-    /// gossips it.
-    fn prove(&mut self, proof: Proof) {
+    /// gossips it once stored: a proof the database did not take is not acknowledged.
+    fn prove(&mut self, proof: Proof) -> Result<(), NotRecorded> {
         let kind = proof.kind;
         let signed = match sign_proof(&self.options.identity, proof) {
             Ok(signed) => signed,
-            Err(e) => return warn!(?kind, error = %e, "cannot sign our own proof"),
+            Err(e) => {
+                warn!(?kind, error = %e, "cannot sign our own proof");
+                return Err(e.into());
+            }
         };
         if self.options.fault.cheat {
-            return self.cheat(signed);
+            self.cheat(signed);
+            return Ok(());
         }
         match self.accept_proof(&signed) {
-            Ok(_) => self
-                .peers
-                .do_send(PublishLedger(LedgerMessage::Proof(signed))),
-            Err(e) => warn!(?kind, error = %e, "our own proof was refused"),
+            Ok(_) => {
+                self.peers
+                    .do_send(PublishLedger(LedgerMessage::Proof(signed)));
+                Ok(())
+            }
+            Err(e) => {
+                match &e {
+                    NotRecorded::Offence(rejection) => {
+                        warn!(?kind, error = %rejection, "our own proof was refused")
+                    }
+                    NotRecorded::Local(fault) => {
+                        warn!(?kind, error = %fault, "our own proof was not stored, nor gossiped")
+                    }
+                }
+                Err(e)
+            }
         }
     }
 
     /// Verifies a proof against what the ledger knows of its signer and records it at once (this
     /// node's own proofs: acknowledged when stored); a proof already stored is a no-op.
-    fn accept_proof(&mut self, signed: &SignedProof) -> Result<Option<ProofStatus>, Rejection> {
-        match self.check_proof(signed) {
-            Ok(Some((_, base))) => self
-                .store_proofs(vec![(signed.clone(), base)])
-                .into_iter()
-                .next()
-                .unwrap_or(Ok(None)),
-            Ok(None) => Ok(None),
-            Err(rejection) => {
+    fn accept_proof(&mut self, signed: &SignedProof) -> Result<Option<ProofStatus>, NotRecorded> {
+        let Some((_, base)) = self.checked(signed)? else {
+            return Ok(None);
+        };
+        let mut results = self.store_proofs(&[(signed.clone(), base)])?;
+        Ok(results.pop().unwrap_or(Ok(None))?)
+    }
+
+    /// `check_proof`, counting a refusal as a rejection and recording a database failure as this
+    /// node's fault.
+    fn checked(&mut self, signed: &SignedProof) -> Result<Option<(String, Nano)>, NotRecorded> {
+        self.check_proof(signed).map_err(|e| match e {
+            CheckError::Offence(rejection) => {
                 self.count(&rejection);
-                Err(rejection)
+                NotRecorded::Offence(rejection)
             }
-        }
+            CheckError::Database(e) => NotRecorded::Local(self.failed(e)),
+        })
     }
 
     /// The proof's id and base reward if it is new and passes verification; `None` if it is
     /// known.
-    fn check_proof(&self, signed: &SignedProof) -> Result<Option<(String, Nano)>, Rejection> {
-        let id = proof_id(&signed.proof)?;
-        if self.inbox_ids.contains(&id) || self.store.has_proof(&id).map_err(unavailable)? {
+    fn check_proof(&self, signed: &SignedProof) -> Result<Option<(String, Nano)>, CheckError> {
+        let id = proof_id(&signed.proof).map_err(CheckError::offence)?;
+        if self.inbox_ids.contains(&id)
+            || self.store.has_proof(&id).map_err(CheckError::Database)?
+        {
             return Ok(None);
         }
         let now = unix_ms();
@@ -171,24 +345,23 @@ impl LedgerActor {
         let history = self
             .store
             .history(&proof.node_id, proof.nonce, now, proof.timestamp_ms)
-            .map_err(unavailable)?;
+            .map_err(CheckError::Database)?;
         let (limits, schedule) = (&self.options.limits, &self.options.schedule);
-        let base = verify_proof(now, signed, &history, limits, schedule)?;
+        let base =
+            verify_proof(now, signed, &history, limits, schedule).map_err(CheckError::offence)?;
         Ok(Some((id, base)))
     }
 
     /// Writes verified proofs in one transaction; per proof, its status or why it was refused.
+    /// A database failure refuses none of them: it is this node's fault.
     fn store_proofs(
         &mut self,
-        batch: Vec<(SignedProof, Nano)>,
-    ) -> Vec<Result<Option<ProofStatus>, Rejection>> {
-        let outcomes = match self.store.insert_proofs(&batch) {
-            Ok(outcomes) => outcomes,
-            Err(e) => {
-                let rejection = unavailable(e);
-                return batch.iter().map(|_| Err(rejection.clone())).collect();
-            }
-        };
+        batch: &[(SignedProof, Nano)],
+    ) -> Result<Vec<Result<Option<ProofStatus>, Rejection>>, LocalFault> {
+        let outcomes = self
+            .store
+            .insert_proofs(batch)
+            .map_err(|e| self.failed(e))?;
         let results: Vec<_> = batch
             .iter()
             .zip(outcomes)
@@ -206,57 +379,70 @@ impl LedgerActor {
             self.count(rejection);
         }
         self.publish_account();
-        results
+        Ok(results)
     }
 
     /// A peer's proof: verified now, written with the others of the next flush (one SQLite
-    /// transaction, and one re-fold at most, per batch instead of per proof).
+    /// transaction, and one re-fold at most, per batch instead of per proof). A proof this node
+    /// cannot check or keep because of its own database is not the peer's offence.
     fn receive_proof(&mut self, signed: &SignedProof, origin: PeerId) -> Option<Rejection> {
-        match self.check_proof(signed) {
-            Ok(Some((id, base))) => {
-                self.inbox_ids.insert(id);
-                self.inbox.push((signed.clone(), base, origin));
-                if self.inbox.len() >= INBOX_BATCH {
-                    self.flush_inbox();
-                }
-                None
+        let (id, base) = match self.checked(signed) {
+            Ok(Some(checked)) => checked,
+            Ok(None) => return None,
+            Err(e) => return e.offence(),
+        };
+        if self.inbox.len() >= MAX_INBOX {
+            self.dropped += 1;
+            if self.dropped.is_power_of_two() {
+                warn!(
+                    dropped = self.dropped,
+                    kept = MAX_INBOX,
+                    "ledger writes fail and the kept proofs fill memory: a peer's proof is dropped"
+                );
             }
-            Ok(None) => None,
-            Err(rejection) => {
-                self.count(&rejection);
-                Some(rejection)
-            }
+            return None;
         }
+        self.inbox_ids.insert(id);
+        self.inbox.push((signed.clone(), base, origin));
+        if self.inbox.len() >= INBOX_BATCH && !self.retry.degraded() {
+            // On failure the batch stays in the inbox for the retry.
+            let _ = self.flush_inbox();
+        }
+        None
     }
 
-    fn flush_inbox(&mut self) {
+    /// Writes the inbox in one transaction; rejections count against their senders. When the
+    /// database fails, every proof stays in the inbox and nobody is blamed.
+    fn flush_inbox(&mut self) -> Result<(), LocalFault> {
         if self.inbox.is_empty() {
-            return;
+            return Ok(());
         }
+        let batch: Vec<_> = self
+            .inbox
+            .iter()
+            .map(|(signed, base, _)| (signed.clone(), *base))
+            .collect();
+        let results = self.store_proofs(&batch)?;
         self.inbox_ids.clear();
-        let (batch, origins): (Vec<_>, Vec<_>) = std::mem::take(&mut self.inbox)
+        let origins = std::mem::take(&mut self.inbox)
             .into_iter()
-            .map(|(signed, base, origin)| ((signed, base), origin))
-            .unzip();
-        let results = self.store_proofs(batch);
+            .map(|(_, _, origin)| origin);
         for (result, peer) in results.into_iter().zip(origins) {
             if let Err(rejection) = result {
                 self.peers.do_send(PeerOffence { peer, rejection });
             }
         }
+        Ok(())
     }
 
     /// Checks a transaction (signature, freshness, fee) and lets the fold decide whether it
     /// applies; the status says which ("applied", or the fold's reason, e.g. an overdraft).
-    fn accept_transaction(&mut self, signed: &SignedTransaction) -> Result<String, Rejection> {
-        let outcome = check_transaction(unix_ms(), signed, &self.options.limits)
-            .map_err(Rejection::from)
-            .and_then(|()| {
-                let mut outcomes = self
-                    .store
-                    .insert_transactions(std::slice::from_ref(signed))
-                    .map_err(unavailable)?;
-                match outcomes.pop() {
+    fn accept_transaction(&mut self, signed: &SignedTransaction) -> Result<String, NotRecorded> {
+        let outcome = match check_transaction(unix_ms(), signed, &self.options.limits) {
+            Err(rejection) => Err(rejection.into()),
+            Ok(()) => match self.store.insert_transactions(std::slice::from_ref(signed)) {
+                Err(e) => Err(NotRecorded::Local(self.failed(e))),
+                Ok(mut outcomes) => match outcomes.pop() {
                     Some(TxInsertOutcome::Applied) => Ok("applied".to_string()),
                     Some(TxInsertOutcome::Rejected(why)) => Ok(format!("refused: {why}")),
                     // The same transaction again changes nothing (idempotent, like proofs).
@@ -264,20 +450,107 @@ impl LedgerActor {
                     Some(TxInsertOutcome::Malformed(why)) => {
                         Err(TxRejection::Malformed(why).into())
                     }
-                }
-            });
-        if let Err(rejection) = &outcome {
+                },
+            },
+        };
+        if let Err(NotRecorded::Offence(rejection)) = &outcome {
             self.count(rejection);
         }
         self.publish_account();
         outcome
     }
 
-    fn record_verdicts(&mut self, round: u64, verdicts: &[(String, String, bool, String)]) {
-        if let Err(e) = self.store.record_verdicts(round, verdicts) {
-            warn!(round, error = %e, "cannot record the round's verdicts");
+    /// A peer's transaction: checked and stored now; while the database refuses writes, checked
+    /// and kept (after the proofs already kept) for the retry, never blamed on the peer.
+    fn receive_transaction(
+        &mut self,
+        signed: &SignedTransaction,
+        origin: PeerId,
+    ) -> Option<Rejection> {
+        if !self.retry.degraded() {
+            return match self.accept_transaction(signed) {
+                Err(NotRecorded::Local(_)) => {
+                    self.hold_transaction(signed, origin);
+                    None
+                }
+                outcome => outcome.err().and_then(NotRecorded::offence),
+            };
+        }
+        if let Err(rejection) = check_transaction(unix_ms(), signed, &self.options.limits) {
+            let rejection = rejection.into();
+            self.count(&rejection);
+            return Some(rejection);
+        }
+        self.hold_transaction(signed, origin);
+        None
+    }
+
+    fn hold_transaction(&mut self, signed: &SignedTransaction, origin: PeerId) {
+        let known = self.unwritten_transactions.iter().any(|(t, _)| t == signed);
+        if known {
+            return;
+        }
+        if self.unwritten_transactions.len() >= MAX_UNWRITTEN_TRANSACTIONS {
+            self.dropped += 1;
+            return;
+        }
+        self.unwritten_transactions.push((signed.clone(), origin));
+    }
+
+    /// Writes the kept transactions in one SQLite transaction; a malformed one counts against
+    /// its sender, as it would have on arrival.
+    fn write_transactions(&mut self) -> Result<(), LocalFault> {
+        if self.unwritten_transactions.is_empty() {
+            return Ok(());
+        }
+        let batch: Vec<_> = self
+            .unwritten_transactions
+            .iter()
+            .map(|(signed, _)| signed.clone())
+            .collect();
+        let outcomes = self
+            .store
+            .insert_transactions(&batch)
+            .map_err(|e| self.failed(e))?;
+        let origins = std::mem::take(&mut self.unwritten_transactions)
+            .into_iter()
+            .map(|(_, origin)| origin);
+        for (outcome, peer) in outcomes.into_iter().zip(origins) {
+            if let TxInsertOutcome::Malformed(why) = outcome {
+                let rejection = TxRejection::Malformed(why).into();
+                self.count(&rejection);
+                self.peers.do_send(PeerOffence { peer, rejection });
+            }
         }
         self.publish_account();
+        Ok(())
+    }
+
+    /// Records a round's settled verdicts; while the database refuses writes they wait, in
+    /// order, for the retry.
+    fn record_verdicts(&mut self, round: u64, verdicts: Vec<VerdictRow>) {
+        if self.unwritten_verdicts.len() >= MAX_UNWRITTEN_VERDICTS
+            && let Some((lost, _)) = self.unwritten_verdicts.pop_front()
+        {
+            warn!(
+                round = lost,
+                "ledger writes fail: the oldest unwritten verdicts are dropped"
+            );
+        }
+        self.unwritten_verdicts.push_back((round, verdicts));
+        // On failure they stay queued for the retry.
+        let _ = self.write_verdicts();
+        self.publish_account();
+    }
+
+    fn write_verdicts(&mut self) -> Result<(), LocalFault> {
+        while let Some((round, verdicts)) = self.unwritten_verdicts.front() {
+            if let Err(e) = self.store.record_verdicts(*round, verdicts) {
+                return Err(self.failed(e));
+            }
+            self.unwritten_verdicts.pop_front();
+        }
+        Ok(())
     }
 
     fn weight_of(&self, node_id: &str) -> f64 {
@@ -354,7 +627,7 @@ impl LedgerActor {
                     (delta_hash.clone(), node_id.clone(), *kept, reason)
                 })
                 .collect();
-            self.record_verdicts(round, &verdicts);
+            self.record_verdicts(round, verdicts);
         }
     }
 
@@ -414,19 +687,17 @@ impl LedgerActor {
     }
 
     fn prove_uptime(&mut self) {
-        let seconds = self.last_uptime_proof.elapsed().as_secs();
-        self.last_uptime_proof = Instant::now();
+        let now = Instant::now();
+        let seconds = now.duration_since(self.last_uptime_proof).as_secs();
         let cap = self.options.limits.max_uptime_per_proof_s;
         let mut proof = self.blank_proof(ProofKind::Uptime, seconds as f64);
         proof.uptime_seconds = seconds.min(cap).max(1);
         proof.work_seconds = proof.uptime_seconds;
-        self.prove(proof);
+        // Uptime not stored (a full disk) is claimed by the next proof, within the cap.
+        if !matches!(self.prove(proof), Err(NotRecorded::Local(_))) {
+            self.last_uptime_proof = now;
+        }
     }
-}
-
-/// The database failed under us: refuse the message rather than lose it silently.
-fn unavailable(e: LedgerError) -> Rejection {
-    Rejection::Malformed(format!("ledger unavailable: {e}"))
 }
 
 impl Actor for LedgerActor {
@@ -438,12 +709,7 @@ impl Actor for LedgerActor {
             refused: ctx.address().recipient(),
         });
         self.publish_account();
-        ctx.run_interval(INBOX_FLUSH, |act, _| {
-            act.flush_inbox();
-            if let Err(e) = act.store.save_rejections() {
-                warn!(error = %e, "cannot save the rejection counts");
-            }
-        });
+        ctx.run_interval(INBOX_FLUSH, |act, _| act.tick());
         ctx.run_interval(self.options.uptime_interval, |act, _| {
             act.prove_uptime();
             if !act.options.fault.cheat {
@@ -469,7 +735,7 @@ impl Handler<LedgerGossip> for LedgerActor {
                 }
                 self.receive_proof(proof, msg.origin)
             }
-            LedgerMessage::Transaction(tx) => self.accept_transaction(tx).err(),
+            LedgerMessage::Transaction(tx) => self.receive_transaction(tx, msg.origin),
             LedgerMessage::Recent {
                 proofs,
                 transactions,
@@ -479,9 +745,12 @@ impl Handler<LedgerGossip> for LedgerActor {
                     .iter()
                     .filter_map(|proof| self.receive_proof(proof, msg.origin))
                     .collect();
-                self.flush_inbox();
+                if !self.retry.degraded() {
+                    // On failure the proofs stay in the inbox for the retry.
+                    let _ = self.flush_inbox();
+                }
                 for tx in transactions {
-                    refused.extend(self.accept_transaction(tx).err());
+                    refused.extend(self.receive_transaction(tx, msg.origin));
                 }
                 refused.into_iter().next()
             }
@@ -529,7 +798,8 @@ impl Handler<ProveTraining> for LedgerActor {
         } else {
             0.0
         };
-        self.prove(proof);
+        // Not stored means not gossiped; `prove` logged why.
+        let _ = self.prove(proof);
     }
 }
 
@@ -540,7 +810,8 @@ impl Handler<ProveInference> for LedgerActor {
         let mut proof = self.blank_proof(ProofKind::Inference, msg.seconds);
         proof.request_id = msg.request_id;
         proof.tokens = msg.tokens;
-        self.prove(proof);
+        // Not stored means not gossiped; `prove` logged why.
+        let _ = self.prove(proof);
     }
 }
 
@@ -642,7 +913,7 @@ impl Handler<CheckProof> for LedgerActor {
 }
 
 impl Handler<SubmitTransaction> for LedgerActor {
-    type Result = Result<SubmittedTransaction, Rejection>;
+    type Result = Result<SubmittedTransaction, NotRecorded>;
 
     /// Signs a transaction of this node with the next sequence number and handles it exactly
     /// as a peer's; it is gossiped only when the fold applied it.
@@ -709,7 +980,51 @@ impl Handler<SubmitTransaction> for LedgerActor {
                 status,
             })
         } else {
-            Err(Rejection::Malformed(status))
+            Err(Rejection::Malformed(status).into())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn while_degraded_the_backlog_is_retried_every_interval_after_the_last_failure() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut retry = Retry::default();
+        assert!(
+            retry.due(t0) && !retry.degraded(),
+            "healthy: every tick writes"
+        );
+        assert!(
+            retry.failed(t0),
+            "the first failure starts a degraded period"
+        );
+        assert!(!retry.failed(at(1)), "a later one does not");
+        assert!(retry.degraded());
+        assert!(!retry.due(at(2)), "the last failure was 1 s ago");
+        assert!(retry.due(at(3)));
+        assert_eq!(retry.recovered(at(4)), Some(Duration::from_secs(4)));
+        assert!(retry.due(at(4)) && !retry.degraded());
+        assert_eq!(
+            retry.recovered(at(5)),
+            None,
+            "only a degraded ledger recovers"
+        );
+    }
+
+    #[test]
+    fn a_local_fault_is_never_an_offence() {
+        let local = NotRecorded::from(LocalFault::new(Component::Ledger, "disk full"));
+        assert!(local.offence().is_none());
+        let replay = NotRecorded::from(ProofRejection::Replay { nonce: 7 });
+        assert!(replay.offence().is_some());
+        let overdraft = NotRecorded::from(TxRejection::Overdraft {
+            needed: 2,
+            balance: 1,
+        });
+        assert!(overdraft.offence().is_some());
     }
 }

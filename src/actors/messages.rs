@@ -268,9 +268,10 @@ pub struct ProofCheck {
     pub verdict: Result<Nano, ProofRejection>,
 }
 
-/// HTTP → Ledger: sign this node's transaction, apply it and gossip it.
+/// HTTP → Ledger: sign this node's transaction, apply it and gossip it. Refused as the caller's
+/// offence (422) or, when the database fails, as this node's fault (503).
 #[derive(Message)]
-#[rtype(result = "Result<SubmittedTransaction, Rejection>")]
+#[rtype(result = "Result<SubmittedTransaction, super::ledger::NotRecorded>")]
 pub struct SubmitTransaction {
     pub kind: TxKind,
     pub to: String,

@@ -41,7 +41,7 @@ use crate::model::checkpoint::{self, Checkpoint, OuterState, TrainerSnapshot};
 use crate::model::params::ParamSpec;
 use crate::net::blob::BlobId;
 use crate::net::wire::{RoundAnnouncement, unix_ms};
-use crate::status::StatusBoard;
+use crate::status::{Component, LocalFault, StatusBoard};
 
 /// How often an open round is re-examined (its deadline needs a clock).
 const ROUND_CHECK: Duration = Duration::from_millis(200);
@@ -62,10 +62,21 @@ pub struct CheckpointTarget {
 }
 
 impl CheckpointTarget {
-    fn write(&self, checkpoint: &Checkpoint) -> Result<PathBuf, String> {
+    /// Writes `checkpoint`; a failure is this node's own (its disk), reported on /api/health
+    /// until the next checkpoint is written. Training goes on either way.
+    fn write(&self, checkpoint: &Checkpoint, status: &StatusBoard) -> Result<PathBuf, LocalFault> {
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        checkpoint::save(&self.dir, &self.model_hash, &self.layout, checkpoint)
-            .map_err(|e| e.to_string())
+        let written = checkpoint::save(&self.dir, &self.model_hash, &self.layout, checkpoint)
+            .map_err(|e| LocalFault::new(Component::Checkpoint, e));
+        match &written {
+            Ok(_) => {
+                if status.local_recovery(Component::Checkpoint) {
+                    tracing::info!("checkpoints are written again");
+                }
+            }
+            Err(fault) => status.local_fault(fault),
+        }
+        written
     }
 }
 
@@ -844,7 +855,8 @@ impl Handler<SnapshotTaken> for SyncActor {
         let (target, status) = (self.checkpoints.clone(), self.status.clone());
         // Writing tens of MB is blocking I/O: keep it off the async loop.
         actix::spawn(async move {
-            match tokio::task::spawn_blocking(move || target.write(&checkpoint)).await {
+            let writer = status.clone();
+            match tokio::task::spawn_blocking(move || target.write(&checkpoint, &writer)).await {
                 Ok(Ok(path)) => {
                     status.update(|s| {
                         s.checkpoints_written += 1;
@@ -852,7 +864,7 @@ impl Handler<SnapshotTaken> for SyncActor {
                     });
                     tracing::debug!(step, path = %path.display(), "checkpoint written");
                 }
-                Ok(Err(e)) => error!(step, error = %e, "checkpoint failed"),
+                Ok(Err(e)) => error!(step, error = %e, "checkpoint failed; training goes on"),
                 Err(e) => error!(step, error = %e, "checkpoint writer crashed"),
             }
         });
@@ -883,11 +895,12 @@ impl Handler<WriteCheckpoint> for SyncActor {
             return Box::pin(async { Err("no trainer state to checkpoint".to_string()) });
         };
         let checkpoint = self.checkpoint_of(&snapshot);
-        let target = self.checkpoints.clone();
+        let (target, status) = (self.checkpoints.clone(), self.status.clone());
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || target.write(&checkpoint))
+            tokio::task::spawn_blocking(move || target.write(&checkpoint, &status))
                 .await
                 .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
         })
     }
 }

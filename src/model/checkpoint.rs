@@ -152,15 +152,28 @@ pub fn save(
     })?;
 
     fs::create_dir_all(dir).map_err(io)?;
-    let tmp = dir.join(format!("{CHECKPOINT_FILE}.tmp"));
-    let mut file = fs::File::create(&tmp).map_err(io)?;
-    file.write_all(&bytes).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    fs::rename(&tmp, &path).map_err(io)?;
+    let tmp = temp_path(dir);
+    let written = write_synced(&tmp, &bytes).and_then(|()| fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        // A partial file (a full disk, a file-size limit) would only keep the disk full.
+        let _ = fs::remove_file(&tmp);
+        return Err(io(e));
+    }
     if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all(); // persist the rename; not every filesystem supports syncing a directory
     }
     Ok(path)
+}
+
+/// Where `save` writes before renaming.
+fn temp_path(dir: &Path) -> PathBuf {
+    dir.join(format!("{CHECKPOINT_FILE}.tmp"))
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = fs::File::create(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 /// Loads `dir/checkpoint.safetensors` if it exists; refuses one written for another model.
@@ -170,6 +183,9 @@ pub fn load(
     layout: &[ParamSpec],
 ) -> Result<Option<Checkpoint>, CheckpointError> {
     let path = dir.join(CHECKPOINT_FILE);
+    // A temporary file left by a crash mid-write is never read: remove it, so it does not hold
+    // disk space.
+    let _ = fs::remove_file(temp_path(dir));
     let bytes = match fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -317,6 +333,43 @@ mod tests {
         assert_eq!((next.counters.round, next.counters.inner_step), (6, 0));
         assert_eq!(next.counters.global_step, snapshot.counters.global_step);
         assert_eq!(next.adam, snapshot.adam);
+    }
+
+    #[test]
+    fn a_failed_rename_keeps_the_previous_checkpoint_and_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (layout, checkpoint) = sample();
+        // A directory in the checkpoint's place: the temp file is written, the rename fails.
+        fs::create_dir(dir.path().join(CHECKPOINT_FILE)).unwrap();
+        let e = save(dir.path(), "h", &layout, &checkpoint).unwrap_err();
+        assert!(matches!(e, CheckpointError::Io { .. }), "{e}");
+        assert!(!temp_path(dir.path()).exists());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_partial_write_on_a_full_disk_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (layout, checkpoint) = sample();
+        save(dir.path(), "h", &layout, &checkpoint).unwrap();
+        // The temp name leads to /dev/full: every write fails with ENOSPC, as on a full disk.
+        std::os::unix::fs::symlink("/dev/full", temp_path(dir.path())).unwrap();
+        let mut newer = checkpoint.clone();
+        newer.trainer.counters.global_step += 1;
+        let e = save(dir.path(), "h", &layout, &newer).unwrap_err();
+        assert!(e.to_string().contains("No space left"), "{e}");
+        assert!(fs::symlink_metadata(temp_path(dir.path())).is_err());
+        // The last good checkpoint is still the one that loads.
+        assert_eq!(load(dir.path(), "h", &layout).unwrap().unwrap(), checkpoint);
+    }
+
+    #[test]
+    fn loading_removes_a_temp_file_left_by_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let (layout, _) = sample();
+        fs::write(temp_path(dir.path()), b"half a checkpoint").unwrap();
+        assert!(load(dir.path(), "h", &layout).unwrap().is_none());
+        assert!(!temp_path(dir.path()).exists());
     }
 
     #[test]

@@ -205,8 +205,20 @@ pub async fn not_found(req: HttpRequest) -> HttpResponse {
     .error_response()
 }
 
+/// 200 in either case: "degraded" (this node's own disk or database failing, with the reasons)
+/// is not a reason to restart the process; it recovers when the disk does.
 async fn health(state: web::Data<ApiState>) -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok", "uptime_s": state.status.uptime_s()}))
+    HttpResponse::Ok().json(health_view(&state, &state.status.read()))
+}
+
+/// The body of /api/health (also part of the dashboard's stream).
+pub(super) fn health_view(state: &ApiState, s: &NodeStatus) -> serde_json::Value {
+    json!({
+        "status": s.health.status(),
+        "uptime_s": state.status.uptime_s(),
+        "reasons": s.health.reasons(),
+        "faults": s.health.faults,
+    })
 }
 
 async fn stats(state: web::Data<ApiState>) -> HttpResponse {

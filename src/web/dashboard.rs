@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-use super::api::{ApiError, ApiState, diloco_view, get, network_view, stats_view};
+use super::api::{ApiError, ApiState, diloco_view, get, health_view, network_view, stats_view};
 use super::ledger::neuro_view;
 use crate::ledger::to_neuro;
 use crate::logs::{LogLine, LogQuery, LogRing};
@@ -129,10 +129,11 @@ fn recent_logs(logs: &LogRing, after: u64) -> Vec<LogLine> {
     })
 }
 
-/// What every event carries: the same objects /api/stats, /api/diloco, /api/neuro, /api/network
-/// and /api/peers return.
+/// What every event carries: the same objects /api/stats, /api/diloco, /api/neuro, /api/network,
+/// /api/peers and /api/health return.
 fn views(state: &ApiState, s: &NodeStatus) -> Value {
     json!({
+        "health": health_view(state, s),
         "stats": stats_view(state, s),
         "diloco": diloco_view(state, s),
         "neuro": neuro_view(s),

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::api::{ApiError, ApiState, get, post};
-use crate::actors::ledger::LedgerActor;
+use crate::actors::ledger::{LedgerActor, NotRecorded};
 use crate::actors::messages::{CheckProof, GetAccount, GetBalances, GetProofs, SubmitTransaction};
 use crate::ledger::rewards::{nano, stake_multiplier};
 use crate::ledger::state::Account;
@@ -231,12 +231,18 @@ async fn submit(state: &ApiState, request: SubmitTransaction) -> Result<HttpResp
         .send(request)
         .await
         .map_err(ledger_unavailable)?
-        .map_err(|rejection| {
-            ApiError::new(
+        .map_err(|refused| match refused {
+            NotRecorded::Offence(rejection) => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 rejection.kind(),
                 rejection.to_string(),
-            )
+            ),
+            // Not stored, so not applied nor gossiped: the caller may retry once space returns.
+            NotRecorded::Local(fault) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                fault.to_string(),
+            ),
         })?;
     Ok(HttpResponse::Ok().json(json!({
         "id": submitted.id,

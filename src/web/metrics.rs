@@ -10,7 +10,7 @@ use prometheus_client::registry::Registry;
 
 use super::api::ApiState;
 use crate::ledger::to_neuro;
-use crate::status::NodeStatus;
+use crate::status::{Component, NodeStatus};
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -123,6 +123,31 @@ pub fn render(s: &NodeStatus) -> Result<String, std::fmt::Error> {
         "ledger_rejections",
         "Proofs and transactions refused, by reason",
         rejected,
+    );
+    let degraded = Family::<Vec<(String, String)>, Gauge>::default();
+    let failures = Family::<Vec<(String, String)>, Counter>::default();
+    for component in Component::ALL {
+        let label = vec![("component".to_string(), component.as_str().to_string())];
+        degraded
+            .get_or_create(&label)
+            .set(i64::from(s.health.is_degraded(component)));
+        failures.get_or_create(&label).inc_by(
+            s.health
+                .write_failures
+                .get(&component)
+                .copied()
+                .unwrap_or(0),
+        );
+    }
+    r.register(
+        "degraded",
+        "1 while this node's own storage fails for the component (a full disk, a database error)",
+        degraded,
+    );
+    r.register(
+        "local_write_failures",
+        "Writes to this node's own state dir that failed, by component",
+        failures,
     );
     let mut text = String::new();
     encode(&mut text, &registry)?;
