@@ -6,45 +6,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use common::{BIN, Node, combined_output, fixed_token, wait_until};
+use common::{Node, admit, fixed_token, network_init, wait_until};
 use neuroshard::admission::{Certificate, Genesis};
-use neuroshard::crypto::Identity;
 use serde_json::Value;
-
-/// `neuroshard network init` into `dir`: the genesis file and the authority key file.
-fn network_init(dir: &Path) -> (String, String) {
-    let out = Command::new(BIN)
-        .args(["network", "init", "--out", dir.to_str().unwrap()])
-        .args(["--preset", "nano", "--network-id", "admitnet"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", combined_output(&out));
-    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
-    (path("genesis.json"), path("authority.key"))
-}
-
-/// `neuroshard network admit` for `token`'s node, written to `file`.
-fn admit(genesis: &str, key: &str, token: &str, file: &Path) -> Certificate {
-    let node_id = Identity::from_token(token).unwrap().node_id;
-    let out = Command::new(BIN)
-        .args([
-            "network",
-            "admit",
-            "--genesis",
-            genesis,
-            "--authority-key",
-            key,
-        ])
-        .args(["--node-id", &node_id, "--days", "1"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", combined_output(&out));
-    std::fs::write(file, &out.stdout).unwrap();
-    Certificate::from_json(&String::from_utf8_lossy(&out.stdout)).unwrap()
-}
 
 /// This node's row for the peer with `peer_id`, if listed.
 fn row(node: &Node, peer_id: &str) -> Option<Value> {
@@ -68,7 +34,7 @@ fn sees(node: &Node, peer_id: &str, admitted: bool) -> bool {
 #[test]
 fn admitted_trainers_count_each_other_and_an_unadmitted_node_only_observes() {
     let dir = tempfile::tempdir().unwrap();
-    let (genesis_file, key) = network_init(&dir.path().join("net"));
+    let (genesis_file, key) = network_init(&dir.path().join("net"), "admitnet");
     let genesis = Genesis::load(Path::new(&genesis_file)).unwrap();
     let tokens: Vec<String> = (0..3).map(fixed_token).collect();
     let certs: Vec<Certificate> = (0..2)

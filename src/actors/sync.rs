@@ -48,6 +48,8 @@ const ROUND_CHECK: Duration = Duration::from_millis(200);
 /// How often this node repeats its latest round announcement: gossip is fire-and-forget, and a
 /// peer that connected (or joined the mesh) after the first one must still learn of the delta.
 const REANNOUNCE: Duration = Duration::from_secs(2);
+/// θ₀ hashes whose state failed `check_adopted`, remembered so they are never fetched again.
+const MAX_REFUSED_STATES: usize = 64;
 /// Announcements kept for the next round while this one is still open.
 const MAX_EARLY_ANNOUNCEMENTS: usize = 1024;
 
@@ -162,6 +164,9 @@ pub struct SyncActor {
     disagreeing_since: Option<Instant>,
     /// Rounds in which this node's aggregation kept each peer's delta (open networks' weight).
     reputation: Reputation,
+    /// θ₀ hashes of fetched states that failed the checks: peers holding them cannot pull this
+    /// node (a poisoned θ₀ is fetched once, not every 200 ms).
+    refused_states: VecDeque<String>,
     aggregator: Addr<AggregatorActor>,
     trainer: Option<Recipient<StartRound>>,
     last_snapshot: Option<Arc<TrainerSnapshot>>,
@@ -210,6 +215,7 @@ impl SyncActor {
             heal_attempts: 0,
             disagreeing_since: None,
             reputation: Reputation::default(),
+            refused_states: VecDeque::new(),
             aggregator,
             trainer: None,
             last_snapshot,
@@ -311,12 +317,12 @@ impl SyncActor {
             return;
         }
         let previous = self.previous_outer.as_ref().map(|(r, h)| (*r, h.as_str()));
-        let peers = catching_up(
-            self.trainer_peers().into_values().collect(),
-            self.round,
-            &self.theta0_hash,
-            previous,
-        );
+        let candidates = self
+            .trainer_peers()
+            .into_values()
+            .filter(|p| !self.refused_states.contains(&p.theta0_hash))
+            .collect();
+        let peers = catching_up(candidates, self.round, &self.theta0_hash, previous);
         let theta0_hash = self.theta0_hash.clone();
         let own = OwnState {
             round: self.round,
@@ -378,18 +384,21 @@ impl SyncActor {
             let rounds = plan.round.abs_diff(act.round);
             let o = &act.settings.optimizer;
             let bound = reach(rounds, o.lr, o.momentum, act.settings.max_delta_norm);
-            let checked = match (as_values(theta0), as_values(momentum)) {
-                (Ok(t), Ok(m)) => check_adopted(&act.theta0, &t, &m, bound, rounds)
-                    .map(|()| (t, m))
-                    .map_err(|e| e.to_string()),
-                (Err(e), _) | (_, Err(e)) => Err(e),
-            };
-            let (theta0, momentum) = match checked {
-                Ok(state) => state,
-                Err(why) => {
-                    return warn!(from = %source.peer_id, error = %why, "healing refused the fetched state; will retry");
+            let (theta0, momentum) = match (as_values(theta0), as_values(momentum)) {
+                (Ok(t), Ok(m)) => (t, m),
+                (Err(e), _) | (_, Err(e)) => {
+                    return warn!(from = %source.peer_id, error = %e, "healing failed; will retry");
                 }
             };
+            if let Err(why) = check_adopted(&act.theta0, &theta0, &momentum, bound, rounds) {
+                warn!(from = %source.peer_id, theta0 = %plan.theta0_hash, error = %why, "healing refused the fetched state; its holders cannot pull this node");
+                act.refused_states.push_back(plan.theta0_hash.clone());
+                if act.refused_states.len() > MAX_REFUSED_STATES {
+                    act.refused_states.pop_front();
+                }
+                act.disagreeing_since = None;
+                return;
+            }
             act.round = plan.round;
             act.theta0 = Arc::new(theta0);
             act.momentum = momentum;

@@ -440,3 +440,36 @@ impl Process {
         memory_of(self.pid()?)
     }
 }
+
+/// `neuroshard network init` into `dir` (nano preset, network `id`): the genesis file and the
+/// authority key file.
+pub fn network_init(dir: &Path, id: &str) -> (String, String) {
+    let out = Command::new(BIN)
+        .args(["network", "init", "--out", dir.to_str().unwrap()])
+        .args(["--preset", "nano", "--network-id", id])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", combined_output(&out));
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    (path("genesis.json"), path("authority.key"))
+}
+
+/// `neuroshard network admit` for `token`'s node, written to `file`.
+pub fn admit(
+    genesis: &str,
+    key: &str,
+    token: &str,
+    file: &Path,
+) -> neuroshard::admission::Certificate {
+    let node_id = neuroshard::crypto::Identity::from_token(token)
+        .unwrap()
+        .node_id;
+    let out = Command::new(BIN)
+        .args(["network", "admit", "--genesis", genesis])
+        .args(["--authority-key", key, "--node-id", &node_id, "--days", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", combined_output(&out));
+    std::fs::write(file, &out.stdout).unwrap();
+    neuroshard::admission::Certificate::from_json(&String::from_utf8_lossy(&out.stdout)).unwrap()
+}
