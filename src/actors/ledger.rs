@@ -168,8 +168,8 @@ impl LedgerActor {
             .history(&proof.node_id, proof.nonce, now, proof.timestamp_ms)
             .map_err(unavailable)?;
         let (limits, schedule) = (&self.options.limits, &self.options.schedule);
-        let base = verify_proof(now, signed, &history, limits, schedule)?;
-        Ok(Some((id, base)))
+        let offer = verify_proof(now, signed, &history, limits, schedule)?;
+        Ok(Some((id, offer.reward)))
     }
 
     /// Writes verified proofs in one transaction; per proof, its status or why it was refused.

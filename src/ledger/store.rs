@@ -23,8 +23,10 @@ use super::proof::proof_id;
 use super::rewards::RewardSchedule;
 use super::state::{Account, Event, LedgerState};
 use super::tx::tx_id;
-use super::verify::ProofHistory;
-use super::{Nano, ProofKind, SignedProof, SignedTransaction, Transaction, TxKind, TxRejection};
+use super::verify::{ProofHistory, unpaid_reason};
+use super::{
+    Nano, Proof, ProofKind, SignedProof, SignedTransaction, Transaction, TxKind, TxRejection,
+};
 use crate::net::wire::unix_ms;
 
 /// Schema migrations, applied in order and each in its own transaction; `PRAGMA user_version` is
@@ -136,7 +138,8 @@ pub enum ProofStatus {
     Credited,
     /// A training proof waiting for the verdict on its delta.
     Pending,
-    /// A training proof whose delta was not kept (or belongs to another node).
+    /// Credited nothing: a training proof whose delta was not kept (or belongs to another
+    /// node), or a data or inference proof without a valid receipt (self-declared).
     Rejected,
 }
 
@@ -738,6 +741,16 @@ fn training_status(
     }
 }
 
+/// The status of a proof that is not a training proof: credited, unless it is a data or
+/// inference proof that no one but its claimant vouches for (no valid receipt), which is stored
+/// and shown but credited nothing.
+fn receipt_status(proof: &Proof) -> (ProofStatus, Option<String>) {
+    match unpaid_reason(proof) {
+        None => (ProofStatus::Credited, None),
+        Some(why) => (ProofStatus::Rejected, Some(why.to_string())),
+    }
+}
+
 /// A credited proof as the fold sees it, with the credited amount stored for it so far.
 struct ProofRow {
     id: String,
@@ -1196,7 +1209,7 @@ fn stage_proofs(
             let verdict = verdict_for(db, proof.outer_round, &proof.delta_hash)?;
             training_status(&proof.node_id, verdict.as_ref())
         } else {
-            (ProofStatus::Credited, None)
+            receipt_status(proof)
         };
         let body = to_json(signed, || format!("proof {id}"))?;
         insert.execute(params![
@@ -1479,7 +1492,7 @@ fn verify_proofs(
             let key = (proof.outer_round, proof.delta_hash.clone());
             training_status(&proof.node_id, verdicts.get(&key))
         } else {
-            (ProofStatus::Credited, None)
+            receipt_status(&proof)
         };
         let stored_status: String = row.get(4)?;
         let stored_reason: Option<String> = row.get(5)?;
@@ -1595,7 +1608,7 @@ mod tests {
     use super::*;
     use crate::crypto::Identity;
     use crate::ledger::Proof;
-    use crate::ledger::proof::{check_signature, sign_proof};
+    use crate::ledger::proof::{check_signature, sign_proof, sign_receipt};
     use crate::ledger::rewards::{burn_fee, nano};
     use crate::ledger::state::replay;
     use crate::ledger::state::tests::SplitMix;
@@ -2229,6 +2242,58 @@ mod tests {
         let outcomes = store.insert_proofs(&[(bad, nano(1.0))]).unwrap();
         assert!(matches!(outcomes[..], [InsertOutcome::Malformed(_)]));
         assert_eq!(store.network().proofs, 0);
+    }
+
+    /// A data proof of `who` claiming 10⁷ samples, with `receiver`'s receipt if there is one.
+    fn data(who: &Identity, nonce: u64, receiver: Option<&Identity>) -> SignedProof {
+        let mut proof = Proof {
+            data_samples: 10_000_000,
+            work_seconds: 600,
+            uptime_seconds: 0,
+            ..blank(ProofKind::Data, nonce, T0 + nonce)
+        };
+        if let Some(receiver) = receiver {
+            proof = sign_proof(who, proof).unwrap().proof;
+            proof.receipt = Some(sign_receipt(receiver, &proof).unwrap());
+        }
+        sign_proof(who, proof).unwrap()
+    }
+
+    #[test]
+    fn a_self_declared_proof_is_stored_and_shown_but_credits_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (alice, bob) = (identity(1), identity(2));
+        let mut store = open(&dir);
+        let claim = data(&alice, 1, None);
+        let vouched = data(&alice, 2, Some(&bob));
+        let outcomes = store
+            .insert_proofs(&[(claim.clone(), 0), (vouched, nano(100.0))])
+            .unwrap();
+        assert_eq!(
+            outcomes,
+            [
+                InsertOutcome::Stored(ProofStatus::Rejected),
+                InsertOutcome::Stored(ProofStatus::Credited)
+            ]
+        );
+        let listed = store.proofs_of(&alice.node_id, 10).unwrap();
+        let shown = listed.iter().find(|p| p.proof == claim).unwrap();
+        assert_eq!(shown.status, ProofStatus::Rejected);
+        assert_eq!(
+            shown.reason.as_deref(),
+            Some("self-declared: no receipt from the receiving party")
+        );
+        assert_eq!(shown.credited, None);
+        let account = store.account(&alice.node_id);
+        assert_eq!((account.balance, account.proof_count), (nano(100.0), 1));
+        assert_eq!(store.network().proofs, 2);
+        // A self-declared proof alone opens no account.
+        let mut store = open(&tempfile::tempdir().unwrap());
+        store.insert_proofs(&[(claim, 0)]).unwrap();
+        assert!(store.balances().is_empty());
+        assert_eq!(store.network().total_minted, 0);
+        drop(store);
+        assert!(verify(&dir).is_ok(), "{:?}", verify(&dir));
     }
 
     #[test]
