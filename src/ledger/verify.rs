@@ -370,6 +370,32 @@ mod tests {
     }
 
     #[test]
+    fn the_claim_inflation_switchs_proofs_are_valid_and_offered_nothing() {
+        // What NEUROSHARD_FAULT_CLAIM_INFLATION signs every uptime tick: each plausible and at
+        // the 100 NEURO cap, so only the missing receipt stands between them and the cap.
+        let data = sign_proof(&identity(), data_proof()).unwrap();
+        let inference = sign_proof(
+            &identity(),
+            Proof {
+                kind: ProofKind::Inference,
+                work_seconds: 60_000,
+                tokens: 1_000_000_000,
+                data_samples: 0,
+                request_id: "inflated-0000000000000008".into(),
+                ..data_proof()
+            },
+        )
+        .unwrap();
+        for claim in [data, inference] {
+            assert_eq!(offer(&claim), self_declared(), "{:?}", claim.proof.kind);
+            let mut vouched = claim.proof.clone();
+            vouched.receipt = Some(sign_receipt(&other_identity(), &vouched).unwrap());
+            let vouched = sign_proof(&identity(), vouched).unwrap();
+            assert_eq!(offer(&vouched), Ok(Offer::paid(nano(100.0))));
+        }
+    }
+
+    #[test]
     fn a_self_declared_inference_proof_is_offered_nothing() {
         let claim = sign_proof(&identity(), inference_proof()).unwrap();
         assert_eq!(offer(&claim), self_declared());
