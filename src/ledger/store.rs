@@ -851,6 +851,11 @@ fn load_event_rows(conn: &Connection, since_ms: u64) -> Fallible<EventRows> {
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    // The query is a superset when since_ms is 2⁶³ or more; the fold needs exactly these.
+    let proofs: Vec<ProofRow> = proofs
+        .into_iter()
+        .filter(|row| row.timestamp_ms >= since_ms)
+        .collect();
     let mut statement = conn.prepare_cached(
         "SELECT id, body, status, reason FROM transactions
          WHERE timestamp_ms >= ?1 OR timestamp_ms < 0",
@@ -861,6 +866,9 @@ fn load_event_rows(conn: &Connection, since_ms: u64) -> Fallible<EventRows> {
         let id: String = row.get(0)?;
         let signed: SignedTransaction =
             parse_json(&row.get::<_, String>(1)?, || format!("transaction {id}"))?;
+        if signed.tx.timestamp_ms < since_ms {
+            continue;
+        }
         txs.push(TxRow {
             tx: signed.tx,
             stored_status: row.get(2)?,
