@@ -607,6 +607,7 @@ pub async fn run(config: Config, logs: LogRing) -> Result<(), NodeError> {
         uptime_interval: Duration::from_secs(config.ledger.uptime_interval_s),
         fault: PonwFault {
             cheat: fault_switch("NEUROSHARD_FAULT_PONW").is_some_and(|n| n > 0),
+            inflate_claims: fault_switch("NEUROSHARD_FAULT_CLAIM_INFLATION").is_some_and(|n| n > 0),
         },
     };
     let (ledger_store, ledger_peers, ledger_status) =

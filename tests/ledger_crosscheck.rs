@@ -12,7 +12,7 @@ use common::{Node, combined_output, python_script};
 use serde_json::json;
 
 use neuroshard::crypto::Identity;
-use neuroshard::ledger::proof::{proof_id, sign_proof};
+use neuroshard::ledger::proof::{proof_id, sign_proof, sign_receipt};
 use neuroshard::ledger::rewards::{RewardSchedule, burn_fee};
 use neuroshard::ledger::tx::{check_transaction, sign_transaction, tx_id};
 use neuroshard::ledger::verify::{ProofHistory, ProofLimits, verify_proof};
@@ -69,6 +69,24 @@ fn proofs() -> Vec<Proof> {
     vec![training, uptime, inference]
 }
 
+/// Proofs that the mnemonic's identity receipts.
+fn receipted_proofs() -> Vec<Proof> {
+    let data = Proof {
+        nonce: 19,
+        work_seconds: 600,
+        data_samples: 10_000_000,
+        ..proof(ProofKind::Data)
+    };
+    let inference = Proof {
+        nonce: 20,
+        work_seconds: 60,
+        tokens: 1_000_000,
+        request_id: "req-receipted".into(),
+        ..proof(ProofKind::Inference)
+    };
+    vec![data, inference]
+}
+
 fn transactions(recipient: &str) -> Vec<Transaction> {
     let amount = 12_345_678_901;
     let transfer = Transaction {
@@ -117,13 +135,27 @@ fn python_re_encodes_and_verifies_what_rust_signs() {
     assert_eq!(mnemonic_identity.node_id, MNEMONIC_NODE_ID);
 
     let (limits, schedule) = (ProofLimits::default(), RewardSchedule::default());
-    let signed_proofs: Vec<_> = proofs()
+    let mut signed_proofs: Vec<_> = proofs()
         .into_iter()
         .map(|proof| sign_proof(&identity, proof).unwrap())
         .collect();
+    // Data and inference proofs with the receipt of their receiver (the mnemonic's key).
+    for proof in receipted_proofs() {
+        let mut proof = sign_proof(&identity, proof).unwrap().proof;
+        proof.receipt = Some(sign_receipt(&mnemonic_identity, &proof).unwrap());
+        signed_proofs.push(sign_proof(&identity, proof).unwrap());
+    }
     for signed in &signed_proofs {
-        let reward = verify_proof(NOW_MS, signed, &ProofHistory::default(), &limits, &schedule);
-        assert!(reward.is_ok(), "{:?}: {reward:?}", signed.proof.kind);
+        let offer = verify_proof(NOW_MS, signed, &ProofHistory::default(), &limits, &schedule);
+        let offer = offer.unwrap_or_else(|e| panic!("{:?}: {e}", signed.proof.kind));
+        // Receipted work is paid; the inference proof without a receipt is self-declared.
+        let self_declared =
+            signed.proof.kind == ProofKind::Inference && signed.proof.receipt.is_none();
+        assert_eq!(
+            offer.unpaid.is_some(),
+            self_declared,
+            "{signed:?}: {offer:?}"
+        );
     }
     let signed_transactions: Vec<_> = transactions(&mnemonic_identity.node_id)
         .into_iter()
@@ -196,9 +228,12 @@ fn python_verifies_what_a_running_node_signs() {
                 .as_array()
                 .cloned()
                 .unwrap_or_default();
+            // The inference proof carries no receipt, so it earns nothing: uptime pays for the
+            // transfer and the stake below (3,100 nano-NEURO).
             ["uptime", "training", "inference"]
                 .iter()
                 .all(|kind| listed.iter().any(|p| p["proof"]["kind"] == *kind))
+                && n.get("/api/neuro")["balance_nano"].as_u64() >= Some(4000)
         },
     );
     let mut transactions = Vec::new();

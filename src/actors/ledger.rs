@@ -35,11 +35,16 @@ use crate::ledger::{
 use crate::net::wire::{LedgerMessage, Rejection, RoundVerdictsWire, unix_ms};
 use crate::status::{Component, LocalFault, NeuroView, StatusBoard};
 
-/// Test fault switch NEUROSHARD_FAULT_PONW=1: this node gossips only forged proofs (counters raised
-/// after signing) and replays of its peers' proofs, to show that neither earns anything.
+/// Test fault switches. NEUROSHARD_FAULT_PONW=1 (`cheat`): this node gossips only forged proofs
+/// (counters raised after signing) and replays of its peers' proofs, to show that neither earns
+/// anything. NEUROSHARD_FAULT_CLAIM_INFLATION=1 (`inflate_claims`): every uptime tick this node
+/// also signs and gossips a self-declared data proof of 10⁷ samples and an inference proof of
+/// 10⁹ tokens (each at the per-proof cap, and plausible), to show that claims nobody else vouches
+/// for earn nothing.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PonwFault {
     pub cheat: bool,
+    pub inflate_claims: bool,
 }
 
 pub struct LedgerOptions {
@@ -347,9 +352,9 @@ impl LedgerActor {
             .history(&proof.node_id, proof.nonce, now, proof.timestamp_ms)
             .map_err(CheckError::Database)?;
         let (limits, schedule) = (&self.options.limits, &self.options.schedule);
-        let base =
+        let offer =
             verify_proof(now, signed, &history, limits, schedule).map_err(CheckError::offence)?;
-        Ok(Some((id, base)))
+        Ok(Some((id, offer.reward)))
     }
 
     /// Writes verified proofs in one transaction; per proof, its status or why it was refused.
@@ -649,6 +654,18 @@ impl LedgerActor {
         }
     }
 
+    /// The claim-inflation fault switch: data and inference proofs with huge counters and no
+    /// receipt, signed and gossiped like honest ones.
+    fn inflate_claims(&mut self) {
+        let mut data = self.blank_proof(ProofKind::Data, 600.0);
+        data.data_samples = 10_000_000;
+        let _ = self.prove(data);
+        let mut inference = self.blank_proof(ProofKind::Inference, 60_000.0);
+        inference.tokens = 1_000_000_000;
+        inference.request_id = format!("inflated-{:016x}", inference.nonce);
+        let _ = self.prove(inference);
+    }
+
     /// This node's account and the network totals, for /api/neuro and /api/stats.
     fn publish_account(&self) {
         let node_id = &self.options.identity.node_id;
@@ -712,6 +729,9 @@ impl Actor for LedgerActor {
         ctx.run_interval(INBOX_FLUSH, |act, _| act.tick());
         ctx.run_interval(self.options.uptime_interval, |act, _| {
             act.prove_uptime();
+            if act.options.fault.inflate_claims {
+                act.inflate_claims();
+            }
             if !act.options.fault.cheat {
                 act.republish_recent();
             }

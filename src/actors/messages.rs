@@ -265,7 +265,7 @@ pub struct CheckProof(pub SignedProof);
 
 pub struct ProofCheck {
     pub proof_id: Option<String>,
-    pub verdict: Result<Nano, ProofRejection>,
+    pub verdict: Result<crate::ledger::verify::Offer, ProofRejection>,
 }
 
 /// HTTP → Ledger: sign this node's transaction, apply it and gossip it. Refused as the caller's

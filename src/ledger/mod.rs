@@ -71,6 +71,23 @@ pub struct Proof {
     pub delta_hash: String,
     /// Mean training loss of the work (finite), 0 where a kind has none.
     pub loss: f32,
+    /// Data and inference only: the receiving party's signature that it got the work. Without
+    /// a valid one such a proof is self-declared and credited nothing (`proof::check_receipt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<Receipt>,
+}
+
+/// The receiving party's signed statement that it received the work a proof claims: an ECDSA
+/// secp256k1 signature by its key over `proof::receipt_message` (the proof without its receipt).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receipt {
+    /// The receiver's node_id: hex(SHA-256(its compressed public key))[:32].
+    pub node_id: String,
+    /// The receiver's compressed secp256k1 public key, 66 hex characters.
+    pub public_key: String,
+    /// 64-byte compact signature (low-S), hex.
+    pub signature: String,
 }
 
 impl Proof {
@@ -95,6 +112,7 @@ impl Proof {
             model_hash_after: String::new(),
             delta_hash: String::new(),
             loss: 0.0,
+            receipt: None,
         }
     }
 }
@@ -180,6 +198,33 @@ pub enum ProofRejection {
     /// A training proof whose delta robust aggregation rejected (or that no round kept).
     #[error("delta not kept by aggregation: {0}")]
     DeltaRejected(String),
+}
+
+/// Why a valid data or inference proof is credited nothing: no one but the claimant vouches
+/// for the work. The proof is stored and shown with this reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unreceipted {
+    #[error("self-declared: no receipt from the receiving party")]
+    Missing,
+    #[error("self-declared: the receipt is signed by the claimant itself")]
+    OwnReceipt,
+    #[error(
+        "self-declared: the receipt's node_id {claimed} is not the id of its public key ({actual})"
+    )]
+    ForeignKey { claimed: String, actual: String },
+    #[error("self-declared: the receipt's signature does not verify")]
+    BadSignature,
+}
+
+impl Unreceipted {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Unreceipted::Missing => "self_declared",
+            Unreceipted::OwnReceipt => "own_receipt",
+            Unreceipted::ForeignKey { .. } => "receipt_foreign_key",
+            Unreceipted::BadSignature => "bad_receipt_signature",
+        }
+    }
 }
 
 impl ProofRejection {

@@ -16,17 +16,27 @@
 //! | 3 × (1 + 32) | model_hash_before, model_hash_after, delta_hash: 0 alone if empty, else |
 //! |              | 1 and the 32 bytes                                                      |
 //! | 4            | loss, IEEE 754 f32 bits                                                 |
+//! | 0 or 1 + 113 | receipt: nothing if absent, else 1, the receiver's node_id (16), its    |
+//! |              | compressed public key (33) and its compact signature (64)               |
 //!
 //! Hex fields must be lower-case and every field in range, so one proof has exactly one encoding
-//! (and one id) and its signature cannot be carried over to a re-spelled copy.
+//! (and one id) and its signature cannot be carried over to a re-spelled copy. The receipt is a
+//! trailing optional block, so a proof without one encodes exactly as before it existed (same
+//! bytes, id and signature); the encoding is self-delimiting, so the block is unambiguous.
+//!
+//! A receipt is the receiving party's signature over `NEUROSHARD/PoNW-receipt/v1` followed by
+//! the proof's encoding without the receipt block (its own domain tag, so a receipt can never
+//! pass for a proof signature or the other way round). The claimant signs the whole encoding,
+//! receipt included.
 
 use secp256k1::PublicKey;
 use sha2::{Digest, Sha256};
 
-use super::{Proof, ProofKind, ProofRejection, SignedProof};
+use super::{Proof, ProofKind, ProofRejection, Receipt, SignedProof, Unreceipted};
 use crate::crypto::{self, Identity};
 
 pub const PROOF_DOMAIN: &[u8] = b"NEUROSHARD/PoNW/v1";
+pub const RECEIPT_DOMAIN: &[u8] = b"NEUROSHARD/PoNW-receipt/v1";
 pub const MAX_REQUEST_ID_BYTES: usize = 64;
 
 /// The bytes a proof's signature covers; `Malformed` naming the field if it is not canonical.
@@ -69,8 +79,73 @@ pub fn check_signature(signed: &SignedProof) -> Result<(), ProofRejection> {
     Ok(())
 }
 
+/// Whether a kind of proof earns only with a receipt: the work (data served, an inference
+/// answered) has a receiver who can vouch for it; training and uptime are checked otherwise.
+pub fn needs_receipt(kind: ProofKind) -> bool {
+    matches!(kind, ProofKind::Data | ProofKind::Inference)
+}
+
+/// The bytes a receipt's signature covers: the receipt domain tag and the proof's canonical
+/// encoding without its receipt block (whatever receipt `proof` carries is ignored).
+pub fn receipt_message(proof: &Proof) -> Result<Vec<u8>, ProofRejection> {
+    let (body, _) = encode_body(proof).map_err(ProofRejection::Malformed)?;
+    let mut message = Vec::with_capacity(RECEIPT_DOMAIN.len() + body.len());
+    message.extend_from_slice(RECEIPT_DOMAIN);
+    message.extend_from_slice(&body);
+    Ok(message)
+}
+
+/// The receiver's receipt for `proof` (which the claimant then signs with the receipt in it).
+pub fn sign_receipt(receiver: &Identity, proof: &Proof) -> Result<Receipt, ProofRejection> {
+    let message = receipt_message(proof)?;
+    Ok(Receipt {
+        node_id: receiver.node_id.clone(),
+        public_key: hex::encode(receiver.public.serialize()),
+        signature: hex::encode(receiver.sign(&message)),
+    })
+}
+
+/// Whether someone other than the claimant vouches for the proof's work: a receipt whose key
+/// is not the claimant's, whose node_id is its key's, and whose signature verifies over
+/// `receipt_message`. Says nothing of the claimant's own signature (`check_signature`).
+pub fn check_receipt(proof: &Proof) -> Result<(), Unreceipted> {
+    let Some(receipt) = &proof.receipt else {
+        return Err(Unreceipted::Missing);
+    };
+    if receipt.public_key == proof.public_key || receipt.node_id == proof.node_id {
+        return Err(Unreceipted::OwnReceipt);
+    }
+    let public = parse_public_key("receipt.public_key", &receipt.public_key)
+        .map_err(|_| Unreceipted::BadSignature)?;
+    let message = receipt_message(proof).map_err(|_| Unreceipted::BadSignature)?;
+    if !signature_verifies(&public, &message, &receipt.signature) {
+        return Err(Unreceipted::BadSignature);
+    }
+    let actual = crypto::node_id_of(&public);
+    if actual != receipt.node_id {
+        return Err(Unreceipted::ForeignKey {
+            claimed: receipt.node_id.clone(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
 fn encode(proof: &Proof) -> Result<(Vec<u8>, PublicKey), String> {
-    let mut out = Vec::with_capacity(256);
+    let (mut out, public) = encode_body(proof)?;
+    if let Some(receipt) = &proof.receipt {
+        out.push(1);
+        out.extend_from_slice(&lower_hex::<16>("receipt.node_id", &receipt.node_id)?);
+        let receiver = parse_public_key("receipt.public_key", &receipt.public_key)?;
+        out.extend_from_slice(&receiver.serialize());
+        out.extend_from_slice(&lower_hex::<64>("receipt.signature", &receipt.signature)?);
+    }
+    Ok((out, public))
+}
+
+/// Every field but the receipt.
+fn encode_body(proof: &Proof) -> Result<(Vec<u8>, PublicKey), String> {
+    let mut out = Vec::with_capacity(256 + 114);
     out.extend_from_slice(PROOF_DOMAIN);
     out.push(kind_byte(proof.kind));
     out.extend_from_slice(&lower_hex::<16>("node_id", &proof.node_id)?);
@@ -209,7 +284,26 @@ pub(super) mod tests {
             model_hash_after: "22".repeat(32),
             delta_hash: "33".repeat(32),
             loss: 2.5,
+            receipt: None,
         }
+    }
+
+    /// A data proof of `identity()` claiming 10⁷ samples in 600 s, without a receipt.
+    pub(in crate::ledger) fn data_proof() -> Proof {
+        Proof {
+            timestamp_ms: NOW_MS,
+            nonce: 8,
+            work_seconds: 600,
+            data_samples: 10_000_000,
+            ..Proof::empty(ProofKind::Data)
+        }
+    }
+
+    /// `proof` with `receiver`'s receipt, signed by `identity()`.
+    pub(in crate::ledger) fn receipted(receiver: &Identity, proof: Proof) -> SignedProof {
+        let mut proof = sign_proof(&identity(), proof).unwrap().proof;
+        proof.receipt = Some(sign_receipt(receiver, &proof).unwrap());
+        sign_proof(&identity(), proof).unwrap()
     }
 
     pub(in crate::ledger) fn signed_training_proof() -> SignedProof {
@@ -263,6 +357,160 @@ pub(super) mod tests {
         assert_eq!(proof_id(&signed.proof).unwrap(), KNOWN_PROOF_ID);
         assert_eq!(signed.signature, KNOWN_SIGNATURE);
         assert_eq!(check_signature(&signed), Ok(()));
+    }
+
+    // Computed by tests/python/ponw_crosscheck.py's encoder: data_proof() of "00…01" with the
+    // receipt of "00…02".
+    const KNOWN_RECEIPTED_ENCODING: &str = concat!(
+        "4e4555524f53484152442f506f4e572f7631", // NEUROSHARD/PoNW/v1
+        "04",                                   // data
+        "2b6ccba5cbbc65e12a7e60213fcd871e",
+        "0382d578c4ce78d9a0d9d85dc738ba5a3d62a029b605e417311fc6b2578462f55c",
+        "0000018bcfe56800", // timestamp_ms
+        "0000000000000008", // nonce
+        "0000000000000000", // epoch
+        "0000000000000000", // outer_round
+        "0000000000000258", // work_seconds 600
+        "0000000000000000", // uptime_seconds
+        "0000000000000000", // tokens
+        "0000000000000000", // batches
+        "0000000000989680", // data_samples 10^7
+        "00",               // request_id empty
+        "00",               // model_hash_before absent
+        "00",               // model_hash_after absent
+        "00",               // delta_hash absent
+        "00000000",         // loss 0
+        "01",               // receipt present
+        "4cf401cbf1c75f61f6f4d2474e4f7201",
+        "02d81ae0349e85377ef530065b2ff59da6ec73fd78b3b82892bd5795b3e45c3904",
+        "63c1881a07d5649993eb226a9468e60aa1fd25810a464dfb4957a0453b595b97",
+        "241738d48a768bdf2184e4a538796fddf9f995915482256d2d332eb4599c33cb",
+    );
+    const KNOWN_RECEIPT_MESSAGE_SHA256: &str =
+        "bdacbbf82c493b7953e9775a28b7442fcd1769dddf4a57ad9bc6952024d536aa";
+    const KNOWN_RECEIPTED_ID: &str =
+        "50179e5216f46d2cdf3bf262893b018f438d6e85bb59c022e023fc69d349b469";
+    const KNOWN_RECEIPTED_SIGNATURE: &str = concat!(
+        "c5d69187e87a7699970781dfaccc8f0588582a35dc4833fe528d08f448146eea",
+        "6af3df02bb584da05c11f2558415efff73c7acf3cf03eb8de59b34d154056387",
+    );
+
+    #[test]
+    fn a_receipted_proof_has_the_known_encoding_id_and_signatures() {
+        let signed = receipted(&other_identity(), data_proof());
+        assert_eq!(
+            hex::encode(Sha256::digest(receipt_message(&signed.proof).unwrap())),
+            KNOWN_RECEIPT_MESSAGE_SHA256
+        );
+        assert_eq!(
+            hex::encode(canonical_bytes(&signed.proof).unwrap()),
+            KNOWN_RECEIPTED_ENCODING
+        );
+        assert_eq!(proof_id(&signed.proof).unwrap(), KNOWN_RECEIPTED_ID);
+        assert_eq!(signed.signature, KNOWN_RECEIPTED_SIGNATURE);
+        assert_eq!(check_signature(&signed), Ok(()));
+        assert_eq!(check_receipt(&signed.proof), Ok(()));
+        // The receipt block is the only difference from the same proof without one.
+        let mut bare = signed.proof.clone();
+        bare.receipt = None;
+        assert_eq!(
+            canonical_bytes(&signed.proof).unwrap().len() - canonical_bytes(&bare).unwrap().len(),
+            1 + 16 + 33 + 64
+        );
+    }
+
+    #[test]
+    fn a_proof_without_a_valid_receipt_is_self_declared() {
+        let receiver = other_identity();
+        let bare = sign_proof(&identity(), data_proof()).unwrap();
+        assert_eq!(check_receipt(&bare.proof), Err(Unreceipted::Missing));
+        // The claimant cannot receipt its own work.
+        let own = receipted(&identity(), data_proof());
+        assert_eq!(check_signature(&own), Ok(()));
+        assert_eq!(check_receipt(&own.proof), Err(Unreceipted::OwnReceipt));
+        // A receipt for other counters does not carry over to inflated ones, even re-signed by
+        // the claimant.
+        let mut inflated = receipted(&receiver, data_proof()).proof;
+        inflated.data_samples += 1;
+        let inflated = sign_proof(&identity(), inflated).unwrap();
+        assert_eq!(check_signature(&inflated), Ok(()));
+        assert_eq!(
+            check_receipt(&inflated.proof),
+            Err(Unreceipted::BadSignature)
+        );
+        // A receipt naming another node than its key's.
+        let mut foreign = receipted(&receiver, data_proof()).proof;
+        let third = Identity::from_token(&format!("{:064x}", 3)).unwrap();
+        foreign.receipt.as_mut().unwrap().node_id = third.node_id.clone();
+        assert_eq!(
+            check_receipt(&foreign),
+            Err(Unreceipted::ForeignKey {
+                claimed: third.node_id,
+                actual: receiver.node_id.clone(),
+            })
+        );
+        // A high-S twin of the receipt's signature is refused like a proof's.
+        let mut high = receipted(&receiver, data_proof()).proof;
+        let receipt = high.receipt.as_mut().unwrap();
+        let low: [u8; 64] = hex::decode(&receipt.signature).unwrap().try_into().unwrap();
+        receipt.signature = hex::encode(high_s_twin(&low));
+        assert_eq!(check_receipt(&high), Err(Unreceipted::BadSignature));
+    }
+
+    #[test]
+    fn tampering_the_receipt_breaks_the_claimants_signature() {
+        let signed = receipted(&other_identity(), data_proof());
+        let edits: [Edit<Receipt>; 3] = [
+            ("node_id", |r| r.node_id = flip_first_hex(&r.node_id)),
+            ("public_key", |r| {
+                r.public_key = hex::encode(identity().public.serialize())
+            }),
+            ("signature", |r| r.signature = flip_first_hex(&r.signature)),
+        ];
+        for (field, edit) in edits {
+            let mut tampered = signed.clone();
+            edit(tampered.proof.receipt.as_mut().unwrap());
+            assert_eq!(
+                check_signature(&tampered),
+                Err(ProofRejection::BadSignature),
+                "receipt.{field}"
+            );
+        }
+        let mut stripped = signed.clone();
+        stripped.proof.receipt = None;
+        assert_eq!(
+            check_signature(&stripped),
+            Err(ProofRejection::BadSignature)
+        );
+    }
+
+    #[test]
+    fn a_receipt_that_is_not_canonical_hex_is_malformed() {
+        let signed = receipted(&other_identity(), data_proof());
+        let edits: [Edit<Receipt>; 3] = [
+            ("receipt.node_id", |r| r.node_id = r.node_id.to_uppercase()),
+            ("receipt.public_key", |r| r.public_key.truncate(64)),
+            ("receipt.signature", |r| r.signature.push_str("00")),
+        ];
+        for (field, edit) in edits {
+            let mut bad = signed.proof.clone();
+            edit(bad.receipt.as_mut().unwrap());
+            assert!(malformed_field(&bad).contains(field), "{field}");
+        }
+    }
+
+    #[test]
+    fn a_receipt_round_trips_through_json_and_its_absence_adds_no_key() {
+        let signed = receipted(&other_identity(), data_proof());
+        let json = serde_json::to_value(&signed).unwrap();
+        assert_eq!(json["receipt"]["node_id"], other_identity().node_id);
+        let back: SignedProof = serde_json::from_value(json).unwrap();
+        assert_eq!(back, signed);
+        let bare = serde_json::to_value(signed_training_proof()).unwrap();
+        assert!(bare.get("receipt").is_none(), "{bare}");
+        let mut unknown = serde_json::to_value(&signed).unwrap();
+        unknown["receipt"]["amount"] = 1.into();
+        assert!(serde_json::from_value::<SignedProof>(unknown).is_err());
     }
 
     #[test]

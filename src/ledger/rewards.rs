@@ -16,6 +16,11 @@ pub struct RewardSchedule {
     /// No single proof earns more, stake multiplier included; a proof whose base reward is
     /// above it is rejected as implausible.
     pub max_per_proof: f64,
+    /// Length of an emission epoch: proofs are grouped by `timestamp_ms / (epoch_s · 1000)`.
+    pub epoch_s: u64,
+    /// The most NEURO all proofs of one epoch mint together, whatever the number of identities
+    /// that made them: above it every credit of the epoch is scaled down pro rata.
+    pub emission_per_epoch: f64,
 }
 
 impl Default for RewardSchedule {
@@ -26,6 +31,11 @@ impl Default for RewardSchedule {
             data_per_sample: 0.00001,
             inference_per_million_tokens: 0.1,
             max_per_proof: 100.0,
+            epoch_s: 3600,
+            // The original's rates pay a node that trains one batch a second 1.8 NEURO an hour
+            // (0.0005 × 3600) and 0.006 for its uptime: 1000 NEURO an hour pays about 550 such
+            // nodes in full, and is ten capped proofs.
+            emission_per_epoch: 1000.0,
         }
     }
 }
@@ -47,9 +57,10 @@ impl RewardSchedule {
                 self.inference_per_million_tokens,
             ),
             ("max_per_proof", self.max_per_proof),
+            ("emission_per_epoch", self.emission_per_epoch),
         ];
         for (name, value) in rates {
-            if !value.is_finite() || value < 0.0 || value > 1e9 {
+            if !(0.0..=1e9).contains(&value) {
                 return Err(format!(
                     "{name} must be between 0 and 1e9 NEURO, got {value}"
                 ));
@@ -57,6 +68,15 @@ impl RewardSchedule {
         }
         if self.max_per_proof <= 0.0 {
             return Err("max_per_proof must be positive".into());
+        }
+        if self.emission_per_epoch <= 0.0 {
+            return Err("emission_per_epoch must be positive".into());
+        }
+        if !(1..=MAX_EPOCH_S).contains(&self.epoch_s) {
+            return Err(format!(
+                "epoch_s must be between 1 and {MAX_EPOCH_S} (a year), got {}",
+                self.epoch_s
+            ));
         }
         Ok(())
     }
@@ -82,12 +102,30 @@ impl RewardSchedule {
         nano(self.max_per_proof)
     }
 
+    pub fn emission_per_epoch_nano(&self) -> Nano {
+        nano(self.emission_per_epoch)
+    }
+
+    /// The emission epoch a timestamp falls in (an `epoch_s` of 0 counts as 1 s, so an
+    /// unvalidated schedule cannot divide by zero).
+    pub fn epoch_of(&self, timestamp_ms: u64) -> u64 {
+        timestamp_ms / self.epoch_s.max(1).saturating_mul(1000)
+    }
+
+    /// The first millisecond of `epoch`.
+    pub fn epoch_start_ms(&self, epoch: u64) -> u64 {
+        epoch.saturating_mul(self.epoch_s.max(1).saturating_mul(1000))
+    }
+
     /// What a proof is credited: base × the signer's stake multiplier, capped per proof.
     pub fn credited(&self, base: Nano, stake: Nano) -> Nano {
         let boosted = base as u128 * stake_multiplier_ppm(stake) as u128 / PPM as u128;
         boosted.min(self.max_per_proof_nano() as u128) as Nano
     }
 }
+
+/// The longest emission epoch `validate` allows: a year.
+pub const MAX_EPOCH_S: u64 = 365 * 86_400;
 
 const PPM: u64 = 1_000_000;
 /// The original's multiplier caps at 1.5 (REMOTE_STAKE_MULTIPLIER_CAP).
@@ -183,5 +221,30 @@ mod tests {
         );
         schedule.training_per_batch = f64::NAN;
         assert!(schedule.validate().is_err());
+        let no_emission = RewardSchedule {
+            emission_per_epoch: 0.0,
+            ..RewardSchedule::default()
+        };
+        assert!(
+            no_emission
+                .validate()
+                .unwrap_err()
+                .contains("emission_per_epoch")
+        );
+        let no_epoch = RewardSchedule {
+            epoch_s: 0,
+            ..RewardSchedule::default()
+        };
+        assert!(no_epoch.validate().unwrap_err().contains("epoch_s"));
+    }
+
+    #[test]
+    fn timestamps_fall_into_epochs_of_epoch_s() {
+        let schedule = RewardSchedule::default();
+        assert_eq!(schedule.epoch_of(0), 0);
+        assert_eq!(schedule.epoch_of(3_599_999), 0);
+        assert_eq!(schedule.epoch_of(3_600_000), 1);
+        assert_eq!(schedule.epoch_start_ms(2), 7_200_000);
+        assert_eq!(schedule.emission_per_epoch_nano(), nano(1000.0));
     }
 }

@@ -2,6 +2,14 @@
 //! applied in one total order, `(timestamp_ms, id)`, with integer arithmetic that saturates or is
 //! checked, so two nodes holding the same set hold identical state whatever order it arrived in.
 //! No I/O here: the store (`store`) decides what the set is and persists what this computes.
+//!
+//! Emission is bounded per epoch (`RewardSchedule::epoch_s`, by proof timestamp). Each credited
+//! proof claims its base reward × its signer's stake multiplier (the stake held when the epoch
+//! began), capped per proof. When an epoch's claims add up to more than `emission_per_epoch`,
+//! every claim of that epoch is scaled to `claim × emission / Σ claims`, rounded down in
+//! nano-NEURO; the epoch then mints exactly its emission and the rounding remainder is burned.
+//! So however many identities share an epoch, together they mint at most its emission. Because a
+//! proof's credit depends on every other proof of its epoch, events are folded an epoch at a time.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -109,52 +117,92 @@ impl LedgerState {
         self.total_minted.saturating_sub(self.total_burned)
     }
 
-    /// Applies one event: returns what a proof credited (0 when uncredited) or what a transaction
-    /// moved. A refused transaction changes nothing, its sequence number included.
-    pub fn apply(
-        &mut self,
-        event: &Event<'_>,
-        schedule: &RewardSchedule,
-    ) -> Result<Nano, TxRejection> {
-        match *event {
-            Event::Proof {
-                node_id,
-                base_reward,
-                credited,
-                ..
-            } => Ok(if credited {
-                self.credit_proof(node_id, base_reward, schedule)
-            } else {
-                0
-            }),
-            Event::Tx { tx, .. } => self.apply_transaction(tx),
-        }
-    }
-
-    /// Sorts `events` into the fold's order and applies them, handing each outcome to `on_outcome`.
-    /// Applying events that all sort after those already applied is the same as replaying all.
+    /// Sorts `events` into the fold's order and applies them an epoch at a time, handing each
+    /// outcome (what a proof credited, 0 when uncredited; what a transaction moved, or why it was
+    /// refused) to `on_outcome`. A refused transaction changes nothing, its sequence number
+    /// included.
+    ///
+    /// Every event must belong to a later epoch than those already folded into `self`: an epoch's
+    /// credits depend on all of its proofs, so an epoch that gains an event is folded again from
+    /// the state before it. That state, before the last epoch of `events`, is returned (`None`
+    /// when there are no events): the base from which the store re-folds the open epoch.
     pub fn apply_sorted<'e>(
         &mut self,
         events: &mut [Event<'e>],
         schedule: &RewardSchedule,
         mut on_outcome: impl FnMut(&Event<'e>, Result<Nano, TxRejection>),
-    ) {
+    ) -> Option<LedgerState> {
         sort_events(events);
-        for event in events.iter() {
-            let outcome = self.apply(event, schedule);
+        let epoch_of = |event: &Event<'_>| schedule.epoch_of(event.timestamp_ms());
+        let last_epoch = events.last().map(epoch_of);
+        let mut base = None;
+        for group in events.chunk_by(|a, b| epoch_of(a) == epoch_of(b)) {
+            if last_epoch == group.first().map(epoch_of) {
+                base = Some(self.clone());
+            }
+            self.fold_epoch(group, schedule, &mut on_outcome);
+        }
+        base
+    }
+
+    /// Applies the events of one epoch, in order, with the epoch's emission bound.
+    fn fold_epoch<'e>(
+        &mut self,
+        group: &[Event<'e>],
+        schedule: &RewardSchedule,
+        on_outcome: &mut impl FnMut(&Event<'e>, Result<Nano, TxRejection>),
+    ) {
+        // What each credited proof claims, with the stake its signer held when the epoch began.
+        let claims: Vec<Nano> = group
+            .iter()
+            .map(|event| match *event {
+                Event::Proof {
+                    node_id,
+                    base_reward,
+                    credited: true,
+                    ..
+                } => {
+                    let stake = self.accounts.get(node_id).map_or(0, |a| a.stake);
+                    schedule.credited(base_reward, stake)
+                }
+                _ => 0,
+            })
+            .collect();
+        let claimed: u128 = claims.iter().map(|&claim| u128::from(claim)).sum();
+        let emission = u128::from(schedule.emission_per_epoch_nano());
+        let over = claimed > emission;
+        let mut paid: u128 = 0;
+        for (event, claim) in group.iter().zip(claims) {
+            let outcome = match *event {
+                Event::Proof {
+                    node_id, credited, ..
+                } => Ok(if credited {
+                    // claim ≤ claimed, so the share is at most the emission and fits a Nano.
+                    let amount = if over {
+                        (u128::from(claim) * emission / claimed) as Nano
+                    } else {
+                        claim
+                    };
+                    paid += u128::from(amount);
+                    self.credit_proof(node_id, amount)
+                } else {
+                    0
+                }),
+                Event::Tx { tx, .. } => self.apply_transaction(tx),
+            };
             on_outcome(event, outcome);
+        }
+        if over {
+            // Σ ⌊claim·E/Σ⌋ ≤ E: the epoch mints exactly E and the remainder is given to no one.
+            let remainder = (emission - paid) as Nano;
+            self.total_minted = self.total_minted.saturating_add(remainder);
+            self.total_burned = self.total_burned.saturating_add(remainder);
         }
     }
 
-    fn credit_proof(
-        &mut self,
-        node_id: &str,
-        base_reward: Nano,
-        schedule: &RewardSchedule,
-    ) -> Nano {
+    /// Credits `amount` (the proof's share of its epoch's emission) to its signer.
+    fn credit_proof(&mut self, node_id: &str, amount: Nano) -> Nano {
         let account = self.accounts.entry(node_id.to_owned()).or_default();
-        // The multiplier uses the stake the signer holds at this point of the order.
-        let amount = schedule.credited(base_reward, account.stake);
         account.balance = account.balance.saturating_add(amount);
         account.total_earned = account.total_earned.saturating_add(amount);
         account.proof_count = account.proof_count.saturating_add(1);
@@ -297,12 +345,26 @@ pub(super) mod tests {
         }
     }
 
-    /// A schedule whose cap is out of the way, so the arithmetic in a test is only its own.
+    /// A schedule whose cap and emission bound are out of the way, so the arithmetic in a test
+    /// is only its own (an emission this large saturates to `Nano::MAX`).
     fn uncapped() -> RewardSchedule {
         RewardSchedule {
             max_per_proof: 1e9,
+            emission_per_epoch: 1e12,
             ..RewardSchedule::default()
         }
+    }
+
+    /// Applies one event onto `state` (which must hold no event of its epoch) and returns its
+    /// outcome.
+    fn apply_one(
+        state: &mut LedgerState,
+        event: Event<'_>,
+        schedule: &RewardSchedule,
+    ) -> Result<Nano, TxRejection> {
+        let mut outcome = None;
+        state.apply_sorted(&mut [event], schedule, |_, o| outcome = Some(o));
+        outcome.unwrap()
     }
 
     fn fold(events: &[Event<'_>]) -> (LedgerState, Vec<(String, TxRejection)>) {
@@ -461,7 +523,7 @@ pub(super) mod tests {
             tx: &skip,
         };
         assert_eq!(
-            next.apply(&event, &uncapped()),
+            apply_one(&mut next, event, &uncapped()),
             Err(TxRejection::BadSequence {
                 expected: 2,
                 got: 3
@@ -647,20 +709,22 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn the_stake_multiplier_applies_to_later_proofs_only() {
+    fn the_stake_multiplier_applies_from_the_next_epoch() {
         let stake = tx(TxKind::Stake, ALICE, 1, 20, nano(1000.0));
+        let next_epoch = uncapped().epoch_s * 1000;
         let (state, _) = fold(&[
             proof("before", ALICE, 10, nano(1000.0)),
             Event::Tx {
                 id: "s",
                 tx: &stake,
             },
-            proof("after", ALICE, 30, nano(1.0)),
+            proof("same epoch", ALICE, 30, nano(1.0)),
+            proof("next epoch", ALICE, next_epoch, nano(1.0)),
         ]);
         let alice = state.account(ALICE).unwrap();
-        // 1000 staked gives ×1.1 (rewards::stake_multiplier).
-        assert_eq!(alice.total_earned, nano(1000.0) + nano(1.1));
-        assert_eq!(alice.balance, nano(1.1));
+        // 1000 staked gives ×1.1 (rewards::stake_multiplier), from the epoch after the stake.
+        assert_eq!(alice.total_earned, nano(1000.0) + nano(1.0) + nano(1.1));
+        assert_eq!(alice.balance, nano(2.1));
         assert_eq!(alice.stake, nano(1000.0));
     }
 
@@ -674,7 +738,7 @@ pub(super) mod tests {
             credited: false,
         };
         let mut state = LedgerState::default();
-        assert_eq!(state.apply(&pending, &uncapped()), Ok(0));
+        assert_eq!(apply_one(&mut state, pending, &uncapped()), Ok(0));
         assert_eq!(state, LedgerState::default());
     }
 
@@ -691,10 +755,7 @@ pub(super) mod tests {
 
     #[test]
     fn huge_amounts_saturate_or_are_refused_without_overflow() {
-        let schedule = RewardSchedule {
-            max_per_proof: 1e9,
-            ..RewardSchedule::default()
-        };
+        let schedule = uncapped();
         let mut events = Vec::new();
         let ids: Vec<String> = (0..40).map(|i| format!("p{i:02}")).collect();
         for (i, id) in ids.iter().enumerate() {
@@ -726,8 +787,10 @@ pub(super) mod tests {
         });
         let (state, rejected) = replay(&mut events, &schedule);
         let alice = state.account(ALICE).unwrap();
+        // 40 claims of 10⁹ NEURO overflow a u64 together: scaled to the (saturated) emission.
         assert_eq!(state.total_minted(), Nano::MAX);
-        assert_eq!(alice.total_earned, Nano::MAX);
+        assert_eq!(alice.total_earned, Nano::MAX - state.total_burned());
+        assert!(state.total_burned() < 40, "{}", state.total_burned());
         assert_eq!(alice.proof_count, 40);
         assert_eq!(alice.stake, 0);
         assert_eq!(alice.last_seq, 2);
@@ -746,8 +809,9 @@ pub(super) mod tests {
         );
         let after = tx(TxKind::Transfer, ALICE, u64::MAX, 1, 1);
         assert!(matches!(
-            maxed.apply(
-                &Event::Tx {
+            apply_one(
+                &mut maxed,
+                Event::Tx {
                     id: "t",
                     tx: &after
                 },
@@ -773,10 +837,186 @@ pub(super) mod tests {
         );
         let send = tx(TxKind::Transfer, ALICE, 1, 1, nano(1.0));
         assert_eq!(
-            full.apply(&Event::Tx { id: "t", tx: &send }, &schedule),
+            apply_one(&mut full, Event::Tx { id: "t", tx: &send }, &schedule),
             Ok(nano(1.0))
         );
         assert_eq!(full.account(BOB).unwrap().balance, Nano::MAX);
+    }
+
+    /// `identities` nodes, each with `per_identity` proofs of 100 NEURO (the cap) in one epoch.
+    fn flood(identities: usize, per_identity: usize) -> LedgerState {
+        let names: Vec<String> = (0..identities).map(|i| format!("sybil{i:04}")).collect();
+        let ids: Vec<String> = (0..identities * per_identity)
+            .map(|i| format!("p{i:07}"))
+            .collect();
+        let mut events: Vec<Event<'_>> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| proof(id, &names[i % identities], 1000 + i as u64, nano(100.0)))
+            .collect();
+        let (state, rejected) = replay(&mut events, &RewardSchedule::default());
+        assert!(rejected.is_empty());
+        state
+    }
+
+    #[test]
+    fn one_or_a_thousand_identities_mint_the_same_in_one_epoch() {
+        let schedule = RewardSchedule::default();
+        let emission = schedule.emission_per_epoch_nano();
+        assert_eq!(emission, nano(1000.0));
+        // 30 capped proofs claim 3000 NEURO, three times the epoch's emission.
+        let one = flood(1, 30);
+        let thousand = flood(1000, 30);
+        for state in [&one, &thousand] {
+            assert_eq!(state.total_minted(), emission);
+            let held: Nano = state.accounts().values().map(|a| a.balance).sum();
+            assert_eq!(held, state.circulating_supply());
+            assert!(held <= emission);
+        }
+        // Every proof is paid a third of its claim, rounded down; the remainders are burned.
+        let alone = one.account("sybil0000").unwrap();
+        assert_eq!(alone.balance, 30 * 33_333_333_333);
+        assert_eq!(one.total_burned(), emission - 30 * 33_333_333_333);
+        // A thousand identities share the same 1000 NEURO: one NEURO each, less rounding.
+        assert_eq!(thousand.accounts().len(), 1000);
+        for account in thousand.accounts().values() {
+            assert_eq!(account.balance, 30 * 33_333_333);
+            assert_eq!(account.proof_count, 30);
+        }
+        assert_eq!(thousand.total_burned(), emission - 30_000 * 33_333_333);
+    }
+
+    #[test]
+    fn an_epoch_under_its_emission_is_paid_in_full() {
+        let (state, _) = replay(
+            &mut [
+                proof("a", ALICE, 10, nano(100.0)),
+                proof("b", BOB, 20, nano(400.0)),
+            ],
+            &RewardSchedule::default(),
+        );
+        assert_eq!(state.account(ALICE).unwrap().balance, nano(100.0));
+        assert_eq!(state.account(BOB).unwrap().balance, nano(100.0)); // the per-proof cap
+        assert_eq!(
+            (state.total_minted(), state.total_burned()),
+            (nano(200.0), 0)
+        );
+    }
+
+    #[test]
+    fn each_epoch_has_its_own_emission_and_shares_it_pro_rata() {
+        let schedule = RewardSchedule {
+            emission_per_epoch: 10.0,
+            ..uncapped()
+        };
+        let epoch_ms = schedule.epoch_s * 1000;
+        let events = [
+            // Epoch 0 claims 30 for 10: a third each.
+            proof("a", ALICE, 10, nano(6.0)),
+            proof("b", BOB, 20, nano(24.0)),
+            // Epoch 1 claims 5: paid in full.
+            proof("c", ALICE, epoch_ms, nano(5.0)),
+            // Epoch 2 claims exactly its emission.
+            proof("d", BOB, 2 * epoch_ms + 5, nano(10.0)),
+        ];
+        let (state, _) = replay(&mut events.to_vec(), &schedule);
+        assert_eq!(state.account(ALICE).unwrap().balance, nano(2.0) + nano(5.0));
+        assert_eq!(state.account(BOB).unwrap().balance, nano(8.0) + nano(10.0));
+        assert_eq!(state.total_minted(), nano(25.0));
+        assert_eq!(state.total_burned(), 0);
+    }
+
+    #[test]
+    fn a_transfer_spends_the_scaled_credit_not_the_claim() {
+        let schedule = RewardSchedule {
+            emission_per_epoch: 10.0,
+            ..uncapped()
+        };
+        // Alice claims 20 but the epoch pays 10: a transfer of 12 later in the epoch overdraws.
+        let send = tx(TxKind::Transfer, ALICE, 1, 30, nano(12.0));
+        let (state, rejected) = replay(
+            &mut [
+                proof("a", ALICE, 10, nano(20.0)),
+                Event::Tx { id: "t", tx: &send },
+            ],
+            &schedule,
+        );
+        assert_eq!(
+            rejected,
+            vec![(
+                "t".to_owned(),
+                TxRejection::Overdraft {
+                    needed: nano(12.6),
+                    balance: nano(10.0)
+                }
+            )]
+        );
+        assert_eq!(state.account(ALICE).unwrap().balance, nano(10.0));
+    }
+
+    #[test]
+    fn with_the_emission_bound_every_permutation_still_gives_the_same_state() {
+        let schedule = RewardSchedule {
+            epoch_s: 1,
+            emission_per_epoch: 3.0,
+            ..uncapped()
+        };
+        let mut rng = SplitMix(11);
+        let nodes = [ALICE, BOB, "carol"];
+        let ids: Vec<String> = (0..80).map(|i| format!("e{i:02}")).collect();
+        let transactions: Vec<Transaction> = (1..=20)
+            .map(|seq| {
+                let mut t = tx(TxKind::Transfer, nodes[seq as usize % 3], seq / 3 + 1, 0, 0);
+                t.timestamp_ms = rng.next() % 4000;
+                t.amount = rng.next() % nano(1.0);
+                t.fee = burn_fee(t.amount);
+                t.to = nodes[(seq as usize + 1) % 3].into();
+                t
+            })
+            .collect();
+        let mut events: Vec<Event<'_>> = transactions
+            .iter()
+            .zip(&ids)
+            .map(|(tx, id)| Event::Tx { id, tx })
+            .collect();
+        for (i, id) in ids.iter().enumerate().skip(20) {
+            events.push(Event::Proof {
+                id,
+                node_id: nodes[i % 3],
+                // Four epochs of one second, some over their emission.
+                timestamp_ms: rng.next() % 4000,
+                base_reward: rng.next() % nano(1.5),
+                credited: true,
+            });
+        }
+        let reference = replay(&mut events.clone(), &schedule);
+        let claimed: Nano = events
+            .iter()
+            .map(|event| match *event {
+                Event::Proof { base_reward, .. } => base_reward,
+                Event::Tx { .. } => 0,
+            })
+            .sum();
+        assert!(
+            reference.0.total_minted() < claimed,
+            "some epoch must be scaled"
+        );
+        for _ in 0..50 {
+            rng.shuffle(&mut events);
+            assert_eq!(replay(&mut events.clone(), &schedule), reference);
+        }
+        // Folding the last epoch again from the returned base gives the same state.
+        let mut state = LedgerState::default();
+        let base = state.apply_sorted(&mut events.clone(), &schedule, |_, _| {});
+        let last_epoch = schedule.epoch_of(events.iter().map(Event::timestamp_ms).max().unwrap());
+        let mut last: Vec<Event<'_>> = events
+            .iter()
+            .copied()
+            .filter(|e| schedule.epoch_of(e.timestamp_ms()) == last_epoch)
+            .collect();
+        let mut refolded = base.unwrap();
+        refolded.apply_sorted(&mut last, &schedule, |_, _| {});
+        assert_eq!(refolded, reference.0);
     }
 
     #[test]

@@ -3,11 +3,14 @@
 //! them (`state`), kept in memory and mirrored in the `balances` table.
 //!
 //! Events are the truth and balances derived data: every write call is one SQLite transaction that
-//! inserts its rows and rewrites what they change. When every new event sorts after the largest
-//! order key already folded (the watermark) it is applied to the in-memory fold incrementally;
-//! otherwise everything is folded again from the start, because an earlier event can change the
-//! outcome of every later one (a transfer refused for an overdraft becomes valid when an earlier
-//! proof arrives). Transaction statuses and credited amounts are rewritten to follow the fold.
+//! inserts its rows and rewrites what they change. The fold runs an emission epoch at a time (a
+//! proof's credit depends on every proof of its epoch, `state`), so the store keeps the state
+//! before the newest folded epoch (the open epoch). When every new event belongs to the open epoch
+//! or a later one, that state is the base: the events from the open epoch's start are loaded and
+//! folded onto it. An event of an earlier epoch folds everything again from the start, because an
+//! earlier event can change the outcome of every later one (a transfer refused for an overdraft
+//! becomes valid when an earlier proof arrives). Transaction statuses, credited amounts and the
+//! balances that changed are rewritten to follow the fold.
 //!
 //! SQLite integers are signed: a u64 is stored as its i64 bit pattern (`sql_int`), so every value
 //! below 2⁶³ (any realistic amount or time) reads the same in raw SQL and larger ones round-trip.
@@ -23,8 +26,10 @@ use super::proof::proof_id;
 use super::rewards::RewardSchedule;
 use super::state::{Account, Event, LedgerState};
 use super::tx::tx_id;
-use super::verify::ProofHistory;
-use super::{Nano, ProofKind, SignedProof, SignedTransaction, Transaction, TxKind, TxRejection};
+use super::verify::{ProofHistory, unpaid_reason};
+use super::{
+    Nano, Proof, ProofKind, SignedProof, SignedTransaction, Transaction, TxKind, TxRejection,
+};
 use crate::net::wire::unix_ms;
 
 /// Schema migrations, applied in order and each in its own transaction; `PRAGMA user_version` is
@@ -83,6 +88,9 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE TABLE network (key TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL) STRICT;
     CREATE TABLE rejections (kind TEXT PRIMARY KEY NOT NULL, count INTEGER NOT NULL) STRICT;",
+    // 2: the events of an epoch onwards, loaded to fold the open epoch again.
+    "CREATE INDEX proofs_credited_by_time ON proofs (timestamp_ms) WHERE status = 'credited';
+    CREATE INDEX transactions_by_time ON transactions (timestamp_ms);",
 ];
 
 /// The schema this binary writes.
@@ -136,7 +144,8 @@ pub enum ProofStatus {
     Credited,
     /// A training proof waiting for the verdict on its delta.
     Pending,
-    /// A training proof whose delta was not kept (or belongs to another node).
+    /// Credited nothing: a training proof whose delta was not kept (or belongs to another
+    /// node), or a data or inference proof without a valid receipt (self-declared).
     Rejected,
 }
 
@@ -258,8 +267,10 @@ pub struct LedgerStore {
     path: PathBuf,
     conn: Connection,
     state: LedgerState,
-    /// The largest order key in `state`: events after it can be applied incrementally.
-    watermark: Option<(u64, String)>,
+    /// The newest emission epoch in `state`, and the state before it: events of that epoch or a
+    /// later one are folded onto `base` with the stored events from the epoch's start.
+    open_epoch: Option<u64>,
+    base: LedgerState,
     schedule: RewardSchedule,
     stored_proofs: u64,
     stored_transactions: u64,
@@ -294,7 +305,7 @@ impl LedgerStore {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrate(&mut conn)?;
 
-        let rows = load_event_rows(&conn)?;
+        let rows = load_event_rows(&conn, 0)?;
         let mut state = LedgerState::default();
         let fold = fold_onto(&mut state, &rows.proofs, &rows.txs, &schedule);
         let drift = compare_balances(&state, &read_stored_balances(&conn)?);
@@ -320,7 +331,8 @@ impl LedgerStore {
             path: path.to_owned(),
             conn,
             state,
-            watermark: fold.last_key,
+            open_epoch: fold.last_epoch,
+            base: fold.base.unwrap_or_default(),
             schedule,
             stored_proofs,
             stored_transactions,
@@ -502,7 +514,7 @@ impl LedgerStore {
             Some(settle(
                 &db,
                 &self.state,
-                self.watermark.as_ref(),
+                self.open_epoch.map(|epoch| (epoch, &self.base)),
                 &staged.events,
                 &self.schedule,
             )?)
@@ -515,7 +527,10 @@ impl LedgerStore {
         db.commit()?;
         if let Some(settled) = settled {
             self.state = settled.state;
-            self.watermark = settled.watermark;
+            if let Some(base) = settled.fold.base {
+                self.base = base;
+                self.open_epoch = settled.fold.last_epoch;
+            }
         }
         self.stored_proofs += staged.proofs_added;
         self.stored_transactions += staged.transactions_added;
@@ -738,6 +753,16 @@ fn training_status(
     }
 }
 
+/// The status of a proof that is not a training proof: credited, unless it is a data or
+/// inference proof that no one but its claimant vouches for (no valid receipt), which is stored
+/// and shown but credited nothing.
+fn receipt_status(proof: &Proof) -> (ProofStatus, Option<String>) {
+    match unpaid_reason(proof) {
+        None => (ProofStatus::Credited, None),
+        Some(why) => (ProofStatus::Rejected, Some(why.to_string())),
+    }
+}
+
 /// A credited proof as the fold sees it, with the credited amount stored for it so far.
 struct ProofRow {
     id: String,
@@ -799,36 +824,23 @@ impl EventRows {
         self.proofs.is_empty() && self.txs.is_empty()
     }
 
-    fn order_keys(&self) -> impl Iterator<Item = (u64, &str)> {
-        let proofs = self
-            .proofs
-            .iter()
-            .map(|row| (row.timestamp_ms, row.id.as_str()));
-        let txs = self
-            .txs
-            .iter()
-            .map(|row| (row.tx.timestamp_ms, row.id.as_str()));
-        proofs.chain(txs)
-    }
-
-    /// The accounts these events can change.
-    fn node_ids(&self) -> BTreeSet<&str> {
-        let proofs = self.proofs.iter().map(|row| row.node_id.as_str());
-        let senders = self.txs.iter().map(|row| row.tx.from.as_str());
-        let recipients = self.txs.iter().map(|row| row.tx.to.as_str());
-        proofs.chain(senders).chain(recipients).collect()
+    fn timestamps(&self) -> impl Iterator<Item = u64> {
+        let proofs = self.proofs.iter().map(|row| row.timestamp_ms);
+        proofs.chain(self.txs.iter().map(|row| row.tx.timestamp_ms))
     }
 }
 
-/// Every event the daemon folds: credited proofs (pending and rejected ones change nothing) and
-/// all transactions.
-fn load_event_rows(conn: &Connection) -> Fallible<EventRows> {
-    let mut statement = conn.prepare(
+/// Every event the daemon folds from `since_ms` on: credited proofs (pending and rejected ones
+/// change nothing) and all transactions.
+fn load_event_rows(conn: &Connection, since_ms: u64) -> Fallible<EventRows> {
+    // Timestamps of 2⁶³ ms and more are stored negative (`sql_int`): they are after any start.
+    let since = sql_int(since_ms.min(i64::MAX as u64));
+    let mut statement = conn.prepare_cached(
         "SELECT id, node_id, timestamp_ms, base_reward, credited_amount FROM proofs
-         WHERE status = 'credited'",
+         WHERE status = 'credited' AND (timestamp_ms >= ?1 OR timestamp_ms < 0)",
     )?;
     let proofs = statement
-        .query_map([], |row| {
+        .query_map([since], |row| {
             Ok(ProofRow {
                 id: row.get(0)?,
                 node_id: row.get(1)?,
@@ -839,13 +851,24 @@ fn load_event_rows(conn: &Connection) -> Fallible<EventRows> {
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut statement = conn.prepare("SELECT id, body, status, reason FROM transactions")?;
-    let mut rows = statement.query([])?;
+    // The query is a superset when since_ms is 2⁶³ or more; the fold needs exactly these.
+    let proofs: Vec<ProofRow> = proofs
+        .into_iter()
+        .filter(|row| row.timestamp_ms >= since_ms)
+        .collect();
+    let mut statement = conn.prepare_cached(
+        "SELECT id, body, status, reason FROM transactions
+         WHERE timestamp_ms >= ?1 OR timestamp_ms < 0",
+    )?;
+    let mut rows = statement.query([since])?;
     let mut txs = Vec::new();
     while let Some(row) = rows.next()? {
         let id: String = row.get(0)?;
         let signed: SignedTransaction =
             parse_json(&row.get::<_, String>(1)?, || format!("transaction {id}"))?;
+        if signed.tx.timestamp_ms < since_ms {
+            continue;
+        }
         txs.push(TxRow {
             tx: signed.tx,
             stored_status: row.get(2)?,
@@ -873,8 +896,9 @@ struct StatusChange {
 /// What folding a set of rows produced besides the state.
 #[derive(Default)]
 struct Fold {
-    /// The largest order key folded.
-    last_key: Option<(u64, String)>,
+    /// The newest emission epoch folded, and the state before it (`LedgerState::apply_sorted`).
+    last_epoch: Option<u64>,
+    base: Option<LedgerState>,
     /// Stored per-event columns that disagree with the fold.
     credit_changes: Vec<CreditChange>,
     status_changes: Vec<StatusChange>,
@@ -912,7 +936,7 @@ fn fold_onto(
         .chain(txs.iter().map(TxRow::event))
         .collect();
     let mut fold = Fold::default();
-    state.apply_sorted(&mut events, schedule, |event, outcome| match *event {
+    let base = state.apply_sorted(&mut events, schedule, |event, outcome| match *event {
         Event::Proof { id, credited, .. } => {
             let recomputed = credited.then(|| outcome.unwrap_or(0));
             let stored = stored_credit.get(id).copied().flatten();
@@ -937,9 +961,10 @@ fn fold_onto(
             fold.tx_outcomes.insert(id.to_owned(), outcome);
         }
     });
-    fold.last_key = events
+    fold.last_epoch = events
         .last()
-        .map(|event| (event.timestamp_ms(), event.id().to_owned()));
+        .map(|event| schedule.epoch_of(event.timestamp_ms()));
+    fold.base = base;
     fold
 }
 
@@ -1110,50 +1135,56 @@ struct Staged<S> {
 /// The fold after a write call, not yet adopted (its SQLite transaction has not committed).
 struct Settled {
     state: LedgerState,
-    watermark: Option<(u64, String)>,
     fold: Fold,
 }
 
-/// Folds `new` into a copy of `state` when every new event sorts after the watermark, else
-/// re-folds every stored event (`new` is already among them); then writes what changed.
+/// Folds the stored events (the new ones among them) again from the open epoch's start onto the
+/// state before it when every new event belongs to the open epoch or a later one, else from the
+/// start; then writes what changed: per-event columns, accounts, network totals.
 fn settle(
     db: &Connection,
     state: &LedgerState,
-    watermark: Option<&(u64, String)>,
+    open: Option<(u64, &LedgerState)>,
     new: &EventRows,
     schedule: &RewardSchedule,
 ) -> Fallible<Settled> {
-    let after_watermark = |key: (u64, &str)| {
-        watermark.is_none_or(|(timestamp_ms, id)| key > (*timestamp_ms, id.as_str()))
-    };
-    if new.order_keys().all(after_watermark) {
-        let mut next = state.clone();
-        let fold = fold_onto(&mut next, &new.proofs, &new.txs, schedule);
-        write_event_changes(db, &fold)?;
-        for node_id in new.node_ids() {
-            if let Some(account) = next.account(node_id) {
-                upsert_account(db, node_id, account)?;
-            }
+    let first_new_epoch = new.timestamps().map(|t| schedule.epoch_of(t)).min();
+    let (since_ms, mut next) = match (open, first_new_epoch) {
+        (Some((open_epoch, base)), Some(first)) if first >= open_epoch => {
+            (schedule.epoch_start_ms(open_epoch), base.clone())
         }
-        write_network(db, &next)?;
-        let watermark = watermark.cloned().max(fold.last_key.clone());
-        Ok(Settled {
-            state: next,
-            watermark,
-            fold,
-        })
-    } else {
-        let rows = load_event_rows(db)?;
-        let mut next = LedgerState::default();
-        let fold = fold_onto(&mut next, &rows.proofs, &rows.txs, schedule);
-        write_event_changes(db, &fold)?;
-        rewrite_balances(db, &next)?;
-        Ok(Settled {
-            state: next,
-            watermark: fold.last_key.clone(),
-            fold,
-        })
+        _ => (0, LedgerState::default()),
+    };
+    let rows = load_event_rows(db, since_ms)?;
+    let fold = fold_onto(&mut next, &rows.proofs, &rows.txs, schedule);
+    write_event_changes(db, &fold)?;
+    write_balance_changes(db, state, &next)?;
+    Ok(Settled { state: next, fold })
+}
+
+/// Writes the accounts that differ between `before` and `after` (a re-fold can also remove one:
+/// a transfer that created it no longer applies) and the network totals.
+fn write_balance_changes(
+    db: &Connection,
+    before: &LedgerState,
+    after: &LedgerState,
+) -> Fallible<()> {
+    let node_ids: BTreeSet<&String> = before
+        .accounts()
+        .keys()
+        .chain(after.accounts().keys())
+        .collect();
+    for node_id in node_ids {
+        match (before.account(node_id), after.account(node_id)) {
+            (old, Some(new)) if old != Some(new) => upsert_account(db, node_id, new)?,
+            (Some(_), None) => {
+                db.prepare_cached("DELETE FROM balances WHERE node_id = ?1")?
+                    .execute([node_id])?;
+            }
+            _ => {}
+        }
     }
+    write_network(db, after)
 }
 
 fn stage_proofs(
@@ -1196,7 +1227,7 @@ fn stage_proofs(
             let verdict = verdict_for(db, proof.outer_round, &proof.delta_hash)?;
             training_status(&proof.node_id, verdict.as_ref())
         } else {
-            (ProofStatus::Credited, None)
+            receipt_status(proof)
         };
         let body = to_json(signed, || format!("proof {id}"))?;
         insert.execute(params![
@@ -1479,7 +1510,7 @@ fn verify_proofs(
             let key = (proof.outer_round, proof.delta_hash.clone());
             training_status(&proof.node_id, verdicts.get(&key))
         } else {
-            (ProofStatus::Credited, None)
+            receipt_status(&proof)
         };
         let stored_status: String = row.get(4)?;
         let stored_reason: Option<String> = row.get(5)?;
@@ -1595,7 +1626,7 @@ mod tests {
     use super::*;
     use crate::crypto::Identity;
     use crate::ledger::Proof;
-    use crate::ledger::proof::{check_signature, sign_proof};
+    use crate::ledger::proof::{check_signature, sign_proof, sign_receipt};
     use crate::ledger::rewards::{burn_fee, nano};
     use crate::ledger::state::replay;
     use crate::ledger::state::tests::SplitMix;
@@ -1679,7 +1710,11 @@ mod tests {
     }
 
     fn open(dir: &tempfile::TempDir) -> LedgerStore {
-        LedgerStore::open(&path_in(dir), RewardSchedule::default()).unwrap()
+        open_with(dir, RewardSchedule::default())
+    }
+
+    fn open_with(dir: &tempfile::TempDir, schedule: RewardSchedule) -> LedgerStore {
+        LedgerStore::open(&path_in(dir), schedule).unwrap()
     }
 
     fn raw(dir: &tempfile::TempDir) -> Connection {
@@ -1699,9 +1734,13 @@ mod tests {
     }
 
     fn verify(dir: &tempfile::TempDir) -> VerifyReport {
+        verify_with(dir, RewardSchedule::default())
+    }
+
+    fn verify_with(dir: &tempfile::TempDir, schedule: RewardSchedule) -> VerifyReport {
         verify_store(
             &path_in(dir),
-            RewardSchedule::default(),
+            schedule,
             |proof| check_signature(proof).is_ok(),
             |signed| {
                 // Freshness is judged at the transaction's own time: stored events are old.
@@ -1713,6 +1752,14 @@ mod tests {
 
     /// The fold of these events from scratch, every proof credited.
     fn replayed(proofs: &[(SignedProof, Nano)], txs: &[SignedTransaction]) -> (LedgerState, usize) {
+        replayed_with(&RewardSchedule::default(), proofs, txs)
+    }
+
+    fn replayed_with(
+        schedule: &RewardSchedule,
+        proofs: &[(SignedProof, Nano)],
+        txs: &[SignedTransaction],
+    ) -> (LedgerState, usize) {
         let proof_ids: Vec<String> = proofs
             .iter()
             .map(|(p, _)| proof_id(&p.proof).unwrap())
@@ -1734,7 +1781,7 @@ mod tests {
                     .map(|(signed, id)| Event::Tx { id, tx: &signed.tx }),
             )
             .collect();
-        let (state, rejected) = replay(&mut events, &RewardSchedule::default());
+        let (state, rejected) = replay(&mut events, schedule);
         (state, rejected.len())
     }
 
@@ -1942,6 +1989,24 @@ mod tests {
 
     #[test]
     fn out_of_order_insertion_gives_the_balances_of_in_order_insertion() {
+        out_of_order_insertion_matches_the_replay(RewardSchedule::default());
+    }
+
+    /// The same with epochs of 4 s whose emission (3 NEURO) is below what their proofs claim, so
+    /// every epoch is scaled and arrivals land in the open epoch, a later one and earlier ones.
+    #[test]
+    fn out_of_order_insertion_with_scaled_epochs_gives_the_replayed_balances() {
+        let schedule = RewardSchedule {
+            epoch_s: 4,
+            emission_per_epoch: 3.0,
+            ..RewardSchedule::default()
+        };
+        // T0 starts an epoch: four proofs (about 4 NEURO) per epoch.
+        assert_eq!(schedule.epoch_start_ms(schedule.epoch_of(T0)), T0);
+        out_of_order_insertion_matches_the_replay(schedule);
+    }
+
+    fn out_of_order_insertion_matches_the_replay(schedule: RewardSchedule) {
         let nodes = [identity(1), identity(2), identity(3)];
         let mut proofs = Vec::new();
         for i in 0..18u64 {
@@ -1955,12 +2020,12 @@ mod tests {
             // A double spend: the earlier of the two applies.
             transfer(&nodes[0], &nodes[2], 2, T0 + 6_500, nano(0.5)),
             transfer(&nodes[0], &nodes[1], 2, T0 + 6_600, nano(0.6)),
-            // Staking changes what node 2's later proofs are credited.
-            stake(&nodes[2], 1, T0 + 2_500, nano(1.0)),
+            // Staking changes what node 2's proofs of later epochs are credited.
+            stake(&nodes[2], 1, T0 + 2_500, nano(0.5)),
             transfer(&nodes[1], &nodes[2], 1, T0 + 12_500, nano(2.0)),
             transfer(&nodes[2], &nodes[0], 2, T0 + 16_500, nano(50.0)),
         ];
-        let (expected, rejected) = replayed(&proofs, &txs);
+        let (expected, rejected) = replayed_with(&schedule, &proofs, &txs);
         assert!(
             rejected >= 3,
             "the set must exercise refusals, got {rejected}"
@@ -1968,7 +2033,7 @@ mod tests {
         assert!(expected.account(&nodes[2].node_id).unwrap().stake > 0);
 
         let ordered_dir = tempfile::tempdir().unwrap();
-        let mut ordered = open(&ordered_dir);
+        let mut ordered = open_with(&ordered_dir, schedule.clone());
         let mut timeline: Vec<Arrival<'_>> = proofs
             .iter()
             .map(Arrival::Proof)
@@ -1993,7 +2058,7 @@ mod tests {
         let mut rng = SplitMix(11);
         for round in 0..4 {
             let dir = tempfile::tempdir().unwrap();
-            let mut shuffled = open(&dir);
+            let mut shuffled = open_with(&dir, schedule.clone());
             rng.shuffle(&mut timeline);
             for chunk in timeline.chunks(3) {
                 let batch_proofs: Vec<_> = chunk
@@ -2021,9 +2086,11 @@ mod tests {
             }
             assert_mirrored(&shuffled);
             drop(shuffled);
-            assert_eq!(open(&dir).state, expected);
-            assert!(verify(&dir).is_ok());
+            assert_eq!(open_with(&dir, schedule.clone()).state, expected);
+            let report = verify_with(&dir, schedule.clone());
+            assert!(report.is_ok(), "{report:?}");
         }
+        assert!(verify_with(&ordered_dir, schedule).is_ok());
     }
 
     #[test]
@@ -2163,39 +2230,81 @@ mod tests {
     }
 
     #[test]
-    fn later_proofs_of_a_staker_are_credited_with_the_multiplier() {
+    fn proofs_of_a_staker_in_later_epochs_are_credited_with_the_multiplier() {
         let dir = tempfile::tempdir().unwrap();
         let alice = identity(1);
         let mut store = open(&dir);
-        store
-            .insert_proofs(&[(uptime(&alice, 1, T0), nano(100.0))])
-            .unwrap();
-        store
-            .insert_proofs(&[(uptime(&alice, 2, T0 + 1), nano(100.0))])
-            .unwrap();
-        store
-            .insert_proofs(&[(uptime(&alice, 3, T0 + 2), nano(100.0))])
-            .unwrap();
-        store
-            .insert_proofs(&[(uptime(&alice, 4, T0 + 3), nano(100.0))])
-            .unwrap();
+        for nonce in 1..=4 {
+            store
+                .insert_proofs(&[(uptime(&alice, nonce, T0 + nonce), nano(100.0))])
+                .unwrap();
+        }
         store
             .insert_transactions(&[stake(&alice, 1, T0 + 10, nano(300.0))])
             .unwrap();
+        let schedule = RewardSchedule::default();
+        let next_epoch = schedule.epoch_start_ms(schedule.epoch_of(T0) + 1);
         store
-            .insert_proofs(&[(uptime(&alice, 5, T0 + 20), nano(10.0))])
+            .insert_proofs(&[(uptime(&alice, 5, next_epoch + 20), nano(10.0))])
             .unwrap();
         let newest = &store.proofs_of(&alice.node_id, 1).unwrap()[0];
-        let multiplied = RewardSchedule::default().credited(nano(10.0), nano(300.0));
+        let multiplied = schedule.credited(nano(10.0), nano(300.0));
         assert!(multiplied > nano(10.0));
         assert_eq!(newest.credited, Some(multiplied));
-        // A proof that arrives late but sorts before the stake is credited without it.
+        // Proofs that arrive late in the stake's epoch, before or after it, are credited without
+        // it: a stake counts from the next epoch.
         store
-            .insert_proofs(&[(uptime(&alice, 6, T0 + 5), nano(10.0))])
+            .insert_proofs(&[
+                (uptime(&alice, 6, T0 + 5), nano(10.0)),
+                (uptime(&alice, 7, T0 + 30), nano(10.0)),
+            ])
             .unwrap();
         let account = store.account(&alice.node_id);
-        assert_eq!(account.total_earned, nano(400.0) + nano(10.0) + multiplied);
+        assert_eq!(account.total_earned, nano(400.0) + nano(20.0) + multiplied);
         assert_eq!(account.stake, nano(300.0));
+        assert_mirrored(&store);
+        drop(store);
+        assert!(verify(&dir).is_ok());
+    }
+
+    #[test]
+    fn an_epoch_over_its_emission_is_shared_pro_rata_as_proofs_arrive() {
+        let dir = tempfile::tempdir().unwrap();
+        let schedule = RewardSchedule {
+            emission_per_epoch: 250.0,
+            ..RewardSchedule::default()
+        };
+        let nodes = [identity(1), identity(2), identity(3)];
+        let mut store = open_with(&dir, schedule.clone());
+        store
+            .insert_proofs(&[(uptime(&nodes[0], 1, T0), nano(100.0))])
+            .unwrap();
+        store
+            .insert_proofs(&[(uptime(&nodes[1], 1, T0 + 1), nano(100.0))])
+            .unwrap();
+        // Under the emission: paid in full.
+        assert_eq!(store.account(&nodes[0].node_id).balance, nano(100.0));
+        // A third claim takes the epoch to 300 for 250: every credit of the epoch shrinks.
+        store
+            .insert_proofs(&[(uptime(&nodes[2], 1, T0 + 2), nano(100.0))])
+            .unwrap();
+        for node in &nodes {
+            let account = store.account(&node.node_id);
+            assert_eq!(account.balance, 83_333_333_333, "{}", node.node_id);
+            let listed = &store.proofs_of(&node.node_id, 1).unwrap()[0];
+            assert_eq!(listed.credited, Some(83_333_333_333));
+        }
+        let network = store.network();
+        assert_eq!(network.total_minted, nano(250.0));
+        assert_eq!(network.total_burned, 1); // 250 − 3 × 83.333333333
+        assert_mirrored(&store);
+        drop(store);
+        let report = verify_with(&dir, schedule.clone());
+        assert!(report.is_ok(), "{report:?}");
+        assert_eq!(
+            open_with(&dir, schedule).account(&nodes[2].node_id).balance,
+            83_333_333_333
+        );
     }
 
     #[test]
@@ -2229,6 +2338,58 @@ mod tests {
         let outcomes = store.insert_proofs(&[(bad, nano(1.0))]).unwrap();
         assert!(matches!(outcomes[..], [InsertOutcome::Malformed(_)]));
         assert_eq!(store.network().proofs, 0);
+    }
+
+    /// A data proof of `who` claiming 10⁷ samples, with `receiver`'s receipt if there is one.
+    fn data(who: &Identity, nonce: u64, receiver: Option<&Identity>) -> SignedProof {
+        let mut proof = Proof {
+            data_samples: 10_000_000,
+            work_seconds: 600,
+            uptime_seconds: 0,
+            ..blank(ProofKind::Data, nonce, T0 + nonce)
+        };
+        if let Some(receiver) = receiver {
+            proof = sign_proof(who, proof).unwrap().proof;
+            proof.receipt = Some(sign_receipt(receiver, &proof).unwrap());
+        }
+        sign_proof(who, proof).unwrap()
+    }
+
+    #[test]
+    fn a_self_declared_proof_is_stored_and_shown_but_credits_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (alice, bob) = (identity(1), identity(2));
+        let mut store = open(&dir);
+        let claim = data(&alice, 1, None);
+        let vouched = data(&alice, 2, Some(&bob));
+        let outcomes = store
+            .insert_proofs(&[(claim.clone(), 0), (vouched, nano(100.0))])
+            .unwrap();
+        assert_eq!(
+            outcomes,
+            [
+                InsertOutcome::Stored(ProofStatus::Rejected),
+                InsertOutcome::Stored(ProofStatus::Credited)
+            ]
+        );
+        let listed = store.proofs_of(&alice.node_id, 10).unwrap();
+        let shown = listed.iter().find(|p| p.proof == claim).unwrap();
+        assert_eq!(shown.status, ProofStatus::Rejected);
+        assert_eq!(
+            shown.reason.as_deref(),
+            Some("self-declared: no receipt from the receiving party")
+        );
+        assert_eq!(shown.credited, None);
+        let account = store.account(&alice.node_id);
+        assert_eq!((account.balance, account.proof_count), (nano(100.0), 1));
+        assert_eq!(store.network().proofs, 2);
+        // A self-declared proof alone opens no account.
+        let mut store = open(&tempfile::tempdir().unwrap());
+        store.insert_proofs(&[(claim, 0)]).unwrap();
+        assert!(store.balances().is_empty());
+        assert_eq!(store.network().total_minted, 0);
+        drop(store);
+        assert!(verify(&dir).is_ok(), "{:?}", verify(&dir));
     }
 
     #[test]

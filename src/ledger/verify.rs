@@ -1,11 +1,12 @@
 //! Verification of a Proof of Neural Work: signature, freshness, replay, rate, plausibility and
-//! the per-proof cap, with the Python original's anti-cheat constants as defaults.
+//! the per-proof cap, with the Python original's anti-cheat constants as defaults; then whether
+//! anyone but the claimant vouches for the work (a data or inference proof's receipt).
 
 use serde::{Deserialize, Serialize};
 
-use super::proof::check_signature;
+use super::proof::{check_receipt, check_signature, needs_receipt};
 use super::rewards::RewardSchedule;
-use super::{Nano, Proof, ProofKind, ProofRejection, SignedProof, TxRejection};
+use super::{Nano, Proof, ProofKind, ProofRejection, SignedProof, TxRejection, Unreceipted};
 
 /// Anti-cheat bounds. `[ledger.limits]` in the config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,15 +92,36 @@ pub const MAX_WORK_SECONDS: u64 = 86_400;
 /// Tolerance for an uptime claim against the time since the last one (timer jitter).
 pub const UPTIME_SLACK_S: u64 = 5;
 
-/// The proof's base reward if it passes every check, in order: signature (format, signature,
-/// key), freshness, replay, rate limit, plausibility, cap.
+/// What a valid proof is offered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Offer {
+    /// Base reward in nano-NEURO, before the stake multiplier and the epoch's emission bound;
+    /// 0 when `unpaid`.
+    pub reward: Nano,
+    /// Why a valid proof earns nothing: a data or inference proof that no one but its claimant
+    /// vouches for. It is stored and shown, credited 0.
+    pub unpaid: Option<Unreceipted>,
+}
+
+impl Offer {
+    pub fn paid(reward: Nano) -> Self {
+        Self {
+            reward,
+            unpaid: None,
+        }
+    }
+}
+
+/// What a proof is offered if it passes every check, in order: signature (format, signature,
+/// key), freshness, replay, rate limit, plausibility, cap. A data or inference proof without a
+/// valid receipt from its receiver passes (it is stored) but is offered 0, with the reason.
 pub fn verify_proof(
     now_ms: u64,
     signed: &SignedProof,
     history: &ProofHistory,
     limits: &ProofLimits,
     schedule: &RewardSchedule,
-) -> Result<Nano, ProofRejection> {
+) -> Result<Offer, ProofRejection> {
     check_signature(signed)?;
     let proof = &signed.proof;
     check_freshness(now_ms, proof.timestamp_ms, limits)?;
@@ -118,7 +140,20 @@ pub fn verify_proof(
     if reward > cap {
         return Err(ProofRejection::OverCap { reward, cap });
     }
-    Ok(reward)
+    Ok(match unpaid_reason(proof) {
+        None => Offer::paid(reward),
+        unpaid => Offer { reward: 0, unpaid },
+    })
+}
+
+/// Why a proof that passed verification earns nothing (`None`: it earns its reward). The same
+/// rule decides a stored proof's status, so `ledger verify` recomputes it from the body.
+pub fn unpaid_reason(proof: &Proof) -> Option<Unreceipted> {
+    if needs_receipt(proof.kind) {
+        check_receipt(proof).err()
+    } else {
+        None
+    }
 }
 
 /// A timestamp outside the freshness window, shared by proofs and transactions.
@@ -185,6 +220,9 @@ fn check_kind_requirements(proof: &Proof) -> Result<(), ProofRejection> {
             Some("an uptime proof needs uptime_seconds > 0")
         }
         ProofKind::Data if proof.data_samples == 0 => Some("a data proof needs data_samples > 0"),
+        kind if proof.receipt.is_some() && !needs_receipt(kind) => {
+            Some("only data and inference proofs carry a receipt")
+        }
         _ => None,
     };
     match missing {
@@ -265,11 +303,12 @@ fn per_minute(rate_per_minute: u64, seconds: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::Identity;
     use crate::ledger::proof::tests::{
-        Edit, NOW_MS, high_s_twin, identity, other_identity, signed_training_proof, tamperings,
-        training_proof,
+        Edit, NOW_MS, data_proof, high_s_twin, identity, other_identity, receipted,
+        signed_training_proof, tamperings, training_proof,
     };
-    use crate::ledger::proof::{canonical_bytes, sign_proof};
+    use crate::ledger::proof::{canonical_bytes, sign_proof, sign_receipt};
     use crate::ledger::rewards::nano;
 
     fn verify(signed: &SignedProof) -> Result<Nano, ProofRejection> {
@@ -277,6 +316,14 @@ mod tests {
     }
 
     fn verify_with(signed: &SignedProof, history: &ProofHistory) -> Result<Nano, ProofRejection> {
+        offer_with(signed, history).map(|offer| offer.reward)
+    }
+
+    fn offer(signed: &SignedProof) -> Result<Offer, ProofRejection> {
+        offer_with(signed, &ProofHistory::default())
+    }
+
+    fn offer_with(signed: &SignedProof, history: &ProofHistory) -> Result<Offer, ProofRejection> {
         verify_proof(
             NOW_MS,
             signed,
@@ -284,6 +331,156 @@ mod tests {
             &ProofLimits::default(),
             &RewardSchedule::default(),
         )
+    }
+
+    fn self_declared() -> Result<Offer, ProofRejection> {
+        Ok(Offer {
+            reward: 0,
+            unpaid: Some(Unreceipted::Missing),
+        })
+    }
+
+    /// An inference proof of `identity()` claiming 10⁶ tokens in 60 s, without a receipt.
+    fn inference_proof() -> Proof {
+        Proof {
+            kind: ProofKind::Inference,
+            work_seconds: 60,
+            tokens: 1_000_000,
+            data_samples: 0,
+            request_id: "req-7".into(),
+            ..data_proof()
+        }
+    }
+
+    #[test]
+    fn a_self_declared_data_proof_from_a_fresh_key_is_valid_and_offered_nothing() {
+        // The measured attack: 10⁷ samples in 600 s would earn the 100 NEURO cap.
+        let fresh = Identity::from_token(&format!("{:064x}", 0xf4e5)).unwrap();
+        let claim = sign_proof(&fresh, data_proof()).unwrap();
+        assert_eq!(offer(&claim), self_declared());
+        assert_eq!(
+            Unreceipted::Missing.to_string(),
+            "self-declared: no receipt from the receiving party"
+        );
+        // With the receiving party's receipt the same work earns its reward.
+        assert_eq!(
+            offer(&receipted(&other_identity(), data_proof())),
+            Ok(Offer::paid(nano(100.0)))
+        );
+    }
+
+    #[test]
+    fn the_claim_inflation_switchs_proofs_are_valid_and_offered_nothing() {
+        // What NEUROSHARD_FAULT_CLAIM_INFLATION signs every uptime tick: each plausible and at
+        // the 100 NEURO cap, so only the missing receipt stands between them and the cap.
+        let data = sign_proof(&identity(), data_proof()).unwrap();
+        let inference = sign_proof(
+            &identity(),
+            Proof {
+                kind: ProofKind::Inference,
+                work_seconds: 60_000,
+                tokens: 1_000_000_000,
+                data_samples: 0,
+                request_id: "inflated-0000000000000008".into(),
+                ..data_proof()
+            },
+        )
+        .unwrap();
+        for claim in [data, inference] {
+            assert_eq!(offer(&claim), self_declared(), "{:?}", claim.proof.kind);
+            let mut vouched = claim.proof.clone();
+            vouched.receipt = Some(sign_receipt(&other_identity(), &vouched).unwrap());
+            let vouched = sign_proof(&identity(), vouched).unwrap();
+            assert_eq!(offer(&vouched), Ok(Offer::paid(nano(100.0))));
+        }
+    }
+
+    #[test]
+    fn a_self_declared_inference_proof_is_offered_nothing() {
+        let claim = sign_proof(&identity(), inference_proof()).unwrap();
+        assert_eq!(offer(&claim), self_declared());
+        assert_eq!(
+            offer(&receipted(&other_identity(), inference_proof())),
+            Ok(Offer::paid(nano(0.1)))
+        );
+    }
+
+    #[test]
+    fn an_invalid_receipt_is_offered_nothing_with_its_reason() {
+        let own = receipted(&identity(), data_proof());
+        assert_eq!(
+            offer(&own),
+            Ok(Offer {
+                reward: 0,
+                unpaid: Some(Unreceipted::OwnReceipt)
+            })
+        );
+        // The receipt was for half the samples; the claimant re-signed a claim of all of them.
+        let half = Proof {
+            data_samples: 5_000_000,
+            ..data_proof()
+        };
+        let mut inflated = receipted(&other_identity(), half).proof;
+        inflated.data_samples = 10_000_000;
+        let inflated = sign_proof(&identity(), inflated).unwrap();
+        assert_eq!(
+            offer(&inflated),
+            Ok(Offer {
+                reward: 0,
+                unpaid: Some(Unreceipted::BadSignature)
+            })
+        );
+    }
+
+    #[test]
+    fn a_self_declared_proof_still_passes_every_check_first() {
+        // Over the cap, replayed or implausible: refused, receipt or not.
+        let greedy = sign_proof(
+            &identity(),
+            Proof {
+                data_samples: 20_000_000,
+                work_seconds: 1200,
+                ..data_proof()
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            offer(&greedy),
+            Err(ProofRejection::OverCap { .. })
+        ));
+        let replayed = ProofHistory {
+            nonce_used: true,
+            ..ProofHistory::default()
+        };
+        let claim = sign_proof(&identity(), data_proof()).unwrap();
+        assert_eq!(
+            offer_with(&claim, &replayed),
+            Err(ProofRejection::Replay { nonce: 8 })
+        );
+        let fast = sign_proof(
+            &identity(),
+            Proof {
+                work_seconds: 599,
+                ..data_proof()
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            offer(&fast),
+            Err(ProofRejection::Implausible {
+                field: "data_samples",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn only_data_and_inference_proofs_carry_a_receipt() {
+        for mut proof in [signed_training_proof().proof, uptime(|_| {}).proof] {
+            proof.receipt = Some(sign_receipt(&other_identity(), &proof).unwrap());
+            let signed = sign_proof(&identity(), proof).unwrap();
+            assert!(malformed_message(verify(&signed)).contains("receipt"));
+        }
     }
 
     fn signed(edit: impl FnOnce(&mut Proof)) -> SignedProof {

@@ -13,6 +13,7 @@ use crate::actors::ledger::{LedgerActor, NotRecorded};
 use crate::actors::messages::{CheckProof, GetAccount, GetBalances, GetProofs, SubmitTransaction};
 use crate::ledger::rewards::{nano, stake_multiplier};
 use crate::ledger::state::Account;
+use crate::ledger::verify::Offer;
 use crate::ledger::{Nano, SignedProof, TxKind, to_neuro};
 use crate::status::NodeStatus;
 
@@ -162,18 +163,34 @@ async fn network(state: web::Data<ApiState>) -> HttpResponse {
     }))
 }
 
-/// A proof in, the verdict out: what this node would decide if the proof arrived now.
+/// A proof in, the verdict out: what this node would decide if the proof arrived now. A data or
+/// inference proof without a valid receipt from its receiver is valid but offered 0, with why.
 async fn verify(
     state: web::Data<ApiState>,
     body: web::Json<SignedProof>,
 ) -> Result<HttpResponse, ApiError> {
     let check = ask(&state, CheckProof(body.into_inner())).await?;
     Ok(HttpResponse::Ok().json(match check.verdict {
-        Ok(base) => json!({
+        Ok(Offer {
+            reward,
+            unpaid: None,
+        }) => json!({
             "valid": true,
             "proof_id": check.proof_id,
-            "reward": to_neuro(base),
-            "reward_nano": base,
+            "reward": to_neuro(reward),
+            "reward_nano": reward,
+        }),
+        // Valid and stored if gossiped, but nobody other than the claimant vouches for the work.
+        Ok(Offer {
+            reward,
+            unpaid: Some(why),
+        }) => json!({
+            "valid": true,
+            "proof_id": check.proof_id,
+            "reward": to_neuro(reward),
+            "reward_nano": reward,
+            "reason": why.kind(),
+            "detail": why.to_string(),
         }),
         Err(rejection) => json!({
             "valid": false,

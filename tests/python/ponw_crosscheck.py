@@ -4,6 +4,8 @@
 Re-implements the canonical encodings of src/ledger/proof.rs and src/ledger/tx.rs from the field
 values, verifies every signature with the `ecdsa` package, and derives node ids with the Python
 original's formula. Only `ecdsa` (pip install ecdsa) and the standard library are needed.
+A proof that carries a receipt (data, inference) has the receipt verified too: signed by the
+mnemonic's key over the receipt domain tag and the proof's encoding without the receipt.
 
 Usage: ponw_crosscheck.py DOCUMENT.json, where the document is
   {"token", "mnemonic", "node_id_of_token", "node_id_of_mnemonic",
@@ -29,6 +31,7 @@ except ImportError:
     sys.exit(2)
 
 PROOF_DOMAIN = b"NEUROSHARD/PoNW/v1"
+RECEIPT_DOMAIN = b"NEUROSHARD/PoNW-receipt/v1"
 TX_DOMAIN = b"NEUROSHARD/TX/v1"
 PROOF_KINDS = {"uptime": 1, "training": 2, "inference": 3, "data": 4}
 TX_KINDS = {"transfer": 1, "stake": 2, "unstake": 3}
@@ -68,6 +71,22 @@ def u64(value, field):
 
 
 def proof_bytes(proof):
+    """The canonical encoding: every field, then the receipt block when there is a receipt."""
+    out = proof_body(proof)
+    receipt = proof.get("receipt")
+    if receipt is None:
+        return out
+    out += b"\x01" + lower_hex(receipt["node_id"], 16, "receipt.node_id")
+    out += lower_hex(receipt["public_key"], 33, "receipt.public_key")
+    return out + lower_hex(receipt["signature"], 64, "receipt.signature")
+
+
+def receipt_message(proof):
+    """What the receiving party signs: its own domain tag and the proof without the receipt."""
+    return RECEIPT_DOMAIN + proof_body(proof)
+
+
+def proof_body(proof):
     out = PROOF_DOMAIN + bytes([PROOF_KINDS[proof["kind"]]])
     out += lower_hex(proof["node_id"], 16, "node_id")
     out += lower_hex(proof["public_key"], 33, "public_key")
@@ -188,6 +207,43 @@ def check_signed(check, what, encode, signed, sender_field, signing_key, expecte
     return True
 
 
+def check_receipt(check, what, signed, receiver_key):
+    """The receipt verifies over the receipt message, by the receiver's key, not the claimant's."""
+    receipt = signed["receipt"]
+    fields = {key: value for key, value in signed.items() if key != "signature"}
+    message = encoded(receipt_message, fields, check, f"{what} receipt")
+    if message is None:
+        return
+    check.expect(
+        signature_verifies(receipt["public_key"], message, receipt["signature"]),
+        f"{what}: the receipt does not verify over the Python receipt message",
+    )
+    check.expect(
+        receipt["node_id"] == node_id_of(bytes.fromhex(receipt["public_key"])),
+        f"{what}: receipt node_id is not sha256(receiver public key)[:32]",
+    )
+    check.expect(
+        receipt["public_key"] == compressed(receiver_key).hex(),
+        f"{what}: the receipt's key is not the mnemonic's",
+    )
+    check.expect(
+        receipt["node_id"] != signed["node_id"],
+        f"{what}: the receipt is the claimant's own",
+    )
+    check.expect(
+        receipt["signature"] == rfc6979_low_s_signature(receiver_key, message),
+        f"{what}: receipt signature differs from the RFC 6979 low-S signature",
+    )
+    tampered = copy.deepcopy(fields)
+    tampered["data_samples"] ^= 1
+    check.expect(
+        not signature_verifies(
+            receipt["public_key"], receipt_message(tampered), receipt["signature"]
+        ),
+        f"{what}: the receipt still verifies with data_samples ^ 1",
+    )
+
+
 def check_tampered_copy_fails(check, what, encode, signed, field):
     tampered = copy.deepcopy(signed)
     tampered[field] ^= 1  # stays a u64
@@ -219,11 +275,15 @@ def main(path):
     )
 
     proofs = document["proofs"]
+    receipts = 0
     proof_ids = document.get("proof_ids", [None] * len(proofs))
     for index, (signed, expected_id) in enumerate(zip(proofs, proof_ids, strict=True)):
         what = f"proof {index} ({signed.get('kind')})"
         if check_signed(check, what, proof_bytes, signed, "node_id", token_key, expected_id):
             check_tampered_copy_fails(check, what, proof_bytes, signed, "nonce")
+            if signed.get("receipt") is not None:
+                receipts += 1
+                check_receipt(check, what, signed, mnemonic_key)
 
     transactions = document["transactions"]
     tx_ids = document.get("tx_ids", [None] * len(transactions))
@@ -233,7 +293,7 @@ def main(path):
             check_tampered_copy_fails(check, what, tx_bytes, signed, "amount")
 
     print(
-        f"{len(proofs)} proofs, {len(transactions)} transactions: "
+        f"{len(proofs)} proofs ({receipts} with a receipt), {len(transactions)} transactions: "
         f"{check.passed} checks passed, {len(check.failures)} failed"
     )
     return 1 if check.failures or not proofs or not transactions else 0
