@@ -168,7 +168,12 @@ fn watch(honest: &[Node], others: &[&Node], from: u64) -> Watched {
                     && r >= from
                     && !reasons.iter().any(|(n, seen, _)| *n == i && *seen == r)
                 {
-                    reasons.push((i, r, last["reason"].as_str().unwrap().to_string()));
+                    let reason = format!(
+                        "{} (rejected: {})",
+                        last["reason"].as_str().unwrap(),
+                        last["rejected"]
+                    );
+                    reasons.push((i, r, reason));
                 }
                 done &= round > target;
             }
@@ -270,6 +275,10 @@ fn a_permissioned_network_holds_against_a_sybil_attacker() {
             flags.extend(["--membership".to_string(), membership(ATTACKER_TOKEN)]);
         }
         let attacker = attacker(&dir.path().join(case), &honest[0], flags);
+        eprintln!("attacker {}", attacker.stats()["node_id"]);
+        for (i, node) in honest.iter().enumerate() {
+            eprintln!("honest node {i}: {}", node.stats()["node_id"]);
+        }
         let attacked = watch(&honest, &[&attacker], 0).val_loss;
         eprintln!("{case} attacker: val_loss {attacked:.4}, clean {clean:.4}");
         assert!(
@@ -301,6 +310,7 @@ fn an_open_network_holds_against_fresh_identities() {
         },
     );
     let attacker = attacker(dir.path(), &honest[0], Vec::new());
+    eprintln!("attacker {}", attacker.stats()["node_id"]);
     let from = honest
         .iter()
         .map(|n| diloco(n)["outer_step_count"].as_u64().unwrap())

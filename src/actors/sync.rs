@@ -466,15 +466,10 @@ impl SyncActor {
         true
     }
 
-    /// Weight expected in this round: this node and the live peers whose heartbeat says they
-    /// train at this round or later.
+    /// Weight expected in this round: this node and the live trainer peers, whatever round their
+    /// heartbeat says (one behind is about to join this round, one ahead will heal back to it).
     fn expected_weight(&self, peers: &BTreeMap<String, PeerOuterState>) -> f64 {
-        self.own_weight()
-            + peers
-                .values()
-                .filter(|p| p.round >= self.round)
-                .map(|p| p.weight)
-                .sum::<f64>()
+        self.own_weight() + peers.values().map(|p| p.weight).sum::<f64>()
     }
 
     /// A peer's announcement: fetch its delta if it belongs to this round and θ₀.
@@ -555,8 +550,9 @@ impl SyncActor {
             return;
         }
         let peers = self.trainer_peers();
+        // A fold from +0.0: an empty f64 sum is −0.0, which the reasons would print.
         let weight_of = |ids: &mut dyn Iterator<Item = &String>| -> f64 {
-            ids.map(|id| self.weight_of(id, &peers)).sum()
+            ids.fold(0.0, |sum, id| sum + self.weight_of(id, &peers))
         };
         let now = Instant::now();
         let mut progress = RoundProgress {

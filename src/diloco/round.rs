@@ -17,8 +17,9 @@ pub struct RoundOptions {
     pub quorum_fraction: f64,
     /// How long after this node's own delta is ready the round waits for the others.
     pub deadline: Duration,
-    /// Once the quorum is in hand, how long deltas still in flight are waited for: a slow or
-    /// withholding sender is cut off then, and the round closes by the quorum of the others.
+    /// Once the quorum is in hand, how long the rest of the expected weight is waited for
+    /// (deltas still training, announced or in flight): a slow or withholding sender is cut off
+    /// then, and the round closes by the quorum of the others.
     pub straggler_grace: Duration,
 }
 
@@ -31,7 +32,8 @@ pub struct RoundProgress {
     pub contributions: f64,
     /// Weight of deltas announced for this round and θ₀ but not fetched yet (or being fetched).
     pub pending: f64,
-    /// Weight expected in this round: this node plus the live peers at this round.
+    /// Weight expected in this round: this node plus the live trainer peers it knows, whatever
+    /// round they are at (a node ahead waits for them rather than running ahead alone).
     pub expected: f64,
     /// When the contributions in hand first reached the quorum (the caller remembers it).
     pub quorum_since: Option<Instant>,
@@ -54,9 +56,9 @@ pub fn has_quorum(progress: &RoundProgress, options: &RoundOptions) -> bool {
     progress.contributions + EPSILON >= quorum(progress, options)
 }
 
-/// Close when the quorum is in hand and nothing announced is still in flight, or when the quorum
-/// has waited `straggler_grace` for what is, or at the deadline with whatever arrived; never
-/// before this node's own delta is ready.
+/// Close when every expected contributor's delta is in hand, or when the quorum has waited
+/// `straggler_grace` for the rest, or at the deadline with whatever arrived; never before this
+/// node's own delta is ready.
 pub fn round_decision(
     now: Instant,
     progress: &RoundProgress,
@@ -69,16 +71,16 @@ pub fn round_decision(
     let have = progress.contributions;
     let waited = now.saturating_duration_since(ready_at);
     if has_quorum(progress, options) {
-        if progress.pending <= EPSILON {
+        if progress.pending <= EPSILON && have + EPSILON >= progress.expected {
             return RoundDecision::Close(format!(
-                "quorum: weight {have:.2} in, {needed:.2} needed of {:.2} expected",
+                "quorum: weight {have:.2} in, all of {:.2} expected",
                 progress.expected
             ));
         }
         let since = progress.quorum_since.unwrap_or(now);
         if now.saturating_duration_since(since) >= options.straggler_grace {
             return RoundDecision::Close(format!(
-                "quorum: weight {have:.2} in, {needed:.2} needed of {:.2} expected; weight {:.2} still in flight cut off after {:.1} s",
+                "quorum: weight {have:.2} in, {needed:.2} needed of {:.2} expected; the rest ({:.2} in flight) cut off after {:.1} s",
                 progress.expected,
                 progress.pending,
                 options.straggler_grace.as_secs_f64()
@@ -137,26 +139,34 @@ mod tests {
     }
 
     #[test]
-    fn closes_at_quorum_once_nothing_is_in_flight() {
+    fn closes_at_once_when_everyone_is_in_and_waits_the_grace_for_a_straggler() {
         let t0 = Instant::now();
         // 4 expected, 0.75 → 3 needed.
         assert!(!closes(round_decision(
-            t0,
+            t0 + Duration::from_secs(10),
             &progress(Some(t0), 2, 0, 4),
             &OPTIONS
         )));
+        let RoundDecision::Close(reason) =
+            round_decision(t0, &progress(Some(t0), 4, 0, 4), &OPTIONS)
+        else {
+            panic!("everyone is in: close at once")
+        };
+        assert_eq!(reason, "quorum: weight 4.00 in, all of 4.00 expected");
+        // The fourth is still training (not announced): the quorum waits for it, within the grace.
+        let three = progress(Some(t0), 3, 0, 4);
         assert!(!closes(round_decision(
-            t0,
-            &progress(Some(t0), 3, 1, 4),
+            t0 + Duration::from_secs(4),
+            &three,
             &OPTIONS
         )));
         let RoundDecision::Close(reason) =
-            round_decision(t0, &progress(Some(t0), 3, 0, 4), &OPTIONS)
+            round_decision(t0 + Duration::from_secs(5), &three, &OPTIONS)
         else {
-            panic!("should close")
+            panic!("the grace is over")
         };
         assert!(
-            reason.contains("weight 3.00 in, 3.00 needed of 4.00"),
+            reason.contains("weight 3.00 in, 3.00 needed of 4.00 expected; the rest"),
             "{reason}"
         );
     }
