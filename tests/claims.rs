@@ -6,18 +6,16 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{BIN, Node, combined_output, env_of, start_cluster, wait_until};
+use common::{
+    BIN, Node, agreed_balances, balances, combined_output, env_of, start_cluster, wait_until,
+};
 use serde_json::{Value, json};
 
 use neuroshard::crypto::{Identity, generate_nonce};
 use neuroshard::ledger::proof::{sign_proof, sign_receipt};
 use neuroshard::ledger::{Proof, ProofKind, SignedProof};
-
-fn balances(node: &Node) -> Value {
-    node.get("/api/ledger/balances")["accounts"].clone()
-}
 
 fn proofs_of(node: &Node, id: &str) -> Vec<Value> {
     node.get(&format!("/api/ledger/proofs/{id}?limit=1000"))["proofs"]
@@ -105,24 +103,7 @@ fn an_inflating_node_earns_only_its_uptime_and_self_declared_claims_are_offered_
     // between two of their own uptime proofs.
     drop(nodes.pop());
     let honest = &nodes[..3];
-    let mut tables: Vec<Value>;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        tables = honest.iter().map(balances).collect();
-        if tables.windows(2).all(|w| w[0] == w[1]) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "balance tables still differ after 60 s:\n{}",
-            tables
-                .iter()
-                .map(|t| format!("{t:#}"))
-                .collect::<Vec<_>>()
-                .join("\n---\n")
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    agreed_balances(honest, String::new);
     for (i, node) in honest.iter().enumerate() {
         let held = proofs_of(node, &attacker);
         for proof in of_kind(&held, "data")

@@ -6,14 +6,9 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{BIN, Node, env_of, start_cluster, wait_until};
-use serde_json::Value;
-
-fn balances(node: &Node) -> Value {
-    node.get("/api/ledger/balances")["accounts"].clone()
-}
+use common::{BIN, Node, agreed_balances, balances, env_of, start_cluster, wait_until};
 
 fn ledger_verify(state_dir: &std::path::Path) -> (bool, String) {
     let out = Command::new(BIN)
@@ -101,26 +96,9 @@ fn honest_nodes_hold_identical_balances_and_a_forging_replaying_node_earns_nothi
     );
 
     // Proofs keep streaming; between two of them every honest node holds the same table.
-    let mut tables: Vec<Value>;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        tables = honest.iter().map(balances).collect();
-        if tables.windows(2).all(|w| w[0] == w[1]) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "balance tables still differ after 60 s:\n{}\nproofs not credited:\n{}",
-            tables
-                .iter()
-                .map(|t| format!("{t:#}"))
-                .collect::<Vec<_>>()
-                .join("\n---\n"),
-            uncredited(honest, &ids[..3])
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let table = &tables[0];
+    let table = &agreed_balances(honest, || {
+        format!("proofs not credited:\n{}", uncredited(honest, &ids[..3]))
+    });
     for id in &ids[..3] {
         let account = &table[id];
         assert!(account["balance"].as_f64() > Some(0.0), "{id}: {table}");

@@ -48,6 +48,10 @@ use crate::net::wire::{
 };
 use crate::status::{NetworkView, NodeStatus, StatusBoard};
 
+/// Blob transfers in flight from one peer, and in all (a round fetches one delta a peer; a heal
+/// θ₀ and the momentum).
+const MAX_FETCHES_PER_PEER: usize = 4;
+const MAX_FETCHES: usize = 128;
 /// Blobs served at once: θ₀ of the current and the previous round, and room for round deltas.
 const SERVED_BLOBS: usize = 8;
 const TRACKER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -1019,7 +1023,19 @@ impl Handler<OfferBlob> for PeerActor {
 impl Handler<FetchBlob> for PeerActor {
     type Result = ResponseFuture<Result<Arc<Vec<u8>>, String>>;
 
+    /// At most `MAX_FETCHES_PER_PEER` transfers from one peer and `MAX_FETCHES` in all are in
+    /// flight: more are refused at once, so neither a flood of announcements nor a slow peer can
+    /// pile transfers (and their buffers) up.
     fn handle(&mut self, msg: FetchBlob, _: &mut Self::Context) -> Self::Result {
+        let from_peer = self.pending.values().filter(|p| p.peer == msg.peer).count();
+        if from_peer >= MAX_FETCHES_PER_PEER || self.pending.len() >= MAX_FETCHES {
+            let why = format!(
+                "{from_peer} transfers from {} and {} in all already in flight (limits {MAX_FETCHES_PER_PEER} and {MAX_FETCHES})",
+                msg.peer,
+                self.pending.len()
+            );
+            return Box::pin(async move { Err(why) });
+        }
         let (reply, answer) = tokio::sync::oneshot::channel();
         let request_id = self
             .swarm

@@ -15,6 +15,10 @@ use crate::crypto;
 /// Certificate verifications remembered (by the certificate's bytes) before the cache starts over.
 const MAX_CACHED_CERTIFICATES: usize = 1024;
 
+/// Peers the table holds at most: gossip from any number of fresh identities (relayed by real
+/// peers) cannot grow it without bound; a connection limit keeps the connected ones well below.
+pub const MAX_PEERS: usize = 4096;
+
 /// Limits from the `[network]` config.
 #[derive(Debug, Clone)]
 pub struct PeerPolicy {
@@ -173,6 +177,9 @@ impl PeerTable {
     }
 
     fn entry(&mut self, now: Instant, peer: PeerId) -> &mut Entry {
+        if !self.peers.contains_key(&peer) && self.peers.len() >= MAX_PEERS {
+            self.evict_one(now);
+        }
         self.peers.entry(peer).or_insert_with(|| Entry {
             node_id: crypto::node_id_of_peer(&peer),
             addrs: Vec::new(),
@@ -194,6 +201,23 @@ impl PeerTable {
             admitted_until_s: None,
             unadmitted: 0,
         })
+    }
+
+    /// Makes room for one more peer: the one silent longest among those neither connected nor
+    /// banned (a ban must outlive a flood of new identities), else the one silent longest among
+    /// those not connected.
+    fn evict_one(&mut self, now: Instant) {
+        let oldest = |banned_too: bool| {
+            self.peers
+                .iter()
+                .filter(|(_, e)| !e.connected)
+                .filter(|(_, e)| banned_too || !e.banned_until.is_some_and(|until| now < until))
+                .min_by_key(|(_, e)| e.last_seen)
+                .map(|(peer, _)| *peer)
+        };
+        if let Some(peer) = oldest(false).or_else(|| oldest(true)) {
+            self.peers.remove(&peer);
+        }
     }
 
     pub fn contains(&self, peer: &PeerId) -> bool {
@@ -510,6 +534,23 @@ mod tests {
             sent_at_ms,
             membership: None,
         }
+    }
+
+    #[test]
+    fn the_table_is_bounded_and_a_flood_evicts_neither_connected_nor_banned_peers() {
+        let t0 = Instant::now();
+        let mut table = PeerTable::new(policy());
+        let (connected, banned) = (peer(), peer());
+        table.connected(t0, connected, vec![]);
+        for _ in 0..10 {
+            table.reject(t0, banned, &Rejection::Malformed("x".into()));
+        }
+        assert!(table.is_banned(&banned, t0));
+        for i in 0..MAX_PEERS + 10 {
+            let _ = table.admit(t0 + Duration::from_millis(i as u64), peer());
+        }
+        assert_eq!(table.peers.len(), MAX_PEERS);
+        assert!(table.contains(&connected) && table.contains(&banned));
     }
 
     #[test]

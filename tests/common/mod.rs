@@ -473,3 +473,31 @@ pub fn admit(
     std::fs::write(file, &out.stdout).unwrap();
     neuroshard::admission::Certificate::from_json(&String::from_utf8_lossy(&out.stdout)).unwrap()
 }
+
+/// A node's balance table (GET /api/ledger/balances `accounts`).
+pub fn balances(node: &Node) -> Value {
+    node.get("/api/ledger/balances")["accounts"].clone()
+}
+
+/// Polls until every node of `nodes` holds the same balance table (proofs keep streaming, so they
+/// agree between two of them) and returns it; after 60 s fails with the tables and `diagnose()`.
+pub fn agreed_balances(nodes: &[Node], diagnose: impl Fn() -> String) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let tables: Vec<Value> = nodes.iter().map(balances).collect();
+        if tables.windows(2).all(|w| w[0] == w[1]) {
+            return tables[0].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "balance tables still differ after 60 s:\n{}\n{}",
+            tables
+                .iter()
+                .map(|t| format!("{t:#}"))
+                .collect::<Vec<_>>()
+                .join("\n---\n"),
+            diagnose()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
