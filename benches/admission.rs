@@ -51,6 +51,7 @@ fn main() {
     let iterations = arg("--iterations", 2000);
     let per_run = (iterations / 10).max(1);
     let authority = Identity::from_token(&format!("{:064x}", 77)).unwrap();
+    let now_s = unix_ms() / 1000;
     let genesis = Genesis::new(
         "benchnet",
         "nano",
@@ -58,11 +59,10 @@ fn main() {
         &[authority.public],
         1,
         RewardSchedule::default(),
-        0,
+        now_s,
     )
     .unwrap();
     let node = Identity::from_token(&format!("{:064x}", 5)).unwrap();
-    let now_s = unix_ms() / 1000;
     let mut certificate = Certificate::unsigned(
         &genesis,
         &node.node_id,
