@@ -245,7 +245,7 @@ async fn peers(
 
 /// `k` items drawn uniformly without replacement (a partial Fisher–Yates shuffle driven by
 /// `random`); all of them, shuffled, when there are no more than `k`.
-fn sample_uniform<'a, T>(items: &'a mut [T], k: usize, mut random: impl FnMut() -> u64) -> &'a [T] {
+fn sample_uniform<T>(items: &mut [T], k: usize, mut random: impl FnMut() -> u64) -> &[T] {
     let k = k.min(items.len());
     for i in 0..k {
         let remaining = (items.len() - i) as u64;

@@ -211,7 +211,7 @@ impl PeerTable {
             self.peers
                 .iter()
                 .filter(|(_, e)| !e.connected)
-                .filter(|(_, e)| banned_too || !e.banned_until.is_some_and(|until| now < until))
+                .filter(|(_, e)| banned_too || e.banned_until.is_none_or(|until| now >= until))
                 .min_by_key(|(_, e)| e.last_seen)
                 .map(|(peer, _)| *peer)
         };
