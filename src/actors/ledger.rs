@@ -14,8 +14,8 @@ use tracing::{debug, error, info, warn};
 
 use super::messages::{
     CheckProof, GetAccount, GetBalances, GetProofs, LedgerGossip, ModelAdopted, PeerOffence,
-    ProofCheck, ProveInference, ProveTraining, PublishLedger, RefusedAtGate, RegisterLedger,
-    RoundVerdicts, SubmitTransaction, SubmittedTransaction,
+    PeerWeights, ProofCheck, ProveInference, ProveTraining, PublishLedger, RefusedAtGate,
+    RegisterLedger, RoundVerdicts, SubmitTransaction, SubmittedTransaction,
 };
 use super::peer::PeerActor;
 use crate::crypto::{Identity, generate_nonce, node_id_of_peer};
@@ -854,7 +854,6 @@ impl Handler<RoundVerdicts> for LedgerActor {
             self.peers
                 .do_send(PublishLedger(LedgerMessage::Verdicts(wire.clone())));
         }
-        self.weights = msg.weights;
         let reasons = msg.verdicts.into_iter().map(|v| v.reason).collect();
         let signer = self.options.identity.node_id.clone();
         self.hold_verdicts(PendingVerdicts {
@@ -862,6 +861,15 @@ impl Handler<RoundVerdicts> for LedgerActor {
             wire,
             reasons,
         });
+    }
+}
+
+impl Handler<PeerWeights> for LedgerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: PeerWeights, _: &mut Self::Context) {
+        self.weights = msg.0;
+        self.settle_verdicts();
     }
 }
 

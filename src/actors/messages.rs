@@ -208,10 +208,14 @@ pub struct RoundVerdicts {
     /// BLAKE3 of the θ₀ the round's aggregate produced.
     pub theta0_after: String,
     pub verdicts: Vec<DeltaVerdict>,
-    /// What each node (this one included) counts for as Sync weighs it now: whose verdicts on
-    /// rounds settle proofs (see `ledger::settle`).
-    pub weights: BTreeMap<String, f64>,
 }
+
+/// What each node (this one included) counts for as Sync weighs it now: whose verdicts on rounds
+/// settle proofs (see `ledger::settle`). Sent every couple of seconds and before each round's
+/// verdicts, so a node that does not aggregate (an observer) settles by the same weights.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PeerWeights(pub BTreeMap<String, f64>);
 
 #[derive(Debug, Clone)]
 pub struct DeltaVerdict {

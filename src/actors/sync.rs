@@ -19,8 +19,9 @@ use super::aggregator::AggregatorActor;
 use super::ledger::LedgerActor;
 use super::messages::{
     AggregateRound, AnnounceRound, BlobServed, DeltaVerdict, FetchBlob, GetResumeState,
-    InnerRoundDone, ModelAdopted, OfferBlob, PeerRoundAnnounced, ProveTraining, RegisterRounds,
-    RegisterTrainer, ResumeState, RoundVerdicts, SnapshotTaken, StartRound, WriteCheckpoint,
+    InnerRoundDone, ModelAdopted, OfferBlob, PeerRoundAnnounced, PeerWeights, ProveTraining,
+    RegisterRounds, RegisterTrainer, ResumeState, RoundVerdicts, SnapshotTaken, StartRound,
+    WriteCheckpoint,
 };
 use super::peer::PeerActor;
 use crate::aggregate::{Aggregate, AggregationConfig, Contribution, check_aggregate};
@@ -677,18 +678,23 @@ impl SyncActor {
             })
             .collect();
         let theta0_after = BlobId::of(bytemuck::cast_slice(&self.theta0)).to_string();
+        self.report_weights();
+        self.ledger.do_send(RoundVerdicts {
+            round,
+            theta0_after,
+            verdicts,
+        });
+    }
+
+    /// Tells the ledger what every node counts for now (whose verdicts settle proofs).
+    fn report_weights(&self) {
         let mut weights: BTreeMap<String, f64> = self
             .trainer_peers()
             .into_iter()
             .map(|(node_id, p)| (node_id, p.weight))
             .collect();
         weights.insert(self.node_id.clone(), self.own_weight());
-        self.ledger.do_send(RoundVerdicts {
-            round,
-            theta0_after,
-            verdicts,
-            weights,
-        });
+        self.ledger.do_send(PeerWeights(weights));
     }
 
     fn sync_seconds(&self) -> f64 {
@@ -732,6 +738,7 @@ impl Actor for SyncActor {
             act.evaluate(ctx);
         });
         ctx.run_interval(REANNOUNCE, |act, _| {
+            act.report_weights();
             for announcement in &act.announced {
                 let again = RoundAnnouncement {
                     sent_at_ms: unix_ms(),
