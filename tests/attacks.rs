@@ -83,6 +83,10 @@ fn memory_is_read_from_proc_status() {
     assert!(own.rss_kib > 0 && own.hwm_kib >= own.rss_kib);
 }
 
+/// The attack tests each run 5 nodes and an attacker with 16 identities: one at a time, so that
+/// 2 cores keep heartbeats on time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Inner steps per round and the rounds watched under attack.
 const H: u64 = 20;
 const ROUNDS: u64 = 4;
@@ -246,6 +250,7 @@ fn attacker_gained_nothing(honest: &[Node], attacker: &Node) {
 /// the attacker, nothing earned, nobody honest banned.
 #[test]
 fn a_permissioned_network_holds_against_a_sybil_attacker() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let (genesis, key) = network_init(&dir.path().join("net"), "holdnet");
     let membership = |token: usize| {
@@ -294,6 +299,7 @@ fn a_permissioned_network_holds_against_a_sybil_attacker() {
 /// they can neither move θ₀ nor hold rounds open nor earn.
 #[test]
 fn an_open_network_holds_against_fresh_identities() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let honest = honest_network(dir.path(), |_| Vec::new());
     // Reputation: three rounds of kept deltas make the honest nodes established to each other.

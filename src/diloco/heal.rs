@@ -84,8 +84,8 @@ fn heaviest_other<'a>(own: &OwnState, peers: &'a [PeerOuterState]) -> Option<Gro
 /// Whether this node should heal, given the trainer peers' states and weights.
 /// `disagreeing_since` is when the current disagreement was first seen (the caller remembers it).
 /// Another group pulls this node when it weighs more than this node's own group (this node and
-/// the peers on its state); at equal weight only when it holds a member of full weight (or this
-/// node stands alone) and is ahead by (round, hash) — newcomers' shares never win a tie.
+/// the peers on its state); at equal weight only when it holds a member of full weight and is
+/// ahead by (round, hash): newcomers' shares never win a tie, not even against a lone node.
 /// - Two or more rounds behind such a group (a joiner, a restarted node): heal at once.
 /// - Otherwise after [`DISAGREEMENT_GRACE`], even back to an earlier round: a node that ran ahead
 ///   alone is the lighter side.
@@ -139,7 +139,7 @@ fn plan(own: OwnState, peers: &[PeerOuterState], grace_over: bool) -> Option<Hea
     let ours = own.weight + with_us.iter().map(|p| p.weight).sum::<f64>();
     let heavier = best.weight > ours + EPSILON;
     let tie_won = (best.weight - ours).abs() <= EPSILON
-        && (best.full || with_us.is_empty())
+        && best.full
         && (best.round, best.hash) > (own.round, own.theta0_hash);
     if !(heavier || tie_won) {
         return None;

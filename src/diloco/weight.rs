@@ -6,8 +6,10 @@
 //! - **Open** network (no genesis, or an open one): a peer whose deltas this node's aggregation
 //!   kept in at least [`ESTABLISHED_AFTER`] rounds is *established* and weighs 1; all the
 //!   newcomers together weigh 1, shared equally, so a thousand fresh keys count as one node.
-//!   A network in which nobody is established yet (it is just starting) counts every node 1:
-//!   it has nothing else to go by, and is protected only once reputations exist.
+//!   A node that has established nobody yet (the network is just starting, or the node just
+//!   started) counts every node 1: it has nothing else to go by, and is protected only once
+//!   reputations exist. Once it has, established peers that fall silent for a while (a load
+//!   spike) do not turn it back: newcomers still share one unit.
 
 use std::collections::BTreeMap;
 
@@ -81,14 +83,14 @@ pub fn weights(rule: WeightRule, reputation: &Reputation, peers: &[Standing]) ->
             .map(|p| if p.admitted { 1.0 } else { 0.0 })
             .collect(),
         WeightRule::Open => {
+            if reputation.established_count() == 0 {
+                return vec![1.0; peers.len()];
+            }
             let established: Vec<bool> = peers
                 .iter()
                 .map(|p| reputation.established(&p.node_id))
                 .collect();
             let newcomers = established.iter().filter(|e| !**e).count();
-            if newcomers == peers.len() {
-                return vec![1.0; peers.len()];
-            }
             established
                 .iter()
                 .map(|&e| if e { 1.0 } else { 1.0 / newcomers as f64 })
@@ -172,6 +174,9 @@ mod tests {
         );
         assert!(is_newcomer_share(w[1]) && !is_newcomer_share(w[0]));
         assert_eq!(reputation.established_count(), 1);
+        // The established peer falls silent: the fresh keys still share one unit.
+        let w = weights(WeightRule::Open, &reputation, &peers[1..]);
+        assert!((w.iter().sum::<f64>() - 1.0).abs() < EPSILON);
     }
 
     #[test]
