@@ -7,6 +7,9 @@
 //!
 //!   cargo bench --bench admission -- [--iterations 2000]
 
+mod common;
+use common::arg;
+
 use std::collections::HashSet;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -18,15 +21,6 @@ use neuroshard::diloco::weight::{Reputation, Standing, WeightRule, weights};
 use neuroshard::ledger::rewards::RewardSchedule;
 use neuroshard::ledger::settle::{SignedVerdicts, settle};
 use neuroshard::net::wire::{self, Heartbeat, RoundVerdictsWire, unix_ms};
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Median time of one call of `f` over `runs` runs of `per_run` calls each.
 fn time(runs: usize, per_run: usize, mut f: impl FnMut()) -> Duration {

@@ -6,6 +6,9 @@
 //!
 //!   cargo bench --bench ledger -- [--proofs 4000] [--inserts 1000] [--skip-python]
 
+mod common;
+use common::arg;
+
 use std::process::Command;
 use std::time::Instant;
 
@@ -17,15 +20,6 @@ use neuroshard::ledger::{Proof, ProofKind, SignedProof};
 use neuroshard::net::wire::unix_ms;
 use rayon::prelude::*;
 use serde_json::Value;
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// `count` signed proofs from 8 nodes: uptime and training, as a network gossips them.
 fn proofs(count: usize) -> Vec<SignedProof> {
