@@ -19,6 +19,7 @@ use std::time::Duration;
 use common::{
     BIN, Node, admit, env_of, fixed_token, network_init, start_cluster, start_owned, wait_until,
 };
+use neuroshard::experiment::parse_validation;
 use serde_json::Value;
 
 /// The token of Sybil identity `i` of the node whose token is `token`: hex(SHA-256(secret ‖
@@ -140,8 +141,21 @@ fn attacker(dir: &Path, seed: &Node, extra: Vec<String>) -> Node {
 
 /// What the honest network did over the watched rounds.
 struct Watched {
-    /// Node 0's validation loss at the start of the last watched round.
+    /// The validation loss of the network's θ₀ at the start of the last watched round (node 0's
+    /// first evaluation in that round).
     val_loss: f64,
+}
+
+/// The validation loss `node`'s trainer logged first in `round` (the θ₀ it started the round
+/// from), from its "validation step=S round=R val_loss=V" lines.
+fn validation_at_round(node: &Node, round: u64) -> Option<f64> {
+    let logs = node.get("/api/logs?target=trainer&q=validation&limit=500");
+    logs["lines"]
+        .as_array()?
+        .iter()
+        .filter_map(|line| parse_validation(line["message"].as_str()?))
+        .find(|(_, r, _)| *r == round)
+        .map(|(_, _, val_loss)| f64::from(val_loss))
 }
 
 /// Watches the honest nodes from round `from` until all are past `from + ROUNDS`: every round
@@ -149,7 +163,6 @@ struct Watched {
 /// on one θ₀.
 fn watch(honest: &[Node], others: &[&Node], from: u64) -> Watched {
     let target = from + ROUNDS;
-    let window = target * H..(target + 1) * H;
     let mut all: Vec<&Node> = honest.iter().collect();
     all.extend(others);
     let mut reasons: Vec<(usize, u64, String)> = Vec::new();
@@ -181,10 +194,7 @@ fn watch(honest: &[Node], others: &[&Node], from: u64) -> Watched {
                 }
                 done &= round > target;
             }
-            let stats = honest[0].stats();
-            if window.contains(&stats["global_step"].as_u64().unwrap_or(0)) {
-                val_loss = val_loss.or(stats["val_loss"].as_f64());
-            }
+            val_loss = val_loss.or_else(|| validation_at_round(&honest[0], target));
             done && val_loss.is_some()
         },
     );

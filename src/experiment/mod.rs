@@ -499,7 +499,7 @@ fn tokens_per_step(run: &RunSpec, context: u64) -> u64 {
 }
 
 /// (step, round, val_loss) of a trainer's "validation step=S round=R val_loss=V" log message.
-fn parse_validation(message: &str) -> Option<(u64, u64, f32)> {
+pub fn parse_validation(message: &str) -> Option<(u64, u64, f32)> {
     let field = |name: &str| {
         message
             .split_whitespace()
