@@ -17,9 +17,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    BIN, Node, admit, env_of, fixed_token, network_init, start_cluster, start_owned, wait_until,
+    BIN, Node, admit, env_of, fixed_token, network_init, start_cluster, start_owned,
+    validation_at_round, wait_until,
 };
-use neuroshard::experiment::parse_validation;
 use serde_json::Value;
 
 /// The token of Sybil identity `i` of the node whose token is `token`: hex(SHA-256(secret ‖
@@ -144,18 +144,6 @@ struct Watched {
     /// The validation loss of the network's θ₀ at the start of the last watched round (node 0's
     /// first evaluation in that round).
     val_loss: f64,
-}
-
-/// The validation loss `node`'s trainer logged first in `round` (the θ₀ it started the round
-/// from), from its "validation step=S round=R val_loss=V" lines.
-fn validation_at_round(node: &Node, round: u64) -> Option<f64> {
-    let logs = node.get("/api/logs?target=trainer&q=validation&limit=500");
-    logs["lines"]
-        .as_array()?
-        .iter()
-        .filter_map(|line| parse_validation(line["message"].as_str()?))
-        .find(|(_, r, _)| *r == round)
-        .map(|(_, _, val_loss)| f64::from(val_loss))
 }
 
 /// Watches the honest nodes from round `from` until all are past `from + ROUNDS`: every round

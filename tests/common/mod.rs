@@ -501,3 +501,15 @@ pub fn agreed_balances(nodes: &[Node], diagnose: impl Fn() -> String) -> Value {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The validation loss `node`'s trainer logged first in `round` (the θ₀ it started the round
+/// from), from its "validation step=S round=R val_loss=V" lines.
+pub fn validation_at_round(node: &Node, round: u64) -> Option<f64> {
+    let logs = node.get("/api/logs?target=trainer&q=validation&limit=500");
+    logs["lines"]
+        .as_array()?
+        .iter()
+        .filter_map(|line| neuroshard::experiment::parse_validation(line["message"].as_str()?))
+        .find(|(_, r, _)| *r == round)
+        .map(|(_, _, val_loss)| f64::from(val_loss))
+}
