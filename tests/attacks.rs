@@ -17,10 +17,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    BIN, Node, admit, env_of, fixed_token, network_init, start_cluster, start_owned,
-    validation_at_round, wait_until,
+    BIN, Node, admit, diloco, env_of, fixed_token, network_init, outer_state, start_cluster,
+    start_owned, validation_at_round, wait_until,
 };
-use serde_json::Value;
 
 /// The token of Sybil identity `i` of the node whose token is `token`: hex(SHA-256(secret ‖
 /// "sybil" ‖ i)), with secret = SHA-256(token), as `crypto::Identity::sybil_token` derives it.
@@ -46,10 +45,6 @@ fn node_id_of(token: &str) -> String {
 
 fn sybil_ids(token: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| node_id_of(&sybil_token(token, i))).collect()
-}
-
-fn diloco(node: &Node) -> Value {
-    node.get("/api/diloco")
 }
 
 /// Honest node memory bound these tests hold (the nano preset needs a few hundred MB).
@@ -198,14 +193,7 @@ fn watch(honest: &[Node], others: &[&Node], from: u64) -> Watched {
         Duration::from_secs(60),
         &all,
         || {
-            let states: BTreeSet<(u64, String)> = honest
-                .iter()
-                .map(|n| {
-                    let d = diloco(n);
-                    let round = d["outer_step_count"].as_u64().unwrap();
-                    (round, d["theta0_hash"].as_str().unwrap().to_string())
-                })
-                .collect();
+            let states: BTreeSet<(u64, String)> = honest.iter().map(outer_state).collect();
             states.len() == 1
         },
     );

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::{
-    Node, env_of, f64_of, fixed_token, start_cluster, start_owned, val_loss_at_round, wait_until,
+    Node, diloco, env_of, f64_of, fixed_token, outer_state, start_cluster, start_owned,
+    val_loss_at_round, wait_until,
 };
 
 /// Trainers that wait for each other: a round needs all of them (or its 60 s deadline).
@@ -37,16 +38,7 @@ fn four_nodes_agree_on_theta0_every_round_and_learn() {
     let mut seen: BTreeMap<u64, BTreeMap<String, String>> = BTreeMap::new();
     let start = Instant::now();
     loop {
-        let states: Vec<(u64, String)> = nodes
-            .iter()
-            .map(|n| {
-                let d = n.get("/api/diloco");
-                (
-                    d["outer_step_count"].as_u64().unwrap(),
-                    d["theta0_hash"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect();
+        let states: Vec<(u64, String)> = nodes.iter().map(outer_state).collect();
         for (i, (round, hash)) in states.iter().enumerate() {
             seen.entry(*round)
                 .or_default()
@@ -91,10 +83,6 @@ fn four_nodes_agree_on_theta0_every_round_and_learn() {
         now <= 0.7 * initial,
         "val_loss {now} is not 30% below the initial {initial}"
     );
-}
-
-fn diloco(node: &Node) -> serde_json::Value {
-    node.get("/api/diloco")
 }
 
 fn round_of(node: &Node) -> u64 {
@@ -161,16 +149,7 @@ fn rounds_go_on_without_a_killed_node_which_heals_when_it_returns_as_does_a_late
         Duration::from_secs(60),
         &refs,
         || {
-            let states: Vec<(u64, String)> = nodes
-                .iter()
-                .map(|n| {
-                    let d = diloco(n);
-                    (
-                        d["outer_step_count"].as_u64().unwrap(),
-                        d["theta0_hash"].as_str().unwrap().to_string(),
-                    )
-                })
-                .collect();
+            let states: Vec<(u64, String)> = nodes.iter().map(outer_state).collect();
             states.windows(2).all(|w| w[0] == w[1])
         },
     );

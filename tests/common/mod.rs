@@ -513,3 +513,17 @@ pub fn validation_at_round(node: &Node, round: u64) -> Option<f64> {
         .find(|(_, r, _)| *r == round)
         .map(|(_, _, val_loss)| f64::from(val_loss))
 }
+
+/// GET /api/diloco.
+pub fn diloco(node: &Node) -> Value {
+    node.get("/api/diloco")
+}
+
+/// The node's outer round and θ₀ hash, as /api/diloco shows them together.
+pub fn outer_state(node: &Node) -> (u64, String) {
+    let d = diloco(node);
+    (
+        d["outer_step_count"].as_u64().unwrap(),
+        d["theta0_hash"].as_str().unwrap().to_string(),
+    )
+}
