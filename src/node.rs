@@ -542,6 +542,7 @@ pub async fn run(config: Config, logs: LogRing) -> Result<(), NodeError> {
         inner_steps_total: config.diloco.inner_steps,
         outer_step_count: prepared.outer.round,
         last_outer_reason: None,
+        round_state: "inner steps running".into(),
         last_round: None,
         theta0_hash: String::new(),
         momentum_hash: String::new(),

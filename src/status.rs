@@ -46,8 +46,11 @@ pub struct NodeStatus {
     pub inner_steps_total: u64,
     pub outer_step_count: u64,
     pub last_outer_reason: Option<String>,
+    /// Why the open round waits (or closes), or that this node heals: the round state
+    /// machine's latest decision.
+    pub round_state: String,
     /// The last closed DiLoCo round: who took part, who was kept, why it closed.
-    pub last_round: Option<crate::actors::sync::RoundSummary>,
+    pub last_round: Option<crate::diloco::round::RoundSummary>,
     /// BLAKE3 of θ₀'s bytes (its blob id): peers on the same outer parameters show the same hash.
     pub theta0_hash: String,
     /// Blob id of the outer momentum (served to healing peers).

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 
 use serde::Serialize;
 
-use crate::actors::sync::RoundSummary;
+use crate::diloco::round::RoundSummary;
 
 /// One point of the curves.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]

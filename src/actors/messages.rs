@@ -8,12 +8,14 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use crate::aggregate::{Aggregate, AggregateError, AggregationConfig, Contribution};
+use crate::diloco::machine::TrainerPeer;
 use crate::ledger::state::Account;
 use crate::ledger::store::StoredProof;
 use crate::ledger::{Nano, ProofRejection, SignedProof, SignedTransaction, TxKind};
 use crate::model::checkpoint::TrainerSnapshot;
 use crate::net::blob::BlobId;
 use crate::net::wire::{LedgerMessage, Rejection, RoundAnnouncement};
+use crate::status::LocalFault;
 
 /// Trainer → itself: run one inner step (through the mailbox, so other messages interleave).
 #[derive(Message)]
@@ -96,8 +98,17 @@ pub struct StopTraining;
 
 /// Node → Sync: write a checkpoint now (the final one, on shutdown) and say where.
 #[derive(Message)]
-#[rtype(result = "Result<PathBuf, String>")]
+#[rtype(result = "Result<PathBuf, CheckpointError>")]
 pub struct WriteCheckpoint(pub Option<Arc<TrainerSnapshot>>);
+
+/// Why `WriteCheckpoint` wrote nothing: this node's own state or disk, never a peer's doing.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("no trainer state to checkpoint yet")]
+    NoTrainerState,
+    #[error(transparent)]
+    Storage(#[from] LocalFault),
+}
 
 /// Node → Http: stop serving (graceful).
 #[derive(Message)]
@@ -140,7 +151,15 @@ pub struct PeerRoundAnnounced {
 pub struct RegisterRounds {
     pub announced: Recipient<PeerRoundAnnounced>,
     pub served: Recipient<BlobServed>,
+    pub trainers: Recipient<TrainerPeers>,
 }
+
+/// Peer → Sync: the trainer peers as the network last heard them (heartbeat, admission), banned
+/// ones left out; sent with every refresh of the peer table's view. Sync's round and heal
+/// decisions read them from here, never from the StatusBoard (HTTP's read model).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TrainerPeers(pub Vec<TrainerPeer>);
 
 /// Peer → Sync: blob `id` was sent to a peer, `bytes` long: what this node actually uploaded.
 #[derive(Message)]

@@ -31,17 +31,19 @@ use tracing::{debug, info, warn};
 use super::messages::{
     AnnounceRound, BlobServed, FetchBlob, LedgerGossip, OfferBlob, PeerOffence, PeerRoundAnnounced,
     PublishLedger, RefusedAtGate, RegisterAttack, RegisterLedger, RegisterRounds, RoundObserved,
+    TrainerPeers,
 };
 use crate::admission::{Certificate, Genesis, unix_s};
 use crate::crypto::{Identity, generate_token};
 use crate::diloco::attack::{HEAL_POISON_ROUNDS_AHEAD, PoisonedOuter};
+use crate::diloco::machine::TrainerPeer;
 use crate::ledger::proof::check_signature;
 use crate::net::announce::{
     Announcement, MAX_MULTIADDRS, PeerRecord, announce_to_tracker, unix_time_s,
 };
 use crate::net::blob::{BlobCodec, BlobId, BlobRequest, BlobResponse, BlobStore};
 use crate::net::meter::{ByteMeter, CountingMuxer};
-use crate::net::peer_table::{PeerPolicy, PeerTable};
+use crate::net::peer_table::{PeerPolicy, PeerTable, PeerView};
 use crate::net::protocol::Protocols;
 use crate::net::wire::{
     self, GOSSIP_TRANSMIT_LIMIT, LedgerMessage, MAX_GOSSIP_BYTES, Rejection, unix_ms,
@@ -624,6 +626,9 @@ impl PeerActor {
     fn publish_view(&self) {
         let now = Instant::now();
         let (peers, totals) = self.table.view(now, unix_s(), &self.meter.snapshot());
+        if let Some(rounds) = &self.rounds {
+            rounds.trainers.do_send(TrainerPeers(trainer_peers(&peers)));
+        }
         let view = NetworkView {
             network_id: self.options.protocols.network_id.clone(),
             listen_addrs: self
@@ -1010,6 +1015,25 @@ impl Actor for PeerActor {
             ctx.run_interval(self.options.announce_interval, |act, ctx| act.announce(ctx));
         }
     }
+}
+
+/// The trainer peers of the view, banned ones left out: what the round decisions count.
+fn trainer_peers(peers: &[PeerView]) -> Vec<TrainerPeer> {
+    peers
+        .iter()
+        .filter(|p| !p.banned)
+        .filter_map(|p| {
+            let h = p.heartbeat.as_ref().filter(|h| h.role == "trainer")?;
+            Some(TrainerPeer {
+                node_id: p.node_id.clone(),
+                peer_id: p.peer_id.parse().ok()?,
+                admitted: p.admitted,
+                round: h.outer_round,
+                theta0_hash: h.theta0_hash.clone(),
+                momentum_hash: h.momentum_hash.clone(),
+            })
+        })
+        .collect()
 }
 
 impl Handler<OfferBlob> for PeerActor {

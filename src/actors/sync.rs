@@ -1,42 +1,36 @@
-//! SyncActor: owns DiLoCo's outer state — θ₀, the outer Nesterov momentum, the round number — the
-//! round in progress and the checkpoints. When the trainer finishes its H inner steps it encodes
-//! Δ = θ₀ − θ_H (with error feedback), serves it as a blob and announces it; it fetches the peers'
-//! deltas for the same round and θ₀ as their announcements arrive; when `round_decision` says the
-//! round is complete (quorum or deadline) the AggregatorActor combines the deltas, the outer step
-//! is applied, and the trainer restarts from the new θ₀.
+//! SyncActor: owns DiLoCo's outer state — θ₀, the outer Nesterov momentum, the error-feedback
+//! residual — and the checkpoints, and carries out what the round state machine
+//! ([`RoundMachine`], pure) decides: when the trainer finishes its H inner steps it encodes
+//! Δ = θ₀ − θ_H, serves it as a blob and announces it; it fetches the peers' deltas the machine
+//! asks for; when the machine closes the round the AggregatorActor combines the deltas, the
+//! outer step is applied, and the trainer restarts from the new θ₀; when the machine heals, it
+//! fetches and checks a heavier group's state.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use libp2p::PeerId;
-use serde::Serialize;
 use tracing::{debug, error, info, warn};
 
 use super::aggregator::AggregatorActor;
 use super::ledger::LedgerActor;
 use super::messages::{
-    AggregateRound, AnnounceRound, BlobServed, DeltaVerdict, FetchBlob, GetResumeState,
-    InnerRoundDone, ModelAdopted, OfferBlob, PeerRoundAnnounced, PeerWeights, ProveTraining,
-    RegisterRounds, RegisterTrainer, ResumeState, RoundVerdicts, SnapshotTaken, StartRound,
-    WriteCheckpoint,
+    AggregateRound, AnnounceRound, BlobServed, CheckpointError, DeltaVerdict, FetchBlob,
+    GetResumeState, InnerRoundDone, ModelAdopted, OfferBlob, PeerRoundAnnounced, PeerWeights,
+    ProveTraining, RegisterRounds, RegisterTrainer, ResumeState, RoundVerdicts, SnapshotTaken,
+    StartRound, TrainerPeers, WriteCheckpoint,
 };
 use super::peer::PeerActor;
-use crate::aggregate::{Aggregate, AggregationConfig, Contribution, check_aggregate};
+use crate::aggregate::{Aggregate, AggregationConfig, check_aggregate};
 use crate::diloco::attack::{Attack, poison};
 use crate::diloco::codec::{Codec, CodecConfig, ErrorFeedback, decode, encode};
-use crate::diloco::heal::{
-    HealPlan, OwnState, PeerOuterState, catching_up, check_adopted, disagrees, heal_decision, reach,
-};
-use crate::diloco::round::{
-    RoundDecision, RoundOptions, RoundProgress, has_quorum, round_decision,
-};
-use crate::diloco::weight::{
-    self, EPSILON, Reputation, Standing, WeightRule, is_newcomer_share, newcomer_places,
-    newcomer_rank,
-};
+use crate::diloco::heal::{HealPlan, PeerOuterState, check_adopted, reach};
+use crate::diloco::machine::{Effect, MachineRules, RoundMachine};
+use crate::diloco::round::RoundOptions;
+use crate::diloco::weight::WeightRule;
 use crate::diloco::{OuterOptimizer, pseudo_gradient};
 use crate::model::checkpoint::{self, Checkpoint, OuterState, TrainerSnapshot};
 use crate::model::params::ParamSpec;
@@ -44,15 +38,11 @@ use crate::net::blob::BlobId;
 use crate::net::wire::{RoundAnnouncement, unix_ms};
 use crate::status::{Component, LocalFault, StatusBoard};
 
-/// How often an open round is re-examined (its deadline needs a clock).
+/// How often the round state machine sees the clock (a round's deadline, a heal's grace).
 const ROUND_CHECK: Duration = Duration::from_millis(200);
 /// How often this node repeats its latest round announcement: gossip is fire-and-forget, and a
 /// peer that connected (or joined the mesh) after the first one must still learn of the delta.
 const REANNOUNCE: Duration = Duration::from_secs(2);
-/// θ₀ hashes whose state failed `check_adopted`, remembered so they are never fetched again.
-const MAX_REFUSED_STATES: usize = 64;
-/// Announcements kept for the next round while this one is still open.
-const MAX_EARLY_ANNOUNCEMENTS: usize = 1024;
 
 /// Where and for which model checkpoints are written.
 #[derive(Clone)]
@@ -81,6 +71,17 @@ impl CheckpointTarget {
         }
         written
     }
+
+    /// `write` on a blocking thread: writing tens of MB must stay off the async loop.
+    async fn write_blocking(
+        self,
+        checkpoint: Checkpoint,
+        status: StatusBoard,
+    ) -> Result<PathBuf, LocalFault> {
+        tokio::task::spawn_blocking(move || self.write(&checkpoint, &status))
+            .await
+            .map_err(|e| LocalFault::new(Component::Checkpoint, format!("writer crashed: {e}")))?
+    }
 }
 
 /// How this node takes part in rounds (the `[diloco]` config).
@@ -100,74 +101,17 @@ pub struct RoundSettings {
     pub own_admitted: bool,
 }
 
-/// What /api/diloco shows of the last closed round.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RoundSummary {
-    pub round: u64,
-    pub participants: usize,
-    pub kept: Vec<String>,
-    pub rejected: Vec<String>,
-    pub rule: String,
-    pub reason: String,
-    /// Bytes of this node's encoded delta uploaded to peers while the round was open.
-    pub bytes_sent: u64,
-    /// Encoded deltas fetched from peers.
-    pub bytes_received: u64,
-    /// From this node's delta being ready to the round's aggregate in hand: waiting for the
-    /// slower peers, fetching and aggregating.
-    pub sync_seconds: f64,
-}
-
-/// The round in progress.
-#[derive(Default)]
-struct OpenRound {
-    own_ready_at: Option<Instant>,
-    /// Decoded deltas by node_id: every node combines them in the same order.
-    contributions: BTreeMap<String, Contribution>,
-    /// node_ids whose announced delta is being fetched.
-    pending: HashSet<String>,
-    /// Newcomers (open networks) holding one of the round's few newcomer places.
-    newcomers: BTreeSet<String>,
-    /// When the contributions in hand first made the quorum.
-    quorum_since: Option<Instant>,
-    /// The aggregation is running; nothing joins the round any more.
-    closing: bool,
-    /// The blob id (hex) of each contribution's encoded delta, for the ledger's verdicts.
-    delta_hashes: BTreeMap<String, String>,
-    /// The blob of this node's own encoded delta; its uploads to peers are `bytes_sent`.
-    own_delta: Option<BlobId>,
-    bytes_sent: u64,
-    bytes_received: u64,
-}
-
 pub struct SyncActor {
     node_id: String,
-    round: u64,
     theta0: Arc<Vec<f32>>,
-    theta0_hash: String,
-    /// The round and θ₀ hash published before the current ones (None after a heal: the path
-    /// here is not this node's own).
-    previous_outer: Option<(u64, String)>,
-    published_round: u64,
     momentum: Vec<f32>,
     settings: RoundSettings,
     feedback: ErrorFeedback,
-    open: OpenRound,
-    /// Announcements for the next round that arrived before this one closed.
-    early: Vec<(PeerId, RoundAnnouncement)>,
+    /// The open round, healing and who counts: every decision about rounds.
+    machine: RoundMachine,
     /// This node's announcements of its last two rounds, repeated: a peer still in the previous
     /// round (it started later, or missed the first announcement) must still get that delta.
     announced: VecDeque<RoundAnnouncement>,
-    /// A heal (fetching the majority's outer state) is under way.
-    healing: bool,
-    heal_attempts: u32,
-    /// Since when this node has disagreed with a heavier group of trainers.
-    disagreeing_since: Option<Instant>,
-    /// Rounds in which this node's aggregation kept each peer's delta (open networks' weight).
-    reputation: Reputation,
-    /// θ₀ hashes of fetched states that failed the checks: peers holding them cannot pull this
-    /// node (a poisoned θ₀ is fetched once, not every 200 ms).
-    refused_states: VecDeque<String>,
     aggregator: Addr<AggregatorActor>,
     trainer: Option<Recipient<StartRound>>,
     last_snapshot: Option<Arc<TrainerSnapshot>>,
@@ -199,24 +143,24 @@ impl SyncActor {
             }
             _ => ErrorFeedback::new(outer.theta0.len()),
         };
+        let rules = MachineRules {
+            closing: settings.closing,
+            weight_rule: settings.weight_rule,
+            own_admitted: settings.own_admitted,
+            byzantine_fraction: settings.aggregation.byzantine_fraction,
+            params: outer.theta0.len(),
+            max_delta_norm: settings.max_delta_norm,
+        };
+        let theta0_hash = BlobId::of(bytemuck::cast_slice(&outer.theta0)).to_string();
+        let machine = RoundMachine::new(node_id.clone(), rules, outer.round, theta0_hash);
         Self {
             node_id,
-            round: outer.round,
             theta0: Arc::new(outer.theta0),
-            theta0_hash: String::new(),
-            previous_outer: None,
-            published_round: 0,
             momentum: outer.momentum,
             settings,
             feedback,
-            open: OpenRound::default(),
-            early: Vec::new(),
+            machine,
             announced: VecDeque::new(),
-            healing: false,
-            heal_attempts: 0,
-            disagreeing_since: None,
-            reputation: Reputation::default(),
-            refused_states: VecDeque::new(),
             aggregator,
             trainer: None,
             last_snapshot,
@@ -228,10 +172,11 @@ impl SyncActor {
     }
 
     fn checkpoint_of(&self, snapshot: &TrainerSnapshot) -> Checkpoint {
+        let round = self.machine.round();
         Checkpoint {
-            trainer: snapshot.aligned_to(self.round, &self.theta0),
+            trainer: snapshot.aligned_to(round, &self.theta0),
             outer: OuterState {
-                round: self.round,
+                round,
                 theta0: self.theta0.to_vec(),
                 momentum: self.momentum.clone(),
                 residual: self.residual_at_round_start(),
@@ -244,13 +189,13 @@ impl SyncActor {
     /// retrains the round) would count twice — then none is saved.
     fn residual_at_round_start(&self) -> Option<Vec<f32>> {
         let lossless = self.settings.compression.codec == Codec::Fp32;
-        (!lossless && self.open.own_ready_at.is_none()).then(|| self.feedback.residual().to_vec())
+        (!lossless && !self.machine.own_delta_out()).then(|| self.feedback.residual().to_vec())
     }
 
     /// Serves θ₀ and the outer momentum (little-endian f32 bytes) to peers under their BLAKE3
-    /// hashes, and publishes the round and both hashes together (heartbeats and the API never
-    /// see one without the others).
-    fn publish_outer_state(&mut self) {
+    /// hashes, and publishes `round` and both hashes together (heartbeats and the API never see
+    /// one without the others). Returns θ₀'s hash.
+    fn publish_outer_state(&self, round: u64) -> String {
         let serve = |values: &[f32]| {
             let bytes = Arc::new(bytemuck::cast_slice::<f32, u8>(values).to_vec());
             let id = BlobId::of(&bytes);
@@ -258,104 +203,125 @@ impl SyncActor {
             id.to_string()
         };
         let (theta0_hash, momentum_hash) = (serve(&self.theta0), serve(&self.momentum));
-        let round = self.round;
-        let left = std::mem::replace(&mut self.theta0_hash, theta0_hash.clone());
-        self.previous_outer = (!left.is_empty() && self.published_round + 1 == round)
-            .then_some((self.published_round, left));
-        self.published_round = round;
         self.ledger.do_send(ModelAdopted {
             round,
             theta0_hash: theta0_hash.clone(),
         });
+        let published = theta0_hash.clone();
         self.status.update(|s| {
-            s.theta0_hash = theta0_hash;
+            s.theta0_hash = published;
             s.momentum_hash = momentum_hash;
             s.outer_step_count = round;
         });
+        theta0_hash
     }
 
-    /// The trainer peers' outer states and weights, from their last heartbeats, by node_id.
-    fn trainer_peers(&self) -> BTreeMap<String, PeerOuterState> {
-        let network = self.status.read().network;
-        let trainers: Vec<_> = network
-            .peers
-            .iter()
-            .filter(|p| !p.banned)
-            .filter_map(|p| Some((p, p.heartbeat.as_ref().filter(|h| h.role == "trainer")?)))
-            .collect();
-        let standings: Vec<Standing> = trainers
-            .iter()
-            .map(|(p, _)| Standing {
-                node_id: p.node_id.clone(),
-                admitted: p.admitted,
-            })
-            .collect();
-        let weights = weight::weights(self.settings.weight_rule, &self.reputation, &standings);
-        trainers
-            .into_iter()
-            .zip(weights)
-            .map(|((p, h), weight)| {
-                let state = PeerOuterState {
-                    peer_id: p.peer_id.clone(),
-                    round: h.outer_round,
-                    theta0_hash: h.theta0_hash.clone(),
-                    momentum_hash: h.momentum_hash.clone(),
-                    weight,
-                };
-                (p.node_id.clone(), state)
-            })
-            .collect()
-    }
-
-    fn own_weight(&self) -> f64 {
-        weight::own_weight(self.settings.weight_rule, self.settings.own_admitted)
-    }
-
-    /// Heals when `heal_decision` says a heavier group holds another outer state.
-    fn check_heal(&mut self, ctx: &mut Context<Self>) {
-        // Not while an aggregation is in flight: its outer step would land on the healed θ₀.
-        if self.healing || self.open.closing || self.theta0_hash.is_empty() {
-            return;
-        }
-        let previous = self.previous_outer.as_ref().map(|(r, h)| (*r, h.as_str()));
-        let candidates = self
-            .trainer_peers()
-            .into_values()
-            .filter(|p| !self.refused_states.contains(&p.theta0_hash))
-            .collect();
-        let peers = catching_up(candidates, self.round, &self.theta0_hash, previous);
-        let theta0_hash = self.theta0_hash.clone();
-        let own = OwnState {
-            round: self.round,
-            theta0_hash: &theta0_hash,
-            weight: self.own_weight(),
-        };
-        let now = Instant::now();
-        if !disagrees(own, &peers) {
-            self.disagreeing_since = None;
-            return;
-        }
-        let since = *self.disagreeing_since.get_or_insert(now);
-        if let Some(plan) = heal_decision(now, own, &peers, Some(since)) {
-            self.heal(plan, ctx);
+    /// Restarts the trainer's inner steps from θ₀ at the machine's round.
+    fn start_trainer(&self) {
+        if let Some(trainer) = &self.trainer {
+            trainer.do_send(StartRound {
+                round: self.machine.round(),
+                theta0: self.theta0.clone(),
+            });
         }
     }
 
-    /// Fetches θ₀ (checked against the heavier group's hash) and the momentum from one of its
-    /// peers, checks them (`check_adopted`), adopts them with that group's round and restarts the
+    /// Carries out what the round state machine decided.
+    fn perform(&mut self, effects: Vec<Effect>, ctx: &mut Context<Self>) {
+        for effect in effects {
+            match effect {
+                Effect::FetchDelta {
+                    peer,
+                    node_id,
+                    round,
+                    delta,
+                } => self.fetch_delta(peer, node_id, round, delta, ctx),
+                Effect::Aggregate {
+                    round,
+                    contributions,
+                } => self.aggregate(
+                    AggregateRound {
+                        round,
+                        config: self.settings.aggregation.clone(),
+                        contributions,
+                    },
+                    ctx,
+                ),
+                Effect::FetchState { plan, source } => self.heal(plan, source, ctx),
+                Effect::Skipped(why) => debug!("{why}"),
+                Effect::Refused(why) => warn!("peer delta refused: {why}"),
+            }
+        }
+        let state = self.machine.state();
+        if self.status.read().round_state != state {
+            let state = state.to_string();
+            self.status.update(|s| s.round_state = state);
+        }
+    }
+
+    fn fetch_delta(
+        &mut self,
+        peer: PeerId,
+        node_id: String,
+        round: u64,
+        delta: BlobId,
+        ctx: &mut Context<Self>,
+    ) {
+        let fetch = self.network.send(FetchBlob { peer, id: delta });
+        ctx.spawn(fetch.into_actor(self).map(move |result, act, ctx| {
+            let fetched = result.map_err(|e| e.to_string()).and_then(|r| r);
+            let delta_hash = delta.to_string();
+            let now = Instant::now();
+            let effects = act
+                .machine
+                .delta_fetched(now, round, &node_id, &delta_hash, fetched);
+            act.perform(effects, ctx);
+        }));
+    }
+
+    fn aggregate(&mut self, request: AggregateRound, ctx: &mut Context<Self>) {
+        let round = request.round;
+        ctx.spawn(self.aggregator.send(request).into_actor(self).map(move |result, act, ctx| {
+            let checked = match result {
+                Ok(Ok(aggregate)) => check_aggregate(&aggregate.delta, act.settings.max_delta_norm)
+                    .map(|()| aggregate)
+                    .map_err(|e| format!("aggregate refused: {e}")),
+                Ok(Err(e)) => Err(format!("aggregation refused the round: {e}")),
+                Err(e) => Err(format!("aggregator unavailable: {e}")),
+            };
+            let (summary, delta_hashes) = act.machine.closed(Instant::now(), checked.as_ref().map_err(Clone::clone));
+            match &checked {
+                Ok(aggregate) => {
+                    let mut theta0 = act.theta0.to_vec();
+                    act.settings.optimizer.step(&mut theta0, &mut act.momentum, &aggregate.delta);
+                    act.theta0 = Arc::new(theta0);
+                    act.report_verdicts(round, aggregate, &delta_hashes);
+                }
+                Err(e) => error!(round, error = %e, "θ₀ unchanged"),
+            }
+            info!(round, kept = summary.kept.len(), rejected = ?summary.rejected, "{}", summary.reason);
+            act.status.update(|s| {
+                s.last_outer_reason = Some(summary.reason.clone());
+                s.last_round = Some(summary);
+            });
+            let theta0_hash = act.publish_outer_state(round + 1);
+            let effects = act.machine.advance(theta0_hash);
+            act.start_trainer();
+            act.perform(effects, ctx);
+        }));
+    }
+
+    /// Fetches θ₀ (checked against the heavier group's hash) and the momentum from `source`,
+    /// checks them (`check_adopted`), adopts them with that group's round and restarts the
     /// trainer there.
-    fn heal(&mut self, plan: HealPlan, ctx: &mut Context<Self>) {
-        // Successive attempts try the group's peers in turn.
-        let source = plan.sources[self.heal_attempts as usize % plan.sources.len()].clone();
-        self.heal_attempts += 1;
+    fn heal(&mut self, plan: HealPlan, source: PeerOuterState, ctx: &mut Context<Self>) {
         let (Ok(peer), Some(theta0_id), Some(momentum_id)) = (
             source.peer_id.parse::<PeerId>(),
             BlobId::from_hex(&plan.theta0_hash),
             BlobId::from_hex(&source.momentum_hash),
         ) else {
-            return;
+            return self.machine.heal_failed();
         };
-        self.healing = true;
         info!(round = plan.round, from = %source.peer_id, "healing: {}", plan.reason);
         let network = self.network.clone();
         let fetch = async move {
@@ -374,7 +340,6 @@ impl SyncActor {
             (theta0, momentum)
         };
         ctx.spawn(fetch.into_actor(self).map(move |(theta0, momentum), act, ctx| {
-            act.healing = false;
             let as_values = |fetched: Result<Result<Arc<Vec<u8>>, String>, MailboxError>| {
                 let bytes = fetched.map_err(|e| e.to_string())??;
                 if bytes.len() % 4 != 0 {
@@ -382,275 +347,35 @@ impl SyncActor {
                 }
                 Ok(bytemuck::pod_collect_to_vec::<u8, f32>(&bytes))
             };
-            let rounds = plan.round.abs_diff(act.round);
-            let o = &act.settings.optimizer;
-            let bound = reach(rounds, o.lr, o.momentum, act.settings.max_delta_norm);
             let (theta0, momentum) = match (as_values(theta0), as_values(momentum)) {
                 (Ok(t), Ok(m)) => (t, m),
                 (Err(e), _) | (_, Err(e)) => {
+                    act.machine.heal_failed();
                     return warn!(from = %source.peer_id, error = %e, "healing failed; will retry");
                 }
             };
+            let rounds = plan.round.abs_diff(act.machine.round());
+            let o = &act.settings.optimizer;
+            let bound = reach(rounds, o.lr, o.momentum, act.settings.max_delta_norm);
             if let Err(why) = check_adopted(&act.theta0, &theta0, &momentum, bound, rounds) {
                 warn!(from = %source.peer_id, theta0 = %plan.theta0_hash, error = %why, "healing refused the fetched state; its holders cannot pull this node");
-                act.refused_states.push_back(plan.theta0_hash.clone());
-                if act.refused_states.len() > MAX_REFUSED_STATES {
-                    act.refused_states.pop_front();
-                }
-                act.disagreeing_since = None;
-                return;
+                return act.machine.heal_refused(plan.theta0_hash);
             }
-            act.round = plan.round;
             act.theta0 = Arc::new(theta0);
             act.momentum = momentum;
             act.feedback = ErrorFeedback::new(act.theta0.len());
-            act.open = OpenRound::default();
-            act.early.clear();
             act.announced.clear();
-            act.disagreeing_since = None;
-            act.heal_attempts = 0;
-            act.publish_outer_state();
-            // The round this node left is not on the path to the adopted θ₀.
-            act.previous_outer = None;
-            let reason = plan.reason.clone();
+            let theta0_hash = act.publish_outer_state(plan.round);
+            act.machine.healed(plan.round, theta0_hash);
+            let reason = plan.reason;
             act.status.update(|s| {
                 s.heals += 1;
                 s.last_heal = Some(reason);
             });
-            info!(round = act.round, "healed: θ₀ and momentum adopted from {}", source.peer_id);
-            if let Some(trainer) = &act.trainer {
-                trainer.do_send(StartRound { round: act.round, theta0: act.theta0.clone() });
-            }
-            act.evaluate(ctx);
+            info!(round = plan.round, "healed: θ₀ and momentum adopted from {}", source.peer_id);
+            act.start_trainer();
+            act.perform(Vec::new(), ctx);
         }));
-    }
-
-    /// The weight of a contributor of this round: this node's own, or a peer's from its heartbeat
-    /// (0 for an identity this node has no standing for).
-    fn weight_of(&self, node_id: &str, peers: &BTreeMap<String, PeerOuterState>) -> f64 {
-        if node_id == self.node_id {
-            return self.own_weight();
-        }
-        peers.get(node_id).map_or(0.0, |p| p.weight)
-    }
-
-    /// Whether a newcomer (open networks) gets one of the round's newcomer places: ⌊β·n⌋ of
-    /// them (at least one), given in the order of `newcomer_rank`, so every node takes the same
-    /// newcomers and a thousand fresh keys take no more places than one. A better-ranked newcomer
-    /// displaces the worst one holding a place.
-    fn newcomer_place(&mut self, node_id: &str, peers: &BTreeMap<String, PeerOuterState>) -> bool {
-        let established = 1 + peers
-            .values()
-            .filter(|p| p.round == self.round && p.weight >= 1.0 - EPSILON)
-            .count();
-        let places = newcomer_places(established, self.settings.aggregation.byzantine_fraction);
-        let rank = |id: &str| newcomer_rank(&self.theta0_hash, id);
-        if self.open.newcomers.len() >= places {
-            let Some(worst) = self
-                .open
-                .newcomers
-                .iter()
-                .max_by_key(|id| rank(id))
-                .cloned()
-            else {
-                return false;
-            };
-            if rank(node_id) >= rank(&worst) {
-                return false;
-            }
-            self.open.newcomers.remove(&worst);
-            self.open.pending.remove(&worst);
-            self.open.contributions.remove(&worst);
-            self.open.delta_hashes.remove(&worst);
-        }
-        self.open.newcomers.insert(node_id.to_string());
-        true
-    }
-
-    /// Weight expected in this round: this node and the live trainer peers, whatever round their
-    /// heartbeat says (one behind is about to join this round, one ahead will heal back to it).
-    fn expected_weight(&self, peers: &BTreeMap<String, PeerOuterState>) -> f64 {
-        self.own_weight() + peers.values().map(|p| p.weight).sum::<f64>()
-    }
-
-    /// A peer's announcement: fetch its delta if it belongs to this round and θ₀.
-    fn consider(&mut self, peer: PeerId, a: RoundAnnouncement, ctx: &mut Context<Self>) {
-        if a.node_id == self.node_id {
-            return;
-        }
-        if a.round > self.round || (a.round == self.round && self.open.closing) {
-            if a.round <= self.round + 1 && self.early.len() < MAX_EARLY_ANNOUNCEMENTS {
-                self.early.push((peer, a));
-            }
-            return;
-        }
-        if a.round < self.round {
-            debug!(node = %a.node_id, round = a.round, current = self.round, "late delta dropped");
-            return;
-        }
-        if a.theta0_hash != self.theta0_hash {
-            debug!(node = %a.node_id, round = a.round, "delta from another θ₀ left out");
-            return;
-        }
-        if self.open.contributions.contains_key(&a.node_id)
-            || self.open.pending.contains(&a.node_id)
-        {
-            return;
-        }
-        let peers = self.trainer_peers();
-        let weight = self.weight_of(&a.node_id, &peers);
-        if weight <= EPSILON {
-            debug!(node = %a.node_id, round = a.round, "delta of an identity without weight left out");
-            return;
-        }
-        if is_newcomer_share(weight) && !self.newcomer_place(&a.node_id, &peers) {
-            debug!(node = %a.node_id, round = a.round, "newcomer's delta left out: the round's newcomer places are taken");
-            return;
-        }
-        self.open.pending.insert(a.node_id.clone());
-        let Some(id) = BlobId::from_hex(&a.delta_hash) else {
-            self.open.pending.remove(&a.node_id);
-            return;
-        };
-        let (round, len, max_norm) = (self.round, self.theta0.len(), self.settings.max_delta_norm);
-        let fetch = self.network.send(FetchBlob { peer, id });
-        ctx.spawn(fetch.into_actor(self).map(move |result, act, ctx| {
-            if act.round != round || !act.open.pending.remove(&a.node_id) {
-                return; // the round closed without it
-            }
-            let decoded = match result {
-                Ok(Ok(bytes)) => {
-                    act.open.bytes_received += bytes.len() as u64;
-                    decode(&bytes, len, max_norm).map_err(|e| e.to_string())
-                }
-                Ok(Err(e)) => Err(e),
-                Err(e) => Err(e.to_string()),
-            };
-            match decoded {
-                Ok(delta) => {
-                    act.open
-                        .delta_hashes
-                        .insert(a.node_id.clone(), a.delta_hash.clone());
-                    act.open.contributions.insert(
-                        a.node_id.clone(),
-                        Contribution {
-                            node_id: a.node_id.clone(),
-                            delta,
-                        },
-                    );
-                }
-                Err(e) => warn!(node = %a.node_id, round, error = %e, "peer delta refused"),
-            }
-            act.evaluate(ctx);
-        }));
-    }
-
-    /// Closes the round when `round_decision` says so.
-    fn evaluate(&mut self, ctx: &mut Context<Self>) {
-        if self.open.closing || self.healing {
-            return;
-        }
-        let peers = self.trainer_peers();
-        // A fold from +0.0: an empty f64 sum is −0.0, which the reasons would print.
-        let weight_of = |ids: &mut dyn Iterator<Item = &String>| -> f64 {
-            ids.fold(0.0, |sum, id| sum + self.weight_of(id, &peers))
-        };
-        let now = Instant::now();
-        let mut progress = RoundProgress {
-            own_ready_at: self.open.own_ready_at,
-            contributions: weight_of(&mut self.open.contributions.keys()),
-            pending: weight_of(&mut self.open.pending.iter()),
-            expected: self.expected_weight(&peers),
-            quorum_since: self.open.quorum_since,
-        };
-        if self.open.own_ready_at.is_some() && has_quorum(&progress, &self.settings.closing) {
-            progress.quorum_since = Some(*self.open.quorum_since.get_or_insert(now));
-        }
-        match round_decision(now, &progress, &self.settings.closing) {
-            RoundDecision::Wait(_) => {}
-            RoundDecision::Close(reason) => self.close(reason, ctx),
-        }
-    }
-
-    fn close(&mut self, why: String, ctx: &mut Context<Self>) {
-        self.open.closing = true;
-        let round = self.round;
-        let contributions: Vec<Contribution> = std::mem::take(&mut self.open.contributions)
-            .into_values()
-            .collect();
-        let participants = contributions.len();
-        let delta_hashes = std::mem::take(&mut self.open.delta_hashes);
-        let request = AggregateRound {
-            round,
-            config: self.settings.aggregation.clone(),
-            contributions,
-        };
-        ctx.spawn(self.aggregator.send(request).into_actor(self).map(move |result, act, ctx| {
-            let checked = match result {
-                Ok(Ok(aggregate)) => check_aggregate(&aggregate.delta, act.settings.max_delta_norm)
-                    .map(|()| aggregate)
-                    .map_err(|e| format!("aggregate refused: {e}")),
-                Ok(Err(e)) => Err(format!("aggregation refused the round: {e}")),
-                Err(e) => Err(format!("aggregator unavailable: {e}")),
-            };
-            let summary = match checked {
-                Ok(aggregate) => {
-                    let summary = act.summary(round, participants, &aggregate, &why);
-                    act.reputation.record_kept(
-                        aggregate.verdicts.iter().filter(|v| v.kept).map(|v| v.node_id.as_str()),
-                    );
-                    let mut theta0 = act.theta0.to_vec();
-                    act.settings.optimizer.step(&mut theta0, &mut act.momentum, &aggregate.delta);
-                    act.theta0 = Arc::new(theta0);
-                    act.report_verdicts(round, &aggregate, &delta_hashes);
-                    summary
-                }
-                Err(e) => {
-                    error!(round, error = %e, "θ₀ unchanged");
-                    act.summary_of_failure(round, participants, &why, &e)
-                }
-            };
-            info!(round, kept = summary.kept.len(), rejected = ?summary.rejected, "{}", summary.reason);
-            act.status.update(|s| {
-                s.last_outer_reason = Some(summary.reason.clone());
-                s.last_round = Some(summary);
-            });
-            act.round += 1;
-            act.publish_outer_state();
-            act.open = OpenRound::default();
-            if let Some(trainer) = &act.trainer {
-                trainer.do_send(StartRound { round: act.round, theta0: act.theta0.clone() });
-            }
-            for (peer, a) in std::mem::take(&mut act.early) {
-                act.consider(peer, a, ctx);
-            }
-        }));
-    }
-
-    fn summary(
-        &self,
-        round: u64,
-        participants: usize,
-        aggregate: &Aggregate,
-        why: &str,
-    ) -> RoundSummary {
-        let (kept, rejected): (Vec<_>, Vec<_>) = aggregate.verdicts.iter().partition(|v| v.kept);
-        RoundSummary {
-            round,
-            participants,
-            kept: kept.iter().map(|v| v.node_id.clone()).collect(),
-            rejected: rejected.iter().map(|v| v.node_id.clone()).collect(),
-            rule: aggregate.rule_used.name().to_string(),
-            reason: format!(
-                "round {round} closed ({why}); {} of {participants} kept by {}: {}; outer Nesterov step applied",
-                kept.len(),
-                aggregate.rule_used.name(),
-                aggregate.reason
-            ),
-            bytes_sent: self.open.bytes_sent,
-            bytes_received: self.open.bytes_received,
-            sync_seconds: self.sync_seconds(),
-        }
     }
 
     /// Tells the ledger which deltas the rule kept: only those earn their training proofs.
@@ -688,39 +413,7 @@ impl SyncActor {
 
     /// Tells the ledger what every node counts for now (whose verdicts settle proofs).
     fn report_weights(&self) {
-        let mut weights: BTreeMap<String, f64> = self
-            .trainer_peers()
-            .into_iter()
-            .map(|(node_id, p)| (node_id, p.weight))
-            .collect();
-        weights.insert(self.node_id.clone(), self.own_weight());
-        self.ledger.do_send(PeerWeights(weights));
-    }
-
-    fn sync_seconds(&self) -> f64 {
-        self.open
-            .own_ready_at
-            .map_or(0.0, |ready| ready.elapsed().as_secs_f64())
-    }
-
-    fn summary_of_failure(
-        &self,
-        round: u64,
-        participants: usize,
-        why: &str,
-        error: &str,
-    ) -> RoundSummary {
-        RoundSummary {
-            round,
-            participants,
-            kept: Vec::new(),
-            rejected: Vec::new(),
-            rule: self.settings.aggregation.rule.name().to_string(),
-            reason: format!("round {round} closed ({why}) but not applied: {error}"),
-            bytes_sent: self.open.bytes_sent,
-            bytes_received: self.open.bytes_received,
-            sync_seconds: self.sync_seconds(),
-        }
+        self.ledger.do_send(PeerWeights(self.machine.weights()));
     }
 }
 
@@ -728,14 +421,15 @@ impl Actor for SyncActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.publish_outer_state();
+        self.publish_outer_state(self.machine.round());
         self.network.do_send(RegisterRounds {
             announced: ctx.address().recipient(),
             served: ctx.address().recipient(),
+            trainers: ctx.address().recipient(),
         });
         ctx.run_interval(ROUND_CHECK, |act, ctx| {
-            act.check_heal(ctx);
-            act.evaluate(ctx);
+            let effects = act.machine.tick(Instant::now());
+            act.perform(effects, ctx);
         });
         ctx.run_interval(REANNOUNCE, |act, _| {
             act.report_weights();
@@ -757,15 +451,24 @@ impl Handler<RegisterTrainer> for SyncActor {
     }
 }
 
+impl Handler<TrainerPeers> for SyncActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: TrainerPeers, _: &mut Self::Context) {
+        self.machine.trainers_heard(msg.0);
+    }
+}
+
 impl Handler<InnerRoundDone> for SyncActor {
     type Result = ();
 
     /// This node's H inner steps are done: encode, serve and announce its delta.
     fn handle(&mut self, msg: InnerRoundDone, ctx: &mut Self::Context) {
-        if msg.round != self.round || self.open.own_ready_at.is_some() {
+        let round = self.machine.round();
+        if msg.round != round || self.machine.own_delta_out() {
             warn!(
                 reported = msg.round,
-                current = self.round,
+                current = round,
                 "ignoring θ_H of another round"
             );
             return;
@@ -785,10 +488,7 @@ impl Handler<InnerRoundDone> for SyncActor {
             // The Byzantine fault switch: peers get the poisoned delta; this node keeps what
             // decodes of it, or its honest delta when nothing does (NaN).
             Some(attack) => {
-                let bytes = encode(
-                    &self.settings.compression,
-                    &poison(attack, &delta, self.round),
-                );
+                let bytes = encode(&self.settings.compression, &poison(attack, &delta, round));
                 let own = decode(&bytes, delta.len(), f32::INFINITY).unwrap_or(delta);
                 (bytes, own)
             }
@@ -799,10 +499,11 @@ impl Handler<InnerRoundDone> for SyncActor {
             id,
             bytes: Arc::new(bytes),
         });
+        let theta0_hash = self.machine.theta0_hash().to_string();
         let announcement = RoundAnnouncement {
             node_id: self.node_id.clone(),
-            round: self.round,
-            theta0_hash: self.theta0_hash.clone(),
+            round,
+            theta0_hash: theta0_hash.clone(),
             delta_hash: id.to_string(),
             delta_bytes: size,
             codec: self.settings.compression.codec.name().to_string(),
@@ -814,38 +515,24 @@ impl Handler<InnerRoundDone> for SyncActor {
         if self.announced.len() > 2 {
             self.announced.pop_front();
         }
-        self.open.own_delta = Some(id);
-        self.open
-            .delta_hashes
-            .insert(self.node_id.clone(), id.to_string());
         self.ledger.do_send(ProveTraining {
-            round: self.round,
-            theta0_hash: self.theta0_hash.clone(),
+            round,
+            theta0_hash,
             theta_h_hash: BlobId::of(bytemuck::cast_slice(&msg.theta_h)).to_string(),
             delta_hash: id.to_string(),
             tokens: msg.tokens,
             work: msg.work,
         });
-        self.open.own_ready_at = Some(Instant::now());
-        self.open.contributions.insert(
-            self.node_id.clone(),
-            Contribution {
-                node_id: self.node_id.clone(),
-                delta: own,
-            },
-        );
-        self.evaluate(ctx);
+        let effects = self.machine.own_delta(Instant::now(), own, id);
+        self.perform(effects, ctx);
     }
 }
 
 impl Handler<BlobServed> for SyncActor {
     type Result = ();
 
-    /// Counts the uploads of this round's own delta (a peer's retry counts again: it was sent).
     fn handle(&mut self, msg: BlobServed, _: &mut Self::Context) {
-        if self.open.own_delta == Some(msg.id) {
-            self.open.bytes_sent += msg.bytes;
-        }
+        self.machine.blob_served(msg.id, msg.bytes);
     }
 }
 
@@ -853,7 +540,8 @@ impl Handler<PeerRoundAnnounced> for SyncActor {
     type Result = ();
 
     fn handle(&mut self, msg: PeerRoundAnnounced, ctx: &mut Self::Context) {
-        self.consider(msg.peer, msg.announcement, ctx);
+        let effects = self.machine.announced(msg.peer, msg.announcement);
+        self.perform(effects, ctx);
     }
 }
 
@@ -865,19 +553,16 @@ impl Handler<SnapshotTaken> for SyncActor {
         let step = checkpoint.trainer.counters.global_step;
         self.last_snapshot = Some(msg.0);
         let (target, status) = (self.checkpoints.clone(), self.status.clone());
-        // Writing tens of MB is blocking I/O: keep it off the async loop.
         actix::spawn(async move {
-            let writer = status.clone();
-            match tokio::task::spawn_blocking(move || target.write(&checkpoint, &writer)).await {
-                Ok(Ok(path)) => {
+            match target.write_blocking(checkpoint, status.clone()).await {
+                Ok(path) => {
                     status.update(|s| {
                         s.checkpoints_written += 1;
                         s.last_checkpoint_step = Some(step);
                     });
-                    tracing::debug!(step, path = %path.display(), "checkpoint written");
+                    debug!(step, path = %path.display(), "checkpoint written");
                 }
-                Ok(Err(e)) => error!(step, error = %e, "checkpoint failed; training goes on"),
-                Err(e) => error!(step, error = %e, "checkpoint writer crashed"),
+                Err(e) => error!(step, error = %e, "checkpoint failed; training goes on"),
             }
         });
     }
@@ -887,32 +572,28 @@ impl Handler<GetResumeState> for SyncActor {
     type Result = MessageResult<GetResumeState>;
 
     fn handle(&mut self, _: GetResumeState, _: &mut Self::Context) -> Self::Result {
+        let round = self.machine.round();
         let snapshot = self
             .last_snapshot
             .as_ref()
-            .map(|s| s.aligned_to(self.round, &self.theta0));
+            .map(|s| s.aligned_to(round, &self.theta0));
         MessageResult(ResumeState {
             snapshot,
-            round: self.round,
+            round,
             theta0: self.theta0.clone(),
         })
     }
 }
 
 impl Handler<WriteCheckpoint> for SyncActor {
-    type Result = ResponseFuture<Result<PathBuf, String>>;
+    type Result = ResponseFuture<Result<PathBuf, CheckpointError>>;
 
     fn handle(&mut self, msg: WriteCheckpoint, _: &mut Self::Context) -> Self::Result {
         let Some(snapshot) = msg.0.or_else(|| self.last_snapshot.clone()) else {
-            return Box::pin(async { Err("no trainer state to checkpoint".to_string()) });
+            return Box::pin(async { Err(CheckpointError::NoTrainerState) });
         };
         let checkpoint = self.checkpoint_of(&snapshot);
         let (target, status) = (self.checkpoints.clone(), self.status.clone());
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || target.write(&checkpoint, &status))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())
-        })
+        Box::pin(async move { Ok(target.write_blocking(checkpoint, status).await?) })
     }
 }

@@ -5,6 +5,7 @@
 pub mod attack;
 pub mod codec;
 pub mod heal;
+pub mod machine;
 pub mod round;
 pub mod weight;
 

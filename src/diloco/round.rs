@@ -6,6 +6,8 @@
 
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
+
 use super::weight::EPSILON;
 
 /// The `[diloco]` settings that govern closing a round.
@@ -37,6 +39,24 @@ pub struct RoundProgress {
     pub expected: f64,
     /// When the contributions in hand first reached the quorum (the caller remembers it).
     pub quorum_since: Option<Instant>,
+}
+
+/// What /api/diloco shows of the last closed round.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RoundSummary {
+    pub round: u64,
+    pub participants: usize,
+    pub kept: Vec<String>,
+    pub rejected: Vec<String>,
+    pub rule: String,
+    pub reason: String,
+    /// Bytes of this node's encoded delta uploaded to peers while the round was open.
+    pub bytes_sent: u64,
+    /// Encoded deltas fetched from peers.
+    pub bytes_received: u64,
+    /// From this node's delta being ready to the round's aggregate in hand: waiting for the
+    /// slower peers, fetching and aggregating.
+    pub sync_seconds: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -344,6 +344,7 @@ pub(super) fn diloco_view(state: &ApiState, s: &NodeStatus) -> serde_json::Value
         "outer_step_count": s.outer_step_count,
         "phase": s.phase,
         "last_outer_step": s.last_outer_reason,
+        "round_state": s.round_state,
         "theta0_hash": s.theta0_hash,
         "heals": s.heals,
         "last_heal": s.last_heal,

@@ -1,0 +1,849 @@
+//! The round state machine: which peers' deltas join the open round, when it closes, when this
+//! node heals, and what happens to announcements that arrive early. Pure: every input carries the
+//! clock, every output is an [`Effect`] that SyncActor carries out (fetch a blob, aggregate, fetch
+//! an outer state) or a note it logs. The rules it applies are the pure decisions of
+//! [`super::round`], [`super::heal`] and [`super::weight`]; this module holds the state they need
+//! between inputs (the open round, early announcements, the disagreement clock, refused states,
+//! reputation), so the whole round is tested without actors, sockets or sleeps.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use libp2p::PeerId;
+
+use super::codec::decode;
+use super::heal::{HealPlan, OwnState, PeerOuterState, catching_up, disagrees, heal_decision};
+use super::round::{
+    RoundDecision, RoundOptions, RoundProgress, RoundSummary, has_quorum, round_decision,
+};
+use super::weight::{
+    self, EPSILON, Reputation, Standing, WeightRule, is_newcomer_share, newcomer_places,
+    newcomer_rank,
+};
+use crate::aggregate::{Aggregate, Contribution};
+use crate::net::blob::BlobId;
+use crate::net::wire::RoundAnnouncement;
+
+/// θ₀ hashes whose state failed `check_adopted`, remembered so they are never fetched again.
+pub const MAX_REFUSED_STATES: usize = 64;
+/// Announcements kept for the next round while this one is still open.
+pub const MAX_EARLY_ANNOUNCEMENTS: usize = 1024;
+
+/// A trainer peer as the network layer last heard it (its heartbeat and admission): what
+/// PeerActor tells SyncActor in `TrainerPeers`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainerPeer {
+    pub node_id: String,
+    pub peer_id: PeerId,
+    /// Holds a valid membership certificate under this node's genesis.
+    pub admitted: bool,
+    pub round: u64,
+    pub theta0_hash: String,
+    pub momentum_hash: String,
+}
+
+/// The `[diloco]` settings the machine decides by.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MachineRules {
+    pub closing: RoundOptions,
+    /// Who counts in heal, quorum and aggregation: admitted peers, or reputation.
+    pub weight_rule: WeightRule,
+    /// This node holds a valid membership certificate (what counts in a permissioned network).
+    pub own_admitted: bool,
+    /// β: the share of newcomer places per round (open networks), as the aggregation's f.
+    pub byzantine_fraction: f64,
+    /// Values in θ₀ (a delta's length).
+    pub params: usize,
+    /// A peer's decoded delta with a larger L2 norm is refused.
+    pub max_delta_norm: f32,
+}
+
+/// What SyncActor must do (or log) after an input.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Fetch `node_id`'s encoded delta of `round` from `peer` and hand it to `delta_fetched`.
+    FetchDelta {
+        peer: PeerId,
+        node_id: String,
+        round: u64,
+        delta: BlobId,
+    },
+    /// Aggregate these contributions (ordered by node_id), then `closed` and `advance`.
+    Aggregate {
+        round: u64,
+        contributions: Vec<Contribution>,
+    },
+    /// Fetch θ₀ (by the plan's hash) and the momentum from `source`, check them, then
+    /// `healed`, `heal_refused` or `heal_failed`.
+    FetchState {
+        plan: HealPlan,
+        source: PeerOuterState,
+    },
+    /// An input left out, and why (a debug line).
+    Skipped(String),
+    /// A peer's delta refused, and why (a warning).
+    Refused(String),
+}
+
+/// The round in progress.
+#[derive(Debug, Default)]
+struct OpenRound {
+    own_ready_at: Option<Instant>,
+    /// Decoded deltas by node_id: every node combines them in the same order.
+    contributions: BTreeMap<String, Contribution>,
+    /// node_ids whose announced delta is being fetched.
+    pending: HashSet<String>,
+    /// Newcomers (open networks) holding one of the round's few newcomer places.
+    newcomers: BTreeSet<String>,
+    /// When the contributions in hand first made the quorum.
+    quorum_since: Option<Instant>,
+    /// The aggregation is running (why it closed, how many took part); nothing joins any more.
+    closing: Option<(String, usize)>,
+    /// The blob id (hex) of each contribution's encoded delta, for the ledger's verdicts.
+    delta_hashes: BTreeMap<String, String>,
+    /// The blob of this node's own encoded delta; its uploads to peers are `bytes_sent`.
+    own_delta: Option<BlobId>,
+    bytes_sent: u64,
+    bytes_received: u64,
+}
+
+fn skipped(a: &RoundAnnouncement, why: &str) -> Vec<Effect> {
+    vec![Effect::Skipped(format!(
+        "{} round {}: {why}",
+        a.node_id, a.round
+    ))]
+}
+
+/// This node's view of the rounds: the open one, the outer state it is on, healing.
+#[derive(Debug)]
+pub struct RoundMachine {
+    node_id: String,
+    rules: MachineRules,
+    round: u64,
+    theta0_hash: String,
+    /// The round and θ₀ hash this node left by its own aggregation (None after a heal: the path
+    /// here is not this node's own).
+    previous: Option<(u64, String)>,
+    open: OpenRound,
+    /// Announcements for the next round that arrived before this one closed.
+    early: Vec<(PeerId, RoundAnnouncement)>,
+    trainers: Vec<TrainerPeer>,
+    /// A heal (fetching a heavier group's outer state) is under way.
+    healing: bool,
+    heal_attempts: usize,
+    /// Since when this node has disagreed with a heavier group of trainers.
+    disagreeing_since: Option<Instant>,
+    /// θ₀ hashes of fetched states that failed the checks: peers holding them cannot pull this
+    /// node (a poisoned θ₀ is fetched once, not every tick).
+    refused_states: VecDeque<String>,
+    /// Rounds in which this node's aggregation kept each peer's delta (open networks' weight).
+    reputation: Reputation,
+    /// Why the open round waits or closed: /api/diloco's `round_state`.
+    state: String,
+}
+
+impl RoundMachine {
+    /// A node at `round` on the θ₀ whose blob id is `theta0_hash`.
+    pub fn new(node_id: String, rules: MachineRules, round: u64, theta0_hash: String) -> Self {
+        Self {
+            node_id,
+            rules,
+            round,
+            theta0_hash,
+            previous: None,
+            open: OpenRound::default(),
+            early: Vec::new(),
+            trainers: Vec::new(),
+            healing: false,
+            heal_attempts: 0,
+            disagreeing_since: None,
+            refused_states: VecDeque::new(),
+            reputation: Reputation::default(),
+            state: "inner steps running".into(),
+        }
+    }
+
+    pub fn round(&self) -> u64 {
+        self.round
+    }
+
+    pub fn theta0_hash(&self) -> &str {
+        &self.theta0_hash
+    }
+
+    /// This node's delta of the open round is out (its error-feedback residual holds this
+    /// round's error already).
+    pub fn own_delta_out(&self) -> bool {
+        self.open.own_ready_at.is_some()
+    }
+
+    /// Why the open round waits, or why the last one closed.
+    pub fn state(&self) -> &str {
+        &self.state
+    }
+
+    /// The trainer peers as the network layer last heard them.
+    pub fn trainers_heard(&mut self, trainers: Vec<TrainerPeer>) {
+        self.trainers = trainers;
+    }
+
+    fn own_weight(&self) -> f64 {
+        weight::own_weight(self.rules.weight_rule, self.rules.own_admitted)
+    }
+
+    /// The trainer peers' outer states and weights, by node_id.
+    fn peers(&self) -> BTreeMap<String, PeerOuterState> {
+        let standings: Vec<Standing> = self
+            .trainers
+            .iter()
+            .map(|t| Standing {
+                node_id: t.node_id.clone(),
+                admitted: t.admitted,
+            })
+            .collect();
+        let weights = weight::weights(self.rules.weight_rule, &self.reputation, &standings);
+        self.trainers
+            .iter()
+            .zip(weights)
+            .map(|(t, weight)| {
+                let state = PeerOuterState {
+                    peer_id: t.peer_id.to_string(),
+                    round: t.round,
+                    theta0_hash: t.theta0_hash.clone(),
+                    momentum_hash: t.momentum_hash.clone(),
+                    weight,
+                };
+                (t.node_id.clone(), state)
+            })
+            .collect()
+    }
+
+    /// What every node counts for now, this one included (whose verdicts settle proofs).
+    pub fn weights(&self) -> BTreeMap<String, f64> {
+        let mut weights: BTreeMap<String, f64> = self
+            .peers()
+            .into_iter()
+            .map(|(id, p)| (id, p.weight))
+            .collect();
+        weights.insert(self.node_id.clone(), self.own_weight());
+        weights
+    }
+
+    /// The weight of a contributor of this round: this node's own, or a peer's (0 for an
+    /// identity this node has no standing for).
+    fn weight_of(&self, node_id: &str, peers: &BTreeMap<String, PeerOuterState>) -> f64 {
+        if node_id == self.node_id {
+            return self.own_weight();
+        }
+        peers.get(node_id).map_or(0.0, |p| p.weight)
+    }
+
+    /// This node's H inner steps are done: its delta (`own`, decoded as peers will decode it)
+    /// is served as blob `blob`.
+    pub fn own_delta(&mut self, now: Instant, own: Vec<f32>, blob: BlobId) -> Vec<Effect> {
+        self.open.own_ready_at = Some(now);
+        self.open.own_delta = Some(blob);
+        self.open
+            .delta_hashes
+            .insert(self.node_id.clone(), blob.to_string());
+        self.open.contributions.insert(
+            self.node_id.clone(),
+            Contribution {
+                node_id: self.node_id.clone(),
+                delta: own,
+            },
+        );
+        self.evaluate(now)
+    }
+
+    /// A blob was uploaded to a peer: counts when it is this round's own delta (a peer's retry
+    /// counts again: it was sent).
+    pub fn blob_served(&mut self, blob: BlobId, bytes: u64) {
+        if self.open.own_delta == Some(blob) {
+            self.open.bytes_sent += bytes;
+        }
+    }
+
+    /// A peer's announcement: fetch its delta if it belongs to this round and θ₀ and its sender
+    /// carries weight (of an open network's newcomers, only the round's few newcomer places).
+    pub fn announced(&mut self, peer: PeerId, a: RoundAnnouncement) -> Vec<Effect> {
+        if a.node_id == self.node_id {
+            return Vec::new();
+        }
+        if a.round > self.round || (a.round == self.round && self.open.closing.is_some()) {
+            if a.round <= self.round + 1 && self.early.len() < MAX_EARLY_ANNOUNCEMENTS {
+                self.early.push((peer, a));
+            }
+            return Vec::new();
+        }
+        if a.round < self.round {
+            return skipped(
+                &a,
+                &format!("late delta dropped (this node is at round {})", self.round),
+            );
+        }
+        if a.theta0_hash != self.theta0_hash {
+            return skipped(&a, "delta from another θ₀ left out");
+        }
+        if self.open.contributions.contains_key(&a.node_id)
+            || self.open.pending.contains(&a.node_id)
+        {
+            return Vec::new();
+        }
+        let Some(delta) = BlobId::from_hex(&a.delta_hash) else {
+            return skipped(&a, "announced delta hash is not a blob id");
+        };
+        let peers = self.peers();
+        let weight = self.weight_of(&a.node_id, &peers);
+        if weight <= EPSILON {
+            return skipped(&a, "delta of an identity without weight left out");
+        }
+        if is_newcomer_share(weight) && !self.newcomer_place(&a.node_id, &peers) {
+            return skipped(
+                &a,
+                "newcomer's delta left out: the round's newcomer places are taken",
+            );
+        }
+        self.open.pending.insert(a.node_id.clone());
+        vec![Effect::FetchDelta {
+            peer,
+            node_id: a.node_id,
+            round: a.round,
+            delta,
+        }]
+    }
+
+    /// Whether a newcomer (open networks) gets one of the round's newcomer places: ⌊β·n⌋ of
+    /// them (at least one), given in the order of `newcomer_rank`, so every node takes the same
+    /// newcomers and a thousand fresh keys take no more places than one. A better-ranked newcomer
+    /// displaces the worst one holding a place.
+    fn newcomer_place(&mut self, node_id: &str, peers: &BTreeMap<String, PeerOuterState>) -> bool {
+        let established = 1 + peers
+            .values()
+            .filter(|p| p.round == self.round && p.weight >= 1.0 - EPSILON)
+            .count();
+        let places = newcomer_places(established, self.rules.byzantine_fraction);
+        let rank = |id: &str| newcomer_rank(&self.theta0_hash, id);
+        if self.open.newcomers.len() >= places {
+            let Some(worst) = self
+                .open
+                .newcomers
+                .iter()
+                .max_by_key(|id| rank(id))
+                .cloned()
+            else {
+                return false;
+            };
+            if rank(node_id) >= rank(&worst) {
+                return false;
+            }
+            self.open.newcomers.remove(&worst);
+            self.open.pending.remove(&worst);
+            self.open.contributions.remove(&worst);
+            self.open.delta_hashes.remove(&worst);
+        }
+        self.open.newcomers.insert(node_id.to_string());
+        true
+    }
+
+    /// A fetch of `FetchDelta` ended: the encoded bytes, or why not. A delta that decodes and
+    /// passes the checks (length, finite, norm) joins the round, if the round still waits for it.
+    pub fn delta_fetched(
+        &mut self,
+        now: Instant,
+        round: u64,
+        node_id: &str,
+        delta_hash: &str,
+        fetched: Result<Arc<Vec<u8>>, String>,
+    ) -> Vec<Effect> {
+        if self.round != round || !self.open.pending.remove(node_id) {
+            return Vec::new(); // the round closed without it
+        }
+        let decoded = fetched.and_then(|bytes| {
+            self.open.bytes_received += bytes.len() as u64;
+            decode(&bytes, self.rules.params, self.rules.max_delta_norm).map_err(|e| e.to_string())
+        });
+        let mut effects = match decoded {
+            Ok(delta) => {
+                self.open
+                    .delta_hashes
+                    .insert(node_id.to_string(), delta_hash.to_string());
+                let contribution = Contribution {
+                    node_id: node_id.to_string(),
+                    delta,
+                };
+                self.open
+                    .contributions
+                    .insert(node_id.to_string(), contribution);
+                Vec::new()
+            }
+            Err(e) => vec![Effect::Refused(format!("{node_id} round {round}: {e}"))],
+        };
+        effects.extend(self.evaluate(now));
+        effects
+    }
+
+    /// The clock: heal when a heavier group holds another state, close the round when
+    /// `round_decision` says so.
+    pub fn tick(&mut self, now: Instant) -> Vec<Effect> {
+        let mut effects = self.check_heal(now);
+        effects.extend(self.evaluate(now));
+        effects
+    }
+
+    /// Closes the round when `round_decision` says so (weights of the contributions in hand,
+    /// in flight and expected: this node and every live trainer peer, whatever round it claims).
+    fn evaluate(&mut self, now: Instant) -> Vec<Effect> {
+        if self.open.closing.is_some() || self.healing {
+            return Vec::new();
+        }
+        let peers = self.peers();
+        // A fold from +0.0: an empty f64 sum is −0.0, which the reasons would print.
+        let weight_of = |ids: &mut dyn Iterator<Item = &String>| -> f64 {
+            ids.fold(0.0, |sum, id| sum + self.weight_of(id, &peers))
+        };
+        let mut progress = RoundProgress {
+            own_ready_at: self.open.own_ready_at,
+            contributions: weight_of(&mut self.open.contributions.keys()),
+            pending: weight_of(&mut self.open.pending.iter()),
+            expected: self.own_weight() + peers.values().map(|p| p.weight).sum::<f64>(),
+            quorum_since: self.open.quorum_since,
+        };
+        if self.open.own_ready_at.is_some() && has_quorum(&progress, &self.rules.closing) {
+            progress.quorum_since = Some(*self.open.quorum_since.get_or_insert(now));
+        }
+        match round_decision(now, &progress, &self.rules.closing) {
+            RoundDecision::Wait(why) => {
+                self.state = format!("round {}: waiting: {why}", self.round);
+                Vec::new()
+            }
+            RoundDecision::Close(why) => {
+                self.state = format!("round {}: closing: {why}", self.round);
+                let contributions: Vec<Contribution> = std::mem::take(&mut self.open.contributions)
+                    .into_values()
+                    .collect();
+                self.open.closing = Some((why, contributions.len()));
+                vec![Effect::Aggregate {
+                    round: self.round,
+                    contributions,
+                }]
+            }
+        }
+    }
+
+    /// The round's aggregation ended: `Ok` with the (checked) aggregate the outer step applies,
+    /// or why θ₀ stays. Returns what /api/diloco shows of the round and the blob ids of the
+    /// contributions (for the ledger's verdicts); the kept contributors gain reputation.
+    pub fn closed(
+        &mut self,
+        now: Instant,
+        outcome: Result<&Aggregate, String>,
+    ) -> (RoundSummary, BTreeMap<String, String>) {
+        let (why, participants) = self.open.closing.clone().unwrap_or_default();
+        let round = self.round;
+        let sync_seconds = self.open.own_ready_at.map_or(0.0, |ready| {
+            now.saturating_duration_since(ready).as_secs_f64()
+        });
+        let mut summary = RoundSummary {
+            round,
+            participants,
+            kept: Vec::new(),
+            rejected: Vec::new(),
+            rule: String::new(),
+            reason: String::new(),
+            bytes_sent: self.open.bytes_sent,
+            bytes_received: self.open.bytes_received,
+            sync_seconds,
+        };
+        match outcome {
+            Ok(aggregate) => {
+                let (kept, rejected): (Vec<_>, Vec<_>) =
+                    aggregate.verdicts.iter().partition(|v| v.kept);
+                self.reputation
+                    .record_kept(kept.iter().map(|v| v.node_id.as_str()));
+                summary.kept = kept.iter().map(|v| v.node_id.clone()).collect();
+                summary.rejected = rejected.iter().map(|v| v.node_id.clone()).collect();
+                summary.rule = aggregate.rule_used.name().to_string();
+                summary.reason = format!(
+                    "round {round} closed ({why}); {} of {participants} kept by {}: {}; outer Nesterov step applied",
+                    kept.len(),
+                    aggregate.rule_used.name(),
+                    aggregate.reason
+                );
+            }
+            Err(error) => {
+                summary.reason = format!("round {round} closed ({why}) but not applied: {error}");
+            }
+        }
+        self.state = summary.reason.clone();
+        (summary, std::mem::take(&mut self.open.delta_hashes))
+    }
+
+    /// The outer step is applied (or θ₀ stayed): the next round starts on `theta0_hash`, and
+    /// the announcements that arrived early are considered again.
+    pub fn advance(&mut self, theta0_hash: String) -> Vec<Effect> {
+        let left = std::mem::replace(&mut self.theta0_hash, theta0_hash);
+        self.previous = Some((self.round, left));
+        self.round += 1;
+        self.open = OpenRound::default();
+        self.state = format!("round {}: inner steps running", self.round);
+        std::mem::take(&mut self.early)
+            .into_iter()
+            .flat_map(|(peer, a)| self.announced(peer, a))
+            .collect()
+    }
+
+    /// Starts a heal when `heal_decision` says a heavier group holds another outer state.
+    fn check_heal(&mut self, now: Instant) -> Vec<Effect> {
+        // Not while an aggregation is in flight: its outer step would land on the healed θ₀.
+        if self.healing || self.open.closing.is_some() || self.theta0_hash.is_empty() {
+            return Vec::new();
+        }
+        let previous = self.previous.as_ref().map(|(r, h)| (*r, h.as_str()));
+        let candidates = self
+            .peers()
+            .into_values()
+            .filter(|p| !self.refused_states.contains(&p.theta0_hash))
+            .collect();
+        let peers = catching_up(candidates, self.round, &self.theta0_hash, previous);
+        let own = OwnState {
+            round: self.round,
+            theta0_hash: &self.theta0_hash,
+            weight: self.own_weight(),
+        };
+        if !disagrees(own, &peers) {
+            self.disagreeing_since = None;
+            return Vec::new();
+        }
+        let since = *self.disagreeing_since.get_or_insert(now);
+        let Some(plan) = heal_decision(now, own, &peers, Some(since)) else {
+            return Vec::new();
+        };
+        // Successive attempts try the group's peers in turn.
+        let source = plan.sources[self.heal_attempts % plan.sources.len()].clone();
+        self.heal_attempts += 1;
+        self.healing = true;
+        self.state = format!("healing: {}", plan.reason);
+        vec![Effect::FetchState { plan, source }]
+    }
+
+    /// The heal's fetch failed (the source left, a transfer error): the next tick tries again,
+    /// from the group's next peer.
+    pub fn heal_failed(&mut self) {
+        self.healing = false;
+    }
+
+    /// The fetched state of `theta0_hash` failed `check_adopted`: its holders cannot pull this
+    /// node any more.
+    pub fn heal_refused(&mut self, theta0_hash: String) {
+        self.healing = false;
+        self.disagreeing_since = None;
+        self.refused_states.push_back(theta0_hash);
+        if self.refused_states.len() > MAX_REFUSED_STATES {
+            self.refused_states.pop_front();
+        }
+    }
+
+    /// The heavier group's state is adopted: this node is at `round` on `theta0_hash`, and the
+    /// round it was in is abandoned (its deltas belong to another θ₀).
+    pub fn healed(&mut self, round: u64, theta0_hash: String) {
+        self.round = round;
+        self.theta0_hash = theta0_hash;
+        // The round this node left is not on the path to the adopted θ₀.
+        self.previous = None;
+        self.open = OpenRound::default();
+        self.early.clear();
+        self.healing = false;
+        self.heal_attempts = 0;
+        self.disagreeing_since = None;
+        self.state = format!("round {round}: healed; inner steps running");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::aggregate::{AggregationConfig, Rule, aggregate};
+    use crate::diloco::codec::{CodecConfig, encode};
+
+    const OPTIONS: RoundOptions = RoundOptions {
+        min_peers: 1,
+        quorum_fraction: 0.75,
+        deadline: Duration::from_secs(60),
+        straggler_grace: Duration::from_secs(15),
+    };
+
+    fn rules(weight_rule: WeightRule) -> MachineRules {
+        MachineRules {
+            closing: OPTIONS,
+            weight_rule,
+            own_admitted: true,
+            byzantine_fraction: 0.2,
+            params: 4,
+            max_delta_norm: 100.0,
+        }
+    }
+
+    fn machine(weight_rule: WeightRule) -> RoundMachine {
+        RoundMachine::new("me".into(), rules(weight_rule), 3, hash_of(&[0.0; 4]))
+    }
+
+    fn hash_of(values: &[f32]) -> String {
+        BlobId::of(bytemuck::cast_slice(values)).to_string()
+    }
+
+    fn trainer(node_id: &str, round: u64, theta0_hash: &str) -> TrainerPeer {
+        TrainerPeer {
+            node_id: node_id.into(),
+            peer_id: PeerId::random(),
+            admitted: true,
+            round,
+            theta0_hash: theta0_hash.into(),
+            momentum_hash: hash_of(&[0.0; 4]),
+        }
+    }
+
+    fn announcement(
+        node_id: &str,
+        round: u64,
+        theta0_hash: &str,
+        delta: &[u8],
+    ) -> RoundAnnouncement {
+        RoundAnnouncement {
+            node_id: node_id.into(),
+            round,
+            theta0_hash: theta0_hash.into(),
+            delta_hash: BlobId::of(delta).to_string(),
+            delta_bytes: delta.len() as u64,
+            codec: "fp32".into(),
+            tokens: 0,
+            sent_at_ms: 0,
+        }
+    }
+
+    fn encoded(values: &[f32]) -> Vec<u8> {
+        encode(&CodecConfig::default(), values)
+    }
+
+    fn fetches(effects: &[Effect]) -> Vec<&str> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::FetchDelta { node_id, .. } => Some(node_id.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn aggregation(effects: &[Effect]) -> Option<Vec<String>> {
+        effects.iter().find_map(|e| match e {
+            Effect::Aggregate { contributions, .. } => {
+                Some(contributions.iter().map(|c| c.node_id.clone()).collect())
+            }
+            _ => None,
+        })
+    }
+
+    fn own_blob() -> BlobId {
+        BlobId::of(b"own")
+    }
+
+    #[test]
+    fn a_round_fetches_announced_deltas_and_closes_when_every_expected_trainer_is_in() {
+        let t0 = Instant::now();
+        let mut m = machine(WeightRule::Permissioned);
+        let theta0 = m.theta0_hash().to_string();
+        let peer = trainer("p1", 3, &theta0);
+        let peer_id = peer.peer_id;
+        m.trainers_heard(vec![peer]);
+
+        let bytes = encoded(&[1.0, 0.0, 0.0, 0.0]);
+        let effects = m.announced(peer_id, announcement("p1", 3, &theta0, &bytes));
+        assert_eq!(fetches(&effects), ["p1"]);
+        // The same announcement again (re-announced every 2 s) fetches nothing more.
+        assert!(
+            m.announced(peer_id, announcement("p1", 3, &theta0, &bytes))
+                .is_empty()
+        );
+
+        assert_eq!(
+            aggregation(&m.own_delta(t0, vec![0.5; 4], own_blob())),
+            None
+        );
+        assert!(m.state().contains("waiting"), "{}", m.state());
+        let hash = BlobId::of(&bytes).to_string();
+        let effects = m.delta_fetched(t0, 3, "p1", &hash, Ok(Arc::new(bytes)));
+        assert_eq!(aggregation(&effects), Some(vec!["me".into(), "p1".into()]));
+        assert!(m.state().contains("all of 2.00 expected"), "{}", m.state());
+        // Nothing joins a closing round; the next round's announcement waits for it.
+        let next = announcement("p1", 4, "next", &[1]);
+        assert!(m.announced(peer_id, next).is_empty());
+    }
+
+    #[test]
+    fn a_closed_round_reports_its_verdicts_and_considers_early_announcements_on_the_new_theta0() {
+        let t0 = Instant::now();
+        let mut m = machine(WeightRule::Permissioned);
+        let theta0 = m.theta0_hash().to_string();
+        let peer = trainer("p1", 3, &theta0);
+        let peer_id = peer.peer_id;
+        m.trainers_heard(vec![peer]);
+        let bytes = encoded(&[1.0, 0.0, 0.0, 0.0]);
+        let hash = BlobId::of(&bytes).to_string();
+        m.announced(peer_id, announcement("p1", 3, &theta0, &bytes));
+        m.own_delta(t0, vec![0.5; 4], own_blob());
+        let effects = m.delta_fetched(t0, 3, "p1", &hash, Ok(Arc::new(bytes)));
+        let Some(Effect::Aggregate { contributions, .. }) = effects.into_iter().last() else {
+            panic!("the round should close");
+        };
+        let next = hash_of(&[0.1; 4]);
+        m.announced(peer_id, announcement("p1", 4, &next, &encoded(&[2.0; 4])));
+
+        let config = AggregationConfig {
+            rule: Rule::Mean,
+            ..AggregationConfig::default()
+        };
+        let aggregate = aggregate(&config, &contributions).unwrap();
+        let (summary, delta_hashes) = m.closed(t0 + Duration::from_secs(2), Ok(&aggregate));
+        assert_eq!((summary.round, summary.participants), (3, 2));
+        assert_eq!(summary.kept, ["me", "p1"]);
+        assert!(
+            summary.reason.contains("all of 2.00 expected"),
+            "{}",
+            summary.reason
+        );
+        assert_eq!(summary.sync_seconds, 2.0);
+        assert_eq!(delta_hashes.get("p1"), Some(&hash));
+
+        let effects = m.advance(next);
+        assert_eq!(m.round(), 4);
+        assert_eq!(
+            fetches(&effects),
+            ["p1"],
+            "the early announcement is fetched now"
+        );
+    }
+
+    #[test]
+    fn announcements_of_other_rounds_states_and_identities_without_weight_are_left_out() {
+        let mut m = machine(WeightRule::Permissioned);
+        let theta0 = m.theta0_hash().to_string();
+        let mut stranger = trainer("stranger", 3, &theta0);
+        stranger.admitted = false;
+        let (peer_id, stranger_id) = (PeerId::random(), stranger.peer_id);
+        m.trainers_heard(vec![trainer("p1", 3, &theta0), stranger]);
+        let skipped = |effects: Vec<Effect>| match effects.as_slice() {
+            [Effect::Skipped(why)] => why.clone(),
+            other => panic!("expected one skip, got {other:?}"),
+        };
+        assert!(
+            skipped(m.announced(peer_id, announcement("p1", 2, &theta0, &[1]))).contains("late")
+        );
+        assert!(
+            skipped(m.announced(peer_id, announcement("p1", 3, "other", &[1])))
+                .contains("another θ₀")
+        );
+        let why = skipped(m.announced(stranger_id, announcement("stranger", 3, &theta0, &[1])));
+        assert!(why.contains("without weight"), "{why}");
+        // An identity nobody heard a heartbeat from weighs nothing either.
+        let why = skipped(m.announced(peer_id, announcement("ghost", 3, &theta0, &[1])));
+        assert!(why.contains("without weight"), "{why}");
+    }
+
+    #[test]
+    fn a_refused_delta_is_a_warning_and_the_round_waits_for_the_deadline() {
+        let t0 = Instant::now();
+        let mut m = machine(WeightRule::Permissioned);
+        let theta0 = m.theta0_hash().to_string();
+        let peer = trainer("p1", 3, &theta0);
+        let peer_id = peer.peer_id;
+        m.trainers_heard(vec![peer, trainer("p2", 3, &theta0)]);
+        let nan = encoded(&[f32::NAN; 4]);
+        m.announced(peer_id, announcement("p1", 3, &theta0, &nan));
+        m.own_delta(t0, vec![0.5; 4], own_blob());
+        let effects = m.delta_fetched(t0, 3, "p1", "h", Ok(Arc::new(nan)));
+        assert!(matches!(effects.as_slice(), [Effect::Refused(why)] if why.contains("p1")));
+        // 1 of 3 expected: short of the quorum (0.75 · 3) until the deadline.
+        assert!(m.tick(t0 + Duration::from_secs(30)).is_empty());
+        let effects = m.tick(t0 + OPTIONS.deadline);
+        assert_eq!(aggregation(&effects), Some(vec!["me".into()]));
+        assert!(m.state().contains("deadline"), "{}", m.state());
+        // A fetch that ends after the round closed changes nothing.
+        assert!(
+            m.delta_fetched(t0, 3, "p2", "h", Err("slow".into()))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_heavier_group_ahead_is_healed_to_once_and_a_refused_state_never_pulls_again() {
+        let t0 = Instant::now();
+        let mut m = machine(WeightRule::Permissioned);
+        let far = hash_of(&[9.0; 4]);
+        m.trainers_heard(vec![trainer("p1", 9, &far), trainer("p2", 9, &far)]);
+        let effects = m.tick(t0);
+        let Some(Effect::FetchState { plan, .. }) = effects.first() else {
+            panic!("two admitted peers 6 rounds ahead pull a lone node: {effects:?}");
+        };
+        assert_eq!((plan.round, plan.theta0_hash.as_str()), (9, far.as_str()));
+        assert!(m.state().starts_with("healing"));
+        // One heal at a time.
+        assert!(m.tick(t0).is_empty());
+
+        m.heal_refused(far.clone());
+        assert!(
+            m.tick(t0 + Duration::from_secs(10)).is_empty(),
+            "a refused state is not fetched again"
+        );
+
+        let good = hash_of(&[1.0; 4]);
+        m.trainers_heard(vec![trainer("p1", 9, &good), trainer("p2", 9, &good)]);
+        assert!(matches!(
+            m.tick(t0).first(),
+            Some(Effect::FetchState { .. })
+        ));
+        m.healed(9, good.clone());
+        assert_eq!((m.round(), m.theta0_hash()), (9, good.as_str()));
+        assert!(
+            m.tick(t0).is_empty(),
+            "on the group's state, nothing to heal"
+        );
+    }
+
+    #[test]
+    fn unadmitted_identities_claiming_a_far_round_pull_nobody() {
+        let t0 = Instant::now();
+        let mut m = machine(WeightRule::Permissioned);
+        let poisoned = hash_of(&[f32::NAN; 4]);
+        let sybils = (0..16)
+            .map(|i| TrainerPeer {
+                admitted: false,
+                ..trainer(&format!("sybil{i}"), 1000, &poisoned)
+            })
+            .collect();
+        m.trainers_heard(sybils);
+        assert!(m.tick(t0).is_empty());
+        assert!(
+            m.tick(t0 + Duration::from_secs(60))
+                .iter()
+                .all(|e| !matches!(e, Effect::FetchState { .. }))
+        );
+    }
+
+    #[test]
+    fn a_node_that_aggregated_first_does_not_heal_back_to_peers_still_closing_its_last_round() {
+        let t0 = Instant::now();
+        let mut m = machine(WeightRule::Permissioned);
+        let before = m.theta0_hash().to_string();
+        m.trainers_heard(vec![trainer("p1", 3, &before), trainer("p2", 3, &before)]);
+        m.own_delta(t0, vec![0.5; 4], own_blob());
+        let effects = m.tick(t0 + OPTIONS.deadline);
+        assert!(aggregation(&effects).is_some());
+        m.closed(t0 + OPTIONS.deadline, Err("test".into()));
+        m.advance(hash_of(&[0.3; 4]));
+        assert!(m.tick(t0 + OPTIONS.deadline * 2).is_empty());
+    }
+}
