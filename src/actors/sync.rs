@@ -26,7 +26,7 @@ use super::messages::{
 use super::peer::PeerActor;
 use crate::aggregate::{Aggregate, AggregationConfig, Contribution, check_aggregate};
 use crate::diloco::attack::{Attack, poison};
-use crate::diloco::codec::{Codec, CodecConfig, ErrorFeedback, decode, encode};
+use crate::diloco::codec::{Codec, CodecConfig, ErrorFeedback, decode, encode, max_encoded_len};
 use crate::diloco::heal::{
     HealPlan, OwnState, PeerOuterState, catching_up, check_adopted, disagrees, heal_decision, reach,
 };
@@ -358,17 +358,21 @@ impl SyncActor {
         self.healing = true;
         info!(round = plan.round, from = %source.peer_id, "healing: {}", plan.reason);
         let network = self.network.clone();
+        // θ₀ and the momentum are 4 bytes a value.
+        let state_bytes = 4 * self.theta0.len() as u64;
         let fetch = async move {
             let theta0 = network
                 .send(FetchBlob {
                     peer,
                     id: theta0_id,
+                    max_bytes: state_bytes,
                 })
                 .await;
             let momentum = network
                 .send(FetchBlob {
                     peer,
                     id: momentum_id,
+                    max_bytes: state_bytes,
                 })
                 .await;
             (theta0, momentum)
@@ -492,6 +496,11 @@ impl SyncActor {
             debug!(node = %a.node_id, round = a.round, "delta from another θ₀ left out");
             return;
         }
+        let longest = Codec::from_name(&a.codec).map(|c| max_encoded_len(c, self.theta0.len()));
+        if longest.is_none_or(|longest| a.delta_bytes > longest) {
+            debug!(node = %a.node_id, round = a.round, codec = %a.codec, bytes = a.delta_bytes, "delta left out: an unknown codec, or longer than its codec makes for this model");
+            return;
+        }
         if self.open.contributions.contains_key(&a.node_id)
             || self.open.pending.contains(&a.node_id)
         {
@@ -513,7 +522,11 @@ impl SyncActor {
             return;
         };
         let (round, len, max_norm) = (self.round, self.theta0.len(), self.settings.max_delta_norm);
-        let fetch = self.network.send(FetchBlob { peer, id });
+        let fetch = self.network.send(FetchBlob {
+            peer,
+            id,
+            max_bytes: a.delta_bytes,
+        });
         ctx.spawn(fetch.into_actor(self).map(move |result, act, ctx| {
             if act.round != round || !act.open.pending.remove(&a.node_id) {
                 return; // the round closed without it
