@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::crypto::{Identity, generate_token};
 use crate::diloco::OuterOptimizer;
 use crate::diloco::attack::{Attack, HealPoison, poisoned_outer};
-use crate::diloco::codec::HEADER_LEN;
+use crate::diloco::codec::max_delta_len;
 use crate::diloco::round::RoundOptions;
 use crate::diloco::weight::WeightRule;
 use crate::ledger::store::LedgerStore;
@@ -317,7 +317,9 @@ fn peer_options(
         },
         announce_interval: Duration::from_secs(n.announce_interval_s),
         target_peers: n.target_peers,
-        max_blob_bytes: (n.max_blob_mib << 20).min(largest_blob(num_params)),
+        // No peer needs to send a longer blob of this model (the longest Δ any codec makes;
+        // θ₀ and the momentum are shorter), whatever `network.max_blob_mib` says.
+        max_blob_bytes: (n.max_blob_mib << 20).min(max_delta_len(num_params)),
         blob_timeout: Duration::from_secs(n.blob_timeout_s),
         faults: GossipFaults {
             garbage: fault_switch("NEUROSHARD_FAULT_GOSSIP_GARBAGE").is_some_and(|n| n > 0),
@@ -326,13 +328,6 @@ fn peer_options(
             ..Default::default()
         },
     }
-}
-
-/// The largest blob of this model the protocol sends: θ₀ and the momentum are 4 bytes a
-/// parameter, a Δ at most 8 (top-k keeping every value: index and value) after the codec header.
-/// No peer needs to send more, so no transfer may be longer (`network.max_blob_mib` only lowers it).
-fn largest_blob(num_params: usize) -> u64 {
-    (HEADER_LEN as u64).saturating_add((num_params as u64).saturating_mul(8))
 }
 
 /// `own_admitted`: this node holds a certificate verified at start (permissioned networks).

@@ -130,6 +130,9 @@ pub struct OfferBlob {
 pub struct FetchBlob {
     pub peer: libp2p::PeerId,
     pub id: BlobId,
+    /// The blob's size as the protocol implies it (a Δ's announced size, θ₀'s 4 bytes a value):
+    /// a longer answer is refused from its length header and counts against the peer.
+    pub max_bytes: u64,
 }
 
 /// Sync → Peer: gossip this node's signed announcement of its delta for a round.

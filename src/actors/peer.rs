@@ -23,8 +23,8 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, Swarm, SwarmBuilder, Transport, allow_block_list, identify, kad, mdns,
-    noise, ping, tcp, yamux,
+    Multiaddr, PeerId, Swarm, SwarmBuilder, Transport, allow_block_list, connection_limits,
+    identify, kad, mdns, noise, ping, tcp, yamux,
 };
 use tracing::{debug, info, warn};
 
@@ -33,7 +33,7 @@ use super::messages::{
     PublishLedger, RefusedAtGate, RegisterAttack, RegisterLedger, RegisterRounds, RoundObserved,
     TrainerPeers,
 };
-use crate::admission::{Certificate, Genesis, unix_s};
+use crate::admission::{Certificate, Genesis, Policy, unix_s};
 use crate::crypto::{Identity, generate_token};
 use crate::diloco::attack::{HEAL_POISON_ROUNDS_AHEAD, PoisonedOuter};
 use crate::diloco::machine::TrainerPeer;
@@ -43,7 +43,7 @@ use crate::net::announce::{
 };
 use crate::net::blob::{BlobCodec, BlobId, BlobRequest, BlobResponse, BlobStore};
 use crate::net::meter::{ByteMeter, CountingMuxer};
-use crate::net::peer_table::{PeerPolicy, PeerTable, PeerView};
+use crate::net::peer_table::{MAX_PEERS, PeerPolicy, PeerTable, PeerView};
 use crate::net::protocol::Protocols;
 use crate::net::wire::{
     self, GOSSIP_TRANSMIT_LIMIT, LedgerMessage, MAX_GOSSIP_BYTES, Rejection, unix_ms,
@@ -54,6 +54,9 @@ use crate::status::{NetworkView, NodeStatus, StatusBoard};
 /// θ₀ and the momentum).
 const MAX_FETCHES_PER_PEER: usize = 4;
 const MAX_FETCHES: usize = 128;
+/// From an identity without admission in a permissioned network: one. No round needs its blobs
+/// (its deltas count for nothing), and a heal fetches θ₀ and the momentum one after the other.
+const MAX_FETCHES_UNADMITTED: usize = 1;
 /// Blobs served at once: θ₀ of the current and the previous round, and room for round deltas.
 const SERVED_BLOBS: usize = 8;
 const TRACKER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -197,6 +200,8 @@ pub(crate) fn poisoned_blob(poison: Option<&PoisonedOuter>, id: &BlobId) -> Opti
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// First, so a connection over the limits is denied before the other behaviours see it.
+    pub(crate) limits: connection_limits::Behaviour,
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
     pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
@@ -303,6 +308,7 @@ fn behaviour(
         None
     };
     Ok(Behaviour {
+        limits: connection_limits::Behaviour::new(limits()),
         identify: identify::Behaviour::new(
             identify::Config::new(o.protocols.identify_version(), key.public())
                 .with_agent_version(format!("neuroshard/{}", env!("CARGO_PKG_VERSION")))
@@ -312,15 +318,35 @@ fn behaviour(
         kad,
         gossipsub,
         blobs: request_response::Behaviour::with_codec(
-            BlobCodec {
-                max_bytes: o.max_blob_bytes,
-            },
+            BlobCodec::new(o.max_blob_bytes),
             [(o.protocols.blob(), ProtocolSupport::Full)],
             request_response::Config::default().with_request_timeout(o.blob_timeout),
         ),
         mdns: Toggle::from(mdns),
         blocked: Default::default(),
     })
+}
+
+/// Connections to one peer: two, for when both sides dial each other at once.
+const MAX_CONNECTIONS_PER_PEER: u32 = 2;
+/// Established connections in all: half the peer table. The table never evicts a connected
+/// peer, so with at most half of it connected a flood of new identities always finds an entry
+/// to evict and the table stays within `MAX_PEERS`.
+const MAX_CONNECTIONS: u32 = (MAX_PEERS / 2) as u32;
+/// Inbound ones (identities that chose this node) at most half of those: an inbound flood
+/// leaves room for the peers this node dials itself, so it cannot eclipse them.
+const MAX_INBOUND_CONNECTIONS: u32 = MAX_CONNECTIONS / 2;
+/// Handshakes in flight each way (each a socket and a Noise key exchange). An honest node dials
+/// at most `target_peers` and a tracker answer's `MAX_PEERS_PER_ANSWER` (32) at once.
+const MAX_PENDING_CONNECTIONS: u32 = 64;
+
+fn limits() -> connection_limits::ConnectionLimits {
+    connection_limits::ConnectionLimits::default()
+        .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
+        .with_max_established(Some(MAX_CONNECTIONS))
+        .with_max_established_incoming(Some(MAX_INBOUND_CONNECTIONS))
+        .with_max_pending_incoming(Some(MAX_PENDING_CONNECTIONS))
+        .with_max_pending_outgoing(Some(MAX_PENDING_CONNECTIONS))
 }
 
 /// A Swarm for `identity` with this network's transport (TCP + Noise + Yamux, bytes counted in
@@ -354,6 +380,17 @@ pub(crate) fn build_swarm(
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
             .build(),
     )
+}
+
+/// Transfers in flight allowed from one peer: the fewest for an identity without admission in a
+/// permissioned network.
+/// `policy`: this network's genesis policy, if it has a genesis.
+fn fetch_limit(policy: Option<Policy>, admitted: bool) -> usize {
+    if policy == Some(Policy::Permissioned) && !admitted {
+        MAX_FETCHES_UNADMITTED
+    } else {
+        MAX_FETCHES_PER_PEER
+    }
 }
 
 /// Whom a rejected gossip message counts against.
@@ -559,7 +596,7 @@ impl PeerActor {
     }
 
     /// Every heartbeat interval: ban peers gossipsub scored below the threshold, expire silent
-    /// peers and ended bans, then gossip our heartbeat.
+    /// peers and ended bans, prune their byte counters, then gossip our heartbeat.
     fn tick(&mut self) {
         let now = Instant::now();
         let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
@@ -581,6 +618,7 @@ impl PeerActor {
             b.blocked.unblock_peer(peer);
             b.gossipsub.remove_blacklisted_peer(&peer);
         }
+        self.meter.prune(|peer| self.table.contains(peer));
         let limit = self.options.blob_timeout * HOLD_FOR_TIMEOUTS;
         while self
             .held
@@ -625,7 +663,10 @@ impl PeerActor {
 
     fn publish_view(&self) {
         let now = Instant::now();
-        let (peers, totals) = self.table.view(now, unix_s(), &self.meter.snapshot());
+        let bytes = self.meter.snapshot();
+        let (peers, mut totals) = self.table.view(now, unix_s(), &bytes.peers);
+        totals.bytes_in += bytes.retired.0;
+        totals.bytes_out += bytes.retired.1;
         if let Some(rounds) = &self.rounds {
             rounds.trainers.do_send(TrainerPeers(trainer_peers(&peers)));
         }
@@ -825,7 +866,7 @@ impl PeerActor {
             Event::Message {
                 message:
                     Message::Request {
-                        request: BlobRequest(id),
+                        request: BlobRequest { id, .. },
                         channel,
                         ..
                     },
@@ -1047,25 +1088,33 @@ impl Handler<OfferBlob> for PeerActor {
 impl Handler<FetchBlob> for PeerActor {
     type Result = ResponseFuture<Result<Arc<Vec<u8>>, String>>;
 
-    /// At most `MAX_FETCHES_PER_PEER` transfers from one peer and `MAX_FETCHES` in all are in
-    /// flight: more are refused at once, so neither a flood of announcements nor a slow peer can
-    /// pile transfers (and their buffers) up.
+    /// At most `fetch_limit` transfers from one peer and `MAX_FETCHES` in all are in flight:
+    /// more are refused at once, so neither a flood of announcements nor a slow peer can pile
+    /// transfers (and their buffers) up.
     fn handle(&mut self, msg: FetchBlob, _: &mut Self::Context) -> Self::Result {
+        let per_peer = fetch_limit(
+            self.options.genesis.as_ref().map(|g| g.policy),
+            self.table.is_admitted(&msg.peer, unix_s()),
+        );
         let from_peer = self.pending.values().filter(|p| p.peer == msg.peer).count();
-        if from_peer >= MAX_FETCHES_PER_PEER || self.pending.len() >= MAX_FETCHES {
+        if from_peer >= per_peer || self.pending.len() >= MAX_FETCHES {
             let why = format!(
-                "{from_peer} transfers from {} and {} in all already in flight (limits {MAX_FETCHES_PER_PEER} and {MAX_FETCHES})",
+                "{from_peer} transfers from {} and {} in all already in flight (limits {per_peer} and {MAX_FETCHES})",
                 msg.peer,
                 self.pending.len()
             );
             return Box::pin(async move { Err(why) });
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
+        let request = BlobRequest {
+            id: msg.id,
+            max_bytes: msg.max_bytes,
+        };
         let request_id = self
             .swarm
             .behaviour_mut()
             .blobs
-            .send_request(&msg.peer, BlobRequest(msg.id));
+            .send_request(&msg.peer, request);
         self.pending.insert(
             request_id,
             PendingFetch {
@@ -1173,5 +1222,15 @@ mod tests {
         assert_eq!(serve(Some(SlowBlob::Never), true), "hold");
         assert_eq!(SlowBlob::parse("never"), Some(SlowBlob::Never));
         assert_eq!(SlowBlob::parse("0"), None);
+    }
+
+    #[test]
+    fn unadmitted_identities_get_the_fewest_transfers_only_where_admission_exists() {
+        let permissioned = Some(Policy::Permissioned);
+        assert_eq!(fetch_limit(permissioned, false), MAX_FETCHES_UNADMITTED);
+        assert_eq!(fetch_limit(permissioned, true), MAX_FETCHES_PER_PEER);
+        // Open networks and the built-in default admit nobody by certificate: no one is singled out.
+        assert_eq!(fetch_limit(Some(Policy::Open), false), MAX_FETCHES_PER_PEER);
+        assert_eq!(fetch_limit(None, false), MAX_FETCHES_PER_PEER);
     }
 }

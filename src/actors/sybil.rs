@@ -493,7 +493,7 @@ impl SybilActor {
             SwarmEvent::Behaviour(BehaviourEvent::Blobs(request_response::Event::Message {
                 message:
                     request_response::Message::Request {
-                        request: BlobRequest(id),
+                        request: BlobRequest { id, .. },
                         channel,
                         ..
                     },

@@ -235,7 +235,8 @@ impl SyncActor {
                     node_id,
                     round,
                     delta,
-                } => self.fetch_delta(peer, node_id, round, delta, ctx),
+                    max_bytes,
+                } => self.fetch_delta(peer, node_id, round, delta, max_bytes, ctx),
                 Effect::Aggregate {
                     round,
                     contributions,
@@ -265,9 +266,14 @@ impl SyncActor {
         node_id: String,
         round: u64,
         delta: BlobId,
+        max_bytes: u64,
         ctx: &mut Context<Self>,
     ) {
-        let fetch = self.network.send(FetchBlob { peer, id: delta });
+        let fetch = self.network.send(FetchBlob {
+            peer,
+            id: delta,
+            max_bytes,
+        });
         ctx.spawn(fetch.into_actor(self).map(move |result, act, ctx| {
             let fetched = result.map_err(|e| e.to_string()).and_then(|r| r);
             let delta_hash = delta.to_string();
@@ -324,17 +330,21 @@ impl SyncActor {
         };
         info!(round = plan.round, from = %source.peer_id, "healing: {}", plan.reason);
         let network = self.network.clone();
+        // θ₀ and the momentum are 4 bytes a value.
+        let max_bytes = 4 * self.theta0.len() as u64;
         let fetch = async move {
             let theta0 = network
                 .send(FetchBlob {
                     peer,
                     id: theta0_id,
+                    max_bytes,
                 })
                 .await;
             let momentum = network
                 .send(FetchBlob {
                     peer,
                     id: momentum_id,
+                    max_bytes,
                 })
                 .await;
             (theta0, momentum)

@@ -71,6 +71,11 @@ impl Codec {
         }
     }
 
+    /// The codec [`Codec::name`] names (a round announcement carries it as text).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
+    }
+
     fn to_byte(self) -> u8 {
         match self {
             Codec::Fp32 => 0,
@@ -217,6 +222,31 @@ fn payload_len(codec: Codec, n: usize, param: u32) -> Option<usize> {
 pub fn encoded_len(config: &CodecConfig, n: usize) -> usize {
     HEADER_LEN
         + payload_len(config.codec, n, config.param(n)).expect("message size overflows usize")
+}
+
+/// The longest message [`encode`] can produce for `n` values with `codec`, whatever its
+/// parameters: a round announcement names the codec, not its block size or fraction, so this is
+/// what a receiver may accept. The worst parameters are int8 blocks of one value (a scale each:
+/// 5 bytes a value) and top-k keeping every value (8 bytes a value). Saturates at u64::MAX.
+pub fn max_encoded_len(codec: Codec, n: usize) -> u64 {
+    let worst_param = match codec {
+        Codec::Fp32 | Codec::Fp16 => 0,
+        Codec::Int8 => 1,
+        // `decode` takes no k above n, and none above u32::MAX.
+        Codec::TopK => u32::try_from(n).unwrap_or(u32::MAX),
+    };
+    payload_len(codec, n, worst_param)
+        .and_then(|payload| payload.checked_add(HEADER_LEN))
+        .map_or(u64::MAX, |len| len as u64)
+}
+
+/// The longest Δ message of `n` values under any codec (top-k keeping every value). θ₀ and the
+/// momentum (4 bytes a value) are shorter, so no blob of a model of `n` parameters is longer.
+pub fn max_delta_len(n: usize) -> u64 {
+    Codec::ALL
+        .into_iter()
+        .map(|codec| max_encoded_len(codec, n))
+        .fold(0, u64::max)
 }
 
 /// Values per parallel work item for the element-wise codecs.
@@ -920,6 +950,40 @@ mod tests {
             decode(&encode(&cfg, &[]), 0, 0.0).unwrap(),
             Vec::<f32>::new()
         );
+    }
+
+    #[test]
+    fn no_message_is_longer_than_its_codecs_bound_and_the_worst_parameters_reach_it() {
+        let with = |codec, int8_block, topk_fraction| CodecConfig {
+            codec,
+            int8_block,
+            topk_fraction,
+        };
+        for n in [0, 1, 7, 256, 1000, 10_007] {
+            let delta = random_vec(n as u64, n, -3.0, 3.0);
+            for codec in Codec::ALL {
+                let bound = max_encoded_len(codec, n);
+                let worst = encode(&with(codec, 1, 1.0), &delta);
+                assert_eq!(worst.len() as u64, bound, "{codec:?}, n = {n}");
+                for cfg in [config(codec), with(codec, 3, 0.3), with(codec, 4096, 1e-9)] {
+                    let len = encode(&cfg, &delta).len() as u64;
+                    assert!(len <= bound, "{cfg:?}, n = {n}: {len} > {bound}");
+                }
+            }
+            assert_eq!(max_delta_len(n), max_encoded_len(Codec::TopK, n));
+        }
+        let bounds = Codec::ALL.map(|codec| max_encoded_len(codec, 1000));
+        assert_eq!(bounds, [4020, 2020, 5020, 8020]);
+        assert_eq!(max_encoded_len(Codec::Fp32, usize::MAX), u64::MAX);
+        assert_eq!(
+            max_encoded_len(Codec::TopK, usize::MAX),
+            20 + 8 * u32::MAX as u64,
+            "k is a u32"
+        );
+        for codec in Codec::ALL {
+            assert_eq!(Codec::from_name(codec.name()), Some(codec));
+        }
+        assert_eq!(Codec::from_name("topk"), None);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use libp2p::PeerId;
 
-use super::codec::decode;
+use super::codec::{Codec, decode, max_encoded_len};
 use super::heal::{HealPlan, OwnState, PeerOuterState, catching_up, disagrees, heal_decision};
 use super::round::{
     RoundDecision, RoundOptions, RoundProgress, RoundSummary, has_quorum, round_decision,
@@ -68,6 +68,8 @@ pub enum Effect {
         node_id: String,
         round: u64,
         delta: BlobId,
+        /// The announced size: a longer answer is refused before it is read.
+        max_bytes: u64,
     },
     /// Aggregate these contributions (ordered by node_id), then `closed` and `advance`.
     Aggregate {
@@ -294,6 +296,16 @@ impl RoundMachine {
         let Some(delta) = BlobId::from_hex(&a.delta_hash) else {
             return skipped(&a, "announced delta hash is not a blob id");
         };
+        let longest = Codec::from_name(&a.codec).map(|c| max_encoded_len(c, self.rules.params));
+        if longest.is_none_or(|longest| a.delta_bytes > longest) {
+            return skipped(
+                &a,
+                &format!(
+                    "delta left out: codec {:?} of {} bytes is unknown or longer than it makes for this model",
+                    a.codec, a.delta_bytes
+                ),
+            );
+        }
         let peers = self.peers();
         let weight = self.weight_of(&a.node_id, &peers);
         if weight <= EPSILON {
@@ -311,6 +323,7 @@ impl RoundMachine {
             node_id: a.node_id,
             round: a.round,
             delta,
+            max_bytes: a.delta_bytes,
         }]
     }
 
@@ -748,6 +761,11 @@ mod tests {
         );
         let why = skipped(m.announced(stranger_id, announcement("stranger", 3, &theta0, &[1])));
         assert!(why.contains("without weight"), "{why}");
+        // A delta longer than its codec can make for this model is not fetched at all.
+        let mut oversized = announcement("p1", 3, &theta0, &encoded(&[1.0; 4]));
+        oversized.delta_bytes = 1 << 30;
+        let why = skipped(m.announced(peer_id, oversized));
+        assert!(why.contains("longer than it makes"), "{why}");
         // An identity nobody heard a heartbeat from weighs nothing either.
         let why = skipped(m.announced(peer_id, announcement("ghost", 3, &theta0, &[1])));
         assert!(why.contains("without weight"), "{why}");

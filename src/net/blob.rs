@@ -1,7 +1,8 @@
 //! Blob transfer over request-response: pseudo-gradients and model state are too large for gossip.
 //! A blob is named by the BLAKE3 hash of its bytes, so the receiver checks what it got against what it
 //! asked for. The response streams in 1 MiB chunks after a length header that is checked against
-//! the node's limit before anything is allocated.
+//! the request's bound (the size the protocol implies for that blob, within the node's limit)
+//! before anything is allocated.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -39,7 +40,12 @@ impl std::fmt::Display for BlobId {
 }
 
 #[derive(Debug, Clone)]
-pub struct BlobRequest(pub BlobId);
+pub struct BlobRequest {
+    pub id: BlobId,
+    /// The longest answer the requester accepts (a Δ's announced size, θ₀'s 4 bytes a value).
+    /// Not sent: a request read from a peer carries this node's own limit.
+    pub max_bytes: u64,
+}
 
 #[derive(Debug, Clone)]
 pub enum BlobResponse {
@@ -55,7 +61,20 @@ pub enum BlobResponse {
 /// The request-response codec; `max_bytes` bounds what a peer may send us.
 #[derive(Debug, Clone)]
 pub struct BlobCodec {
-    pub max_bytes: u64,
+    max_bytes: u64,
+    /// The bound of the request this copy sent. request-response clones the codec for each
+    /// outbound stream and reads the response with the clone that wrote the request, so each
+    /// response is checked against its own request's bound.
+    response_limit: u64,
+}
+
+impl BlobCodec {
+    pub fn new(max_bytes: u64) -> Self {
+        Self {
+            max_bytes,
+            response_limit: max_bytes,
+        }
+    }
 }
 
 impl Codec for BlobCodec {
@@ -69,7 +88,10 @@ impl Codec for BlobCodec {
     {
         let mut id = [0u8; 32];
         io.read_exact(&mut id).await?;
-        Ok(BlobRequest(BlobId(id)))
+        Ok(BlobRequest {
+            id: BlobId(id),
+            max_bytes: self.max_bytes,
+        })
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<BlobResponse>
@@ -91,12 +113,12 @@ impl Codec for BlobCodec {
         let mut header = [0u8; 8];
         io.read_exact(&mut header).await?;
         let len = u64::from_be_bytes(header);
-        if len > self.max_bytes {
+        if len > self.response_limit {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
                     "blob of {len} bytes exceeds the limit of {}",
-                    self.max_bytes
+                    self.response_limit
                 ),
             ));
         }
@@ -120,12 +142,13 @@ impl Codec for BlobCodec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        BlobRequest(id): BlobRequest,
+        request: BlobRequest,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        io.write_all(&id.0).await?;
+        self.response_limit = request.max_bytes.min(self.max_bytes);
+        io.write_all(&request.id.0).await?;
         io.close().await
     }
 
@@ -212,7 +235,7 @@ mod tests {
     #[test]
     fn a_multi_chunk_blob_arrives_intact() {
         let bytes: Vec<u8> = (0..3 * CHUNK_BYTES + 17).map(|i| (i * 7) as u8).collect();
-        let mut codec = BlobCodec { max_bytes: 1 << 30 };
+        let mut codec = BlobCodec::new(1 << 30);
         let sent = BlobResponse::Found {
             id: BlobId([0; 32]),
             bytes: Arc::new(bytes.clone()),
@@ -226,7 +249,7 @@ mod tests {
 
     #[test]
     fn a_blob_over_the_limit_is_refused_before_it_is_read() {
-        let mut codec = BlobCodec { max_bytes: 1000 };
+        let mut codec = BlobCodec::new(1000);
         let big = BlobResponse::Found {
             id: BlobId::of(&[0; 1001]),
             bytes: Arc::new(vec![0; 1001]),
@@ -236,8 +259,44 @@ mod tests {
     }
 
     #[test]
+    fn a_response_is_bounded_by_its_request_within_the_nodes_limit() {
+        let node = BlobCodec::new(1000);
+        let ask = |max_bytes| {
+            let mut codec = node.clone();
+            let mut wire = Cursor::new(Vec::new());
+            let request = BlobRequest {
+                id: BlobId([1; 32]),
+                max_bytes,
+            };
+            block_on(codec.write_request(&protocol(), &mut wire, request)).unwrap();
+            assert_eq!(wire.into_inner(), [1; 32], "only the id goes on the wire");
+            codec
+        };
+        let blob = |len| BlobResponse::Found {
+            id: BlobId([0; 32]),
+            bytes: Arc::new(vec![7; len]),
+        };
+        assert!(matches!(
+            round_trip(&mut ask(100), blob(100)),
+            Ok(BlobResponse::Found { bytes, .. }) if bytes.len() == 100
+        ));
+        // A header over the bound is refused before the body is read: there is none here.
+        let mut header_only = Cursor::new([&[FOUND][..], &101u64.to_be_bytes()].concat());
+        let err = block_on(ask(100).read_response(&protocol(), &mut header_only)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("limit of 100"), "{err}");
+        // A request cannot raise the node's limit.
+        let err = round_trip(&mut ask(5000), blob(1001)).unwrap_err();
+        assert!(err.to_string().contains("limit of 1000"), "{err}");
+        // A request read from a peer carries this node's limit.
+        let mut wire = Cursor::new(vec![3u8; 32]);
+        let read = block_on(node.clone().read_request(&protocol(), &mut wire)).unwrap();
+        assert_eq!((read.id, read.max_bytes), (BlobId([3; 32]), 1000));
+    }
+
+    #[test]
     fn truncated_or_garbled_responses_are_errors() {
-        let mut codec = BlobCodec { max_bytes: 1000 };
+        let mut codec = BlobCodec::new(1000);
         let mut wire = Cursor::new(vec![FOUND, 0, 0, 0, 0, 0, 0, 0, 10, 1, 2]);
         assert!(block_on(codec.read_response(&protocol(), &mut wire)).is_err());
         let mut wire = Cursor::new(vec![7]);

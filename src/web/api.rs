@@ -14,6 +14,7 @@ use serde_json::json;
 use crate::actors::ledger::LedgerActor;
 use crate::actors::messages::{FetchBlob, ProveInference};
 use crate::actors::peer::PeerActor;
+use crate::diloco::codec::max_delta_len;
 use crate::logs::LogRing;
 use crate::model::backend::{CpuBackend, cpu_device};
 use crate::model::inference::{SamplingOptions, generate};
@@ -309,7 +310,12 @@ async fn fetch_blob(
     let started = std::time::Instant::now();
     let bytes = state
         .peers
-        .send(FetchBlob { peer, id })
+        .send(FetchBlob {
+            peer,
+            id,
+            // θ₀, the momentum or a Δ: at most the longest Δ of this model.
+            max_bytes: max_delta_len(state.model.num_params()),
+        })
         .await
         .map_err(|e| {
             ApiError::new(
