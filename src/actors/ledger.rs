@@ -1,10 +1,12 @@
 //! LedgerActor: owns the SQLite ledger on its own thread (every call blocks on the database).
 //! It signs this node's proofs (uptime on a timer, training when Sync has a delta out, inference
 //! when HTTP served a request), verifies and records everyone's proofs and transactions the same
-//! way, credits training proofs only when the round's robust aggregation kept their delta, and
-//! publishes this node's account to the StatusBoard for the API.
+//! way, credits training proofs only when the round's robust aggregation kept their delta and
+//! uptime proofs only when peers of enough weight witnessed them (it witnesses its peers' uptime
+//! from the heartbeats it hears), and publishes this node's account to the StatusBoard for the
+//! API.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,9 +15,9 @@ use libp2p::PeerId;
 use tracing::{debug, error, info, warn};
 
 use super::messages::{
-    CheckProof, GetAccount, GetBalances, GetProofs, LedgerGossip, ModelAdopted, PeerOffence,
-    PeerWeights, ProofCheck, ProveInference, ProveTraining, PublishLedger, RefusedAtGate,
-    RegisterLedger, RoundVerdicts, SubmitTransaction, SubmittedTransaction,
+    CheckProof, GetAccount, GetBalances, GetProofs, LedgerGossip, ModelAdopted, PeerHeard,
+    PeerOffence, PeerWeights, ProofCheck, ProveInference, ProveTraining, PublishLedger,
+    RefusedAtGate, RegisterLedger, RoundVerdicts, SubmitTransaction, SubmittedTransaction,
 };
 use super::peer::PeerActor;
 use crate::crypto::{Identity, generate_nonce, node_id_of_peer};
@@ -28,6 +30,7 @@ use crate::ledger::store::{
 };
 use crate::ledger::tx::{check_transaction, sign_transaction, tx_id};
 use crate::ledger::verify::{ProofLimits, verify_proof};
+use crate::ledger::witness::{MAX_WITNESSED, Sighting, Watch, decide, saw, tally};
 use crate::ledger::{
     Nano, Proof, ProofKind, ProofRejection, SignedProof, SignedTransaction, Transaction, TxKind,
     TxRejection, rewards::burn_fee,
@@ -39,8 +42,9 @@ use crate::status::{Component, LocalFault, NeuroView, StatusBoard};
 /// (counters raised after signing) and replays of its peers' proofs, to show that neither earns
 /// anything. NEUROSHARD_FAULT_CLAIM_INFLATION=1 (`inflate_claims`): every uptime tick this node
 /// also signs and gossips a self-declared data proof of 10⁷ samples and an inference proof of
-/// 10⁹ tokens (each at the per-proof cap, and plausible), to show that claims nobody else vouches
-/// for earn nothing.
+/// 10⁹ tokens (each at the per-proof cap, and plausible), and its first uptime proof claims the
+/// most one proof may (`max_uptime_per_proof_s`), time before it started included, to show that
+/// claims nobody else vouches for earn nothing.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PonwFault {
     pub cheat: bool,
@@ -52,6 +56,8 @@ pub struct LedgerOptions {
     pub schedule: RewardSchedule,
     pub limits: ProofLimits,
     pub uptime_interval: Duration,
+    /// How this node judges its peers' liveness when it witnesses their uptime.
+    pub watch: Watch,
     pub fault: PonwFault,
 }
 
@@ -81,7 +87,28 @@ pub struct LedgerActor {
     retry: Retry,
     /// Peers' verified proofs dropped because the inbox was full while writes failed.
     dropped: u64,
+    /// What this node heard of each peer (its signed heartbeats): what it may witness.
+    sightings: HashMap<String, Sighting>,
+    /// Witnesses (this node's own statement included) of uptime proofs not credited yet, by
+    /// proof id.
+    witnesses: BTreeMap<String, Witnesses>,
+    /// Peers' uptime proofs this node witnessed lately, (proof timestamp, id), oldest first:
+    /// gossiped again each uptime interval for peers that missed the statement.
+    witnessed: VecDeque<(u64, String)>,
 }
+
+/// Who witnessed one uptime proof, and when this node first learnt of a witness.
+struct Witnesses {
+    since: Instant,
+    by: BTreeSet<String>,
+}
+
+/// Peers whose heartbeats are remembered for witnessing (as many as the peer table holds); the
+/// longest silent is forgotten first.
+const MAX_SIGHTINGS: usize = 4096;
+/// Uptime proofs whose witnesses are kept until they settle; a flood evicts the oldest (honest
+/// witnesses gossip their statements again each uptime interval).
+const MAX_UNSETTLED_UPTIME: usize = 4096;
 
 /// One verdict as the store records it: (delta hash, node_id, kept, reason).
 type VerdictRow = (String, String, bool, String);
@@ -208,12 +235,20 @@ impl LedgerActor {
         peers: Addr<PeerActor>,
         status: StatusBoard,
     ) -> Self {
+        let now = Instant::now();
+        // The claim-inflation switch: the first uptime proof claims time before the node started.
+        let last_uptime_proof = if options.fault.inflate_claims {
+            let cap = Duration::from_secs(options.limits.max_uptime_per_proof_s);
+            now.checked_sub(cap).unwrap_or(now)
+        } else {
+            now
+        };
         Self {
             store,
             options,
             peers,
             status,
-            last_uptime_proof: Instant::now(),
+            last_uptime_proof,
             stolen: Vec::new(),
             adopted: BTreeMap::new(),
             pending_verdicts: Vec::new(),
@@ -224,6 +259,9 @@ impl LedgerActor {
             unwritten_verdicts: VecDeque::new(),
             retry: Retry::default(),
             dropped: 0,
+            sightings: HashMap::new(),
+            witnesses: BTreeMap::new(),
+            witnessed: VecDeque::new(),
         }
     }
 
@@ -396,6 +434,7 @@ impl LedgerActor {
             Ok(None) => return None,
             Err(e) => return e.offence(),
         };
+        self.witness(&id, &signed.proof);
         if self.inbox.len() >= MAX_INBOX {
             self.dropped += 1;
             if self.dropped.is_power_of_two() {
@@ -428,7 +467,7 @@ impl LedgerActor {
             .map(|(signed, base, _)| (signed.clone(), *base))
             .collect();
         let results = self.store_proofs(&batch)?;
-        self.inbox_ids.clear();
+        let stored: Vec<String> = self.inbox_ids.drain().collect();
         let origins = std::mem::take(&mut self.inbox)
             .into_iter()
             .map(|(_, _, origin)| origin);
@@ -437,7 +476,99 @@ impl LedgerActor {
                 self.peers.do_send(PeerOffence { peer, rejection });
             }
         }
+        // Witnesses may have come before the proof.
+        self.settle_uptime(stored);
         Ok(())
+    }
+
+    /// A peer's new uptime proof: this node witnesses it (records its own statement and gossips
+    /// it) when it carries weight itself and heard the claimant over the whole claimed interval.
+    fn witness(&mut self, id: &str, proof: &Proof) {
+        let own = &self.options.identity.node_id;
+        if proof.kind != ProofKind::Uptime || proof.node_id == *own || self.weight_of(own) <= 0.0 {
+            return;
+        }
+        if let Err(why) = saw(
+            self.sightings.get(&proof.node_id),
+            proof,
+            &self.options.watch,
+        ) {
+            debug!(claimant = %proof.node_id, proof = id, "uptime not witnessed: {why}");
+            return;
+        }
+        self.add_witness(id, own.clone());
+        self.witnessed
+            .push_back((proof.timestamp_ms, id.to_owned()));
+        if self.witnessed.len() > MAX_WITNESSED {
+            self.witnessed.pop_front();
+        }
+        self.peers.do_send(PublishLedger(LedgerMessage::Witnessed {
+            proofs: vec![id.to_owned()],
+        }));
+    }
+
+    fn add_witness(&mut self, id: &str, witness: String) {
+        if !self.witnesses.contains_key(id) && self.witnesses.len() >= MAX_UNSETTLED_UPTIME {
+            let oldest = self
+                .witnesses
+                .iter()
+                .min_by_key(|(_, w)| w.since)
+                .map(|(id, _)| id.clone());
+            if let Some(oldest) = oldest {
+                self.witnesses.remove(&oldest);
+            }
+        }
+        let entry = self
+            .witnesses
+            .entry(id.to_owned())
+            .or_insert_with(|| Witnesses {
+                since: Instant::now(),
+                by: BTreeSet::new(),
+            });
+        entry.by.insert(witness);
+    }
+
+    /// Credits the stored pending uptime proofs among `ids` whose witnesses now weigh enough by
+    /// this node's weights (`witness::decide`); the witnesses and weights that settled a proof
+    /// are stored with it. Witnesses of a proof that is not stored yet wait for it.
+    fn settle_uptime(&mut self, ids: impl IntoIterator<Item = String>) {
+        let mut credited = false;
+        for id in ids {
+            let Some(witnesses) = self.witnesses.get(&id) else {
+                continue;
+            };
+            let claimant = match self.store.uptime_claim(&id) {
+                Ok(Some((claimant, ProofStatus::Pending))) => claimant,
+                Ok(Some(_)) => {
+                    self.witnesses.remove(&id);
+                    continue;
+                }
+                Ok(None) => continue,
+                Err(e) => {
+                    self.failed(e);
+                    return;
+                }
+            };
+            let tally = tally(&claimant, &witnesses.by, &self.weights);
+            if let Err(why) = decide(&claimant, &tally) {
+                debug!(proof = %id, "uptime not settled: {why}");
+                continue;
+            }
+            // On failure the witnesses stay for the next try.
+            match self.store.record_witnessed(&id, &tally) {
+                Ok(_) => {
+                    self.witnesses.remove(&id);
+                    credited = true;
+                }
+                Err(e) => {
+                    self.failed(e);
+                    return;
+                }
+            }
+        }
+        if credited {
+            self.publish_account();
+        }
     }
 
     /// Checks a transaction (signature, freshness, fee) and lets the fold decide whether it
@@ -701,6 +832,17 @@ impl LedgerActor {
                 transactions,
             }));
         }
+        let witnessed: Vec<String> = self
+            .witnessed
+            .iter()
+            .filter(|(timestamp_ms, _)| *timestamp_ms >= since)
+            .map(|(_, id)| id.clone())
+            .collect();
+        if !witnessed.is_empty() {
+            self.peers.do_send(PublishLedger(LedgerMessage::Witnessed {
+                proofs: witnessed,
+            }));
+        }
     }
 
     fn prove_uptime(&mut self) {
@@ -724,6 +866,7 @@ impl Actor for LedgerActor {
         self.peers.do_send(RegisterLedger {
             gossip: ctx.address().recipient(),
             refused: ctx.address().recipient(),
+            heard: ctx.address().recipient(),
         });
         self.publish_account();
         ctx.run_interval(INBOX_FLUSH, |act, _| act.tick());
@@ -780,6 +923,17 @@ impl Handler<LedgerGossip> for LedgerActor {
                     wire: verdicts.clone(),
                     reasons: Vec::new(),
                 });
+                None
+            }
+            LedgerMessage::Witnessed { proofs } => {
+                let witness = node_id_of_peer(&msg.origin);
+                // Identities without weight witness nothing: not even kept.
+                if self.weight_of(&witness) > 0.0 {
+                    for id in proofs {
+                        self.add_witness(id, witness.clone());
+                    }
+                    self.settle_uptime(proofs.iter().cloned());
+                }
                 None
             }
         };
@@ -870,6 +1024,33 @@ impl Handler<PeerWeights> for LedgerActor {
     fn handle(&mut self, msg: PeerWeights, _: &mut Self::Context) {
         self.weights = msg.0;
         self.settle_verdicts();
+        // Witnesses older than the freshness window gain no company: their proofs' claimants
+        // stopped gossiping them.
+        let window = Duration::from_secs(self.options.limits.freshness_window_s);
+        self.witnesses.retain(|_, w| w.since.elapsed() < window);
+        let unsettled: Vec<String> = self.witnesses.keys().cloned().collect();
+        self.settle_uptime(unsettled);
+    }
+}
+
+impl Handler<PeerHeard> for LedgerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: PeerHeard, _: &mut Self::Context) {
+        let PeerHeard(node_id) = msg;
+        if !self.sightings.contains_key(&node_id) && self.sightings.len() >= MAX_SIGHTINGS {
+            let longest_silent = self
+                .sightings
+                .iter()
+                .min_by_key(|(_, s)| s.last_ms)
+                .map(|(id, _)| id.clone());
+            if let Some(id) = longest_silent {
+                self.sightings.remove(&id);
+            }
+        }
+        let previous = self.sightings.get(&node_id).copied();
+        let sighting = Sighting::heard(previous, unix_ms(), &self.options.watch);
+        self.sightings.insert(node_id, sighting);
     }
 }
 

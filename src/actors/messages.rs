@@ -161,7 +161,14 @@ pub struct PublishLedger(pub LedgerMessage);
 pub struct RegisterLedger {
     pub gossip: Recipient<LedgerGossip>,
     pub refused: Recipient<RefusedAtGate>,
+    pub heard: Recipient<PeerHeard>,
 }
+
+/// Peer → Ledger: a valid, fresh heartbeat signed by this node_id arrived now: what this node
+/// may later witness of that node's uptime (`ledger::witness`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PeerHeard(pub String);
 
 /// Peer → Ledger: a ledger message refused before it reached the ledger (forged proof, someone
 /// else's proof); counted with the ledger's own rejections, by reason.

@@ -29,8 +29,9 @@ use libp2p::{
 use tracing::{debug, info, warn};
 
 use super::messages::{
-    AnnounceRound, BlobServed, FetchBlob, LedgerGossip, OfferBlob, PeerOffence, PeerRoundAnnounced,
-    PublishLedger, RefusedAtGate, RegisterAttack, RegisterLedger, RegisterRounds, RoundObserved,
+    AnnounceRound, BlobServed, FetchBlob, LedgerGossip, OfferBlob, PeerHeard, PeerOffence,
+    PeerRoundAnnounced, PublishLedger, RefusedAtGate, RegisterAttack, RegisterLedger,
+    RegisterRounds, RoundObserved,
 };
 use crate::admission::{Certificate, Genesis, unix_s};
 use crate::crypto::{Identity, generate_token};
@@ -696,8 +697,11 @@ impl PeerActor {
                     self.table
                         .accept_heartbeat(now, now_ms, source, origin, heartbeat)
                 })
-                .map(|()| MessageAcceptance::Accept)
-                .map_err(blame(Blame::Origin))
+                .map_err(blame(Blame::Origin))?;
+            if let Some(ledger) = &self.ledger {
+                ledger.heard.do_send(PeerHeard(node_id));
+            }
+            Ok(MessageAcceptance::Accept)
         } else if message.topic == self.topics.round.hash() {
             self.table
                 .admit(now, origin)
@@ -740,7 +744,7 @@ impl PeerActor {
                 LedgerMessage::Recent { proofs, .. } => proofs.as_slice(),
                 _ => &[],
             };
-            let gate = entry.check_signer(&node_id).and_then(|()| {
+            let gate = entry.check(&node_id).and_then(|()| {
                 proofs
                     .iter()
                     .try_for_each(|proof| check_signature(proof).map_err(Rejection::from))
