@@ -1,8 +1,9 @@
 //! Self-declared work earns nothing, across real nodes on 127.0.0.1: a node that signs and
 //! gossips data and inference proofs with huge counters and claims uptime from before it started
 //! (the NEUROSHARD_FAULT_CLAIM_INFLATION switch) is credited, on every honest node, only the
-//! uptime its peers witnessed, while honest nodes' witnessed uptime is paid; and
-//! `POST /api/ponw/verify` offers nothing for a self-declared claim.
+//! uptime its peers witnessed, while honest nodes' witnessed uptime is paid; an inference proof
+//! earns once its requester signs a receipt (`neuroshard generate`); and `POST /api/ponw/verify`
+//! offers nothing for a self-declared claim.
 
 mod common;
 
@@ -69,7 +70,8 @@ fn witnessed_uptime(node: &Node, id: &str) -> Vec<Value> {
 }
 
 #[test]
-fn inflated_claims_and_unwitnessed_uptime_earn_nothing_while_witnessed_uptime_is_paid() {
+fn inflated_claims_and_unwitnessed_uptime_earn_nothing_while_witnessed_uptime_and_receipted_inference_are_paid()
+ {
     let dir = tempfile::tempdir().unwrap();
     // Two honest trainers (trainers carry weight, so they witness each other) and node 2, an
     // observer which every uptime tick also signs and gossips a data proof of 10⁷ samples and an
@@ -170,6 +172,70 @@ fn inflated_claims_and_unwitnessed_uptime_earn_nothing_while_witnessed_uptime_is
             assert!(paid > 0, "node {i}: {id}'s witnessed uptime paid nothing");
         }
     }
+
+    // Inference earns with its requester's receipt: `neuroshard generate` signs one for the
+    // proof of the answer it got and posts it back; node 0 stores the proof with it, credited.
+    let token: String = (0..4)
+        .map(|_| format!("{:016x}", generate_nonce()))
+        .collect();
+    let requester_id = Identity::from_token(&token).unwrap().node_id;
+    let out = Command::new(BIN)
+        .args([
+            "generate",
+            "--node",
+            &honest[0].url(""),
+            "--max-new-tokens",
+            "8",
+        ])
+        .args(["--token", &token, "hello"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", combined_output(&out));
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(said.contains("credited"), "{said}");
+    let vouched: Vec<Value> = of_kind(&proofs_of(&honest[0], &ids[0]), "inference")
+        .into_iter()
+        .filter(|p| p["proof"]["receipt"]["node_id"] == requester_id.as_str())
+        .cloned()
+        .collect();
+    assert_eq!(vouched.len(), 1, "{vouched:?}");
+    assert_eq!(vouched[0]["status"], "credited", "{}", vouched[0]);
+    assert!(vouched[0]["credited"].as_u64() > Some(0), "{}", vouched[0]);
+    // A receipt for no waiting request, or one that does not verify, is refused with the reason.
+    let (status, generated) = honest[0].post_json(
+        "/generate_text",
+        &json!({"prompt": "hi", "max_new_tokens": 4}),
+    );
+    assert_eq!(status, 200, "{generated}");
+    let proof: Proof = serde_json::from_value(generated["proof"].clone()).unwrap();
+    // Signed over another claim (one token more) than the proof waiting.
+    let mut forged = sign_receipt(&fresh_identity(), &proof).unwrap();
+    let inflated = Proof {
+        tokens: proof.tokens + 1,
+        ..proof.clone()
+    };
+    forged.signature = sign_receipt(&fresh_identity(), &inflated)
+        .unwrap()
+        .signature;
+    let (status, answer) = honest[0].post_json(
+        "/api/ponw/receipt",
+        &json!({"request_id": generated["request_id"], "receipt": forged}),
+    );
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (400, Some("bad_receipt_signature")),
+        "{answer}"
+    );
+    let receipt = sign_receipt(&fresh_identity(), &proof).unwrap();
+    let (status, answer) = honest[0].post_json(
+        "/api/ponw/receipt",
+        &json!({"request_id": "0123456789abcdef", "receipt": receipt}),
+    );
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (404, Some("unknown_request")),
+        "{answer}"
+    );
 
     // The measured attack on the verify endpoint: a fresh key's data proof of 10⁷ samples in
     // 600 s, and an inference proof of 10⁶ tokens.

@@ -15,13 +15,14 @@ use libp2p::PeerId;
 use tracing::{debug, error, info, warn};
 
 use super::messages::{
-    CheckProof, GetAccount, GetBalances, GetProofs, LedgerGossip, ModelAdopted, PeerHeard,
-    PeerOffence, PeerWeights, ProofCheck, ProveInference, ProveTraining, PublishLedger,
-    RefusedAtGate, RegisterLedger, RoundVerdicts, SubmitTransaction, SubmittedTransaction,
+    AttachReceipt, CheckProof, GetAccount, GetBalances, GetProofs, LedgerGossip, ModelAdopted,
+    PeerHeard, PeerOffence, PeerWeights, ProofCheck, ProveInference, ProveTraining, PublishLedger,
+    ReceiptAccepted, ReceiptRefused, RefusedAtGate, RegisterLedger, RoundVerdicts,
+    SubmitTransaction, SubmittedTransaction,
 };
 use super::peer::PeerActor;
 use crate::crypto::{Identity, generate_nonce, node_id_of_peer};
-use crate::ledger::proof::{proof_id, sign_proof};
+use crate::ledger::proof::{check_receipt, proof_id, sign_proof};
 use crate::ledger::rewards::{RewardSchedule, stake_multiplier};
 use crate::ledger::settle::{Settlement, SignedVerdicts, settle};
 use crate::ledger::state::Account;
@@ -95,7 +96,15 @@ pub struct LedgerActor {
     /// Peers' uptime proofs this node witnessed lately, (proof timestamp, id), oldest first:
     /// gossiped again each uptime interval for peers that missed the statement.
     witnessed: VecDeque<(u64, String)>,
+    /// This node's inference proofs waiting for their requester's receipt, by request id.
+    awaiting_receipt: BTreeMap<String, (Proof, Instant)>,
 }
+
+/// How long an inference proof waits for its requester's receipt before it is stored without
+/// one (credited 0): ample for a client that signs as soon as the answer arrives.
+const RECEIPT_WAIT: Duration = Duration::from_secs(30);
+/// Inference proofs waiting for receipts; beyond it the oldest is stored without one.
+const MAX_AWAITING_RECEIPT: usize = 1024;
 
 /// Who witnessed one uptime proof, and when this node first learnt of a witness.
 struct Witnesses {
@@ -262,6 +271,7 @@ impl LedgerActor {
             sightings: HashMap::new(),
             witnesses: BTreeMap::new(),
             witnessed: VecDeque::new(),
+            awaiting_receipt: BTreeMap::new(),
         }
     }
 
@@ -291,6 +301,7 @@ impl LedgerActor {
     /// a failure; once it is all written, the ledger is healthy again.
     fn tick(&mut self) {
         let now = Instant::now();
+        self.store_unreceipted(now);
         if !self.retry.due(now) || self.write_backlog().is_err() {
             return;
         }
@@ -302,6 +313,23 @@ impl LedgerActor {
                 "ledger writes work again; the kept proofs are written"
             );
             self.dropped = 0;
+        }
+    }
+
+    /// Stores (and gossips) this node's inference proofs whose receipt did not come in time:
+    /// shown, credited 0.
+    fn store_unreceipted(&mut self, now: Instant) {
+        let expired: Vec<String> = self
+            .awaiting_receipt
+            .iter()
+            .filter(|(_, (_, since))| now.saturating_duration_since(*since) >= RECEIPT_WAIT)
+            .map(|(request_id, _)| request_id.clone())
+            .collect();
+        for request_id in expired {
+            if let Some((proof, _)) = self.awaiting_receipt.remove(&request_id) {
+                // Not stored means not gossiped; `prove` logged why.
+                let _ = self.prove(proof);
+            }
         }
     }
 
@@ -319,7 +347,7 @@ impl LedgerActor {
 
     /// Signs this node's proof, verifies and records it exactly as a peer's would be, and
     /// gossips it once stored: a proof the database did not take is not acknowledged.
-    fn prove(&mut self, proof: Proof) -> Result<(), NotRecorded> {
+    fn prove(&mut self, proof: Proof) -> Result<Option<ProofStatus>, NotRecorded> {
         let kind = proof.kind;
         let signed = match sign_proof(&self.options.identity, proof) {
             Ok(signed) => signed,
@@ -330,13 +358,13 @@ impl LedgerActor {
         };
         if self.options.fault.cheat {
             self.cheat(signed);
-            return Ok(());
+            return Ok(None);
         }
         match self.accept_proof(&signed) {
-            Ok(_) => {
+            Ok(status) => {
                 self.peers
                     .do_send(PublishLedger(LedgerMessage::Proof(signed)));
-                Ok(())
+                Ok(status)
             }
             Err(e) => {
                 match &e {
@@ -978,14 +1006,58 @@ impl Handler<ProveTraining> for LedgerActor {
 }
 
 impl Handler<ProveInference> for LedgerActor {
-    type Result = ();
+    type Result = Result<Proof, String>;
 
-    fn handle(&mut self, msg: ProveInference, _: &mut Self::Context) {
+    /// The proof waits for its requester's receipt (`AttachReceipt`) or `RECEIPT_WAIT`.
+    fn handle(&mut self, msg: ProveInference, _: &mut Self::Context) -> Self::Result {
         let mut proof = self.blank_proof(ProofKind::Inference, msg.seconds);
-        proof.request_id = msg.request_id;
+        proof.request_id = msg.request_id.clone();
         proof.tokens = msg.tokens;
-        // Not stored means not gossiped; `prove` logged why.
-        let _ = self.prove(proof);
+        if self.awaiting_receipt.len() >= MAX_AWAITING_RECEIPT {
+            let oldest = self
+                .awaiting_receipt
+                .iter()
+                .min_by_key(|(_, (_, since))| *since)
+                .map(|(request_id, _)| request_id.clone());
+            if let Some((unreceipted, _)) = oldest.and_then(|id| self.awaiting_receipt.remove(&id))
+            {
+                let _ = self.prove(unreceipted);
+            }
+        }
+        self.awaiting_receipt
+            .insert(msg.request_id, (proof.clone(), Instant::now()));
+        Ok(proof)
+    }
+}
+
+impl Handler<AttachReceipt> for LedgerActor {
+    type Result = Result<ReceiptAccepted, ReceiptRefused>;
+
+    /// Signs the waiting proof with the receipt in it, then stores and gossips it like any own
+    /// proof. A receipt that does not verify leaves the proof waiting for a valid one.
+    fn handle(&mut self, msg: AttachReceipt, _: &mut Self::Context) -> Self::Result {
+        let Some((waiting, _)) = self.awaiting_receipt.get(&msg.request_id) else {
+            return Err(ReceiptRefused::Unknown(msg.request_id));
+        };
+        let proof = Proof {
+            receipt: Some(msg.receipt),
+            ..waiting.clone()
+        };
+        check_receipt(&proof)?;
+        let proof_id = proof_id(&proof).map_err(NotRecorded::from)?;
+        let Some(waiting) = self.awaiting_receipt.remove(&msg.request_id) else {
+            return Err(ReceiptRefused::Unknown(msg.request_id));
+        };
+        match self.prove(proof) {
+            Ok(status) => Ok(ReceiptAccepted { proof_id, status }),
+            Err(e) => {
+                // This node's disk failed, not the receipt: the client may post it again.
+                if matches!(e, NotRecorded::Local(_)) {
+                    self.awaiting_receipt.insert(msg.request_id, waiting);
+                }
+                Err(e.into())
+            }
+        }
     }
 }
 
