@@ -98,6 +98,20 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:8000")]
         url: String,
     },
+    /// Ask a node for text and vouch for it: sign the receipt for the node's inference proof with
+    /// your token's key and post it back, so the node earns for serving you. Prints the text.
+    Generate {
+        /// The node's API address.
+        #[arg(long, default_value = "http://127.0.0.1:8000")]
+        node: String,
+        /// Your wallet token: its key signs the receipt (another key than the node's).
+        #[arg(long, env = "NEUROSHARD_TOKEN")]
+        token: String,
+        /// Bytes (tokens) to generate, 1..=512.
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        prompt: String,
+    },
     /// Start N nodes on 127.0.0.1 (network id "devnet", nodes 2..N seeded with node 1), print their
     /// URLs and wait; Ctrl-C stops them all. Tokens are kept in STATE_DIR/nodeK/token.
     Devnet {
@@ -260,6 +274,23 @@ fn main() -> ExitCode {
             command: LedgerCommand::Verify { state_dir },
         }) => return verify_ledger(&cli, state_dir),
         Some(Command::Status { url }) => return print_status(url),
+        Some(Command::Generate {
+            node,
+            token,
+            max_new_tokens,
+            prompt,
+        }) => {
+            return match generate_with_receipt(node, token, *max_new_tokens, prompt) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         Some(Command::Network { command }) => {
             return match network_command(command) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -394,6 +425,78 @@ fn verify_ledger(cli: &Cli, state_dir: &std::path::Path) -> ExitCode {
 }
 
 /// `neuroshard status`: one screen of a running node's state; exit 1 when it cannot be reached.
+/// POST /generate_text, check that the node's inference proof claims what it served (the
+/// tokenizer is byte-level: prompt and text bytes), sign its receipt, POST /api/ponw/receipt.
+fn generate_with_receipt(
+    node: &str,
+    token: &str,
+    max_new_tokens: usize,
+    prompt: &str,
+) -> Result<String, String> {
+    let identity = Identity::from_token(token).map_err(|e| format!("--token: {e}"))?;
+    let agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(120)))
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let base = node.trim_end_matches('/');
+    let post = |path: &str, body: serde_json::Value| -> Result<serde_json::Value, String> {
+        let mut response = agent
+            .post(&format!("{base}{path}"))
+            .send_json(body)
+            .map_err(|e| format!("{base}{path}: {e}"))?;
+        let status = response.status();
+        let answer: serde_json::Value = response
+            .body_mut()
+            .read_json()
+            .map_err(|e| format!("{base}{path}: HTTP {status}, not JSON: {e}"))?;
+        if status.is_success() {
+            Ok(answer)
+        } else {
+            Err(format!("{base}{path}: HTTP {status}: {answer}"))
+        }
+    };
+    let answer = post(
+        "/generate_text",
+        serde_json::json!({"prompt": prompt, "max_new_tokens": max_new_tokens}),
+    )?;
+    let text = answer["text"]
+        .as_str()
+        .ok_or_else(|| format!("the answer has no text: {answer}"))?
+        .to_string();
+    let request_id = answer["request_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let proof: neuroshard::ledger::Proof = serde_json::from_value(answer["proof"].clone())
+        .map_err(|e| format!("the answer carries no inference proof to vouch for: {e}"))?;
+    let served = (prompt.len() + text.len()) as u64;
+    // A receipt vouches for the claim: never sign more than was served.
+    if proof.kind != neuroshard::ledger::ProofKind::Inference
+        || proof.request_id != request_id
+        || proof.tokens != served
+    {
+        return Err(format!(
+            "the node's proof ({:?}, request {:?}, {} tokens) is not the {served} tokens of request \
+             {request_id:?} it served; no receipt signed",
+            proof.kind, proof.request_id, proof.tokens
+        ));
+    }
+    let receipt = neuroshard::ledger::proof::sign_receipt(&identity, &proof)
+        .map_err(|e| format!("cannot sign a receipt for the node's proof: {e}"))?;
+    let accepted = post(
+        "/api/ponw/receipt",
+        serde_json::json!({"request_id": request_id, "receipt": receipt}),
+    )?;
+    eprintln!(
+        "receipt signed by {} for request {request_id}: proof {} {}",
+        identity.node_id,
+        accepted["proof_id"].as_str().unwrap_or("?"),
+        accepted["status"].as_str().unwrap_or("?")
+    );
+    Ok(text)
+}
+
 fn print_status(url: &str) -> ExitCode {
     let agent = ureq::Agent::config_builder()
         .timeout_global(Some(std::time::Duration::from_secs(5)))

@@ -29,6 +29,7 @@ use crate::diloco::codec::max_delta_len;
 use crate::diloco::round::RoundOptions;
 use crate::diloco::weight::WeightRule;
 use crate::ledger::store::LedgerStore;
+use crate::ledger::witness::Watch;
 use crate::logs::LogRing;
 use crate::model::backend::{CpuBackend, cpu_device, train_backend_name};
 use crate::model::checkpoint::{self, OuterState};
@@ -601,6 +602,14 @@ pub async fn run(config: Config, logs: LogRing) -> Result<(), NodeError> {
         schedule: config.ledger.rewards.clone(),
         limits: config.ledger.limits.clone(),
         uptime_interval: Duration::from_secs(config.ledger.uptime_interval_s),
+        watch: Watch {
+            heartbeat_ms: config.network.heartbeat_interval_s.saturating_mul(1000),
+            silence_ms: config
+                .network
+                .heartbeat_interval_s
+                .saturating_mul(1000)
+                .saturating_mul(config.network.drop_after_intervals.into()),
+        },
         fault: PonwFault {
             cheat: fault_switch("NEUROSHARD_FAULT_PONW").is_some_and(|n| n > 0),
             inflate_claims: fault_switch("NEUROSHARD_FAULT_CLAIM_INFLATION").is_some_and(|n| n > 0),

@@ -228,8 +228,9 @@ fn python_verifies_what_a_running_node_signs() {
                 .as_array()
                 .cloned()
                 .unwrap_or_default();
-            // The inference proof carries no receipt, so it earns nothing: uptime pays for the
-            // transfer and the stake below (3,100 nano-NEURO).
+            // The inference proof carries no receipt and a lone node's uptime has no witness,
+            // so neither earns: training pays for the transfer and the stake below (3,100
+            // nano-NEURO).
             ["uptime", "training", "inference"]
                 .iter()
                 .all(|kind| listed.iter().any(|p| p["proof"]["kind"] == *kind))

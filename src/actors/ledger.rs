@@ -1,10 +1,12 @@
 //! LedgerActor: owns the SQLite ledger on its own thread (every call blocks on the database).
 //! It signs this node's proofs (uptime on a timer, training when Sync has a delta out, inference
 //! when HTTP served a request), verifies and records everyone's proofs and transactions the same
-//! way, credits training proofs only when the round's robust aggregation kept their delta, and
-//! publishes this node's account to the StatusBoard for the API.
+//! way, credits training proofs only when the round's robust aggregation kept their delta and
+//! uptime proofs only when peers of enough weight witnessed them (it witnesses its peers' uptime
+//! from the heartbeats it hears), and publishes this node's account to the StatusBoard for the
+//! API.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,13 +15,14 @@ use libp2p::PeerId;
 use tracing::{debug, error, info, warn};
 
 use super::messages::{
-    CheckProof, GetAccount, GetBalances, GetProofs, LedgerGossip, ModelAdopted, PeerOffence,
-    PeerWeights, ProofCheck, ProveInference, ProveTraining, PublishLedger, RefusedAtGate,
-    RegisterLedger, RoundVerdicts, SubmitTransaction, SubmittedTransaction,
+    AttachReceipt, CheckProof, GetAccount, GetBalances, GetProofs, LedgerGossip, ModelAdopted,
+    PeerHeard, PeerOffence, PeerWeights, ProofCheck, ProveInference, ProveTraining, PublishLedger,
+    ReceiptAccepted, ReceiptRefused, RefusedAtGate, RegisterLedger, RoundVerdicts,
+    SubmitTransaction, SubmittedTransaction,
 };
 use super::peer::PeerActor;
 use crate::crypto::{Identity, generate_nonce, node_id_of_peer};
-use crate::ledger::proof::{proof_id, sign_proof};
+use crate::ledger::proof::{check_receipt, proof_id, sign_proof};
 use crate::ledger::rewards::{RewardSchedule, stake_multiplier};
 use crate::ledger::settle::{Settlement, SignedVerdicts, settle};
 use crate::ledger::state::Account;
@@ -28,6 +31,7 @@ use crate::ledger::store::{
 };
 use crate::ledger::tx::{check_transaction, sign_transaction, tx_id};
 use crate::ledger::verify::{ProofLimits, verify_proof};
+use crate::ledger::witness::{MAX_WITNESSED, Sighting, Watch, decide, saw, tally};
 use crate::ledger::{
     Nano, Proof, ProofKind, ProofRejection, SignedProof, SignedTransaction, Transaction, TxKind,
     TxRejection, rewards::burn_fee,
@@ -39,8 +43,9 @@ use crate::status::{Component, LocalFault, NeuroView, StatusBoard};
 /// (counters raised after signing) and replays of its peers' proofs, to show that neither earns
 /// anything. NEUROSHARD_FAULT_CLAIM_INFLATION=1 (`inflate_claims`): every uptime tick this node
 /// also signs and gossips a self-declared data proof of 10⁷ samples and an inference proof of
-/// 10⁹ tokens (each at the per-proof cap, and plausible), to show that claims nobody else vouches
-/// for earn nothing.
+/// 10⁹ tokens (each at the per-proof cap, and plausible), and its first uptime proof claims the
+/// most one proof may (`max_uptime_per_proof_s`), time before it started included, to show that
+/// claims nobody else vouches for earn nothing.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PonwFault {
     pub cheat: bool,
@@ -52,6 +57,8 @@ pub struct LedgerOptions {
     pub schedule: RewardSchedule,
     pub limits: ProofLimits,
     pub uptime_interval: Duration,
+    /// How this node judges its peers' liveness when it witnesses their uptime.
+    pub watch: Watch,
     pub fault: PonwFault,
 }
 
@@ -81,7 +88,36 @@ pub struct LedgerActor {
     retry: Retry,
     /// Peers' verified proofs dropped because the inbox was full while writes failed.
     dropped: u64,
+    /// What this node heard of each peer (its signed heartbeats): what it may witness.
+    sightings: HashMap<String, Sighting>,
+    /// Witnesses (this node's own statement included) of uptime proofs not credited yet, by
+    /// proof id.
+    witnesses: BTreeMap<String, Witnesses>,
+    /// Peers' uptime proofs this node witnessed lately, (proof timestamp, id), oldest first:
+    /// gossiped again each uptime interval for peers that missed the statement.
+    witnessed: VecDeque<(u64, String)>,
+    /// This node's inference proofs waiting for their requester's receipt, by request id.
+    awaiting_receipt: BTreeMap<String, (Proof, Instant)>,
 }
+
+/// How long an inference proof waits for its requester's receipt before it is stored without
+/// one (credited 0): ample for a client that signs as soon as the answer arrives.
+const RECEIPT_WAIT: Duration = Duration::from_secs(30);
+/// Inference proofs waiting for receipts; beyond it the oldest is stored without one.
+const MAX_AWAITING_RECEIPT: usize = 1024;
+
+/// Who witnessed one uptime proof, and when this node first learnt of a witness.
+struct Witnesses {
+    since: Instant,
+    by: BTreeSet<String>,
+}
+
+/// Peers whose heartbeats are remembered for witnessing (as many as the peer table holds); the
+/// longest silent is forgotten first.
+const MAX_SIGHTINGS: usize = 4096;
+/// Uptime proofs whose witnesses are kept until they settle; a flood evicts the oldest (honest
+/// witnesses gossip their statements again each uptime interval).
+const MAX_UNSETTLED_UPTIME: usize = 4096;
 
 /// One verdict as the store records it: (delta hash, node_id, kept, reason).
 type VerdictRow = (String, String, bool, String);
@@ -208,12 +244,20 @@ impl LedgerActor {
         peers: Addr<PeerActor>,
         status: StatusBoard,
     ) -> Self {
+        let now = Instant::now();
+        // The claim-inflation switch: the first uptime proof claims time before the node started.
+        let last_uptime_proof = if options.fault.inflate_claims {
+            let cap = Duration::from_secs(options.limits.max_uptime_per_proof_s);
+            now.checked_sub(cap).unwrap_or(now)
+        } else {
+            now
+        };
         Self {
             store,
             options,
             peers,
             status,
-            last_uptime_proof: Instant::now(),
+            last_uptime_proof,
             stolen: Vec::new(),
             adopted: BTreeMap::new(),
             pending_verdicts: Vec::new(),
@@ -224,6 +268,10 @@ impl LedgerActor {
             unwritten_verdicts: VecDeque::new(),
             retry: Retry::default(),
             dropped: 0,
+            sightings: HashMap::new(),
+            witnesses: BTreeMap::new(),
+            witnessed: VecDeque::new(),
+            awaiting_receipt: BTreeMap::new(),
         }
     }
 
@@ -253,6 +301,7 @@ impl LedgerActor {
     /// a failure; once it is all written, the ledger is healthy again.
     fn tick(&mut self) {
         let now = Instant::now();
+        self.store_unreceipted(now);
         if !self.retry.due(now) || self.write_backlog().is_err() {
             return;
         }
@@ -264,6 +313,23 @@ impl LedgerActor {
                 "ledger writes work again; the kept proofs are written"
             );
             self.dropped = 0;
+        }
+    }
+
+    /// Stores (and gossips) this node's inference proofs whose receipt did not come in time:
+    /// shown, credited 0.
+    fn store_unreceipted(&mut self, now: Instant) {
+        let expired: Vec<String> = self
+            .awaiting_receipt
+            .iter()
+            .filter(|(_, (_, since))| now.saturating_duration_since(*since) >= RECEIPT_WAIT)
+            .map(|(request_id, _)| request_id.clone())
+            .collect();
+        for request_id in expired {
+            if let Some((proof, _)) = self.awaiting_receipt.remove(&request_id) {
+                // Not stored means not gossiped; `prove` logged why.
+                let _ = self.prove(proof);
+            }
         }
     }
 
@@ -281,7 +347,7 @@ impl LedgerActor {
 
     /// Signs this node's proof, verifies and records it exactly as a peer's would be, and
     /// gossips it once stored: a proof the database did not take is not acknowledged.
-    fn prove(&mut self, proof: Proof) -> Result<(), NotRecorded> {
+    fn prove(&mut self, proof: Proof) -> Result<Option<ProofStatus>, NotRecorded> {
         let kind = proof.kind;
         let signed = match sign_proof(&self.options.identity, proof) {
             Ok(signed) => signed,
@@ -292,13 +358,13 @@ impl LedgerActor {
         };
         if self.options.fault.cheat {
             self.cheat(signed);
-            return Ok(());
+            return Ok(None);
         }
         match self.accept_proof(&signed) {
-            Ok(_) => {
+            Ok(status) => {
                 self.peers
                     .do_send(PublishLedger(LedgerMessage::Proof(signed)));
-                Ok(())
+                Ok(status)
             }
             Err(e) => {
                 match &e {
@@ -396,6 +462,7 @@ impl LedgerActor {
             Ok(None) => return None,
             Err(e) => return e.offence(),
         };
+        self.witness(&id, &signed.proof);
         if self.inbox.len() >= MAX_INBOX {
             self.dropped += 1;
             if self.dropped.is_power_of_two() {
@@ -428,7 +495,7 @@ impl LedgerActor {
             .map(|(signed, base, _)| (signed.clone(), *base))
             .collect();
         let results = self.store_proofs(&batch)?;
-        self.inbox_ids.clear();
+        let stored: Vec<String> = self.inbox_ids.drain().collect();
         let origins = std::mem::take(&mut self.inbox)
             .into_iter()
             .map(|(_, _, origin)| origin);
@@ -437,7 +504,99 @@ impl LedgerActor {
                 self.peers.do_send(PeerOffence { peer, rejection });
             }
         }
+        // Witnesses may have come before the proof.
+        self.settle_uptime(stored);
         Ok(())
+    }
+
+    /// A peer's new uptime proof: this node witnesses it (records its own statement and gossips
+    /// it) when it carries weight itself and heard the claimant over the whole claimed interval.
+    fn witness(&mut self, id: &str, proof: &Proof) {
+        let own = &self.options.identity.node_id;
+        if proof.kind != ProofKind::Uptime || proof.node_id == *own || self.weight_of(own) <= 0.0 {
+            return;
+        }
+        if let Err(why) = saw(
+            self.sightings.get(&proof.node_id),
+            proof,
+            &self.options.watch,
+        ) {
+            debug!(claimant = %proof.node_id, proof = id, "uptime not witnessed: {why}");
+            return;
+        }
+        self.add_witness(id, own.clone());
+        self.witnessed
+            .push_back((proof.timestamp_ms, id.to_owned()));
+        if self.witnessed.len() > MAX_WITNESSED {
+            self.witnessed.pop_front();
+        }
+        self.peers.do_send(PublishLedger(LedgerMessage::Witnessed {
+            proofs: vec![id.to_owned()],
+        }));
+    }
+
+    fn add_witness(&mut self, id: &str, witness: String) {
+        if !self.witnesses.contains_key(id) && self.witnesses.len() >= MAX_UNSETTLED_UPTIME {
+            let oldest = self
+                .witnesses
+                .iter()
+                .min_by_key(|(_, w)| w.since)
+                .map(|(id, _)| id.clone());
+            if let Some(oldest) = oldest {
+                self.witnesses.remove(&oldest);
+            }
+        }
+        let entry = self
+            .witnesses
+            .entry(id.to_owned())
+            .or_insert_with(|| Witnesses {
+                since: Instant::now(),
+                by: BTreeSet::new(),
+            });
+        entry.by.insert(witness);
+    }
+
+    /// Credits the stored pending uptime proofs among `ids` whose witnesses now weigh enough by
+    /// this node's weights (`witness::decide`); the witnesses and weights that settled a proof
+    /// are stored with it. Witnesses of a proof that is not stored yet wait for it.
+    fn settle_uptime(&mut self, ids: impl IntoIterator<Item = String>) {
+        let mut credited = false;
+        for id in ids {
+            let Some(witnesses) = self.witnesses.get(&id) else {
+                continue;
+            };
+            let claimant = match self.store.uptime_claim(&id) {
+                Ok(Some((claimant, ProofStatus::Pending))) => claimant,
+                Ok(Some(_)) => {
+                    self.witnesses.remove(&id);
+                    continue;
+                }
+                Ok(None) => continue,
+                Err(e) => {
+                    self.failed(e);
+                    return;
+                }
+            };
+            let tally = tally(&claimant, &witnesses.by, &self.weights);
+            if let Err(why) = decide(&claimant, &tally) {
+                debug!(proof = %id, "uptime not settled: {why}");
+                continue;
+            }
+            // On failure the witnesses stay for the next try.
+            match self.store.record_witnessed(&id, &tally) {
+                Ok(_) => {
+                    self.witnesses.remove(&id);
+                    credited = true;
+                }
+                Err(e) => {
+                    self.failed(e);
+                    return;
+                }
+            }
+        }
+        if credited {
+            self.publish_account();
+        }
     }
 
     /// Checks a transaction (signature, freshness, fee) and lets the fold decide whether it
@@ -701,6 +860,17 @@ impl LedgerActor {
                 transactions,
             }));
         }
+        let witnessed: Vec<String> = self
+            .witnessed
+            .iter()
+            .filter(|(timestamp_ms, _)| *timestamp_ms >= since)
+            .map(|(_, id)| id.clone())
+            .collect();
+        if !witnessed.is_empty() {
+            self.peers.do_send(PublishLedger(LedgerMessage::Witnessed {
+                proofs: witnessed,
+            }));
+        }
     }
 
     fn prove_uptime(&mut self) {
@@ -724,6 +894,7 @@ impl Actor for LedgerActor {
         self.peers.do_send(RegisterLedger {
             gossip: ctx.address().recipient(),
             refused: ctx.address().recipient(),
+            heard: ctx.address().recipient(),
         });
         self.publish_account();
         ctx.run_interval(INBOX_FLUSH, |act, _| act.tick());
@@ -782,6 +953,17 @@ impl Handler<LedgerGossip> for LedgerActor {
                 });
                 None
             }
+            LedgerMessage::Witnessed { proofs } => {
+                let witness = node_id_of_peer(&msg.origin);
+                // Identities without weight witness nothing: not even kept.
+                if self.weight_of(&witness) > 0.0 {
+                    for id in proofs {
+                        self.add_witness(id, witness.clone());
+                    }
+                    self.settle_uptime(proofs.iter().cloned());
+                }
+                None
+            }
         };
         if let Some(rejection) = refused {
             self.peers.do_send(PeerOffence {
@@ -824,14 +1006,58 @@ impl Handler<ProveTraining> for LedgerActor {
 }
 
 impl Handler<ProveInference> for LedgerActor {
-    type Result = ();
+    type Result = Result<Proof, String>;
 
-    fn handle(&mut self, msg: ProveInference, _: &mut Self::Context) {
+    /// The proof waits for its requester's receipt (`AttachReceipt`) or `RECEIPT_WAIT`.
+    fn handle(&mut self, msg: ProveInference, _: &mut Self::Context) -> Self::Result {
         let mut proof = self.blank_proof(ProofKind::Inference, msg.seconds);
-        proof.request_id = msg.request_id;
+        proof.request_id = msg.request_id.clone();
         proof.tokens = msg.tokens;
-        // Not stored means not gossiped; `prove` logged why.
-        let _ = self.prove(proof);
+        if self.awaiting_receipt.len() >= MAX_AWAITING_RECEIPT {
+            let oldest = self
+                .awaiting_receipt
+                .iter()
+                .min_by_key(|(_, (_, since))| *since)
+                .map(|(request_id, _)| request_id.clone());
+            if let Some((unreceipted, _)) = oldest.and_then(|id| self.awaiting_receipt.remove(&id))
+            {
+                let _ = self.prove(unreceipted);
+            }
+        }
+        self.awaiting_receipt
+            .insert(msg.request_id, (proof.clone(), Instant::now()));
+        Ok(proof)
+    }
+}
+
+impl Handler<AttachReceipt> for LedgerActor {
+    type Result = Result<ReceiptAccepted, ReceiptRefused>;
+
+    /// Signs the waiting proof with the receipt in it, then stores and gossips it like any own
+    /// proof. A receipt that does not verify leaves the proof waiting for a valid one.
+    fn handle(&mut self, msg: AttachReceipt, _: &mut Self::Context) -> Self::Result {
+        let Some((waiting, _)) = self.awaiting_receipt.get(&msg.request_id) else {
+            return Err(ReceiptRefused::Unknown(msg.request_id));
+        };
+        let proof = Proof {
+            receipt: Some(msg.receipt),
+            ..waiting.clone()
+        };
+        check_receipt(&proof)?;
+        let proof_id = proof_id(&proof).map_err(NotRecorded::from)?;
+        let Some(waiting) = self.awaiting_receipt.remove(&msg.request_id) else {
+            return Err(ReceiptRefused::Unknown(msg.request_id));
+        };
+        match self.prove(proof) {
+            Ok(status) => Ok(ReceiptAccepted { proof_id, status }),
+            Err(e) => {
+                // This node's disk failed, not the receipt: the client may post it again.
+                if matches!(e, NotRecorded::Local(_)) {
+                    self.awaiting_receipt.insert(msg.request_id, waiting);
+                }
+                Err(e.into())
+            }
+        }
     }
 }
 
@@ -870,6 +1096,33 @@ impl Handler<PeerWeights> for LedgerActor {
     fn handle(&mut self, msg: PeerWeights, _: &mut Self::Context) {
         self.weights = msg.0;
         self.settle_verdicts();
+        // Witnesses older than the freshness window gain no company: their proofs' claimants
+        // stopped gossiping them.
+        let window = Duration::from_secs(self.options.limits.freshness_window_s);
+        self.witnesses.retain(|_, w| w.since.elapsed() < window);
+        let unsettled: Vec<String> = self.witnesses.keys().cloned().collect();
+        self.settle_uptime(unsettled);
+    }
+}
+
+impl Handler<PeerHeard> for LedgerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: PeerHeard, _: &mut Self::Context) {
+        let PeerHeard(node_id) = msg;
+        if !self.sightings.contains_key(&node_id) && self.sightings.len() >= MAX_SIGHTINGS {
+            let longest_silent = self
+                .sightings
+                .iter()
+                .min_by_key(|(_, s)| s.last_ms)
+                .map(|(id, _)| id.clone());
+            if let Some(id) = longest_silent {
+                self.sightings.remove(&id);
+            }
+        }
+        let previous = self.sightings.get(&node_id).copied();
+        let sighting = Sighting::heard(previous, unix_ms(), &self.options.watch);
+        self.sightings.insert(node_id, sighting);
     }
 }
 

@@ -10,8 +10,10 @@ use actix::prelude::*;
 use crate::aggregate::{Aggregate, AggregateError, AggregationConfig, Contribution};
 use crate::diloco::machine::TrainerPeer;
 use crate::ledger::state::Account;
-use crate::ledger::store::StoredProof;
-use crate::ledger::{Nano, ProofRejection, SignedProof, SignedTransaction, TxKind};
+use crate::ledger::store::{ProofStatus, StoredProof};
+use crate::ledger::{
+    Nano, Proof, ProofRejection, Receipt, SignedProof, SignedTransaction, TxKind, Unreceipted,
+};
 use crate::model::checkpoint::TrainerSnapshot;
 use crate::net::blob::BlobId;
 use crate::net::wire::{LedgerMessage, Rejection, RoundAnnouncement};
@@ -183,7 +185,14 @@ pub struct PublishLedger(pub LedgerMessage);
 pub struct RegisterLedger {
     pub gossip: Recipient<LedgerGossip>,
     pub refused: Recipient<RefusedAtGate>,
+    pub heard: Recipient<PeerHeard>,
 }
+
+/// Peer → Ledger: a valid, fresh heartbeat signed by this node_id arrived now: what this node
+/// may later witness of that node's uptime (`ledger::witness`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PeerHeard(pub String);
 
 /// Peer → Ledger: a ledger message refused before it reached the ledger (forged proof, someone
 /// else's proof); counted with the ledger's own rejections, by reason.
@@ -257,13 +266,42 @@ pub struct ModelAdopted {
     pub theta0_hash: String,
 }
 
-/// HTTP → Ledger: a generation request was served; sign an inference proof.
+/// HTTP → Ledger: a generation request was served. The answer is the inference proof this node
+/// will sign, without its receipt: the requester signs a receipt over it (`proof::sign_receipt`)
+/// and posts it back (`AttachReceipt`); without one in time the proof is stored unreceipted.
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Result<Proof, String>")]
 pub struct ProveInference {
     pub request_id: String,
     pub tokens: u64,
     pub seconds: f64,
+}
+
+/// HTTP → Ledger: the requester's receipt for the inference proof of `request_id`; the proof is
+/// signed with it, stored and gossiped, and earns.
+#[derive(Message)]
+#[rtype(result = "Result<ReceiptAccepted, ReceiptRefused>")]
+pub struct AttachReceipt {
+    pub request_id: String,
+    pub receipt: Receipt,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReceiptAccepted {
+    pub proof_id: String,
+    /// `None` only under the NEUROSHARD_FAULT_PONW switch, which stores nothing honest.
+    pub status: Option<ProofStatus>,
+}
+
+/// Why a receipt was not attached.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiptRefused {
+    #[error("no inference proof of this node awaits a receipt for request {0:?}")]
+    Unknown(String),
+    #[error(transparent)]
+    Invalid(#[from] Unreceipted),
+    #[error(transparent)]
+    NotRecorded(#[from] super::ledger::NotRecorded),
 }
 
 /// HTTP → Ledger: one account (zero if the ledger has never seen it).

@@ -29,9 +29,9 @@ use libp2p::{
 use tracing::{debug, info, warn};
 
 use super::messages::{
-    AnnounceRound, BlobServed, FetchBlob, LedgerGossip, OfferBlob, PeerOffence, PeerRoundAnnounced,
-    PublishLedger, RefusedAtGate, RegisterAttack, RegisterLedger, RegisterRounds, RoundObserved,
-    TrainerPeers,
+    AnnounceRound, BlobServed, FetchBlob, LedgerGossip, OfferBlob, PeerHeard, PeerOffence,
+    PeerRoundAnnounced, PublishLedger, RefusedAtGate, RegisterAttack, RegisterLedger,
+    RegisterRounds, RoundObserved, TrainerPeers,
 };
 use crate::admission::{Certificate, Genesis, Policy, unix_s};
 use crate::crypto::{Identity, generate_token};
@@ -742,8 +742,11 @@ impl PeerActor {
                     self.table
                         .accept_heartbeat(now, now_ms, source, origin, heartbeat)
                 })
-                .map(|()| MessageAcceptance::Accept)
-                .map_err(blame(Blame::Origin))
+                .map_err(blame(Blame::Origin))?;
+            if let Some(ledger) = &self.ledger {
+                ledger.heard.do_send(PeerHeard(node_id));
+            }
+            Ok(MessageAcceptance::Accept)
         } else if message.topic == self.topics.round.hash() {
             self.table
                 .admit(now, origin)
@@ -786,7 +789,7 @@ impl PeerActor {
                 LedgerMessage::Recent { proofs, .. } => proofs.as_slice(),
                 _ => &[],
             };
-            let gate = entry.check_signer(&node_id).and_then(|()| {
+            let gate = entry.check(&node_id).and_then(|()| {
                 proofs
                     .iter()
                     .try_for_each(|proof| check_signature(proof).map_err(Rejection::from))

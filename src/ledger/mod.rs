@@ -14,6 +14,7 @@ pub mod state;
 pub mod store;
 pub mod tx;
 pub mod verify;
+pub mod witness;
 
 use serde::{Deserialize, Serialize};
 

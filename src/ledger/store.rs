@@ -27,6 +27,7 @@ use super::rewards::RewardSchedule;
 use super::state::{Account, Event, LedgerState};
 use super::tx::tx_id;
 use super::verify::{ProofHistory, unpaid_reason};
+use super::witness::{Tally, decide};
 use super::{
     Nano, Proof, ProofKind, SignedProof, SignedTransaction, Transaction, TxKind, TxRejection,
 };
@@ -91,6 +92,12 @@ const MIGRATIONS: &[&str] = &[
     // 2: the events of an epoch onwards, loaded to fold the open epoch again.
     "CREATE INDEX proofs_credited_by_time ON proofs (timestamp_ms) WHERE status = 'credited';
     CREATE INDEX transactions_by_time ON transactions (timestamp_ms);",
+    // 3: uptime proofs credited by their witnesses: the witnesses and weights that settled each
+    // (`witness::Tally`, JSON), so the decision can be recomputed.
+    "CREATE TABLE witnessed (
+        proof_id TEXT PRIMARY KEY NOT NULL,
+        tally TEXT NOT NULL
+    ) STRICT;",
 ];
 
 /// The schema this binary writes.
@@ -142,7 +149,8 @@ type Fallible<T> = Result<T, LedgerErrorKind>;
 pub enum ProofStatus {
     /// Counted in the balances.
     Credited,
-    /// A training proof waiting for the verdict on its delta.
+    /// A training proof waiting for the verdict on its delta, or an uptime proof waiting for
+    /// witnesses of enough weight.
     Pending,
     /// Credited nothing: a training proof whose delta was not kept (or belongs to another
     /// node), or a data or inference proof without a valid receipt (self-declared).
@@ -464,6 +472,42 @@ impl LedgerStore {
         result.map_err(|kind| self.error(kind))
     }
 
+    /// The claimant of the stored uptime proof `proof_id` and its status; `None` when no uptime
+    /// proof with that id is stored (yet).
+    pub fn uptime_claim(
+        &self,
+        proof_id: &str,
+    ) -> Result<Option<(String, ProofStatus)>, LedgerError> {
+        let row: Option<(String, String)> = self
+            .conn
+            .prepare_cached("SELECT node_id, status FROM proofs WHERE id = ?1 AND kind = 'uptime'")
+            .and_then(|mut statement| {
+                statement
+                    .query_row([proof_id], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()
+            })
+            .map_err(|e| self.error(e.into()))?;
+        row.map(|(node_id, status)| Ok((node_id, ProofStatus::parse(&status)?)))
+            .transpose()
+            .map_err(|kind| self.error(kind))
+    }
+
+    /// Credits the pending uptime proof `proof_id` when `tally` (its witnesses, weighed) passes
+    /// `witness::decide`, and records the tally with it; returns the proof's status, `None` when
+    /// no pending uptime proof has that id. Only a passing tally is recorded, and the first
+    /// stands: a credited proof is not pending any more.
+    pub fn record_witnessed(
+        &mut self,
+        proof_id: &str,
+        tally: &Tally,
+    ) -> Result<Option<ProofStatus>, LedgerError> {
+        let result = self.commit_batch(
+            |db| stage_witnessed(db, proof_id, tally),
+            |status, _| Ok(status),
+        );
+        result.map_err(|kind| self.error(kind))
+    }
+
     /// Counts a proof or transaction refused by verification (not stored as an event); written
     /// by the next `save_rejections`.
     pub fn count_rejection(&mut self, kind: &str) {
@@ -753,9 +797,27 @@ fn training_status(
     }
 }
 
-/// The status of a proof that is not a training proof: credited, unless it is a data or
-/// inference proof that no one but its claimant vouches for (no valid receipt), which is stored
-/// and shown but credited nothing.
+/// An uptime proof's status given the witnesses that settled it: pending until a tally of enough
+/// weight is recorded (`witness::decide`, which gives the reason either way).
+fn uptime_status(node_id: &str, tally: Option<&Tally>) -> (ProofStatus, Option<String>) {
+    match tally.map(|tally| decide(node_id, tally)) {
+        None => (ProofStatus::Pending, None),
+        Some(Ok(reason)) => (ProofStatus::Credited, Some(reason)),
+        Some(Err(why)) => (ProofStatus::Pending, Some(why)),
+    }
+}
+
+fn tally_for(db: &Connection, proof_id: &str) -> Fallible<Option<Tally>> {
+    let text: Option<String> = db
+        .prepare_cached("SELECT tally FROM witnessed WHERE proof_id = ?1")?
+        .query_row([proof_id], |row| row.get(0))
+        .optional()?;
+    text.map(|text| parse_json(&text, || format!("witness tally of proof {proof_id}")))
+        .transpose()
+}
+
+/// The status of a data or inference proof: credited, unless no one but its claimant vouches
+/// for it (no valid receipt): then it is stored and shown but credited nothing.
 fn receipt_status(proof: &Proof) -> (ProofStatus, Option<String>) {
     match unpaid_reason(proof) {
         None => (ProofStatus::Credited, None),
@@ -1223,11 +1285,13 @@ fn stage_proofs(
             outcomes.push(InsertOutcome::Replay);
             continue;
         }
-        let (status, reason) = if proof.kind == ProofKind::Training {
-            let verdict = verdict_for(db, proof.outer_round, &proof.delta_hash)?;
-            training_status(&proof.node_id, verdict.as_ref())
-        } else {
-            receipt_status(proof)
+        let (status, reason) = match proof.kind {
+            ProofKind::Training => {
+                let verdict = verdict_for(db, proof.outer_round, &proof.delta_hash)?;
+                training_status(&proof.node_id, verdict.as_ref())
+            }
+            ProofKind::Uptime => uptime_status(&proof.node_id, tally_for(db, &id)?.as_ref()),
+            ProofKind::Data | ProofKind::Inference => receipt_status(proof),
         };
         let body = to_json(signed, || format!("proof {id}"))?;
         insert.execute(params![
@@ -1385,9 +1449,54 @@ fn stage_verdicts(
     })
 }
 
+fn stage_witnessed(
+    db: &Connection,
+    proof_id: &str,
+    tally: &Tally,
+) -> Fallible<Staged<Option<ProofStatus>>> {
+    let mut staged = Staged {
+        value: None,
+        events: EventRows::default(),
+        proofs_added: 0,
+        transactions_added: 0,
+    };
+    let pending = db
+        .prepare_cached(
+            "SELECT node_id, timestamp_ms, base_reward FROM proofs
+             WHERE id = ?1 AND kind = 'uptime' AND status = 'pending'",
+        )?
+        .query_row([proof_id], |row| {
+            Ok((row.get::<_, String>(0)?, get_u64(row, 1)?, get_u64(row, 2)?))
+        })
+        .optional()?;
+    let Some((node_id, timestamp_ms, base_reward)) = pending else {
+        return Ok(staged);
+    };
+    let (status, reason) = uptime_status(&node_id, Some(tally));
+    staged.value = Some(status);
+    if status != ProofStatus::Credited {
+        return Ok(staged);
+    }
+    let text = to_json(tally, || format!("witness tally of proof {proof_id}"))?;
+    db.prepare_cached("INSERT INTO witnessed (proof_id, tally) VALUES (?1, ?2)")?
+        .execute(params![proof_id, text])?;
+    db.prepare_cached("UPDATE proofs SET status = ?2, reason = ?3 WHERE id = ?1")?
+        .execute(params![proof_id, status.as_str(), reason])?;
+    staged.events.proofs.push(ProofRow {
+        id: proof_id.to_owned(),
+        node_id,
+        timestamp_ms,
+        base_reward,
+        credited: true,
+        stored_credit: None,
+    });
+    Ok(staged)
+}
+
 /// Re-checks a ledger database from its events alone: every stored proof and transaction
 /// against the given signature checks (not verification's freshness: stored events are old),
-/// every id against its body, training statuses against the verdicts, then folds the valid
+/// every id against its body, training statuses against the verdicts, uptime statuses against
+/// the witness tallies (`witness::decide` again), then folds the valid
 /// events and compares each account, each event's status and the network totals with what is
 /// stored. Opens the file read-only and reads one snapshot, so a running node may keep writing.
 pub fn verify_store(
@@ -1439,8 +1548,18 @@ fn verify_at(
         verdicts.insert(key, verdict);
     }
     report.verdicts = verdicts.len() as u64;
+    let mut tallies = HashMap::new();
+    let mut statement = snapshot.prepare("SELECT proof_id, tally FROM witnessed")?;
+    let mut rows = statement.query([])?;
+    while let Some(row) = rows.next()? {
+        let proof_id: String = row.get(0)?;
+        let tally: Tally = parse_json(&row.get::<_, String>(1)?, || {
+            format!("witness tally of proof {proof_id}")
+        })?;
+        tallies.insert(proof_id, tally);
+    }
 
-    let proofs = verify_proofs(&snapshot, &verdicts, check, &mut report)?;
+    let proofs = verify_proofs(&snapshot, &verdicts, &tallies, check, &mut report)?;
     let txs = verify_transactions(&snapshot, check_tx, &mut report)?;
     let mut state = LedgerState::default();
     let fold = fold_onto(&mut state, &proofs, &txs, schedule);
@@ -1478,6 +1597,7 @@ fn show_status(status: &str, reason: Option<&str>) -> String {
 fn verify_proofs(
     db: &Connection,
     verdicts: &HashMap<(u64, String), StoredVerdict>,
+    tallies: &HashMap<String, Tally>,
     check: &dyn Fn(&SignedProof) -> bool,
     report: &mut VerifyReport,
 ) -> Fallible<Vec<ProofRow>> {
@@ -1506,11 +1626,13 @@ fn verify_proofs(
             continue;
         };
         let proof = signed.proof;
-        let (status, reason) = if proof.kind == ProofKind::Training {
-            let key = (proof.outer_round, proof.delta_hash.clone());
-            training_status(&proof.node_id, verdicts.get(&key))
-        } else {
-            receipt_status(&proof)
+        let (status, reason) = match proof.kind {
+            ProofKind::Training => {
+                let key = (proof.outer_round, proof.delta_hash.clone());
+                training_status(&proof.node_id, verdicts.get(&key))
+            }
+            ProofKind::Uptime => uptime_status(&proof.node_id, tallies.get(&id)),
+            ProofKind::Data | ProofKind::Inference => receipt_status(&proof),
         };
         let stored_status: String = row.get(4)?;
         let stored_reason: Option<String> = row.get(5)?;
@@ -1649,8 +1771,25 @@ mod tests {
         }
     }
 
+    /// An uptime proof: pending until witnesses of enough weight settle it.
     fn uptime(who: &Identity, nonce: u64, timestamp_ms: u64) -> SignedProof {
         sign_proof(who, blank(ProofKind::Uptime, nonce, timestamp_ms)).unwrap()
+    }
+
+    /// A proof credited on arrival: a data proof with its receiver's receipt.
+    fn paid(who: &Identity, nonce: u64, timestamp_ms: u64) -> SignedProof {
+        let proof = sign_proof(who, blank(ProofKind::Data, nonce, timestamp_ms))
+            .unwrap()
+            .proof;
+        let receipt = sign_receipt(&identity(999), &proof).unwrap();
+        sign_proof(
+            who,
+            Proof {
+                receipt: Some(receipt),
+                ..proof
+            },
+        )
+        .unwrap()
     }
 
     fn delta_hash(byte: u8) -> String {
@@ -1810,8 +1949,8 @@ mod tests {
             assert_eq!(mode, "wal");
             let outcomes = store
                 .insert_proofs(&[
-                    (uptime(&alice, 1, T0 + 10), nano(2.0)),
-                    (uptime(&alice, 2, T0 + 20), nano(0.5)),
+                    (paid(&alice, 1, T0 + 10), nano(2.0)),
+                    (paid(&alice, 2, T0 + 20), nano(0.5)),
                 ])
                 .unwrap();
             assert_eq!(
@@ -1859,8 +1998,8 @@ mod tests {
         let (alice, bob) = (identity(1), identity(2));
         let mut store = open(&dir);
         let proofs = [
-            (uptime(&alice, 1, T0), nano(3.0)),
-            (uptime(&alice, 2, T0 + 1), nano(1.0)),
+            (paid(&alice, 1, T0), nano(3.0)),
+            (paid(&alice, 2, T0 + 1), nano(1.0)),
         ];
         let send = transfer(&alice, &bob, 1, T0 + 2, nano(1.0));
         store.insert_proofs(&proofs).unwrap();
@@ -1880,7 +2019,7 @@ mod tests {
             vec![TxInsertOutcome::Duplicate]
         );
         // The same proof twice in one batch is stored once.
-        let third = (uptime(&alice, 3, T0 + 3), nano(1.0));
+        let third = (paid(&alice, 3, T0 + 3), nano(1.0));
         assert_eq!(
             store.insert_proofs(&[third.clone(), third]).unwrap(),
             vec![
@@ -1912,18 +2051,16 @@ mod tests {
                 .unwrap(),
             vec![InsertOutcome::Replay]
         );
-        // Another node may use the same nonce.
+        // Another node may use the same nonce; uptime waits for its witnesses.
         assert_eq!(
             store
                 .insert_proofs(&[(uptime(&bob, 7, T0), nano(1.0))])
                 .unwrap(),
-            vec![InsertOutcome::Stored(ProofStatus::Credited)]
+            vec![InsertOutcome::Stored(ProofStatus::Pending)]
         );
-        assert_eq!(store.account(&alice.node_id).balance, nano(1.0));
+        assert_eq!(store.proofs_of(&alice.node_id, 10).unwrap().len(), 1);
 
-        let mut older = uptime(&alice, 8, T0 - 2 * HOUR_MS);
-        older.proof.kind = ProofKind::Data;
-        let older = sign_proof(&alice, older.proof).unwrap();
+        let older = paid(&alice, 8, T0 - 2 * HOUR_MS);
         store
             .insert_proofs(&[(older, 0), (training(&alice, 9, 1, 1), 0)])
             .unwrap();
@@ -1946,7 +2083,7 @@ mod tests {
         assert!(!fresh.nonce_used);
         // Nonces above i64::MAX survive SQLite's signed integers.
         store
-            .insert_proofs(&[(uptime(&bob, u64::MAX, T0 + 1), nano(1.0))])
+            .insert_proofs(&[(paid(&bob, u64::MAX, T0 + 1), nano(1.0))])
             .unwrap();
         assert!(
             store
@@ -1962,7 +2099,7 @@ mod tests {
         );
         assert_eq!(
             store
-                .insert_proofs(&[(uptime(&bob, u64::MAX, T0 + 2), nano(1.0))])
+                .insert_proofs(&[(paid(&bob, u64::MAX, T0 + 2), nano(1.0))])
                 .unwrap(),
             vec![InsertOutcome::Replay]
         );
@@ -2011,7 +2148,7 @@ mod tests {
         let mut proofs = Vec::new();
         for i in 0..18u64 {
             let who = &nodes[(i % 3) as usize];
-            proofs.push((uptime(who, i, T0 + i * 1000), nano(1.0) + i * 7_654_321));
+            proofs.push((paid(who, i, T0 + i * 1000), nano(1.0) + i * 7_654_321));
         }
         let txs = vec![
             // Before any proof of node 1: refused in order, and out of order alike.
@@ -2203,7 +2340,7 @@ mod tests {
         assert_eq!(tx_status(&store, &send).0, "rejected");
 
         store
-            .insert_proofs(&[(uptime(&alice, 1, T0 + 100), nano(2.0))])
+            .insert_proofs(&[(paid(&alice, 1, T0 + 100), nano(2.0))])
             .unwrap();
         assert_eq!(tx_status(&store, &send), ("applied".into(), None));
         assert_eq!(store.account(&bob.node_id).balance, nano(1.0));
@@ -2222,10 +2359,7 @@ mod tests {
         assert!(!store.balances().contains_key(&bob.node_id));
         assert_eq!(store.account(&carol.node_id).balance, nano(0.5));
         assert_mirrored(&store);
-        let (expected, _) = replayed(
-            &[(uptime(&alice, 1, T0 + 100), nano(2.0))],
-            &[send, earlier],
-        );
+        let (expected, _) = replayed(&[(paid(&alice, 1, T0 + 100), nano(2.0))], &[send, earlier]);
         assert_eq!(store.state, expected);
     }
 
@@ -2236,7 +2370,7 @@ mod tests {
         let mut store = open(&dir);
         for nonce in 1..=4 {
             store
-                .insert_proofs(&[(uptime(&alice, nonce, T0 + nonce), nano(100.0))])
+                .insert_proofs(&[(paid(&alice, nonce, T0 + nonce), nano(100.0))])
                 .unwrap();
         }
         store
@@ -2245,7 +2379,7 @@ mod tests {
         let schedule = RewardSchedule::default();
         let next_epoch = schedule.epoch_start_ms(schedule.epoch_of(T0) + 1);
         store
-            .insert_proofs(&[(uptime(&alice, 5, next_epoch + 20), nano(10.0))])
+            .insert_proofs(&[(paid(&alice, 5, next_epoch + 20), nano(10.0))])
             .unwrap();
         let newest = &store.proofs_of(&alice.node_id, 1).unwrap()[0];
         let multiplied = schedule.credited(nano(10.0), nano(300.0));
@@ -2255,8 +2389,8 @@ mod tests {
         // it: a stake counts from the next epoch.
         store
             .insert_proofs(&[
-                (uptime(&alice, 6, T0 + 5), nano(10.0)),
-                (uptime(&alice, 7, T0 + 30), nano(10.0)),
+                (paid(&alice, 6, T0 + 5), nano(10.0)),
+                (paid(&alice, 7, T0 + 30), nano(10.0)),
             ])
             .unwrap();
         let account = store.account(&alice.node_id);
@@ -2277,16 +2411,16 @@ mod tests {
         let nodes = [identity(1), identity(2), identity(3)];
         let mut store = open_with(&dir, schedule.clone());
         store
-            .insert_proofs(&[(uptime(&nodes[0], 1, T0), nano(100.0))])
+            .insert_proofs(&[(paid(&nodes[0], 1, T0), nano(100.0))])
             .unwrap();
         store
-            .insert_proofs(&[(uptime(&nodes[1], 1, T0 + 1), nano(100.0))])
+            .insert_proofs(&[(paid(&nodes[1], 1, T0 + 1), nano(100.0))])
             .unwrap();
         // Under the emission: paid in full.
         assert_eq!(store.account(&nodes[0].node_id).balance, nano(100.0));
         // A third claim takes the epoch to 300 for 250: every credit of the epoch shrinks.
         store
-            .insert_proofs(&[(uptime(&nodes[2], 1, T0 + 2), nano(100.0))])
+            .insert_proofs(&[(paid(&nodes[2], 1, T0 + 2), nano(100.0))])
             .unwrap();
         for node in &nodes {
             let account = store.account(&node.node_id);
@@ -2313,7 +2447,7 @@ mod tests {
         let alice = identity(1);
         let mut store = open(&dir);
         let batch: Vec<_> = (0..5)
-            .map(|i| (uptime(&alice, i, T0 + i * 10), nano(1.0)))
+            .map(|i| (paid(&alice, i, T0 + i * 10), nano(1.0)))
             .collect();
         store.insert_proofs(&batch).unwrap();
         let listed = store.proofs_of(&alice.node_id, 3).unwrap();
@@ -2333,7 +2467,7 @@ mod tests {
     fn a_malformed_proof_is_not_stored() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = open(&dir);
-        let mut bad = uptime(&identity(1), 1, T0);
+        let mut bad = paid(&identity(1), 1, T0);
         bad.proof.loss = f32::NAN;
         let outcomes = store.insert_proofs(&[(bad, nano(1.0))]).unwrap();
         assert!(matches!(outcomes[..], [InsertOutcome::Malformed(_)]));
@@ -2393,13 +2527,80 @@ mod tests {
     }
 
     #[test]
+    fn uptime_is_credited_once_witnesses_of_enough_weight_are_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let alice = identity(1);
+        let mut store = open(&dir);
+        let proof = uptime(&alice, 1, T0);
+        let id = proof_id(&proof.proof).unwrap();
+        assert_eq!(
+            store.insert_proofs(&[(proof, nano(1.0))]).unwrap(),
+            [InsertOutcome::Stored(ProofStatus::Pending)]
+        );
+        assert_eq!(
+            store.uptime_claim(&id).unwrap(),
+            Some((alice.node_id.clone(), ProofStatus::Pending))
+        );
+        assert!(store.balances().is_empty());
+        let witnessed_by = |ids: &[&str]| Tally {
+            witnesses: ids.iter().map(|id| (id.to_string(), 1.0)).collect(),
+            others: 3.0,
+        };
+        // One of the three others is not enough, and nothing is recorded.
+        assert_eq!(
+            store.record_witnessed(&id, &witnessed_by(&["b"])).unwrap(),
+            Some(ProofStatus::Pending)
+        );
+        assert_eq!(store.account(&alice.node_id).balance, 0);
+        assert_eq!(
+            store
+                .record_witnessed(&id, &witnessed_by(&["b", "c"]))
+                .unwrap(),
+            Some(ProofStatus::Credited)
+        );
+        assert_eq!(store.account(&alice.node_id).balance, nano(1.0));
+        // Settled: another tally changes nothing; unknown ids are no pending uptime.
+        let all = witnessed_by(&["b", "c", "d"]);
+        assert_eq!(store.record_witnessed(&id, &all).unwrap(), None);
+        assert_eq!(
+            store.record_witnessed(&"00".repeat(32), &all).unwrap(),
+            None
+        );
+        assert_eq!(store.uptime_claim(&"00".repeat(32)).unwrap(), None);
+        let shown = store.proofs_of(&alice.node_id, 10).unwrap().remove(0);
+        assert_eq!(shown.status, ProofStatus::Credited);
+        assert_eq!(
+            shown.reason.as_deref(),
+            Some("witnessed: 2 witness(es) of weight 2.00, of 3.00 besides the claimant")
+        );
+        drop(store);
+        assert_eq!(open(&dir).account(&alice.node_id).balance, nano(1.0));
+        assert!(verify(&dir).is_ok(), "{:?}", verify(&dir));
+        // A tally edited below the threshold no longer credits the proof.
+        raw(&dir)
+            .execute(
+                "UPDATE witnessed SET tally = ?1",
+                [serde_json::to_string(&witnessed_by(&["b"])).unwrap()],
+            )
+            .unwrap();
+        let report = verify(&dir);
+        assert!(
+            report
+                .event_mismatches
+                .iter()
+                .any(|m| m.id == id && m.field == "status" && m.recomputed.starts_with("pending")),
+            "{report:?}"
+        );
+    }
+
+    #[test]
     fn verify_store_passes_a_good_database_and_reports_tampering() {
         let dir = tempfile::tempdir().unwrap();
         let (alice, bob) = (identity(1), identity(2));
         let mut store = open(&dir);
-        let proof = uptime(&alice, 1, T0);
+        let proof = paid(&alice, 1, T0);
         store
-            .insert_proofs(&[(proof.clone(), nano(5.0)), (uptime(&bob, 1, T0), nano(1.0))])
+            .insert_proofs(&[(proof.clone(), nano(5.0)), (paid(&bob, 1, T0), nano(1.0))])
             .unwrap();
         let send = transfer(&alice, &bob, 1, T0 + 10, nano(1.0));
         store
@@ -2482,7 +2683,7 @@ mod tests {
         {
             let mut store = open(&dir);
             store
-                .insert_proofs(&[(uptime(&alice, 1, T0), nano(5.0))])
+                .insert_proofs(&[(paid(&alice, 1, T0), nano(5.0))])
                 .unwrap();
         }
         let db = raw(&dir);
@@ -2540,7 +2741,7 @@ mod tests {
         {
             let mut store = open(&dir);
             store
-                .insert_proofs(&[(uptime(&alice, 1, T0), nano(5.0))])
+                .insert_proofs(&[(paid(&alice, 1, T0), nano(5.0))])
                 .unwrap();
             store
                 .insert_transactions(&[transfer(&alice, &bob, 1, T0 + 1, 10)])

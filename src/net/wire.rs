@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::admission::Certificate;
 use crate::crypto::{self, Identity};
+use crate::ledger::witness::MAX_WITNESSED;
 use crate::ledger::{ProofRejection, SignedProof, SignedTransaction, TxRejection};
 
 /// Largest gossip message the node accepts; gossip carries only small messages (blobs go by
@@ -87,6 +88,12 @@ pub enum LedgerMessage {
         proofs: Vec<SignedProof>,
         transactions: Vec<SignedTransaction>,
     },
+    /// The sender heard each of these uptime proofs' claimants live over the interval the proof
+    /// claims (`ledger::witness::saw`); the gossip signature makes it the sender's signed
+    /// statement. At most `MAX_WITNESSED` proof ids.
+    Witnessed {
+        proofs: Vec<String>,
+    },
 }
 
 /// A round's verdicts as gossiped; `theta0_after` is the BLAKE3 hash of the θ₀ they produced.
@@ -100,9 +107,10 @@ pub struct RoundVerdictsWire {
 }
 
 impl LedgerMessage {
-    /// Only a proof's or transaction's own signer may gossip it: anyone else sending it is
-    /// replaying someone else's work.
-    pub fn check_signer(&self, signer_node_id: &str) -> Result<(), Rejection> {
+    /// What the gate checks before the ledger sees a message: only a proof's or transaction's
+    /// own signer may gossip it (anyone else sending it is replaying someone else's work), and a
+    /// witness statement names at most `MAX_WITNESSED` proof ids.
+    pub fn check(&self, signer_node_id: &str) -> Result<(), Rejection> {
         let owned = |owner: &str, nonce: u64| {
             if owner == signer_node_id {
                 Ok(())
@@ -121,8 +129,19 @@ impl LedgerMessage {
                 .map(|p| (&p.proof.node_id, p.proof.nonce))
                 .chain(transactions.iter().map(|t| (&t.tx.from, t.tx.seq)))
                 .try_for_each(|(owner, nonce)| owned(owner, nonce)),
-            // Verdicts are the sender's own by construction (the gossip signature names it).
+            // Verdicts and witness statements are the sender's own by construction (the gossip
+            // signature names it).
             LedgerMessage::Verdicts(_) => Ok(()),
+            LedgerMessage::Witnessed { proofs } if proofs.len() > MAX_WITNESSED => {
+                Err(Rejection::Malformed(format!(
+                    "{} proof ids witnessed in one message, limit {MAX_WITNESSED}",
+                    proofs.len()
+                )))
+            }
+            LedgerMessage::Witnessed { proofs } if !proofs.iter().all(|id| is_hex_hash(id)) => Err(
+                Rejection::Malformed("a witnessed proof id is not 64 hex characters".into()),
+            ),
+            LedgerMessage::Witnessed { .. } => Ok(()),
         }
     }
 }
@@ -475,23 +494,35 @@ mod tests {
     fn only_the_signer_of_a_proof_may_gossip_it() {
         let (alice, bob) = (identity(), identity());
         let own = LedgerMessage::Proof(signed_proof(&alice, 1));
-        assert_eq!(own.check_signer(&alice.node_id), Ok(()));
-        let replayed = own.check_signer(&bob.node_id).unwrap_err();
+        assert_eq!(own.check(&alice.node_id), Ok(()));
+        let replayed = own.check(&bob.node_id).unwrap_err();
         assert_eq!(replayed.kind(), "replay");
         // One foreign proof spoils a bundle of recent ones.
         let bundle = LedgerMessage::Recent {
             proofs: vec![signed_proof(&alice, 2), signed_proof(&bob, 3)],
             transactions: Vec::new(),
         };
-        assert_eq!(
-            bundle.check_signer(&alice.node_id).unwrap_err().kind(),
-            "replay"
-        );
+        assert_eq!(bundle.check(&alice.node_id).unwrap_err().kind(), "replay");
         let verdicts = LedgerMessage::Verdicts(RoundVerdictsWire {
             round: 1,
             theta0_after: String::new(),
             verdicts: Vec::new(),
         });
-        assert_eq!(verdicts.check_signer(&bob.node_id), Ok(()));
+        assert_eq!(verdicts.check(&bob.node_id), Ok(()));
+    }
+
+    #[test]
+    fn a_witness_statement_is_bounded_and_names_proof_ids() {
+        let id = "ab".repeat(32);
+        let witnessed = |proofs: Vec<String>| LedgerMessage::Witnessed { proofs }.check("any");
+        assert_eq!(witnessed(vec![id.clone(); MAX_WITNESSED]), Ok(()));
+        assert!(matches!(
+            witnessed(vec![id; MAX_WITNESSED + 1]),
+            Err(Rejection::Malformed(_))
+        ));
+        assert!(matches!(
+            witnessed(vec!["not an id".into()]),
+            Err(Rejection::Malformed(_))
+        ));
     }
 }

@@ -439,17 +439,35 @@ async fn generate_text(
         })?;
     let weights_version = state.status.read().weights_version;
     // Byte-level tokenizer: the prompt's and the text's bytes are the tokens processed.
-    state.ledger.do_send(ProveInference {
-        request_id: format!("{:016x}", crate::crypto::generate_nonce()),
-        tokens: (request.prompt.len() + text.len()) as u64,
-        seconds: started.elapsed().as_secs_f64(),
-    });
+    let request_id = format!("{:016x}", crate::crypto::generate_nonce());
+    let proof = state
+        .ledger
+        .send(ProveInference {
+            request_id: request_id.clone(),
+            tokens: (request.prompt.len() + text.len()) as u64,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+        .await;
+    // The text is served even when the ledger cannot answer: the proof is the node's business.
+    let proof = match proof {
+        Ok(Ok(proof)) => Some(proof),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "no inference proof for a served request");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no inference proof for a served request");
+            None
+        }
+    };
     Ok(HttpResponse::Ok().json(json!({
         "prompt": request.prompt,
         "text": text,
         "generated_tokens": text.len(),
         "model_version": weights_version,
         "elapsed_ms": started.elapsed().as_millis() as u64,
+        "request_id": request_id,
+        "proof": proof,
     })))
 }
 

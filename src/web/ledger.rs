@@ -1,5 +1,6 @@
 //! The ledger's REST surface: GET /api/neuro (the original's keys), /api/ledger/balance/{id},
-//! /api/ledger/proofs/{id}?limit=, /api/ledger/network, /api/ledger/balances; POST /api/ponw/verify; and the mutating
+//! /api/ledger/proofs/{id}?limit=, /api/ledger/network, /api/ledger/balances; POST /api/ponw/verify,
+//! POST /api/ponw/receipt (a requester's receipt for this node's inference proof); and the mutating
 //! POST /api/wallet/send, /api/stake, /api/unstake, which need `Authorization: Bearer <api_key>`.
 
 use actix::{Handler, Message};
@@ -10,11 +11,15 @@ use serde_json::json;
 
 use super::api::{ApiError, ApiState, get, post};
 use crate::actors::ledger::{LedgerActor, NotRecorded};
-use crate::actors::messages::{CheckProof, GetAccount, GetBalances, GetProofs, SubmitTransaction};
+use crate::actors::messages::{
+    AttachReceipt, CheckProof, GetAccount, GetBalances, GetProofs, ReceiptRefused,
+    SubmitTransaction,
+};
+use crate::ledger::proof::MAX_REQUEST_ID_BYTES;
 use crate::ledger::rewards::{nano, stake_multiplier};
 use crate::ledger::state::Account;
 use crate::ledger::verify::Offer;
-use crate::ledger::{Nano, SignedProof, TxKind, to_neuro};
+use crate::ledger::{Nano, Receipt, SignedProof, TxKind, to_neuro};
 use crate::status::NodeStatus;
 
 const MAX_PROOFS_LISTED: usize = 1000;
@@ -30,6 +35,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(get("/ledger/network", network))
         .service(get("/ledger/balances", balances))
         .service(post("/ponw/verify", verify))
+        .service(post("/ponw/receipt", receipt))
         .service(post("/wallet/send", send))
         .service(post("/stake", stake))
         .service(post("/unstake", unstake));
@@ -201,6 +207,72 @@ async fn verify(
     }))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReceiptRequest {
+    request_id: String,
+    receipt: Receipt,
+}
+
+/// The requester of a /generate_text answer vouches for it: its receipt (`proof::sign_receipt`
+/// over the `proof` the answer carried) is attached to this node's waiting inference proof, which
+/// is then signed, stored and gossiped, and earns. No API key: the receipt's signature is the
+/// requester's authority.
+async fn receipt(
+    state: web::Data<ApiState>,
+    body: web::Json<ReceiptRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let ReceiptRequest {
+        request_id,
+        receipt,
+    } = body.into_inner();
+    if request_id.is_empty() || request_id.len() > MAX_REQUEST_ID_BYTES {
+        return Err(ApiError::bad_request(format!(
+            "request_id must be 1..={MAX_REQUEST_ID_BYTES} bytes"
+        )));
+    }
+    let accepted = state
+        .ledger
+        .send(AttachReceipt {
+            request_id,
+            receipt,
+        })
+        .await
+        .map_err(ledger_unavailable)?
+        .map_err(|refused| match refused {
+            ReceiptRefused::Unknown(_) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_request",
+                refused.to_string(),
+            ),
+            ReceiptRefused::Invalid(why) => {
+                ApiError::new(StatusCode::BAD_REQUEST, why.kind(), why.to_string())
+            }
+            ReceiptRefused::NotRecorded(not_recorded) => refusal(not_recorded),
+        })?;
+    Ok(HttpResponse::Ok().json(json!({
+        "proof_id": accepted.proof_id,
+        "status": accepted.status.map_or("not_stored", |s| s.as_str()),
+    })))
+}
+
+/// A proof or transaction of this node that the ledger did not record, as an HTTP error.
+fn refusal(refused: NotRecorded) -> ApiError {
+    match refused {
+        NotRecorded::Offence(rejection) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            rejection.kind(),
+            rejection.to_string(),
+        ),
+        // Not stored, so not applied nor gossiped: the caller may retry once space returns.
+        NotRecorded::Local(fault) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+            fault.to_string(),
+        ),
+    }
+}
+
 /// The mutating endpoints need the configured API key as a bearer token.
 fn authorize(state: &ApiState, req: &HttpRequest) -> Result<(), ApiError> {
     let Some(expected) = &state.api_key else {
@@ -248,19 +320,7 @@ async fn submit(state: &ApiState, request: SubmitTransaction) -> Result<HttpResp
         .send(request)
         .await
         .map_err(ledger_unavailable)?
-        .map_err(|refused| match refused {
-            NotRecorded::Offence(rejection) => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                rejection.kind(),
-                rejection.to_string(),
-            ),
-            // Not stored, so not applied nor gossiped: the caller may retry once space returns.
-            NotRecorded::Local(fault) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "storage_unavailable",
-                fault.to_string(),
-            ),
-        })?;
+        .map_err(refusal)?;
     Ok(HttpResponse::Ok().json(json!({
         "id": submitted.id,
         "status": submitted.status,
