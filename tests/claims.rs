@@ -71,7 +71,10 @@ fn an_inflating_node_earns_only_its_uptime_and_self_declared_claims_are_offered_
         4,
         |_| vec!["--no-training".to_string()],
         |i| {
-            let mut env = env_of(&[("NEUROSHARD_LEDGER__UPTIME_INTERVAL_S", "2")]);
+            let mut env = env_of(&[
+                ("NEUROSHARD_LEDGER__UPTIME_INTERVAL_S", "2"),
+                ("NEUROSHARD_LEDGER__LIMITS__MAX_PROOFS_PER_HOUR", "100000"),
+            ]);
             if i == 3 {
                 env.extend(env_of(&[("NEUROSHARD_FAULT_CLAIM_INFLATION", "1")]));
             }

@@ -204,6 +204,7 @@ fn python_verifies_what_a_running_node_signs() {
         &["--token", TOKEN, "--diloco-steps", "10"],
         &[
             ("NEUROSHARD_LEDGER__UPTIME_INTERVAL_S", "1"),
+            ("NEUROSHARD_LEDGER__LIMITS__MAX_PROOFS_PER_HOUR", "100000"),
             ("NEUROSHARD_API_KEY", key),
         ],
     );
