@@ -2,6 +2,7 @@
 //! variables < command-line flags. config/default.toml documents every key.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -16,6 +17,7 @@ use crate::ledger::rewards::RewardSchedule;
 use crate::ledger::verify::ProofLimits;
 use crate::model::NeuroLlmConfig;
 use crate::model::config::PRESETS;
+use crate::net::peer_table::{HonestGossip, MAX_PEERS};
 use crate::net::protocol::valid_network_id;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,8 +100,10 @@ pub struct NetworkSection {
     pub max_blob_mib: u64,
     /// Seconds a blob transfer may take.
     pub blob_timeout_s: u64,
-    /// Gossip messages one node may originate per heartbeat interval; more are rejected.
-    pub max_messages_per_interval: u32,
+    /// Gossip messages one node may originate per heartbeat interval; more are rejected. None:
+    /// derived from the settings (`Config::max_messages_per_interval`); set, it may not be below
+    /// what an honest node sends.
+    pub max_messages_per_interval: Option<u32>,
     /// Rejected messages within one heartbeat interval that get a peer banned.
     pub ban_after_rejections: u32,
     /// Seconds a ban lasts.
@@ -204,7 +208,7 @@ impl Default for NetworkSection {
             target_peers: 32,
             max_blob_mib: 512,
             blob_timeout_s: 300,
-            max_messages_per_interval: 20,
+            max_messages_per_interval: None,
             ban_after_rejections: 10,
             ban_s: 600,
         }
@@ -507,6 +511,7 @@ impl Config {
         }
         self.validate_network()?;
         self.validate_ledger()?;
+        self.validate_cadence()?;
         for path in &t.data {
             if !path.exists() {
                 return bad(
@@ -587,10 +592,6 @@ impl Config {
                 n.drop_after_intervals.into(),
             ),
             (
-                "network.max_messages_per_interval",
-                n.max_messages_per_interval.into(),
-            ),
-            (
                 "network.ban_after_rejections",
                 n.ban_after_rejections.into(),
             ),
@@ -600,6 +601,95 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Settings of different sections that only work together: rounds long enough to hear peers,
+    /// a rate limit an honest node fits under, a quorum the peer table can hold, uptime proofs
+    /// the hourly proof limit takes.
+    fn validate_cadence(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, reason: String| ConfigError {
+            source_name: "configuration".into(),
+            key: key.into(),
+            reason,
+        };
+        let (d, n, l) = (&self.diloco, &self.network, &self.ledger);
+        if d.round_deadline_s < d.straggler_grace_s {
+            return Err(bad(
+                "diloco.round_deadline_s",
+                format!(
+                    "{} s is shorter than diloco.straggler_grace_s ({} s): the grace after the \
+                     quorum could never run; lower the grace or raise the deadline",
+                    d.round_deadline_s, d.straggler_grace_s
+                ),
+            ));
+        }
+        if d.round_deadline_s < n.heartbeat_interval_s {
+            return Err(bad(
+                "diloco.round_deadline_s",
+                format!(
+                    "{} s is shorter than network.heartbeat_interval_s ({} s): rounds would close \
+                     before this node hears which peers train",
+                    d.round_deadline_s, n.heartbeat_interval_s
+                ),
+            ));
+        }
+        let most_nodes = MAX_PEERS + 1;
+        if d.min_peers > most_nodes {
+            return Err(bad(
+                "diloco.min_peers",
+                format!(
+                    "{} exceeds the {most_nodes} nodes this node can know (its peer table holds \
+                     {MAX_PEERS} peers): no round would reach its quorum",
+                    d.min_peers
+                ),
+            ));
+        }
+        let uptime_proofs = 3600u64.div_ceil(l.uptime_interval_s);
+        if uptime_proofs > u64::from(l.limits.max_proofs_per_hour) {
+            return Err(bad(
+                "ledger.uptime_interval_s",
+                format!(
+                    "{} s makes {uptime_proofs} uptime proofs an hour, more than \
+                     ledger.limits.max_proofs_per_hour ({}): peers would refuse them",
+                    l.uptime_interval_s, l.limits.max_proofs_per_hour
+                ),
+            ));
+        }
+        let honest = self.honest_gossip().worst_case();
+        if let Some(limit) = n.max_messages_per_interval
+            && u64::from(limit) < honest
+        {
+            return Err(bad(
+                "network.max_messages_per_interval",
+                format!(
+                    "{limit} is below the {honest} messages an honest node may gossip in one \
+                     heartbeat interval at these settings (network.heartbeat_interval_s, \
+                     diloco.inner_steps, ledger.uptime_interval_s, \
+                     ledger.limits.max_proofs_per_hour): honest peers would be rate-limited and \
+                     banned; unset it to use the derived limit ({})",
+                    self.honest_gossip().limit()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// What an honest node with these settings gossips; the rate limit follows it.
+    pub fn honest_gossip(&self) -> HonestGossip {
+        HonestGossip {
+            heartbeat_interval: Duration::from_secs(self.network.heartbeat_interval_s),
+            inner_steps: self.diloco.inner_steps,
+            uptime_interval: Duration::from_secs(self.ledger.uptime_interval_s),
+            max_proofs_per_hour: self.ledger.limits.max_proofs_per_hour,
+        }
+    }
+
+    /// Gossip messages one origin may send per heartbeat interval: the configured value, else
+    /// an honest node's worst case at these settings with headroom.
+    pub fn max_messages_per_interval(&self) -> u32 {
+        self.network
+            .max_messages_per_interval
+            .unwrap_or_else(|| self.honest_gossip().limit())
     }
 
     pub fn model_config(&self) -> NeuroLlmConfig {
@@ -789,5 +879,70 @@ mod tests {
                 assert_eq!(&node.seed_peers, &[first.clone()]);
             }
         }
+    }
+
+    #[test]
+    fn settings_that_cannot_work_together_are_refused_naming_the_key() {
+        Config::default().validate().unwrap();
+        let refused = |change: &dyn Fn(&mut Config), key: &str, mentions: &str| {
+            let mut c = Config::default();
+            change(&mut c);
+            let e = c.validate().unwrap_err();
+            assert!(e.key == key && e.reason.contains(mentions), "{e}");
+        };
+        refused(
+            &|c| c.diloco.round_deadline_s = 10,
+            "diloco.round_deadline_s",
+            "diloco.straggler_grace_s",
+        );
+        refused(
+            &|c| {
+                c.network.heartbeat_interval_s = 30;
+                c.diloco.round_deadline_s = 20;
+            },
+            "diloco.round_deadline_s",
+            "network.heartbeat_interval_s",
+        );
+        refused(
+            &|c| c.diloco.min_peers = MAX_PEERS + 2,
+            "diloco.min_peers",
+            "peer table",
+        );
+        refused(
+            &|c| c.ledger.uptime_interval_s = 20,
+            "ledger.uptime_interval_s",
+            "ledger.limits.max_proofs_per_hour",
+        );
+        // The old fixed default, 20 a heartbeat interval, banned honest nodes at H = 10.
+        refused(
+            &|c| {
+                c.diloco.inner_steps = 10;
+                c.network.max_messages_per_interval = Some(20);
+            },
+            "network.max_messages_per_interval",
+            "diloco.inner_steps",
+        );
+        // The edges that work are accepted.
+        let mut c = Config::default();
+        c.diloco.round_deadline_s = c.diloco.straggler_grace_s;
+        c.diloco.min_peers = MAX_PEERS + 1;
+        c.ledger.uptime_interval_s = 30;
+        c.network.max_messages_per_interval =
+            Some(u32::try_from(c.honest_gossip().worst_case()).unwrap());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn the_rate_limit_is_derived_from_the_settings_unless_set() {
+        let mut c = Config::default();
+        assert_eq!(c.max_messages_per_interval(), c.honest_gossip().limit());
+        let default_limit = c.max_messages_per_interval();
+        c.diloco.inner_steps = 10;
+        assert!(
+            c.max_messages_per_interval() > default_limit,
+            "shorter rounds, more messages"
+        );
+        c.network.max_messages_per_interval = Some(100_000);
+        assert_eq!(c.max_messages_per_interval(), 100_000);
     }
 }

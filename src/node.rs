@@ -19,7 +19,7 @@ use crate::actors::peer::{GossipFaults, PeerActor, PeerOptions, SlowBlob, gossip
 use crate::actors::supervisor::{SupervisorActor, TrainerRecipe};
 use crate::actors::sybil::{MAX_SYBILS, SybilActor, SybilOptions};
 use crate::actors::sync::{CheckpointTarget, RoundSettings, SyncActor};
-use crate::actors::trainer::{Cadence, PanicFault};
+use crate::actors::trainer::{Cadence, PanicFault, TrainerWork};
 use crate::admission::{self, AdmissionView, Certificate, Policy};
 use crate::config::Config;
 use crate::crypto::{Identity, generate_token};
@@ -311,7 +311,7 @@ fn peer_options(
         policy: PeerPolicy {
             heartbeat_interval: Duration::from_secs(n.heartbeat_interval_s),
             drop_after_intervals: n.drop_after_intervals,
-            max_messages_per_interval: n.max_messages_per_interval,
+            max_messages_per_interval: config.max_messages_per_interval(),
             ban_after_rejections: n.ban_after_rejections,
             ban_below_score: gossip_thresholds().graylist_threshold,
             ban_for: Duration::from_secs(n.ban_s),
@@ -444,9 +444,22 @@ fn trainer_recipe(config: &Config, data: Arc<TokenDataset>) -> TrainerRecipe {
         },
         fault: PanicFault {
             at_step: fault_switch("NEUROSHARD_FAULT_TRAINER_PANIC_AT_STEP"),
+            work: trainer_fault_work(),
             fired: Default::default(),
         },
     }
+}
+
+/// NEUROSHARD_FAULT_TRAINER_PANIC_IN (documented in README): which trainer work panics; step
+/// when unset or unknown (a warning says so).
+fn trainer_fault_work() -> TrainerWork {
+    let Ok(name) = std::env::var("NEUROSHARD_FAULT_TRAINER_PANIC_IN") else {
+        return TrainerWork::Step;
+    };
+    TrainerWork::parse(&name).unwrap_or_else(|| {
+        warn!(%name, "NEUROSHARD_FAULT_TRAINER_PANIC_IN is not step|evaluate|reset|snapshot; using step");
+        TrainerWork::Step
+    })
 }
 
 /// A test fault switch (documented in README): a number in an environment variable.

@@ -64,6 +64,7 @@ fn admitted_trainers_count_each_other_and_an_unadmitted_node_only_observes() {
             &args,
             &common::env_of(&[
                 ("NEUROSHARD_DILOCO__ROUND_DEADLINE_S", "10"),
+                ("NEUROSHARD_DILOCO__STRAGGLER_GRACE_S", "10"),
                 ("NEUROSHARD_TRAINING__EVAL_EVERY", "1000"),
             ]),
         )

@@ -2,14 +2,14 @@
 //! requests from the document, valid and invalid, and checks that no answer is a 5xx and that
 //! every answer (status, content type, headers, body) is one the document describes.
 //!
-//! Needs the `schemathesis` executable (`pip install schemathesis`, v4); CI installs it.
+//! Needs the `schemathesis` executable (v4); ./test.sh, the README's test command, installs it.
 
 mod common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Node, combined_output, wait_until};
+use common::{Node, combined_output, require_tool, wait_until};
 
 const API_KEY: &str = "schema-test-api-key-0123456789";
 
@@ -21,24 +21,13 @@ const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_co
 response_headers_conformance,response_schema_conformance,negative_data_rejection,ignored_auth,\
 unsupported_method";
 
-fn schemathesis_version() -> String {
-    match Command::new("schemathesis").arg("--version").output() {
-        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        Ok(out) => panic!(
-            "`schemathesis --version` failed ({}): {}; run `pip install schemathesis`",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(e) => panic!(
-            "the schemathesis executable is missing ({e}): run `pip install schemathesis` \
-             (this test needs it; CI installs it)"
-        ),
-    }
-}
-
 #[test]
 fn the_api_answers_as_its_openapi_document_says_and_never_with_a_5xx() {
-    let version = schemathesis_version();
+    let version = require_tool(
+        Command::new("schemathesis").arg("--version"),
+        "the schemathesis executable (v4)",
+        "pip install 'schemathesis>=4,<5'",
+    );
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("node.toml");
     std::fs::write(&config, format!("api_key = \"{API_KEY}\"\n")).unwrap();

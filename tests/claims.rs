@@ -90,6 +90,7 @@ fn inflated_claims_and_unwitnessed_uptime_earn_nothing_while_witnessed_uptime_an
         |i| {
             let mut env = env_of(&[
                 ("NEUROSHARD_LEDGER__UPTIME_INTERVAL_S", "2"),
+                ("NEUROSHARD_LEDGER__LIMITS__MAX_PROOFS_PER_HOUR", "100000"),
                 ("NEUROSHARD_TRAINING__EVAL_EVERY", "100000"),
             ]);
             if i == 2 {

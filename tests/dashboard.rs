@@ -7,25 +7,19 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Node, combined_output, event_data, python_script, read_events};
+use common::{Node, combined_output, event_data, python_script, read_events, require_tool};
 
 fn require_browser() {
     for (program, install) in [
         ("chromium", "apt-get install chromium"),
         ("chromedriver", "apt-get install chromium-driver"),
     ] {
-        let found = Command::new(program).arg("--version").output();
-        assert!(
-            found.is_ok_and(|o| o.status.success()),
-            "{program} is required for this test: {install}"
-        );
+        require_tool(Command::new(program).arg("--version"), program, install);
     }
-    let selenium = Command::new("python3")
-        .args(["-c", "import selenium"])
-        .output();
-    assert!(
-        selenium.is_ok_and(|o| o.status.success()),
-        "python3 cannot import selenium: pip install selenium"
+    require_tool(
+        Command::new("python3").args(["-c", "import selenium"]),
+        "python3 with selenium",
+        "pip install selenium",
     );
 }
 

@@ -99,6 +99,7 @@ fn rounds_go_on_without_a_killed_node_which_heals_when_it_returns_as_does_a_late
             ("NEUROSHARD_DILOCO__MIN_PEERS", "2"),
             ("NEUROSHARD_DILOCO__QUORUM_FRACTION", "1.0"),
             ("NEUROSHARD_DILOCO__ROUND_DEADLINE_S", "8"),
+            ("NEUROSHARD_DILOCO__STRAGGLER_GRACE_S", "8"),
             ("NEUROSHARD_TRAINING__EVAL_EVERY", "1000"),
         ])
     };

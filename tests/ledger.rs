@@ -67,6 +67,8 @@ fn honest_nodes_hold_identical_balances_and_a_forging_replaying_node_earns_nothi
         |i| {
             let mut env = env_of(&[
                 ("NEUROSHARD_LEDGER__UPTIME_INTERVAL_S", "2"),
+                // An uptime proof every 2 s is 1800 an hour: the hourly limit must take them.
+                ("NEUROSHARD_LEDGER__LIMITS__MAX_PROOFS_PER_HOUR", "100000"),
                 ("NEUROSHARD_DILOCO__MIN_PEERS", "3"),
                 ("NEUROSHARD_DILOCO__QUORUM_FRACTION", "1.0"),
                 ("NEUROSHARD_DILOCO__ROUND_DEADLINE_S", "60"),
@@ -155,7 +157,10 @@ fn honest_nodes_hold_identical_balances_and_a_forging_replaying_node_earns_nothi
 fn acknowledged_proofs_survive_kill_9_and_the_ledger_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("n");
-    let env = [("NEUROSHARD_LEDGER__UPTIME_INTERVAL_S", "1")];
+    let env = [
+        ("NEUROSHARD_LEDGER__UPTIME_INTERVAL_S", "1"),
+        ("NEUROSHARD_LEDGER__LIMITS__MAX_PROOFS_PER_HOUR", "100000"),
+    ];
     let node = Node::start(&state, &["--diloco-steps", "5"], &env);
     let id = node.stats()["node_id"].as_str().unwrap().to_string();
     let path = format!("/api/ledger/proofs/{id}?limit=1000");

@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Node, combined_output, python_script};
+use common::{Node, combined_output, python_script, require_tool};
 use serde_json::json;
 
 use neuroshard::crypto::Identity;
@@ -113,16 +113,10 @@ fn transactions(recipient: &str) -> Vec<Transaction> {
 
 /// Fails (never skips) without Python and `ecdsa`: the check is what guards the encoding spec.
 fn require_python_with_ecdsa() {
-    let probe = Command::new("python3")
-        .args(["-c", "import ecdsa"])
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("python3 is required for this test ({e}); then pip install ecdsa")
-        });
-    assert!(
-        probe.status.success(),
-        "python3 cannot import ecdsa: pip install ecdsa\n{}",
-        String::from_utf8_lossy(&probe.stderr)
+    require_tool(
+        Command::new("python3").args(["-c", "import ecdsa"]),
+        "python3 with ecdsa",
+        "pip install ecdsa",
     );
 }
 
@@ -210,6 +204,7 @@ fn python_verifies_what_a_running_node_signs() {
         &["--token", TOKEN, "--diloco-steps", "10"],
         &[
             ("NEUROSHARD_LEDGER__UPTIME_INTERVAL_S", "1"),
+            ("NEUROSHARD_LEDGER__LIMITS__MAX_PROOFS_PER_HOUR", "100000"),
             ("NEUROSHARD_API_KEY", key),
         ],
     );

@@ -168,11 +168,13 @@ fn five_nodes_meet_through_seed_peers_and_shrug_off_misbehaving_and_flooding_nod
         },
     );
 
-    // A node flooding valid heartbeats is rate-limited, then banned.
+    // A node flooding valid heartbeats is rate-limited, then banned: 800 a second is far over the
+    // limit derived from the seed node's settings (1 s heartbeats, H = 500: 268), and their
+    // timestamps (+1 ms each) stay below the next real heartbeat's, so none is a replay.
     let flooder = Node::start(
         &dir.path().join("flooder"),
         &["--no-training", "--seed-peers", &seed],
-        &[("NEUROSHARD_FAULT_GOSSIP_FLOOD", "200")],
+        &[("NEUROSHARD_FAULT_GOSSIP_FLOOD", "800")],
     );
     let flooder_id = flooder.peer_id();
     wait_until(

@@ -215,13 +215,18 @@ fn sigterm_checkpoints_and_a_restart_continues_from_it() {
     assert!(node.terminate().success());
 }
 
-#[test]
-fn a_panicking_trainer_is_restarted_while_the_api_stays_up() {
+/// Runs a node whose trainer panics once in `work` (NEUROSHARD_FAULT_TRAINER_PANIC_IN) at step
+/// `at_step` or later, and checks that the supervisor restarts it and training goes on past
+/// `go_on_to` while the API answers throughout.
+fn the_trainer_restarts_after_a_panic_in(work: &str, at_step: &str, handler: &str, go_on_to: u64) {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(
         &dir.path().join("state"),
         &["--diloco-steps", "10"],
-        &[("NEUROSHARD_FAULT_TRAINER_PANIC_AT_STEP", "25")],
+        &[
+            ("NEUROSHARD_FAULT_TRAINER_PANIC_AT_STEP", at_step),
+            ("NEUROSHARD_FAULT_TRAINER_PANIC_IN", work),
+        ],
     );
     let mut health_checks = 0;
     node.wait_for(
@@ -234,18 +239,32 @@ fn a_panicking_trainer_is_restarted_while_the_api_stays_up() {
             assert_eq!(status, 200);
             health_checks += 1;
             let stats = n.stats();
-            stats["trainer_restarts"] == 1 && stats["global_step"].as_u64().unwrap() >= 40
+            stats["trainer_restarts"] == 1 && stats["global_step"].as_u64().unwrap() >= go_on_to
         },
     );
     assert!(health_checks > 1);
     let stats = node.stats();
+    let crash = stats["last_crash"].as_str().unwrap();
     assert!(
-        stats["last_crash"]
-            .as_str()
-            .unwrap()
-            .contains("injected fault"),
+        crash.contains("injected fault") && crash.contains(handler),
         "{stats}"
     );
     assert_eq!(stats["trainer_restarts"], 1, "the fault fires once");
+    assert!(
+        ["training", "syncing"].contains(&stats["phase"].as_str().unwrap()),
+        "a live trainer's phase: {stats}"
+    );
     assert!(node.terminate().success());
+}
+
+#[test]
+fn a_panicking_trainer_is_restarted_while_the_api_stays_up() {
+    the_trainer_restarts_after_a_panic_in("step", "25", "TrainStep", 40);
+}
+
+/// Not only a step: a panic while resetting to the round's θ₀ (the StartRound handler, at the end
+/// of round 1, step 20) used to end the trainer silently with the status still "syncing".
+#[test]
+fn a_panic_in_the_reset_to_theta0_restarts_the_trainer_too() {
+    the_trainer_restarts_after_a_panic_in("reset", "15", "StartRound", 40);
 }

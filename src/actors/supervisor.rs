@@ -1,5 +1,5 @@
-//! SupervisorActor: starts the TrainerActor on its own thread and restarts it when a training step
-//! panics — from the last snapshot, made consistent with the current round by the SyncActor — while
+//! SupervisorActor: starts the TrainerActor on its own thread and restarts it when any of its
+//! handlers panics (a step, an evaluation, the reset to θ₀, a snapshot) — from the last snapshot, made consistent with the current round by the SyncActor — while
 //! the rest of the node (HTTP, sync) keeps running. Restarts are counted on /api/stats.
 
 use std::sync::Arc;
@@ -112,12 +112,16 @@ impl Handler<TrainerCrashed> for SupervisorActor {
         self.trainer = None;
         let restarts = self.restarts;
         warn!(step = msg.step, reason = %msg.reason, restarts, "trainer crashed; restarting it from the last snapshot");
+        let stopping = self.stopping;
         self.status.update(|s| {
             s.trainer_restarts = restarts;
             s.last_crash = Some(format!("step {}: {}", msg.step, msg.reason));
-            s.phase = TrainerPhase::Restarting;
+            // Not "training" while no trainer runs; a crash during shutdown stays "stopped".
+            if !stopping {
+                s.phase = TrainerPhase::Restarting;
+            }
         });
-        if !self.stopping {
+        if !stopping {
             self.start_trainer(ctx);
             info!(restarts, "trainer restarted");
         }

@@ -28,12 +28,56 @@ pub struct Cadence {
     pub checkpoint_every: u64,
 }
 
-/// Test fault switch NEUROSHARD_FAULT_TRAINER_PANIC_AT_STEP=N: panic inside step N, once per
-/// process (`fired` is shared across restarts, or the restarted trainer would panic again).
+/// The pieces of the trainer's work the test fault switch can make panic
+/// (NEUROSHARD_FAULT_TRAINER_PANIC_IN): each runs in a different handler.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TrainerWork {
+    /// An inner step (`TrainStep`).
+    #[default]
+    Step,
+    /// The validation loss (on start, every `eval_every` steps, at each round start).
+    Evaluate,
+    /// The reset to the round's θ₀ (`StartRound`).
+    Reset,
+    /// A snapshot for the checkpoint (every `checkpoint_every` steps, at each round start).
+    Snapshot,
+}
+
+impl TrainerWork {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "step" => Some(Self::Step),
+            "evaluate" => Some(Self::Evaluate),
+            "reset" => Some(Self::Reset),
+            "snapshot" => Some(Self::Snapshot),
+            _ => None,
+        }
+    }
+}
+
+/// Test fault switch NEUROSHARD_FAULT_TRAINER_PANIC_AT_STEP=N (with _PANIC_IN=`work`, default
+/// step): the first `work` at step N or later panics, once per process (`fired` is shared across
+/// restarts, or the restarted trainer would panic again).
 #[derive(Debug, Clone, Default)]
 pub struct PanicFault {
     pub at_step: Option<u64>,
+    pub work: TrainerWork,
     pub fired: Arc<AtomicBool>,
+}
+
+impl PanicFault {
+    /// Panics when the switch is set for `work` at `step`, the first time only.
+    fn fire(&self, work: TrainerWork, step: u64) {
+        if let Some(at) = self.at_step
+            && work == self.work
+            && step >= at
+            && !self.fired.swap(true, Ordering::SeqCst)
+        {
+            panic!(
+                "injected fault: NEUROSHARD_FAULT_TRAINER_PANIC_AT_STEP={at} in {work:?} at step {step}"
+            );
+        }
+    }
 }
 
 pub struct TrainerActor {
@@ -90,27 +134,35 @@ impl TrainerActor {
         }
     }
 
-    fn step_guarded(&mut self) -> Result<crate::model::training::StepReport, String> {
-        let next_step = self.trainer.counters.global_step + 1;
-        let fault = &self.fault;
-        let trainer = &mut self.trainer;
-        catch_unwind(AssertUnwindSafe(|| {
-            if fault.at_step == Some(next_step) && !fault.fired.swap(true, Ordering::SeqCst) {
-                panic!("injected fault: NEUROSHARD_FAULT_TRAINER_PANIC_AT_STEP={next_step}");
-            }
-            trainer.step()
-        }))
-        .map_err(|payload| {
-            payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into())
-        })
+    /// Runs one handler's work. A panic anywhere in it (step, evaluation, reset, snapshot) would
+    /// otherwise end this actor silently while the status still said "training": it is caught
+    /// and reported to the supervisor, which restarts the trainer from the last snapshot.
+    fn guarded(
+        &mut self,
+        handler: &'static str,
+        ctx: &mut Context<Self>,
+        work: impl FnOnce(&mut Self, &mut Context<Self>),
+    ) {
+        let Err(payload) = catch_unwind(AssertUnwindSafe(|| work(self, ctx))) else {
+            return;
+        };
+        let reason = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        let reason = format!("{handler}: {reason}");
+        let step = self.trainer.counters.global_step;
+        error!(step, %reason, "trainer panicked; asking the supervisor for a restart");
+        self.idle = true;
+        self.supervisor.do_send(TrainerCrashed { reason, step });
+        ctx.stop();
     }
 
     /// The validation loss of the current parameters, logged (the experiment reads these lines).
     fn validate(&mut self) {
+        let step = self.trainer.counters.global_step;
+        self.fault.fire(TrainerWork::Evaluate, step);
         let val = self.trainer.evaluate();
         let c = self.trainer.counters;
         info!(
@@ -122,6 +174,8 @@ impl TrainerActor {
     }
 
     fn publish_snapshot(&self) {
+        let step = self.trainer.counters.global_step;
+        self.fault.fire(TrainerWork::Snapshot, step);
         let snapshot = Arc::new(self.trainer.snapshot());
         self.status
             .publish_weights(Arc::new(snapshot.params.clone()));
@@ -135,43 +189,32 @@ impl Actor for TrainerActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         // This Arbiter's thread only trains: it yields to the API and the network under contention.
         crate::model::backend::lower_thread_priority();
-        let c = self.trainer.counters;
-        info!(
-            step = c.global_step,
-            round = c.round,
-            inner_step = c.inner_step,
-            "trainer started"
-        );
-        if c.initial_val_loss.is_none() {
-            self.validate();
-        }
-        let counters = self.trainer.counters;
-        self.status.update(|s| {
-            s.phase = TrainerPhase::Training;
-            s.record_counters(&counters);
+        self.guarded("start", ctx, |act, ctx| {
+            let c = act.trainer.counters;
+            info!(
+                step = c.global_step,
+                round = c.round,
+                inner_step = c.inner_step,
+                "trainer started"
+            );
+            if c.initial_val_loss.is_none() {
+                act.validate();
+            }
+            let counters = act.trainer.counters;
+            act.status.update(|s| {
+                s.phase = TrainerPhase::Training;
+                s.record_counters(&counters);
+            });
+            ctx.address().do_send(TrainStep);
         });
-        ctx.address().do_send(TrainStep);
     }
 }
 
-impl Handler<TrainStep> for TrainerActor {
-    type Result = ();
-
-    fn handle(&mut self, _: TrainStep, ctx: &mut Self::Context) {
-        if self.idle {
-            return;
-        }
-        let report = match self.step_guarded() {
-            Ok(report) => report,
-            Err(reason) => {
-                let step = self.trainer.counters.global_step + 1;
-                error!(step, %reason, "training step panicked; asking the supervisor for a restart");
-                self.idle = true;
-                self.supervisor.do_send(TrainerCrashed { reason, step });
-                ctx.stop();
-                return;
-            }
-        };
+impl TrainerActor {
+    fn train_step(&mut self, ctx: &mut Context<Self>) {
+        self.fault
+            .fire(TrainerWork::Step, self.trainer.counters.global_step + 1);
+        let report = self.trainer.step();
         self.tally.tokens += report.tokens;
         self.tally.batches += 1;
         self.tally.loss_sum += f64::from(report.loss);
@@ -227,12 +270,10 @@ impl Handler<TrainStep> for TrainerActor {
             ctx.address().do_send(TrainStep);
         }
     }
-}
 
-impl Handler<StartRound> for TrainerActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: StartRound, ctx: &mut Self::Context) {
+    fn start_round(&mut self, msg: StartRound, ctx: &mut Context<Self>) {
+        self.fault
+            .fire(TrainerWork::Reset, self.trainer.counters.global_step);
         self.trainer.reset_to(&msg.theta0, msg.round);
         // The new θ₀ is the shared model every node now holds: its loss is the network's.
         self.validate();
@@ -251,13 +292,37 @@ impl Handler<StartRound> for TrainerActor {
     }
 }
 
+impl Handler<TrainStep> for TrainerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: TrainStep, ctx: &mut Self::Context) {
+        if !self.idle {
+            self.guarded("TrainStep", ctx, Self::train_step);
+        }
+    }
+}
+
+impl Handler<StartRound> for TrainerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: StartRound, ctx: &mut Self::Context) {
+        self.guarded("StartRound", ctx, |act, ctx| act.start_round(msg, ctx));
+    }
+}
+
 impl Handler<StopTraining> for TrainerActor {
     type Result = Option<Arc<TrainerSnapshot>>;
 
     fn handle(&mut self, _: StopTraining, ctx: &mut Self::Context) -> Self::Result {
         self.idle = true;
         self.status.update(|s| s.phase = TrainerPhase::Stopped);
+        let mut snapshot = None;
+        // A snapshot that panics is reported like any crash; the node then shuts down without
+        // the trainer's part of the checkpoint (the supervisor does not restart while stopping).
+        self.guarded("StopTraining", ctx, |act, _| {
+            snapshot = Some(Arc::new(act.trainer.snapshot()));
+        });
         ctx.stop();
-        Some(Arc::new(self.trainer.snapshot()))
+        snapshot
     }
 }

@@ -35,6 +35,71 @@ pub struct PeerPolicy {
     pub ban_for: Duration,
 }
 
+/// Sync repeats its last two round announcements every 2 s so late joiners hear them
+/// (`REANNOUNCE` in actors/sync.rs): what the budget counts them as.
+pub const REANNOUNCED: u64 = 2;
+pub const REANNOUNCE_EVERY: Duration = Duration::from_secs(2);
+
+/// The fastest inner step the budget assumes (nano on a fast machine takes several): a round of
+/// H steps takes at least H of them, which bounds an honest node's rounds per window.
+pub const FASTEST_STEP: Duration = Duration::from_millis(1);
+
+/// The limit is this many times an honest node's worst case: timers that fire late and then
+/// catch up, a restart's fresh burst, transactions a user sends by hand.
+pub const HEADROOM: u64 = 2;
+
+/// The config an honest node's gossip follows; the rate limit is derived from it, so an honest
+/// peer with the same settings is never rate-limited. Per origin and per window of one heartbeat
+/// interval, an honest node gossips:
+/// - heartbeats, one every interval;
+/// - round announcements: `REANNOUNCED` every `REANNOUNCE_EVERY`, plus one per new round;
+/// - its round verdicts, one message per round;
+/// - proofs (uptime each tick, training each round, inference per /generate_text): its own
+///   ledger checks each against `max_proofs_per_hour` before gossiping it, so however a user
+///   drives inference, no window holds more than that;
+/// - its recent proofs again (`LedgerMessage::Recent`), one message each uptime tick.
+///
+/// Peers are assumed to run the same round length and ledger limits, as one network's nodes do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HonestGossip {
+    pub heartbeat_interval: Duration,
+    /// H, inner steps per round.
+    pub inner_steps: u64,
+    pub uptime_interval: Duration,
+    pub max_proofs_per_hour: u32,
+}
+
+impl HonestGossip {
+    /// The most gossip messages an honest node originates in one heartbeat interval.
+    pub fn worst_case(&self) -> u64 {
+        let window = self.heartbeat_interval;
+        let shortest_round =
+            FASTEST_STEP.saturating_mul(u32::try_from(self.inner_steps).unwrap_or(u32::MAX));
+        let rounds = ticks(window, shortest_round);
+        // Every proof of the window at once; the hourly limit bounds them together.
+        let proofs = u64::from(self.max_proofs_per_hour);
+        ticks(window, self.heartbeat_interval)
+            .saturating_add(REANNOUNCED.saturating_mul(ticks(window, REANNOUNCE_EVERY)))
+            .saturating_add(rounds.saturating_mul(2))
+            .saturating_add(proofs)
+            .saturating_add(ticks(window, self.uptime_interval))
+    }
+
+    /// Gossip messages one origin may send per heartbeat interval: the worst case with headroom.
+    pub fn limit(&self) -> u32 {
+        u32::try_from(self.worst_case().saturating_mul(HEADROOM)).unwrap_or(u32::MAX)
+    }
+}
+
+/// The most ticks of a clock of `period` in a window of `window`, counting one tick that fired
+/// late and the next one on time.
+fn ticks(window: Duration, period: Duration) -> u64 {
+    let period = period.as_micros().max(1);
+    u64::try_from(window.as_micros().div_ceil(period))
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
+}
+
 /// This node's genesis and the certificates already checked against it: a heartbeat carrying a
 /// known certificate costs a hash lookup, not an ECDSA verification.
 struct Admission {
@@ -591,6 +656,139 @@ mod tests {
                 .accept_heartbeat(t0, 0, a, a, heartbeat(1_001))
                 .is_ok()
         );
+    }
+
+    /// When an honest node following `gossip` originates its messages over `span`, at the
+    /// fastest its settings allow: every timer late by a pseudo-random part of its period, every
+    /// round H fastest steps long, and `max_proofs_per_hour` inference proofs requested at once at
+    /// `burst_at`. Proofs pass the node's own hourly limit first, as the ledger does.
+    fn honest_timeline(gossip: &HonestGossip, span: Duration, burst_at: Duration) -> Vec<Duration> {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut late = |period: Duration| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            period.mul_f64((seed >> 11) as f64 / (1u64 << 53) as f64)
+        };
+        let mut messages = Vec::new();
+        let mut periodic = |period: Duration, each: usize, out: &mut Vec<Duration>| {
+            let mut at = Duration::ZERO;
+            let mut ticks = Vec::new();
+            while at < span {
+                ticks.extend(std::iter::repeat_n(at + late(period), each));
+                at += period;
+            }
+            out.extend(ticks.iter().copied());
+            ticks
+        };
+        periodic(gossip.heartbeat_interval, 1, &mut messages);
+        periodic(REANNOUNCE_EVERY, REANNOUNCED as usize, &mut messages);
+        let uptime = periodic(gossip.uptime_interval, 1, &mut messages); // Recent
+        let round = FASTEST_STEP * u32::try_from(gossip.inner_steps).unwrap();
+        let mut rounds = Vec::new();
+        let mut at = round;
+        while at < span {
+            rounds.push(at);
+            at += round;
+        }
+        messages.extend(rounds.iter().flat_map(|&r| [r, r])); // announcement, verdicts
+        let burst = vec![burst_at; gossip.max_proofs_per_hour as usize];
+        let mut proofs: Vec<Duration> = [uptime, rounds, burst].concat();
+        proofs.sort();
+        let hour = Duration::from_secs(3600);
+        let mut last_hour = std::collections::VecDeque::new();
+        for at in proofs {
+            while last_hour.front().is_some_and(|&p| p + hour <= at) {
+                last_hour.pop_front();
+            }
+            if last_hour.len() < gossip.max_proofs_per_hour as usize {
+                last_hour.push_back(at);
+                messages.push(at);
+            }
+        }
+        messages.sort();
+        messages
+    }
+
+    #[test]
+    fn an_honest_node_stays_under_the_derived_limit_at_any_setting() {
+        let configs = [
+            // The defaults.
+            (10, 500, 60, 120),
+            // The tests' quick heartbeat with short rounds.
+            (1, 10, 60, 120),
+            // The issue's failing case: default heartbeat, H = 10.
+            (10, 10, 60, 120),
+            // Frequent uptime proofs, a generous hourly limit.
+            (2, 60, 1, 3600),
+            // A long heartbeat, very short rounds.
+            (30, 5, 3600, 120),
+        ];
+        for (heartbeat_s, inner_steps, uptime_s, max_proofs_per_hour) in configs {
+            let gossip = HonestGossip {
+                heartbeat_interval: Duration::from_secs(heartbeat_s),
+                inner_steps,
+                uptime_interval: Duration::from_secs(uptime_s),
+                max_proofs_per_hour,
+            };
+            let window = gossip.heartbeat_interval;
+            let span = window * 4;
+            let timeline = honest_timeline(&gossip, span, window + window / 2);
+            // The worst case bounds every window, wherever it starts.
+            let busiest = (0..timeline.len())
+                .map(|i| timeline[i..].partition_point(|&t| t < timeline[i] + window))
+                .max()
+                .unwrap();
+            assert!(
+                busiest as u64 <= gossip.worst_case(),
+                "{gossip:?}: {busiest} messages in one window, worst case {}",
+                gossip.worst_case()
+            );
+            // Many honest nodes on that schedule, each started at its own moment, through one
+            // table: none is ever rate-limited (the limit is per origin).
+            let mut table = PeerTable::new(PeerPolicy {
+                heartbeat_interval: window,
+                max_messages_per_interval: gossip.limit(),
+                ..policy()
+            });
+            let t0 = Instant::now();
+            let nodes: Vec<(PeerId, Duration)> = (0..8u32)
+                .map(|i| (peer(), window.mul_f64(f64::from(i) / 8.0)))
+                .collect();
+            let mut arrivals: Vec<(Duration, PeerId)> = nodes
+                .iter()
+                .flat_map(|&(id, offset)| timeline.iter().map(move |&t| (t + offset, id)))
+                .collect();
+            arrivals.sort_by_key(|&(t, _)| t);
+            for (t, id) in arrivals {
+                assert_eq!(table.admit(t0 + t, id), Ok(()), "{gossip:?} at {t:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_derived_limit_follows_the_round_length_and_still_stops_a_flood() {
+        let gossip = |heartbeat_s, inner_steps| HonestGossip {
+            heartbeat_interval: Duration::from_secs(heartbeat_s),
+            inner_steps,
+            uptime_interval: Duration::from_secs(60),
+            max_proofs_per_hour: 120,
+        };
+        // The old fixed 20 per interval banned honest nodes at H = 10 (issue 14).
+        assert!(gossip(10, 10).worst_case() > 20);
+        assert!(gossip(10, 10).limit() > gossip(10, 500).limit());
+        assert!(gossip(10, 500).limit() > gossip(1, 500).limit());
+        // The network test's flooder (800 extra heartbeats a second) is well over the limit of
+        // its seed node (1 s heartbeats, H = 500).
+        assert_eq!(gossip(1, 500).limit(), 268);
+        // Nothing overflows at the extremes the config accepts.
+        let extreme = HonestGossip {
+            heartbeat_interval: Duration::from_secs(u64::MAX),
+            inner_steps: 1,
+            uptime_interval: Duration::from_secs(1),
+            max_proofs_per_hour: u32::MAX,
+        };
+        assert_eq!(extreme.limit(), u32::MAX);
     }
 
     #[test]

@@ -399,6 +399,22 @@ pub fn combined_output(output: &std::process::Output) -> String {
     )
 }
 
+/// Runs `probe` (e.g. `chromium --version`) and returns its output; fails the test (never skips
+/// it) naming what is missing: `./test.sh`, the README's test command, sets up every such tool.
+pub fn require_tool(probe: &mut Command, what: &str, install: &str) -> String {
+    let problem = match probe.output() {
+        Ok(out) if out.status.success() => {
+            return String::from_utf8_lossy(&out.stdout).trim().to_string();
+        }
+        Ok(out) => format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr)),
+        Err(e) => e.to_string(),
+    };
+    panic!(
+        "this test needs {what}, which is missing ({problem}): run the tests with ./test.sh, \
+         which sets it up, or {install}"
+    )
+}
+
 /// tests/python/`name`.
 pub fn python_script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
