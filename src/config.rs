@@ -17,7 +17,7 @@ use crate::ledger::rewards::RewardSchedule;
 use crate::ledger::verify::ProofLimits;
 use crate::model::NeuroLlmConfig;
 use crate::model::config::PRESETS;
-use crate::net::peer_table::{HonestGossip, MAX_PEERS};
+use crate::net::peer_table::{GossipLimits, HonestGossip, MAX_PEERS};
 use crate::net::protocol::valid_network_id;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,9 +100,9 @@ pub struct NetworkSection {
     pub max_blob_mib: u64,
     /// Seconds a blob transfer may take.
     pub blob_timeout_s: u64,
-    /// Gossip messages one node may originate per heartbeat interval; more are rejected. None:
-    /// derived from the settings (`Config::max_messages_per_interval`); set, it may not be below
-    /// what an honest node sends.
+    /// Gossip messages one node may originate per heartbeat interval on each topic; more are
+    /// rejected. None: derived per topic from the settings (`Config::gossip_limits`); set, it
+    /// applies to every topic and may not be below what an honest node sends on its busiest.
     pub max_messages_per_interval: Option<u32>,
     /// Rejected messages within one heartbeat interval that get a peer banned.
     pub ban_after_rejections: u32,
@@ -655,7 +655,7 @@ impl Config {
                 ),
             ));
         }
-        let honest = self.honest_gossip().worst_case();
+        let honest = self.honest_gossip().busiest();
         if let Some(limit) = n.max_messages_per_interval
             && u64::from(limit) < honest
         {
@@ -666,8 +666,8 @@ impl Config {
                      heartbeat interval at these settings (network.heartbeat_interval_s, \
                      diloco.inner_steps, ledger.uptime_interval_s, \
                      ledger.limits.max_proofs_per_hour): honest peers would be rate-limited and \
-                     banned; unset it to use the derived limit ({})",
-                    self.honest_gossip().limit()
+                     banned; unset it to use the limits derived per topic ({:?})",
+                    self.honest_gossip().limits()
                 ),
             ));
         }
@@ -684,12 +684,13 @@ impl Config {
         }
     }
 
-    /// Gossip messages one origin may send per heartbeat interval: the configured value, else
-    /// an honest node's worst case at these settings with headroom.
-    pub fn max_messages_per_interval(&self) -> u32 {
-        self.network
-            .max_messages_per_interval
-            .unwrap_or_else(|| self.honest_gossip().limit())
+    /// Gossip messages one origin may send per heartbeat interval, by topic: the configured
+    /// value on every topic, else an honest node's worst case at these settings with headroom.
+    pub fn gossip_limits(&self) -> GossipLimits {
+        match self.network.max_messages_per_interval {
+            Some(limit) => GossipLimits::uniform(limit),
+            None => self.honest_gossip().limits(),
+        }
     }
 
     pub fn model_config(&self) -> NeuroLlmConfig {
@@ -928,21 +929,21 @@ mod tests {
         c.diloco.min_peers = MAX_PEERS + 1;
         c.ledger.uptime_interval_s = 30;
         c.network.max_messages_per_interval =
-            Some(u32::try_from(c.honest_gossip().worst_case()).unwrap());
+            Some(u32::try_from(c.honest_gossip().busiest()).unwrap());
         c.validate().unwrap();
     }
 
     #[test]
     fn the_rate_limit_is_derived_from_the_settings_unless_set() {
         let mut c = Config::default();
-        assert_eq!(c.max_messages_per_interval(), c.honest_gossip().limit());
-        let default_limit = c.max_messages_per_interval();
+        assert_eq!(c.gossip_limits(), c.honest_gossip().limits());
+        let default_limits = c.gossip_limits();
         c.diloco.inner_steps = 10;
         assert!(
-            c.max_messages_per_interval() > default_limit,
-            "shorter rounds, more messages"
+            c.gossip_limits().round > default_limits.round,
+            "shorter rounds, more announcements"
         );
         c.network.max_messages_per_interval = Some(100_000);
-        assert_eq!(c.max_messages_per_interval(), 100_000);
+        assert_eq!(c.gossip_limits(), GossipLimits::uniform(100_000));
     }
 }

@@ -311,7 +311,7 @@ fn peer_options(
         policy: PeerPolicy {
             heartbeat_interval: Duration::from_secs(n.heartbeat_interval_s),
             drop_after_intervals: n.drop_after_intervals,
-            max_messages_per_interval: config.max_messages_per_interval(),
+            gossip_limits: config.gossip_limits(),
             ban_after_rejections: n.ban_after_rejections,
             ban_below_score: gossip_thresholds().graylist_threshold,
             ban_for: Duration::from_secs(n.ban_s),

@@ -31,7 +31,7 @@ use crate::ledger::store::{
 };
 use crate::ledger::tx::{check_transaction, sign_transaction, tx_id};
 use crate::ledger::verify::{ProofLimits, verify_proof};
-use crate::ledger::witness::{MAX_WITNESSED, Sighting, Watch, decide, saw, tally};
+use crate::ledger::witness::{MAX_WITNESSED, Sighting, WITNESS_FLUSH, Watch, decide, saw, tally};
 use crate::ledger::{
     Nano, Proof, ProofKind, ProofRejection, SignedProof, SignedTransaction, Transaction, TxKind,
     TxRejection, rewards::burn_fee,
@@ -96,6 +96,8 @@ pub struct LedgerActor {
     /// Peers' uptime proofs this node witnessed lately, (proof timestamp, id), oldest first:
     /// gossiped again each uptime interval for peers that missed the statement.
     witnessed: VecDeque<(u64, String)>,
+    /// Ids of uptime proofs witnessed since the last `flush_witnessed`.
+    unannounced_witnessed: VecDeque<String>,
     /// This node's inference proofs waiting for their requester's receipt, by request id.
     awaiting_receipt: BTreeMap<String, (Proof, Instant)>,
 }
@@ -271,6 +273,7 @@ impl LedgerActor {
             sightings: HashMap::new(),
             witnesses: BTreeMap::new(),
             witnessed: VecDeque::new(),
+            unannounced_witnessed: VecDeque::new(),
             awaiting_receipt: BTreeMap::new(),
         }
     }
@@ -530,9 +533,23 @@ impl LedgerActor {
         if self.witnessed.len() > MAX_WITNESSED {
             self.witnessed.pop_front();
         }
-        self.peers.do_send(PublishLedger(LedgerMessage::Witnessed {
-            proofs: vec![id.to_owned()],
-        }));
+        self.unannounced_witnessed.push_back(id.to_owned());
+        if self.unannounced_witnessed.len() > MAX_UNSETTLED_UPTIME {
+            self.unannounced_witnessed.pop_front();
+        }
+    }
+
+    /// Gossips the statements made since the last flush: one message of at most
+    /// `MAX_WITNESSED` ids (the rest wait for the next flush; the oldest are dropped past a bound,
+    /// the uptime tick's re-gossip carries them anyway).
+    fn flush_witnessed(&mut self) {
+        if self.unannounced_witnessed.is_empty() {
+            return;
+        }
+        let take = self.unannounced_witnessed.len().min(MAX_WITNESSED);
+        let proofs: Vec<String> = self.unannounced_witnessed.drain(..take).collect();
+        self.peers
+            .do_send(PublishLedger(LedgerMessage::Witnessed { proofs }));
     }
 
     fn add_witness(&mut self, id: &str, witness: String) {
@@ -898,6 +915,7 @@ impl Actor for LedgerActor {
         });
         self.publish_account();
         ctx.run_interval(INBOX_FLUSH, |act, _| act.tick());
+        ctx.run_interval(WITNESS_FLUSH, |act, _| act.flush_witnessed());
         ctx.run_interval(self.options.uptime_interval, |act, _| {
             act.prove_uptime();
             if act.options.fault.inflate_claims {

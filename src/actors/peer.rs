@@ -43,7 +43,7 @@ use crate::net::announce::{
 };
 use crate::net::blob::{BlobCodec, BlobId, BlobRequest, BlobResponse, BlobStore};
 use crate::net::meter::{ByteMeter, CountingMuxer};
-use crate::net::peer_table::{MAX_PEERS, PeerPolicy, PeerTable, PeerView};
+use crate::net::peer_table::{MAX_PEERS, PeerPolicy, PeerTable, PeerView, Topic};
 use crate::net::protocol::Protocols;
 use crate::net::wire::{
     self, GOSSIP_TRANSMIT_LIMIT, LedgerMessage, MAX_GOSSIP_BYTES, Rejection, unix_ms,
@@ -731,7 +731,7 @@ impl PeerActor {
         let now_ms = unix_ms();
         if message.topic == self.topics.heartbeat.hash() {
             self.table
-                .admit(now, origin)
+                .admit(now, origin, Topic::Heartbeat)
                 .map_err(blame(Blame::Origin))?;
             let name = self.topics.heartbeat.to_string();
             let (heartbeat, node_id) = wire::open::<wire::Heartbeat>(&name, &message.data, &origin)
@@ -749,7 +749,7 @@ impl PeerActor {
             Ok(MessageAcceptance::Accept)
         } else if message.topic == self.topics.round.hash() {
             self.table
-                .admit(now, origin)
+                .admit(now, origin, Topic::Round)
                 .map_err(blame(Blame::Origin))?;
             let name = self.topics.round.to_string();
             let (announcement, node_id) =
@@ -777,7 +777,7 @@ impl PeerActor {
             Ok(MessageAcceptance::Accept)
         } else if message.topic == self.topics.ledger.hash() {
             self.table
-                .admit(now, origin)
+                .admit(now, origin, Topic::Ledger)
                 .map_err(blame(Blame::Origin))?;
             let name = self.topics.ledger.to_string();
             let (entry, node_id) = wire::open::<LedgerMessage>(&name, &message.data, &origin)

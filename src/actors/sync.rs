@@ -35,14 +35,12 @@ use crate::diloco::{OuterOptimizer, pseudo_gradient};
 use crate::model::checkpoint::{self, Checkpoint, OuterState, TrainerSnapshot};
 use crate::model::params::ParamSpec;
 use crate::net::blob::BlobId;
+use crate::net::peer_table::{REANNOUNCE_EVERY, REANNOUNCED};
 use crate::net::wire::{RoundAnnouncement, unix_ms};
 use crate::status::{Component, LocalFault, StatusBoard};
 
 /// How often the round state machine sees the clock (a round's deadline, a heal's grace).
 const ROUND_CHECK: Duration = Duration::from_millis(200);
-/// How often this node repeats its latest round announcement: gossip is fire-and-forget, and a
-/// peer that connected (or joined the mesh) after the first one must still learn of the delta.
-const REANNOUNCE: Duration = Duration::from_secs(2);
 
 /// Where and for which model checkpoints are written.
 #[derive(Clone)]
@@ -441,7 +439,9 @@ impl Actor for SyncActor {
             let effects = act.machine.tick(Instant::now());
             act.perform(effects, ctx);
         });
-        ctx.run_interval(REANNOUNCE, |act, _| {
+        // Gossip is fire-and-forget: a peer that connected (or joined the mesh) after the first
+        // announcement must still learn of the delta. The gossip budget counts these.
+        ctx.run_interval(REANNOUNCE_EVERY, |act, _| {
             act.report_weights();
             for announcement in &act.announced {
                 let again = RoundAnnouncement {
@@ -522,7 +522,7 @@ impl Handler<InnerRoundDone> for SyncActor {
         };
         self.network.do_send(AnnounceRound(announcement.clone()));
         self.announced.push_back(announcement);
-        if self.announced.len() > 2 {
+        if self.announced.len() as u64 > REANNOUNCED {
             self.announced.pop_front();
         }
         self.ledger.do_send(ProveTraining {

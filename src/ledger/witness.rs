@@ -25,6 +25,11 @@ use crate::diloco::weight::EPSILON;
 /// Proof ids one witness statement names at most (~70 bytes each on the wire).
 pub const MAX_WITNESSED: usize = 64;
 
+/// How often a node gossips the statements it made since the last time, in one message: one
+/// message per proof witnessed would grow with the network, and the gossip budget
+/// (`net::peer_table::HonestGossip`) could not bound it.
+pub const WITNESS_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How this node judges liveness, from the network settings: heartbeats come every
 /// `heartbeat_ms`, and a peer silent for `silence_ms` is dropped from the peer table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::wire::{Heartbeat, Rejection};
 use crate::admission::{CertError, Certificate, Genesis, Policy};
 use crate::crypto;
+use crate::ledger::witness::WITNESS_FLUSH;
 
 /// Certificate verifications remembered (by the certificate's bytes) before the cache starts over.
 const MAX_CACHED_CERTIFICATES: usize = 1024;
@@ -25,8 +26,9 @@ pub struct PeerPolicy {
     pub heartbeat_interval: Duration,
     /// A peer not heard from for this many heartbeat intervals is dropped.
     pub drop_after_intervals: u32,
-    /// Gossip messages one origin may send per heartbeat interval; more are rejected.
-    pub max_messages_per_interval: u32,
+    /// Gossip messages one origin may send per heartbeat interval on each topic; more are
+    /// rejected.
+    pub gossip_limits: GossipLimits,
     /// Rejections within one interval that get a peer banned.
     pub ban_after_rejections: u32,
     /// A gossipsub score below this (its graylist threshold: the router already ignores the peer)
@@ -36,7 +38,7 @@ pub struct PeerPolicy {
 }
 
 /// Sync repeats its last two round announcements every 2 s so late joiners hear them
-/// (`REANNOUNCE` in actors/sync.rs): what the budget counts them as.
+/// (actors/sync.rs uses these): what the budget counts them as.
 pub const REANNOUNCED: u64 = 2;
 pub const REANNOUNCE_EVERY: Duration = Duration::from_secs(2);
 
@@ -48,16 +50,61 @@ pub const FASTEST_STEP: Duration = Duration::from_millis(1);
 /// catch up, a restart's fresh burst, transactions a user sends by hand.
 pub const HEADROOM: u64 = 2;
 
+/// The gossip topics. Each has its own budget, so a flood on one (thousands of heartbeats) is cut
+/// off at that topic's few messages instead of spending the allowance that proofs need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topic {
+    Heartbeat,
+    Round,
+    Ledger,
+}
+
+impl Topic {
+    pub const ALL: [Topic; 3] = [Topic::Heartbeat, Topic::Round, Topic::Ledger];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Gossip messages one origin may send per heartbeat interval, by topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GossipLimits {
+    pub heartbeat: u32,
+    pub round: u32,
+    pub ledger: u32,
+}
+
+impl GossipLimits {
+    /// The same limit on every topic (a configured `max_messages_per_interval`).
+    pub fn uniform(limit: u32) -> Self {
+        Self {
+            heartbeat: limit,
+            round: limit,
+            ledger: limit,
+        }
+    }
+
+    pub fn of(&self, topic: Topic) -> u32 {
+        match topic {
+            Topic::Heartbeat => self.heartbeat,
+            Topic::Round => self.round,
+            Topic::Ledger => self.ledger,
+        }
+    }
+}
+
 /// The config an honest node's gossip follows; the rate limit is derived from it, so an honest
 /// peer with the same settings is never rate-limited. Per origin and per window of one heartbeat
 /// interval, an honest node gossips:
-/// - heartbeats, one every interval;
-/// - round announcements: `REANNOUNCED` every `REANNOUNCE_EVERY`, plus one per new round;
-/// - its round verdicts, one message per round;
-/// - proofs (uptime each tick, training each round, inference per /generate_text): its own
-///   ledger checks each against `max_proofs_per_hour` before gossiping it, so however a user
-///   drives inference, no window holds more than that;
-/// - its recent proofs again (`LedgerMessage::Recent`), one message each uptime tick.
+/// - heartbeats, one every interval (heartbeat topic);
+/// - round announcements: `REANNOUNCED` every `REANNOUNCE_EVERY`, plus one per new round
+///   (round topic);
+/// - on the ledger topic: its round verdicts, one message per round; proofs (uptime each tick,
+///   training each round, inference per /generate_text): its own ledger checks each against
+///   `max_proofs_per_hour` before gossiping it, so however a user drives inference, no window
+///   holds more than that; its recent proofs and witness statements again, two messages each
+///   uptime tick; its new witness statements, one message each `WITNESS_FLUSH`.
 ///
 /// Peers are assumed to run the same round length and ledger limits, as one network's nodes do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,24 +117,46 @@ pub struct HonestGossip {
 }
 
 impl HonestGossip {
-    /// The most gossip messages an honest node originates in one heartbeat interval.
-    pub fn worst_case(&self) -> u64 {
+    /// The most gossip messages an honest node originates on `topic` in one heartbeat interval.
+    pub fn worst_case(&self, topic: Topic) -> u64 {
         let window = self.heartbeat_interval;
         let shortest_round =
             FASTEST_STEP.saturating_mul(u32::try_from(self.inner_steps).unwrap_or(u32::MAX));
         let rounds = ticks(window, shortest_round);
-        // Every proof of the window at once; the hourly limit bounds them together.
-        let proofs = u64::from(self.max_proofs_per_hour);
-        ticks(window, self.heartbeat_interval)
-            .saturating_add(REANNOUNCED.saturating_mul(ticks(window, REANNOUNCE_EVERY)))
-            .saturating_add(rounds.saturating_mul(2))
-            .saturating_add(proofs)
-            .saturating_add(ticks(window, self.uptime_interval))
+        match topic {
+            Topic::Heartbeat => ticks(window, self.heartbeat_interval),
+            Topic::Round => REANNOUNCED
+                .saturating_mul(ticks(window, REANNOUNCE_EVERY))
+                .saturating_add(rounds),
+            // Every proof of the window at once; the hourly limit bounds them together.
+            Topic::Ledger => rounds
+                .saturating_add(u64::from(self.max_proofs_per_hour))
+                .saturating_add(2u64.saturating_mul(ticks(window, self.uptime_interval)))
+                .saturating_add(ticks(window, WITNESS_FLUSH)),
+        }
     }
 
-    /// Gossip messages one origin may send per heartbeat interval: the worst case with headroom.
-    pub fn limit(&self) -> u32 {
-        u32::try_from(self.worst_case().saturating_mul(HEADROOM)).unwrap_or(u32::MAX)
+    /// The most an honest node originates on its busiest topic: a uniform limit below it would
+    /// rate-limit honest peers.
+    pub fn busiest(&self) -> u64 {
+        Topic::ALL
+            .map(|t| self.worst_case(t))
+            .into_iter()
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Gossip messages one origin may send per heartbeat interval on each topic: the worst case
+    /// with headroom.
+    pub fn limits(&self) -> GossipLimits {
+        let limit = |topic| {
+            u32::try_from(self.worst_case(topic).saturating_mul(HEADROOM)).unwrap_or(u32::MAX)
+        };
+        GossipLimits {
+            heartbeat: limit(Topic::Heartbeat),
+            round: limit(Topic::Round),
+            ledger: limit(Topic::Ledger),
+        }
     }
 }
 
@@ -110,7 +179,8 @@ struct Admission {
 #[derive(Debug, Clone)]
 struct Window {
     start: Instant,
-    messages: u32,
+    /// Messages by `Topic::index`.
+    messages: [u32; 3],
     rejections: u32,
 }
 
@@ -120,7 +190,7 @@ impl Window {
         if now.saturating_duration_since(self.start) >= interval {
             *self = Window {
                 start: now,
-                messages: 0,
+                messages: [0; 3],
                 rejections: 0,
             };
         }
@@ -259,7 +329,7 @@ impl PeerTable {
             heartbeat_age_ms: None,
             window: Window {
                 start: now,
-                messages: 0,
+                messages: [0; 3],
                 rejections: 0,
             },
             banned_until: None,
@@ -327,17 +397,18 @@ impl PeerTable {
     }
 
     /// Whether a gossip message from `origin` may be looked at: not banned, within its rate.
-    pub fn admit(&mut self, now: Instant, origin: PeerId) -> Result<(), Rejection> {
+    pub fn admit(&mut self, now: Instant, origin: PeerId, topic: Topic) -> Result<(), Rejection> {
         if self.is_banned(&origin, now) {
             return Err(Rejection::Banned);
         }
         let (interval, limit) = (
             self.policy.heartbeat_interval,
-            self.policy.max_messages_per_interval,
+            self.policy.gossip_limits.of(topic),
         );
         let window = self.entry(now, origin).window.current(now, interval);
-        window.messages += 1;
-        if window.messages > limit {
+        let messages = &mut window.messages[topic.index()];
+        *messages += 1;
+        if *messages > limit {
             return Err(Rejection::RateLimited { limit });
         }
         Ok(())
@@ -576,7 +647,7 @@ mod tests {
         PeerPolicy {
             heartbeat_interval: Duration::from_secs(1),
             drop_after_intervals: 3,
-            max_messages_per_interval: 5,
+            gossip_limits: GossipLimits::uniform(5),
             ban_after_rejections: 10,
             ban_below_score: -80.0,
             ban_for: Duration::from_secs(60),
@@ -612,7 +683,11 @@ mod tests {
         }
         assert!(table.is_banned(&banned, t0));
         for i in 0..MAX_PEERS + 10 {
-            let _ = table.admit(t0 + Duration::from_millis(i as u64), peer());
+            let _ = table.admit(
+                t0 + Duration::from_millis(i as u64),
+                peer(),
+                Topic::Heartbeat,
+            );
         }
         assert_eq!(table.peers.len(), MAX_PEERS);
         assert!(table.contains(&connected) && table.contains(&banned));
@@ -658,11 +733,16 @@ mod tests {
         );
     }
 
-    /// When an honest node following `gossip` originates its messages over `span`, at the
-    /// fastest its settings allow: every timer late by a pseudo-random part of its period, every
-    /// round H fastest steps long, and `max_proofs_per_hour` inference proofs requested at once at
-    /// `burst_at`. Proofs pass the node's own hourly limit first, as the ledger does.
-    fn honest_timeline(gossip: &HonestGossip, span: Duration, burst_at: Duration) -> Vec<Duration> {
+    /// When an honest node following `gossip` originates its messages over `span`, and on which
+    /// topic, at the fastest its settings allow: every timer late by a pseudo-random part of its
+    /// period, every round H fastest steps long, and `max_proofs_per_hour` inference proofs
+    /// requested at once at `burst_at`. Proofs pass the node's own hourly limit first, as the
+    /// ledger does.
+    fn honest_timeline(
+        gossip: &HonestGossip,
+        span: Duration,
+        burst_at: Duration,
+    ) -> Vec<(Duration, Topic)> {
         let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
         let mut late = |period: Duration| {
             seed = seed
@@ -671,19 +751,31 @@ mod tests {
             period.mul_f64((seed >> 11) as f64 / (1u64 << 53) as f64)
         };
         let mut messages = Vec::new();
-        let mut periodic = |period: Duration, each: usize, out: &mut Vec<Duration>| {
+        let mut periodic = |period: Duration, each: usize, topic, out: &mut Vec<_>| {
             let mut at = Duration::ZERO;
             let mut ticks = Vec::new();
             while at < span {
                 ticks.extend(std::iter::repeat_n(at + late(period), each));
                 at += period;
             }
-            out.extend(ticks.iter().copied());
+            out.extend(ticks.iter().map(|&t| (t, topic)));
             ticks
         };
-        periodic(gossip.heartbeat_interval, 1, &mut messages);
-        periodic(REANNOUNCE_EVERY, REANNOUNCED as usize, &mut messages);
-        let uptime = periodic(gossip.uptime_interval, 1, &mut messages); // Recent
+        periodic(
+            gossip.heartbeat_interval,
+            1,
+            Topic::Heartbeat,
+            &mut messages,
+        );
+        periodic(
+            REANNOUNCE_EVERY,
+            REANNOUNCED as usize,
+            Topic::Round,
+            &mut messages,
+        );
+        // Recent proofs and witness statements again.
+        let uptime = periodic(gossip.uptime_interval, 2, Topic::Ledger, &mut messages);
+        periodic(WITNESS_FLUSH, 1, Topic::Ledger, &mut messages);
         let round = FASTEST_STEP * u32::try_from(gossip.inner_steps).unwrap();
         let mut rounds = Vec::new();
         let mut at = round;
@@ -691,9 +783,15 @@ mod tests {
             rounds.push(at);
             at += round;
         }
-        messages.extend(rounds.iter().flat_map(|&r| [r, r])); // announcement, verdicts
+        // The announcement and the verdicts.
+        messages.extend(
+            rounds
+                .iter()
+                .flat_map(|&r| [(r, Topic::Round), (r, Topic::Ledger)]),
+        );
         let burst = vec![burst_at; gossip.max_proofs_per_hour as usize];
-        let mut proofs: Vec<Duration> = [uptime, rounds, burst].concat();
+        let mut proofs: Vec<Duration> =
+            [uptime.iter().step_by(2).copied().collect(), rounds, burst].concat();
         proofs.sort();
         let hour = Duration::from_secs(3600);
         let mut last_hour = std::collections::VecDeque::new();
@@ -703,10 +801,10 @@ mod tests {
             }
             if last_hour.len() < gossip.max_proofs_per_hour as usize {
                 last_hour.push_back(at);
-                messages.push(at);
+                messages.push((at, Topic::Ledger));
             }
         }
-        messages.sort();
+        messages.sort_by_key(|&(t, _)| t);
         messages
     }
 
@@ -734,40 +832,55 @@ mod tests {
             let window = gossip.heartbeat_interval;
             let span = window * 4;
             let timeline = honest_timeline(&gossip, span, window + window / 2);
-            // The worst case bounds every window, wherever it starts.
-            let busiest = (0..timeline.len())
-                .map(|i| timeline[i..].partition_point(|&t| t < timeline[i] + window))
-                .max()
-                .unwrap();
-            assert!(
-                busiest as u64 <= gossip.worst_case(),
-                "{gossip:?}: {busiest} messages in one window, worst case {}",
-                gossip.worst_case()
-            );
+            // The worst case bounds every window of every topic, wherever it starts.
+            for topic in Topic::ALL {
+                let times: Vec<Duration> = timeline
+                    .iter()
+                    .filter(|m| m.1 == topic)
+                    .map(|m| m.0)
+                    .collect();
+                let busiest = (0..times.len())
+                    .map(|i| times[i..].partition_point(|&t| t < times[i] + window))
+                    .max()
+                    .unwrap_or(0);
+                assert!(
+                    busiest as u64 <= gossip.worst_case(topic),
+                    "{gossip:?}: {busiest} {topic:?} messages in one window, worst case {}",
+                    gossip.worst_case(topic)
+                );
+            }
             // Many honest nodes on that schedule, each started at its own moment, through one
-            // table: none is ever rate-limited (the limit is per origin).
+            // table: none is ever rate-limited (the limit is per origin and topic).
             let mut table = PeerTable::new(PeerPolicy {
                 heartbeat_interval: window,
-                max_messages_per_interval: gossip.limit(),
+                gossip_limits: gossip.limits(),
                 ..policy()
             });
             let t0 = Instant::now();
             let nodes: Vec<(PeerId, Duration)> = (0..8u32)
                 .map(|i| (peer(), window.mul_f64(f64::from(i) / 8.0)))
                 .collect();
-            let mut arrivals: Vec<(Duration, PeerId)> = nodes
+            let mut arrivals: Vec<(Duration, PeerId, Topic)> = nodes
                 .iter()
-                .flat_map(|&(id, offset)| timeline.iter().map(move |&t| (t + offset, id)))
+                .flat_map(|&(id, offset)| {
+                    timeline
+                        .iter()
+                        .map(move |&(t, topic)| (t + offset, id, topic))
+                })
                 .collect();
-            arrivals.sort_by_key(|&(t, _)| t);
-            for (t, id) in arrivals {
-                assert_eq!(table.admit(t0 + t, id), Ok(()), "{gossip:?} at {t:?}");
+            arrivals.sort_by_key(|&(t, ..)| t);
+            for (t, id, topic) in arrivals {
+                assert_eq!(
+                    table.admit(t0 + t, id, topic),
+                    Ok(()),
+                    "{gossip:?} at {t:?}"
+                );
             }
         }
     }
 
     #[test]
-    fn the_derived_limit_follows_the_round_length_and_still_stops_a_flood() {
+    fn the_derived_limits_follow_the_round_length_and_still_stop_a_flood() {
         let gossip = |heartbeat_s, inner_steps| HonestGossip {
             heartbeat_interval: Duration::from_secs(heartbeat_s),
             inner_steps,
@@ -775,12 +888,13 @@ mod tests {
             max_proofs_per_hour: 120,
         };
         // The old fixed 20 per interval banned honest nodes at H = 10 (issue 14).
-        assert!(gossip(10, 10).worst_case() > 20);
-        assert!(gossip(10, 10).limit() > gossip(10, 500).limit());
-        assert!(gossip(10, 500).limit() > gossip(1, 500).limit());
-        // The network test's flooder (800 extra heartbeats a second) is well over the limit of
-        // its seed node (1 s heartbeats, H = 500).
-        assert_eq!(gossip(1, 500).limit(), 268);
+        assert!(gossip(10, 10).busiest() > 20);
+        assert!(gossip(10, 10).limits().round > gossip(10, 500).limits().round);
+        assert!(gossip(10, 500).limits().ledger > gossip(1, 500).limits().ledger);
+        // A heartbeat flood (the network test's flooder sends 800 extra a second) is cut off at
+        // a few heartbeats, whatever the proof allowance.
+        assert_eq!(gossip(1, 500).limits().heartbeat, 4);
+        assert_eq!(gossip(10, 500).limits().heartbeat, 4);
         // Nothing overflows at the extremes the config accepts.
         let extreme = HonestGossip {
             heartbeat_interval: Duration::from_secs(u64::MAX),
@@ -788,7 +902,7 @@ mod tests {
             uptime_interval: Duration::from_secs(1),
             max_proofs_per_hour: u32::MAX,
         };
-        assert_eq!(extreme.limit(), u32::MAX);
+        assert_eq!(extreme.limits().ledger, u32::MAX);
     }
 
     #[test]
@@ -797,10 +911,18 @@ mod tests {
         let mut table = PeerTable::new(policy());
         let a = peer();
         for _ in 0..5 {
-            assert_eq!(table.admit(t0, a), Ok(()));
+            assert_eq!(table.admit(t0, a, Topic::Heartbeat), Ok(()));
         }
-        assert_eq!(table.admit(t0, a), Err(Rejection::RateLimited { limit: 5 }));
-        assert_eq!(table.admit(t0 + Duration::from_secs(1), a), Ok(()));
+        assert_eq!(
+            table.admit(t0, a, Topic::Heartbeat),
+            Err(Rejection::RateLimited { limit: 5 })
+        );
+        // Each topic has its own budget: a heartbeat flood does not stop the origin's proofs.
+        assert_eq!(table.admit(t0, a, Topic::Ledger), Ok(()));
+        assert_eq!(
+            table.admit(t0 + Duration::from_secs(1), a, Topic::Heartbeat),
+            Ok(())
+        );
     }
 
     #[test]
@@ -816,7 +938,7 @@ mod tests {
         let reason = outcome.ban.unwrap();
         assert!(reason.contains("10 rejected") && reason.contains("bad signature"));
         assert!(table.is_banned(&a, t0));
-        assert_eq!(table.admit(t0, a), Err(Rejection::Banned));
+        assert_eq!(table.admit(t0, a, Topic::Round), Err(Rejection::Banned));
         let (peers, totals) = table.view(t0, 0, &HashMap::from([(a, (300, 20))]));
         assert_eq!((peers[0].rejected, peers[0].banned), (10, true));
         assert_eq!(peers[0].rejections, BTreeMap::from([("bad_signature", 10)]));
