@@ -128,13 +128,49 @@ pub struct OfferBlob {
 
 /// → Peer: fetch blob `id` from `peer`; the bytes are checked against `id` before they are returned.
 #[derive(Message)]
-#[rtype(result = "Result<Arc<Vec<u8>>, String>")]
+#[rtype(result = "Result<Arc<Vec<u8>>, FetchError>")]
 pub struct FetchBlob {
     pub peer: libp2p::PeerId,
     pub id: BlobId,
     /// The blob's size as the protocol implies it (a Δ's announced size, θ₀'s 4 bytes a value):
     /// a longer answer is refused from its length header and counts against the peer.
     pub max_bytes: u64,
+}
+
+/// Why `FetchBlob` brought no bytes: this node's own limits or state, the peer's offence (counted
+/// against it), or neither (the peer moved on, the transfer broke).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    /// This node's bound on transfers in flight: nobody's offence, try later.
+    #[error(
+        "{from_peer} transfers from {peer} and {total} in all already in flight (limits {per_peer} and {max})"
+    )]
+    Busy {
+        peer: libp2p::PeerId,
+        from_peer: usize,
+        total: usize,
+        per_peer: usize,
+        max: usize,
+    },
+    #[error("the network stopped")]
+    Stopped,
+    /// The peer no longer serves the blob (it moved to another round): no offence.
+    #[error("peer {peer} does not have blob {blob}")]
+    Missing { peer: libp2p::PeerId, blob: BlobId },
+    /// The peer's answer broke the protocol (another hash, longer than the bound): counted
+    /// against it.
+    #[error("peer {peer}: {rejection}")]
+    Refused {
+        peer: libp2p::PeerId,
+        rejection: Rejection,
+    },
+    /// The transfer failed (timeout, connection closed, unsupported protocol).
+    #[error("fetching blob {blob} from {peer}: {reason}")]
+    Transfer {
+        peer: libp2p::PeerId,
+        blob: BlobId,
+        reason: String,
+    },
 }
 
 /// Sync → Peer: gossip this node's signed announcement of its delta for a round.

@@ -29,8 +29,8 @@ use libp2p::{
 use tracing::{debug, info, warn};
 
 use super::messages::{
-    AnnounceRound, BlobServed, FetchBlob, LedgerGossip, OfferBlob, PeerHeard, PeerOffence,
-    PeerRoundAnnounced, PublishLedger, RefusedAtGate, RegisterAttack, RegisterLedger,
+    AnnounceRound, BlobServed, FetchBlob, FetchError, LedgerGossip, OfferBlob, PeerHeard,
+    PeerOffence, PeerRoundAnnounced, PublishLedger, RefusedAtGate, RegisterAttack, RegisterLedger,
     RegisterRounds, RoundObserved, TrainerPeers,
 };
 use crate::admission::{Certificate, Genesis, Policy, unix_s};
@@ -405,7 +405,7 @@ enum Blame {
 struct PendingFetch {
     peer: PeerId,
     blob: BlobId,
-    reply: tokio::sync::oneshot::Sender<Result<Arc<Vec<u8>>, String>>,
+    reply: tokio::sync::oneshot::Sender<Result<Arc<Vec<u8>>, FetchError>>,
 }
 
 pub struct PeerActor {
@@ -908,9 +908,10 @@ impl PeerActor {
                     return;
                 };
                 let result = match response {
-                    BlobResponse::Missing => {
-                        Err(format!("peer {peer} does not have blob {}", pending.blob))
-                    }
+                    BlobResponse::Missing => Err(FetchError::Missing {
+                        peer,
+                        blob: pending.blob,
+                    }),
                     BlobResponse::Found { id, bytes } => {
                         let now = Instant::now();
                         if id == pending.blob {
@@ -921,7 +922,7 @@ impl PeerActor {
                                 pending.blob
                             ));
                             self.rejected(now, peer, &rejection);
-                            Err(rejection.to_string())
+                            Err(FetchError::Refused { peer, rejection })
                         }
                     }
                 };
@@ -933,17 +934,24 @@ impl PeerActor {
                 error,
                 ..
             } => {
-                if let OutboundFailure::Io(e) = &error
-                    && e.kind() == std::io::ErrorKind::InvalidData
-                {
-                    let rejection = Rejection::Malformed(format!("blob response: {e}"));
-                    self.rejected(Instant::now(), peer, &rejection);
-                }
+                let refused = match &error {
+                    OutboundFailure::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                        let rejection = Rejection::Malformed(format!("blob response: {e}"));
+                        self.rejected(Instant::now(), peer, &rejection);
+                        Some(rejection)
+                    }
+                    _ => None,
+                };
                 if let Some(pending) = self.pending.remove(&request_id) {
-                    let _ = pending.reply.send(Err(format!(
-                        "fetching blob {} from {}: {error}",
-                        pending.blob, pending.peer
-                    )));
+                    let failure = match refused {
+                        Some(rejection) => FetchError::Refused { peer, rejection },
+                        None => FetchError::Transfer {
+                            peer,
+                            blob: pending.blob,
+                            reason: error.to_string(),
+                        },
+                    };
+                    let _ = pending.reply.send(Err(failure));
                 }
             }
             Event::InboundFailure { peer, error, .. } => {
@@ -1089,7 +1097,7 @@ impl Handler<OfferBlob> for PeerActor {
 }
 
 impl Handler<FetchBlob> for PeerActor {
-    type Result = ResponseFuture<Result<Arc<Vec<u8>>, String>>;
+    type Result = ResponseFuture<Result<Arc<Vec<u8>>, FetchError>>;
 
     /// At most `fetch_limit` transfers from one peer and `MAX_FETCHES` in all are in flight:
     /// more are refused at once, so neither a flood of announcements nor a slow peer can pile
@@ -1101,12 +1109,14 @@ impl Handler<FetchBlob> for PeerActor {
         );
         let from_peer = self.pending.values().filter(|p| p.peer == msg.peer).count();
         if from_peer >= per_peer || self.pending.len() >= MAX_FETCHES {
-            let why = format!(
-                "{from_peer} transfers from {} and {} in all already in flight (limits {per_peer} and {MAX_FETCHES})",
-                msg.peer,
-                self.pending.len()
-            );
-            return Box::pin(async move { Err(why) });
+            let busy = FetchError::Busy {
+                peer: msg.peer,
+                from_peer,
+                total: self.pending.len(),
+                per_peer,
+                max: MAX_FETCHES,
+            };
+            return Box::pin(async move { Err(busy) });
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
         let request = BlobRequest {
@@ -1126,11 +1136,7 @@ impl Handler<FetchBlob> for PeerActor {
                 reply,
             },
         );
-        Box::pin(async move {
-            answer
-                .await
-                .unwrap_or_else(|_| Err("the network stopped".to_string()))
-        })
+        Box::pin(async move { answer.await.unwrap_or(Err(FetchError::Stopped)) })
     }
 }
 

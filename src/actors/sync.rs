@@ -19,9 +19,9 @@ use super::aggregator::AggregatorActor;
 use super::ledger::LedgerActor;
 use super::messages::{
     AggregateRound, AnnounceRound, BlobServed, CheckpointError, DeltaVerdict, FetchBlob,
-    GetResumeState, InnerRoundDone, ModelAdopted, OfferBlob, PeerRoundAnnounced, PeerWeights,
-    ProveTraining, RegisterRounds, RegisterTrainer, ResumeState, RoundVerdicts, SnapshotTaken,
-    StartRound, TrainerPeers, WriteCheckpoint,
+    FetchError, GetResumeState, InnerRoundDone, ModelAdopted, OfferBlob, PeerRoundAnnounced,
+    PeerWeights, ProveTraining, RegisterRounds, RegisterTrainer, ResumeState, RoundVerdicts,
+    SnapshotTaken, StartRound, TrainerPeers, WriteCheckpoint,
 };
 use super::peer::PeerActor;
 use crate::aggregate::{Aggregate, AggregationConfig, check_aggregate};
@@ -273,7 +273,10 @@ impl SyncActor {
             max_bytes,
         });
         ctx.spawn(fetch.into_actor(self).map(move |result, act, ctx| {
-            let fetched = result.map_err(|e| e.to_string()).and_then(|r| r);
+            let fetched = match result {
+                Ok(fetched) => fetched.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
             let delta_hash = delta.to_string();
             let now = Instant::now();
             let effects = act
@@ -348,8 +351,8 @@ impl SyncActor {
             (theta0, momentum)
         };
         ctx.spawn(fetch.into_actor(self).map(move |(theta0, momentum), act, ctx| {
-            let as_values = |fetched: Result<Result<Arc<Vec<u8>>, String>, MailboxError>| {
-                let bytes = fetched.map_err(|e| e.to_string())??;
+            let as_values = |fetched: Result<Result<Arc<Vec<u8>>, FetchError>, MailboxError>| {
+                let bytes = fetched.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
                 if bytes.len() % 4 != 0 {
                     return Err(format!("{} bytes is not a whole number of f32", bytes.len()));
                 }

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::actors::ledger::LedgerActor;
-use crate::actors::messages::{FetchBlob, ProveInference};
+use crate::actors::messages::{FetchBlob, FetchError, ProveInference};
 use crate::actors::peer::PeerActor;
 use crate::diloco::codec::max_delta_len;
 use crate::logs::LogRing;
@@ -324,7 +324,13 @@ async fn fetch_blob(
                 e.to_string(),
             )
         })?
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "fetch_failed", e))?;
+        .map_err(|e| match e {
+            // This node's own limit on transfers in flight: the caller may retry.
+            FetchError::Busy { .. } | FetchError::Stopped => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "fetch_busy", e.to_string())
+            }
+            _ => ApiError::new(StatusCode::BAD_GATEWAY, "fetch_failed", e.to_string()),
+        })?;
     let seconds = started.elapsed().as_secs_f64();
     // The network layer hashed the bytes as they arrived and refused a mismatch.
     Ok(HttpResponse::Ok().json(json!({
