@@ -2,121 +2,22 @@
 //! POST /api/blobs/fetch (each also under /api/v1) and the plain status page at /.
 //! Every error is JSON {error, detail} with a 4xx (or 503) status.
 
-use std::sync::{Arc, Mutex};
-
-use actix_web::http::{Method, StatusCode, header};
-use actix_web::{
-    FromRequest, Handler, HttpRequest, HttpResponse, Resource, Responder, ResponseError, Route, web,
-};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::actors::ledger::LedgerActor;
+use super::error::ApiError;
+use super::state::{ApiState, MAX_BODY_BYTES, get, not_found, post};
+use super::views::{diloco_view, health_view, network_view, stats_view};
 use crate::actors::messages::{FetchBlob, FetchError, ProveInference};
-use crate::actors::peer::PeerActor;
 use crate::diloco::codec::max_delta_len;
-use crate::logs::LogRing;
-use crate::model::backend::{CpuBackend, cpu_device};
+use crate::model::backend::cpu_device;
 use crate::model::inference::{SamplingOptions, generate};
-use crate::model::params::unflatten;
-use crate::model::{NeuroLlm, NeuroLlmConfig};
 use crate::net::blob::BlobId;
-use crate::status::{NodeStatus, StatusBoard};
 
-/// Largest accepted JSON body; prompts are short.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
 const MAX_PROMPT_BYTES: usize = 8 * 1024;
 const MAX_NEW_TOKENS: usize = 512;
-
-pub struct ApiState {
-    pub status: StatusBoard,
-    pub model: NeuroLlmConfig,
-    pub training_enabled: bool,
-    peers: actix::Addr<PeerActor>,
-    pub(super) ledger: actix::Addr<LedgerActor>,
-    /// Bearer key of the mutating wallet endpoints; `None` refuses them.
-    pub(super) api_key: Option<String>,
-    /// The CPU model generation uses, rebuilt when the published weights change.
-    inference: Mutex<Option<(u64, Arc<NeuroLlm<CpuBackend>>)>>,
-    /// The dashboard's history and its open event streams.
-    pub(super) feed: super::dashboard::Feed,
-}
-
-impl ApiState {
-    pub fn new(
-        status: StatusBoard,
-        model: NeuroLlmConfig,
-        training_enabled: bool,
-        peers: actix::Addr<PeerActor>,
-        ledger: actix::Addr<LedgerActor>,
-        api_key: Option<String>,
-        logs: LogRing,
-    ) -> Self {
-        Self {
-            status,
-            model,
-            training_enabled,
-            peers,
-            ledger,
-            api_key,
-            inference: Mutex::new(None),
-            feed: super::dashboard::Feed::new(logs),
-        }
-    }
-
-    /// Ends the dashboard's open event streams, so a graceful stop does not wait on them.
-    pub fn close_streams(&self) {
-        self.feed.close();
-    }
-
-    fn current_model(&self) -> Option<Arc<NeuroLlm<CpuBackend>>> {
-        let status = self.status.read();
-        let weights = status.weights?;
-        let mut cache = self.inference.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((version, model)) = cache.as_ref()
-            && *version == status.weights_version
-        {
-            return Some(model.clone());
-        }
-        let model = Arc::new(unflatten(
-            self.model.init::<CpuBackend>(&cpu_device()),
-            &weights,
-        ));
-        *cache = Some((status.weights_version, model.clone()));
-        Some(model)
-    }
-}
-
-/// An API error: rendered as {error, detail} with its status code.
-#[derive(Debug, thiserror::Error)]
-#[error("{error}: {detail}")]
-pub struct ApiError {
-    status: StatusCode,
-    error: &'static str,
-    detail: String,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, error: &'static str, detail: impl Into<String>) -> Self {
-        Self {
-            status,
-            error,
-            detail: detail.into(),
-        }
-    }
-    pub fn bad_request(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad_request", detail)
-    }
-}
-
-impl ResponseError for ApiError {
-    fn status_code(&self) -> StatusCode {
-        self.status
-    }
-    fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(json!({"error": self.error, "detail": self.detail}))
-    }
-}
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     let json = web::JsonConfig::default()
@@ -148,116 +49,14 @@ fn api_routes(cfg: &mut web::ServiceConfig) {
         .configure(super::ledger::configure);
 }
 
-/// `path` served by `handler` for GET; any other method gets a 405 JSON error naming GET.
-pub fn get<F, Args>(path: &str, handler: F) -> Resource
-where
-    F: Handler<Args>,
-    Args: FromRequest + 'static,
-    F::Output: Responder + 'static,
-{
-    endpoint(path, Method::GET, web::get().to(handler))
-}
-
-/// `path` served by `handler` for POST; any other method gets a 405 JSON error naming POST.
-pub fn post<F, Args>(path: &str, handler: F) -> Resource
-where
-    F: Handler<Args>,
-    Args: FromRequest + 'static,
-    F::Output: Responder + 'static,
-{
-    endpoint(path, Method::POST, web::post().to(handler))
-}
-
-/// A resource whose method guard sits on the route, not on the resource, so a known path asked
-/// with another method answers 405 with `Allow` instead of falling through to the 404.
-fn endpoint(path: &str, method: Method, route: Route) -> Resource {
-    web::resource(path)
-        .route(route)
-        .default_service(web::to(move |req: HttpRequest| {
-            let method = method.clone();
-            async move {
-                let mut response = ApiError::new(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "method_not_allowed",
-                    format!(
-                        "{} {} is not served; this path answers {method}",
-                        req.method(),
-                        req.path()
-                    ),
-                )
-                .error_response();
-                response.headers_mut().insert(
-                    header::ALLOW,
-                    header::HeaderValue::from_str(method.as_str())
-                        .expect("an HTTP method is a valid header value"),
-                );
-                response
-            }
-        }))
-}
-
-/// 404 as JSON, for every route nobody serves.
-pub async fn not_found(req: HttpRequest) -> HttpResponse {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        format!("no route for {} {}", req.method(), req.path()),
-    )
-    .error_response()
-}
-
 /// 200 in either case: "degraded" (this node's own disk or database failing, with the reasons)
 /// is not a reason to restart the process; it recovers when the disk does.
 async fn health(state: web::Data<ApiState>) -> HttpResponse {
     HttpResponse::Ok().json(health_view(&state, &state.status.read()))
 }
 
-/// The body of /api/health (also part of the dashboard's stream).
-pub(super) fn health_view(state: &ApiState, s: &NodeStatus) -> serde_json::Value {
-    json!({
-        "status": s.health.status(),
-        "uptime_s": state.status.uptime_s(),
-        "reasons": s.health.reasons(),
-        "faults": s.health.faults,
-    })
-}
-
 async fn stats(state: web::Data<ApiState>) -> HttpResponse {
     HttpResponse::Ok().json(stats_view(&state, &state.status.read()))
-}
-
-/// The body of /api/stats (also part of the dashboard's stream).
-pub(super) fn stats_view(state: &ApiState, s: &NodeStatus) -> serde_json::Value {
-    json!({
-        "node_id": s.node_id,
-        "peer_id": s.peer_id,
-        "role": s.role,
-        "version": s.version,
-        "uptime_s": state.status.uptime_s(),
-        "phase": s.phase,
-        "preset": s.preset,
-        "num_params": s.num_params,
-        "backend": s.backend,
-        "global_step": s.global_step,
-        "loss": s.loss,
-        "val_loss": s.val_loss,
-        "initial_val_loss": s.initial_val_loss,
-        "tokens_per_sec": s.tokens_per_sec,
-        "tokens_seen": s.tokens_seen,
-        "lr": s.lr,
-        "trainer_restarts": s.trainer_restarts,
-        "last_crash": s.last_crash,
-        "checkpoints_written": s.checkpoints_written,
-        "last_checkpoint_step": s.last_checkpoint_step,
-        "theta0_hash": s.theta0_hash,
-        "peer_count": s.network.peer_count,
-        "admission": {
-            "policy": s.admission.policy,
-            "genesis_hash": s.admission.genesis_hash,
-            "certificate_expires_at_s": s.admission.certificate_expires_at_s,
-            "admitted": s.admission.admitted(crate::admission::unix_s()),
-        },
-    })
 }
 
 async fn peers(state: web::Data<ApiState>) -> HttpResponse {
@@ -266,16 +65,6 @@ async fn peers(state: web::Data<ApiState>) -> HttpResponse {
 
 async fn network(state: web::Data<ApiState>) -> HttpResponse {
     HttpResponse::Ok().json(network_view(&state.status.read()))
-}
-
-/// The body of /api/network: the network totals without the peer list.
-pub(super) fn network_view(s: &NodeStatus) -> serde_json::Value {
-    let mut view = serde_json::to_value(s.network.as_ref()).unwrap_or_default();
-    if let Some(object) = view.as_object_mut() {
-        object.remove("peers");
-        object.insert("peer_id".into(), json!(s.peer_id));
-    }
-    view
 }
 
 #[derive(Deserialize)]
@@ -343,25 +132,6 @@ async fn fetch_blob(
 
 async fn diloco(state: web::Data<ApiState>) -> HttpResponse {
     HttpResponse::Ok().json(diloco_view(&state, &state.status.read()))
-}
-
-/// The body of /api/diloco (also part of the dashboard's stream).
-pub(super) fn diloco_view(state: &ApiState, s: &NodeStatus) -> serde_json::Value {
-    let progress = s.inner_step as f64 / s.inner_steps_total.max(1) as f64;
-    json!({
-        "enabled": state.training_enabled,
-        "inner_step_count": s.inner_step,
-        "inner_steps_total": s.inner_steps_total,
-        "progress": progress,
-        "outer_step_count": s.outer_step_count,
-        "phase": s.phase,
-        "last_outer_step": s.last_outer_reason,
-        "round_state": s.round_state,
-        "theta0_hash": s.theta0_hash,
-        "heals": s.heals,
-        "last_heal": s.last_heal,
-        "last_round": s.last_round,
-    })
 }
 
 #[derive(Deserialize)]

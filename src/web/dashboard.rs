@@ -5,84 +5,27 @@
 //! gets a `snapshot` with the whole history. Pages never poll, so a hundred open dashboards cost one
 //! status read a second.
 
-use std::sync::Mutex;
-
-use actix_web::http::StatusCode;
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpResponse, Responder};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-use super::api::{ApiError, ApiState, diloco_view, get, health_view, network_view, stats_view};
-use super::ledger::neuro_view;
+use super::error::ApiError;
+use super::feed::{MAX_LOG_LINES, lock};
+use super::state::{ApiState, get};
+use super::views::{diloco_view, health_view, network_view, neuro_view, stats_view};
 use crate::ledger::to_neuro;
 use crate::logs::{LogLine, LogQuery, LogRing};
 use crate::status::NodeStatus;
 use crate::timeline::{Sample, Timeline, data_parallel_bytes, seconds_to_sync};
 
-/// Open event streams one node serves at most; more get 503.
-const MAX_STREAMS: usize = 64;
-/// Points kept per curve (one a second while training: the last hour at full resolution).
-const MAX_SAMPLES: usize = 3600;
-const MAX_ROUNDS: usize = 50;
-/// Log lines one event or one /api/logs answer carries at most.
-const MAX_LOG_LINES: usize = 500;
 /// The window over which the step rate (and so the time to the next sync) is measured.
 const STEP_RATE_WINDOW_S: f64 = 30.0;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(get("/events", events))
         .service(get("/logs", logs));
-}
-
-/// The sampler's state, shared by the tick and the handlers.
-pub struct Feed {
-    timeline: Mutex<Timeline>,
-    logs: LogRing,
-    /// Log lines up to this sequence number have been streamed.
-    logs_streamed: Mutex<u64>,
-    /// `None` once the server is stopping: open streams end, so shutdown does not wait on them.
-    events: Mutex<Option<broadcast::Sender<Bytes>>>,
-}
-
-impl Feed {
-    pub fn new(logs: LogRing) -> Self {
-        Self {
-            timeline: Mutex::new(Timeline::new(MAX_SAMPLES, MAX_ROUNDS)),
-            logs_streamed: Mutex::new(logs.last_seq().saturating_sub(MAX_LOG_LINES as u64)),
-            logs,
-            events: Mutex::new(Some(broadcast::channel(16).0)),
-        }
-    }
-
-    /// Ends every open stream and refuses new ones.
-    pub fn close(&self) {
-        lock(&self.events).take();
-    }
-
-    fn subscribe(&self) -> Result<broadcast::Receiver<Bytes>, ApiError> {
-        let events = lock(&self.events);
-        let sender = events.as_ref().ok_or_else(|| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                "the node is stopping",
-            )
-        })?;
-        if sender.receiver_count() >= MAX_STREAMS {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too_many_streams",
-                format!("this node serves at most {MAX_STREAMS} open event streams"),
-            ));
-        }
-        Ok(sender.subscribe())
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One sampler tick: record what changed and tell every open page.

@@ -9,18 +9,18 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::api::{ApiError, ApiState, get, post};
+use super::error::ApiError;
+use super::state::{ApiState, get, post};
+use super::views::{account_json, neuro_view};
 use crate::actors::ledger::{LedgerActor, NotRecorded};
 use crate::actors::messages::{
     AttachReceipt, CheckProof, GetAccount, GetBalances, GetProofs, ReceiptRefused,
     SubmitTransaction,
 };
 use crate::ledger::proof::MAX_REQUEST_ID_BYTES;
-use crate::ledger::rewards::{nano, stake_multiplier};
-use crate::ledger::state::Account;
+use crate::ledger::rewards::nano;
 use crate::ledger::verify::Offer;
 use crate::ledger::{Nano, Receipt, SignedProof, TxKind, to_neuro};
-use crate::status::NodeStatus;
 
 const MAX_PROOFS_LISTED: usize = 1000;
 /// The largest amount one request may move, in NEURO (far above any balance; keeps the
@@ -41,37 +41,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(post("/unstake", unstake));
 }
 
-fn account_json(node_id: &str, account: &Account) -> serde_json::Value {
-    json!({
-        "node_id": node_id,
-        "balance": to_neuro(account.balance),
-        "total_earned": to_neuro(account.total_earned),
-        "total_spent": to_neuro(account.total_spent),
-        "stake": to_neuro(account.stake),
-        "stake_locked_until_ms": account.stake_locked_until_ms,
-        "stake_multiplier": stake_multiplier(account.stake),
-        "proof_count": account.proof_count,
-        "balance_nano": account.balance,
-    })
-}
-
 /// This node's wallet with the Python original's keys.
 async fn neuro(state: web::Data<ApiState>) -> HttpResponse {
     HttpResponse::Ok().json(neuro_view(&state.status.read()))
-}
-
-/// The body of /api/neuro (also part of the dashboard's stream).
-pub(super) fn neuro_view(s: &NodeStatus) -> serde_json::Value {
-    let view = &s.neuro;
-    let mut body = account_json(&s.node_id, &view.account);
-    body["wallet_id"] = json!(s.node_id);
-    body["network"] = json!({
-        "total_minted": to_neuro(view.network.total_minted),
-        "total_burned": to_neuro(view.network.total_burned),
-        "circulating_supply": to_neuro(view.network.circulating_supply),
-    });
-    body["rejections"] = json!(view.rejections);
-    body
 }
 
 fn node_id_of_path(id: &str) -> Result<String, ApiError> {

@@ -8,14 +8,14 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use super::api::ApiState;
+use super::state::{ApiState, get};
 use crate::ledger::to_neuro;
 use crate::status::{Component, NodeStatus};
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(super::api::get("/metrics", metrics));
+    cfg.service(get("/metrics", metrics));
 }
 
 async fn metrics(state: web::Data<ApiState>) -> HttpResponse {

@@ -1,11 +1,22 @@
 //! The REST API and the status page (actix-web handlers). Handlers read the published
 //! [`StatusBoard`](crate::status::StatusBoard); none of them waits on the trainer.
+//!
+//! Layers, each using only those below it: `error` ([`ApiError`]), `feed` (the dashboard's
+//! sampler state), `state` ([`ApiState`] and the route helpers), `views` (JSON bodies shared by
+//! routes and the dashboard's stream); on top, the route modules `api`, `dashboard`, `ledger`,
+//! `metrics` and `openapi`.
 
 mod api;
 mod dashboard;
+mod error;
+mod feed;
 mod ledger;
 mod metrics;
 mod openapi;
+mod state;
+mod views;
 
-pub use api::{ApiError, ApiState, configure, not_found};
+pub use api::configure;
 pub use dashboard::tick;
+pub use error::ApiError;
+pub use state::{ApiState, not_found};

@@ -3,12 +3,14 @@
 
 use actix_web::{HttpResponse, web};
 
+use super::state::get;
+
 /// The OpenAPI document, as served.
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");
 
 /// Paths relative to the API scope (/api and /api/v1).
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(super::api::get("/openapi.json", openapi));
+    cfg.service(get("/openapi.json", openapi));
 }
 
 async fn openapi() -> HttpResponse {
