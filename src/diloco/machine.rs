@@ -660,6 +660,16 @@ mod tests {
         })
     }
 
+    /// A permissioned node at round 3 that knows one admitted trainer peer, "p1", on its θ₀.
+    fn with_one_peer() -> (RoundMachine, PeerId, String) {
+        let mut m = machine(WeightRule::Permissioned);
+        let theta0 = m.theta0_hash().to_string();
+        let peer = trainer("p1", 3, &theta0);
+        let peer_id = peer.peer_id;
+        m.trainers_heard(vec![peer]);
+        (m, peer_id, theta0)
+    }
+
     fn own_blob() -> BlobId {
         BlobId::of(b"own")
     }
@@ -667,11 +677,7 @@ mod tests {
     #[test]
     fn a_round_fetches_announced_deltas_and_closes_when_every_expected_trainer_is_in() {
         let t0 = Instant::now();
-        let mut m = machine(WeightRule::Permissioned);
-        let theta0 = m.theta0_hash().to_string();
-        let peer = trainer("p1", 3, &theta0);
-        let peer_id = peer.peer_id;
-        m.trainers_heard(vec![peer]);
+        let (mut m, peer_id, theta0) = with_one_peer();
 
         let bytes = encoded(&[1.0, 0.0, 0.0, 0.0]);
         let effects = m.announced(peer_id, announcement("p1", 3, &theta0, &bytes));
@@ -699,11 +705,7 @@ mod tests {
     #[test]
     fn a_closed_round_reports_its_verdicts_and_considers_early_announcements_on_the_new_theta0() {
         let t0 = Instant::now();
-        let mut m = machine(WeightRule::Permissioned);
-        let theta0 = m.theta0_hash().to_string();
-        let peer = trainer("p1", 3, &theta0);
-        let peer_id = peer.peer_id;
-        m.trainers_heard(vec![peer]);
+        let (mut m, peer_id, theta0) = with_one_peer();
         let bytes = encoded(&[1.0, 0.0, 0.0, 0.0]);
         let hash = BlobId::of(&bytes).to_string();
         m.announced(peer_id, announcement("p1", 3, &theta0, &bytes));
