@@ -254,7 +254,7 @@ impl Default for DilocoSection {
             outer_lr: 0.7,
             outer_momentum: 0.9,
             min_peers: 1,
-            quorum_fraction: 0.67,
+            quorum_fraction: 0.66,
             round_deadline_s: 120,
             straggler_grace_s: 15,
             max_delta_norm: 1e5,

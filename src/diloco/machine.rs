@@ -473,8 +473,15 @@ impl RoundMachine {
             Ok(aggregate) => {
                 let (kept, rejected): (Vec<_>, Vec<_>) =
                     aggregate.verdicts.iter().partition(|v| v.kept);
-                self.reputation
-                    .record_kept(kept.iter().map(|v| v.node_id.as_str()));
+                // Reputation is what peers earned in this node's eyes; its own delta being kept
+                // says nothing, and counting it would end the bootstrap (everyone 1) before any
+                // peer is established.
+                let own = self.node_id.as_str();
+                self.reputation.record_kept(
+                    kept.iter()
+                        .map(|v| v.node_id.as_str())
+                        .filter(|id| *id != own),
+                );
                 summary.kept = kept.iter().map(|v| v.node_id.clone()).collect();
                 summary.rejected = rejected.iter().map(|v| v.node_id.clone()).collect();
                 summary.rule = aggregate.rule_used.name().to_string();
@@ -831,6 +838,36 @@ mod tests {
             m.tick(t0).is_empty(),
             "on the group's state, nothing to heal"
         );
+    }
+
+    #[test]
+    fn an_open_network_node_that_trained_alone_still_counts_its_first_peers_fully() {
+        let t0 = Instant::now();
+        let mut m = machine(WeightRule::Open);
+        let config = AggregationConfig::default();
+        // Three rounds alone: its own kept deltas establish nobody.
+        for round in 3..6 {
+            let effects = m.own_delta(t0, vec![0.5; 4], own_blob());
+            let Some(Effect::Aggregate { contributions, .. }) = effects.first() else {
+                panic!("a lone node closes at once: {effects:?}");
+            };
+            let aggregate = aggregate(&config, contributions).unwrap();
+            m.closed(t0, Ok(&aggregate));
+            m.advance(hash_of(&[round as f32; 4]));
+        }
+        // Two peers appear: both count 1 (nobody is established yet), so both deltas are taken.
+        let theta0 = m.theta0_hash().to_string();
+        let (p1, p2) = (trainer("p1", 6, &theta0), trainer("p2", 6, &theta0));
+        let ids = [p1.peer_id, p2.peer_id];
+        m.trainers_heard(vec![p1, p2]);
+        assert_eq!(m.weights().values().copied().collect::<Vec<_>>(), [1.0; 3]);
+        let bytes = encoded(&[1.0; 4]);
+        let fetched: Vec<Effect> = ["p1", "p2"]
+            .iter()
+            .zip(ids)
+            .flat_map(|(id, peer)| m.announced(peer, announcement(id, 6, &theta0, &bytes)))
+            .collect();
+        assert_eq!(fetches(&fetched), ["p1", "p2"]);
     }
 
     #[test]
