@@ -332,11 +332,7 @@ impl RoundMachine {
     /// newcomers and a thousand fresh keys take no more places than one. A better-ranked newcomer
     /// displaces the worst one holding a place.
     fn newcomer_place(&mut self, node_id: &str, peers: &BTreeMap<String, PeerOuterState>) -> bool {
-        let established = 1 + peers
-            .values()
-            .filter(|p| p.round == self.round && p.weight >= 1.0 - EPSILON)
-            .count();
-        let places = newcomer_places(established, self.rules.byzantine_fraction);
+        let places = self.newcomer_places(peers);
         let rank = |id: &str| newcomer_rank(&self.theta0_hash, id);
         if self.open.newcomers.len() >= places {
             let Some(worst) = self
@@ -358,6 +354,31 @@ impl RoundMachine {
         }
         self.open.newcomers.insert(node_id.to_string());
         true
+    }
+
+    /// The round's newcomer places: ⌊β·n⌋ of the full-weight contributors at this round (this
+    /// node included), at least one.
+    fn newcomer_places(&self, peers: &BTreeMap<String, PeerOuterState>) -> usize {
+        let established = 1 + peers
+            .values()
+            .filter(|p| p.round == self.round && p.weight >= 1.0 - EPSILON)
+            .count();
+        newcomer_places(established, self.rules.byzantine_fraction)
+    }
+
+    /// The weight a round can take: this node's, the full-weight peers', and of the newcomers'
+    /// shares only as many as the round has newcomer places. A round cannot take more newcomers,
+    /// so it must not wait (the straggler grace, every round) for deltas it will never fetch.
+    fn expected_weight(&self, peers: &BTreeMap<String, PeerOuterState>) -> f64 {
+        let (newcomers, full): (Vec<f64>, Vec<f64>) = peers
+            .values()
+            .map(|p| p.weight)
+            .partition(|w| is_newcomer_share(*w));
+        let places = self.newcomer_places(peers);
+        let taken = newcomers.iter().take(places);
+        full.iter()
+            .chain(taken)
+            .fold(self.own_weight(), |sum, w| sum + w)
     }
 
     /// A fetch of `FetchDelta` ended: the encoded bytes, or why not. A delta that decodes and
@@ -420,7 +441,7 @@ impl RoundMachine {
             own_ready_at: self.open.own_ready_at,
             contributions: weight_of(&mut self.open.contributions.keys()),
             pending: weight_of(&mut self.open.pending.iter()),
-            expected: self.own_weight() + peers.values().map(|p| p.weight).sum::<f64>(),
+            expected: self.expected_weight(&peers),
             quorum_since: self.open.quorum_since,
         };
         if self.open.own_ready_at.is_some() && has_quorum(&progress, &self.rules.closing) {
@@ -588,6 +609,7 @@ mod tests {
     use super::*;
     use crate::aggregate::{AggregationConfig, Rule, aggregate};
     use crate::diloco::codec::{CodecConfig, encode};
+    use crate::diloco::weight::ESTABLISHED_AFTER;
 
     const OPTIONS: RoundOptions = RoundOptions {
         min_peers: 1,
@@ -868,6 +890,39 @@ mod tests {
             .flat_map(|(id, peer)| m.announced(peer, announcement(id, 6, &theta0, &bytes)))
             .collect();
         assert_eq!(fetches(&fetched), ["p1", "p2"]);
+    }
+
+    #[test]
+    fn a_round_does_not_wait_for_newcomers_beyond_its_places() {
+        let t0 = Instant::now();
+        let mut m = machine(WeightRule::Open);
+        let theta0 = m.theta0_hash().to_string();
+        // p1 is established (its deltas kept in 3 rounds); n1 and n2 are newcomers sharing one
+        // unit, and the round has ⌊0.2 · 2⌋ → 1 newcomer place.
+        m.reputation.record_kept(["p1"; ESTABLISHED_AFTER as usize]);
+        let [p1, n1, n2] = ["p1", "n1", "n2"].map(|id| trainer(id, 3, &theta0));
+        let peer_ids = [p1.peer_id, n1.peer_id, n2.peer_id];
+        m.trainers_heard(vec![p1, n1, n2]);
+        let bytes = encoded(&[1.0; 4]);
+        let hash = BlobId::of(&bytes).to_string();
+        let mut fetched = Vec::new();
+        for (id, peer) in ["p1", "n1", "n2"].into_iter().zip(peer_ids) {
+            fetched.extend(m.announced(peer, announcement(id, 3, &theta0, &bytes)));
+        }
+        let placed = fetches(&fetched)
+            .into_iter()
+            .filter(|id| id.starts_with('n'))
+            .map(str::to_string)
+            .collect::<Vec<_>>();
+        assert_eq!(placed.len(), 1, "{placed:?}");
+        m.own_delta(t0, vec![0.5; 4], own_blob());
+        m.delta_fetched(t0, 3, "p1", &hash, Ok(Arc::new(bytes.clone())));
+        let effects = m.delta_fetched(t0, 3, &placed[0], &hash, Ok(Arc::new(bytes)));
+        assert!(
+            aggregation(&effects).is_some(),
+            "closes at once, not after the grace"
+        );
+        assert!(m.state().contains("all of 2.50 expected"), "{}", m.state());
     }
 
     #[test]
