@@ -597,8 +597,20 @@ impl PeerActor {
 
     /// Every heartbeat interval: ban peers gossipsub scored below the threshold, expire silent
     /// peers and ended bans, prune their byte counters, then gossip our heartbeat.
+    /// Notes that the network loop runs; after a stall of this node (suspended, SIGSTOP) its
+    /// peers' queued messages are not held against them.
+    fn observe_clock(&mut self, now: Instant) {
+        if let Some(gap) = self.table.observe_clock(now) {
+            warn!(
+                stalled_s = gap.as_secs(),
+                "this node was stalled; the messages peers sent meanwhile ban nobody while it catches up"
+            );
+        }
+    }
+
     fn tick(&mut self) {
         let now = Instant::now();
+        self.observe_clock(now);
         let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         for peer in connected {
             let Some(score) = self.swarm.behaviour().gossipsub.peer_score(&peer) else {
@@ -691,6 +703,7 @@ impl PeerActor {
     /// and a relaying peer is not penalised for it.
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
         let now = Instant::now();
+        self.observe_clock(now);
         let acceptance = match self.validate_gossip(now, source, &message) {
             Ok(acceptance) => acceptance,
             Err((blame, rejection)) => {
@@ -699,7 +712,8 @@ impl PeerActor {
                     _ => source,
                 };
                 self.rejected(now, blamed, &rejection);
-                if blamed == source {
+                // Stale messages queued while this node was stalled are not the sender's fault.
+                if blamed == source && !self.table.catching_up(now) {
                     MessageAcceptance::Reject
                 } else {
                     MessageAcceptance::Ignore

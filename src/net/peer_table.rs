@@ -289,7 +289,19 @@ pub struct PeerTable {
     peers: HashMap<PeerId, Entry>,
     totals: NetworkTotals,
     admission: Option<Admission>,
+    /// The last time this node's network loop ran (`observe_clock`).
+    last_run: Option<Instant>,
+    /// After this node itself stalled, until when the messages queued meanwhile are not held
+    /// against their senders (`catching_up`).
+    catching_up_until: Option<Instant>,
 }
+
+/// A gap in this node's own loop longer than this many heartbeat intervals is a stall of this
+/// node (a suspended laptop, SIGSTOP, a swapped-out process), not of its peers.
+const STALL_INTERVALS: u32 = 3;
+/// Heartbeat intervals after a stall in which peers' queued messages arrive in a burst (and
+/// stale): they are counted, but nobody is rate-limited or banned for them.
+const CATCH_UP_INTERVALS: u32 = 5;
 
 impl PeerTable {
     pub fn new(policy: PeerPolicy) -> Self {
@@ -298,6 +310,8 @@ impl PeerTable {
             peers: HashMap::new(),
             totals: NetworkTotals::default(),
             admission: None,
+            last_run: None,
+            catching_up_until: None,
         }
     }
 
@@ -397,6 +411,28 @@ impl PeerTable {
     }
 
     /// Whether a gossip message from `origin` may be looked at: not banned, within its rate.
+    /// This node's network loop runs at `now` (each heartbeat tick, each gossip message). After a
+    /// gap of over `STALL_INTERVALS` heartbeat intervals this node itself was stalled: returns the
+    /// gap, and for `CATCH_UP_INTERVALS` the burst of messages its peers sent meanwhile (arriving
+    /// at once, and stale) bans nobody.
+    pub fn observe_clock(&mut self, now: Instant) -> Option<Duration> {
+        let interval = self.policy.heartbeat_interval;
+        let gap = self
+            .last_run
+            .map(|last| now.saturating_duration_since(last))
+            .filter(|gap| *gap > interval.saturating_mul(STALL_INTERVALS));
+        self.last_run = Some(now);
+        if gap.is_some() {
+            self.catching_up_until = Some(now + interval.saturating_mul(CATCH_UP_INTERVALS));
+        }
+        gap
+    }
+
+    /// Whether this node is still catching up after its own stall (`observe_clock`).
+    pub fn catching_up(&self, now: Instant) -> bool {
+        self.catching_up_until.is_some_and(|until| now < until)
+    }
+
     pub fn admit(&mut self, now: Instant, origin: PeerId, topic: Topic) -> Result<(), Rejection> {
         if self.is_banned(&origin, now) {
             return Err(Rejection::Banned);
@@ -408,7 +444,7 @@ impl PeerTable {
         let window = self.entry(now, origin).window.current(now, interval);
         let messages = &mut window.messages[topic.index()];
         *messages += 1;
-        if *messages > limit {
+        if *messages > limit && !self.catching_up(now) {
             return Err(Rejection::RateLimited { limit });
         }
         Ok(())
@@ -518,6 +554,7 @@ impl PeerTable {
             self.policy.ban_after_rejections,
         );
         self.totals.messages_rejected += 1;
+        let catching_up = self.catching_up(now);
         let entry = self.entry(now, peer);
         entry.rejected += 1;
         *entry.rejections.entry(rejection.kind()).or_default() += 1;
@@ -525,7 +562,10 @@ impl PeerTable {
         let total = entry.rejected;
         let window = entry.window.current(now, interval);
         window.rejections += 1;
-        if window.rejections < threshold || entry.banned_until.is_some_and(|until| now < until) {
+        if window.rejections < threshold
+            || catching_up
+            || entry.banned_until.is_some_and(|until| now < until)
+        {
             return RejectOutcome { total, ban: None };
         }
         let reason = format!(
@@ -541,7 +581,10 @@ impl PeerTable {
     /// Bans a peer whose gossipsub score fell below the policy's threshold; returns the reason the
     /// first time.
     pub fn judge_score(&mut self, now: Instant, peer: PeerId, score: f64) -> Option<String> {
-        if score >= self.policy.ban_below_score || self.is_banned(&peer, now) {
+        if score >= self.policy.ban_below_score
+            || self.is_banned(&peer, now)
+            || self.catching_up(now)
+        {
             return None;
         }
         let reason = format!(
@@ -903,6 +946,36 @@ mod tests {
             max_proofs_per_hour: u32::MAX,
         };
         assert_eq!(extreme.limits().ledger, u32::MAX);
+    }
+
+    #[test]
+    fn after_this_node_stalls_the_burst_of_queued_messages_bans_nobody() {
+        let t0 = Instant::now();
+        let mut table = PeerTable::new(policy());
+        let a = peer();
+        assert_eq!(table.observe_clock(t0), None);
+        assert_eq!(table.observe_clock(t0 + Duration::from_secs(1)), None);
+        // This node was suspended for two minutes: its peers' messages arrive all at once.
+        let resumed = t0 + Duration::from_secs(121);
+        assert_eq!(table.observe_clock(resumed), Some(Duration::from_secs(120)));
+        for _ in 0..50 {
+            assert_eq!(table.admit(resumed, a, Topic::Heartbeat), Ok(()));
+            assert_eq!(table.reject(resumed, a, &Rejection::Replayed).ban, None);
+        }
+        assert!(!table.is_banned(&a, resumed));
+        // Once caught up (the loop ran every interval since), the limits hold again.
+        let mut later = resumed;
+        for _ in 0..CATCH_UP_INTERVALS {
+            later += Duration::from_secs(1);
+            assert_eq!(table.observe_clock(later), None);
+        }
+        for _ in 0..5 {
+            assert_eq!(table.admit(later, a, Topic::Heartbeat), Ok(()));
+        }
+        assert_eq!(
+            table.admit(later, a, Topic::Heartbeat),
+            Err(Rejection::RateLimited { limit: 5 })
+        );
     }
 
     #[test]
