@@ -115,6 +115,9 @@ fn inflated_claims_and_unwitnessed_uptime_earn_nothing_while_witnessed_uptime_an
                     let held = proofs_of(node, &attacker);
                     of_kind(&held, "data").len() >= 3
                         && of_kind(&held, "inference").len() >= 3
+                        && of_kind(&held, "uptime").iter().any(|p| {
+                            p["proof"]["uptime_seconds"] == 120 && p["status"] != "pending"
+                        })
                         && ids.iter().all(|id| !witnessed_uptime(node, id).is_empty())
                 })
             },
@@ -136,14 +139,22 @@ fn inflated_claims_and_unwitnessed_uptime_earn_nothing_while_witnessed_uptime_an
             assert!(proof["credited"].is_null(), "node {i}: {proof}");
             assert_eq!(proof["base_reward"], 0, "node {i}: {proof}");
         }
-        // The uptime it did not have: nobody heard it then, so nobody witnessed it.
+        // The uptime it did not have: nobody heard it then, so nobody witnessed it, and it is
+        // refused when it settles.
         let inflated: Vec<_> = of_kind(&held, "uptime")
             .into_iter()
             .filter(|p| p["proof"]["uptime_seconds"] == 120)
             .collect();
         assert_eq!(inflated.len(), 1, "node {i}: {held:?}");
         assert_eq!(
-            inflated[0]["status"], "pending",
+            inflated[0]["status"], "rejected",
+            "node {i}: {}",
+            inflated[0]
+        );
+        assert!(
+            inflated[0]["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("unwitnessed: ")),
             "node {i}: {}",
             inflated[0]
         );

@@ -87,13 +87,17 @@ fn honest_nodes_hold_identical_balances_and_a_forging_replaying_node_earns_nothi
     let cheater_peer = nodes[3].peer_id();
     let (honest, refs): (&[Node], Vec<&Node>) = (&nodes[..3], nodes.iter().collect());
     wait_until(
-        "three outer rounds",
+        "three outer rounds and three credited proofs of each trainer",
         Duration::from_secs(120),
         &refs,
         || {
-            honest
-                .iter()
-                .all(|n| n.get("/api/diloco")["outer_step_count"].as_u64() >= Some(3))
+            honest.iter().all(|n| {
+                let table = balances(n);
+                n.get("/api/diloco")["outer_step_count"].as_u64() >= Some(3)
+                    && ids[..3]
+                        .iter()
+                        .all(|id| table[id]["proof_count"].as_u64() >= Some(3))
+            })
         },
     );
 

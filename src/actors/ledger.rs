@@ -31,7 +31,9 @@ use crate::ledger::store::{
 };
 use crate::ledger::tx::{check_transaction, sign_transaction, tx_id};
 use crate::ledger::verify::{ProofLimits, verify_proof};
-use crate::ledger::witness::{MAX_WITNESSED, Sighting, WITNESS_FLUSH, Watch, decide, saw, tally};
+use crate::ledger::witness::{
+    MAX_WITNESSED, Sighting, WITNESS_FLUSH, Watch, saw, settle_delay, tally,
+};
 use crate::ledger::{
     Nano, Proof, ProofKind, ProofRejection, SignedProof, SignedTransaction, Transaction, TxKind,
     TxRejection, rewards::burn_fee,
@@ -90,9 +92,12 @@ pub struct LedgerActor {
     dropped: u64,
     /// What this node heard of each peer (its signed heartbeats): what it may witness.
     sightings: HashMap<String, Sighting>,
-    /// Witnesses (this node's own statement included) of uptime proofs not credited yet, by
+    /// Witnesses (this node's own statement included) of uptime proofs not settled yet, by
     /// proof id.
     witnesses: BTreeMap<String, Witnesses>,
+    /// Stored uptime proofs waiting for their settlement, (when, id), earliest first: each is
+    /// decided once, `witness::settle_delay` after this node stored it.
+    unsettled_uptime: VecDeque<(Instant, String)>,
     /// Peers' uptime proofs this node witnessed lately, (proof timestamp, id), oldest first:
     /// gossiped again each uptime interval for peers that missed the statement.
     witnessed: VecDeque<(u64, String)>,
@@ -118,8 +123,11 @@ struct Witnesses {
 /// longest silent is forgotten first.
 const MAX_SIGHTINGS: usize = 4096;
 /// Uptime proofs whose witnesses are kept until they settle; a flood evicts the oldest (honest
-/// witnesses gossip their statements again each uptime interval).
+/// witnesses gossip their statements again each uptime interval). Beyond it, the oldest waiting
+/// proof is settled early.
 const MAX_UNSETTLED_UPTIME: usize = 4096;
+/// Witnesses kept per uptime proof; beyond it, a witness with weight replaces one without.
+const MAX_WITNESSES_PER_PROOF: usize = 64;
 
 /// One verdict as the store records it: (delta hash, node_id, kept, reason).
 type VerdictRow = (String, String, bool, String);
@@ -272,6 +280,7 @@ impl LedgerActor {
             dropped: 0,
             sightings: HashMap::new(),
             witnesses: BTreeMap::new(),
+            unsettled_uptime: VecDeque::new(),
             witnessed: VecDeque::new(),
             unannounced_witnessed: VecDeque::new(),
             awaiting_receipt: BTreeMap::new(),
@@ -452,6 +461,15 @@ impl LedgerActor {
         for rejection in results.iter().filter_map(|r| r.as_ref().err()) {
             self.count(rejection);
         }
+        let settle_at = Instant::now() + settle_delay(&self.options.watch);
+        for ((signed, _), result) in batch.iter().zip(&results) {
+            if signed.proof.kind == ProofKind::Uptime
+                && matches!(result, Ok(Some(ProofStatus::Pending)))
+                && let Ok(id) = proof_id(&signed.proof)
+            {
+                self.unsettled_uptime.push_back((settle_at, id));
+            }
+        }
         self.publish_account();
         Ok(results)
     }
@@ -498,7 +516,7 @@ impl LedgerActor {
             .map(|(signed, base, _)| (signed.clone(), *base))
             .collect();
         let results = self.store_proofs(&batch)?;
-        let stored: Vec<String> = self.inbox_ids.drain().collect();
+        self.inbox_ids.clear();
         let origins = std::mem::take(&mut self.inbox)
             .into_iter()
             .map(|(_, _, origin)| origin);
@@ -507,8 +525,6 @@ impl LedgerActor {
                 self.peers.do_send(PeerOffence { peer, rejection });
             }
         }
-        // Witnesses may have come before the proof.
-        self.settle_uptime(stored);
         Ok(())
     }
 
@@ -563,6 +579,8 @@ impl LedgerActor {
                 self.witnesses.remove(&oldest);
             }
         }
+        let weights = &self.weights;
+        let weighs = |id: &String| weights.get(id).is_some_and(|w| *w > 0.0);
         let entry = self
             .witnesses
             .entry(id.to_owned())
@@ -570,44 +588,61 @@ impl LedgerActor {
                 since: Instant::now(),
                 by: BTreeSet::new(),
             });
+        if entry.by.len() >= MAX_WITNESSES_PER_PROOF {
+            let Some(unweighted) = entry.by.iter().find(|w| !weighs(w)).cloned() else {
+                return;
+            };
+            if !weighs(&witness) {
+                return;
+            }
+            entry.by.remove(&unweighted);
+        }
         entry.by.insert(witness);
     }
 
-    /// Credits the stored pending uptime proofs among `ids` whose witnesses now weigh enough by
-    /// this node's weights (`witness::decide`); the witnesses and weights that settled a proof
-    /// are stored with it. Witnesses of a proof that is not stored yet wait for it.
-    fn settle_uptime(&mut self, ids: impl IntoIterator<Item = String>) {
+    /// Settles the stored uptime proofs whose time has come (and the oldest beyond the bound),
+    /// each once and for good: credited when its witnesses weigh enough by this node's weights
+    /// now (`witness::decide`), refused otherwise; the tally is stored with it. After a database
+    /// failure the proof waits for the next try.
+    fn settle_due_uptime(&mut self) {
+        let now = Instant::now();
         let mut credited = false;
-        for id in ids {
-            let Some(witnesses) = self.witnesses.get(&id) else {
-                continue;
+        while self
+            .unsettled_uptime
+            .front()
+            .is_some_and(|(at, _)| *at <= now || self.unsettled_uptime.len() > MAX_UNSETTLED_UPTIME)
+        {
+            let Some((at, id)) = self.unsettled_uptime.pop_front() else {
+                break;
             };
             let claimant = match self.store.uptime_claim(&id) {
                 Ok(Some((claimant, ProofStatus::Pending))) => claimant,
-                Ok(Some(_)) => {
+                Ok(_) => {
                     self.witnesses.remove(&id);
                     continue;
                 }
-                Ok(None) => continue,
                 Err(e) => {
+                    self.unsettled_uptime.push_front((at, id));
                     self.failed(e);
-                    return;
+                    break;
                 }
             };
-            let tally = tally(&claimant, &witnesses.by, &self.weights);
-            if let Err(why) = decide(&claimant, &tally) {
-                debug!(proof = %id, "uptime not settled: {why}");
-                continue;
-            }
-            // On failure the witnesses stay for the next try.
+            let by = self
+                .witnesses
+                .get(&id)
+                .map(|w| w.by.clone())
+                .unwrap_or_default();
+            let tally = tally(&claimant, &by, &self.weights);
             match self.store.record_witnessed(&id, &tally) {
-                Ok(_) => {
+                Ok(status) => {
+                    debug!(proof = %id, %claimant, ?status, "uptime settled");
                     self.witnesses.remove(&id);
-                    credited = true;
+                    credited |= status == Some(ProofStatus::Credited);
                 }
                 Err(e) => {
+                    self.unsettled_uptime.push_front((at, id));
                     self.failed(e);
-                    return;
+                    break;
                 }
             }
         }
@@ -915,7 +950,20 @@ impl Actor for LedgerActor {
         });
         self.publish_account();
         ctx.run_interval(INBOX_FLUSH, |act, _| act.tick());
-        ctx.run_interval(WITNESS_FLUSH, |act, _| act.flush_witnessed());
+        // Uptime proofs pending from before a restart wait for the statements peers gossip again
+        // each uptime interval.
+        let settle_at =
+            Instant::now() + self.options.uptime_interval + settle_delay(&self.options.watch);
+        match self.store.pending_uptime(MAX_UNSETTLED_UPTIME) {
+            Ok(ids) => self
+                .unsettled_uptime
+                .extend(ids.into_iter().map(|id| (settle_at, id))),
+            Err(e) => warn!(error = %e, "cannot read the pending uptime proofs; they stay pending"),
+        }
+        ctx.run_interval(WITNESS_FLUSH, |act, _| {
+            act.flush_witnessed();
+            act.settle_due_uptime();
+        });
         ctx.run_interval(self.options.uptime_interval, |act, _| {
             act.prove_uptime();
             if act.options.fault.inflate_claims {
@@ -973,12 +1021,12 @@ impl Handler<LedgerGossip> for LedgerActor {
             }
             LedgerMessage::Witnessed { proofs } => {
                 let witness = node_id_of_peer(&msg.origin);
-                // Identities without weight witness nothing: not even kept.
-                if self.weight_of(&witness) > 0.0 {
+                // Kept from peers this node weighs or heard live (a newcomer may be weighed by
+                // settlement time); what a witness weighs is read when the proof settles.
+                if self.weight_of(&witness) > 0.0 || self.sightings.contains_key(&witness) {
                     for id in proofs {
                         self.add_witness(id, witness.clone());
                     }
-                    self.settle_uptime(proofs.iter().cloned());
                 }
                 None
             }
@@ -1118,8 +1166,6 @@ impl Handler<PeerWeights> for LedgerActor {
         // stopped gossiping them.
         let window = Duration::from_secs(self.options.limits.freshness_window_s);
         self.witnesses.retain(|_, w| w.since.elapsed() < window);
-        let unsettled: Vec<String> = self.witnesses.keys().cloned().collect();
-        self.settle_uptime(unsettled);
     }
 }
 

@@ -494,7 +494,7 @@ impl PeerActor {
     fn dial_seeds(&mut self) {
         for addr in self.options.seed_peers.clone() {
             if let Err(e) = self.swarm.dial(addr.clone()) {
-                warn!(%addr, error = %e, "cannot dial seed peer");
+                warn!(%addr, error = ?e, "cannot dial seed peer");
             }
         }
     }

@@ -92,7 +92,7 @@ const MIGRATIONS: &[&str] = &[
     // 2: the events of an epoch onwards, loaded to fold the open epoch again.
     "CREATE INDEX proofs_credited_by_time ON proofs (timestamp_ms) WHERE status = 'credited';
     CREATE INDEX transactions_by_time ON transactions (timestamp_ms);",
-    // 3: uptime proofs credited by their witnesses: the witnesses and weights that settled each
+    // 3: uptime proofs settled by their witnesses: the witnesses and weights that settled each
     // (`witness::Tally`, JSON), so the decision can be recomputed.
     "CREATE TABLE witnessed (
         proof_id TEXT PRIMARY KEY NOT NULL,
@@ -492,10 +492,25 @@ impl LedgerStore {
             .map_err(|kind| self.error(kind))
     }
 
-    /// Credits the pending uptime proof `proof_id` when `tally` (its witnesses, weighed) passes
-    /// `witness::decide`, and records the tally with it; returns the proof's status, `None` when
-    /// no pending uptime proof has that id. Only a passing tally is recorded, and the first
-    /// stands: a credited proof is not pending any more.
+    /// The newest `limit` uptime proofs still pending, by id: a restarted node settles them.
+    pub fn pending_uptime(&self, limit: usize) -> Result<Vec<String>, LedgerError> {
+        self.conn
+            .prepare_cached(
+                "SELECT id FROM proofs WHERE kind = 'uptime' AND status = 'pending'
+                 ORDER BY timestamp_ms DESC LIMIT ?1",
+            )
+            .and_then(|mut statement| {
+                statement
+                    .query_map([limit as i64], |row| row.get(0))?
+                    .collect::<Result<Vec<String>, _>>()
+            })
+            .map_err(|e| self.error(e.into()))
+    }
+
+    /// Settles the pending uptime proof `proof_id` by `tally` (its witnesses, weighed): credited
+    /// when it passes `witness::decide`, refused otherwise, and the tally recorded with it;
+    /// returns the proof's status, `None` when no pending uptime proof has that id. The first
+    /// tally stands: a settled proof is not pending any more.
     pub fn record_witnessed(
         &mut self,
         proof_id: &str,
@@ -797,13 +812,14 @@ fn training_status(
     }
 }
 
-/// An uptime proof's status given the witnesses that settled it: pending until a tally of enough
-/// weight is recorded (`witness::decide`, which gives the reason either way).
+/// An uptime proof's status given the tally that settled it: pending until its tally is
+/// recorded, then credited or refused for good (`witness::decide`, which gives the reason either
+/// way).
 fn uptime_status(node_id: &str, tally: Option<&Tally>) -> (ProofStatus, Option<String>) {
     match tally.map(|tally| decide(node_id, tally)) {
         None => (ProofStatus::Pending, None),
         Some(Ok(reason)) => (ProofStatus::Credited, Some(reason)),
-        Some(Err(why)) => (ProofStatus::Pending, Some(why)),
+        Some(Err(why)) => (ProofStatus::Rejected, Some(why)),
     }
 }
 
@@ -1474,14 +1490,14 @@ fn stage_witnessed(
     };
     let (status, reason) = uptime_status(&node_id, Some(tally));
     staged.value = Some(status);
-    if status != ProofStatus::Credited {
-        return Ok(staged);
-    }
     let text = to_json(tally, || format!("witness tally of proof {proof_id}"))?;
     db.prepare_cached("INSERT INTO witnessed (proof_id, tally) VALUES (?1, ?2)")?
         .execute(params![proof_id, text])?;
     db.prepare_cached("UPDATE proofs SET status = ?2, reason = ?3 WHERE id = ?1")?
         .execute(params![proof_id, status.as_str(), reason])?;
+    if status != ProofStatus::Credited {
+        return Ok(staged);
+    }
     staged.events.proofs.push(ProofRow {
         id: proof_id.to_owned(),
         node_id,
@@ -2527,7 +2543,7 @@ mod tests {
     }
 
     #[test]
-    fn uptime_is_credited_once_witnesses_of_enough_weight_are_recorded() {
+    fn uptime_is_settled_once_by_its_witnesses_tally() {
         let dir = tempfile::tempdir().unwrap();
         let alice = identity(1);
         let mut store = open(&dir);
@@ -2546,10 +2562,22 @@ mod tests {
             witnesses: ids.iter().map(|id| (id.to_string(), 1.0)).collect(),
             others: 3.0,
         };
-        // One of the three others is not enough, and nothing is recorded.
+        assert_eq!(store.pending_uptime(10).unwrap(), [id.clone()]);
+        // One of the three others is not enough: refused for good.
+        let refused = uptime(&alice, 2, T0 + 1);
+        let refused_id = proof_id(&refused.proof).unwrap();
+        store.insert_proofs(&[(refused, nano(1.0))]).unwrap();
         assert_eq!(
-            store.record_witnessed(&id, &witnessed_by(&["b"])).unwrap(),
-            Some(ProofStatus::Pending)
+            store
+                .record_witnessed(&refused_id, &witnessed_by(&["b"]))
+                .unwrap(),
+            Some(ProofStatus::Rejected)
+        );
+        assert_eq!(
+            store
+                .record_witnessed(&refused_id, &witnessed_by(&["b", "c", "d"]))
+                .unwrap(),
+            None
         );
         assert_eq!(store.account(&alice.node_id).balance, 0);
         assert_eq!(
@@ -2567,7 +2595,16 @@ mod tests {
             None
         );
         assert_eq!(store.uptime_claim(&"00".repeat(32)).unwrap(), None);
-        let shown = store.proofs_of(&alice.node_id, 10).unwrap().remove(0);
+        assert!(store.pending_uptime(10).unwrap().is_empty());
+        let shown = store.proofs_of(&alice.node_id, 10).unwrap();
+        assert_eq!(shown[0].status, ProofStatus::Rejected);
+        assert_eq!(
+            shown[0].reason.as_deref(),
+            Some(
+                "unwitnessed: 1 witness(es) of weight 1.00, of 3.00 besides the claimant; more than half is needed"
+            )
+        );
+        let shown = shown[1].clone();
         assert_eq!(shown.status, ProofStatus::Credited);
         assert_eq!(
             shown.reason.as_deref(),
@@ -2579,8 +2616,11 @@ mod tests {
         // A tally edited below the threshold no longer credits the proof.
         raw(&dir)
             .execute(
-                "UPDATE witnessed SET tally = ?1",
-                [serde_json::to_string(&witnessed_by(&["b"])).unwrap()],
+                "UPDATE witnessed SET tally = ?1 WHERE proof_id = ?2",
+                [
+                    serde_json::to_string(&witnessed_by(&["b"])).unwrap(),
+                    id.clone(),
+                ],
             )
             .unwrap();
         let report = verify(&dir);
@@ -2588,7 +2628,7 @@ mod tests {
             report
                 .event_mismatches
                 .iter()
-                .any(|m| m.id == id && m.field == "status" && m.recomputed.starts_with("pending")),
+                .any(|m| m.id == id && m.field == "status" && m.recomputed.starts_with("rejected")),
             "{report:?}"
         );
     }

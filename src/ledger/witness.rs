@@ -4,8 +4,10 @@
 //! - `saw`: whether this node's own observation of a peer (a [`Sighting`]: the stretch of time
 //!   over which it received that peer's signed heartbeats with no silence long enough for the
 //!   peer table to drop it) covers an uptime proof's interval, so that it may witness the proof;
-//! - `decide`: whether a proof's witnesses carry enough weight to credit it (the [`Tally`] is
-//!   stored with the settlement, so `ledger verify` recomputes the decision from the database).
+//! - `decide`: whether a proof's witnesses carry enough weight to credit it, taken once,
+//!   `settle_delay` after the node first holds the proof, so that honest nodes decide alike (the
+//!   [`Tally`] is stored with the settlement, so `ledger verify` recomputes the decision from the
+//!   database).
 //!
 //! The threshold: the witnesses (the claimant never counts) weigh at least one full peer and more
 //! than half the weight of every node this node weighs except the claimant. Identities without
@@ -29,6 +31,15 @@ pub const MAX_WITNESSED: usize = 64;
 /// message per proof witnessed would grow with the network, and the gossip budget
 /// (`net::peer_table::HonestGossip`) could not bound it.
 pub const WITNESS_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long after it first holds an uptime proof a node decides it, once and for good: long
+/// enough that every honest node decides from the same statements and weights. A witness's
+/// statement reaches it within a flush interval plus gossip, and a peer that just joined is
+/// weighed once its heartbeat (one interval) is heard; deciding at the first tally that passes
+/// let a node that did not weigh a newcomer yet credit what the others never would.
+pub fn settle_delay(watch: &Watch) -> std::time::Duration {
+    std::time::Duration::from_millis(watch.heartbeat_ms.saturating_mul(2)) + WITNESS_FLUSH * 2
+}
 
 /// How this node judges liveness, from the network settings: heartbeats come every
 /// `heartbeat_ms`, and a peer silent for `silence_ms` is dropped from the peer table.
@@ -144,7 +155,8 @@ pub fn tally(
     }
 }
 
-/// Whether a tally credits `claimant`'s uptime proof: `Ok` with the reason, or why not. Reads
+/// Whether a tally credits `claimant`'s uptime proof: `Ok` with the reason, or why not (the
+/// proof is then refused: the tally is taken once, at `settle_delay`). Reads
 /// the tally defensively (it comes back from the database): each witness counts once, the
 /// claimant and weights that are not finite and positive not at all.
 pub fn decide(claimant: &str, tally: &Tally) -> Result<String, String> {
@@ -205,6 +217,15 @@ mod tests {
 
     fn weights(list: &[(&str, f64)]) -> BTreeMap<String, f64> {
         list.iter().map(|(id, w)| (id.to_string(), *w)).collect()
+    }
+
+    #[test]
+    fn uptime_settles_after_a_newcomer_is_weighed_and_statements_arrive() {
+        let delay = settle_delay(&WATCH);
+        // A heartbeat interval to hear (and weigh) a peer that just joined, with margin, and
+        // the witnesses' next flush of statements plus gossip.
+        assert!(delay >= std::time::Duration::from_millis(WATCH.heartbeat_ms) + WITNESS_FLUSH * 2);
+        assert_eq!(delay, std::time::Duration::from_secs(22));
     }
 
     #[test]

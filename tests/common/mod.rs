@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -495,18 +496,92 @@ pub fn balances(node: &Node) -> Value {
     node.get("/api/ledger/balances")["accounts"].clone()
 }
 
-/// Polls until every node of `nodes` holds the same balance table (proofs keep streaming, so they
-/// agree between two of them) and returns it; after 60 s fails with the tables and `diagnose()`.
+/// A node's verdict on each proof it holds: proof id → (claimant, status, credited nano).
+type Verdicts = BTreeMap<String, (String, String, Option<u64>)>;
+
+/// A node's balance table and its verdicts on the proofs of every account in it, read so that
+/// they belong together: the table read before and after the proof lists is the same, so no
+/// proof was credited in between.
+fn ledger_read(node: &Node) -> (Value, Verdicts) {
+    loop {
+        let before = balances(node);
+        let mut verdicts = Verdicts::new();
+        for id in before
+            .as_object()
+            .into_iter()
+            .flat_map(|table| table.keys())
+        {
+            let listed = node.get(&format!("/api/ledger/proofs/{id}?limit=1000"))["proofs"].clone();
+            let listed = listed.as_array().cloned().unwrap_or_default();
+            assert!(
+                listed.len() < 1000,
+                "{id} holds over 1000 proofs: the lists are cut"
+            );
+            for p in listed {
+                let verdict = (
+                    id.clone(),
+                    p["status"].as_str().unwrap_or_default().to_string(),
+                    p["credited"].as_u64(),
+                );
+                verdicts.insert(p["id"].as_str().unwrap().to_string(), verdict);
+            }
+        }
+        if balances(node) == before {
+            return (before, verdicts);
+        }
+    }
+}
+
+/// Polls until every node of `nodes` holds the same balance table over the proofs they all hold
+/// with the same verdict, and every proof they disagreed on at the first look is agreed; returns
+/// that table (per account `balance`, `balance_nano`, `proof_count`). Proofs keep streaming and
+/// each node settles them when their inputs reach it (a round's verdict, uptime witnesses), so the
+/// full tables of live nodes need not ever match at one instant; what must hold is that every
+/// verdict converges and no proof is credited by one node and refused by another. After 60 s
+/// fails with the tables and `diagnose()`.
 pub fn agreed_balances(nodes: &[Node], diagnose: impl Fn() -> String) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut first_disputed: Option<BTreeSet<String>> = None;
     loop {
-        let tables: Vec<Value> = nodes.iter().map(balances).collect();
-        if tables.windows(2).all(|w| w[0] == w[1]) {
+        let reads: Vec<(Value, Verdicts)> = nodes.iter().map(ledger_read).collect();
+        let ids: BTreeSet<&String> = reads.iter().flat_map(|(_, v)| v.keys()).collect();
+        let verdicts_of = |id: &String| -> Vec<Option<&(String, String, Option<u64>)>> {
+            reads.iter().map(|(_, v)| v.get(id)).collect()
+        };
+        for id in &ids {
+            let settled: BTreeSet<&str> = verdicts_of(id)
+                .into_iter()
+                .flatten()
+                .map(|(_, status, _)| status.as_str())
+                .filter(|status| *status != "pending")
+                .collect();
+            assert!(
+                settled.len() <= 1,
+                "proof {id} settled differently: {:?}",
+                verdicts_of(id)
+            );
+        }
+        let disputed: BTreeSet<String> = ids
+            .iter()
+            .filter(|id| verdicts_of(id).windows(2).any(|w| w[0] != w[1]))
+            .map(|id| id.to_string())
+            .collect();
+        let first = first_disputed.get_or_insert_with(|| disputed.clone());
+        let tables: Vec<Value> = reads
+            .iter()
+            .map(|(table, verdicts)| agreed_table(table, verdicts, &disputed))
+            .collect();
+        let converged = first.is_disjoint(&disputed);
+        if converged && tables.windows(2).all(|w| w[0] == w[1]) {
             return tables[0].clone();
         }
         assert!(
             Instant::now() < deadline,
-            "balance tables still differ after 60 s:\n{}\n{}",
+            "balance tables still differ after 60 s (verdicts per node on the proofs still disputed since the first look: {:?}):\n{}\n{}",
+            first
+                .intersection(&disputed)
+                .map(|id| (id, held_proof(nodes, id, &verdicts_of(id))))
+                .collect::<Vec<_>>(),
             tables
                 .iter()
                 .map(|t| format!("{t:#}"))
@@ -514,8 +589,63 @@ pub fn agreed_balances(nodes: &[Node], diagnose: impl Fn() -> String) -> Value {
                 .join("\n---\n"),
             diagnose()
         );
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// Proof `id` as each node of `nodes` lists it (status, reason, the proof), to explain a dispute.
+fn held_proof(
+    nodes: &[Node],
+    id: &str,
+    verdicts: &[Option<&(String, String, Option<u64>)>],
+) -> Vec<Value> {
+    nodes
+        .iter()
+        .zip(verdicts)
+        .map(|(node, verdict)| {
+            let Some((claimant, _, _)) = verdict else {
+                return Value::Null;
+            };
+            let listed =
+                node.get(&format!("/api/ledger/proofs/{claimant}?limit=1000"))["proofs"].clone();
+            listed
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| p["id"] == id)
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// `table` without what the `disputed` proofs credited: per account its balance and credited
+/// proofs over the proofs every node settled alike.
+fn agreed_table(table: &Value, verdicts: &Verdicts, disputed: &BTreeSet<String>) -> Value {
+    let mut agreed = serde_json::Map::new();
+    for (id, account) in table.as_object().into_iter().flatten() {
+        let mut balance = account["balance_nano"].as_u64().unwrap_or_default();
+        let mut proofs = account["proof_count"].as_u64().unwrap_or_default();
+        for (proof, (claimant, status, credited)) in verdicts {
+            if claimant == id && status == "credited" && disputed.contains(proof) {
+                balance = balance.saturating_sub(credited.unwrap_or_default());
+                proofs = proofs.saturating_sub(1);
+            }
+        }
+        if balance == 0 && proofs == 0 {
+            // An account only the disputed proofs made: not every node holds it yet.
+            continue;
+        }
+        agreed.insert(
+            id.clone(),
+            serde_json::json!({
+                "balance": balance as f64 / 1e9,
+                "balance_nano": balance,
+                "proof_count": proofs,
+            }),
+        );
+    }
+    Value::Object(agreed)
 }
 
 /// The validation loss `node`'s trainer logged first in `round` (the θ₀ it started the round
