@@ -9,6 +9,7 @@ use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpServer, web};
 
 use super::messages::StopHttp;
+use super::run_every;
 use crate::web::{ApiState, configure, tick};
 
 /// How often the dashboard's curves get a point and its open pages an update.
@@ -44,7 +45,7 @@ impl Actor for HttpActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         tick(&self.state);
-        ctx.run_interval(FEED_INTERVAL, |actor, _| tick(&actor.state));
+        run_every(ctx, FEED_INTERVAL, |actor, _| tick(&actor.state));
     }
 }
 

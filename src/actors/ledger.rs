@@ -21,6 +21,7 @@ use super::messages::{
     SubmitTransaction, SubmittedTransaction,
 };
 use super::peer::PeerActor;
+use super::run_every;
 use crate::crypto::{Identity, generate_nonce, node_id_of_peer};
 use crate::ledger::proof::{check_receipt, proof_id, sign_proof};
 use crate::ledger::rewards::{RewardSchedule, stake_multiplier};
@@ -30,7 +31,7 @@ use crate::ledger::store::{
     InsertOutcome, LedgerError, LedgerStore, ProofStatus, StoredProof, TxInsertOutcome,
 };
 use crate::ledger::tx::{check_transaction, sign_transaction, tx_id};
-use crate::ledger::verify::{ProofLimits, verify_proof};
+use crate::ledger::verify::{ProofLimits, room_for_training_proof, verify_proof};
 use crate::ledger::witness::{
     MAX_WITNESSED, Sighting, WITNESS_FLUSH, Watch, saw, settle_delay, tally,
 };
@@ -103,6 +104,8 @@ pub struct LedgerActor {
     witnessed: VecDeque<(u64, String)>,
     /// Ids of uptime proofs witnessed since the last `flush_witnessed`.
     unannounced_witnessed: VecDeque<String>,
+    /// Rounds this node trained but made no proof for: the hour's proof limit was reached.
+    unclaimed_rounds: u64,
     /// This node's inference proofs waiting for their requester's receipt, by request id.
     awaiting_receipt: BTreeMap<String, (Proof, Instant)>,
 }
@@ -284,6 +287,7 @@ impl LedgerActor {
             witnessed: VecDeque::new(),
             unannounced_witnessed: VecDeque::new(),
             awaiting_receipt: BTreeMap::new(),
+            unclaimed_rounds: 0,
         }
     }
 
@@ -949,7 +953,7 @@ impl Actor for LedgerActor {
             heard: ctx.address().recipient(),
         });
         self.publish_account();
-        ctx.run_interval(INBOX_FLUSH, |act, _| act.tick());
+        run_every(ctx, INBOX_FLUSH, |act, _| act.tick());
         // Uptime proofs pending from before a restart wait for the statements peers gossip again
         // each uptime interval.
         let settle_at =
@@ -960,11 +964,11 @@ impl Actor for LedgerActor {
                 .extend(ids.into_iter().map(|id| (settle_at, id))),
             Err(e) => warn!(error = %e, "cannot read the pending uptime proofs; they stay pending"),
         }
-        ctx.run_interval(WITNESS_FLUSH, |act, _| {
+        run_every(ctx, WITNESS_FLUSH, |act, _| {
             act.flush_witnessed();
             act.settle_due_uptime();
         });
-        ctx.run_interval(self.options.uptime_interval, |act, _| {
+        run_every(ctx, self.options.uptime_interval, |act, _| {
             act.prove_uptime();
             if act.options.fault.inflate_claims {
                 act.inflate_claims();
@@ -1053,6 +1057,30 @@ impl Handler<ProveTraining> for LedgerActor {
     type Result = ();
 
     fn handle(&mut self, msg: ProveTraining, _: &mut Self::Context) {
+        let own = self.options.identity.node_id.clone();
+        let now = unix_ms();
+        let made = match self.store.history(&own, 0, now, now) {
+            Ok(history) => history.proofs_last_hour,
+            Err(e) => {
+                warn!(error = %self.failed(e), "our training proof is not made");
+                return;
+            }
+        };
+        let uptime_s = self.options.uptime_interval.as_secs();
+        if !room_for_training_proof(made, &self.options.limits, uptime_s) {
+            self.unclaimed_rounds += 1;
+            if self.unclaimed_rounds.is_power_of_two() {
+                warn!(
+                    round = msg.round,
+                    unclaimed_rounds = self.unclaimed_rounds,
+                    made_last_hour = made,
+                    limit = self.options.limits.max_proofs_per_hour,
+                    "no training proof for this round: peers refuse proofs beyond \
+                     ledger.limits.max_proofs_per_hour, and the hour's uptime proofs need the rest"
+                );
+            }
+            return;
+        }
         let mut proof = self.blank_proof(ProofKind::Training, msg.work.seconds);
         proof.epoch = msg.work.epoch;
         proof.outer_round = msg.round;

@@ -33,6 +33,7 @@ use super::messages::{
     PeerOffence, PeerRoundAnnounced, PublishLedger, RefusedAtGate, RegisterAttack, RegisterLedger,
     RegisterRounds, RoundObserved, TrainerPeers,
 };
+use super::run_every;
 use crate::admission::{Certificate, Genesis, Policy, unix_s};
 use crate::crypto::{Identity, generate_token};
 use crate::diloco::attack::{HEAL_POISON_ROUNDS_AHEAD, PoisonedOuter};
@@ -242,6 +243,10 @@ fn gossip_scoring(topics: &Topics) -> gossipsub::PeerScoreParams {
     params
         .ip_colocation_factor_whitelist
         .insert(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    // Messages that expired in a peer's send queue are no offence of that peer: a node suspended
+    // for two minutes resumed with hundreds of them (a score of -120 at once) and every peer
+    // banned it for 10 minutes. A peer that cannot keep up is dropped when silent (peer table).
+    params.slow_peer_weight = 0.0;
     for topic in topics.all() {
         params.topics.insert(
             topic.hash(),
@@ -1067,10 +1072,10 @@ impl Actor for PeerActor {
         );
         self.dial_seeds();
         let interval = self.options.policy.heartbeat_interval;
-        ctx.run_interval(interval, |act, _| act.tick());
-        ctx.run_interval(VIEW_REFRESH, |act, _| act.publish_view());
+        run_every(ctx, interval, |act, _| act.tick());
+        run_every(ctx, VIEW_REFRESH, |act, _| act.publish_view());
         // Seeds are re-dialled while the node has no peer at all (e.g. the seed restarted).
-        ctx.run_interval(interval * 3, |act, _| {
+        run_every(ctx, interval * 3, |act, _| {
             if act.swarm.connected_peers().next().is_none() {
                 act.dial_seeds();
             }
@@ -1078,7 +1083,9 @@ impl Actor for PeerActor {
         if self.options.tracker.is_some() {
             // The first announcement waits for the listen addresses to be known.
             ctx.run_later(Duration::from_millis(500), |act, ctx| act.announce(ctx));
-            ctx.run_interval(self.options.announce_interval, |act, ctx| act.announce(ctx));
+            run_every(ctx, self.options.announce_interval, |act, ctx| {
+                act.announce(ctx)
+            });
         }
     }
 }

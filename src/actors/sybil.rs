@@ -35,6 +35,7 @@ use super::peer::{
     Behaviour, BehaviourEvent, MAX_HELD_REQUESTS, OWN_DELTAS_KEPT, PeerActor, PeerOptions, Serve,
     SlowBlob, Topics, build_swarm, heartbeat_of, poisoned_blob,
 };
+use super::run_every;
 use crate::admission::Certificate;
 use crate::crypto::Identity;
 use crate::diloco::attack::{Attack, sybil_delta};
@@ -572,9 +573,11 @@ impl Actor for SybilActor {
         self.node.do_send(RegisterAttack(ctx.address().recipient()));
         // The first dial waits for the node's listen addresses to be published.
         ctx.run_later(std::time::Duration::from_millis(600), |act, _| act.dial());
-        ctx.run_interval(self.options.network.policy.heartbeat_interval, |act, _| {
-            act.tick()
-        });
+        run_every(
+            ctx,
+            self.options.network.policy.heartbeat_interval,
+            |act, _| act.tick(),
+        );
     }
 }
 

@@ -24,6 +24,7 @@ use super::messages::{
     SnapshotTaken, StartRound, TrainerPeers, WriteCheckpoint,
 };
 use super::peer::PeerActor;
+use super::run_every;
 use crate::aggregate::{Aggregate, AggregationConfig, check_aggregate};
 use crate::diloco::attack::{Attack, poison};
 use crate::diloco::codec::{Codec, CodecConfig, ErrorFeedback, decode, encode};
@@ -327,7 +328,7 @@ impl SyncActor {
             BlobId::from_hex(&plan.theta0_hash),
             BlobId::from_hex(&source.momentum_hash),
         ) else {
-            return self.machine.heal_failed();
+            return self.machine.heal_failed(Instant::now());
         };
         info!(round = plan.round, from = %source.peer_id, "healing: {}", plan.reason);
         let network = self.network.clone();
@@ -361,7 +362,7 @@ impl SyncActor {
             let (theta0, momentum) = match (as_values(theta0), as_values(momentum)) {
                 (Ok(t), Ok(m)) => (t, m),
                 (Err(e), _) | (_, Err(e)) => {
-                    act.machine.heal_failed();
+                    act.machine.heal_failed(Instant::now());
                     return warn!(from = %source.peer_id, error = %e, "healing failed; will retry");
                 }
             };
@@ -438,13 +439,13 @@ impl Actor for SyncActor {
             served: ctx.address().recipient(),
             trainers: ctx.address().recipient(),
         });
-        ctx.run_interval(ROUND_CHECK, |act, ctx| {
+        run_every(ctx, ROUND_CHECK, |act, ctx| {
             let effects = act.machine.tick(Instant::now());
             act.perform(effects, ctx);
         });
         // Gossip is fire-and-forget: a peer that connected (or joined the mesh) after the first
         // announcement must still learn of the delta. The gossip budget counts these.
-        ctx.run_interval(REANNOUNCE_EVERY, |act, _| {
+        run_every(ctx, REANNOUNCE_EVERY, |act, _| {
             act.report_weights();
             for announcement in &act.announced {
                 let again = RoundAnnouncement {

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 
@@ -117,6 +117,14 @@ fn skipped(a: &RoundAnnouncement, why: &str) -> Vec<Effect> {
     ))]
 }
 
+/// How long a node waits before its next heal after `failed_attempts` in a row: 1 s, doubling up
+/// to 30 s. A source that closes every connection (it banned this node, or is gone) is not asked
+/// again five times a second.
+pub fn heal_backoff(failed_attempts: usize) -> Duration {
+    let doublings = failed_attempts.saturating_sub(1).min(5) as u32;
+    (Duration::from_secs(1) * 2u32.pow(doublings)).min(Duration::from_secs(30))
+}
+
 /// This node's view of the rounds: the open one, the outer state it is on, healing.
 #[derive(Debug)]
 pub struct RoundMachine {
@@ -134,6 +142,8 @@ pub struct RoundMachine {
     /// A heal (fetching a heavier group's outer state) is under way.
     healing: bool,
     heal_attempts: usize,
+    /// No heal starts before this, after a failed one (`heal_backoff`).
+    heal_retry_at: Option<Instant>,
     /// Since when this node has disagreed with a heavier group of trainers.
     disagreeing_since: Option<Instant>,
     /// θ₀ hashes of fetched states that failed the checks: peers holding them cannot pull this
@@ -159,6 +169,7 @@ impl RoundMachine {
             trainers: Vec::new(),
             healing: false,
             heal_attempts: 0,
+            heal_retry_at: None,
             disagreeing_since: None,
             refused_states: VecDeque::new(),
             reputation: Reputation::default(),
@@ -538,7 +549,11 @@ impl RoundMachine {
     /// Starts a heal when `heal_decision` says a heavier group holds another outer state.
     fn check_heal(&mut self, now: Instant) -> Vec<Effect> {
         // Not while an aggregation is in flight: its outer step would land on the healed θ₀.
-        if self.healing || self.open.closing.is_some() || self.theta0_hash.is_empty() {
+        if self.healing
+            || self.open.closing.is_some()
+            || self.theta0_hash.is_empty()
+            || self.heal_retry_at.is_some_and(|at| now < at)
+        {
             return Vec::new();
         }
         let previous = self.previous.as_ref().map(|(r, h)| (*r, h.as_str()));
@@ -569,10 +584,11 @@ impl RoundMachine {
         vec![Effect::FetchState { plan, source }]
     }
 
-    /// The heal's fetch failed (the source left, a transfer error): the next tick tries again,
-    /// from the group's next peer.
-    pub fn heal_failed(&mut self) {
+    /// The heal's fetch failed (the source left, a transfer error): it is tried again from the
+    /// group's next peer after `heal_backoff`.
+    pub fn heal_failed(&mut self, now: Instant) {
         self.healing = false;
+        self.heal_retry_at = Some(now + heal_backoff(self.heal_attempts));
     }
 
     /// The fetched state of `theta0_hash` failed `check_adopted`: its holders cannot pull this
@@ -597,6 +613,7 @@ impl RoundMachine {
         self.early.clear();
         self.healing = false;
         self.heal_attempts = 0;
+        self.heal_retry_at = None;
         self.disagreeing_since = None;
         self.state = format!("round {round}: healed; inner steps running");
     }
@@ -850,10 +867,20 @@ mod tests {
 
         let good = hash_of(&[1.0; 4]);
         m.trainers_heard(vec![trainer("p1", 9, &good), trainer("p2", 9, &good)]);
-        assert!(matches!(
-            m.tick(t0).first(),
-            Some(Effect::FetchState { .. })
-        ));
+        let Some(Effect::FetchState { source: first, .. }) = m.tick(t0).first().cloned() else {
+            panic!("the good state is not fetched");
+        };
+        // A failed fetch is tried again after a backoff, from the group's next peer.
+        m.heal_failed(t0);
+        let backoff = heal_backoff(2);
+        assert!(
+            m.tick(t0 + backoff / 2).is_empty(),
+            "retried before the backoff"
+        );
+        let Some(Effect::FetchState { source, .. }) = m.tick(t0 + backoff).first().cloned() else {
+            panic!("the heal is not retried after the backoff");
+        };
+        assert_ne!(source.peer_id, first.peer_id, "the same source asked again");
         m.healed(9, good.clone());
         assert_eq!((m.round(), m.theta0_hash()), (9, good.as_str()));
         assert!(

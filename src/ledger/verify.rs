@@ -92,6 +92,20 @@ pub const MAX_WORK_SECONDS: u64 = 86_400;
 /// Tolerance for an uptime claim against the time since the last one (timer jitter).
 pub const UPTIME_SLACK_S: u64 = 5;
 
+/// Whether a node that made `proofs_last_hour` proofs in the last hour may make one more training
+/// proof and still have room for the uptime proofs it owes every `uptime_interval_s` until the
+/// hour is over: peers refuse proofs beyond `max_proofs_per_hour`, and an honest node does not
+/// send what they would refuse (at a short round length it trains more rounds an hour than
+/// the limit admits proofs; the rounds beyond go unclaimed).
+pub fn room_for_training_proof(
+    proofs_last_hour: u32,
+    limits: &ProofLimits,
+    uptime_interval_s: u64,
+) -> bool {
+    let uptime_reserve = 3600u32.div_ceil(uptime_interval_s.clamp(1, 3600) as u32);
+    proofs_last_hour.saturating_add(uptime_reserve) < limits.max_proofs_per_hour
+}
+
 /// What a valid proof is offered.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Offer {
@@ -303,6 +317,17 @@ fn per_minute(rate_per_minute: u64, seconds: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_training_proof_is_made_only_with_room_left_for_the_hours_uptime() {
+        let limits = ProofLimits::default();
+        // 120 an hour, an uptime proof a minute: 60 places for training.
+        assert!(room_for_training_proof(59, &limits, 60));
+        assert!(!room_for_training_proof(60, &limits, 60));
+        // Uptime every 2 s alone fills the hour: no training proof.
+        assert!(!room_for_training_proof(0, &limits, 2));
+        assert!(!room_for_training_proof(0, &limits, 0));
+    }
     use crate::crypto::Identity;
     use crate::ledger::proof::tests::{
         Edit, NOW_MS, data_proof, high_s_twin, identity, other_identity, receipted,

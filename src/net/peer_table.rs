@@ -213,6 +213,8 @@ struct Entry {
     heartbeat_age_ms: Option<i64>,
     window: Window,
     banned_until: Option<Instant>,
+    /// Since when its gossipsub score has been below the ban threshold, at every look.
+    low_score_since: Option<Instant>,
     /// Expiry (unix s) of the valid certificate of the peer's last heartbeat.
     admitted_until_s: Option<u64>,
     /// Round announcements and ledger messages dropped because the peer is not admitted.
@@ -347,6 +349,7 @@ impl PeerTable {
                 rejections: 0,
             },
             banned_until: None,
+            low_score_since: None,
             admitted_until_s: None,
             unadmitted: 0,
         })
@@ -578,18 +581,30 @@ impl PeerTable {
         }
     }
 
-    /// Bans a peer whose gossipsub score fell below the policy's threshold; returns the reason the
-    /// first time.
+    /// Bans a peer whose gossipsub score stayed below the policy's threshold for a heartbeat
+    /// interval (two looks in a row); returns the reason the first time. A score that dips once
+    /// is no offence: gossipsub's behaviour penalty (IWANT promises a suspended peer could not
+    /// keep) drops an honest peer that resumes below the threshold for a second, and it decays
+    /// to nothing within seconds, while a peer that keeps sending invalid messages stays low.
     pub fn judge_score(&mut self, now: Instant, peer: PeerId, score: f64) -> Option<String> {
-        if score >= self.policy.ban_below_score
-            || self.is_banned(&peer, now)
-            || self.catching_up(now)
-        {
+        if score >= self.policy.ban_below_score {
+            if let Some(entry) = self.peers.get_mut(&peer) {
+                entry.low_score_since = None;
+            }
+            return None;
+        }
+        if self.is_banned(&peer, now) || self.catching_up(now) {
+            return None;
+        }
+        let since = *self.entry(now, peer).low_score_since.get_or_insert(now);
+        let low_for = now.saturating_duration_since(since);
+        if low_for < self.policy.heartbeat_interval {
             return None;
         }
         let reason = format!(
-            "gossip score {score:.0} below {:.0}",
-            self.policy.ban_below_score
+            "gossip score {score:.0} below {:.0} for {} s",
+            self.policy.ban_below_score,
+            low_for.as_secs()
         );
         Some(self.ban(now, peer, reason))
     }
@@ -1045,15 +1060,28 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_whose_gossip_score_falls_below_the_threshold_is_banned_once() {
+    fn a_peer_whose_gossip_score_stays_below_the_threshold_is_banned_once() {
         let t0 = Instant::now();
+        let interval = policy().heartbeat_interval;
         let mut table = PeerTable::new(policy());
         let a = peer();
         assert_eq!(table.judge_score(t0, a, -79.0), None);
-        let reason = table.judge_score(t0, a, -125.0).unwrap();
-        assert!(reason.contains("gossip score -125 below -80"), "{reason}");
-        assert_eq!(table.judge_score(t0, a, -200.0), None, "already banned");
-        assert!(table.is_banned(&a, t0));
+        // A dip that recovers by the next look (a resumed peer's decaying penalty) bans nobody.
+        assert_eq!(table.judge_score(t0, a, -130.0), None);
+        assert_eq!(table.judge_score(t0 + interval, a, -20.0), None);
+        assert_eq!(table.judge_score(t0 + interval * 2, a, -125.0), None);
+        assert_eq!(table.judge_score(t0 + interval * 5 / 2, a, -125.0), None);
+        let reason = table.judge_score(t0 + interval * 3, a, -125.0).unwrap();
+        assert!(
+            reason.contains("gossip score -125 below -80 for"),
+            "{reason}"
+        );
+        assert_eq!(
+            table.judge_score(t0 + interval * 4, a, -200.0),
+            None,
+            "already banned"
+        );
+        assert!(table.is_banned(&a, t0 + interval * 4));
     }
 
     mod admission {
