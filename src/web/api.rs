@@ -67,11 +67,25 @@ async fn network(state: web::Data<ApiState>) -> HttpResponse {
     HttpResponse::Ok().json(network_view(&state.status.read()))
 }
 
+/// The body of POST /api/blobs/fetch.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FetchBlobRequest {
+pub struct FetchBlobRequest {
     peer_id: String,
     hash: String,
+}
+
+impl FetchBlobRequest {
+    /// The peer and blob the body names, or why not (400).
+    pub fn check(&self) -> Result<(libp2p::PeerId, BlobId), ApiError> {
+        let peer: libp2p::PeerId = self
+            .peer_id
+            .parse()
+            .map_err(|e| ApiError::bad_request(format!("peer_id: {e}")))?;
+        let id = BlobId::from_hex(&self.hash)
+            .ok_or_else(|| ApiError::bad_request("hash must be 64 hexadecimal characters"))?;
+        Ok((peer, id))
+    }
 }
 
 /// Fetches a blob a peer serves (e.g. its θ₀, named by the theta0_hash of its heartbeat) and
@@ -80,12 +94,7 @@ async fn fetch_blob(
     state: web::Data<ApiState>,
     body: web::Json<FetchBlobRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let peer: libp2p::PeerId = body
-        .peer_id
-        .parse()
-        .map_err(|e| ApiError::bad_request(format!("peer_id: {e}")))?;
-    let id = BlobId::from_hex(&body.hash)
-        .ok_or_else(|| ApiError::bad_request("hash must be 64 hexadecimal characters"))?;
+    let (peer, id) = body.check()?;
     // A peer this node has never seen is the caller's mistake, not a failed transfer (502).
     let listed = peer.to_string();
     let network = state.status.read().network;
@@ -134,9 +143,10 @@ async fn diloco(state: web::Data<ApiState>) -> HttpResponse {
     HttpResponse::Ok().json(diloco_view(&state, &state.status.read()))
 }
 
+/// The body of POST /generate_text.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct GenerateRequest {
+pub struct GenerateRequest {
     prompt: String,
     #[serde(default = "default_max_new_tokens")]
     max_new_tokens: usize,
@@ -159,7 +169,8 @@ fn default_top_k() -> usize {
 }
 
 impl GenerateRequest {
-    fn validate(&self) -> Result<(), ApiError> {
+    /// Prompt size, token count and temperature within bounds, or why not (400).
+    pub fn validate(&self) -> Result<(), ApiError> {
         if self.prompt.len() > MAX_PROMPT_BYTES {
             return Err(ApiError::bad_request(format!(
                 "prompt is {} bytes; the limit is {MAX_PROMPT_BYTES}",

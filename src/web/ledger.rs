@@ -179,11 +179,24 @@ async fn verify(
     }))
 }
 
+/// The body of POST /api/ponw/receipt.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ReceiptRequest {
+pub struct ReceiptRequest {
     request_id: String,
     receipt: Receipt,
+}
+
+impl ReceiptRequest {
+    /// The request id's length, or why not (400); the receipt itself is the ledger's to check.
+    pub fn check(&self) -> Result<(), ApiError> {
+        if self.request_id.is_empty() || self.request_id.len() > MAX_REQUEST_ID_BYTES {
+            return Err(ApiError::bad_request(format!(
+                "request_id must be 1..={MAX_REQUEST_ID_BYTES} bytes"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The requester of a /generate_text answer vouches for it: its receipt (`proof::sign_receipt`
@@ -194,15 +207,11 @@ async fn receipt(
     state: web::Data<ApiState>,
     body: web::Json<ReceiptRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    body.check()?;
     let ReceiptRequest {
         request_id,
         receipt,
     } = body.into_inner();
-    if request_id.is_empty() || request_id.len() > MAX_REQUEST_ID_BYTES {
-        return Err(ApiError::bad_request(format!(
-            "request_id must be 1..={MAX_REQUEST_ID_BYTES} bytes"
-        )));
-    }
     let accepted = state
         .ledger
         .send(AttachReceipt {
@@ -300,11 +309,19 @@ async fn submit(state: &ApiState, request: SubmitTransaction) -> Result<HttpResp
     })))
 }
 
+/// The body of POST /api/wallet/send.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SendRequest {
+pub struct SendRequest {
     to: String,
     amount: f64,
+}
+
+impl SendRequest {
+    /// The recipient's node_id and the amount in nano-NEURO, or why not (400).
+    pub fn check(&self) -> Result<(String, Nano), ApiError> {
+        Ok((node_id_of_path(&self.to)?, amount_nano(self.amount)?))
+    }
 }
 
 async fn send(
@@ -313,8 +330,7 @@ async fn send(
     body: web::Json<SendRequest>,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
-    let to = node_id_of_path(&body.to)?;
-    let amount = amount_nano(body.amount)?;
+    let (to, amount) = body.check()?;
     submit(
         &state,
         SubmitTransaction {
@@ -327,12 +343,27 @@ async fn send(
     .await
 }
 
+/// The body of POST /api/stake.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StakeRequest {
+pub struct StakeRequest {
     amount: f64,
     /// Lock period; the config's ledger.limits bound it (1 to 365 days by default).
     duration_days: f64,
+}
+
+impl StakeRequest {
+    /// The amount in nano-NEURO and the lock in seconds, or why not (400).
+    pub fn check(&self) -> Result<(Nano, u64), ApiError> {
+        let amount = amount_nano(self.amount)?;
+        let days = self.duration_days;
+        if !(days.is_finite() && days > 0.0 && days <= 3650.0) {
+            return Err(ApiError::bad_request(
+                "duration_days must be a number in (0, 3650]",
+            ));
+        }
+        Ok((amount, (days * 86_400.0).round() as u64))
+    }
 }
 
 async fn stake(
@@ -341,29 +372,31 @@ async fn stake(
     body: web::Json<StakeRequest>,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
-    let amount = amount_nano(body.amount)?;
-    let days = body.duration_days;
-    if !(days.is_finite() && days > 0.0 && days <= 3650.0) {
-        return Err(ApiError::bad_request(
-            "duration_days must be a number in (0, 3650]",
-        ));
-    }
+    let (amount, lock_s) = body.check()?;
     submit(
         &state,
         SubmitTransaction {
             kind: TxKind::Stake,
             to: String::new(),
             amount,
-            lock_s: (days * 86_400.0).round() as u64,
+            lock_s,
         },
     )
     .await
 }
 
+/// The body of POST /api/unstake.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct UnstakeRequest {
+pub struct UnstakeRequest {
     amount: f64,
+}
+
+impl UnstakeRequest {
+    /// The amount in nano-NEURO, or why not (400).
+    pub fn check(&self) -> Result<Nano, ApiError> {
+        amount_nano(self.amount)
+    }
 }
 
 async fn unstake(
@@ -372,7 +405,7 @@ async fn unstake(
     body: web::Json<UnstakeRequest>,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
-    let amount = amount_nano(body.amount)?;
+    let amount = body.check()?;
     submit(
         &state,
         SubmitTransaction {

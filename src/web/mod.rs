@@ -16,7 +16,10 @@ mod openapi;
 mod state;
 mod views;
 
-pub use api::configure;
+/// The POST routes' JSON bodies and the checks their handlers run before any actor is asked:
+/// public so `tests/fuzz.rs` decodes and checks clients' bytes exactly as the handlers do.
+pub use api::{FetchBlobRequest, GenerateRequest, configure};
 pub use dashboard::tick;
 pub use error::ApiError;
+pub use ledger::{ReceiptRequest, SendRequest, StakeRequest, UnstakeRequest};
 pub use state::{ApiState, not_found};
