@@ -45,9 +45,12 @@ use neuroshard::diloco::codec::{
 use neuroshard::ledger::proof::{check_signature, sign_proof, sign_receipt};
 use neuroshard::ledger::rewards::{RewardSchedule, burn_fee};
 use neuroshard::ledger::tx::{check_transaction, sign_transaction};
-use neuroshard::ledger::verify::{ProofHistory, ProofLimits, verify_proof};
-use neuroshard::ledger::{Proof, ProofKind, SignedProof, SignedTransaction, Transaction, TxKind};
-use neuroshard::net::announce::{Announcement, PeerRecord};
+use neuroshard::ledger::verify::{Offer, ProofHistory, ProofLimits, verify_proof};
+use neuroshard::ledger::{
+    Proof, ProofKind, ProofRejection, SignedProof, SignedTransaction, Transaction, TxKind,
+    TxRejection,
+};
+use neuroshard::net::announce::{AnnounceError, Announcement, PeerRecord};
 use neuroshard::net::blob::{BlobCodec, BlobId, BlobRequest, BlobResponse};
 use neuroshard::net::peer_table::{GossipLimits, PeerPolicy, PeerTable};
 use neuroshard::net::wire::{
@@ -73,20 +76,20 @@ fn grew(by: usize) {
     PEAK.fetch_max(now, Ordering::Relaxed);
 }
 
+/// `p`, a fresh allocation of `size` bytes, counted if it succeeded.
+fn counted_alloc(p: *mut u8, size: usize) -> *mut u8 {
+    if !p.is_null() {
+        grew(size);
+    }
+    p
+}
+
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
+        counted_alloc(unsafe { System.alloc(layout) }, layout.size())
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
+        counted_alloc(unsafe { System.alloc_zeroed(layout) }, layout.size())
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         unsafe { System.dealloc(ptr, layout) };
@@ -150,6 +153,13 @@ macro_rules! ensure {
             return Err(format!($($fmt)+));
         }
     };
+}
+
+/// A decode of `len` bytes, of which the decoder reads at most `read`, allocated `extra` bytes:
+/// within [`json_bound`] of `read`.
+fn within_json_bound(len: usize, read: usize, extra: usize) -> Result<(), String> {
+    ensure!(extra <= json_bound(read), "{len} bytes allocated {extra}");
+    Ok(())
 }
 
 /// How many inputs to try: `cases`, or as many as fit in `budget`; with `shrink`, a failure is
@@ -285,82 +295,125 @@ pub struct Target {
     pub hostile: fn(&Plan) -> Report,
 }
 
+/// A [`Target`] whose valid and hostile runs drive `check`: over the decoder's own two
+/// generators, or (`json`, `gossip` first) over JSON or gossip cases made from one generator of
+/// values. A macro, as `Target` holds plain `fn`s, which capture nothing.
+macro_rules! target {
+    (json, $name:expr, $decoder:expr, $values:expr, $check:expr) => {
+        target!(
+            $name,
+            $decoder,
+            json_valid($values),
+            json_hostile($values),
+            $check
+        )
+    };
+    (gossip, $name:expr, $decoder:expr, $kind:expr, $check:expr) => {
+        target!(
+            $name,
+            $decoder,
+            gossip_valid($kind),
+            gossip_hostile($kind),
+            $check
+        )
+    };
+    ($name:expr, $decoder:expr, $valid:expr, $hostile:expr, $check:expr) => {
+        Target {
+            name: $name,
+            decoder: $decoder,
+            valid: |plan| drive($valid, $check, plan),
+            hostile: |plan| drive($hostile, $check, plan),
+        }
+    };
+}
+
 /// Every target, in the order the bench prints them.
 pub fn targets() -> Vec<Target> {
     vec![
-        Target {
-            name: "codec",
-            decoder: "src/diloco/codec.rs: decode",
-            valid: |plan| drive(codec_valid(), check_codec, plan),
-            hostile: |plan| drive(codec_hostile(), check_codec, plan),
-        },
-        Target {
-            name: "blob",
-            decoder: "src/net/blob.rs: BlobCodec::read_response, read_request",
-            valid: |plan| drive(blob_valid(), check_blob, plan),
-            hostile: |plan| drive(blob_hostile(), check_blob, plan),
-        },
-        Target {
-            name: "gossip_heartbeat",
-            decoder: "src/net/wire.rs: open::<Heartbeat>, Heartbeat::check; \
-                      src/net/peer_table.rs: accept_heartbeat (certificate)",
-            valid: |plan| drive(gossip_valid(heartbeat()), check_heartbeat, plan),
-            hostile: |plan| drive(gossip_hostile(heartbeat()), check_heartbeat, plan),
-        },
-        Target {
-            name: "gossip_round",
-            decoder: "src/net/wire.rs: open::<RoundAnnouncement>, RoundAnnouncement::check",
-            valid: |plan| drive(gossip_valid(round_announcement()), check_round, plan),
-            hostile: |plan| drive(gossip_hostile(round_announcement()), check_round, plan),
-        },
-        Target {
-            name: "gossip_ledger",
-            decoder: "src/net/wire.rs: open::<LedgerMessage>, LedgerMessage::check; \
-                      src/ledger/proof.rs: check_signature; verify.rs: verify_proof; \
-                      tx.rs: check_transaction",
-            valid: |plan| drive(gossip_valid(ledger_message()), check_ledger_message, plan),
-            hostile: |plan| drive(gossip_hostile(ledger_message()), check_ledger_message, plan),
-        },
-        Target {
-            name: "ledger_proof",
-            decoder: "SignedProof JSON (POST /api/ponw/verify) -> src/ledger/verify.rs: \
-                      verify_proof",
-            valid: |plan| drive(json_valid(signed_proof()), check_proof_json, plan),
-            hostile: |plan| drive(json_hostile(signed_proof()), check_proof_json, plan),
-        },
-        Target {
-            name: "ledger_tx",
-            decoder: "SignedTransaction JSON -> src/ledger/tx.rs: check_transaction",
-            valid: |plan| drive(json_valid(signed_tx()), check_tx_json, plan),
-            hostile: |plan| drive(json_hostile(signed_tx()), check_tx_json, plan),
-        },
-        Target {
-            name: "tracker_announce",
-            decoder: "Announcement JSON (tracker POST /announce) -> src/net/announce.rs: \
-                      Announcement::verify",
-            valid: |plan| drive(json_valid(announcement()), check_announcement, plan),
-            hostile: |plan| drive(json_hostile(announcement()), check_announcement, plan),
-        },
-        Target {
-            name: "tracker_peers",
-            decoder: "tracker's GET /peers answer -> src/net/announce.rs: \
-                      PeerRecord::is_well_formed",
-            valid: |plan| drive(json_valid(peers_body()), check_peers_body, plan),
-            hostile: |plan| drive(json_hostile(peers_body()), check_peers_body, plan),
-        },
-        Target {
-            name: "admission",
-            decoder: "src/admission.rs: Certificate::from_json, verify; Genesis::from_json",
-            valid: |plan| drive(json_valid(admission_doc()), check_admission, plan),
-            hostile: |plan| drive(json_hostile(admission_doc()), check_admission, plan),
-        },
-        Target {
-            name: "api_bodies",
-            decoder: "src/web/api.rs, ledger.rs: POST bodies (serde, 64 KiB limit) and their \
-                      checks",
-            valid: |plan| drive(json_valid(api_body()), check_api_body, plan),
-            hostile: |plan| drive(json_hostile(api_body()), check_api_body, plan),
-        },
+        target!(
+            "codec",
+            "src/diloco/codec.rs: decode",
+            codec_valid(),
+            codec_hostile(),
+            check_codec
+        ),
+        target!(
+            "blob",
+            "src/net/blob.rs: BlobCodec::read_response, read_request",
+            blob_valid(),
+            blob_hostile(),
+            check_blob
+        ),
+        target!(
+            gossip,
+            "gossip_heartbeat",
+            "src/net/wire.rs: open::<Heartbeat>, Heartbeat::check; \
+             src/net/peer_table.rs: accept_heartbeat (certificate)",
+            heartbeat(),
+            check_heartbeat
+        ),
+        target!(
+            gossip,
+            "gossip_round",
+            "src/net/wire.rs: open::<RoundAnnouncement>, RoundAnnouncement::check",
+            round_announcement(),
+            check_round
+        ),
+        target!(
+            gossip,
+            "gossip_ledger",
+            "src/net/wire.rs: open::<LedgerMessage>, LedgerMessage::check; \
+             src/ledger/proof.rs: check_signature; verify.rs: verify_proof; \
+             tx.rs: check_transaction",
+            ledger_message(),
+            check_ledger_message
+        ),
+        target!(
+            json,
+            "ledger_proof",
+            "SignedProof JSON (POST /api/ponw/verify) -> src/ledger/verify.rs: \
+             verify_proof",
+            signed_proof(),
+            check_proof_json
+        ),
+        target!(
+            json,
+            "ledger_tx",
+            "SignedTransaction JSON -> src/ledger/tx.rs: check_transaction",
+            signed_tx(),
+            check_tx_json
+        ),
+        target!(
+            json,
+            "tracker_announce",
+            "Announcement JSON (tracker POST /announce) -> src/net/announce.rs: \
+             Announcement::verify",
+            announcement(),
+            check_announcement
+        ),
+        target!(
+            json,
+            "tracker_peers",
+            "tracker's GET /peers answer -> src/net/announce.rs: \
+             PeerRecord::is_well_formed",
+            peers_body(),
+            check_peers_body
+        ),
+        target!(
+            json,
+            "admission",
+            "src/admission.rs: Certificate::from_json, verify; Genesis::from_json",
+            admission_doc(),
+            check_admission
+        ),
+        target!(
+            json,
+            "api_bodies",
+            "src/web/api.rs, ledger.rs: POST bodies (serde, 64 KiB limit) and their \
+             checks",
+            api_body(),
+            check_api_body
+        ),
     ]
 }
 
@@ -547,6 +600,17 @@ fn put(bytes: &mut Vec<u8>, offset: usize, value: &[u8]) {
     bytes[offset..offset + value.len()].copy_from_slice(value);
 }
 
+/// Writes an integer's bytes at `offset`: `big` when `be`, else `little`.
+fn put_int<const N: usize>(
+    out: &mut Vec<u8>,
+    offset: usize,
+    be: bool,
+    big: [u8; N],
+    little: [u8; N],
+) {
+    put(out, offset, if be { &big } else { &little });
+}
+
 /// `bytes` with `mutations` applied in order.
 pub fn mutate(bytes: &[u8], mutations: &[Mutation]) -> Vec<u8> {
     let mut out = bytes.to_vec();
@@ -580,28 +644,13 @@ pub fn mutate(bytes: &[u8], mutations: &[Mutation]) -> Vec<u8> {
                 out.splice(end..end, repeated);
             }
             Mutation::PutU64(i, v, be) => {
-                let bytes = if *be {
-                    v.to_be_bytes()
-                } else {
-                    v.to_le_bytes()
-                };
-                put(&mut out, at(i, len), &bytes);
+                put_int(&mut out, at(i, len), *be, v.to_be_bytes(), v.to_le_bytes())
             }
             Mutation::PutU64At(offset, v, be) => {
-                let bytes = if *be {
-                    v.to_be_bytes()
-                } else {
-                    v.to_le_bytes()
-                };
-                put(&mut out, *offset, &bytes);
+                put_int(&mut out, *offset, *be, v.to_be_bytes(), v.to_le_bytes())
             }
             Mutation::PutU32At(offset, v, be) => {
-                let bytes = if *be {
-                    v.to_be_bytes()
-                } else {
-                    v.to_le_bytes()
-                };
-                put(&mut out, *offset, &bytes);
+                put_int(&mut out, *offset, *be, v.to_be_bytes(), v.to_le_bytes())
             }
             Mutation::SetByteAt(offset, v) => put(&mut out, *offset, &[*v]),
             Mutation::Splice(i, token) => {
@@ -1361,6 +1410,42 @@ fn counted(table: &mut PeerTable, origin: PeerId, rejection: &Rejection) -> Verd
     Ok(kind)
 }
 
+/// What actors/peer.rs validate_gossip does with a message of `topic`'s kind, measured: `wire::open`
+/// as from the case's origin, then the kind's `checks` (given the message, the signer's node_id
+/// and the origin). The allocation stays within [`json_bound`] of what `open` reads. Returns the
+/// outcome and the origin.
+fn open_checked<M, R>(
+    case: &GossipCase<M>,
+    topic: &'static str,
+    checks: impl FnOnce(M, String, PeerId) -> Result<R, Rejection>,
+) -> Result<(Result<R, Rejection>, PeerId), String>
+where
+    M: serde::de::DeserializeOwned,
+{
+    let origin = origin_of(case);
+    let topic = topic_of(case, topic);
+    let (result, extra) = measured(|| {
+        let (message, node_id) = wire::open::<M>(topic, &case.bytes, &origin)?;
+        checks(message, node_id, origin)
+    });
+    let len = case.bytes.len();
+    within_json_bound(len, len.min(MAX_GOSSIP_BYTES), extra)?;
+    Ok((result, origin))
+}
+
+/// A gossip message of kind `what` was refused: never an untouched one, and the rejection is
+/// [`counted`] against `origin` in `table`.
+fn refused<M>(
+    case: &GossipCase<M>,
+    what: &str,
+    table: &mut PeerTable,
+    origin: PeerId,
+    rejection: &Rejection,
+) -> Verdict {
+    ensure!(!case.untouched, "a valid {what} was refused: {rejection}");
+    counted(table, origin, rejection)
+}
+
 fn heartbeat() -> Kind<Heartbeat> {
     let valid = (
         0usize..2,
@@ -1396,20 +1481,12 @@ fn heartbeat() -> Kind<Heartbeat> {
 }
 
 fn check_heartbeat(case: &GossipCase<Heartbeat>) -> Verdict {
-    let origin = origin_of(case);
-    let topic = topic_of(case, TOPIC_HEARTBEAT);
     let mut table = peer_table();
-    let (result, extra) = measured(|| {
-        let (heartbeat, node_id) = wire::open::<Heartbeat>(topic, &case.bytes, &origin)?;
+    let (result, origin) = open_checked(case, TOPIC_HEARTBEAT, |heartbeat, node_id, origin| {
         heartbeat.check(&node_id, NOW_MS)?;
         table.accept_heartbeat(Instant::now(), NOW_MS, origin, origin, heartbeat.clone())?;
-        Ok::<_, Rejection>(heartbeat)
-    });
-    ensure!(
-        extra <= json_bound(case.bytes.len().min(MAX_GOSSIP_BYTES)),
-        "{} bytes allocated {extra}",
-        case.bytes.len()
-    );
+        Ok(heartbeat)
+    })?;
     match result {
         Ok(heartbeat) => {
             if case.untouched {
@@ -1434,13 +1511,7 @@ fn check_heartbeat(case: &GossipCase<Heartbeat>) -> Verdict {
             }
             Ok("ok")
         }
-        Err(rejection) => {
-            ensure!(
-                !case.untouched,
-                "a valid heartbeat was refused: {rejection}"
-            );
-            counted(&mut table, origin, &rejection)
-        }
+        Err(rejection) => refused(case, "heartbeat", &mut table, origin, &rejection),
     }
 }
 
@@ -1477,18 +1548,10 @@ fn round_announcement() -> Kind<RoundAnnouncement> {
 }
 
 fn check_round(case: &GossipCase<RoundAnnouncement>) -> Verdict {
-    let origin = origin_of(case);
-    let topic = topic_of(case, TOPIC_ROUND);
-    let (result, extra) = measured(|| {
-        let (announcement, node_id) = wire::open::<RoundAnnouncement>(topic, &case.bytes, &origin)?;
+    let (result, origin) = open_checked(case, TOPIC_ROUND, |announcement, node_id, _| {
         announcement.check(&node_id, MAX_DELTA_BYTES, NOW_MS)?;
-        Ok::<_, Rejection>(announcement)
-    });
-    ensure!(
-        extra <= json_bound(case.bytes.len().min(MAX_GOSSIP_BYTES)),
-        "{} bytes allocated {extra}",
-        case.bytes.len()
-    );
+        Ok(announcement)
+    })?;
     match result {
         Ok(announcement) => {
             ensure!(
@@ -1497,13 +1560,7 @@ fn check_round(case: &GossipCase<RoundAnnouncement>) -> Verdict {
             );
             Ok("ok")
         }
-        Err(rejection) => {
-            ensure!(
-                !case.untouched,
-                "a valid announcement was refused: {rejection}"
-            );
-            counted(&mut peer_table(), origin, &rejection)
-        }
+        Err(rejection) => refused(case, "announcement", &mut peer_table(), origin, &rejection),
     }
 }
 
@@ -1657,11 +1714,19 @@ fn ledger_message() -> Kind<LedgerMessage> {
     }
 }
 
+/// `verify_proof` at NOW with an empty history and the default limits and schedule.
+fn verify_unseen(proof: &SignedProof) -> Result<Offer, ProofRejection> {
+    verify_proof(
+        NOW_MS,
+        proof,
+        &ProofHistory::default(),
+        &ProofLimits::default(),
+        &RewardSchedule::default(),
+    )
+}
+
 fn check_ledger_message(case: &GossipCase<LedgerMessage>) -> Verdict {
-    let origin = origin_of(case);
-    let topic = topic_of(case, TOPIC_LEDGER);
-    let (result, extra) = measured(|| {
-        let (entry, node_id) = wire::open::<LedgerMessage>(topic, &case.bytes, &origin)?;
+    let (result, origin) = open_checked(case, TOPIC_LEDGER, |entry, node_id, _| {
         // The PeerActor's gate, then what the LedgerActor checks with an empty history.
         let proofs = match &entry {
             LedgerMessage::Proof(p) => std::slice::from_ref(p),
@@ -1679,26 +1744,15 @@ fn check_ledger_message(case: &GossipCase<LedgerMessage>) -> Verdict {
         };
         let mut ledger_reasons = Vec::new();
         for proof in proofs {
-            let verdict = verify_proof(
-                NOW_MS,
-                proof,
-                &ProofHistory::default(),
-                &ProofLimits::default(),
-                &RewardSchedule::default(),
-            );
+            let verdict = verify_unseen(proof);
             ledger_reasons.push(verdict.err().map(|r| r.kind()));
         }
         for tx in transactions {
             let verdict = check_transaction(NOW_MS, tx, &ProofLimits::default());
             ledger_reasons.push(verdict.err().map(|r| r.kind()));
         }
-        Ok::<_, Rejection>((entry, ledger_reasons))
-    });
-    ensure!(
-        extra <= json_bound(case.bytes.len().min(MAX_GOSSIP_BYTES)),
-        "{} bytes allocated {extra}",
-        case.bytes.len()
-    );
+        Ok((entry, ledger_reasons))
+    })?;
     match result {
         Ok((entry, ledger_reasons)) => {
             ensure!(
@@ -1716,98 +1770,111 @@ fn check_ledger_message(case: &GossipCase<LedgerMessage>) -> Verdict {
                 None => "ok",
             })
         }
-        Err(rejection) => {
-            ensure!(
-                !case.untouched,
-                "a valid ledger message was refused: {rejection}"
-            );
-            counted(&mut peer_table(), origin, &rejection)
-        }
+        Err(rejection) => refused(
+            case,
+            "ledger message",
+            &mut peer_table(),
+            origin,
+            &rejection,
+        ),
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Ledger proofs and transactions as JSON (POST /api/ponw/verify; what a stored or gossiped one is)
 
-fn check_proof_json(case: &Case<SignedProof>) -> Verdict {
+/// The JSON decoders' shared steps: `case.bytes` parsed as a `T` and given to `examine`, both
+/// measured, within [`json_bound`] of the input. A parse failure is refused as `invalid`, never
+/// for an untouched encoding (a valid `what`); a parsed value and what `examine` found go to
+/// `judge`.
+fn check_json<V, T, R>(
+    case: &Case<V>,
+    invalid: &'static str,
+    what: impl std::fmt::Display,
+    examine: impl FnOnce(&T) -> R,
+    judge: impl FnOnce(T, R) -> Verdict,
+) -> Verdict
+where
+    T: serde::de::DeserializeOwned,
+{
     let (result, extra) = measured(|| {
-        let proof: SignedProof = serde_json::from_slice(&case.bytes).map_err(|_| "invalid_json")?;
-        let verdict = verify_proof(
-            NOW_MS,
-            &proof,
-            &ProofHistory::default(),
-            &ProofLimits::default(),
-            &RewardSchedule::default(),
-        );
-        Ok::<_, &'static str>((proof, verdict))
+        let value: T = serde_json::from_slice(&case.bytes).map_err(|_| invalid)?;
+        let examined = examine(&value);
+        Ok::<_, &'static str>((value, examined))
     });
-    ensure!(
-        extra <= json_bound(case.bytes.len()),
-        "{} bytes allocated {extra}",
-        case.bytes.len()
-    );
+    let len = case.bytes.len();
+    within_json_bound(len, len, extra)?;
     match result {
         Err(reason) => {
-            ensure!(!case.untouched, "a valid proof's JSON did not parse");
+            ensure!(!case.untouched, "a valid {what} did not parse");
             Ok(reason)
         }
-        Ok((proof, verdict)) => {
-            if case.untouched {
-                ensure!(proof == case.original, "the proof did not round-trip");
-                ensure!(
-                    check_signature(&proof).is_ok(),
-                    "a signed proof's signature failed"
-                );
-            }
-            match verdict {
-                Ok(offer) => Ok(offer.unpaid.map_or("ok", |why| why.kind())),
-                Err(rejection) => {
-                    ensure!(!rejection.to_string().is_empty(), "no reason");
-                    let kind = rejection.kind();
-                    ensure!(REJECTION_KINDS.contains(&kind), "unknown reason {kind:?}");
-                    Ok(kind)
-                }
-            }
-        }
+        Ok((value, examined)) => judge(value, examined),
     }
 }
 
-fn check_tx_json(case: &Case<SignedTransaction>) -> Verdict {
-    let (result, extra) = measured(|| {
-        let tx: SignedTransaction =
-            serde_json::from_slice(&case.bytes).map_err(|_| "invalid_json")?;
-        let verdict = check_transaction(NOW_MS, &tx, &ProofLimits::default());
-        Ok::<_, &'static str>((tx, verdict))
-    });
-    ensure!(
-        extra <= json_bound(case.bytes.len()),
-        "{} bytes allocated {extra}",
-        case.bytes.len()
-    );
-    match result {
-        Err(reason) => {
-            ensure!(!case.untouched, "a valid transaction's JSON did not parse");
-            Ok(reason)
-        }
-        Ok((tx, verdict)) => {
-            if case.untouched {
-                ensure!(tx == case.original, "the transaction did not round-trip");
-                ensure!(
-                    neuroshard::ledger::tx::check_signature(&tx).is_ok(),
-                    "a signed transaction's signature failed"
-                );
-            }
-            match verdict {
-                Ok(()) => Ok("ok"),
-                Err(rejection) => {
-                    ensure!(!rejection.to_string().is_empty(), "no reason");
-                    let kind = rejection.kind();
-                    ensure!(REJECTION_KINDS.contains(&kind), "unknown reason {kind:?}");
-                    Ok(kind)
-                }
-            }
-        }
+/// A ledger refusal: a named reason, counted under a kind the peer table knows.
+trait LedgerRefusal: std::fmt::Display {
+    fn kind(&self) -> &'static str;
+}
+
+impl LedgerRefusal for ProofRejection {
+    fn kind(&self) -> &'static str {
+        ProofRejection::kind(self)
     }
+}
+
+impl LedgerRefusal for TxRejection {
+    fn kind(&self) -> &'static str {
+        TxRejection::kind(self)
+    }
+}
+
+/// A signed ledger record (`what`) as JSON, checked by `verify` with an empty history (`Ok`: the
+/// reason it is accepted under): an untouched encoding round-trips and its signature holds
+/// (`signature_ok`); a refusal has a reason of a known kind.
+fn check_signed_json<T, E>(
+    case: &Case<T>,
+    verify: impl FnOnce(&T) -> Result<&'static str, E>,
+    signature_ok: impl FnOnce(&T) -> bool,
+    what: &str,
+) -> Verdict
+where
+    T: serde::de::DeserializeOwned + PartialEq,
+    E: LedgerRefusal,
+{
+    let unparsed = format_args!("{what}'s JSON");
+    check_json(case, "invalid_json", unparsed, verify, |record, verdict| {
+        if case.untouched {
+            ensure!(record == case.original, "the {what} did not round-trip");
+            ensure!(signature_ok(&record), "a signed {what}'s signature failed");
+        }
+        match verdict {
+            Ok(reason) => Ok(reason),
+            Err(rejection) => {
+                ensure!(!rejection.to_string().is_empty(), "no reason");
+                let kind = rejection.kind();
+                ensure!(REJECTION_KINDS.contains(&kind), "unknown reason {kind:?}");
+                Ok(kind)
+            }
+        }
+    })
+}
+
+fn check_proof_json(case: &Case<SignedProof>) -> Verdict {
+    let verify = |proof: &SignedProof| {
+        verify_unseen(proof).map(|offer| offer.unpaid.map_or("ok", |why| why.kind()))
+    };
+    let signature_ok = |proof: &SignedProof| check_signature(proof).is_ok();
+    check_signed_json(case, verify, signature_ok, "proof")
+}
+
+fn check_tx_json(case: &Case<SignedTransaction>) -> Verdict {
+    let verify = |tx: &SignedTransaction| {
+        check_transaction(NOW_MS, tx, &ProofLimits::default()).map(|()| "ok")
+    };
+    let signature_ok = |tx: &SignedTransaction| neuroshard::ledger::tx::check_signature(tx).is_ok();
+    check_signed_json(case, verify, signature_ok, "transaction")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1850,6 +1917,9 @@ fn announcement() -> impl Strategy<Value = Announcement> {
     })
 }
 
+/// What `Announcement::verify` says.
+type Verified = Result<(), AnnounceError>;
+
 fn check_announcement(case: &Case<Announcement>) -> Verdict {
     if case.bytes.len() > TRACKER_BODY_LIMIT {
         return Ok("payload_too_large");
@@ -1859,47 +1929,32 @@ fn check_announcement(case: &Case<Announcement>) -> Verdict {
         .original
         .timestamp
         .checked_add(case.bytes.len() as u64 % 3);
-    let (result, extra) = measured(|| {
-        let announcement: Announcement =
-            serde_json::from_slice(&case.bytes).map_err(|_| "invalid_json")?;
+    let examine = |announcement: &Announcement| {
         let verdict = announcement.verify(NOW_S, None);
         let replayed = announcement.verify(NOW_S, last);
-        Ok::<_, &'static str>((announcement, verdict, replayed))
-    });
-    ensure!(
-        extra <= json_bound(case.bytes.len()),
-        "{} bytes allocated {extra}",
-        case.bytes.len()
-    );
-    match result {
-        Err(reason) => {
-            ensure!(!case.untouched, "a valid announcement did not parse");
-            Ok(reason)
+        (verdict, replayed)
+    };
+    let judge = |announcement: Announcement, (verdict, replayed): (Verified, Verified)| {
+        if case.untouched {
+            ensure!(announcement == case.original, "no round trip");
+            ensure!(
+                verdict.is_ok(),
+                "a valid announcement was refused: {verdict:?}"
+            );
+            ensure!(
+                matches!(replayed, Err(AnnounceError::Replayed { .. })),
+                "a replayed announcement passed: {replayed:?}"
+            );
         }
-        Ok((announcement, verdict, replayed)) => {
-            if case.untouched {
-                ensure!(announcement == case.original, "no round trip");
-                ensure!(
-                    verdict.is_ok(),
-                    "a valid announcement was refused: {verdict:?}"
-                );
-                ensure!(
-                    matches!(
-                        replayed,
-                        Err(neuroshard::net::announce::AnnounceError::Replayed { .. })
-                    ),
-                    "a replayed announcement passed: {replayed:?}"
-                );
-            }
-            match verdict {
-                Ok(()) => Ok("ok"),
-                Err(e) => {
-                    ensure!(!e.to_string().is_empty(), "no reason");
-                    Ok(e.code())
-                }
+        match verdict {
+            Ok(()) => Ok("ok"),
+            Err(e) => {
+                ensure!(!e.to_string().is_empty(), "no reason");
+                Ok(e.code())
             }
         }
-    }
+    };
+    check_json(case, "invalid_json", "announcement", examine, judge)
 }
 
 /// The tracker's answer to GET /peers, as the node's client reads it.
@@ -1928,36 +1983,21 @@ fn check_peers_body(case: &Case<PeersBody>) -> Verdict {
     if case.bytes.len() > limit {
         return Ok("answer_too_large");
     }
-    let (result, extra) = measured(|| {
-        let body: PeersBody =
-            serde_json::from_slice(&case.bytes).map_err(|_| "malformed_answer")?;
-        let kept = body.peers.iter().filter(|p| p.is_well_formed()).count();
-        Ok::<_, &'static str>((body, kept))
-    });
-    ensure!(
-        extra <= json_bound(case.bytes.len()),
-        "{} bytes allocated {extra}",
-        case.bytes.len()
-    );
-    match result {
-        Err(reason) => {
-            ensure!(!case.untouched, "a valid answer did not parse");
-            Ok(reason)
+    let examine = |body: &PeersBody| body.peers.iter().filter(|p| p.is_well_formed()).count();
+    let judge = |body: PeersBody, kept: usize| {
+        if case.untouched {
+            ensure!(
+                body.peers == case.original.peers && kept == body.peers.len(),
+                "valid records did not round-trip or were dropped"
+            );
         }
-        Ok((body, kept)) => {
-            if case.untouched {
-                ensure!(
-                    body.peers == case.original.peers && kept == body.peers.len(),
-                    "valid records did not round-trip or were dropped"
-                );
-            }
-            Ok(if kept == body.peers.len() {
-                "ok"
-            } else {
-                "records_dropped"
-            })
-        }
-    }
+        Ok(if kept == body.peers.len() {
+            "ok"
+        } else {
+            "records_dropped"
+        })
+    };
+    check_json(case, "malformed_answer", "answer", examine, judge)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2132,11 +2172,7 @@ fn check_api_body(case: &Case<ApiBody>) -> Verdict {
     }
     let route = case.original.route;
     let (result, extra) = measured(|| api_check(route, bytes));
-    ensure!(
-        extra <= json_bound(bytes.len()),
-        "{} bytes allocated {extra}",
-        bytes.len()
-    );
+    within_json_bound(bytes.len(), bytes.len(), extra)?;
     match result {
         Ok(()) => Ok("ok"),
         Err(Err(reason)) => {
