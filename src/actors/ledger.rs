@@ -25,7 +25,7 @@ use super::run_every;
 use crate::crypto::{Identity, generate_nonce, node_id_of_peer};
 use crate::ledger::proof::{check_receipt, proof_id, sign_proof};
 use crate::ledger::rewards::{RewardSchedule, stake_multiplier};
-use crate::ledger::settle::{Settlement, SignedVerdicts, settle};
+use crate::ledger::settle::{Settlement, SignedVerdicts, heaviest_outcome, settle};
 use crate::ledger::state::Account;
 use crate::ledger::store::{
     InsertOutcome, LedgerError, LedgerStore, ProofStatus, StoredProof, TxInsertOutcome,
@@ -33,7 +33,8 @@ use crate::ledger::store::{
 use crate::ledger::tx::{check_transaction, sign_transaction, tx_id};
 use crate::ledger::verify::{ProofLimits, room_for_training_proof, verify_proof};
 use crate::ledger::witness::{
-    MAX_WITNESSED, Sighting, WITNESS_FLUSH, Watch, saw, settle_delay, tally,
+    MAX_WITNESSED, Sighting, WITNESS_FLUSH, Watch, claimed_interval, saw, settle_wait,
+    slept_through, tally,
 };
 use crate::ledger::{
     Nano, Proof, ProofKind, ProofRejection, SignedProof, SignedTransaction, Transaction, TxKind,
@@ -96,14 +97,18 @@ pub struct LedgerActor {
     /// Witnesses (this node's own statement included) of uptime proofs not settled yet, by
     /// proof id.
     witnesses: BTreeMap<String, Witnesses>,
-    /// Stored uptime proofs waiting for their settlement, (when, id), earliest first: each is
-    /// decided once, `witness::settle_delay` after this node stored it.
-    unsettled_uptime: VecDeque<(Instant, String)>,
+    /// Stored uptime proofs waiting for their settlement, (when, id, claimed interval), earliest
+    /// first: each is decided once, `witness::settle_wait` after this node stored it.
+    unsettled_uptime: VecDeque<(Instant, String, (u64, u64))>,
     /// Peers' uptime proofs this node witnessed lately, (proof timestamp, id), oldest first:
     /// gossiped again each uptime interval for peers that missed the statement.
     witnessed: VecDeque<(u64, String)>,
     /// Ids of uptime proofs witnessed since the last `flush_witnessed`.
     unannounced_witnessed: VecDeque<String>,
+    /// Stretches (unix ms) over which this node was not running (suspended), newest last, and
+    /// when it last ran: it has no say in uptime it slept through (`witness::slept_through`).
+    own_stalls: VecDeque<(u64, u64)>,
+    last_ran_ms: u64,
     /// Rounds this node trained but made no proof for: the hour's proof limit was reached.
     unclaimed_rounds: u64,
     /// This node's inference proofs waiting for their requester's receipt, by request id.
@@ -129,6 +134,8 @@ const MAX_SIGHTINGS: usize = 4096;
 /// witnesses gossip their statements again each uptime interval). Beyond it, the oldest waiting
 /// proof is settled early.
 const MAX_UNSETTLED_UPTIME: usize = 4096;
+/// Own stalls remembered (older ones no longer matter: their proofs have settled).
+const MAX_OWN_STALLS: usize = 16;
 /// Witnesses kept per uptime proof; beyond it, a witness with weight replaces one without.
 const MAX_WITNESSES_PER_PROOF: usize = 64;
 
@@ -288,6 +295,8 @@ impl LedgerActor {
             unannounced_witnessed: VecDeque::new(),
             awaiting_receipt: BTreeMap::new(),
             unclaimed_rounds: 0,
+            own_stalls: VecDeque::new(),
+            last_ran_ms: unix_ms(),
         }
     }
 
@@ -465,15 +474,22 @@ impl LedgerActor {
         for rejection in results.iter().filter_map(|r| r.as_ref().err()) {
             self.count(rejection);
         }
-        let settle_at = Instant::now() + settle_delay(&self.options.watch);
+        let (now, now_ms) = (Instant::now(), unix_ms());
         for ((signed, _), result) in batch.iter().zip(&results) {
             if signed.proof.kind == ProofKind::Uptime
                 && matches!(result, Ok(Some(ProofStatus::Pending)))
                 && let Ok(id) = proof_id(&signed.proof)
             {
-                self.unsettled_uptime.push_back((settle_at, id));
+                let age = Duration::from_millis(now_ms.saturating_sub(signed.proof.timestamp_ms));
+                let wait = settle_wait(age, &self.options.watch, self.options.uptime_interval);
+                let claimed = claimed_interval(&signed.proof);
+                self.unsettled_uptime.push_back((now + wait, id, claimed));
             }
         }
+        // Proofs held late wait longer: settle in time order, not arrival order.
+        self.unsettled_uptime
+            .make_contiguous()
+            .sort_by_key(|(at, ..)| *at);
         self.publish_account();
         Ok(results)
     }
@@ -604,6 +620,19 @@ impl LedgerActor {
         entry.by.insert(witness);
     }
 
+    /// Notes a stretch over which this node did not run (its once-a-second timer came over 3 s
+    /// late): uptime claimed then is none of its business.
+    fn observe_own_clock(&mut self, now_ms: u64) {
+        let gap_ms = now_ms.saturating_sub(self.last_ran_ms);
+        if gap_ms > 3 * WITNESS_FLUSH.as_millis() as u64 {
+            self.own_stalls.push_back((self.last_ran_ms, now_ms));
+            if self.own_stalls.len() > MAX_OWN_STALLS {
+                self.own_stalls.pop_front();
+            }
+        }
+        self.last_ran_ms = now_ms;
+    }
+
     /// Settles the stored uptime proofs whose time has come (and the oldest beyond the bound),
     /// each once and for good: credited when its witnesses weigh enough by this node's weights
     /// now (`witness::decide`), refused otherwise; the tally is stored with it. After a database
@@ -611,12 +640,10 @@ impl LedgerActor {
     fn settle_due_uptime(&mut self) {
         let now = Instant::now();
         let mut credited = false;
-        while self
-            .unsettled_uptime
-            .front()
-            .is_some_and(|(at, _)| *at <= now || self.unsettled_uptime.len() > MAX_UNSETTLED_UPTIME)
-        {
-            let Some((at, id)) = self.unsettled_uptime.pop_front() else {
+        while self.unsettled_uptime.front().is_some_and(|(at, ..)| {
+            *at <= now || self.unsettled_uptime.len() > MAX_UNSETTLED_UPTIME
+        }) {
+            let Some((at, id, claimed)) = self.unsettled_uptime.pop_front() else {
                 break;
             };
             let claimant = match self.store.uptime_claim(&id) {
@@ -626,7 +653,7 @@ impl LedgerActor {
                     continue;
                 }
                 Err(e) => {
-                    self.unsettled_uptime.push_front((at, id));
+                    self.unsettled_uptime.push_front((at, id, claimed));
                     self.failed(e);
                     break;
                 }
@@ -636,7 +663,13 @@ impl LedgerActor {
                 .get(&id)
                 .map(|w| w.by.clone())
                 .unwrap_or_default();
-            let tally = tally(&claimant, &by, &self.weights);
+            let tally = if slept_through(self.own_stalls.make_contiguous(), claimed) {
+                let mut awake = self.weights.clone();
+                awake.remove(&self.options.identity.node_id);
+                tally(&claimant, &by, &awake)
+            } else {
+                tally(&claimant, &by, &self.weights)
+            };
             match self.store.record_witnessed(&id, &tally) {
                 Ok(status) => {
                     debug!(proof = %id, %claimant, ?status, "uptime settled");
@@ -644,7 +677,7 @@ impl LedgerActor {
                     credited |= status == Some(ProofStatus::Credited);
                 }
                 Err(e) => {
-                    self.unsettled_uptime.push_front((at, id));
+                    self.unsettled_uptime.push_front((at, id, claimed));
                     self.failed(e);
                     break;
                 }
@@ -812,10 +845,8 @@ impl LedgerActor {
                 .or_default()
                 .push(pending);
         }
+        let oldest = self.adopted.keys().next().copied().unwrap_or(current);
         for (round, sets) in by_round {
-            let Some(theta0) = self.adopted.get(&(round + 1)).cloned() else {
-                continue; // older than the θ₀ hashes this node remembers
-            };
             let candidates: Vec<SignedVerdicts> = sets
                 .iter()
                 .map(|p| SignedVerdicts {
@@ -823,6 +854,17 @@ impl LedgerActor {
                     wire: p.wire.clone(),
                 })
                 .collect();
+            let theta0 = match self.adopted.get(&(round + 1)) {
+                Some(theta0) => theta0.clone(),
+                // Healed over this round: the chain this node joined is the heaviest one.
+                None if round + 1 > oldest => {
+                    match heaviest_outcome(&candidates, |id| self.weight_of(id)) {
+                        Some(theta0) => theta0,
+                        None => continue,
+                    }
+                }
+                None => continue, // older than the θ₀ hashes this node remembers
+            };
             let (index, agreement) = match settle(&candidates, &theta0, |id| self.weight_of(id)) {
                 Settlement::Settle { index, reason } => (index, reason),
                 Settlement::Unsettled(why) => {
@@ -954,17 +996,21 @@ impl Actor for LedgerActor {
         });
         self.publish_account();
         run_every(ctx, INBOX_FLUSH, |act, _| act.tick());
-        // Uptime proofs pending from before a restart wait for the statements peers gossip again
-        // each uptime interval.
-        let settle_at =
-            Instant::now() + self.options.uptime_interval + settle_delay(&self.options.watch);
+        // Uptime proofs pending from before a restart are held late (`settle_wait`).
+        let settle_at = Instant::now()
+            + settle_wait(
+                Duration::MAX,
+                &self.options.watch,
+                self.options.uptime_interval,
+            );
         match self.store.pending_uptime(MAX_UNSETTLED_UPTIME) {
             Ok(ids) => self
                 .unsettled_uptime
-                .extend(ids.into_iter().map(|id| (settle_at, id))),
+                .extend(ids.into_iter().map(|id| (settle_at, id, (0, 0)))),
             Err(e) => warn!(error = %e, "cannot read the pending uptime proofs; they stay pending"),
         }
         run_every(ctx, WITNESS_FLUSH, |act, _| {
+            act.observe_own_clock(unix_ms());
             act.flush_witnessed();
             act.settle_due_uptime();
         });

@@ -710,6 +710,9 @@ impl PeerActor {
         let now = Instant::now();
         self.observe_clock(now);
         let acceptance = match self.validate_gossip(now, source, &message) {
+            // While catching up after its own stall, this node passes on nothing: what it receives
+            // now is what its peers sent a while ago, and they have it already.
+            Ok(_) if self.table.catching_up(now) => MessageAcceptance::Ignore,
             Ok(acceptance) => acceptance,
             Err((blame, rejection)) => {
                 let blamed = match (blame, message.source) {
@@ -749,12 +752,19 @@ impl PeerActor {
         let blame = |blame| move |rejection| (blame, rejection);
         let now_ms = unix_ms();
         if message.topic == self.topics.heartbeat.hash() {
-            self.table
-                .admit(now, origin, Topic::Heartbeat)
-                .map_err(blame(Blame::Origin))?;
             let name = self.topics.heartbeat.to_string();
             let (heartbeat, node_id) = wire::open::<wire::Heartbeat>(&name, &message.data, &origin)
                 .map_err(blame(Blame::Sender))?;
+            // A heartbeat no newer than the origin's last is a late copy or a replay: anyone can
+            // relay a signed message again (a peer resuming from a stall did, 60 of each of its
+            // peers' heartbeats at once). Neither passed on nor counted against the origin,
+            // whose rate limit would otherwise ban an honest node for what another sent.
+            if self.table.already_heard(&origin, heartbeat.sent_at_ms) {
+                return Ok(MessageAcceptance::Ignore);
+            }
+            self.table
+                .admit(now, origin, Topic::Heartbeat)
+                .map_err(blame(Blame::Origin))?;
             heartbeat
                 .check(&node_id, now_ms)
                 .and_then(|()| {

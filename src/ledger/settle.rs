@@ -76,6 +76,33 @@ pub fn settle(
     }
 }
 
+/// The θ₀ that the verdict sets of most weight say a round produced, when it outweighs every
+/// other: what a node that healed over the round (it holds no θ₀ of its own for the next round)
+/// settles the round by, since the chain it joined is the heaviest one. A tie or no weight:
+/// `None`. Each signer counts once (its first set).
+pub fn heaviest_outcome(
+    candidates: &[SignedVerdicts],
+    weight_of: impl Fn(&str) -> f64,
+) -> Option<String> {
+    let mut signed: BTreeSet<&str> = BTreeSet::new();
+    let mut weights: BTreeMap<&str, f64> = BTreeMap::new();
+    for c in candidates {
+        if signed.insert(c.signer.as_str()) {
+            *weights.entry(c.wire.theta0_after.as_str()).or_default() += weight_of(&c.signer);
+        }
+    }
+    let mut ranked: Vec<(&str, f64)> = weights.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+    match ranked.as_slice() {
+        [(best, w), rest @ ..]
+            if *w > EPSILON && rest.first().is_none_or(|(_, second)| *w > second + EPSILON) =>
+        {
+            Some(best.to_string())
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +124,22 @@ mod tests {
 
     fn admitted(id: &str) -> f64 {
         if id.starts_with("sybil") { 0.0 } else { 1.0 }
+    }
+
+    #[test]
+    fn a_node_that_healed_over_a_round_follows_the_outcome_of_most_weight() {
+        let honest = [true, true, false];
+        let mut sets = vec![set("a", "T", &honest), set("b", "T", &honest)];
+        // Weightless identities vouching for another outcome change nothing.
+        sets.extend((0..16).map(|i| set(&format!("sybil{i}"), "X", &honest)));
+        assert_eq!(heaviest_outcome(&sets, admitted).as_deref(), Some("T"));
+        // A signer counts once; a tie settles nothing.
+        sets.push(set("a", "Y", &honest));
+        sets.push(set("c", "Y", &honest));
+        assert_eq!(heaviest_outcome(&sets, admitted).as_deref(), Some("T"));
+        sets.push(set("d", "Y", &honest));
+        assert_eq!(heaviest_outcome(&sets, admitted), None);
+        assert_eq!(heaviest_outcome(&sets[2..18], admitted), None, "no weight");
     }
 
     #[test]

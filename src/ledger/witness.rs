@@ -41,6 +41,33 @@ pub fn settle_delay(watch: &Watch) -> std::time::Duration {
     std::time::Duration::from_millis(watch.heartbeat_ms.saturating_mul(2)) + WITNESS_FLUSH * 2
 }
 
+/// Whether `claimed` (an uptime proof's `claimed_interval`) overlaps one of `stalls`, stretches (unix ms) over which
+/// this node itself was not running (suspended): it could observe nothing then, so its own weight
+/// has no say in that proof, or the node that slept through a peer's uptime would refuse what
+/// every node awake credited.
+pub fn slept_through(stalls: &[(u64, u64)], claimed: (u64, u64)) -> bool {
+    let (start, end) = claimed;
+    stalls.iter().any(|&(from, to)| from < end && start < to)
+}
+
+/// How long a node waits to settle an uptime proof it stores `proof_age` after the proof was
+/// made: `settle_delay`, or, for a proof it holds late (it was stalled, just joined, restarted,
+/// or got the proof from the claimant's re-gossip), an uptime interval more: the witnesses'
+/// first statements went out before this node could hear them, and they gossip them again once
+/// every `uptime_interval`.
+pub fn settle_wait(
+    proof_age: std::time::Duration,
+    watch: &Watch,
+    uptime_interval: std::time::Duration,
+) -> std::time::Duration {
+    let delay = settle_delay(watch);
+    if proof_age <= delay {
+        delay
+    } else {
+        uptime_interval + delay
+    }
+}
+
 /// How this node judges liveness, from the network settings: heartbeats come every
 /// `heartbeat_ms`, and a peer silent for `silence_ms` is dropped from the peer table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,6 +253,24 @@ mod tests {
         // the witnesses' next flush of statements plus gossip.
         assert!(delay >= std::time::Duration::from_millis(WATCH.heartbeat_ms) + WITNESS_FLUSH * 2);
         assert_eq!(delay, std::time::Duration::from_secs(22));
+        // A proof held late waits for the witnesses' next re-gossip as well.
+        let minute = std::time::Duration::from_secs(60);
+        assert_eq!(
+            settle_wait(std::time::Duration::ZERO, &WATCH, minute),
+            delay
+        );
+        assert_eq!(settle_wait(delay, &WATCH, minute), delay);
+        assert_eq!(settle_wait(delay * 2, &WATCH, minute), minute + delay);
+    }
+
+    #[test]
+    fn a_node_asleep_during_a_claimed_interval_slept_through_it() {
+        let claimed = claimed_interval(&uptime(T + 60_000, 60));
+        assert!(slept_through(&[(T + 10_000, T + 140_000)], claimed));
+        assert!(slept_through(&[(T - 5_000, T + 1)], claimed));
+        assert!(!slept_through(&[(T - 5_000, T)], claimed));
+        assert!(!slept_through(&[(T + 60_000, T + 90_000)], claimed));
+        assert!(!slept_through(&[], claimed));
     }
 
     #[test]

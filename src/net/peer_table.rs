@@ -457,6 +457,15 @@ impl PeerTable {
     /// last one accepted from that node (a replay), or when it carries a certificate that is
     /// forged, altered or someone else's. An expired certificate, or none, leaves the peer
     /// unadmitted but is no offence.
+    /// Whether `origin`'s heartbeat sent at `sent_at_ms` is no newer than the last one accepted
+    /// from it (a late copy or a replay).
+    pub fn already_heard(&self, origin: &PeerId, sent_at_ms: u64) -> bool {
+        self.peers
+            .get(origin)
+            .and_then(|e| e.heartbeat.as_ref())
+            .is_some_and(|last| sent_at_ms <= last.sent_at_ms)
+    }
+
     pub fn accept_heartbeat(
         &mut self,
         now: Instant,
@@ -465,12 +474,7 @@ impl PeerTable {
         origin: PeerId,
         mut heartbeat: Heartbeat,
     ) -> Result<(), Rejection> {
-        if self
-            .peers
-            .get(&origin)
-            .and_then(|e| e.heartbeat.as_ref())
-            .is_some_and(|last| heartbeat.sent_at_ms <= last.sent_at_ms)
-        {
+        if self.already_heard(&origin, heartbeat.sent_at_ms) {
             return Err(Rejection::Replayed);
         }
         // The certificate is checked here and not kept with the heartbeat (/api/peers shows the
@@ -780,6 +784,9 @@ mod tests {
         table
             .accept_heartbeat(t0, 0, a, a, heartbeat(1_000))
             .unwrap();
+        // The network loop asks first, and a late copy counts against nobody.
+        assert!(table.already_heard(&a, 999) && table.already_heard(&a, 1_000));
+        assert!(!table.already_heard(&a, 1_001) && !table.already_heard(&peer(), 1));
         assert_eq!(
             table.accept_heartbeat(t0, 0, a, a, heartbeat(1_000)),
             Err(Rejection::Replayed)

@@ -537,10 +537,11 @@ fn ledger_read(node: &Node) -> (Value, Verdicts) {
 /// that table (per account `balance`, `balance_nano`, `proof_count`). Proofs keep streaming and
 /// each node settles them when their inputs reach it (a round's verdict, uptime witnesses), so the
 /// full tables of live nodes need not ever match at one instant; what must hold is that every
-/// verdict converges and no proof is credited by one node and refused by another. After 60 s
+/// verdict converges and no proof is credited by one node and refused by another. After 120 s
+/// (an uptime proof a node held late settles an uptime interval later, `witness::settle_wait`)
 /// fails with the tables and `diagnose()`.
 pub fn agreed_balances(nodes: &[Node], diagnose: impl Fn() -> String) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     let mut first_disputed: Option<BTreeSet<String>> = None;
     loop {
         let reads: Vec<(Value, Verdicts)> = nodes.iter().map(ledger_read).collect();
@@ -577,7 +578,7 @@ pub fn agreed_balances(nodes: &[Node], diagnose: impl Fn() -> String) -> Value {
         }
         assert!(
             Instant::now() < deadline,
-            "balance tables still differ after 60 s (verdicts per node on the proofs still disputed since the first look: {:?}):\n{}\n{}",
+            "balance tables still differ after 120 s (verdicts per node on the proofs still disputed since the first look: {:?}):\n{}\n{}",
             first
                 .intersection(&disputed)
                 .map(|id| (id, held_proof(nodes, id, &verdicts_of(id))))
