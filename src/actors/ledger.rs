@@ -475,6 +475,7 @@ impl LedgerActor {
             self.count(rejection);
         }
         let (now, now_ms) = (Instant::now(), unix_ms());
+        let waiting = self.unsettled_uptime.len();
         for ((signed, _), result) in batch.iter().zip(&results) {
             if signed.proof.kind == ProofKind::Uptime
                 && matches!(result, Ok(Some(ProofStatus::Pending)))
@@ -486,10 +487,13 @@ impl LedgerActor {
                 self.unsettled_uptime.push_back((now + wait, id, claimed));
             }
         }
-        // Proofs held late wait longer: settle in time order, not arrival order.
-        self.unsettled_uptime
-            .make_contiguous()
-            .sort_by_key(|(at, ..)| *at);
+        // Proofs held late wait longer: settle in time order, not arrival order (sorted only
+        // when this batch added any: a batch without uptime proofs leaves the queue as it was).
+        if self.unsettled_uptime.len() > waiting {
+            self.unsettled_uptime
+                .make_contiguous()
+                .sort_by_key(|(at, ..)| *at);
+        }
         self.publish_account();
         Ok(results)
     }
