@@ -76,6 +76,8 @@ fn burn_tokens_per_sec(config: &NeuroLlmConfig, batch: usize, args: &Args) -> f6
             total_steps: 1_000_000,
             min_lr_ratio: 1.0,
         },
+        // One round longer than the run: every step is an inner step of round 0.
+        inner_steps: u64::MAX,
         adamw: AdamWConfig::default(),
         eval_sequences: 8,
     };

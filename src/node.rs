@@ -427,6 +427,7 @@ fn trainer_recipe(config: &Config, data: Arc<TokenDataset>) -> TrainerRecipe {
                 total_steps: t.total_steps,
                 min_lr_ratio: t.min_lr_ratio,
             },
+            inner_steps: config.diloco.inner_steps,
             adamw: AdamWConfig {
                 beta1: t.beta1,
                 beta2: t.beta2,

@@ -5,9 +5,10 @@
 //! (SLOW_BLOB), sign-flipped deltas (BYZANTINE) and forged or replayed proofs (PONW). The honest
 //! nodes run the shipped defaults (round rules, deadlines, aggregation), with only the flags a user
 //! passes, and must: keep one θ₀ and never heal to the attacker's, learn as well as without the
-//! attacker, close every round by quorum, credit the attacker nothing, ban no honest peer, and stay
-//! within a memory bound. Once in a permissioned network (attacker unadmitted, then admitted with
-//! its identities unadmitted), once in an open network where the honest nodes have a reputation.
+//! attacker, close every round by quorum keeping every honest delta, credit the attacker nothing,
+//! ban no honest peer, and stay within a memory bound. Once in a permissioned network (attacker
+//! unadmitted, then admitted with its identities unadmitted), once in an open network where the
+//! honest nodes have a reputation.
 
 mod common;
 
@@ -148,7 +149,8 @@ fn watch(honest: &[Node], others: &[&Node], from: u64) -> Watched {
     let target = from + ROUNDS;
     let mut all: Vec<&Node> = honest.iter().collect();
     all.extend(others);
-    let mut reasons: Vec<(usize, u64, String)> = Vec::new();
+    // (node, round, reason, rejected node_ids)
+    let mut reasons: Vec<(usize, u64, String, Vec<String>)> = Vec::new();
     let mut val_loss = None;
     wait_until(
         &format!("the honest nodes to pass round {target}"),
@@ -166,14 +168,16 @@ fn watch(honest: &[Node], others: &[&Node], from: u64) -> Watched {
                 let last = &d["last_round"];
                 if let Some(r) = last["round"].as_u64()
                     && r >= from
-                    && !reasons.iter().any(|(n, seen, _)| *n == i && *seen == r)
+                    && !reasons.iter().any(|(n, seen, ..)| *n == i && *seen == r)
                 {
                     let reason = format!(
                         "{} (rejected: {})",
                         last["reason"].as_str().unwrap(),
                         last["rejected"]
                     );
-                    reasons.push((i, r, reason));
+                    let rejected = last["rejected"].as_array().unwrap();
+                    let rejected = rejected.iter().map(|v| v.to_string()).collect();
+                    reasons.push((i, r, reason, rejected));
                 }
                 done &= round > target;
             }
@@ -181,11 +185,20 @@ fn watch(honest: &[Node], others: &[&Node], from: u64) -> Watched {
             done && val_loss.is_some()
         },
     );
-    for (node, round, reason) in &reasons {
+    let honest_ids: Vec<String> = honest
+        .iter()
+        .map(|n| n.stats()["node_id"].to_string())
+        .collect();
+    for (node, round, reason, rejected) in &reasons {
         eprintln!("honest node {node}, round {round}: {reason}");
         assert!(
             reason.contains("(quorum:"),
             "honest node {node} closed round {round} otherwise than by quorum: {reason}"
+        );
+        // Honest deltas lie within the honest spread: none loses its round's reward.
+        assert!(
+            !rejected.iter().any(|id| honest_ids.contains(id)),
+            "honest node {node} rejected an honest delta in round {round}: {reason}"
         );
     }
     wait_until(
@@ -232,8 +245,9 @@ fn attacker_gained_nothing(honest: &[Node], attacker: &Node) {
 
 /// A permissioned network of 4 admitted trainers: the same attacker (all switches, 16 extra
 /// identities) changes nothing whether it is unadmitted or admitted itself (its identities are
-/// not): one θ₀, every round by quorum, the validation loss within 3% of the network without
-/// the attacker, nothing earned, nobody honest banned.
+/// not): one θ₀, every round by quorum with every honest delta kept (node 0 trains round 0
+/// alone before the others are up and heals: its deltas must still be kept), the validation loss
+/// within 3% of the network without the attacker, nothing earned, nobody honest banned.
 #[test]
 fn a_permissioned_network_holds_against_a_sybil_attacker() {
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());

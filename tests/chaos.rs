@@ -8,13 +8,10 @@
 //! places, a resumed node banning its peers, a resumed node's timers firing every tick missed
 //! while it was stopped at once (52 heartbeats in a burst, which its peers banned as a flood),
 //! slow-peer penalties and relayed old heartbeats banning honest nodes, training proofs of rounds
-//! a node healed over pending for ever, and uptime settled differently by a node that slept.
-//!
-//! Today every phase passes (one group of 4, nobody banned) and the final balance check failed in
-//! the last run on one uptime proof made while node 1 was paused: the three others credit
-//! it with both their statements, node 1 refuses it with one, the other witness's statement never
-//! reaching it (neither at resume nor by the re-gossip an uptime interval later). Ignored until
-//! that is found (issue 14).
+//! a node healed over pending for ever, uptime settled differently by a node that slept, and
+//! witnesses that stopped restating an uptime proof as soon as its claimant stopped re-gossiping
+//! it (the resumed node, which got the proof from that last re-gossip, heard one witness of two
+//! and refused what the others credited).
 
 mod common;
 
@@ -84,8 +81,6 @@ fn wait_for_one_group(nodes: &[Node], at_least: u64, what: &str, timeout: Durati
 }
 
 #[test]
-#[ignore = "issue 14: an uptime proof made during the pause can be settled differently by the \
-            paused node; run with `./test.sh --test chaos -- --ignored`"]
 fn four_nodes_with_default_round_settings_ride_out_a_late_join_a_pause_and_a_kill() {
     let dir = tempfile::tempdir().unwrap();
     let args = |i: usize| {

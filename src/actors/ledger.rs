@@ -33,7 +33,7 @@ use crate::ledger::store::{
 use crate::ledger::tx::{check_transaction, sign_transaction, tx_id};
 use crate::ledger::verify::{ProofLimits, room_for_training_proof, verify_proof};
 use crate::ledger::witness::{
-    MAX_WITNESSED, Sighting, WITNESS_FLUSH, Watch, claimed_interval, saw, settle_wait,
+    MAX_WITNESSED, Sighting, WITNESS_FLUSH, Watch, claimed_interval, restate_for, saw, settle_wait,
     slept_through, tally,
 };
 use crate::ledger::{
@@ -944,7 +944,9 @@ impl LedgerActor {
     /// again (as many as fit one gossip message), for peers that missed them.
     fn republish_recent(&self) {
         let own = &self.options.identity.node_id;
-        let since = unix_ms().saturating_sub(self.options.limits.freshness_window_s * 1000 / 2);
+        let now_ms = unix_ms();
+        let republished_for = Duration::from_secs(self.options.limits.freshness_window_s / 2);
+        let since = now_ms.saturating_sub(republished_for.as_millis() as u64);
         let (Ok(proofs), Ok(transactions)) = (
             self.store.proofs_of(own, RECENT_PROOFS),
             self.store.transactions_of(own, since, RECENT_TRANSACTIONS),
@@ -962,10 +964,16 @@ impl LedgerActor {
                 transactions,
             }));
         }
+        let restated = restate_for(
+            republished_for,
+            &self.options.watch,
+            self.options.uptime_interval,
+        );
+        let restated_since = now_ms.saturating_sub(restated.as_millis() as u64);
         let witnessed: Vec<String> = self
             .witnessed
             .iter()
-            .filter(|(timestamp_ms, _)| *timestamp_ms >= since)
+            .filter(|(timestamp_ms, _)| *timestamp_ms >= restated_since)
             .map(|(_, id)| id.clone())
             .collect();
         if !witnessed.is_empty() {

@@ -304,6 +304,13 @@ impl SyncActor {
                     act.settings.optimizer.step(&mut theta0, &mut act.momentum, &aggregate.delta);
                     act.theta0 = Arc::new(theta0);
                     act.report_verdicts(round, aggregate, &delta_hashes);
+                    // How far each contribution lay from the aggregate: what a rejection rests on.
+                    let scores: Vec<String> = aggregate
+                        .verdicts
+                        .iter()
+                        .map(|v| format!("{}={:.4}", v.node_id.get(..8).unwrap_or(&v.node_id), v.score))
+                        .collect();
+                    info!(round, scores = %scores.join(" "), "contributions' distances to the aggregate");
                 }
                 Err(e) => error!(round, error = %e, "θ₀ unchanged"),
             }

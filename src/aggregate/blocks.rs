@@ -183,6 +183,15 @@ pub(super) fn distances_to(cs: &[Contribution], center: &[f32]) -> Vec<f64> {
     .collect()
 }
 
+/// ‖v‖, reduced like [`distances_to`]: the same bits on every node.
+pub(super) fn norm(v: &[f32]) -> f64 {
+    const ZEROS: [f32; BLOCK] = [0.0; BLOCK];
+    reduce_blocks(v.len(), 1, |range, acc| {
+        acc[0] += sq_dist(&v[range.clone()], &ZEROS[..range.len()]);
+    })[0]
+        .sqrt()
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_support::{c, random_vec};

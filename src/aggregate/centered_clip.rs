@@ -12,7 +12,7 @@
 //! spread keeps its credit, and an attacker within τ (counted in full, but bounded) is kept.
 //! Score: the last iteration's clip factor min(1, τ/‖xᵢ − v‖) in (0, 1], 1 = counted in full.
 
-use super::{Contribution, Outcome, blocks, kept_nearest, median, verdicts};
+use super::{Contribution, Outcome, blocks, kept_nearest, median, outlier_floor, verdicts};
 
 pub(super) fn centered_clip(
     contributions: &[Contribution],
@@ -45,7 +45,7 @@ pub(super) fn centered_clip(
         });
     }
     let clipped: Vec<bool> = distances.iter().map(|&r| r > tau).collect();
-    let kept = kept_nearest(&distances, f)
+    let kept = kept_nearest(&distances, f, outlier_floor(&centre))
         .into_iter()
         .zip(&clipped)
         .map(|(near, &clipped)| near || !clipped);

@@ -11,7 +11,7 @@
 //! Verdict: kept unless among the f farthest from z (L2); score: the final normalised Weiszfeld
 //! weight αᵢ (the weights sum to 1; an outlier's is small).
 
-use super::{Contribution, Outcome, blocks, kept_nearest, verdicts};
+use super::{Contribution, Outcome, blocks, kept_nearest, outlier_floor, verdicts};
 
 /// Upper bound on Weiszfeld iterations (each costs O(n²), not a pass over the deltas).
 pub const MAX_ITERATIONS: usize = 1000;
@@ -76,9 +76,10 @@ pub(super) fn geometric_median(contributions: &[Contribution], d: usize, f: usiz
         }
     });
     let state = if converged { "converged" } else { "stopped" };
+    let floor = outlier_floor(&delta);
     Outcome {
         delta,
-        verdicts: verdicts(contributions, kept_nearest(&distances, f), alpha),
+        verdicts: verdicts(contributions, kept_nearest(&distances, f, floor), alpha),
         note: format!("Weiszfeld {state} after {iterations} iterations"),
     }
 }

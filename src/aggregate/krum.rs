@@ -6,12 +6,12 @@
 //! score is bounded by the honest spread, while an attacker far from the honest ones has at least
 //! one honest contribution among its n − f − 2 ≥ f + 1 nearest and scores higher.
 //!
-//! Verdict: kept unless an outlier by Krum score ([`super::kept_nearest`]: among the f worst and
-//! more than twice the median score), so honest contributors that were merely not selected keep
+//! Verdict: kept unless an outlier by Krum score ([`super::kept_nearest`]: among the f worst,
+//! more than twice the median score and above the floor), so honest contributors that were merely not selected keep
 //! their reward and their reputation; score: the Krum score, lower is better. Ties in score are
 //! broken by node id, so the selection does not depend on the input order.
 
-use super::{Contribution, Outcome, blocks, kept_nearest, verdicts};
+use super::{Contribution, Outcome, blocks, kept_nearest, outlier_floor, verdicts};
 
 /// Multi-Krum with `m` (1 ≤ m ≤ n − f) selected; Krum is m = 1. Needs n ≥ 2f + 3.
 pub(super) fn multi_krum(contributions: &[Contribution], d: usize, f: usize, m: usize) -> Outcome {
@@ -55,11 +55,13 @@ pub(super) fn multi_krum(contributions: &[Contribution], d: usize, f: usize, m: 
     } else {
         format!("averaged {m} of {n} by Krum score over the {neighbours} nearest")
     };
+    // A score sums `neighbours` squared distances: the floor in the same unit.
+    let floor = neighbours as f64 * outlier_floor(&delta).powi(2);
     Outcome {
         delta,
         verdicts: verdicts(
             contributions,
-            kept_nearest(&scores, f),
+            kept_nearest(&scores, f, floor),
             scores.iter().copied(),
         ),
         note,

@@ -3,7 +3,7 @@
 //! from the median vector (L2); score: that distance.
 
 use super::network::{self, LANES, MAX_N};
-use super::{Contribution, Outcome, blocks, kept_nearest, verdicts};
+use super::{Contribution, Outcome, blocks, kept_nearest, outlier_floor, verdicts};
 
 /// The median of `xs` (reordered in place); for even n the mean of the two middle values.
 pub(super) fn median_of(xs: &mut [f32]) -> f32 {
@@ -44,9 +44,10 @@ pub(super) fn median_delta(contributions: &[Contribution], d: usize) -> Vec<f32>
 pub(super) fn coordinate_median(contributions: &[Contribution], d: usize, f: usize) -> Outcome {
     let delta = median_delta(contributions, d);
     let distances = blocks::distances_to(contributions, &delta);
+    let floor = outlier_floor(&delta);
     Outcome {
         delta,
-        verdicts: verdicts(contributions, kept_nearest(&distances, f), distances),
+        verdicts: verdicts(contributions, kept_nearest(&distances, f, floor), distances),
         note: String::new(),
     }
 }

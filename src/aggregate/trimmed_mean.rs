@@ -5,7 +5,7 @@
 //! from the aggregate (L2); score: that distance.
 
 use super::network::{self, LANES, MAX_N};
-use super::{Contribution, Outcome, blocks, kept_nearest, verdicts};
+use super::{Contribution, Outcome, blocks, kept_nearest, outlier_floor, verdicts};
 
 /// Trims `k` values at each end of `xs` (sorted in place) and averages the rest in sorted order.
 pub(super) fn trimmed_mean_of(xs: &mut [f32], k: usize) -> f32 {
@@ -47,9 +47,10 @@ pub(super) fn trimmed_mean(
     debug_assert!(2 * k < contributions.len());
     let delta = trimmed_mean_delta(contributions, d, k);
     let distances = blocks::distances_to(contributions, &delta);
+    let floor = outlier_floor(&delta);
     Outcome {
         delta,
-        verdicts: verdicts(contributions, kept_nearest(&distances, f), distances),
+        verdicts: verdicts(contributions, kept_nearest(&distances, f, floor), distances),
         note: format!("trimmed {k} per side"),
     }
 }

@@ -2562,7 +2562,7 @@ mod tests {
             witnesses: ids.iter().map(|id| (id.to_string(), 1.0)).collect(),
             others: 3.0,
         };
-        assert_eq!(store.pending_uptime(10).unwrap(), [id.clone()]);
+        assert_eq!(store.pending_uptime(10).unwrap(), std::slice::from_ref(&id));
         // One of the three others is not enough: refused for good.
         let refused = uptime(&alice, 2, T0 + 1);
         let refused_id = proof_id(&refused.proof).unwrap();

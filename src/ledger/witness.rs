@@ -68,6 +68,20 @@ pub fn settle_wait(
     }
 }
 
+/// How old a proof may be for its witnesses to gossip their statements about it again (each
+/// `uptime_interval`): as long as its claimant gossips the proof again (`republished_for`, its
+/// age at the last republish), and an uptime interval and a settle delay more. A node that gets
+/// the proof from the claimant's last republish settles it `settle_wait` later; every witness
+/// restates within that wait. Stopping with the claimant left such a node with the statements of
+/// only the witnesses whose timers happened to fire first, and it refused what the others credited.
+pub fn restate_for(
+    republished_for: std::time::Duration,
+    watch: &Watch,
+    uptime_interval: std::time::Duration,
+) -> std::time::Duration {
+    republished_for + uptime_interval + settle_delay(watch)
+}
+
 /// How this node judges liveness, from the network settings: heartbeats come every
 /// `heartbeat_ms`, and a peer silent for `silence_ms` is dropped from the peer table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -388,5 +402,27 @@ mod tests {
             others: f64::NAN,
         };
         assert!(decide("a", &nan).is_err());
+    }
+
+    #[test]
+    fn a_node_that_gets_a_proof_from_its_last_republish_hears_every_witness_again_in_time() {
+        let uptime_interval = std::time::Duration::from_secs(60);
+        let republished_for = std::time::Duration::from_secs(150);
+        let horizon = restate_for(republished_for, &WATCH, uptime_interval);
+        // The late node stores the proof at its age `republished_for` and settles it then.
+        let stored = republished_for;
+        let settles = stored + settle_wait(stored, &WATCH, uptime_interval);
+        // Whatever the phase of a witness's timer, one of its restatements falls between the
+        // two, while the proof is young enough to be restated.
+        for phase_s in 0..60 {
+            let ticks = (0..10).map(|k| std::time::Duration::from_secs(phase_s + 60 * k));
+            let heard = ticks
+                .filter(|&t| t >= stored && t + WITNESS_FLUSH < settles)
+                .any(|t| t <= horizon);
+            assert!(
+                heard,
+                "a witness ticking at phase {phase_s} s is never heard"
+            );
+        }
     }
 }

@@ -18,7 +18,10 @@ use super::params::{flatten_grads, layout, unflatten};
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TrainerOptions {
     pub batch_size: usize,
+    /// Indexed by the network's step (see [`Trainer::schedule_step`]), not this worker's count.
     pub schedule: LrSchedule,
+    /// Inner steps per DiLoCo round (H).
+    pub inner_steps: u64,
     pub adamw: AdamWConfig,
     /// Held-out sequences used for one validation-loss estimate.
     pub eval_sequences: usize,
@@ -97,7 +100,7 @@ impl Trainer {
         let grads = loss.backward();
         let mut grad = flatten_grads(&self.model, &grads);
         let grad_norm = clip_grad_norm(&mut grad, self.options.adamw.grad_clip);
-        let lr = self.options.schedule.lr_at(self.counters.global_step);
+        let lr = self.options.schedule.lr_at(self.schedule_step());
         self.adam.step(
             &mut self.params,
             &grad,
@@ -119,6 +122,16 @@ impl Trainer {
             grad_norm,
             tokens,
         }
+    }
+
+    /// Where the learning-rate schedule stands: round × H + inner step, the same on every node in
+    /// the same round. A node that healed into a round, joined late or restarted steps with the
+    /// network's learning rate; counting its own steps would give it another one (a node that
+    /// trained a round alone would still be warming up faster than its peers, and its deltas,
+    /// larger than theirs, would be rejected as outliers).
+    pub fn schedule_step(&self) -> u64 {
+        let c = &self.counters;
+        c.round.saturating_mul(self.options.inner_steps) + c.inner_step
     }
 
     /// Mean loss over the held-out sequences, without autodiff; records the first value as the baseline.
@@ -173,19 +186,15 @@ mod tests {
     use crate::model::backend::{CpuBackend, cpu_device};
     use crate::model::params::flatten;
 
-    #[test]
-    fn loss_falls_when_overfitting_one_batch() {
+    /// A nano trainer on a tiny corpus, in round 0.
+    fn nano_trainer(schedule: LrSchedule, inner_steps: u64) -> (Trainer, Vec<f32>) {
         let config = NeuroLlmConfig::preset("nano").unwrap();
         let docs = vec!["the quick brown fox jumps over the lazy dog. ".repeat(8)];
         let data = TokenDataset::new(&docs, 32, 0.2, 0).unwrap();
         let options = TrainerOptions {
             batch_size: 2,
-            schedule: LrSchedule {
-                peak_lr: 3e-3,
-                warmup_steps: 1,
-                total_steps: 1000,
-                min_lr_ratio: 1.0,
-            },
+            schedule,
+            inner_steps,
             adamw: AdamWConfig {
                 weight_decay: 0.0,
                 ..Default::default()
@@ -193,7 +202,19 @@ mod tests {
             eval_sequences: 2,
         };
         let theta0 = flatten(&config.init::<CpuBackend>(&cpu_device()));
-        let mut trainer = Trainer::new(&config, Arc::new(data), options, &theta0, 0, None);
+        let trainer = Trainer::new(&config, Arc::new(data), options, &theta0, 0, None);
+        (trainer, theta0)
+    }
+
+    #[test]
+    fn loss_falls_when_overfitting_one_batch() {
+        let schedule = LrSchedule {
+            peak_lr: 3e-3,
+            warmup_steps: 1,
+            total_steps: 1000,
+            min_lr_ratio: 1.0,
+        };
+        let (mut trainer, theta0) = nano_trainer(schedule, 50);
         // the same two sequences every step: rewind the cursor
         let first = trainer.step().loss;
         let mut last = first;
@@ -207,5 +228,34 @@ mod tests {
         trainer.reset_to(&theta0, 1);
         assert_eq!(trainer.params(), &theta0[..]);
         assert_eq!(trainer.counters.inner_step, 0);
+    }
+
+    #[test]
+    fn the_learning_rate_follows_the_round_not_the_steps_this_node_took() {
+        let schedule = LrSchedule {
+            peak_lr: 1e-3,
+            warmup_steps: 100,
+            total_steps: 1000,
+            min_lr_ratio: 0.1,
+        };
+        // One node trained round 0 and 3 steps of round 1 alone before healing into round 1;
+        // the other trained round 0 only. In round 1 both step with the same rate.
+        let (mut ahead, theta0) = nano_trainer(schedule, 4);
+        let (mut peer, _) = nano_trainer(schedule, 4);
+        for _ in 0..7 {
+            ahead.step();
+        }
+        for _ in 0..4 {
+            peer.step();
+        }
+        ahead.reset_to(&theta0, 1);
+        peer.reset_to(&theta0, 1);
+        let (a, p) = (ahead.step().lr, peer.step().lr);
+        assert_eq!(a, p);
+        assert_eq!(a, schedule.lr_at(4));
+        // A node joining at round 30 starts where the network is, not at the warmup's start.
+        let (mut joiner, _) = nano_trainer(schedule, 4);
+        joiner.reset_to(&theta0, 30);
+        assert_eq!(joiner.step().lr, schedule.lr_at(120));
     }
 }
