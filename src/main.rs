@@ -232,8 +232,30 @@ impl Cli {
     }
 }
 
+impl Command {
+    /// Commands that print a result and exit. Rust ignores SIGPIPE, so their `println!` panicked
+    /// when the reader went away (`neuroshard keygen | head -1`); they end quietly instead, as
+    /// Unix tools do. The node, tracker and devnet keep ignoring it: a peer closing its socket
+    /// is an error to handle there, not a reason to die.
+    fn prints_and_exits(&self) -> bool {
+        matches!(
+            self,
+            Command::Keygen
+                | Command::Id { .. }
+                | Command::Status { .. }
+                | Command::Generate { .. }
+                | Command::Ledger { .. }
+                | Command::Network { .. }
+        )
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.command.as_ref().is_some_and(Command::prints_and_exits) {
+        // SAFETY: restores the default disposition of one signal before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match &cli.command {
         Some(Command::Keygen) => {
             let token = generate_token();

@@ -54,6 +54,31 @@ fn id_prints_the_known_node_id_and_keygen_a_working_token() {
     assert_eq!(stdout(&again), node_id);
 }
 
+/// `neuroshard keygen | head -1` and the like: a reader that went away ends the command quietly
+/// (SIGPIPE, as for any Unix tool), never with a panic.
+#[test]
+fn a_closed_stdout_ends_a_printing_command_without_a_panic() {
+    for args in [
+        &["keygen"][..],
+        &[
+            "id",
+            "--token",
+            "c7bcca42c5583383e4933fac637e10e9504b8e67346e87b1702e97fe0d1794ec",
+        ],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(BIN)
+            .args(args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let text = stderr(&out);
+        assert!(!text.contains("panicked"), "{args:?}: {text}");
+        assert_ne!(out.status.code(), Some(101), "{args:?}: {text}");
+    }
+}
+
 /// Each bad input exits with 2, names what is wrong, and writes nothing into the state dir.
 #[test]
 fn bad_input_exits_2_naming_the_file_and_key_and_writes_nothing() {

@@ -1,5 +1,6 @@
-//! `neuroshard devnet`: three real nodes on loopback that see each other, stopped together by one
-//! SIGTERM, and taken down with devnet when it is SIGKILLed.
+//! `neuroshard devnet`: three real nodes on loopback that see each other, train as one group with
+//! devnet's defaults (every round with all three, one θ₀), stop together on one SIGTERM, and are
+//! taken down with devnet when it is SIGKILLed.
 
 mod common;
 
@@ -152,6 +153,87 @@ fn connected(agent: &ureq::Agent, url: &str) -> Vec<String> {
     ids
 }
 
+/// (round, θ₀ hash, participants of the last closed round) as /api/diloco shows them.
+fn round_state(agent: &ureq::Agent, url: &str) -> Option<(u64, String, u64)> {
+    let d = get(agent, &format!("{url}/api/diloco"))?;
+    Some((
+        d["outer_step_count"].as_u64()?,
+        d["theta0_hash"].as_str()?.to_string(),
+        d["last_round"]["participants"].as_u64().unwrap_or(0),
+    ))
+}
+
+/// Waits until the nodes form one group (a round with all of them, on one θ₀), then watches
+/// `rounds` more rounds: each must have had every node in it, on every node.
+fn train_as_one_group(devnet: &Devnet, agent: &ureq::Agent, rounds: u64) {
+    let everyone = devnet.nodes.len() as u64;
+    let states = || -> Vec<Option<(u64, String, u64)>> {
+        devnet
+            .nodes
+            .iter()
+            .map(|n| round_state(agent, &n.url))
+            .collect()
+    };
+    let started = Instant::now();
+    let first = loop {
+        let now = states();
+        let one_group = now.iter().all(|s| {
+            s.as_ref().is_some_and(|(r, hash, p)| {
+                *p == everyone
+                    && (*r, hash) == (now[0].as_ref().unwrap().0, &now[0].as_ref().unwrap().1)
+            })
+        });
+        if one_group {
+            break now[0].as_ref().unwrap().0;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the nodes did not form one group within 120 s: {now:?}; {}",
+            devnet.logs()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    eprintln!(
+        "one group of {everyone} at round {first} after {:?}",
+        started.elapsed()
+    );
+    // Every closed round seen from here on, per node: (round, participants).
+    let mut seen: Vec<Vec<(u64, u64)>> = vec![Vec::new(); devnet.nodes.len()];
+    let watch = Instant::now();
+    loop {
+        for (node, state) in states().into_iter().enumerate() {
+            if let Some((round, _, participants)) = state
+                && seen[node].last().is_none_or(|(r, _)| *r < round)
+            {
+                seen[node].push((round, participants));
+            }
+        }
+        if seen
+            .iter()
+            .all(|s| s.last().is_some_and(|(r, _)| *r >= first + rounds))
+        {
+            break;
+        }
+        assert!(
+            watch.elapsed() < Duration::from_secs(60 * rounds),
+            "the group did not pass {rounds} more rounds in {:?}: {seen:?}; {}",
+            watch.elapsed(),
+            devnet.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (node, rounds) in seen.iter().enumerate() {
+        assert!(
+            rounds.iter().all(|(_, p)| *p == everyone),
+            "node {}: a round without all {everyone} nodes: {rounds:?}; {}",
+            node + 1,
+            devnet.logs()
+        );
+    }
+    let hashes: Vec<Option<String>> = states().into_iter().map(|s| s.map(|s| s.1)).collect();
+    eprintln!("rounds seen per node (round, participants): {seen:?}; θ₀ now {hashes:?}");
+}
+
 fn answers(url: &str) -> bool {
     let agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -162,7 +244,7 @@ fn answers(url: &str) -> bool {
 }
 
 #[test]
-fn three_nodes_see_each_other_and_stop_together_on_sigterm() {
+fn three_nodes_see_each_other_train_as_one_group_and_stop_together_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let mut devnet = Devnet::start(dir.path(), 3);
@@ -226,6 +308,8 @@ fn three_nodes_see_each_other_and_stop_together_on_sigterm() {
         }
     }
     eprintln!("3 nodes met {:?} after devnet started", started.elapsed());
+    // Devnet's defaults (nano, its round length, the shipped round rules): one group.
+    train_as_one_group(&devnet, &agent, 3);
 
     devnet.signal(libc::SIGTERM);
     let status = devnet.wait_exit(Duration::from_secs(40));

@@ -101,10 +101,11 @@ pub struct LedgerActor {
     /// first: each is decided once, `witness::settle_wait` after this node stored it.
     unsettled_uptime: VecDeque<(Instant, String, (u64, u64))>,
     /// Peers' uptime proofs this node witnessed lately, (proof timestamp, id), oldest first:
-    /// gossiped again each uptime interval for peers that missed the statement.
+    /// gossiped again each uptime interval for peers that missed the statement (also after a
+    /// restart: the store keeps them).
     witnessed: VecDeque<(u64, String)>,
-    /// Ids of uptime proofs witnessed since the last `flush_witnessed`.
-    unannounced_witnessed: VecDeque<String>,
+    /// Uptime proofs witnessed since the last `flush_witnessed`, (proof timestamp, id).
+    unannounced_witnessed: VecDeque<(u64, String)>,
     /// Stretches (unix ms) over which this node was not running (suspended), newest last, and
     /// when it last ran: it has no say in uptime it slept through (`witness::slept_through`).
     own_stalls: VecDeque<(u64, u64)>,
@@ -573,7 +574,8 @@ impl LedgerActor {
         if self.witnessed.len() > MAX_WITNESSED {
             self.witnessed.pop_front();
         }
-        self.unannounced_witnessed.push_back(id.to_owned());
+        self.unannounced_witnessed
+            .push_back((proof.timestamp_ms, id.to_owned()));
         if self.unannounced_witnessed.len() > MAX_UNSETTLED_UPTIME {
             self.unannounced_witnessed.pop_front();
         }
@@ -581,15 +583,39 @@ impl LedgerActor {
 
     /// Gossips the statements made since the last flush: one message of at most
     /// `MAX_WITNESSED` ids (the rest wait for the next flush; the oldest are dropped past a bound,
-    /// the uptime tick's re-gossip carries them anyway).
+    /// the uptime tick's re-gossip carries them anyway), and stores them, so that a restart does
+    /// not end their re-gossip: a witness restarted before a peer that had missed its statement
+    /// heard it again left that peer refusing what every other node credited. A statement the
+    /// store refuses is still gossiped and restated until this node stops.
     fn flush_witnessed(&mut self) {
         if self.unannounced_witnessed.is_empty() {
             return;
         }
         let take = self.unannounced_witnessed.len().min(MAX_WITNESSED);
-        let proofs: Vec<String> = self.unannounced_witnessed.drain(..take).collect();
+        let statements: Vec<(u64, String)> = self.unannounced_witnessed.drain(..take).collect();
+        let proofs = statements.iter().map(|(_, id)| id.clone()).collect();
         self.peers
             .do_send(PublishLedger(LedgerMessage::Witnessed { proofs }));
+        let keep_since = self.restated_since_ms(unix_ms());
+        if let Err(e) = self.store.record_statements(&statements, keep_since) {
+            self.failed(e);
+        }
+    }
+
+    /// Proofs made at or after this time (unix ms) are restated by their witnesses
+    /// (`witness::restate_for`); claimants re-gossip their own for half the freshness window.
+    fn restated_since_ms(&self, now_ms: u64) -> u64 {
+        let restated = restate_for(
+            self.republished_for(),
+            &self.options.watch,
+            self.options.uptime_interval,
+        );
+        now_ms.saturating_sub(restated.as_millis() as u64)
+    }
+
+    /// How long a node gossips its own proofs again: half the freshness window.
+    fn republished_for(&self) -> Duration {
+        Duration::from_secs(self.options.limits.freshness_window_s / 2)
     }
 
     fn add_witness(&mut self, id: &str, witness: String) {
@@ -945,8 +971,7 @@ impl LedgerActor {
     fn republish_recent(&self) {
         let own = &self.options.identity.node_id;
         let now_ms = unix_ms();
-        let republished_for = Duration::from_secs(self.options.limits.freshness_window_s / 2);
-        let since = now_ms.saturating_sub(republished_for.as_millis() as u64);
+        let since = now_ms.saturating_sub(self.republished_for().as_millis() as u64);
         let (Ok(proofs), Ok(transactions)) = (
             self.store.proofs_of(own, RECENT_PROOFS),
             self.store.transactions_of(own, since, RECENT_TRANSACTIONS),
@@ -964,12 +989,7 @@ impl LedgerActor {
                 transactions,
             }));
         }
-        let restated = restate_for(
-            republished_for,
-            &self.options.watch,
-            self.options.uptime_interval,
-        );
-        let restated_since = now_ms.saturating_sub(restated.as_millis() as u64);
+        let restated_since = self.restated_since_ms(now_ms);
         let witnessed: Vec<String> = self
             .witnessed
             .iter()
@@ -1020,6 +1040,16 @@ impl Actor for LedgerActor {
                 .unsettled_uptime
                 .extend(ids.into_iter().map(|id| (settle_at, id, (0, 0)))),
             Err(e) => warn!(error = %e, "cannot read the pending uptime proofs; they stay pending"),
+        }
+        // What this node witnessed before it stopped is restated as if it had not.
+        match self
+            .store
+            .statements_since(self.restated_since_ms(unix_ms()), MAX_WITNESSED)
+        {
+            Ok(statements) => self.witnessed.extend(statements),
+            Err(e) => {
+                warn!(error = %e, "cannot read this node's witness statements; they are not restated")
+            }
         }
         run_every(ctx, WITNESS_FLUSH, |act, _| {
             act.observe_own_clock(unix_ms());

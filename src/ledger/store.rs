@@ -98,6 +98,13 @@ const MIGRATIONS: &[&str] = &[
         proof_id TEXT PRIMARY KEY NOT NULL,
         tally TEXT NOT NULL
     ) STRICT;",
+    // 4: this node's own witness statements (uptime proof id, the proof's timestamp): a restarted
+    // node restates them for peers that missed them, as it did before it stopped.
+    "CREATE TABLE statements (
+        proof_id TEXT PRIMARY KEY NOT NULL,
+        timestamp_ms INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX statements_by_time ON statements (timestamp_ms);",
 ];
 
 /// The schema this binary writes.
@@ -521,6 +528,57 @@ impl LedgerStore {
             |status, _| Ok(status),
         );
         result.map_err(|kind| self.error(kind))
+    }
+
+    /// Records this node's own witness statements, (proof timestamp, uptime proof id), and forgets
+    /// those about proofs made before `keep_since_ms`: one transaction per call.
+    pub fn record_statements(
+        &mut self,
+        statements: &[(u64, String)],
+        keep_since_ms: u64,
+    ) -> Result<(), LedgerError> {
+        let save = |conn: &mut Connection| -> Fallible<()> {
+            let db = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for (timestamp_ms, id) in statements {
+                db.prepare_cached(
+                    "INSERT OR IGNORE INTO statements (proof_id, timestamp_ms) VALUES (?1, ?2)",
+                )?
+                .execute(params![id, sql_int(*timestamp_ms)])?;
+            }
+            db.prepare_cached("DELETE FROM statements WHERE timestamp_ms < ?1")?
+                .execute([sql_int(keep_since_ms)])?;
+            db.commit()?;
+            Ok(())
+        };
+        save(&mut self.conn).map_err(|kind| self.error(kind))
+    }
+
+    /// This node's own witness statements about proofs made at or after `since_ms`, (proof
+    /// timestamp, id), oldest first; the newest `limit` of them.
+    pub fn statements_since(
+        &self,
+        since_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String)>, LedgerError> {
+        let mut newest_first = self
+            .conn
+            .prepare_cached(
+                "SELECT timestamp_ms, proof_id FROM statements WHERE timestamp_ms >= ?1
+                 ORDER BY timestamp_ms DESC, proof_id LIMIT ?2",
+            )
+            .and_then(|mut statement| {
+                statement
+                    .query_map(params![sql_int(since_ms), limit as i64], |row| {
+                        Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(|e| self.error(e.into()))?;
+        newest_first.reverse();
+        Ok(newest_first
+            .into_iter()
+            .map(|(timestamp_ms, id)| (from_sql_int(timestamp_ms), id))
+            .collect())
     }
 
     /// Counts a proof or transaction refused by verification (not stored as an event); written
@@ -2540,6 +2598,42 @@ mod tests {
         assert_eq!(store.network().total_minted, 0);
         drop(store);
         assert!(verify(&dir).is_ok(), "{:?}", verify(&dir));
+    }
+
+    #[test]
+    fn own_witness_statements_outlive_a_restart_until_they_are_too_old_to_restate() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(&dir);
+        let statements = |list: &[(u64, &str)]| -> Vec<(u64, String)> {
+            list.iter().map(|(t, id)| (*t, id.to_string())).collect()
+        };
+        store
+            .record_statements(&statements(&[(T0 + 2, "b"), (T0, "a")]), 0)
+            .unwrap();
+        // Recorded twice (a re-gossip): still one statement.
+        store
+            .record_statements(&statements(&[(T0 + 2, "b"), (T0 + 5, "c")]), 0)
+            .unwrap();
+        drop(store);
+        let mut store = open(&dir);
+        assert_eq!(
+            store.statements_since(0, 10).unwrap(),
+            statements(&[(T0, "a"), (T0 + 2, "b"), (T0 + 5, "c")])
+        );
+        assert_eq!(
+            store.statements_since(T0 + 1, 10).unwrap(),
+            statements(&[(T0 + 2, "b"), (T0 + 5, "c")])
+        );
+        assert_eq!(
+            store.statements_since(0, 1).unwrap(),
+            statements(&[(T0 + 5, "c")])
+        );
+        // Those about proofs older than what is restated are forgotten on the next write.
+        store.record_statements(&[], T0 + 3).unwrap();
+        assert_eq!(
+            store.statements_since(0, 10).unwrap(),
+            statements(&[(T0 + 5, "c")])
+        );
     }
 
     #[test]
