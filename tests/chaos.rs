@@ -1,8 +1,11 @@
 //! Chaos with the shipped round settings (quorum, straggler grace, the 120 s round deadline; only
-//! `--diloco-steps 10` and the harness's quick heartbeat are set): four nano nodes on loopback;
-//! one joins late, one is paused (SIGSTOP) for longer than the round deadline and resumed, one is
-//! killed mid-round and restarted from its state dir. The network must end on one θ₀ with every
-//! node taking part in its rounds, nobody banned or rate-limited, and identical balances.
+//! `--diloco-steps` and the harness's quick heartbeat are set): four nano nodes on loopback at
+//! H = 10; one joins late, one is paused (SIGSTOP) for longer than the round deadline and
+//! resumed, one is killed mid-round and restarted from its state dir; then all are restarted one
+//! by one at H = 60. The network must end on one θ₀ with every node taking part in its rounds,
+//! nobody banned or rate-limited, no proof credited by one node and refused by another, and
+//! identical balances over what was made once the network was whole again (a node that was away
+//! lacks what it missed until the ledger has a history sync, issue 15).
 //!
 //! It found: self-reputation, the 0.67 quorum of 3, newcomers waited for beyond the round's
 //! places, a resumed node banning its peers, a resumed node's timers firing every tick missed
@@ -21,6 +24,8 @@ use std::time::Duration;
 use common::*;
 
 const INNER_STEPS: &str = "10";
+/// The round length the nodes are restarted with, one by one, at the end.
+const LONG_INNER_STEPS: &str = "60";
 /// The shipped `diloco.round_deadline_s`.
 const ROUND_DEADLINE: Duration = Duration::from_secs(120);
 
@@ -83,21 +88,22 @@ fn wait_for_one_group(nodes: &[Node], at_least: u64, what: &str, timeout: Durati
 #[test]
 fn four_nodes_with_default_round_settings_ride_out_a_late_join_a_pause_and_a_kill() {
     let dir = tempfile::tempdir().unwrap();
-    let args = |i: usize| {
+    let args = |i: usize, steps: &str| {
         vec![
             "--diloco-steps".to_string(),
-            INNER_STEPS.to_string(),
+            steps.to_string(),
             "--token".to_string(),
             fixed_token(i),
         ]
     };
-    let mut nodes = start_cluster(dir.path(), 3, args, |_| Vec::new());
-    let seed = nodes[0].p2p_addr();
-    let start = |i: usize| {
-        let mut flags = args(i);
-        flags.extend(["--seed-peers".to_string(), seed.clone()]);
+    let mut nodes = start_cluster(dir.path(), 3, |i| args(i, INNER_STEPS), |_| Vec::new());
+    let start_seeded = |i: usize, steps: &str, seed: &str| {
+        let mut flags = args(i, steps);
+        flags.extend(["--seed-peers".to_string(), seed.to_string()]);
         start_owned(&dir.path().join(format!("n{i}")), &flags, &[])
     };
+    let seed = nodes[0].p2p_addr();
+    let start = |i: usize| start_seeded(i, INNER_STEPS, &seed);
     wait_for_one_group(
         &nodes,
         2,
@@ -146,6 +152,38 @@ fn four_nodes_with_default_round_settings_ride_out_a_late_join_a_pause_and_a_kil
         Duration::from_secs(180),
     );
 
+    // A rolling restart to a long round, as an operator changing the config does it: each node
+    // in turn stops (SIGTERM), starts again from its state dir seeded with the running ones, and
+    // is connected to them again before the next one goes.
+    for i in 0..nodes.len() {
+        let seeds: Vec<String> = (0..nodes.len())
+            .filter(|&j| j != i)
+            .map(|j| nodes[j].p2p_addr())
+            .collect();
+        let status = nodes.remove(i).terminate();
+        assert!(status.success(), "node {i} exited with {status} on SIGTERM");
+        nodes.insert(i, start_seeded(i, LONG_INNER_STEPS, &seeds.join(",")));
+        nodes[i].wait_for(
+            "the restarted node to connect to the others",
+            Duration::from_secs(60),
+            |n| n.get("/api/network")["connected_peers"].as_u64() >= Some(3),
+        );
+    }
+    let restarted_at = nodes.iter().map(round_of).max().unwrap();
+    wait_for_one_group(
+        &nodes,
+        restarted_at + 2,
+        "the group to form again with H = 60",
+        Duration::from_secs(240),
+    );
+    let whole_again_ms = neuroshard::net::wire::unix_ms();
+    wait_for_one_group(
+        &nodes,
+        restarted_at + 4,
+        "two more rounds with H = 60",
+        Duration::from_secs(240),
+    );
+
     for node in &nodes {
         let offences = offences(node);
         assert!(
@@ -154,7 +192,9 @@ fn four_nodes_with_default_round_settings_ride_out_a_late_join_a_pause_and_a_kil
             node.port
         );
     }
-    agreed_balances(&nodes, || {
+    // A node misses the proofs and verdicts made while it is away (no history sync yet: issue
+    // 15); what the whole network made since must agree, and nothing ever conflicts.
+    agreed_balances_since(&nodes, whole_again_ms, || {
         nodes
             .iter()
             .map(|n| format!("{:#}", diloco(n)))

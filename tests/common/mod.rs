@@ -496,8 +496,19 @@ pub fn balances(node: &Node) -> Value {
     node.get("/api/ledger/balances")["accounts"].clone()
 }
 
-/// A node's verdict on each proof it holds: proof id → (claimant, status, credited nano).
-type Verdicts = BTreeMap<String, (String, String, Option<u64>)>;
+/// A node's verdict on a proof it holds.
+#[derive(Debug, PartialEq)]
+struct Held {
+    claimant: String,
+    status: String,
+    /// Credited nano-NEURO.
+    credited: Option<u64>,
+    /// When the proof was made (unix ms).
+    timestamp_ms: u64,
+}
+
+/// A node's verdict on each proof it holds, by proof id.
+type Verdicts = BTreeMap<String, Held>;
 
 /// A node's balance table and its verdicts on the proofs of every account in it, read so that
 /// they belong together: the table read before and after the proof lists is the same, so no
@@ -518,11 +529,12 @@ fn ledger_read(node: &Node) -> (Value, Verdicts) {
                 "{id} holds over 1000 proofs: the lists are cut"
             );
             for p in listed {
-                let verdict = (
-                    id.clone(),
-                    p["status"].as_str().unwrap_or_default().to_string(),
-                    p["credited"].as_u64(),
-                );
+                let verdict = Held {
+                    claimant: id.clone(),
+                    status: p["status"].as_str().unwrap_or_default().to_string(),
+                    credited: p["credited"].as_u64(),
+                    timestamp_ms: p["proof"]["timestamp_ms"].as_u64().unwrap_or_default(),
+                };
                 verdicts.insert(p["id"].as_str().unwrap().to_string(), verdict);
             }
         }
@@ -541,19 +553,30 @@ fn ledger_read(node: &Node) -> (Value, Verdicts) {
 /// (an uptime proof a node held late settles an uptime interval later, `witness::settle_wait`)
 /// fails with the tables and `diagnose()`.
 pub fn agreed_balances(nodes: &[Node], diagnose: impl Fn() -> String) -> Value {
+    agreed_balances_since(nodes, 0, diagnose)
+}
+
+/// `agreed_balances` over the proofs made at or after `since_ms` (unix ms); of earlier ones only
+/// that no node credits what another refuses. Gossip is not stored and forwarded: a node that was
+/// stopped or partitioned misses the proofs and round verdicts made meanwhile until the ledger
+/// has a history sync (issue 15), but what is made once the network is whole again must agree.
+pub fn agreed_balances_since(
+    nodes: &[Node],
+    since_ms: u64,
+    diagnose: impl Fn() -> String,
+) -> Value {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut first_disputed: Option<BTreeSet<String>> = None;
     loop {
         let reads: Vec<(Value, Verdicts)> = nodes.iter().map(ledger_read).collect();
         let ids: BTreeSet<&String> = reads.iter().flat_map(|(_, v)| v.keys()).collect();
-        let verdicts_of = |id: &String| -> Vec<Option<&(String, String, Option<u64>)>> {
-            reads.iter().map(|(_, v)| v.get(id)).collect()
-        };
+        let verdicts_of =
+            |id: &String| -> Vec<Option<&Held>> { reads.iter().map(|(_, v)| v.get(id)).collect() };
         for id in &ids {
             let settled: BTreeSet<&str> = verdicts_of(id)
                 .into_iter()
                 .flatten()
-                .map(|(_, status, _)| status.as_str())
+                .map(|held| held.status.as_str())
                 .filter(|status| *status != "pending")
                 .collect();
             assert!(
@@ -562,15 +585,27 @@ pub fn agreed_balances(nodes: &[Node], diagnose: impl Fn() -> String) -> Value {
                 verdicts_of(id)
             );
         }
+        let made_before = |id: &String| {
+            verdicts_of(id)
+                .into_iter()
+                .flatten()
+                .any(|held| held.timestamp_ms < since_ms)
+        };
         let disputed: BTreeSet<String> = ids
             .iter()
-            .filter(|id| verdicts_of(id).windows(2).any(|w| w[0] != w[1]))
+            .filter(|id| !made_before(id) && verdicts_of(id).windows(2).any(|w| w[0] != w[1]))
             .map(|id| id.to_string())
             .collect();
         let first = first_disputed.get_or_insert_with(|| disputed.clone());
+        let left_out: BTreeSet<String> = ids
+            .iter()
+            .filter(|id| made_before(id))
+            .map(|id| id.to_string())
+            .chain(disputed.iter().cloned())
+            .collect();
         let tables: Vec<Value> = reads
             .iter()
-            .map(|(table, verdicts)| agreed_table(table, verdicts, &disputed))
+            .map(|(table, verdicts)| agreed_table(table, verdicts, &left_out))
             .collect();
         let converged = first.is_disjoint(&disputed);
         if converged && tables.windows(2).all(|w| w[0] == w[1]) {
@@ -595,16 +630,12 @@ pub fn agreed_balances(nodes: &[Node], diagnose: impl Fn() -> String) -> Value {
 }
 
 /// Proof `id` as each node of `nodes` lists it (status, reason, the proof), to explain a dispute.
-fn held_proof(
-    nodes: &[Node],
-    id: &str,
-    verdicts: &[Option<&(String, String, Option<u64>)>],
-) -> Vec<Value> {
+fn held_proof(nodes: &[Node], id: &str, verdicts: &[Option<&Held>]) -> Vec<Value> {
     nodes
         .iter()
         .zip(verdicts)
         .map(|(node, verdict)| {
-            let Some((claimant, _, _)) = verdict else {
+            let Some(Held { claimant, .. }) = verdict else {
                 return Value::Null;
             };
             let listed =
@@ -620,16 +651,16 @@ fn held_proof(
         .collect()
 }
 
-/// `table` without what the `disputed` proofs credited: per account its balance and credited
+/// `table` without what the `left_out` proofs credited: per account its balance and credited
 /// proofs over the proofs every node settled alike.
-fn agreed_table(table: &Value, verdicts: &Verdicts, disputed: &BTreeSet<String>) -> Value {
+fn agreed_table(table: &Value, verdicts: &Verdicts, left_out: &BTreeSet<String>) -> Value {
     let mut agreed = serde_json::Map::new();
     for (id, account) in table.as_object().into_iter().flatten() {
         let mut balance = account["balance_nano"].as_u64().unwrap_or_default();
         let mut proofs = account["proof_count"].as_u64().unwrap_or_default();
-        for (proof, (claimant, status, credited)) in verdicts {
-            if claimant == id && status == "credited" && disputed.contains(proof) {
-                balance = balance.saturating_sub(credited.unwrap_or_default());
+        for (proof, held) in verdicts {
+            if held.claimant == *id && held.status == "credited" && left_out.contains(proof) {
+                balance = balance.saturating_sub(held.credited.unwrap_or_default());
                 proofs = proofs.saturating_sub(1);
             }
         }
