@@ -7,9 +7,10 @@
 //! one honest contribution among its n − f − 2 ≥ f + 1 nearest and scores higher.
 //!
 //! Verdict: kept unless an outlier by Krum score ([`super::kept_nearest`]: among the f worst,
-//! more than twice the median score and above the floor), so honest contributors that were merely not selected keep
-//! their reward and their reputation; score: the Krum score, lower is better. Ties in score are
-//! broken by node id, so the selection does not depend on the input order.
+//! more than twice the median score and above the floor), so honest contributors that were
+//! merely not selected keep their reward and their reputation; score: the Krum score, lower is
+//! better. Ties in score are broken by node id, so the selection does not depend on the input
+//! order.
 
 use super::{Contribution, Outcome, blocks, kept_nearest, outlier_floor, verdicts};
 

@@ -860,12 +860,13 @@ mod tests {
         let length = common.iter().map(|x| x * x).sum::<f32>().sqrt();
         let unit: Vec<f32> = common.iter().map(|x| x / length).collect();
         let honest = around(&unit, 1.1, &[0.1, 0.1, 0.1, 0.35, 0.1]);
-        for rule in [
+        let rules = [
             Rule::TrimmedMean,
             Rule::Median,
             Rule::GeometricMedian,
             Rule::Krum,
-        ] {
+        ];
+        for rule in rules {
             let out = run(rule, 1, &honest);
             assert!(
                 out.verdicts.iter().all(|v| v.kept),
@@ -877,12 +878,7 @@ mod tests {
         for attack in [-1.0f32, 0.0] {
             let mut cs = honest.clone();
             cs[4].delta = cs[0].delta.iter().map(|x| attack * x).collect();
-            for rule in [
-                Rule::TrimmedMean,
-                Rule::Median,
-                Rule::GeometricMedian,
-                Rule::Krum,
-            ] {
+            for rule in rules {
                 let out = run(rule, 1, &cs);
                 let kept: Vec<bool> = out.verdicts.iter().map(|v| v.kept).collect();
                 assert_eq!(

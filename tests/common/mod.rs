@@ -585,21 +585,21 @@ pub fn agreed_balances_since(
                 verdicts_of(id)
             );
         }
-        let made_before = |id: &String| {
-            verdicts_of(id)
-                .into_iter()
-                .flatten()
-                .any(|held| held.timestamp_ms < since_ms)
-        };
-        let disputed: BTreeSet<String> = ids
-            .iter()
-            .filter(|id| !made_before(id) && verdicts_of(id).windows(2).any(|w| w[0] != w[1]))
+        let (earlier, recent): (BTreeSet<&String>, BTreeSet<&String>) =
+            ids.iter().partition(|id| {
+                verdicts_of(id)
+                    .into_iter()
+                    .flatten()
+                    .any(|held| held.timestamp_ms < since_ms)
+            });
+        let disputed: BTreeSet<String> = recent
+            .into_iter()
+            .filter(|id| verdicts_of(id).windows(2).any(|w| w[0] != w[1]))
             .map(|id| id.to_string())
             .collect();
         let first = first_disputed.get_or_insert_with(|| disputed.clone());
-        let left_out: BTreeSet<String> = ids
-            .iter()
-            .filter(|id| made_before(id))
+        let left_out: BTreeSet<String> = earlier
+            .into_iter()
             .map(|id| id.to_string())
             .chain(disputed.iter().cloned())
             .collect();
