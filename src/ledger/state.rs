@@ -124,25 +124,29 @@ impl LedgerState {
     ///
     /// Every event must belong to a later epoch than those already folded into `self`: an epoch's
     /// credits depend on all of its proofs, so an epoch that gains an event is folded again from
-    /// the state before it. That state, before the last epoch of `events`, is returned (`None`
-    /// when there are no events): the base from which the store re-folds the open epoch.
+    /// the state before it. Those states, before each of the last `keep_bases` epochs of
+    /// `events`, are returned oldest first with their epochs: the bases from which the store
+    /// re-folds an epoch that gains a late event, and every epoch after it.
     pub fn apply_sorted<'e>(
         &mut self,
         events: &mut [Event<'e>],
         schedule: &RewardSchedule,
+        keep_bases: usize,
         mut on_outcome: impl FnMut(&Event<'e>, Result<Nano, TxRejection>),
-    ) -> Option<LedgerState> {
+    ) -> Vec<(u64, LedgerState)> {
         sort_events(events);
         let epoch_of = |event: &Event<'_>| schedule.epoch_of(event.timestamp_ms());
-        let last_epoch = events.last().map(epoch_of);
-        let mut base = None;
-        for group in events.chunk_by(|a, b| epoch_of(a) == epoch_of(b)) {
-            if last_epoch == group.first().map(epoch_of) {
-                base = Some(self.clone());
+        let groups: Vec<&[Event<'e>]> =
+            events.chunk_by(|a, b| epoch_of(a) == epoch_of(b)).collect();
+        let first_kept = groups.len().saturating_sub(keep_bases);
+        let mut bases = Vec::with_capacity(keep_bases.min(groups.len()));
+        for (index, group) in groups.into_iter().enumerate() {
+            if index >= first_kept {
+                bases.push((epoch_of(&group[0]), self.clone()));
             }
             self.fold_epoch(group, schedule, &mut on_outcome);
         }
-        base
+        bases
     }
 
     /// Applies the events of one epoch, in order, with the epoch's emission bound.
@@ -297,7 +301,7 @@ pub fn replay(
 ) -> (LedgerState, Vec<(String, TxRejection)>) {
     let mut state = LedgerState::default();
     let mut rejections = Vec::new();
-    state.apply_sorted(events, schedule, |event, outcome| {
+    state.apply_sorted(events, schedule, 0, |event, outcome| {
         if let Err(rejection) = outcome {
             rejections.push((event.id().to_owned(), rejection));
         }
@@ -363,7 +367,7 @@ pub(super) mod tests {
         schedule: &RewardSchedule,
     ) -> Result<Nano, TxRejection> {
         let mut outcome = None;
-        state.apply_sorted(&mut [event], schedule, |_, o| outcome = Some(o));
+        state.apply_sorted(&mut [event], schedule, 0, |_, o| outcome = Some(o));
         outcome.unwrap()
     }
 
@@ -1005,18 +1009,21 @@ pub(super) mod tests {
             rng.shuffle(&mut events);
             assert_eq!(replay(&mut events.clone(), &schedule), reference);
         }
-        // Folding the last epoch again from the returned base gives the same state.
+        // Folding any of the last epochs again from its returned base gives the same state.
         let mut state = LedgerState::default();
-        let base = state.apply_sorted(&mut events.clone(), &schedule, |_, _| {});
-        let last_epoch = schedule.epoch_of(events.iter().map(Event::timestamp_ms).max().unwrap());
-        let mut last: Vec<Event<'_>> = events
-            .iter()
-            .copied()
-            .filter(|e| schedule.epoch_of(e.timestamp_ms()) == last_epoch)
-            .collect();
-        let mut refolded = base.unwrap();
-        refolded.apply_sorted(&mut last, &schedule, |_, _| {});
-        assert_eq!(refolded, reference.0);
+        let bases = state.apply_sorted(&mut events.clone(), &schedule, 3, |_, _| {});
+        assert_eq!(bases.len(), 3);
+        assert!(bases.windows(2).all(|pair| pair[0].0 < pair[1].0));
+        for (epoch, base) in bases {
+            let mut since: Vec<Event<'_>> = events
+                .iter()
+                .copied()
+                .filter(|e| schedule.epoch_of(e.timestamp_ms()) >= epoch)
+                .collect();
+            let mut refolded = base;
+            refolded.apply_sorted(&mut since, &schedule, 0, |_, _| {});
+            assert_eq!(refolded, reference.0);
+        }
     }
 
     #[test]
