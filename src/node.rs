@@ -627,6 +627,7 @@ pub async fn run(config: Config, logs: LogRing) -> Result<(), NodeError> {
         fault: PonwFault {
             cheat: fault_switch("NEUROSHARD_FAULT_PONW").is_some_and(|n| n > 0),
             inflate_claims: fault_switch("NEUROSHARD_FAULT_CLAIM_INFLATION").is_some_and(|n| n > 0),
+            double_spend_backdate_s: fault_switch("NEUROSHARD_FAULT_DOUBLE_SPEND"),
         },
     };
     let (ledger_store, ledger_peers, ledger_status) =

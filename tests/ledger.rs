@@ -191,3 +191,99 @@ fn acknowledged_proofs_survive_kill_9_and_the_ledger_verifies() {
     let lost: Vec<_> = acknowledged.difference(&after).collect();
     assert!(lost.is_empty(), "acknowledged proofs lost: {lost:?}");
 }
+
+/// What `account` received in transfers, in NEURO: balance + spent + staked − earned.
+fn received(account: &serde_json::Value) -> f64 {
+    let f = |key: &str| account[key].as_f64().unwrap_or(0.0);
+    f("balance") + f("total_spent") + f("stake") - f("total_earned")
+}
+
+#[test]
+fn a_double_spend_ends_with_the_same_winner_on_every_node() {
+    const KEY: &str = "double-spend-test-api-key-0123";
+    let dir = tempfile::tempdir().unwrap();
+    // Node 2 spends one sequence number twice (the test fault switch): the transfer its wallet
+    // sends to node 0 and, 2 s later, one to node 1 dated 5 s earlier, gossiped only. Node 0
+    // and node 1 store the first, then the earlier second arrives.
+    let nodes = start_cluster(
+        dir.path(),
+        3,
+        |_| vec!["--diloco-steps".to_string(), "20".to_string()],
+        |i| {
+            let mut env = env_of(&[
+                ("NEUROSHARD_LEDGER__UPTIME_INTERVAL_S", "2"),
+                ("NEUROSHARD_LEDGER__LIMITS__MAX_PROOFS_PER_HOUR", "100000"),
+                ("NEUROSHARD_TRAINING__EVAL_EVERY", "1000"),
+            ]);
+            if i == 2 {
+                env.extend(env_of(&[
+                    ("NEUROSHARD_FAULT_DOUBLE_SPEND", "5"),
+                    ("NEUROSHARD_API_KEY", KEY),
+                ]));
+            }
+            env
+        },
+    );
+    let ids: Vec<String> = nodes
+        .iter()
+        .map(|n| n.stats()["node_id"].as_str().unwrap().to_string())
+        .collect();
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let amount = 0.000_01;
+    wait_until(
+        "the double spender to hold twice what it sends, and its peers' accounts",
+        Duration::from_secs(120),
+        &refs,
+        || {
+            let table = balances(&nodes[2]);
+            table[&ids[2]]["balance"].as_f64() > Some(2.0 * amount)
+                && !table[&ids[0]].is_null()
+                && !table[&ids[1]].is_null()
+        },
+    );
+    // The backdated transfer must find the balance too: it was there 5 s before the send.
+    std::thread::sleep(Duration::from_secs(6));
+    let (status, sent) = nodes[2].post_with_key(
+        "/api/wallet/send",
+        KEY,
+        &serde_json::json!({"to": ids[0], "amount": amount}),
+    );
+    assert_eq!(
+        (status, sent["status"].as_str()),
+        (200, Some("applied")),
+        "{sent}"
+    );
+
+    // Node 0 and node 1 settle on the earlier transfer, to node 1; the one to node 0 is refused
+    // (its sequence number is used). Both hold the same table.
+    let (honest, watched) = (&nodes[..2], &refs[..2]);
+    wait_until(
+        "both honest nodes to apply the earlier transfer",
+        Duration::from_secs(30),
+        watched,
+        || {
+            honest.iter().all(|node| {
+                let table = balances(node);
+                (received(&table[&ids[1]]) - amount).abs() < 1e-12
+            })
+        },
+    );
+    agreed_balances(honest, || String::from("double spend"));
+    for node in honest {
+        let table = balances(node);
+        assert!(
+            received(&table[&ids[0]]).abs() < 1e-12,
+            "node 0 received the refused transfer too: {table}"
+        );
+        let spent = table[&ids[2]]["total_spent"].as_f64().unwrap();
+        assert!(
+            spent < 2.0 * amount,
+            "both transfers of one sequence number were applied: {table}"
+        );
+    }
+    drop(nodes);
+    for i in 0..2 {
+        let (ok, report) = ledger_verify(&dir.path().join(format!("n{i}")));
+        assert!(ok, "node {i}'s ledger does not verify:\n{report}");
+    }
+}

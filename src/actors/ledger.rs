@@ -49,11 +49,16 @@ use crate::status::{Component, LocalFault, NeuroView, StatusBoard};
 /// also signs and gossips a self-declared data proof of 10⁷ samples and an inference proof of
 /// 10⁹ tokens (each at the per-proof cap, and plausible), and its first uptime proof claims the
 /// most one proof may (`max_uptime_per_proof_s`), time before it started included, to show that
-/// claims nobody else vouches for earn nothing.
+/// claims nobody else vouches for earn nothing. NEUROSHARD_FAULT_DOUBLE_SPEND=S
+/// (`double_spend_backdate_s`): each transfer this node's wallet sends is followed, 2 s later, by
+/// a second one with the same sequence number to another account, dated S seconds earlier and
+/// gossiped only (this node keeps the first), to show that every honest node ends with the same
+/// winner.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PonwFault {
     pub cheat: bool,
     pub inflate_claims: bool,
+    pub double_spend_backdate_s: Option<u64>,
 }
 
 pub struct LedgerOptions {
@@ -966,6 +971,34 @@ impl LedgerActor {
         self.status.update(|s| s.neuro = Arc::new(view));
     }
 
+    /// Fault switch only: the same transfer's sequence number spent again on another account,
+    /// backdated, gossiped 2 s after the first.
+    fn double_spend(&self, first: &Transaction, backdate_s: u64, ctx: &mut Context<Self>) {
+        let balances = self.store.balances();
+        let Some(other) = balances
+            .keys()
+            .find(|id| **id != first.from && **id != first.to)
+        else {
+            warn!("double-spend switch: no other account to spend on");
+            return;
+        };
+        let second = Transaction {
+            to: other.clone(),
+            timestamp_ms: first
+                .timestamp_ms
+                .saturating_sub(backdate_s.saturating_mul(1000)),
+            ..first.clone()
+        };
+        let Ok(signed) = sign_transaction(&self.options.identity, second) else {
+            return;
+        };
+        warn!(seq = first.seq, to = %other, "double-spend switch: spending the sequence number again");
+        let peers = self.peers.clone();
+        ctx.run_later(Duration::from_secs(2), move |_, _| {
+            peers.do_send(PublishLedger(LedgerMessage::Transaction(signed)));
+        });
+    }
+
     /// Gossips this node's newest proofs and transactions still inside the freshness window
     /// again (as many as fit one gossip message), for peers that missed them.
     fn republish_recent(&self) {
@@ -1378,7 +1411,7 @@ impl Handler<SubmitTransaction> for LedgerActor {
 
     /// Signs a transaction of this node with the next sequence number and handles it exactly
     /// as a peer's; it is gossiped only when the fold applied it.
-    fn handle(&mut self, msg: SubmitTransaction, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: SubmitTransaction, ctx: &mut Self::Context) -> Self::Result {
         let identity = &self.options.identity;
         let now = unix_ms();
         let account = self.store.account(&identity.node_id);
@@ -1435,6 +1468,9 @@ impl Handler<SubmitTransaction> for LedgerActor {
         if status == "applied" {
             self.peers
                 .do_send(PublishLedger(LedgerMessage::Transaction(signed.clone())));
+            if let Some(backdate_s) = self.options.fault.double_spend_backdate_s {
+                self.double_spend(&signed.tx, backdate_s, ctx);
+            }
             Ok(SubmittedTransaction {
                 id,
                 transaction: signed,
