@@ -87,6 +87,32 @@ pub struct Account {
     pub last_seq: u64,
 }
 
+/// What `LedgerState::apply_sorted` returns besides the state.
+#[derive(Debug, Default)]
+pub struct Folded {
+    /// The states before the last epochs folded, oldest first, with their epochs.
+    pub bases: Vec<(u64, LedgerState)>,
+    /// Where the newest epoch stands; `None` when nothing was folded.
+    pub head: Option<EpochHead>,
+}
+
+/// The newest epoch of a fold as far as it went: what extending it at its end needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EpochHead {
+    pub epoch: u64,
+    /// What its credited proofs claim so far, priced with the stakes held before it.
+    pub claimed: u128,
+    /// Its last event's place in the fold's order: (timestamp, id, is a transaction).
+    pub last: (u64, String, bool),
+}
+
+impl EpochHead {
+    fn key(event: &Event<'_>) -> (u64, String, bool) {
+        let is_tx = matches!(event, Event::Tx { .. });
+        (event.timestamp_ms(), event.id().to_owned(), is_tx)
+    }
+}
+
 /// Every account and the network totals after folding a set of events.
 #[derive(Default, Clone, Debug, PartialEq, Eq)]
 pub struct LedgerState {
@@ -126,52 +152,110 @@ impl LedgerState {
     /// credits depend on all of its proofs, so an epoch that gains an event is folded again from
     /// the state before it. Those states, before each of the last `keep_bases` epochs of
     /// `events`, are returned oldest first with their epochs: the bases from which the store
-    /// re-folds an epoch that gains a late event, and every epoch after it.
+    /// re-folds an epoch that gains a late event, and every epoch after it. So is where the
+    /// newest epoch stands (`EpochHead`), for `extend_epoch`.
     pub fn apply_sorted<'e>(
         &mut self,
         events: &mut [Event<'e>],
         schedule: &RewardSchedule,
         keep_bases: usize,
         mut on_outcome: impl FnMut(&Event<'e>, Result<Nano, TxRejection>),
-    ) -> Vec<(u64, LedgerState)> {
+    ) -> Folded {
         sort_events(events);
         let epoch_of = |event: &Event<'_>| schedule.epoch_of(event.timestamp_ms());
         let groups: Vec<&[Event<'e>]> =
             events.chunk_by(|a, b| epoch_of(a) == epoch_of(b)).collect();
         let first_kept = groups.len().saturating_sub(keep_bases);
-        let mut bases = Vec::with_capacity(keep_bases.min(groups.len()));
+        let mut folded = Folded {
+            bases: Vec::with_capacity(keep_bases.min(groups.len())),
+            head: None,
+        };
         for (index, group) in groups.into_iter().enumerate() {
             if index >= first_kept {
-                bases.push((epoch_of(&group[0]), self.clone()));
+                folded.bases.push((epoch_of(&group[0]), self.clone()));
             }
-            self.fold_epoch(group, schedule, &mut on_outcome);
+            let claimed = self.fold_epoch(group, schedule, &mut on_outcome);
+            folded.head = group.last().map(|last| EpochHead {
+                epoch: epoch_of(last),
+                claimed,
+                last: EpochHead::key(last),
+            });
         }
-        bases
+        folded
     }
 
-    /// Applies the events of one epoch, in order, with the epoch's emission bound.
+    /// Extends the newest epoch folded into `self` (`head`) with `events` when each belongs to it
+    /// and sorts after its last event, and the epoch stays within its emission: then no earlier
+    /// credit changes, and applying the events in order gives what folding the whole epoch again
+    /// would. `base` is the state before the epoch (its stakes price the claims). Returns where
+    /// the epoch then stands, or `None`, having changed nothing, when the events do not qualify.
+    pub fn extend_epoch<'e>(
+        &mut self,
+        base: &LedgerState,
+        head: &EpochHead,
+        events: &mut [Event<'e>],
+        schedule: &RewardSchedule,
+        mut on_outcome: impl FnMut(&Event<'e>, Result<Nano, TxRejection>),
+    ) -> Option<EpochHead> {
+        sort_events(events);
+        let (first, last) = (events.first()?, events.last()?);
+        if EpochHead::key(first) <= head.last
+            || schedule.epoch_of(last.timestamp_ms()) != head.epoch
+        {
+            return None;
+        }
+        let claims: Vec<Nano> = events.iter().map(|e| base.claim(e, schedule)).collect();
+        let claimed = head.claimed + claims.iter().map(|&c| u128::from(c)).sum::<u128>();
+        if claimed > u128::from(schedule.emission_per_epoch_nano()) {
+            return None;
+        }
+        for (event, claim) in events.iter().zip(claims) {
+            let outcome = match *event {
+                Event::Proof {
+                    node_id, credited, ..
+                } => Ok(if credited {
+                    self.credit_proof(node_id, claim)
+                } else {
+                    0
+                }),
+                Event::Tx { tx, .. } => self.apply_transaction(tx),
+            };
+            on_outcome(event, outcome);
+        }
+        Some(EpochHead {
+            epoch: head.epoch,
+            claimed,
+            last: EpochHead::key(last),
+        })
+    }
+
+    /// What a credited proof claims, with the stake its signer holds in `self` (the state before
+    /// the proof's epoch); 0 for anything else.
+    fn claim(&self, event: &Event<'_>, schedule: &RewardSchedule) -> Nano {
+        match *event {
+            Event::Proof {
+                node_id,
+                base_reward,
+                credited: true,
+                ..
+            } => {
+                let stake = self.accounts.get(node_id).map_or(0, |a| a.stake);
+                schedule.credited(base_reward, stake)
+            }
+            _ => 0,
+        }
+    }
+
+    /// Applies the events of one epoch, in order, with the epoch's emission bound; returns what
+    /// its proofs claimed.
     fn fold_epoch<'e>(
         &mut self,
         group: &[Event<'e>],
         schedule: &RewardSchedule,
         on_outcome: &mut impl FnMut(&Event<'e>, Result<Nano, TxRejection>),
-    ) {
-        // What each credited proof claims, with the stake its signer held when the epoch began.
-        let claims: Vec<Nano> = group
-            .iter()
-            .map(|event| match *event {
-                Event::Proof {
-                    node_id,
-                    base_reward,
-                    credited: true,
-                    ..
-                } => {
-                    let stake = self.accounts.get(node_id).map_or(0, |a| a.stake);
-                    schedule.credited(base_reward, stake)
-                }
-                _ => 0,
-            })
-            .collect();
+    ) -> u128 {
+        // `self` is still the state before the epoch.
+        let claims: Vec<Nano> = group.iter().map(|e| self.claim(e, schedule)).collect();
         let claimed: u128 = claims.iter().map(|&claim| u128::from(claim)).sum();
         let emission = u128::from(schedule.emission_per_epoch_nano());
         let over = claimed > emission;
@@ -202,6 +286,7 @@ impl LedgerState {
             self.total_minted = self.total_minted.saturating_add(remainder);
             self.total_burned = self.total_burned.saturating_add(remainder);
         }
+        claimed
     }
 
     /// Credits `amount` (the proof's share of its epoch's emission) to its signer.
@@ -1011,7 +1096,9 @@ pub(super) mod tests {
         }
         // Folding any of the last epochs again from its returned base gives the same state.
         let mut state = LedgerState::default();
-        let bases = state.apply_sorted(&mut events.clone(), &schedule, 3, |_, _| {});
+        let bases = state
+            .apply_sorted(&mut events.clone(), &schedule, 3, |_, _| {})
+            .bases;
         assert_eq!(bases.len(), 3);
         assert!(bases.windows(2).all(|pair| pair[0].0 < pair[1].0));
         for (epoch, base) in bases {
@@ -1024,6 +1111,60 @@ pub(super) mod tests {
             refolded.apply_sorted(&mut since, &schedule, 0, |_, _| {});
             assert_eq!(refolded, reference.0);
         }
+
+        // Extending the newest epoch at its end gives what folding everything gives, or is
+        // refused (changing nothing) when the events would take the epoch over its emission,
+        // begin another epoch or sort before its last event.
+        sort_events(&mut events);
+        let (mut extended, mut refused) = (0, 0);
+        for k in 1..events.len() {
+            for len in 1..=3.min(events.len() - k) {
+                let mut state = LedgerState::default();
+                let folded = state.apply_sorted(&mut events[..k].to_vec(), &schedule, 1, |_, _| {});
+                let (head, (_, base)) = (folded.head.unwrap(), &folded.bases[0]);
+                let mut tail = events[k..k + len].to_vec();
+                let before = state.clone();
+                let mut outcomes = Vec::new();
+                match state.extend_epoch(base, &head, &mut tail, &schedule, |e, o| {
+                    outcomes.push((e.id().to_owned(), o))
+                }) {
+                    Some(new_head) => {
+                        extended += 1;
+                        let mut whole = LedgerState::default();
+                        let mut expected = Vec::new();
+                        let refolded = whole.apply_sorted(
+                            &mut events[..k + len].to_vec(),
+                            &schedule,
+                            0,
+                            |e, o| expected.push((e.id().to_owned(), o)),
+                        );
+                        assert_eq!(state, whole, "extending {k}..{}", k + len);
+                        assert_eq!(Some(new_head), refolded.head);
+                        assert_eq!(outcomes[..], expected[k..]);
+                    }
+                    None => {
+                        refused += 1;
+                        assert_eq!(state, before);
+                        assert!(outcomes.is_empty());
+                    }
+                }
+            }
+        }
+        assert!(
+            extended > 20 && refused > 20,
+            "{extended} extended, {refused} refused"
+        );
+        // An event that sorts before the epoch's last one is refused.
+        let mut state = LedgerState::default();
+        let last = events.len() - 1;
+        let folded = state.apply_sorted(&mut events[..last].to_vec(), &schedule, 1, |_, _| {});
+        let mut early = [events[last - 1]];
+        let head = folded.head.unwrap();
+        assert!(
+            state
+                .extend_epoch(&folded.bases[0].1, &head, &mut early, &schedule, |_, _| {})
+                .is_none()
+        );
     }
 
     #[test]

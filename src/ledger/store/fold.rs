@@ -143,9 +143,8 @@ pub(super) struct StatusChange {
 /// What folding a set of rows produced besides the state.
 #[derive(Default)]
 pub(super) struct Fold {
-    /// The states before the last `KEPT_BASES` epochs folded, oldest first
-    /// (`LedgerState::apply_sorted`).
-    pub(super) bases: Vec<(u64, LedgerState)>,
+    /// The kept bases and where the newest epoch stands (`LedgerState::apply_sorted`).
+    pub(super) folded: Folded,
     /// Stored per-event columns that disagree with the fold.
     pub(super) credit_changes: Vec<CreditChange>,
     pub(super) status_changes: Vec<StatusChange>,
@@ -166,6 +165,20 @@ pub(super) fn fold_onto(
     txs: &[TxRow],
     schedule: &RewardSchedule,
 ) -> Fold {
+    let (mut fold, folded) = diff_rows(proofs, txs, |events, record| {
+        state.apply_sorted(events, schedule, KEPT_BASES, record)
+    });
+    fold.folded = folded;
+    fold
+}
+
+/// Runs `apply` on the rows' events with a recorder of each outcome that differs from what is
+/// stored for the event (and of every transaction's outcome).
+fn diff_rows<R>(
+    proofs: &[ProofRow],
+    txs: &[TxRow],
+    apply: impl FnOnce(&mut [Event<'_>], &mut dyn FnMut(&Event<'_>, Result<Nano, TxRejection>)) -> R,
+) -> (Fold, R) {
     let stored_credit: HashMap<&str, Option<Nano>> = proofs
         .iter()
         .map(|row| (row.id.as_str(), row.stored_credit))
@@ -183,38 +196,32 @@ pub(super) fn fold_onto(
         .chain(txs.iter().map(TxRow::event))
         .collect();
     let mut fold = Fold::default();
-    let bases = state.apply_sorted(
-        &mut events,
-        schedule,
-        KEPT_BASES,
-        |event, outcome| match *event {
-            Event::Proof { id, credited, .. } => {
-                let recomputed = credited.then(|| outcome.unwrap_or(0));
-                let stored = stored_credit.get(id).copied().flatten();
-                if stored != recomputed {
-                    fold.credit_changes.push(CreditChange {
-                        id: id.to_owned(),
-                        stored,
-                        recomputed,
-                    });
-                }
+    let result = apply(&mut events, &mut |event, outcome| match *event {
+        Event::Proof { id, credited, .. } => {
+            let recomputed = credited.then(|| outcome.unwrap_or(0));
+            let stored = stored_credit.get(id).copied().flatten();
+            if stored != recomputed {
+                fold.credit_changes.push(CreditChange {
+                    id: id.to_owned(),
+                    stored,
+                    recomputed,
+                });
             }
-            Event::Tx { id, .. } => {
-                let (status, reason) = tx_status_columns(&outcome);
-                let stored = stored_status.get(id).copied().unwrap_or(("", None));
-                if stored != (status, reason.as_deref()) {
-                    fold.status_changes.push(StatusChange {
-                        id: id.to_owned(),
-                        stored: (stored.0.to_owned(), stored.1.map(str::to_owned)),
-                        recomputed: (status, reason),
-                    });
-                }
-                fold.tx_outcomes.insert(id.to_owned(), outcome);
+        }
+        Event::Tx { id, .. } => {
+            let (status, reason) = tx_status_columns(&outcome);
+            let stored = stored_status.get(id).copied().unwrap_or(("", None));
+            if stored != (status, reason.as_deref()) {
+                fold.status_changes.push(StatusChange {
+                    id: id.to_owned(),
+                    stored: (stored.0.to_owned(), stored.1.map(str::to_owned)),
+                    recomputed: (status, reason),
+                });
             }
-        },
-    );
-    fold.bases = bases;
-    fold
+            fold.tx_outcomes.insert(id.to_owned(), outcome);
+        }
+    });
+    (fold, result)
 }
 
 pub(super) fn write_event_changes(db: &Connection, fold: &Fold) -> Fallible<()> {
@@ -376,35 +383,77 @@ pub(super) fn compare_balances(state: &LedgerState, stored: &StoredBalances) -> 
 pub(super) struct Settled {
     pub(super) state: LedgerState,
     pub(super) fold: Fold,
-    /// The epoch whose base the fold started from; `None`: from the start.
-    pub(super) since_epoch: Option<u64>,
+    pub(super) from: FoldedFrom,
 }
 
-/// Folds the stored events again from the start of the newest epoch whose base (the state
-/// before it) no new event precedes, onto that base, or from the start when no kept base is early
-/// enough; then writes what changed: per-event columns, accounts, network totals.
+/// Where a write call's fold started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FoldedFrom {
+    /// The current state: the new events extended the newest epoch at its end.
+    Head,
+    /// The kept base of this epoch.
+    Base(u64),
+    /// An empty ledger.
+    Start,
+}
+
+/// Settles a write call's new events. When they all extend the newest epoch at its end within
+/// its emission, they are applied onto the current state (`LedgerState::extend_epoch`): no
+/// stored event is read. Otherwise the stored events are folded again from the start of the
+/// newest epoch whose base (the state before it) no new event precedes, onto that base, or from
+/// the start when no kept base is early enough. Then what changed is written: per-event columns,
+/// accounts, network totals.
 pub(super) fn settle(
     db: &Connection,
     state: &LedgerState,
     bases: &BTreeMap<u64, LedgerState>,
+    head: Option<&EpochHead>,
     new: &EventRows,
     schedule: &RewardSchedule,
 ) -> Fallible<Settled> {
-    let first_new_epoch = new.timestamps().map(|t| schedule.epoch_of(t)).min();
-    let start = first_new_epoch.and_then(|first| bases.range(..=first).next_back());
-    let (since_ms, mut next) = match start {
-        Some((&epoch, base)) => (schedule.epoch_start_ms(epoch), base.clone()),
-        None => (0, LedgerState::default()),
+    let (next, fold, from) = match extend_head(state, bases, head, new, schedule) {
+        Some((next, fold)) => (next, fold, FoldedFrom::Head),
+        None => {
+            let first_new_epoch = new.timestamps().map(|t| schedule.epoch_of(t)).min();
+            let start = first_new_epoch.and_then(|first| bases.range(..=first).next_back());
+            let (since_ms, mut next, from) = match start {
+                Some((&epoch, base)) => (
+                    schedule.epoch_start_ms(epoch),
+                    base.clone(),
+                    FoldedFrom::Base(epoch),
+                ),
+                None => (0, LedgerState::default(), FoldedFrom::Start),
+            };
+            let rows = load_event_rows(db, since_ms)?;
+            let fold = fold_onto(&mut next, &rows.proofs, &rows.txs, schedule);
+            (next, fold, from)
+        }
     };
-    let rows = load_event_rows(db, since_ms)?;
-    let fold = fold_onto(&mut next, &rows.proofs, &rows.txs, schedule);
     write_event_changes(db, &fold)?;
     write_balance_changes(db, state, &next)?;
     Ok(Settled {
         state: next,
         fold,
-        since_epoch: start.map(|(&epoch, _)| epoch),
+        from,
     })
+}
+
+/// The new events applied onto a copy of `state` when they extend the newest epoch at its end.
+fn extend_head(
+    state: &LedgerState,
+    bases: &BTreeMap<u64, LedgerState>,
+    head: Option<&EpochHead>,
+    new: &EventRows,
+    schedule: &RewardSchedule,
+) -> Option<(LedgerState, Fold)> {
+    let head = head?;
+    let base = bases.get(&head.epoch)?;
+    let mut next = state.clone();
+    let (mut fold, extended) = diff_rows(&new.proofs, &new.txs, |events, record| {
+        next.extend_epoch(base, head, events, schedule, record)
+    });
+    fold.folded.head = Some(extended?);
+    Some((next, fold))
 }
 
 /// Writes the accounts that differ between `before` and `after` (a re-fold can also remove one:

@@ -29,7 +29,7 @@ use serde::Serialize;
 
 use super::proof::proof_id;
 use super::rewards::RewardSchedule;
-use super::state::{Account, Event, LedgerState};
+use super::state::{Account, EpochHead, Event, Folded, LedgerState};
 use super::tx::tx_id;
 use super::verify::{ProofHistory, unpaid_reason};
 use super::witness::{Tally, decide};
@@ -229,6 +229,9 @@ pub struct LedgerStore {
     /// The states before the last few epochs folded (at most `KEPT_BASES`): a batch whose
     /// earliest event falls in one of them or later re-folds from there, not from the start.
     bases: BTreeMap<u64, LedgerState>,
+    /// Where the newest epoch stands: a batch that extends it at its end is applied onto the
+    /// state without reading stored events.
+    head: Option<EpochHead>,
     schedule: RewardSchedule,
     stored_proofs: u64,
     stored_transactions: u64,
@@ -289,7 +292,8 @@ impl LedgerStore {
             path: path.to_owned(),
             conn,
             state,
-            bases: std::mem::take(&mut fold.bases).into_iter().collect(),
+            bases: std::mem::take(&mut fold.folded.bases).into_iter().collect(),
+            head: fold.folded.head.take(),
             schedule,
             stored_proofs,
             stored_transactions,
@@ -574,6 +578,7 @@ impl LedgerStore {
                 &db,
                 &self.state,
                 &self.bases,
+                self.head.as_ref(),
                 &staged.events,
                 &self.schedule,
             )?)
@@ -586,19 +591,21 @@ impl LedgerStore {
         db.commit()?;
         if let Some(settled) = settled {
             self.state = settled.state;
-            self.keep_bases(settled.since_epoch, settled.fold.bases);
+            self.keep_bases(settled.from, settled.fold.folded.bases);
+            self.head = settled.fold.folded.head;
         }
         self.stored_proofs += staged.proofs_added;
         self.stored_transactions += staged.transactions_added;
         Ok(result)
     }
 
-    /// Replaces the bases a re-fold from `since_epoch` (`None`: from the start) recomputed; the
-    /// ones before it still hold, as no event before them changed.
-    fn keep_bases(&mut self, since_epoch: Option<u64>, refolded: Vec<(u64, LedgerState)>) {
-        match since_epoch {
-            Some(epoch) => drop(self.bases.split_off(&epoch)),
-            None => self.bases.clear(),
+    /// Replaces the bases a fold recomputed; those before the epoch it started from still hold,
+    /// as no event before them changed.
+    fn keep_bases(&mut self, from: FoldedFrom, refolded: Vec<(u64, LedgerState)>) {
+        match from {
+            FoldedFrom::Head => return,
+            FoldedFrom::Base(epoch) => drop(self.bases.split_off(&epoch)),
+            FoldedFrom::Start => self.bases.clear(),
         }
         self.bases.extend(refolded);
         while self.bases.len() > KEPT_BASES {

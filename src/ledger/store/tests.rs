@@ -492,8 +492,13 @@ fn out_of_order_insertion_matches_the_replay(schedule: RewardSchedule) {
             assert_eq!(tx_status(&shuffled, tx), tx_status(&ordered, tx));
         }
         assert_mirrored(&shuffled);
+        let head = shuffled.head.clone();
         drop(shuffled);
-        assert_eq!(open_with(&dir, schedule.clone()).state, expected);
+        // Reopening folds everything from the start: the same state and newest epoch's head.
+        let reopened = open_with(&dir, schedule.clone());
+        assert_eq!(reopened.state, expected);
+        assert_eq!(reopened.head, head);
+        assert_eq!(reopened.head, ordered.head);
         let report = verify_with(&dir, schedule.clone());
         assert!(report.is_ok(), "{report:?}");
     }
