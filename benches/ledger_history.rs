@@ -12,7 +12,8 @@
 //! the same pragmas, 1000 per transaction and one per transaction (benches/ledger_python.py
 //! `history`); it folds nothing.
 //!
-//!   cargo bench --bench ledger_history -- [--events 100000] [--per-epoch 1000] [--late 300] [--skip-python]
+//!   cargo bench --bench ledger_history -- [--events 100000] [--per-epoch 1000] [--late 300]
+//!       [--scaled] [--skip-python]
 
 mod common;
 use common::arg;
@@ -131,15 +132,22 @@ fn sign(nodes: &[Identity], planned: &[(usize, Option<u64>, u64)]) -> Vec<Event>
         .collect()
 }
 
-/// Base reward of every proof: 2 NEURO, so an epoch of 1000 claims twice its emission and is
-/// scaled pro rata (the fold's costliest path).
-const BASE_REWARD: Nano = 100_000_000;
+/// Base reward of every proof: 0.1 NEURO, so an epoch of 1000 stays within its emission; with
+/// `--scaled` 2 NEURO, so it claims twice its emission and every credit of the open epoch
+/// changes with each proof (the fold's costliest path: each insert re-folds the open epoch).
+fn base_reward() -> Nano {
+    if std::env::args().any(|a| a == "--scaled") {
+        2_000_000_000
+    } else {
+        100_000_000
+    }
+}
 
 fn insert(store: &mut LedgerStore, events: &[Event]) {
     let proofs: Vec<(SignedProof, Nano)> = events
         .iter()
         .filter_map(|e| match e {
-            Event::Proof(p) => Some((p.clone(), BASE_REWARD)),
+            Event::Proof(p) => Some((p.clone(), base_reward())),
             Event::Tx(_) => None,
         })
         .collect();

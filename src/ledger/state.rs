@@ -14,7 +14,7 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::rewards::{RewardSchedule, burn_fee};
 use super::{Nano, Transaction, TxKind, TxRejection};
@@ -71,7 +71,7 @@ pub fn sort_events(events: &mut [Event<'_>]) {
 }
 
 /// One node's holdings, all in nano-NEURO except the counters and the time.
-#[derive(Default, Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Default, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Account {
     /// Spendable.
     pub balance: Nano,
@@ -107,6 +107,12 @@ pub struct EpochHead {
 }
 
 impl EpochHead {
+    /// Whether `event` sorts after this epoch's last event.
+    pub fn precedes(&self, event: &Event<'_>) -> bool {
+        let is_tx = matches!(event, Event::Tx { .. });
+        (self.last.0, self.last.1.as_str(), self.last.2) < (event.timestamp_ms(), event.id(), is_tx)
+    }
+
     fn key(event: &Event<'_>) -> (u64, String, bool) {
         let is_tx = matches!(event, Event::Tx { .. });
         (event.timestamp_ms(), event.id().to_owned(), is_tx)
@@ -114,7 +120,7 @@ impl EpochHead {
 }
 
 /// Every account and the network totals after folding a set of events.
-#[derive(Default, Clone, Debug, PartialEq, Eq)]
+#[derive(Default, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerState {
     accounts: BTreeMap<String, Account>,
     total_minted: Nano,
@@ -199,9 +205,7 @@ impl LedgerState {
     ) -> Option<EpochHead> {
         sort_events(events);
         let (first, last) = (events.first()?, events.last()?);
-        if EpochHead::key(first) <= head.last
-            || schedule.epoch_of(last.timestamp_ms()) != head.epoch
-        {
+        if !head.precedes(first) || schedule.epoch_of(last.timestamp_ms()) != head.epoch {
             return None;
         }
         let claims: Vec<Nano> = events.iter().map(|e| base.claim(e, schedule)).collect();

@@ -92,6 +92,13 @@ pub(super) fn verify_at(
         });
     }
     report.mismatches = compare_balances(&state, &read_stored_balances(&snapshot)?);
+    // The store keeps the bases of the last epochs with events: the full fold's own.
+    let folded: BTreeMap<u64, LedgerState> = fold.folded.bases.into_iter().collect();
+    report.bad_bases = read_bases(&snapshot, schedule)?
+        .into_iter()
+        .filter(|(epoch, base)| folded.get(epoch) != Some(base))
+        .map(|(epoch, _)| epoch)
+        .collect();
     report.accounts = state.accounts().len() as u64;
     Ok(report)
 }

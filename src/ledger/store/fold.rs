@@ -383,13 +383,14 @@ pub(super) fn compare_balances(state: &LedgerState, stored: &StoredBalances) -> 
 pub(super) struct Settled {
     pub(super) state: LedgerState,
     pub(super) fold: Fold,
-    pub(super) from: FoldedFrom,
+    /// The bases after this fold; `None`: unchanged.
+    pub(super) bases: Option<BTreeMap<u64, LedgerState>>,
 }
 
 /// Where a write call's fold started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum FoldedFrom {
-    /// The current state: the new events extended the newest epoch at its end.
+    /// The current state: the new events all sort after the newest epoch's last event.
     Head,
     /// The kept base of this epoch.
     Base(u64),
@@ -411,7 +412,7 @@ pub(super) fn settle(
     new: &EventRows,
     schedule: &RewardSchedule,
 ) -> Fallible<Settled> {
-    let (next, fold, from) = match extend_head(state, bases, head, new, schedule) {
+    let (next, mut fold, from) = match extend_head(state, bases, head, new, schedule) {
         Some((next, fold)) => (next, fold, FoldedFrom::Head),
         None => {
             let first_new_epoch = new.timestamps().map(|t| schedule.epoch_of(t)).min();
@@ -431,14 +432,112 @@ pub(super) fn settle(
     };
     write_event_changes(db, &fold)?;
     write_balance_changes(db, state, &next)?;
+    let rebased = next_bases(bases, from, std::mem::take(&mut fold.folded.bases));
+    if let Some(rebased) = &rebased {
+        write_bases(db, bases, rebased, schedule)?;
+    }
     Ok(Settled {
         state: next,
         fold,
-        from,
+        bases: rebased,
     })
 }
 
-/// The new events applied onto a copy of `state` when they extend the newest epoch at its end.
+/// Folds the stored events from the oldest of `bases` (from the start when there is none): the
+/// state, what differs from the stored per-event columns, and the bases then.
+pub(super) fn fold_stored(
+    conn: &Connection,
+    schedule: &RewardSchedule,
+    bases: &BTreeMap<u64, LedgerState>,
+) -> Fallible<(LedgerState, Fold, BTreeMap<u64, LedgerState>)> {
+    let (since_ms, mut state, from) = match bases.first_key_value() {
+        Some((&epoch, base)) => (
+            schedule.epoch_start_ms(epoch),
+            base.clone(),
+            FoldedFrom::Base(epoch),
+        ),
+        None => (0, LedgerState::default(), FoldedFrom::Start),
+    };
+    let rows = load_event_rows(conn, since_ms)?;
+    let mut fold = fold_onto(&mut state, &rows.proofs, &rows.txs, schedule);
+    let refolded = std::mem::take(&mut fold.folded.bases);
+    let bases = next_bases(bases, from, refolded).unwrap_or_default();
+    Ok((state, fold, bases))
+}
+
+/// The bases after a fold that started `from` and recomputed `refolded`: those before the epoch
+/// it started from still hold (no event before them changed), and all of them when it started
+/// from the current state; at most `KEPT_BASES`, the newest. `None` when they are unchanged.
+pub(super) fn next_bases(
+    kept: &BTreeMap<u64, LedgerState>,
+    from: FoldedFrom,
+    refolded: Vec<(u64, LedgerState)>,
+) -> Option<BTreeMap<u64, LedgerState>> {
+    let mut bases: BTreeMap<u64, LedgerState> = match from {
+        FoldedFrom::Head if refolded.is_empty() => return None,
+        FoldedFrom::Head => kept.clone(),
+        FoldedFrom::Base(epoch) => kept
+            .range(..epoch)
+            .map(|(&e, base)| (e, base.clone()))
+            .collect(),
+        FoldedFrom::Start => BTreeMap::new(),
+    };
+    bases.extend(refolded);
+    while bases.len() > KEPT_BASES {
+        bases.pop_first();
+    }
+    Some(bases)
+}
+
+/// Mirrors `after` in the epoch_bases table, writing only the bases that changed.
+pub(super) fn write_bases(
+    db: &Connection,
+    before: &BTreeMap<u64, LedgerState>,
+    after: &BTreeMap<u64, LedgerState>,
+    schedule: &RewardSchedule,
+) -> Fallible<()> {
+    for epoch in before.keys().filter(|epoch| !after.contains_key(epoch)) {
+        db.prepare_cached("DELETE FROM epoch_bases WHERE epoch = ?1")?
+            .execute([sql_int(*epoch)])?;
+    }
+    let schedule = to_json(schedule, || "the reward schedule".into())?;
+    for (epoch, base) in after {
+        if before.get(epoch) != Some(base) {
+            let state = to_json(base, || format!("the base of epoch {epoch}"))?;
+            db.prepare_cached(
+                "INSERT INTO epoch_bases (epoch, state, schedule) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (epoch) DO UPDATE SET state = excluded.state,
+                     schedule = excluded.schedule",
+            )?
+            .execute(params![sql_int(*epoch), state, schedule])?;
+        }
+    }
+    Ok(())
+}
+
+/// The stored bases folded with `schedule`; those of another schedule are of no use.
+pub(super) fn read_bases(
+    conn: &Connection,
+    schedule: &RewardSchedule,
+) -> Fallible<BTreeMap<u64, LedgerState>> {
+    let current = to_json(schedule, || "the reward schedule".into())?;
+    let mut statement = conn.prepare("SELECT epoch, state, schedule FROM epoch_bases")?;
+    let mut rows = statement.query([])?;
+    let mut bases = BTreeMap::new();
+    while let Some(row) = rows.next()? {
+        let (epoch, text, folded_with): (u64, String, String) =
+            (get_u64(row, 0)?, row.get(1)?, row.get(2)?);
+        if folded_with == current {
+            let base = parse_json(&text, || format!("the stored base of epoch {epoch}"))?;
+            bases.insert(epoch, base);
+        }
+    }
+    Ok(bases)
+}
+
+/// The new events applied onto a copy of `state` when they all sort after the newest epoch's
+/// last event: within that epoch and its emission (`LedgerState::extend_epoch`), or all in later
+/// epochs (then `state` is the base of the first of them).
 fn extend_head(
     state: &LedgerState,
     bases: &BTreeMap<u64, LedgerState>,
@@ -447,8 +546,20 @@ fn extend_head(
     schedule: &RewardSchedule,
 ) -> Option<(LedgerState, Fold)> {
     let head = head?;
-    let base = bases.get(&head.epoch)?;
+    let first_new_epoch = new.timestamps().map(|t| schedule.epoch_of(t)).min()?;
     let mut next = state.clone();
+    if first_new_epoch > head.epoch {
+        let (mut fold, folded) = diff_rows(&new.proofs, &new.txs, |events, record| {
+            if events.iter().all(|event| head.precedes(event)) {
+                Some(next.apply_sorted(events, schedule, KEPT_BASES, record))
+            } else {
+                None
+            }
+        });
+        fold.folded = folded?;
+        return Some((next, fold));
+    }
+    let base = bases.get(&head.epoch)?;
     let (mut fold, extended) = diff_rows(&new.proofs, &new.txs, |events, record| {
         next.extend_epoch(base, head, events, schedule, record)
     });

@@ -187,6 +187,9 @@ pub struct VerifyReport {
     pub event_mismatches: Vec<EventMismatch>,
     /// Stored balances (and network totals, under `NETWORK_ROW`) that disagree with the fold.
     pub mismatches: Vec<Mismatch>,
+    /// Epochs whose stored base (the state before them, which opening folds from) is not the
+    /// fold's.
+    pub bad_bases: Vec<u64>,
 }
 
 impl VerifyReport {
@@ -195,6 +198,7 @@ impl VerifyReport {
             && self.bad_records.is_empty()
             && self.event_mismatches.is_empty()
             && self.mismatches.is_empty()
+            && self.bad_bases.is_empty()
     }
 }
 
@@ -266,10 +270,17 @@ impl LedgerStore {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrate(&mut conn)?;
 
-        let rows = load_event_rows(&conn, 0)?;
-        let mut state = LedgerState::default();
-        let mut fold = fold_onto(&mut state, &rows.proofs, &rows.txs, &schedule);
-        let drift = compare_balances(&state, &read_stored_balances(&conn)?);
+        // Folds from the oldest stored base, so opening costs the last few epochs, not the
+        // history. When that disagrees with the stored balances or statuses, the bases are not
+        // trusted either: everything is folded again from the start, the events being the truth.
+        let stored_bases = read_bases(&conn, &schedule)?;
+        let stored_balances = read_stored_balances(&conn)?;
+        let (mut state, mut fold, mut bases) = fold_stored(&conn, &schedule, &stored_bases)?;
+        let mut drift = compare_balances(&state, &stored_balances);
+        if (!drift.is_empty() || fold.has_changes()) && !stored_bases.is_empty() {
+            (state, fold, bases) = fold_stored(&conn, &schedule, &BTreeMap::new())?;
+            drift = compare_balances(&state, &stored_balances);
+        }
         if !drift.is_empty() || fold.has_changes() {
             tracing::warn!(
                 path = %path.display(),
@@ -277,9 +288,13 @@ impl LedgerStore {
                 events = fold.credit_changes.len() + fold.status_changes.len(),
                 "stored balances disagree with the stored events; rewriting them from the events"
             );
+        }
+        if !drift.is_empty() || fold.has_changes() || bases != stored_bases {
             let db = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             write_event_changes(&db, &fold)?;
             rewrite_balances(&db, &state)?;
+            db.execute("DELETE FROM epoch_bases", [])?;
+            write_bases(&db, &BTreeMap::new(), &bases, &schedule)?;
             db.commit()?;
         }
         let stored_proofs = count_rows(&conn, "SELECT COUNT(*) FROM proofs")?;
@@ -292,7 +307,7 @@ impl LedgerStore {
             path: path.to_owned(),
             conn,
             state,
-            bases: std::mem::take(&mut fold.folded.bases).into_iter().collect(),
+            bases,
             head: fold.folded.head.take(),
             schedule,
             stored_proofs,
@@ -591,26 +606,14 @@ impl LedgerStore {
         db.commit()?;
         if let Some(settled) = settled {
             self.state = settled.state;
-            self.keep_bases(settled.from, settled.fold.folded.bases);
+            if let Some(bases) = settled.bases {
+                self.bases = bases;
+            }
             self.head = settled.fold.folded.head;
         }
         self.stored_proofs += staged.proofs_added;
         self.stored_transactions += staged.transactions_added;
         Ok(result)
-    }
-
-    /// Replaces the bases a fold recomputed; those before the epoch it started from still hold,
-    /// as no event before them changed.
-    fn keep_bases(&mut self, from: FoldedFrom, refolded: Vec<(u64, LedgerState)>) {
-        match from {
-            FoldedFrom::Head => return,
-            FoldedFrom::Base(epoch) => drop(self.bases.split_off(&epoch)),
-            FoldedFrom::Start => self.bases.clear(),
-        }
-        self.bases.extend(refolded);
-        while self.bases.len() > KEPT_BASES {
-            self.bases.pop_first();
-        }
     }
 
     /// `node_id`'s account; all zero for a node the ledger has not seen.

@@ -80,6 +80,14 @@ pub(super) const MIGRATIONS: &[&str] = &[
         ON proofs (timestamp_ms, id, node_id, base_reward, credited_amount, status)
         WHERE status = 'credited';
     DROP INDEX proofs_credited_by_time;",
+    // 6: the fold's bases (the state before each of the last few epochs, `LedgerState` as JSON)
+    // and the reward schedule they were folded with: opening folds from the oldest of them
+    // instead of from the start, unless the schedule changed.
+    "CREATE TABLE epoch_bases (
+        epoch INTEGER PRIMARY KEY NOT NULL,
+        state TEXT NOT NULL,
+        schedule TEXT NOT NULL
+    ) STRICT;",
 ];
 
 /// The schema this binary writes.

@@ -1043,6 +1043,66 @@ fn opening_rewrites_balances_that_drifted_from_the_events() {
     assert!(verify(&dir).is_ok());
 }
 
+/// Opening folds from the stored bases; a base that disagrees with the events is reported by
+/// `ledger verify` and not trusted when opening: the fold starts over from the events.
+#[test]
+fn a_stored_base_that_disagrees_with_the_events_is_reported_and_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let schedule = RewardSchedule {
+        epoch_s: 4,
+        ..RewardSchedule::default()
+    };
+    let (alice, bob) = (identity(1), identity(2));
+    // Six epochs of 4 s, a proof of each node in each.
+    let proofs: Vec<(SignedProof, Nano)> = (0..12u64)
+        .map(|i| {
+            let who = if i % 2 == 0 { &alice } else { &bob };
+            (paid(who, i, T0 + i * 2000), nano(1.0))
+        })
+        .collect();
+    let (expected, _) = replayed_with(&schedule, &proofs, &[]);
+    {
+        let mut store = open_with(&dir, schedule.clone());
+        for proof in &proofs {
+            store.insert_proofs(std::slice::from_ref(proof)).unwrap();
+        }
+        assert_eq!(store.bases.len(), KEPT_BASES);
+    }
+    assert!(verify_with(&dir, schedule.clone()).is_ok());
+    let reopened = open_with(&dir, schedule.clone());
+    assert_eq!(reopened.state, expected);
+    drop(reopened);
+
+    // The oldest stored base (the one opening folds from) now credits alice 1000 NEURO more.
+    let db = raw(&dir);
+    let (epoch, text): (i64, String) = db
+        .query_row(
+            "SELECT epoch, state FROM epoch_bases ORDER BY epoch LIMIT 1",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    let mut base: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let balance = &mut base["accounts"][&alice.node_id]["balance"];
+    *balance = (balance.as_u64().unwrap() + nano(1000.0)).into();
+    db.execute(
+        "UPDATE epoch_bases SET state = ?1 WHERE epoch = ?2",
+        params![serde_json::to_string(&base).unwrap(), epoch],
+    )
+    .unwrap();
+    drop(db);
+    let report = verify_with(&dir, schedule.clone());
+    assert_eq!(report.bad_bases, [epoch as u64], "{report:?}");
+    assert!(!report.is_ok());
+
+    // The balances table still matches the events: opening finds that the fold from the bases
+    // drifts from it and folds from the start.
+    let store = open_with(&dir, schedule.clone());
+    assert_eq!(store.state, expected);
+    drop(store);
+    assert!(verify_with(&dir, schedule).is_ok());
+}
+
 #[test]
 fn a_database_from_a_newer_binary_is_refused() {
     let dir = tempfile::tempdir().unwrap();
