@@ -1,6 +1,8 @@
 //! Staging a write call: inserting its rows and settling statuses (verdicts, witness tallies,
 //! receipts) before the fold.
 
+use rayon::prelude::*;
+
 use super::*;
 
 /// A stored verdict on one delta.
@@ -103,7 +105,16 @@ pub(super) fn stage_proofs(
                              base_reward, status, reason, body, received_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?;
-    for (signed, base_reward) in batch {
+    // A receipt check is an ECDSA verification: they run in parallel before the rows are written.
+    let mut receipts: Vec<Option<(ProofStatus, Option<String>)>> = batch
+        .par_iter()
+        .map(|(signed, _)| {
+            let kind = signed.proof.kind;
+            matches!(kind, ProofKind::Data | ProofKind::Inference)
+                .then(|| receipt_status(&signed.proof))
+        })
+        .collect();
+    for ((signed, base_reward), receipt) in batch.iter().zip(&mut receipts) {
         let proof = &signed.proof;
         let id = match proof_id(proof) {
             Ok(id) => id,
@@ -132,7 +143,9 @@ pub(super) fn stage_proofs(
                 training_status(&proof.node_id, verdict.as_ref())
             }
             ProofKind::Uptime => uptime_status(&proof.node_id, tally_for(db, &id)?.as_ref()),
-            ProofKind::Data | ProofKind::Inference => receipt_status(proof),
+            ProofKind::Data | ProofKind::Inference => {
+                receipt.take().unwrap_or_else(|| receipt_status(proof))
+            }
         };
         let body = to_json(signed, || format!("proof {id}"))?;
         insert.execute(params![
