@@ -7,9 +7,11 @@
 //!   cargo bench --bench ledger -- [--proofs 4000] [--inserts 1000] [--skip-python]
 
 mod common;
+#[path = "common/python.rs"]
+mod python;
 use common::arg;
+use python::ledger_python;
 
-use std::process::Command;
 use std::time::Instant;
 
 use neuroshard::crypto::Identity;
@@ -19,7 +21,6 @@ use neuroshard::ledger::store::LedgerStore;
 use neuroshard::ledger::{Proof, ProofKind, SignedProof};
 use neuroshard::net::wire::unix_ms;
 use rayon::prelude::*;
-use serde_json::Value;
 
 /// `count` signed proofs from 8 nodes: uptime and training, as a network gossips them.
 fn proofs(count: usize) -> Vec<SignedProof> {
@@ -110,14 +111,7 @@ fn main() {
     }
     let file = dir.path().join("proofs.json");
     std::fs::write(&file, serde_json::to_vec(&signed).unwrap()).unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/ledger_python.py");
-    let out = Command::new("python3")
-        .args([script, file.to_str().unwrap(), &n_inserts.to_string()])
-        .output();
-    let report: Option<Value> = out
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| serde_json::from_slice(&o.stdout).ok());
+    let report = ledger_python(&[file.to_str().unwrap(), &n_inserts.to_string()]);
     let Some(py) = report else {
         println!("python baseline unavailable (needs python3 with `pip install ecdsa`)");
         return;

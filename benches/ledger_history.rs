@@ -17,10 +17,12 @@
 //!       [--scaled] [--skip-python]
 
 mod common;
+#[path = "common/python.rs"]
+mod python;
 use common::arg;
+use python::ledger_python;
 
 use std::io::Write;
-use std::process::Command;
 use std::time::Instant;
 
 use neuroshard::crypto::Identity;
@@ -277,19 +279,7 @@ fn main() {
     }
     file.flush().unwrap();
     drop(file);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/ledger_python.py");
-    let out = Command::new("python3")
-        .args([
-            script,
-            "history",
-            rows_path.to_str().unwrap(),
-            &late.to_string(),
-        ])
-        .output();
-    let report: Option<Value> = out
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| serde_json::from_slice(&o.stdout).ok());
+    let report = ledger_python(&["history", rows_path.to_str().unwrap(), &late.to_string()]);
     let Some(py) = report else {
         println!("python baseline unavailable (needs python3)");
         return;
