@@ -57,11 +57,19 @@ impl<'a> Event<'a> {
         (self.timestamp_ms(), self.id())
     }
 
+    /// The fold's order: `order_key`, then proofs before transactions on an equal key (only a
+    /// hash collision gives one), so the order stays total and the fold independent of the input
+    /// order.
+    fn fold_key(&self) -> (u64, &'a str, bool) {
+        (
+            self.timestamp_ms(),
+            self.id(),
+            matches!(self, Event::Tx { .. }),
+        )
+    }
+
     fn fold_order(&self, other: &Self) -> Ordering {
-        // Proofs before transactions on an equal key (only a hash collision gives one), so the
-        // order stays total and the fold independent of the input order.
-        let is_tx = |event: &Self| matches!(event, Event::Tx { .. });
-        (self.order_key(), is_tx(self)).cmp(&(other.order_key(), is_tx(other)))
+        self.fold_key().cmp(&other.fold_key())
     }
 }
 
@@ -109,13 +117,12 @@ pub struct EpochHead {
 impl EpochHead {
     /// Whether `event` sorts after this epoch's last event.
     pub fn precedes(&self, event: &Event<'_>) -> bool {
-        let is_tx = matches!(event, Event::Tx { .. });
-        (self.last.0, self.last.1.as_str(), self.last.2) < (event.timestamp_ms(), event.id(), is_tx)
+        (self.last.0, self.last.1.as_str(), self.last.2) < event.fold_key()
     }
 
     fn key(event: &Event<'_>) -> (u64, String, bool) {
-        let is_tx = matches!(event, Event::Tx { .. });
-        (event.timestamp_ms(), event.id().to_owned(), is_tx)
+        let (timestamp_ms, id, is_tx) = event.fold_key();
+        (timestamp_ms, id.to_owned(), is_tx)
     }
 }
 
@@ -213,19 +220,7 @@ impl LedgerState {
         if claimed > u128::from(schedule.emission_per_epoch_nano()) {
             return None;
         }
-        for (event, claim) in events.iter().zip(claims) {
-            let outcome = match *event {
-                Event::Proof {
-                    node_id, credited, ..
-                } => Ok(if credited {
-                    self.credit_proof(node_id, claim)
-                } else {
-                    0
-                }),
-                Event::Tx { tx, .. } => self.apply_transaction(tx),
-            };
-            on_outcome(event, outcome);
-        }
+        self.apply_claimed(events, claims, None, &mut on_outcome);
         Some(EpochHead {
             epoch: head.epoch,
             claimed,
@@ -263,17 +258,43 @@ impl LedgerState {
         let claimed: u128 = claims.iter().map(|&claim| u128::from(claim)).sum();
         let emission = u128::from(schedule.emission_per_epoch_nano());
         let over = claimed > emission;
+        let paid = self.apply_claimed(
+            group,
+            claims,
+            over.then_some((emission, claimed)),
+            on_outcome,
+        );
+        if over {
+            // Σ ⌊claim·E/Σ⌋ ≤ E: the epoch mints exactly E and the remainder is given to no one.
+            let remainder = (emission - paid) as Nano;
+            self.total_minted = self.total_minted.saturating_add(remainder);
+            self.total_burned = self.total_burned.saturating_add(remainder);
+        }
+        claimed
+    }
+
+    /// Applies `events` in order, each credited proof paid its claim, or when its epoch claims more
+    /// than its emission (`scaled`: (emission, all the epoch claims)) its pro-rata share; returns
+    /// what the proofs were paid.
+    fn apply_claimed<'e>(
+        &mut self,
+        events: &[Event<'e>],
+        claims: Vec<Nano>,
+        scaled: Option<(u128, u128)>,
+        on_outcome: &mut impl FnMut(&Event<'e>, Result<Nano, TxRejection>),
+    ) -> u128 {
         let mut paid: u128 = 0;
-        for (event, claim) in group.iter().zip(claims) {
+        for (event, claim) in events.iter().zip(claims) {
             let outcome = match *event {
                 Event::Proof {
                     node_id, credited, ..
                 } => Ok(if credited {
                     // claim ≤ claimed, so the share is at most the emission and fits a Nano.
-                    let amount = if over {
-                        (u128::from(claim) * emission / claimed) as Nano
-                    } else {
-                        claim
+                    let amount = match scaled {
+                        Some((emission, claimed)) => {
+                            (u128::from(claim) * emission / claimed) as Nano
+                        }
+                        None => claim,
                     };
                     paid += u128::from(amount);
                     self.credit_proof(node_id, amount)
@@ -284,13 +305,7 @@ impl LedgerState {
             };
             on_outcome(event, outcome);
         }
-        if over {
-            // Σ ⌊claim·E/Σ⌋ ≤ E: the epoch mints exactly E and the remainder is given to no one.
-            let remainder = (emission - paid) as Nano;
-            self.total_minted = self.total_minted.saturating_add(remainder);
-            self.total_burned = self.total_burned.saturating_add(remainder);
-        }
-        claimed
+        paid
     }
 
     /// Credits `amount` (the proof's share of its epoch's emission) to its signer.

@@ -546,17 +546,18 @@ fn extend_head(
     schedule: &RewardSchedule,
 ) -> Option<(LedgerState, Fold)> {
     let head = head?;
+    let mut events =
+        (new.proofs.iter().map(ProofRow::event)).chain(new.txs.iter().map(TxRow::event));
+    if !events.all(|event| head.precedes(&event)) {
+        return None;
+    }
     let first_new_epoch = new.timestamps().map(|t| schedule.epoch_of(t)).min()?;
     let mut next = state.clone();
     if first_new_epoch > head.epoch {
         let (mut fold, folded) = diff_rows(&new.proofs, &new.txs, |events, record| {
-            if events.iter().all(|event| head.precedes(event)) {
-                Some(next.apply_sorted(events, schedule, KEPT_BASES, record))
-            } else {
-                None
-            }
+            next.apply_sorted(events, schedule, KEPT_BASES, record)
         });
-        fold.folded = folded?;
+        fold.folded = folded;
         return Some((next, fold));
     }
     let base = bases.get(&head.epoch)?;
