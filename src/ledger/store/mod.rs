@@ -5,13 +5,15 @@
 //! Events are the truth and balances derived data: every write call is one SQLite transaction that
 //! inserts its rows and rewrites what they change. The fold runs an emission epoch at a time (a
 //! proof's credit depends on every proof of its epoch, `state`), so the store keeps the state
-//! before each of the last few folded epochs (its bases). A batch re-folds from the newest base
-//! that none of its events precedes: the stored events from that epoch's start are loaded and
-//! folded onto it, so a late event costs the epochs after it, not the history. Only an event
-//! older than every kept base folds everything again from the start, because an earlier event
-//! can change the outcome of every later one (a transfer refused for an overdraft becomes valid
-//! when an earlier proof arrives). Transaction statuses, credited amounts and the balances that
-//! changed are rewritten to follow the fold.
+//! before each of the last few folded epochs (its bases, also stored, so that opening folds from
+//! them) and where the newest epoch stands. A batch whose events all sort after the newest
+//! epoch's last event is applied onto the state (within the epoch's emission). Otherwise it
+//! re-folds from the newest base that none of its events precedes: the stored events from that
+//! epoch's start are loaded and folded onto it, so a late event costs the epochs after it, not
+//! the history. Only an event older than every kept base folds everything again from the start,
+//! because an earlier event can change the outcome of every later one (a transfer refused for an
+//! overdraft becomes valid when an earlier proof arrives). Transaction statuses, credited amounts
+//! and the balances that changed are rewritten to follow the fold.
 //!
 //! The parts: `schema` (migrations), `stage` (a write call's rows and the statuses verdicts,
 //! witness tallies and receipts give them), `fold` (loading events, folding, writing what
