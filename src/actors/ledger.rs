@@ -1468,7 +1468,9 @@ impl Handler<SubmitTransaction> for LedgerActor {
         if status == "applied" {
             self.peers
                 .do_send(PublishLedger(LedgerMessage::Transaction(signed.clone())));
-            if let Some(backdate_s) = self.options.fault.double_spend_backdate_s {
+            if let Some(backdate_s) = self.options.fault.double_spend_backdate_s
+                && signed.tx.kind == TxKind::Transfer
+            {
                 self.double_spend(&signed.tx, backdate_s, ctx);
             }
             Ok(SubmittedTransaction {
