@@ -26,10 +26,10 @@ use std::io::Write;
 use std::time::Instant;
 
 use neuroshard::crypto::Identity;
-use neuroshard::ledger::proof::{proof_id, sign_proof, sign_receipt};
+use neuroshard::ledger::proof::{self, proof_id, sign_proof, sign_receipt};
 use neuroshard::ledger::rewards::{RewardSchedule, burn_fee, nano};
-use neuroshard::ledger::store::LedgerStore;
-use neuroshard::ledger::tx::{sign_transaction, tx_id};
+use neuroshard::ledger::store::{LedgerStore, verify_store};
+use neuroshard::ledger::tx::{self, sign_transaction, tx_id};
 use neuroshard::ledger::{
     Nano, Proof, ProofKind, SignedProof, SignedTransaction, Transaction, TxKind,
 };
@@ -262,11 +262,24 @@ fn main() {
         insert(&mut store, std::slice::from_ref(event));
     }
     let sorting_early = per_second(late, start);
+    drop(store);
+    // `ledger verify`: every signature and id checked again, every status recomputed, a full fold.
+    let start = Instant::now();
+    let report = verify_store(
+        &path,
+        RewardSchedule::default(),
+        |p| proof::check_signature(p).is_ok(),
+        |t| tx::check_signature(t).is_ok(),
+    )
+    .unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    let verify = per_second(events + 2 * late, start);
     println!("insert  1 per transaction  : {at_head:>9.0} events/s (at the head)");
     println!(
         "insert  1 per transaction  : {sorting_early:>9.0} events/s (each dated in the epoch before the newest); a full re-fold would allow {:.1}/s",
         1.0 / full_s
     );
+    println!("verify  (ledger verify)    : {verify:>9.0} events/s");
 
     if skip_python {
         return;

@@ -1,6 +1,16 @@
 //! `ledger verify`: a database re-checked from its events alone.
 
+use rayon::prelude::*;
+use serde::de::DeserializeOwned;
+
 use super::*;
+
+/// Stored events checked at a time: their signatures in parallel, their outcomes recorded in
+/// order.
+const VERIFY_CHUNK: usize = 4096;
+
+/// A signature check `ledger verify` runs on every stored event, on several threads.
+type Check<'a, T> = &'a (dyn Fn(&T) -> bool + Sync);
 
 /// Re-checks a ledger database from its events alone: every stored proof and transaction
 /// against the given signature checks (not verification's freshness: stored events are old),
@@ -11,8 +21,8 @@ use super::*;
 pub fn verify_store(
     path: &Path,
     schedule: RewardSchedule,
-    check: impl Fn(&SignedProof) -> bool,
-    check_tx: impl Fn(&SignedTransaction) -> bool,
+    check: impl Fn(&SignedProof) -> bool + Sync,
+    check_tx: impl Fn(&SignedTransaction) -> bool + Sync,
 ) -> Result<VerifyReport, LedgerError> {
     verify_at(path, &schedule, &check, &check_tx).map_err(|kind| LedgerError {
         path: path.to_owned(),
@@ -23,8 +33,8 @@ pub fn verify_store(
 pub(super) fn verify_at(
     path: &Path,
     schedule: &RewardSchedule,
-    check: &dyn Fn(&SignedProof) -> bool,
-    check_tx: &dyn Fn(&SignedTransaction) -> bool,
+    check: Check<'_, SignedProof>,
+    check_tx: Check<'_, SignedTransaction>,
 ) -> Fallible<VerifyReport> {
     let conn = Connection::open_with_flags(
         path,
@@ -110,11 +120,23 @@ pub(super) fn show_status(status: &str, reason: Option<&str>) -> String {
     }
 }
 
+/// A stored proof's row as read, before its body is checked.
+struct ProofRecord {
+    id: String,
+    node_id: String,
+    timestamp_ms: u64,
+    base_reward: Nano,
+    status: String,
+    reason: Option<String>,
+    credited: Option<Nano>,
+    body: String,
+}
+
 pub(super) fn verify_proofs(
     db: &Connection,
     verdicts: &HashMap<(u64, String), StoredVerdict>,
     tallies: &HashMap<String, Tally>,
-    check: &dyn Fn(&SignedProof) -> bool,
+    check: Check<'_, SignedProof>,
     report: &mut VerifyReport,
 ) -> Fallible<Vec<ProofRow>> {
     let mut statement = db.prepare(
@@ -123,131 +145,227 @@ pub(super) fn verify_proofs(
     )?;
     let mut rows = statement.query([])?;
     let mut proofs = Vec::new();
-    while let Some(row) = rows.next()? {
-        report.proofs += 1;
-        let id: String = row.get(0)?;
-        let (node_id, timestamp_ms) = (row.get::<_, String>(1)?, get_u64(row, 2)?);
-        let Some(signed) = checked_event(
-            &id,
-            &row.get::<_, String>(7)?,
-            report,
-            check,
-            |s: &SignedProof| proof_id(&s.proof).map_err(|e| e.to_string()),
-            |s| {
-                (s.proof.node_id == node_id && s.proof.timestamp_ms == timestamp_ms)
-                    .then_some(())
-                    .ok_or("node_id or timestamp_ms column differs from the body")
-            },
-        ) else {
-            continue;
-        };
-        let proof = signed.proof;
-        let (status, reason) = match proof.kind {
-            ProofKind::Training => {
-                let key = (proof.outer_round, proof.delta_hash.clone());
-                training_status(&proof.node_id, verdicts.get(&key))
-            }
-            ProofKind::Uptime => uptime_status(&proof.node_id, tallies.get(&id)),
-            ProofKind::Data | ProofKind::Inference => receipt_status(&proof),
-        };
-        let stored_status: String = row.get(4)?;
-        let stored_reason: Option<String> = row.get(5)?;
-        if (stored_status.as_str(), stored_reason.as_deref())
-            != (status.as_str(), reason.as_deref())
-        {
-            report.event_mismatches.push(EventMismatch {
-                id: id.clone(),
-                field: "status",
-                stored: show_status(&stored_status, stored_reason.as_deref()),
-                recomputed: show_status(status.as_str(), reason.as_deref()),
+    loop {
+        let mut chunk = Vec::with_capacity(VERIFY_CHUNK);
+        while chunk.len() < VERIFY_CHUNK {
+            let Some(row) = rows.next()? else { break };
+            chunk.push(ProofRecord {
+                id: row.get(0)?,
+                node_id: row.get(1)?,
+                timestamp_ms: get_u64(row, 2)?,
+                base_reward: get_u64(row, 3)?,
+                status: row.get(4)?,
+                reason: row.get(5)?,
+                credited: row.get::<_, Option<i64>>(6)?.map(from_sql_int),
+                body: row.get(7)?,
             });
         }
-        proofs.push(ProofRow {
-            id,
-            node_id: proof.node_id,
-            timestamp_ms: proof.timestamp_ms,
-            base_reward: get_u64(row, 3)?,
-            credited: status == ProofStatus::Credited,
-            stored_credit: row.get::<_, Option<i64>>(6)?.map(from_sql_int),
-        });
+        if chunk.is_empty() {
+            return Ok(proofs);
+        }
+        let checked: Vec<_> = chunk
+            .par_iter()
+            .map(|record| {
+                let checked = check_event(
+                    &record.body,
+                    check,
+                    |s: &SignedProof| proof_id(&s.proof).map_err(|e| e.to_string()),
+                    |s| {
+                        (s.proof.node_id == record.node_id
+                            && s.proof.timestamp_ms == record.timestamp_ms)
+                            .then_some(())
+                            .ok_or("node_id or timestamp_ms column differs from the body")
+                    },
+                    &record.id,
+                );
+                // A receipt check is another signature: computed here, in parallel, too.
+                checked.map(|signed| {
+                    let proof = signed.proof;
+                    let status = match proof.kind {
+                        ProofKind::Training => {
+                            let key = (proof.outer_round, proof.delta_hash.clone());
+                            training_status(&proof.node_id, verdicts.get(&key))
+                        }
+                        ProofKind::Uptime => uptime_status(&proof.node_id, tallies.get(&record.id)),
+                        ProofKind::Data | ProofKind::Inference => receipt_status(&proof),
+                    };
+                    (proof, status)
+                })
+            })
+            .collect();
+        for (record, checked) in chunk.into_iter().zip(checked) {
+            report.proofs += 1;
+            let Some((proof, (status, reason))) = record_checked(report, &record.id, checked)
+            else {
+                continue;
+            };
+            if (record.status.as_str(), record.reason.as_deref())
+                != (status.as_str(), reason.as_deref())
+            {
+                report.event_mismatches.push(EventMismatch {
+                    id: record.id.clone(),
+                    field: "status",
+                    stored: show_status(&record.status, record.reason.as_deref()),
+                    recomputed: show_status(status.as_str(), reason.as_deref()),
+                });
+            }
+            proofs.push(ProofRow {
+                id: record.id,
+                node_id: proof.node_id,
+                timestamp_ms: proof.timestamp_ms,
+                base_reward: record.base_reward,
+                credited: status == ProofStatus::Credited,
+                stored_credit: record.credited,
+            });
+        }
     }
-    Ok(proofs)
+}
+
+/// A stored transaction's row as read, before its body is checked.
+struct TxRecord {
+    id: String,
+    sender: String,
+    timestamp_ms: u64,
+    status: String,
+    reason: Option<String>,
+    body: String,
 }
 
 pub(super) fn verify_transactions(
     db: &Connection,
-    check_tx: &dyn Fn(&SignedTransaction) -> bool,
+    check_tx: Check<'_, SignedTransaction>,
     report: &mut VerifyReport,
 ) -> Fallible<Vec<TxRow>> {
     let mut statement =
         db.prepare("SELECT id, sender, timestamp_ms, status, reason, body FROM transactions")?;
     let mut rows = statement.query([])?;
     let mut txs = Vec::new();
-    while let Some(row) = rows.next()? {
-        report.transactions += 1;
-        let id: String = row.get(0)?;
-        let (sender, timestamp_ms) = (row.get::<_, String>(1)?, get_u64(row, 2)?);
-        let Some(signed) = checked_event(
-            &id,
-            &row.get::<_, String>(5)?,
-            report,
-            check_tx,
-            |s: &SignedTransaction| tx_id(&s.tx).map_err(|e| e.to_string()),
-            |s| {
-                (s.tx.from == sender && s.tx.timestamp_ms == timestamp_ms)
-                    .then_some(())
-                    .ok_or("sender or timestamp_ms column differs from the body")
-            },
-        ) else {
-            continue;
-        };
-        let tx = signed.tx;
-        txs.push(TxRow {
-            id,
-            tx,
-            stored_status: row.get(3)?,
-            stored_reason: row.get(4)?,
-        });
+    loop {
+        let mut chunk = Vec::with_capacity(VERIFY_CHUNK);
+        while chunk.len() < VERIFY_CHUNK {
+            let Some(row) = rows.next()? else { break };
+            chunk.push(TxRecord {
+                id: row.get(0)?,
+                sender: row.get(1)?,
+                timestamp_ms: get_u64(row, 2)?,
+                status: row.get(3)?,
+                reason: row.get(4)?,
+                body: row.get(5)?,
+            });
+        }
+        if chunk.is_empty() {
+            return Ok(txs);
+        }
+        let checked: Vec<_> = chunk
+            .par_iter()
+            .map(|record| {
+                check_event(
+                    &record.body,
+                    check_tx,
+                    |s: &SignedTransaction| tx_id(&s.tx).map_err(|e| e.to_string()),
+                    |s| {
+                        (s.tx.from == record.sender && s.tx.timestamp_ms == record.timestamp_ms)
+                            .then_some(())
+                            .ok_or("sender or timestamp_ms column differs from the body")
+                    },
+                    &record.id,
+                )
+            })
+            .collect();
+        for (record, checked) in chunk.into_iter().zip(checked) {
+            report.transactions += 1;
+            let Some(signed) = record_checked(report, &record.id, checked) else {
+                continue;
+            };
+            txs.push(TxRow {
+                id: record.id,
+                tx: signed.tx,
+                stored_status: record.status,
+                stored_reason: record.reason,
+            });
+        }
     }
-    Ok(txs)
 }
 
-/// A stored event's body, if it parses, passes `check` (its signature) and hashes to its id;
-/// otherwise the problem goes into `report` and the event is left out of the fold. Indexed columns
-/// that disagree with the body are reported too, but the event (its body is what counts) stays.
-pub(super) fn checked_event<T: serde::de::DeserializeOwned>(
-    id: &str,
+/// What checking one stored event's body found.
+pub(super) enum Checked<T> {
+    /// It parses, passes its signature check and hashes to its id; indexed columns that
+    /// disagree with the body are a problem to report, but the event (its body is what counts)
+    /// stays in the fold.
+    Valid {
+        event: T,
+        column_problem: Option<&'static str>,
+    },
+    BadSignature,
+    BadRecord(String),
+}
+
+impl<T> Checked<T> {
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> Checked<U> {
+        match self {
+            Checked::Valid {
+                event,
+                column_problem,
+            } => Checked::Valid {
+                event: f(event),
+                column_problem,
+            },
+            Checked::BadSignature => Checked::BadSignature,
+            Checked::BadRecord(problem) => Checked::BadRecord(problem),
+        }
+    }
+}
+
+/// Checks a stored event's body: it parses, passes `check` (its signature), hashes to `id`, and
+/// its indexed columns match it (`columns_match`).
+pub(super) fn check_event<T: DeserializeOwned>(
     body: &str,
-    report: &mut VerifyReport,
-    check: &dyn Fn(&T) -> bool,
+    check: Check<'_, T>,
     id_of: impl Fn(&T) -> Result<String, String>,
     columns_match: impl Fn(&T) -> Result<(), &'static str>,
-) -> Option<T> {
-    let bad = |report: &mut VerifyReport, problem: String| {
-        report.bad_records.push(BadRecord {
-            id: id.to_string(),
-            problem,
-        })
-    };
+    id: &str,
+) -> Checked<T> {
     let event = match serde_json::from_str::<T>(body) {
         Ok(event) => event,
-        Err(error) => {
-            bad(report, format!("body is not a signed event: {error}"));
-            return None;
-        }
+        Err(error) => return Checked::BadRecord(format!("body is not a signed event: {error}")),
     };
     if !check(&event) {
-        report.bad_signatures.push(id.to_string());
-        return None;
+        return Checked::BadSignature;
     }
     if let Some(problem) = id_problem(id, id_of(&event)) {
-        bad(report, problem);
-        return None;
+        return Checked::BadRecord(problem);
     }
-    if let Err(problem) = columns_match(&event) {
-        bad(report, problem.to_string());
+    Checked::Valid {
+        column_problem: columns_match(&event).err(),
+        event,
     }
-    Some(event)
+}
+
+/// Records what checking event `id` found in `report`; the event if it stays in the fold.
+fn record_checked<T>(report: &mut VerifyReport, id: &str, checked: Checked<T>) -> Option<T> {
+    let bad = |problem: String| BadRecord {
+        id: id.to_string(),
+        problem,
+    };
+    match checked {
+        Checked::Valid {
+            event,
+            column_problem,
+        } => {
+            if let Some(problem) = column_problem {
+                report.bad_records.push(bad(problem.to_string()));
+            }
+            Some(event)
+        }
+        Checked::BadSignature => {
+            report.bad_signatures.push(id.to_string());
+            None
+        }
+        Checked::BadRecord(problem) => {
+            report.bad_records.push(bad(problem));
+            None
+        }
+    }
 }
 
 /// Why a stored id does not name its body, if it does not.
