@@ -120,6 +120,19 @@ pub(super) fn show_status(status: &str, reason: Option<&str>) -> String {
     }
 }
 
+/// The next `VERIFY_CHUNK` rows (fewer at the end, none when all are read), each read by `read`.
+fn next_chunk<R>(
+    rows: &mut rusqlite::Rows<'_>,
+    read: impl Fn(&Row<'_>) -> rusqlite::Result<R>,
+) -> Fallible<Vec<R>> {
+    let mut chunk = Vec::with_capacity(VERIFY_CHUNK);
+    while chunk.len() < VERIFY_CHUNK {
+        let Some(row) = rows.next()? else { break };
+        chunk.push(read(row)?);
+    }
+    Ok(chunk)
+}
+
 /// A stored proof's row as read, before its body is checked.
 struct ProofRecord {
     id: String,
@@ -146,10 +159,8 @@ pub(super) fn verify_proofs(
     let mut rows = statement.query([])?;
     let mut proofs = Vec::new();
     loop {
-        let mut chunk = Vec::with_capacity(VERIFY_CHUNK);
-        while chunk.len() < VERIFY_CHUNK {
-            let Some(row) = rows.next()? else { break };
-            chunk.push(ProofRecord {
+        let chunk = next_chunk(&mut rows, |row| {
+            Ok(ProofRecord {
                 id: row.get(0)?,
                 node_id: row.get(1)?,
                 timestamp_ms: get_u64(row, 2)?,
@@ -158,8 +169,8 @@ pub(super) fn verify_proofs(
                 reason: row.get(5)?,
                 credited: row.get::<_, Option<i64>>(6)?.map(from_sql_int),
                 body: row.get(7)?,
-            });
-        }
+            })
+        })?;
         if chunk.is_empty() {
             return Ok(proofs);
         }
@@ -241,18 +252,16 @@ pub(super) fn verify_transactions(
     let mut rows = statement.query([])?;
     let mut txs = Vec::new();
     loop {
-        let mut chunk = Vec::with_capacity(VERIFY_CHUNK);
-        while chunk.len() < VERIFY_CHUNK {
-            let Some(row) = rows.next()? else { break };
-            chunk.push(TxRecord {
+        let chunk = next_chunk(&mut rows, |row| {
+            Ok(TxRecord {
                 id: row.get(0)?,
                 sender: row.get(1)?,
                 timestamp_ms: get_u64(row, 2)?,
                 status: row.get(3)?,
                 reason: row.get(4)?,
                 body: row.get(5)?,
-            });
-        }
+            })
+        })?;
         if chunk.is_empty() {
             return Ok(txs);
         }
