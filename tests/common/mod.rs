@@ -49,6 +49,10 @@ impl Process {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(30)))
+            // Below actix's 5 s keep-alive: a connection idle longer may be closed by the server
+            // as the request goes out on it (a node resumed after SIGSTOP closes its expired
+            // ones at once), which read as "the node does not answer".
+            .max_idle_age(Duration::from_secs(2))
             .build()
             .new_agent();
         let mut process = Self {
