@@ -7,6 +7,7 @@
 //! order with the same integer arithmetic, so nodes that accepted the same set hold bit-identical
 //! balances (floating-point sums would depend on arrival order).
 
+pub mod checkpoint;
 pub mod proof;
 pub mod rewards;
 pub mod settle;
