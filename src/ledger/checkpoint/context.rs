@@ -349,13 +349,10 @@ impl CheckpointContext {
         &self,
         certificate: &CommitCertificate<CheckpointContext>,
         validators: &ValidatorSet,
-    ) -> Result<(), CertificateError<CheckpointContext>> {
-        Verifier { ctx: self.clone() }.verify_commit_certificate(
-            self,
-            certificate,
-            validators,
-            ThresholdParams::default(),
-        )
+    ) -> Result<(), Box<CertificateError<CheckpointContext>>> {
+        Verifier { ctx: self.clone() }
+            .verify_commit_certificate(self, certificate, validators, ThresholdParams::default())
+            .map_err(Box::new)
     }
 }
 
