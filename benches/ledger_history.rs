@@ -268,6 +268,7 @@ fn main() {
     let report = verify_store(
         &path,
         RewardSchedule::default(),
+        "bench",
         |p| proof::check_signature(p).is_ok(),
         |t| tx::check_signature(t).is_ok(),
     )

@@ -406,8 +406,8 @@ fn init_logging(level: &str, ring: Option<neuroshard::logs::LogRing>) {
 /// cannot be read.
 fn verify_ledger(cli: &Cli, state_dir: &std::path::Path) -> ExitCode {
     use neuroshard::ledger::{proof, store, tx};
-    let schedule = match Config::load(cli.config.as_deref(), CliOverrides::default()) {
-        Ok(config) => config.ledger.rewards,
+    let (schedule, network) = match Config::load(cli.config.as_deref(), CliOverrides::default()) {
+        Ok(config) => (config.ledger.rewards, config.network.network_id),
         Err(e) => {
             eprintln!("error: config: {e}");
             return ExitCode::from(2);
@@ -421,6 +421,7 @@ fn verify_ledger(cli: &Cli, state_dir: &std::path::Path) -> ExitCode {
     let report = match store::verify_store(
         &path,
         schedule,
+        &network,
         |p| proof::check_signature(p).is_ok(),
         |t| tx::check_signature(t).is_ok(),
     ) {
@@ -436,8 +437,8 @@ fn verify_ledger(cli: &Cli, state_dir: &std::path::Path) -> ExitCode {
     );
     if report.is_ok() {
         eprintln!(
-            "ledger ok: {} proofs, {} transactions, {} accounts recomputed and matching",
-            report.proofs, report.transactions, report.accounts
+            "ledger ok: {} proofs, {} transactions, {} accounts recomputed and matching, {} checkpoints holding",
+            report.proofs, report.transactions, report.accounts, report.checkpoints
         );
         ExitCode::SUCCESS
     } else {

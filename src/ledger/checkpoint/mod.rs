@@ -4,13 +4,16 @@
 //! 2/3 of the validators' power); a node that was away trusts an epoch's history by it.
 //!
 //! `context.rs`: Malachite's types for us (height = epoch, value = checkpoint, ECDSA votes);
-//! `engine.rs`: one validator's consensus as inputs → outputs, no clock or socket.
+//! `engine.rs`: one validator's consensus as inputs → outputs, no clock or socket; `wire.rs`:
+//! its messages and certificates as checked JSON.
 
 pub mod context;
 pub mod engine;
+pub mod wire;
 
 #[cfg(test)]
 mod tests;
 
 pub use context::{Checkpoint, CheckpointContext, CheckpointId, Validator, ValidatorSet};
 pub use engine::{Decision, Engine, Output, Timeouts};
+pub use wire::{CertificateRecord, ConsensusWire};

@@ -3,7 +3,9 @@
 use rayon::prelude::*;
 use serde::de::DeserializeOwned;
 
+use super::checkpoints::{balances_root, certificates, events_root, fold_between, validators_of};
 use super::*;
+use crate::ledger::checkpoint::{Checkpoint, CheckpointContext};
 
 /// Stored events checked at a time: their signatures in parallel, their outcomes recorded in
 /// order.
@@ -17,14 +19,17 @@ type Check<'a, T> = &'a (dyn Fn(&T) -> bool + Sync);
 /// every id against its body, training statuses against the verdicts, uptime statuses against
 /// the witness tallies (`witness::decide` again), then folds the valid
 /// events and compares each account, each event's status and the network totals with what is
-/// stored. Opens the file read-only and reads one snapshot, so a running node may keep writing.
+/// stored; and every stored checkpoint certificate: its precommits (of network `network`'s
+/// validators of that epoch, more than 2/3 of their power) and its value against the stored
+/// events. Opens the file read-only and reads one snapshot, so a running node may keep writing.
 pub fn verify_store(
     path: &Path,
     schedule: RewardSchedule,
+    network: &str,
     check: impl Fn(&SignedProof) -> bool + Sync,
     check_tx: impl Fn(&SignedTransaction) -> bool + Sync,
 ) -> Result<VerifyReport, LedgerError> {
-    verify_at(path, &schedule, &check, &check_tx).map_err(|kind| LedgerError {
+    verify_at(path, &schedule, network, &check, &check_tx).map_err(|kind| LedgerError {
         path: path.to_owned(),
         kind,
     })
@@ -33,6 +38,7 @@ pub fn verify_store(
 pub(super) fn verify_at(
     path: &Path,
     schedule: &RewardSchedule,
+    network: &str,
     check: Check<'_, SignedProof>,
     check_tx: Check<'_, SignedTransaction>,
 ) -> Fallible<VerifyReport> {
@@ -110,7 +116,57 @@ pub(super) fn verify_at(
         .map(|(epoch, _)| epoch)
         .collect();
     report.accounts = state.accounts().len() as u64;
+    report.bad_checkpoints = verify_checkpoints(&snapshot, schedule, network, &mut report)?;
     Ok(report)
+}
+
+/// Each stored certificate checked against the stored events, oldest first (one pass of the
+/// fold over the history): what is wrong with each that does not hold.
+fn verify_checkpoints(
+    conn: &Connection,
+    schedule: &RewardSchedule,
+    network: &str,
+    report: &mut VerifyReport,
+) -> Fallible<Vec<BadRecord>> {
+    let ctx = CheckpointContext::new(network);
+    let mut records = certificates(conn, usize::MAX)?;
+    records.reverse();
+    report.checkpoints = records.len() as u64;
+    let mut bad = Vec::new();
+    let (mut state, mut folded_until_ms) = (LedgerState::default(), 0);
+    for record in records {
+        let epoch = record.epoch;
+        let until_ms = schedule.epoch_start_ms(epoch.saturating_add(1));
+        fold_between(conn, schedule, &mut state, folded_until_ms, until_ms)?;
+        folded_until_ms = until_ms;
+        let problem = match record.decode() {
+            Err(problem) => Some(problem),
+            Ok((checkpoint, certificate)) => {
+                let validators = validators_of(conn, schedule, epoch)?;
+                let ours = Checkpoint {
+                    epoch,
+                    events_root: events_root(conn, schedule, epoch)?,
+                    balances_root: balances_root(&state),
+                };
+                if let Err(e) = ctx.verify_certificate(&certificate, &validators) {
+                    Some(format!("certificate does not hold: {e}"))
+                } else if ours.events_root != checkpoint.events_root {
+                    Some("the stored events of the epoch have another root".into())
+                } else if ours.balances_root != checkpoint.balances_root {
+                    Some("the balances after the epoch have another root".into())
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some(problem) = problem {
+            bad.push(BadRecord {
+                id: format!("checkpoint of epoch {epoch}"),
+                problem,
+            });
+        }
+    }
+    Ok(bad)
 }
 
 pub(super) fn show_status(status: &str, reason: Option<&str>) -> String {

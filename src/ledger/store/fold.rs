@@ -72,22 +72,30 @@ impl EventRows {
     }
 }
 
-/// Every event the daemon folds from `since_ms` on: credited proofs (pending and rejected ones
-/// change nothing) and all transactions.
-pub(super) fn load_event_rows(conn: &Connection, since_ms: u64) -> Fallible<EventRows> {
-    // Timestamps of 2⁶³ ms and more are stored negative (`sql_int`): they are after any start.
+/// Every event the daemon folds dated in `since_ms..until_ms`: credited proofs (pending and
+/// rejected ones change nothing) and all transactions.
+pub(super) fn load_event_rows(
+    conn: &Connection,
+    since_ms: u64,
+    until_ms: u64,
+) -> Fallible<EventRows> {
+    // Timestamps of 2⁶³ ms and more are stored negative (`sql_int`): they are after any start,
+    // and before an end only past 2⁶³.
     let since = sql_int(since_ms.min(i64::MAX as u64));
+    let last = sql_int(until_ms.saturating_sub(1).min(i64::MAX as u64));
+    let huge = until_ms.saturating_sub(1) > i64::MAX as u64;
+    let in_range = |t: u64| (since_ms..until_ms).contains(&t);
     // Two searches of the covering index `proofs_fold`: an OR in one WHERE scans it whole (every
     // credited proof of the history) or reads each row's table page.
     let mut statement = conn.prepare_cached(
         "SELECT id, node_id, timestamp_ms, base_reward, credited_amount FROM proofs
-         WHERE status = 'credited' AND timestamp_ms >= ?1
+         WHERE status = 'credited' AND timestamp_ms >= ?1 AND timestamp_ms <= ?2
          UNION ALL
          SELECT id, node_id, timestamp_ms, base_reward, credited_amount FROM proofs
-         WHERE status = 'credited' AND timestamp_ms < 0",
+         WHERE status = 'credited' AND timestamp_ms < 0 AND ?3",
     )?;
     let proofs = statement
-        .query_map([since], |row| {
+        .query_map(params![since, last, huge], |row| {
             Ok(ProofRow {
                 id: row.get(0)?,
                 node_id: row.get(1)?,
@@ -98,22 +106,22 @@ pub(super) fn load_event_rows(conn: &Connection, since_ms: u64) -> Fallible<Even
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    // The query is a superset when since_ms is 2⁶³ or more; the fold needs exactly these.
+    // The query is a superset near 2⁶³; the fold needs exactly these.
     let proofs: Vec<ProofRow> = proofs
         .into_iter()
-        .filter(|row| row.timestamp_ms >= since_ms)
+        .filter(|row| in_range(row.timestamp_ms))
         .collect();
     let mut statement = conn.prepare_cached(
         "SELECT id, body, status, reason FROM transactions
-         WHERE timestamp_ms >= ?1 OR timestamp_ms < 0",
+         WHERE (timestamp_ms >= ?1 AND timestamp_ms <= ?2) OR (timestamp_ms < 0 AND ?3)",
     )?;
-    let mut rows = statement.query([since])?;
+    let mut rows = statement.query(params![since, last, huge])?;
     let mut txs = Vec::new();
     while let Some(row) = rows.next()? {
         let id: String = row.get(0)?;
         let signed: SignedTransaction =
             parse_json(&row.get::<_, String>(1)?, || format!("transaction {id}"))?;
-        if signed.tx.timestamp_ms < since_ms {
+        if !in_range(signed.tx.timestamp_ms) {
             continue;
         }
         txs.push(TxRow {
@@ -425,7 +433,7 @@ pub(super) fn settle(
                 ),
                 None => (0, LedgerState::default(), FoldedFrom::Start),
             };
-            let rows = load_event_rows(db, since_ms)?;
+            let rows = load_event_rows(db, since_ms, u64::MAX)?;
             let fold = fold_onto(&mut next, &rows.proofs, &rows.txs, schedule);
             (next, fold, from)
         }
@@ -458,7 +466,7 @@ pub(super) fn fold_stored(
         ),
         None => (0, LedgerState::default(), FoldedFrom::Start),
     };
-    let rows = load_event_rows(conn, since_ms)?;
+    let rows = load_event_rows(conn, since_ms, u64::MAX)?;
     let mut fold = fold_onto(&mut state, &rows.proofs, &rows.txs, schedule);
     let refolded = std::mem::take(&mut fold.folded.bases);
     let bases = next_bases(bases, from, refolded).unwrap_or_default();

@@ -41,11 +41,13 @@ use super::{
 use crate::net::wire::unix_ms;
 
 mod audit;
+mod checkpoints;
 mod fold;
 mod schema;
 mod stage;
 
 pub use audit::verify_store;
+pub use checkpoints::{RecordOutcome, balances_root};
 use fold::*;
 pub use schema::SCHEMA_VERSION;
 use schema::*;
@@ -192,6 +194,10 @@ pub struct VerifyReport {
     /// Epochs whose stored base (the state before them, which opening folds from) is not the
     /// fold's.
     pub bad_bases: Vec<u64>,
+    pub checkpoints: u64,
+    /// Stored checkpoint certificates that do not hold, or name a value the stored events do not
+    /// give.
+    pub bad_checkpoints: Vec<BadRecord>,
 }
 
 impl VerifyReport {
@@ -201,6 +207,7 @@ impl VerifyReport {
             && self.event_mismatches.is_empty()
             && self.mismatches.is_empty()
             && self.bad_bases.is_empty()
+            && self.bad_checkpoints.is_empty()
     }
 }
 

@@ -88,6 +88,14 @@ pub(super) const MIGRATIONS: &[&str] = &[
         state TEXT NOT NULL,
         schedule TEXT NOT NULL
     ) STRICT;",
+    // 7: decided checkpoints: an epoch's checkpoint id and its commit certificate
+    // (`checkpoint::CertificateRecord`, JSON), one per epoch.
+    "CREATE TABLE checkpoints (
+        epoch INTEGER PRIMARY KEY NOT NULL,
+        checkpoint_id TEXT NOT NULL,
+        certificate TEXT NOT NULL,
+        decided_ms INTEGER NOT NULL
+    ) STRICT;",
 ];
 
 /// The schema this binary writes.

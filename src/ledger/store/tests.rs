@@ -1,6 +1,7 @@
 use super::*;
 use crate::crypto::Identity;
 use crate::ledger::Proof;
+use crate::ledger::checkpoint::{CertificateRecord, Checkpoint, CheckpointContext};
 use crate::ledger::proof::{check_signature, sign_proof, sign_receipt};
 use crate::ledger::rewards::{burn_fee, nano};
 use crate::ledger::state::replay;
@@ -133,6 +134,7 @@ fn verify_with(dir: &tempfile::TempDir, schedule: RewardSchedule) -> VerifyRepor
     verify_store(
         &path_in(dir),
         schedule,
+        "test",
         |proof| check_signature(proof).is_ok(),
         |signed| {
             // Freshness is judged at the transaction's own time: stored events are old.
@@ -1122,6 +1124,7 @@ fn a_database_from_a_newer_binary_is_refused() {
     let error = verify_store(
         &path_in(&dir),
         RewardSchedule::default(),
+        "test",
         |_| true,
         |_| true,
     )
@@ -1154,4 +1157,144 @@ fn unreadable_stored_json_is_an_error_not_a_panic() {
     );
     let report = verify(&dir);
     assert_eq!(report.bad_records.len(), 2);
+}
+
+/// Precommits of `signers` for `checkpoint`, as a stored certificate.
+fn certified(checkpoint: &Checkpoint, signers: &[&Identity]) -> CertificateRecord {
+    use crate::ledger::checkpoint::context::{Epoch, Signer};
+    use malachitebft_core_types::{
+        CommitCertificate, CommitSignature, Context, NilOrVal, Round, SigningProvider, Value,
+    };
+    let ctx = CheckpointContext::new("test");
+    let signatures = signers
+        .iter()
+        .map(|who| {
+            let signer = Signer::new(ctx.clone(), (*who).clone());
+            let vote = ctx.new_precommit(
+                Epoch(checkpoint.epoch),
+                Round::new(0),
+                NilOrVal::Val(checkpoint.id()),
+                signer.address(),
+            );
+            CommitSignature::new(signer.address(), signer.sign_vote(vote).signature)
+        })
+        .collect();
+    let certificate = CommitCertificate {
+        height: Epoch(checkpoint.epoch),
+        round: Round::new(0),
+        value_id: checkpoint.id(),
+        commit_signatures: signatures,
+    };
+    CertificateRecord::new(checkpoint, &certificate)
+}
+
+#[test]
+fn a_checkpoint_is_validated_by_the_trainers_of_the_epoch_before_and_checked_by_ledger_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let schedule = RewardSchedule::default();
+    let trainers = [identity(1), identity(2), identity(3)];
+    let mut store = open(&dir);
+    // Epoch e0: each trainer's delta of round 1 is kept; a fourth identity's is not.
+    let outsider = identity(4);
+    let mut proofs: Vec<(SignedProof, Nano)> = trainers
+        .iter()
+        .enumerate()
+        .map(|(i, who)| (training(who, 1, 1, i as u8), nano(1.0)))
+        .collect();
+    proofs.push((training(&outsider, 1, 1, 0xee), nano(1.0)));
+    store.insert_proofs(&proofs).unwrap();
+    let mut verdicts: Vec<(String, String, bool, String)> = trainers
+        .iter()
+        .enumerate()
+        .map(|(i, who)| {
+            (
+                delta_hash(i as u8),
+                who.node_id.clone(),
+                true,
+                "kept".into(),
+            )
+        })
+        .collect();
+    verdicts.push((
+        delta_hash(0xee),
+        outsider.node_id.clone(),
+        false,
+        "outlier".into(),
+    ));
+    store.record_verdicts(1, &verdicts).unwrap();
+    let e0 = schedule.epoch_of(T0);
+    let epoch = e0 + 1;
+    let in_epoch = schedule.epoch_start_ms(epoch) + 5;
+    store
+        .insert_proofs(&[(paid(&trainers[0], 2, in_epoch), nano(2.0))])
+        .unwrap();
+
+    let validators = store.validators_of(epoch).unwrap();
+    let mut expected: Vec<&str> = trainers.iter().map(|t| t.node_id.as_str()).collect();
+    expected.sort();
+    let named: Vec<&str> = validators
+        .validators()
+        .iter()
+        .map(|v| v.address.0.as_str())
+        .collect();
+    assert_eq!(
+        named, expected,
+        "the kept trainers of the epoch before, not the outsider"
+    );
+    assert!(store.validators_of(e0).unwrap().validators().is_empty());
+
+    // Computed again from the same events, the checkpoint is the same.
+    let checkpoint = store.checkpoint_of(epoch).unwrap();
+    assert_eq!(store.checkpoint_of(epoch).unwrap(), checkpoint);
+    assert_ne!(store.checkpoint_of(e0).unwrap(), checkpoint);
+
+    let record = certified(&checkpoint, &[&trainers[0], &trainers[1], &trainers[2]]);
+    assert_eq!(
+        store.record_checkpoint(&record).unwrap(),
+        RecordOutcome::Stored
+    );
+    assert_eq!(
+        store.record_checkpoint(&record).unwrap(),
+        RecordOutcome::Known
+    );
+    let other = Checkpoint {
+        balances_root: [7; 32],
+        ..checkpoint
+    };
+    assert_eq!(
+        store
+            .record_checkpoint(&certified(&other, &[&trainers[0], &trainers[1]]))
+            .unwrap(),
+        RecordOutcome::Conflict {
+            stored: record.checkpoint_id.clone()
+        }
+    );
+    assert_eq!(store.checkpoints(10).unwrap(), vec![record.clone()]);
+    let report = verify_with(&dir, schedule.clone());
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.checkpoints, 1);
+
+    // Two of three signatures are not more than 2/3 of the power.
+    let weak = certified(&checkpoint, &[&trainers[0], &trainers[1]]);
+    let db = raw(&dir);
+    let set_certificate = |record: &CertificateRecord| {
+        db.execute(
+            "UPDATE checkpoints SET certificate = ?1",
+            [serde_json::to_string(record).unwrap()],
+        )
+        .unwrap()
+    };
+    set_certificate(&weak);
+    let report = verify_with(&dir, schedule.clone());
+    assert_eq!(report.bad_checkpoints.len(), 1, "{report:?}");
+    assert!(report.bad_checkpoints[0].problem.contains("does not hold"));
+
+    // An event added to a sealed epoch changes its root.
+    set_certificate(&record);
+    store
+        .insert_proofs(&[(paid(&trainers[1], 2, in_epoch + 1), nano(2.0))])
+        .unwrap();
+    let report = verify_with(&dir, schedule);
+    assert_eq!(report.bad_checkpoints.len(), 1, "{report:?}");
+    assert!(report.bad_checkpoints[0].problem.contains("root"));
 }
