@@ -13,7 +13,7 @@ use libp2p::Multiaddr;
 use crate::admission::Genesis;
 use crate::aggregate::AggregationConfig;
 use crate::diloco::codec::CodecConfig;
-use crate::ledger::rewards::RewardSchedule;
+use crate::ledger::rewards::{MAX_EPOCH_S, RewardSchedule};
 use crate::ledger::verify::ProofLimits;
 use crate::model::NeuroLlmConfig;
 use crate::model::config::PRESETS;
@@ -58,6 +58,10 @@ pub struct Config {
 pub struct LedgerSection {
     /// Seconds between this node's uptime proofs.
     pub uptime_interval_s: u64,
+    /// Seconds after an emission epoch ends before its checkpoint is decided: at least the
+    /// freshness window (no fresh event of the epoch can arrive after it), plus time for the
+    /// last rounds' verdicts and the uptime witnesses to settle its proofs.
+    pub checkpoint_delay_s: u64,
     pub rewards: RewardSchedule,
     pub limits: ProofLimits,
 }
@@ -66,6 +70,7 @@ impl Default for LedgerSection {
     fn default() -> Self {
         Self {
             uptime_interval_s: 60,
+            checkpoint_delay_s: 420,
             rewards: RewardSchedule::default(),
             limits: ProofLimits::default(),
         }
@@ -536,6 +541,15 @@ impl Config {
         }
         l.rewards.validate().map_err(|r| bad("ledger.rewards", r))?;
         l.limits.validate().map_err(|r| bad("ledger.limits", r))?;
+        if l.checkpoint_delay_s < l.limits.freshness_window_s || l.checkpoint_delay_s > MAX_EPOCH_S
+        {
+            let reason = format!(
+                "{} is below ledger.limits.freshness_window_s ({}): events of an epoch could still \
+                 arrive after its checkpoint; or above a year",
+                l.checkpoint_delay_s, l.limits.freshness_window_s
+            );
+            return Err(bad("ledger.checkpoint_delay_s", reason));
+        }
         if let Some(key) = &self.api_key
             && (key.len() < 16 || key.len() > 256 || self.token.as_deref() == Some(key.as_str()))
         {
@@ -908,6 +922,11 @@ mod tests {
             &|c| c.diloco.min_peers = MAX_PEERS + 2,
             "diloco.min_peers",
             "peer table",
+        );
+        refused(
+            &|c| c.ledger.checkpoint_delay_s = 299,
+            "ledger.checkpoint_delay_s",
+            "freshness_window_s",
         );
         refused(
             &|c| c.ledger.uptime_interval_s = 20,

@@ -12,6 +12,7 @@ use actix_web::web;
 use tracing::{error, info, warn};
 
 use crate::actors::aggregator::AggregatorActor;
+use crate::actors::checkpoint::{CheckpointActor, CheckpointOptions};
 use crate::actors::http::HttpActor;
 use crate::actors::ledger::{LedgerActor, LedgerOptions, PonwFault};
 use crate::actors::messages::{StopHttp, StopTraining, WriteCheckpoint};
@@ -28,6 +29,7 @@ use crate::diloco::attack::{Attack, HealPoison, poisoned_outer};
 use crate::diloco::codec::max_delta_len;
 use crate::diloco::round::RoundOptions;
 use crate::diloco::weight::WeightRule;
+use crate::ledger::checkpoint::Timeouts;
 use crate::ledger::store::LedgerStore;
 use crate::ledger::witness::Watch;
 use crate::logs::LogRing;
@@ -636,6 +638,19 @@ pub async fn run(config: Config, logs: LogRing) -> Result<(), NodeError> {
     let ledger = LedgerActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
         LedgerActor::new(ledger_store, ledger_options, ledger_peers, ledger_status)
     });
+    CheckpointActor::new(
+        CheckpointOptions {
+            identity: prepared.identity.clone(),
+            network: config.network.network_id.clone(),
+            schedule: config.ledger.rewards.clone(),
+            delay: Duration::from_secs(config.ledger.checkpoint_delay_s),
+            timeouts: Timeouts::default(),
+            forge: fault_switch("NEUROSHARD_FAULT_CHECKPOINT_FORGE").is_some_and(|n| n > 0),
+        },
+        ledger.clone(),
+        peers.clone(),
+    )
+    .start();
     let aggregator = SyncArbiter::start(1, || AggregatorActor);
     let sync = SyncActor::new(
         prepared.identity.node_id.clone(),

@@ -15,20 +15,23 @@ use libp2p::PeerId;
 use tracing::{debug, error, info, warn};
 
 use super::messages::{
-    AttachReceipt, CheckProof, GetAccount, GetBalances, GetProofs, LedgerGossip, ModelAdopted,
-    PeerHeard, PeerOffence, PeerWeights, ProofCheck, ProveInference, ProveTraining, PublishLedger,
-    ReceiptAccepted, ReceiptRefused, RefusedAtGate, RegisterLedger, RoundVerdicts,
+    AttachReceipt, CheckProof, CheckpointGossip, GetAccount, GetBalances, GetCheckpoints,
+    GetProofs, LedgerGossip, ModelAdopted, PeerHeard, PeerOffence, PeerWeights, PrepareCheckpoint,
+    ProofCheck, ProveInference, ProveTraining, PublishLedger, ReceiptAccepted, ReceiptRefused,
+    RecordCheckpoint, RefusedAtGate, RegisterCheckpoints, RegisterLedger, RoundVerdicts,
     SubmitTransaction, SubmittedTransaction,
 };
 use super::peer::PeerActor;
 use super::run_every;
 use crate::crypto::{Identity, generate_nonce, node_id_of_peer};
+use crate::ledger::checkpoint::{CertificateRecord, Checkpoint, ValidatorSet};
 use crate::ledger::proof::{check_receipt, proof_id, sign_proof};
 use crate::ledger::rewards::{RewardSchedule, stake_multiplier};
 use crate::ledger::settle::{Settlement, SignedVerdicts, heaviest_outcome, settle};
 use crate::ledger::state::Account;
 use crate::ledger::store::{
-    InsertOutcome, LedgerError, LedgerStore, ProofStatus, StoredProof, TxInsertOutcome,
+    InsertOutcome, LedgerError, LedgerStore, ProofStatus, RecordOutcome, StoredProof,
+    TxInsertOutcome,
 };
 use crate::ledger::tx::{check_transaction, sign_transaction, tx_id};
 use crate::ledger::verify::{ProofLimits, room_for_training_proof, verify_proof};
@@ -119,6 +122,8 @@ pub struct LedgerActor {
     unclaimed_rounds: u64,
     /// This node's inference proofs waiting for their requester's receipt, by request id.
     awaiting_receipt: BTreeMap<String, (Proof, Instant)>,
+    /// Where peers' checkpoint consensus messages go (CheckpointActor).
+    checkpoints: Option<Recipient<CheckpointGossip>>,
 }
 
 /// How long an inference proof waits for its requester's receipt before it is stored without
@@ -300,6 +305,7 @@ impl LedgerActor {
             witnessed: VecDeque::new(),
             unannounced_witnessed: VecDeque::new(),
             awaiting_receipt: BTreeMap::new(),
+            checkpoints: None,
             unclaimed_rounds: 0,
             own_stalls: VecDeque::new(),
             last_ran_ms: unix_ms(),
@@ -1144,6 +1150,15 @@ impl Handler<LedgerGossip> for LedgerActor {
                 });
                 None
             }
+            LedgerMessage::Checkpoint(message) => {
+                if let Some(checkpoints) = &self.checkpoints {
+                    checkpoints.do_send(CheckpointGossip {
+                        origin: msg.origin,
+                        message: message.clone(),
+                    });
+                }
+                None
+            }
             LedgerMessage::Witnessed { proofs } => {
                 let witness = node_id_of_peer(&msg.origin);
                 // Kept from peers this node weighs or heard live (a newcomer may be weighed by
@@ -1162,6 +1177,58 @@ impl Handler<LedgerGossip> for LedgerActor {
                 rejection,
             });
         }
+    }
+}
+
+impl Handler<RegisterCheckpoints> for LedgerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RegisterCheckpoints, _: &mut Self::Context) {
+        self.checkpoints = Some(msg.0);
+    }
+}
+
+impl Handler<PrepareCheckpoint> for LedgerActor {
+    type Result = Result<Option<(Checkpoint, ValidatorSet)>, String>;
+
+    fn handle(&mut self, msg: PrepareCheckpoint, _: &mut Self::Context) -> Self::Result {
+        let epoch = msg.epoch;
+        let prepare = || {
+            if self.store.is_checkpointed(epoch)? {
+                return Ok(None);
+            }
+            Ok(Some((
+                self.store.checkpoint_of(epoch)?,
+                self.store.validators_of(epoch)?,
+            )))
+        };
+        prepare().map_err(|e: LedgerError| e.to_string())
+    }
+}
+
+impl Handler<RecordCheckpoint> for LedgerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RecordCheckpoint, _: &mut Self::Context) {
+        let epoch = msg.0.epoch;
+        match self.store.record_checkpoint(&msg.0) {
+            Ok(RecordOutcome::Stored | RecordOutcome::Known) => {}
+            Ok(RecordOutcome::Conflict { stored }) => error!(
+                epoch,
+                stored = %stored,
+                decided = %msg.0.checkpoint_id,
+                "two checkpoints decided for one epoch: more than a third of the validators' power signed both; keeping the first"
+            ),
+            Err(e) => warn!(epoch, error = %e, "cannot store the decided checkpoint"),
+        }
+    }
+}
+
+impl Handler<GetCheckpoints> for LedgerActor {
+    type Result = Result<Vec<CertificateRecord>, String>;
+
+    fn handle(&mut self, msg: GetCheckpoints, _: &mut Self::Context) -> Self::Result {
+        self.store.checkpoints(msg.limit).map_err(|e| e.to_string())
     }
 }
 

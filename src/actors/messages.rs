@@ -9,6 +9,7 @@ use actix::prelude::*;
 
 use crate::aggregate::{Aggregate, AggregateError, AggregationConfig, Contribution};
 use crate::diloco::machine::TrainerPeer;
+use crate::ledger::checkpoint::{CertificateRecord, Checkpoint, ConsensusWire, ValidatorSet};
 use crate::ledger::state::Account;
 use crate::ledger::store::{ProofStatus, StoredProof};
 use crate::ledger::{
@@ -338,6 +339,40 @@ pub enum ReceiptRefused {
     Invalid(#[from] Unreceipted),
     #[error(transparent)]
     NotRecorded(#[from] super::ledger::NotRecorded),
+}
+
+/// Ledger → Checkpoint: where checkpoint consensus messages from peers go.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RegisterCheckpoints(pub Recipient<CheckpointGossip>);
+
+/// Ledger → Checkpoint: a peer's checkpoint consensus message (the gossip signature named its
+/// validator).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CheckpointGossip {
+    pub origin: libp2p::PeerId,
+    pub message: ConsensusWire,
+}
+
+/// Checkpoint → Ledger: this node's checkpoint of `epoch` and the epoch's validators, or None
+/// when the epoch is certified already.
+#[derive(Message)]
+#[rtype(result = "Result<Option<(Checkpoint, ValidatorSet)>, String>")]
+pub struct PrepareCheckpoint {
+    pub epoch: u64,
+}
+
+/// Checkpoint → Ledger: a decided checkpoint to store.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RecordCheckpoint(pub CertificateRecord);
+
+/// HTTP → Ledger: the newest stored checkpoint certificates, newest first.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<CertificateRecord>, String>")]
+pub struct GetCheckpoints {
+    pub limit: usize,
 }
 
 /// HTTP → Ledger: one account (zero if the ledger has never seen it).

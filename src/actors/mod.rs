@@ -2,6 +2,7 @@
 //! diloco/ and aggregate/. Every message type is in messages.rs.
 
 pub mod aggregator;
+pub mod checkpoint;
 pub mod http;
 pub mod ledger;
 pub mod messages;

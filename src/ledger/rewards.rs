@@ -106,15 +106,20 @@ impl RewardSchedule {
         nano(self.emission_per_epoch)
     }
 
-    /// The emission epoch a timestamp falls in (an `epoch_s` of 0 counts as 1 s, so an
-    /// unvalidated schedule cannot divide by zero).
+    /// An epoch's length in milliseconds (an `epoch_s` of 0 counts as 1 s, so an unvalidated
+    /// schedule cannot divide by zero).
+    pub fn epoch_ms(&self) -> u64 {
+        self.epoch_s.max(1).saturating_mul(1000)
+    }
+
+    /// The emission epoch a timestamp falls in.
     pub fn epoch_of(&self, timestamp_ms: u64) -> u64 {
-        timestamp_ms / self.epoch_s.max(1).saturating_mul(1000)
+        timestamp_ms / self.epoch_ms()
     }
 
     /// The first millisecond of `epoch`.
     pub fn epoch_start_ms(&self, epoch: u64) -> u64 {
-        epoch.saturating_mul(self.epoch_s.max(1).saturating_mul(1000))
+        epoch.saturating_mul(self.epoch_ms())
     }
 
     /// What a proof is credited: base × the signer's stake multiplier, capped per proof.

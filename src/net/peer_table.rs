@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::wire::{Heartbeat, Rejection};
 use crate::admission::{CertError, Certificate, Genesis, Policy};
 use crate::crypto;
+use crate::ledger::checkpoint::Timeouts;
 use crate::ledger::witness::WITNESS_FLUSH;
 
 /// Certificate verifications remembered (by the certificate's bytes) before the cache starts over.
@@ -104,7 +105,9 @@ impl GossipLimits {
 ///   training each round, inference per /generate_text): its own ledger checks each against
 ///   `max_proofs_per_hour` before gossiping it, so however a user drives inference, no window
 ///   holds more than that; its recent proofs and witness statements again, two messages each
-///   uptime tick; its new witness statements, one message each `WITNESS_FLUSH`.
+///   uptime tick; its new witness statements, one message each `WITNESS_FLUSH`; checkpoint
+///   consensus, a proposal and two votes per consensus round (a round lasts at least the
+///   prevote timeout) and its last two votes again each rebroadcast timeout.
 ///
 /// Peers are assumed to run the same round length and ledger limits, as one network's nodes do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,10 +132,15 @@ impl HonestGossip {
                 .saturating_mul(ticks(window, REANNOUNCE_EVERY))
                 .saturating_add(rounds),
             // Every proof of the window at once; the hourly limit bounds them together.
-            Topic::Ledger => rounds
-                .saturating_add(u64::from(self.max_proofs_per_hour))
-                .saturating_add(2u64.saturating_mul(ticks(window, self.uptime_interval)))
-                .saturating_add(ticks(window, WITNESS_FLUSH)),
+            Topic::Ledger => {
+                let checkpoint = Timeouts::default();
+                rounds
+                    .saturating_add(u64::from(self.max_proofs_per_hour))
+                    .saturating_add(2u64.saturating_mul(ticks(window, self.uptime_interval)))
+                    .saturating_add(ticks(window, WITNESS_FLUSH))
+                    .saturating_add(3u64.saturating_mul(ticks(window, checkpoint.prevote)))
+                    .saturating_add(2u64.saturating_mul(ticks(window, checkpoint.rebroadcast)))
+            }
         }
     }
 

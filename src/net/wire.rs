@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::admission::Certificate;
 use crate::crypto::{self, Identity};
+use crate::ledger::checkpoint::ConsensusWire;
 use crate::ledger::witness::MAX_WITNESSED;
 use crate::ledger::{ProofRejection, SignedProof, SignedTransaction, TxRejection};
 
@@ -94,6 +95,9 @@ pub enum LedgerMessage {
     Witnessed {
         proofs: Vec<String>,
     },
+    /// A proposal or vote of the checkpoint consensus (`ledger::checkpoint`), gossiped by the
+    /// validator that signed it.
+    Checkpoint(ConsensusWire),
 }
 
 /// A round's verdicts as gossiped; `theta0_after` is the BLAKE3 hash of the θ₀ they produced.
@@ -142,6 +146,15 @@ impl LedgerMessage {
                 Rejection::Malformed("a witnessed proof id is not 64 hex characters".into()),
             ),
             LedgerMessage::Witnessed { .. } => Ok(()),
+            // Only a validator sends its own votes: a relayed copy travels as gossip does, under
+            // its first sender's signature.
+            LedgerMessage::Checkpoint(message) if message.validator != signer_node_id => {
+                Err(Rejection::WrongNodeId {
+                    claimed: message.validator.chars().take(64).collect(),
+                    actual: signer_node_id.to_string(),
+                })
+            }
+            LedgerMessage::Checkpoint(_) => Ok(()),
         }
     }
 }

@@ -14,7 +14,7 @@ use super::state::{ApiState, get, post};
 use super::views::{account_json, neuro_view};
 use crate::actors::ledger::{LedgerActor, NotRecorded};
 use crate::actors::messages::{
-    AttachReceipt, CheckProof, GetAccount, GetBalances, GetProofs, ReceiptRefused,
+    AttachReceipt, CheckProof, GetAccount, GetBalances, GetCheckpoints, GetProofs, ReceiptRefused,
     SubmitTransaction,
 };
 use crate::ledger::proof::MAX_REQUEST_ID_BYTES;
@@ -34,6 +34,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(get("/ledger/proofs/{id}", proofs))
         .service(get("/ledger/network", network))
         .service(get("/ledger/balances", balances))
+        .service(get("/ledger/checkpoints", checkpoints))
         .service(post("/ponw/verify", verify))
         .service(post("/ponw/receipt", receipt))
         .service(post("/wallet/send", send))
@@ -98,6 +99,22 @@ async fn balances(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> 
         .map(|(id, account)| (id.clone(), account_json(id, account)))
         .collect();
     Ok(HttpResponse::Ok().json(json!({"accounts": table})))
+}
+
+/// The newest decided checkpoints, newest first, each with its certificate's signers.
+async fn checkpoints(
+    state: web::Data<ApiState>,
+    query: Result<web::Query<ProofsQuery>, actix_web::Error>,
+) -> Result<HttpResponse, ApiError> {
+    let query = query.map_err(|e| ApiError::bad_request(format!("query: {e}")))?;
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=MAX_PROOFS_LISTED).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be in 1..={MAX_PROOFS_LISTED}"
+        )));
+    }
+    let records = ask(&state, GetCheckpoints { limit }).await?;
+    Ok(HttpResponse::Ok().json(json!({ "checkpoints": records })))
 }
 
 #[derive(Deserialize)]

@@ -85,6 +85,7 @@ mod tests {
             "/api/ledger/proofs/{node_id}",
             "/api/ledger/network",
             "/api/ledger/balances",
+            "/api/ledger/checkpoints",
             "/api/ponw/verify",
             "/api/wallet/send",
             "/api/stake",

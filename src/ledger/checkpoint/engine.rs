@@ -7,7 +7,7 @@
 //! ledger: a proposal of any other value is invalid to it, so it prevotes nil. A value is decided
 //! only when validators of more than 2/3 of the power computed the same one.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use malachitebft_core_consensus::{
@@ -104,8 +104,6 @@ struct Host {
 pub struct Engine {
     state: State<CheckpointContext>,
     host: Host,
-    /// The checkpoints this engine decided, by epoch, until the owner takes them.
-    decided: BTreeMap<u64, Decision>,
 }
 
 /// Why an epoch cannot start.
@@ -143,7 +141,6 @@ impl Engine {
                 pending: VecDeque::new(),
                 outputs: Vec::new(),
             },
-            decided: BTreeMap::new(),
         }
     }
 
@@ -200,11 +197,6 @@ impl Engine {
         self.run([Input::TimeoutElapsed(timeout)])
     }
 
-    /// The decision of `epoch`, once made (kept until taken).
-    pub fn take_decision(&mut self, epoch: u64) -> Option<Decision> {
-        self.decided.remove(&epoch)
-    }
-
     fn is_own(&self, proposal: &SignedProposal<CheckpointContext>) -> bool {
         self.host.own.as_ref().map(Value::id) == Some(proposal.message.value.id())
     }
@@ -223,14 +215,7 @@ impl Engine {
                 tracing::warn!(%error, "checkpoint consensus refused an input");
             }
         }
-        let outputs = std::mem::take(&mut self.host.outputs);
-        for output in &outputs {
-            if let Output::Decided(decision) = output {
-                self.decided
-                    .insert(decision.checkpoint.epoch, decision.clone());
-            }
-        }
-        outputs
+        std::mem::take(&mut self.host.outputs)
     }
 }
 

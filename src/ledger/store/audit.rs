@@ -84,7 +84,12 @@ pub(super) fn verify_at(
         tallies.insert(proof_id, tally);
     }
 
-    let proofs = verify_proofs(&snapshot, &verdicts, &tallies, check, &mut report)?;
+    let checkpointed: BTreeSet<u64> = certificates(&snapshot, usize::MAX)?
+        .iter()
+        .map(|record| record.epoch)
+        .collect();
+    let sealed = |timestamp_ms| checkpointed.contains(&schedule.epoch_of(timestamp_ms));
+    let proofs = verify_proofs(&snapshot, &verdicts, &tallies, &sealed, check, &mut report)?;
     let txs = verify_transactions(&snapshot, check_tx, &mut report)?;
     let mut state = LedgerState::default();
     let fold = fold_onto(&mut state, &proofs, &txs, schedule);
@@ -201,10 +206,14 @@ struct ProofRecord {
     body: String,
 }
 
+/// `sealed(timestamp_ms)`: the proof's epoch has a stored checkpoint. Its training and uptime
+/// statuses are then the ones the certificate vouches for (checked against the certificate's
+/// events root by `verify_checkpoints`), not what verdicts and tallies that came later say.
 pub(super) fn verify_proofs(
     db: &Connection,
     verdicts: &HashMap<(u64, String), StoredVerdict>,
     tallies: &HashMap<String, Tally>,
+    sealed: &(dyn Fn(u64) -> bool + Sync),
     check: Check<'_, SignedProof>,
     report: &mut VerifyReport,
 ) -> Fallible<Vec<ProofRow>> {
@@ -248,6 +257,15 @@ pub(super) fn verify_proofs(
                 // A receipt check is another signature: computed here, in parallel, too.
                 checked.map(|signed| {
                     let proof = signed.proof;
+                    let settled_later =
+                        matches!(proof.kind, ProofKind::Training | ProofKind::Uptime);
+                    // (An unreadable stored status is recomputed, and reported as differing.)
+                    if let Ok(status) = ProofStatus::parse(&record.status)
+                        && settled_later
+                        && sealed(proof.timestamp_ms)
+                    {
+                        return (proof, (status, record.reason.clone()));
+                    }
                     let status = match proof.kind {
                         ProofKind::Training => {
                             let key = (proof.outer_round, proof.delta_hash.clone());

@@ -215,6 +215,16 @@ impl LedgerStore {
         record(&self.conn, certificate).map_err(|kind| self.error(kind))
     }
 
+    /// Whether `epoch` has a stored certificate.
+    pub fn is_checkpointed(&self, epoch: u64) -> Result<bool, LedgerError> {
+        let found = self
+            .conn
+            .prepare_cached("SELECT 1 FROM checkpoints WHERE epoch = ?1")
+            .and_then(|mut s| s.exists([sql_int(epoch)]))
+            .map_err(|e| self.error(e.into()))?;
+        Ok(found)
+    }
+
     /// The newest stored certificates, newest first.
     pub fn checkpoints(&self, limit: usize) -> Result<Vec<CertificateRecord>, LedgerError> {
         certificates(&self.conn, limit).map_err(|kind| self.error(kind))

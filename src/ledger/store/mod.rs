@@ -442,8 +442,9 @@ impl LedgerStore {
         round: u64,
         verdicts: &[(String, String, bool, String)],
     ) -> Result<Vec<(String, ProofStatus)>, LedgerError> {
+        let epoch_ms = self.schedule.epoch_ms();
         let result = self.commit_batch(
-            |db| stage_verdicts(db, round, verdicts),
+            |db| stage_verdicts(db, round, verdicts, epoch_ms),
             |settled, _| Ok(settled),
         );
         result.map_err(|kind| self.error(kind))
@@ -493,8 +494,9 @@ impl LedgerStore {
         proof_id: &str,
         tally: &Tally,
     ) -> Result<Option<ProofStatus>, LedgerError> {
+        let epoch_ms = self.schedule.epoch_ms();
         let result = self.commit_batch(
-            |db| stage_witnessed(db, proof_id, tally),
+            |db| stage_witnessed(db, proof_id, tally, epoch_ms),
             |status, _| Ok(status),
         );
         result.map_err(|kind| self.error(kind))

@@ -246,10 +246,17 @@ pub(super) fn stage_transactions(
     })
 }
 
+/// An SQL condition on a `proofs` row: its epoch (epochs of `?E` ms) has no checkpoint. A
+/// checkpoint seals its epoch's statuses: verdicts and witness tallies that arrive after it
+/// settle nothing there (the certificate vouches for the statuses it was decided with).
+const NOT_SEALED: &str =
+    "NOT EXISTS (SELECT 1 FROM checkpoints WHERE checkpoints.epoch = proofs.timestamp_ms / ?E)";
+
 pub(super) fn stage_verdicts(
     db: &Connection,
     round: u64,
     verdicts: &[(String, String, bool, String)],
+    epoch_ms: u64,
 ) -> Fallible<Staged<Vec<(String, ProofStatus)>>> {
     let mut settled = Vec::new();
     let mut events = EventRows::default();
@@ -268,22 +275,26 @@ pub(super) fn stage_verdicts(
             kept: *kept,
             reason: reason.clone(),
         };
-        let mut waiting = db.prepare_cached(
+        let mut waiting = db.prepare_cached(&format!(
             "SELECT id, node_id, timestamp_ms, base_reward FROM proofs
              WHERE outer_round = ?1 AND delta_hash = ?2 AND kind = 'training'
-               AND status = 'pending'",
-        )?;
+               AND status = 'pending' AND {}",
+            NOT_SEALED.replace("?E", "?3")
+        ))?;
         let proofs = waiting
-            .query_map(params![sql_int(round), delta_hash], |row| {
-                Ok(ProofRow {
-                    id: row.get(0)?,
-                    node_id: row.get(1)?,
-                    timestamp_ms: get_u64(row, 2)?,
-                    base_reward: get_u64(row, 3)?,
-                    credited: true,
-                    stored_credit: None,
-                })
-            })?
+            .query_map(
+                params![sql_int(round), delta_hash, sql_int(epoch_ms)],
+                |row| {
+                    Ok(ProofRow {
+                        id: row.get(0)?,
+                        node_id: row.get(1)?,
+                        timestamp_ms: get_u64(row, 2)?,
+                        base_reward: get_u64(row, 3)?,
+                        credited: true,
+                        stored_credit: None,
+                    })
+                },
+            )?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         for proof in proofs {
             let (status, reason) = training_status(&proof.node_id, Some(&verdict));
@@ -307,6 +318,7 @@ pub(super) fn stage_witnessed(
     db: &Connection,
     proof_id: &str,
     tally: &Tally,
+    epoch_ms: u64,
 ) -> Fallible<Staged<Option<ProofStatus>>> {
     let mut staged = Staged {
         value: None,
@@ -315,11 +327,12 @@ pub(super) fn stage_witnessed(
         transactions_added: 0,
     };
     let pending = db
-        .prepare_cached(
+        .prepare_cached(&format!(
             "SELECT node_id, timestamp_ms, base_reward FROM proofs
-             WHERE id = ?1 AND kind = 'uptime' AND status = 'pending'",
-        )?
-        .query_row([proof_id], |row| {
+             WHERE id = ?1 AND kind = 'uptime' AND status = 'pending' AND {}",
+            NOT_SEALED.replace("?E", "?2")
+        ))?
+        .query_row(params![proof_id, sql_int(epoch_ms)], |row| {
             Ok((row.get::<_, String>(0)?, get_u64(row, 1)?, get_u64(row, 2)?))
         })
         .optional()?;

@@ -1225,8 +1225,17 @@ fn a_checkpoint_is_validated_by_the_trainers_of_the_epoch_before_and_checked_by_
     let e0 = schedule.epoch_of(T0);
     let epoch = e0 + 1;
     let in_epoch = schedule.epoch_start_ms(epoch) + 5;
+    // A training proof of the epoch whose round's verdict comes only after the checkpoint.
+    let mut late = blank(ProofKind::Training, 3, in_epoch + 2);
+    late.outer_round = 2;
+    late.batches = 10;
+    late.delta_hash = delta_hash(0x77);
+    let late = sign_proof(&trainers[2], late).unwrap();
     store
-        .insert_proofs(&[(paid(&trainers[0], 2, in_epoch), nano(2.0))])
+        .insert_proofs(&[
+            (paid(&trainers[0], 2, in_epoch), nano(2.0)),
+            (late.clone(), nano(1.0)),
+        ])
         .unwrap();
 
     let validators = store.validators_of(epoch).unwrap();
@@ -1270,6 +1279,20 @@ fn a_checkpoint_is_validated_by_the_trainers_of_the_epoch_before_and_checked_by_
         }
     );
     assert_eq!(store.checkpoints(10).unwrap(), vec![record.clone()]);
+    // The checkpoint sealed the epoch: the late verdict settles nothing in it.
+    let settled = store
+        .record_verdicts(
+            2,
+            &[(
+                delta_hash(0x77),
+                trainers[2].node_id.clone(),
+                true,
+                "kept".into(),
+            )],
+        )
+        .unwrap();
+    assert!(settled.is_empty(), "{settled:?}");
+    assert_eq!(store.checkpoint_of(epoch).unwrap(), checkpoint);
     let report = verify_with(&dir, schedule.clone());
     assert!(report.is_ok(), "{report:?}");
     assert_eq!(report.checkpoints, 1);

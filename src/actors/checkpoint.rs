@@ -1,0 +1,234 @@
+//! CheckpointActor: this node's part in the checkpoint consensus (`ledger::checkpoint::Engine`).
+//! `delay` after an epoch ends (past the freshness window, so no fresh event of it can still be
+//! accepted), it asks the ledger for its own checkpoint of the epoch and the epoch's validators
+//! and decides with them. Messages go out on the ledger topic through PeerActor, the engine's
+//! timeouts are actix timers, and a decision is stored by the ledger.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use actix::prelude::*;
+use malachitebft_core_types::Timeout;
+use sha2::{Digest, Sha256};
+use tracing::{debug, info, warn};
+
+use super::ledger::LedgerActor;
+use super::messages::{
+    CheckpointGossip, PeerOffence, PrepareCheckpoint, PublishLedger, RecordCheckpoint,
+    RegisterCheckpoints,
+};
+use super::peer::PeerActor;
+use super::run_every;
+use crate::crypto::Identity;
+use crate::ledger::checkpoint::{
+    CertificateRecord, Checkpoint, CheckpointContext, ConsensusWire, Engine, Output, Timeouts,
+    ValidatorSet,
+};
+use crate::ledger::rewards::RewardSchedule;
+use crate::net::wire::{LedgerMessage, Rejection, unix_ms};
+
+/// How often the actor looks for an epoch due to be checkpointed.
+const DUE_CHECK: Duration = Duration::from_secs(2);
+
+pub struct CheckpointOptions {
+    pub identity: Identity,
+    pub network: String,
+    pub schedule: RewardSchedule,
+    /// How long after an epoch ends its checkpoint is decided.
+    pub delay: Duration,
+    pub timeouts: Timeouts,
+    /// Fault switch NEUROSHARD_FAULT_CHECKPOINT_FORGE: this node proposes and votes for a
+    /// checkpoint whose balances it made up.
+    pub forge: bool,
+}
+
+pub struct CheckpointActor {
+    options: CheckpointOptions,
+    ledger: Addr<LedgerActor>,
+    peers: Addr<PeerActor>,
+    /// Created with the first epoch that has validators.
+    engine: Option<Engine>,
+    /// The newest epoch this node started deciding, or found certified or without validators.
+    handled: Option<u64>,
+    /// A PrepareCheckpoint is on its way to the ledger.
+    preparing: bool,
+    timers: HashMap<Timeout, SpawnHandle>,
+}
+
+impl CheckpointActor {
+    pub fn new(
+        options: CheckpointOptions,
+        ledger: Addr<LedgerActor>,
+        peers: Addr<PeerActor>,
+    ) -> Self {
+        Self {
+            options,
+            ledger,
+            peers,
+            engine: None,
+            handled: None,
+            preparing: false,
+            timers: HashMap::new(),
+        }
+    }
+
+    /// The newest epoch that ended at least `delay` before `now_ms`.
+    fn due_epoch(&self, now_ms: u64) -> Option<u64> {
+        let delay_ms = u64::try_from(self.options.delay.as_millis()).unwrap_or(u64::MAX);
+        let settled_ms = now_ms.checked_sub(delay_ms)?;
+        self.options.schedule.epoch_of(settled_ms).checked_sub(1)
+    }
+
+    fn check_due(&mut self, ctx: &mut Context<Self>) {
+        let Some(epoch) = self.due_epoch(unix_ms()) else {
+            return;
+        };
+        if self.preparing || self.handled.is_some_and(|handled| handled >= epoch) {
+            return;
+        }
+        self.preparing = true;
+        self.ledger
+            .send(PrepareCheckpoint { epoch })
+            .into_actor(self)
+            .map(move |answer, act, ctx| {
+                act.preparing = false;
+                match answer {
+                    Ok(Ok(Some((own, validators)))) => act.start(epoch, own, validators, ctx),
+                    Ok(Ok(None)) => act.handled = Some(epoch),
+                    Ok(Err(e)) => warn!(epoch, error = %e, "cannot compute this node's checkpoint"),
+                    Err(e) => warn!(epoch, error = %e, "ledger unreachable"),
+                }
+            })
+            .spawn(ctx);
+    }
+
+    fn start(
+        &mut self,
+        epoch: u64,
+        own: Checkpoint,
+        validators: ValidatorSet,
+        ctx: &mut Context<Self>,
+    ) {
+        self.handled = Some(epoch);
+        if validators.validators().is_empty() {
+            info!(
+                epoch,
+                "no checkpoint for this epoch: the network kept nobody's training in the epoch before"
+            );
+            return;
+        }
+        let own = if self.options.forge { forged(own) } else { own };
+        info!(
+            epoch,
+            checkpoint = %malachitebft_core_types::Value::id(&own),
+            validators = validators.validators().len(),
+            validator = validators.contains(&crate::ledger::checkpoint::context::NodeAddress(
+                self.options.identity.node_id.clone()
+            )),
+            "deciding the epoch's checkpoint"
+        );
+        self.cancel_timers(ctx);
+        let options = &self.options;
+        let engine = self.engine.get_or_insert_with(|| {
+            Engine::new(
+                CheckpointContext::new(&options.network),
+                options.identity.clone(),
+                validators.clone(),
+                options.timeouts,
+            )
+        });
+        match engine.start(epoch, validators, Some(own)) {
+            Ok(outputs) => self.carry_out(outputs, ctx),
+            Err(e) => warn!(epoch, error = %e, "checkpoint consensus not started"),
+        }
+    }
+
+    fn cancel_timers(&mut self, ctx: &mut Context<Self>) {
+        for (_, handle) in self.timers.drain() {
+            ctx.cancel_future(handle);
+        }
+    }
+
+    fn carry_out(&mut self, outputs: Vec<Output>, ctx: &mut Context<Self>) {
+        for output in outputs {
+            match output {
+                Output::Publish(message) => self.peers.do_send(PublishLedger(
+                    LedgerMessage::Checkpoint(ConsensusWire::from_message(&message)),
+                )),
+                Output::Schedule { timeout, after } => {
+                    if let Some(handle) = self.timers.remove(&timeout) {
+                        ctx.cancel_future(handle);
+                    }
+                    let handle = ctx.run_later(after, move |act, ctx| {
+                        act.timers.remove(&timeout);
+                        if let Some(engine) = &mut act.engine {
+                            let outputs = engine.timeout_elapsed(timeout);
+                            act.carry_out(outputs, ctx);
+                        }
+                    });
+                    self.timers.insert(timeout, handle);
+                }
+                Output::Cancel(timeout) => {
+                    if let Some(handle) = self.timers.remove(&timeout) {
+                        ctx.cancel_future(handle);
+                    }
+                }
+                Output::CancelAll => self.cancel_timers(ctx),
+                Output::RoundStarted {
+                    epoch,
+                    round,
+                    proposer,
+                } => debug!(epoch, round = round.as_i64(), %proposer, "checkpoint round"),
+                Output::Decided(decision) => {
+                    let record =
+                        CertificateRecord::new(&decision.checkpoint, &decision.certificate);
+                    info!(
+                        epoch = record.epoch,
+                        checkpoint = %record.checkpoint_id,
+                        round = record.round,
+                        signers = record.signatures.len(),
+                        "checkpoint decided"
+                    );
+                    self.ledger.do_send(RecordCheckpoint(record));
+                }
+            }
+        }
+    }
+}
+
+/// The fault switch's checkpoint: the same events, balances made up.
+fn forged(own: Checkpoint) -> Checkpoint {
+    Checkpoint {
+        balances_root: Sha256::digest(own.balances_root).into(),
+        ..own
+    }
+}
+
+impl Actor for CheckpointActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.ledger
+            .do_send(RegisterCheckpoints(ctx.address().recipient()));
+        run_every(ctx, DUE_CHECK, |act, ctx| act.check_due(ctx));
+    }
+}
+
+impl Handler<CheckpointGossip> for CheckpointActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: CheckpointGossip, ctx: &mut Self::Context) {
+        match msg.message.to_message() {
+            Err(problem) => self.peers.do_send(PeerOffence {
+                peer: msg.origin,
+                rejection: Rejection::Malformed(format!("checkpoint message: {problem}")),
+            }),
+            Ok(message) => {
+                if let Some(engine) = &mut self.engine {
+                    let outputs = engine.receive(message);
+                    self.carry_out(outputs, ctx);
+                }
+            }
+        }
+    }
+}
