@@ -106,7 +106,10 @@ fn honest_trainers_certify_each_epoch_and_a_forging_validator_neither_sways_nor_
         })
         .collect();
     for record in &decided {
-        assert_eq!(record["checkpoint_id"], decided[0]["checkpoint_id"], "{decided:#?}");
+        assert_eq!(
+            record["checkpoint_id"], decided[0]["checkpoint_id"],
+            "{decided:#?}"
+        );
         assert_eq!(record["events_root"], decided[0]["events_root"]);
         assert_eq!(record["balances_root"], decided[0]["balances_root"]);
         let signers: BTreeSet<String> = record["signatures"]

@@ -180,8 +180,11 @@ impl CheckpointActor {
                     proposer,
                 } => debug!(epoch, round = round.as_i64(), %proposer, "checkpoint round"),
                 Output::Decided(decision) => {
-                    let record =
-                        CertificateRecord::new(&decision.checkpoint, &decision.certificate);
+                    let record = CertificateRecord::new(
+                        &decision.checkpoint,
+                        &decision.certificate,
+                        &decision.validators,
+                    );
                     info!(
                         epoch = record.epoch,
                         checkpoint = %record.checkpoint_id,

@@ -64,6 +64,8 @@ impl Timeouts {
 pub struct Decision {
     pub checkpoint: Checkpoint,
     pub certificate: CommitCertificate<CheckpointContext>,
+    /// The validators that decided it.
+    pub validators: ValidatorSet,
 }
 
 /// What the engine's owner must do.
@@ -297,6 +299,7 @@ impl Host {
                     self.outputs.push(Output::Decided(Decision {
                         checkpoint: own,
                         certificate,
+                        validators: self.validators.clone(),
                     }));
                 }
                 r.resume_with(())

@@ -9,8 +9,10 @@ use malachitebft_core_types::{
 use serde::{Deserialize, Serialize};
 
 use super::context::{
-    Checkpoint, CheckpointContext, CheckpointId, EcdsaSignature, Epoch, NodeAddress, Proposal, Vote,
+    Checkpoint, CheckpointContext, CheckpointId, EcdsaSignature, Epoch, NodeAddress, Proposal,
+    Validator, ValidatorSet, Vote,
 };
+use crate::admission::parse_public_key;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -169,12 +171,15 @@ pub struct CertificateRecord {
     pub balances_root: String,
     /// (validator node_id, precommit signature), hex.
     pub signatures: Vec<(String, String)>,
+    /// The validators that decided it: (compressed public key, power), hex.
+    pub validators: Vec<(String, u64)>,
 }
 
 impl CertificateRecord {
     pub fn new(
         checkpoint: &Checkpoint,
         certificate: &CommitCertificate<CheckpointContext>,
+        validators: &ValidatorSet,
     ) -> Self {
         Self {
             epoch: checkpoint.epoch,
@@ -187,7 +192,22 @@ impl CertificateRecord {
                 .iter()
                 .map(|s| (s.address.0.clone(), hex::encode(s.signature.0)))
                 .collect(),
+            validators: validators
+                .validators()
+                .iter()
+                .map(|v| (hex::encode(v.public_key.serialize()), v.voting_power))
+                .collect(),
         }
+    }
+
+    /// The validator set it names, or what is malformed.
+    pub fn validator_set(&self) -> Result<ValidatorSet, String> {
+        let validators = self
+            .validators
+            .iter()
+            .map(|(key, power)| Ok(Validator::new(parse_public_key(key)?, *power)))
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(ValidatorSet::new(validators))
     }
 
     /// The checkpoint and certificate, or what is malformed. Whether the certificate holds

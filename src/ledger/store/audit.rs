@@ -144,16 +144,20 @@ fn verify_checkpoints(
         let until_ms = schedule.epoch_start_ms(epoch.saturating_add(1));
         fold_between(conn, schedule, &mut state, folded_until_ms, until_ms)?;
         folded_until_ms = until_ms;
-        let problem = match record.decode() {
+        let decoded = record.decode().and_then(|(checkpoint, certificate)| {
+            Ok((checkpoint, certificate, record.validator_set()?))
+        });
+        let problem = match decoded {
             Err(problem) => Some(problem),
-            Ok((checkpoint, certificate)) => {
-                let validators = validators_of(conn, schedule, epoch)?;
+            Ok((checkpoint, certificate, recorded)) => {
                 let ours = Checkpoint {
                     epoch,
                     events_root: events_root(conn, schedule, epoch)?,
                     balances_root: balances_root(&state),
                 };
-                if let Err(e) = ctx.verify_certificate(&certificate, &validators) {
+                if recorded != validators_of(conn, schedule, epoch)? {
+                    Some("its validators are not the trainers the epoch before kept".into())
+                } else if let Err(e) = ctx.verify_certificate(&certificate, &recorded) {
                     Some(format!("certificate does not hold: {e}"))
                 } else if ours.events_root != checkpoint.events_root {
                     Some("the stored events of the epoch have another root".into())

@@ -1,7 +1,9 @@
 use super::*;
 use crate::crypto::Identity;
 use crate::ledger::Proof;
-use crate::ledger::checkpoint::{CertificateRecord, Checkpoint, CheckpointContext};
+use crate::ledger::checkpoint::{
+    CertificateRecord, Checkpoint, CheckpointContext, Validator, ValidatorSet,
+};
 use crate::ledger::proof::{check_signature, sign_proof, sign_receipt};
 use crate::ledger::rewards::{burn_fee, nano};
 use crate::ledger::state::replay;
@@ -1160,7 +1162,11 @@ fn unreadable_stored_json_is_an_error_not_a_panic() {
 }
 
 /// Precommits of `signers` for `checkpoint`, as a stored certificate.
-fn certified(checkpoint: &Checkpoint, signers: &[&Identity]) -> CertificateRecord {
+fn certified(
+    checkpoint: &Checkpoint,
+    signers: &[&Identity],
+    trainer_keys: &[secp256k1::PublicKey],
+) -> CertificateRecord {
     use crate::ledger::checkpoint::context::{Epoch, Signer};
     use malachitebft_core_types::{
         CommitCertificate, CommitSignature, Context, NilOrVal, Round, SigningProvider, Value,
@@ -1185,7 +1191,8 @@ fn certified(checkpoint: &Checkpoint, signers: &[&Identity]) -> CertificateRecor
         value_id: checkpoint.id(),
         commit_signatures: signatures,
     };
-    CertificateRecord::new(checkpoint, &certificate)
+    let validators = ValidatorSet::new(trainer_keys.iter().map(|key| Validator::new(*key, 1)));
+    CertificateRecord::new(checkpoint, &certificate, &validators)
 }
 
 #[test]
@@ -1257,7 +1264,12 @@ fn a_checkpoint_is_validated_by_the_trainers_of_the_epoch_before_and_checked_by_
     assert_eq!(store.checkpoint_of(epoch).unwrap(), checkpoint);
     assert_ne!(store.checkpoint_of(e0).unwrap(), checkpoint);
 
-    let record = certified(&checkpoint, &[&trainers[0], &trainers[1], &trainers[2]]);
+    let keys: Vec<_> = trainers.iter().map(|t| t.public).collect();
+    let record = certified(
+        &checkpoint,
+        &[&trainers[0], &trainers[1], &trainers[2]],
+        &keys,
+    );
     assert_eq!(
         store.record_checkpoint(&record).unwrap(),
         RecordOutcome::Stored
@@ -1272,7 +1284,7 @@ fn a_checkpoint_is_validated_by_the_trainers_of_the_epoch_before_and_checked_by_
     };
     assert_eq!(
         store
-            .record_checkpoint(&certified(&other, &[&trainers[0], &trainers[1]]))
+            .record_checkpoint(&certified(&other, &[&trainers[0], &trainers[1]], &keys))
             .unwrap(),
         RecordOutcome::Conflict {
             stored: record.checkpoint_id.clone()
@@ -1298,7 +1310,7 @@ fn a_checkpoint_is_validated_by_the_trainers_of_the_epoch_before_and_checked_by_
     assert_eq!(report.checkpoints, 1);
 
     // Two of three signatures are not more than 2/3 of the power.
-    let weak = certified(&checkpoint, &[&trainers[0], &trainers[1]]);
+    let weak = certified(&checkpoint, &[&trainers[0], &trainers[1]], &keys);
     let db = raw(&dir);
     let set_certificate = |record: &CertificateRecord| {
         db.execute(
