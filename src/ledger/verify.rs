@@ -149,6 +149,12 @@ pub fn verify_proof(
     }
     check_kind_requirements(proof)?;
     check_plausibility(proof, history, limits)?;
+    offer(proof, schedule)
+}
+
+/// What a proof that passed the other checks is offered: its base reward within the cap, 0 when
+/// it lacks a valid receipt. The store's base reward of a synced proof is the same.
+pub fn offer(proof: &Proof, schedule: &RewardSchedule) -> Result<Offer, ProofRejection> {
     let reward = schedule.base_reward(proof);
     let cap = schedule.max_per_proof_nano();
     if reward > cap {

@@ -84,11 +84,10 @@ pub(super) fn verify_at(
         tallies.insert(proof_id, tally);
     }
 
-    let checkpointed: BTreeSet<u64> = certificates(&snapshot, usize::MAX)?
-        .iter()
-        .map(|record| record.epoch)
-        .collect();
-    let sealed = |timestamp_ms| checkpointed.contains(&schedule.epoch_of(timestamp_ms));
+    let newest_checkpoint = certificates(&snapshot, 1)?
+        .first()
+        .map(|record| record.epoch);
+    let sealed = |timestamp_ms| Some(schedule.epoch_of(timestamp_ms)) <= newest_checkpoint;
     let proofs = verify_proofs(&snapshot, &verdicts, &tallies, &sealed, check, &mut report)?;
     let txs = verify_transactions(&snapshot, check_tx, &mut report)?;
     let mut state = LedgerState::default();
@@ -210,9 +209,10 @@ struct ProofRecord {
     body: String,
 }
 
-/// `sealed(timestamp_ms)`: the proof's epoch has a stored checkpoint. Its training and uptime
-/// statuses are then the ones the certificate vouches for (checked against the certificate's
-/// events root by `verify_checkpoints`), not what verdicts and tallies that came later say.
+/// `sealed(timestamp_ms)`: the proof is dated at or before the newest stored checkpoint. Its
+/// training and uptime statuses are then the ones the certificates vouch for (checked by
+/// `verify_checkpoints` against their events roots and, cumulatively, balances roots), not
+/// what verdicts and tallies that came later say.
 pub(super) fn verify_proofs(
     db: &Connection,
     verdicts: &HashMap<(u64, String), StoredVerdict>,

@@ -43,12 +43,14 @@ use crate::net::wire::unix_ms;
 mod audit;
 mod checkpoints;
 mod fold;
+mod history;
 mod schema;
 mod stage;
 
 pub use audit::verify_store;
 pub use checkpoints::{RecordOutcome, balances_root};
 use fold::*;
+pub use history::{Adopted, HistoryPage, HistoryProof};
 pub use schema::SCHEMA_VERSION;
 use schema::*;
 use stage::*;
@@ -94,6 +96,9 @@ pub enum LedgerErrorKind {
     Unusable(String),
     #[error("corrupt: {0}")]
     Corrupt(String),
+    /// A peer's copy of certified history that is not what the certificate names.
+    #[error("synced history refused: {0}")]
+    Mismatch(String),
 }
 
 type Fallible<T> = Result<T, LedgerErrorKind>;
@@ -400,7 +405,7 @@ impl LedgerStore {
         let received_ms = unix_ms();
         let result = self.commit_batch(
             |db| stage_proofs(db, batch, received_ms),
-            |outcomes, _| Ok(outcomes),
+            |_, outcomes, _| Ok(outcomes),
         );
         result.map_err(|kind| self.error(kind))
     }
@@ -414,7 +419,7 @@ impl LedgerStore {
         let received_ms = unix_ms();
         let result = self.commit_batch(
             |db| stage_transactions(db, batch, received_ms),
-            |staged, fold_outcomes| {
+            |_, staged, fold_outcomes| {
                 staged
                     .into_iter()
                     .map(|entry| match entry {
@@ -445,7 +450,7 @@ impl LedgerStore {
         let epoch_ms = self.schedule.epoch_ms();
         let result = self.commit_batch(
             |db| stage_verdicts(db, round, verdicts, epoch_ms),
-            |settled, _| Ok(settled),
+            |_, settled, _| Ok(settled),
         );
         result.map_err(|kind| self.error(kind))
     }
@@ -497,7 +502,7 @@ impl LedgerStore {
         let epoch_ms = self.schedule.epoch_ms();
         let result = self.commit_batch(
             |db| stage_witnessed(db, proof_id, tally, epoch_ms),
-            |status, _| Ok(status),
+            |_, status, _| Ok(status),
         );
         result.map_err(|kind| self.error(kind))
     }
@@ -586,12 +591,13 @@ impl LedgerStore {
     }
 
     /// One write call: `stage` inserts rows and names the events they make effective, the fold
-    /// settles them, `finish` reads the fold's transaction outcomes; all in one SQLite
+    /// settles them, `finish` reads the fold's transaction outcomes (and may still refuse the
+    /// whole call: nothing is then written); all in one SQLite
     /// transaction, and the in-memory fold moves on only once it has committed.
     fn commit_batch<S, T>(
         &mut self,
         stage: impl FnOnce(&Connection) -> Fallible<Staged<S>>,
-        finish: impl FnOnce(S, &mut TxOutcomes) -> Fallible<T>,
+        finish: impl FnOnce(&Connection, S, &mut TxOutcomes) -> Fallible<T>,
     ) -> Fallible<T> {
         let db = self
             .conn
@@ -613,7 +619,7 @@ impl LedgerStore {
             .as_mut()
             .map(|settled| std::mem::take(&mut settled.fold.tx_outcomes))
             .unwrap_or_default();
-        let result = finish(staged.value, &mut tx_outcomes)?;
+        let result = finish(&db, staged.value, &mut tx_outcomes)?;
         db.commit()?;
         if let Some(settled) = settled {
             self.state = settled.state;

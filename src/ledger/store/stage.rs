@@ -246,11 +246,12 @@ pub(super) fn stage_transactions(
     })
 }
 
-/// An SQL condition on a `proofs` row: its epoch (epochs of `?E` ms) has no checkpoint. A
-/// checkpoint seals its epoch's statuses: verdicts and witness tallies that arrive after it
-/// settle nothing there (the certificate vouches for the statuses it was decided with).
+/// An SQL condition on a `proofs` row: its epoch (epochs of `?E` ms) is after the newest
+/// checkpoint. A checkpoint seals its epoch and every one before it: verdicts and witness
+/// tallies that arrive later settle nothing there (the certificate vouches for the statuses it
+/// was decided with: its events root for its epoch, its balances root for all before).
 const NOT_SEALED: &str =
-    "NOT EXISTS (SELECT 1 FROM checkpoints WHERE checkpoints.epoch = proofs.timestamp_ms / ?E)";
+    "proofs.timestamp_ms / ?E > COALESCE((SELECT MAX(epoch) FROM checkpoints), -1)";
 
 pub(super) fn stage_verdicts(
     db: &Connection,

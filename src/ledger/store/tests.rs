@@ -8,6 +8,7 @@ use crate::ledger::proof::{check_signature, sign_proof, sign_receipt};
 use crate::ledger::rewards::{burn_fee, nano};
 use crate::ledger::state::replay;
 use crate::ledger::state::tests::SplitMix;
+use crate::ledger::store::HistoryPage;
 use crate::ledger::tx::{check_transaction, sign_transaction};
 use crate::ledger::verify::ProofLimits;
 
@@ -1195,20 +1196,29 @@ fn certified(
     CertificateRecord::new(checkpoint, &certificate, &validators)
 }
 
-#[test]
-fn a_checkpoint_is_validated_by_the_trainers_of_the_epoch_before_and_checked_by_ledger_verify() {
-    let dir = tempfile::tempdir().unwrap();
+/// A proof with the base reward verification offers it (what a node stores).
+fn offered(signed: SignedProof) -> (SignedProof, Nano) {
+    let reward = crate::ledger::verify::offer(&signed.proof, &RewardSchedule::default())
+        .unwrap()
+        .reward;
+    (signed, reward)
+}
+
+/// Three trainers whose deltas of round 1 (epoch e0) were kept, an outsider whose delta was
+/// not, and in epoch e0 + 1 a paid proof and a training proof whose verdict has not come:
+/// (store, trainers, e0 + 1, the pending training proof).
+fn trained_two_epochs(dir: &tempfile::TempDir) -> (LedgerStore, [Identity; 3], u64, SignedProof) {
     let schedule = RewardSchedule::default();
     let trainers = [identity(1), identity(2), identity(3)];
-    let mut store = open(&dir);
+    let mut store = open(dir);
     // Epoch e0: each trainer's delta of round 1 is kept; a fourth identity's is not.
     let outsider = identity(4);
     let mut proofs: Vec<(SignedProof, Nano)> = trainers
         .iter()
         .enumerate()
-        .map(|(i, who)| (training(who, 1, 1, i as u8), nano(1.0)))
+        .map(|(i, who)| offered(training(who, 1, 1, i as u8)))
         .collect();
-    proofs.push((training(&outsider, 1, 1, 0xee), nano(1.0)));
+    proofs.push(offered(training(&outsider, 1, 1, 0xee)));
     store.insert_proofs(&proofs).unwrap();
     let mut verdicts: Vec<(String, String, bool, String)> = trainers
         .iter()
@@ -1240,11 +1250,21 @@ fn a_checkpoint_is_validated_by_the_trainers_of_the_epoch_before_and_checked_by_
     let late = sign_proof(&trainers[2], late).unwrap();
     store
         .insert_proofs(&[
-            (paid(&trainers[0], 2, in_epoch), nano(2.0)),
-            (late.clone(), nano(1.0)),
+            offered(paid(&trainers[0], 2, in_epoch)),
+            offered(late.clone()),
         ])
         .unwrap();
 
+    (store, trainers, epoch, late)
+}
+
+#[test]
+fn a_checkpoint_is_validated_by_the_trainers_of_the_epoch_before_and_checked_by_ledger_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let schedule = RewardSchedule::default();
+    let (mut store, trainers, epoch, _) = trained_two_epochs(&dir);
+    let e0 = epoch - 1;
+    let in_epoch = schedule.epoch_start_ms(epoch) + 5;
     let validators = store.validators_of(epoch).unwrap();
     let mut expected: Vec<&str> = trainers.iter().map(|t| t.node_id.as_str()).collect();
     expected.sort();
@@ -1332,4 +1352,85 @@ fn a_checkpoint_is_validated_by_the_trainers_of_the_epoch_before_and_checked_by_
     let report = verify_with(&dir, schedule);
     assert_eq!(report.bad_checkpoints.len(), 1, "{report:?}");
     assert!(report.bad_checkpoints[0].problem.contains("root"));
+}
+
+/// Every page of epochs `from..=to` of `store`, `max_bytes` a page.
+fn all_pages(store: &LedgerStore, from: u64, to: u64, max_bytes: usize) -> HistoryPage {
+    let mut all = HistoryPage::default();
+    let mut after = None;
+    loop {
+        let page = store
+            .history_page(from, to, after.as_ref(), max_bytes)
+            .unwrap();
+        all.proofs.extend(page.proofs);
+        all.transactions.extend(page.transactions);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return all,
+        }
+    }
+}
+
+#[test]
+fn a_joiner_adopts_certified_history_only_as_certified() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut network, trainers, epoch, _) = trained_two_epochs(&dir);
+    let in_epoch = RewardSchedule::default().epoch_start_ms(epoch) + 5;
+    let send = transfer(&trainers[0], &trainers[1], 1, in_epoch + 9, nano(0.5));
+    network
+        .insert_transactions(std::slice::from_ref(&send))
+        .unwrap();
+    let keys: Vec<_> = trainers.iter().map(|t| t.public).collect();
+    let record = certified(
+        &network.checkpoint_of(epoch).unwrap(),
+        &[&trainers[0], &trainers[1], &trainers[2]],
+        &keys,
+    );
+    network.record_checkpoint(&record).unwrap();
+
+    // Pages of any size give the same events, in order.
+    let whole = all_pages(&network, 0, epoch, usize::MAX);
+    assert_eq!(whole.proofs.len(), 6);
+    assert_eq!(whole.transactions, vec![send]);
+    assert_eq!(all_pages(&network, 0, epoch, 1), whole);
+    let pending: Vec<&str> = whole.proofs.iter().map(|p| p.status.as_str()).collect();
+    assert!(pending.contains(&"pending") && pending.contains(&"rejected"));
+
+    let joiner_dir = tempfile::tempdir().unwrap();
+    let mut joiner = open(&joiner_dir);
+    // A copy that leaves a proof out, or says a pending proof was credited, is refused whole.
+    let mut short = whole.clone();
+    short.proofs.pop();
+    let mut altered = whole.clone();
+    let pending_one = altered
+        .proofs
+        .iter_mut()
+        .find(|p| p.status == "pending")
+        .unwrap();
+    pending_one.status = "credited".into();
+    for bad in [&short, &altered] {
+        let error = joiner
+            .adopt_history(0, &record, &bad.proofs, &bad.transactions)
+            .unwrap_err();
+        assert!(
+            matches!(error.kind, LedgerErrorKind::Mismatch(_)),
+            "{error}"
+        );
+        assert_eq!(
+            joiner.network().proofs,
+            0,
+            "nothing of a refused copy is kept"
+        );
+        assert!(joiner.checkpoints(10).unwrap().is_empty());
+    }
+
+    let adopted = joiner
+        .adopt_history(0, &record, &whole.proofs, &whole.transactions)
+        .unwrap();
+    assert_eq!((adopted.proofs_added, adopted.transactions_added), (6, 1));
+    assert_eq!(joiner.balances(), network.balances());
+    assert_eq!(joiner.checkpoints(10).unwrap(), vec![record]);
+    let report = verify(&joiner_dir);
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.checkpoints, 1);
 }
