@@ -126,11 +126,11 @@ impl LedgerStore {
         let received_ms = unix_ms();
         let result = self.commit_batch(
             |db| {
-                let dated = proofs
+                let mut dated = proofs
                     .iter()
                     .map(|p| p.signed.proof.timestamp_ms)
                     .chain(transactions.iter().map(|t| t.tx.timestamp_ms));
-                if let Some(outside) = dated.filter(|t| !span.contains(t)).next() {
+                if let Some(outside) = dated.find(|t| !span.contains(t)) {
                     return Err(mismatch(format!(
                         "an event dated {outside} is outside epochs {from}..={epoch}"
                     )));
