@@ -385,9 +385,14 @@ fn init_logging(level: &str, ring: Option<neuroshard::logs::LogRing>) {
     use tracing_subscriber::EnvFilter;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Malachite logs every step of every checkpoint round at info; its warnings are what a
+    // user needs. A directive in `level` or RUST_LOG naming it comes later and wins.
+    let quiet = "informalsystems_malachitebft_core_consensus=warn";
+    let filter = EnvFilter::try_new(format!(
+        "{quiet},{}",
+        std::env::var("RUST_LOG").unwrap_or_else(|_| level.to_string())
+    ))
+    .unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::registry()
         .with(filter)
         // A log line that cannot be written (stderr on a full disk) is dropped: the default

@@ -615,6 +615,7 @@ pub async fn run(config: Config, logs: LogRing) -> Result<(), NodeError> {
     }
     let ledger_options = LedgerOptions {
         identity: prepared.identity.clone(),
+        network: config.network.network_id.clone(),
         schedule: config.ledger.rewards.clone(),
         limits: config.ledger.limits.clone(),
         uptime_interval: Duration::from_secs(config.ledger.uptime_interval_s),
@@ -630,6 +631,7 @@ pub async fn run(config: Config, logs: LogRing) -> Result<(), NodeError> {
             cheat: fault_switch("NEUROSHARD_FAULT_PONW").is_some_and(|n| n > 0),
             inflate_claims: fault_switch("NEUROSHARD_FAULT_CLAIM_INFLATION").is_some_and(|n| n > 0),
             double_spend_backdate_s: fault_switch("NEUROSHARD_FAULT_DOUBLE_SPEND"),
+            forge_history: fault_switch("NEUROSHARD_FAULT_HISTORY_FORGE").is_some_and(|n| n > 0),
         },
     };
     let (ledger_store, ledger_peers, ledger_status) =

@@ -6,8 +6,8 @@
 //! others, and no certificate carries its signature.
 //!
 //! Only the epoch timing is shortened (an operator's network setting): 20 s epochs, a 20 s
-//! freshness window, checkpoints 25 s after an epoch ends. Rounds and everything else are the
-//! shipped defaults.
+//! freshness window, checkpoints 25 s after an epoch ends, and the hourly proof limit raised for
+//! rounds of H = 20. Rounds and everything else are the shipped defaults.
 
 mod common;
 
@@ -18,10 +18,13 @@ use std::time::Duration;
 use common::{BIN, Node, combined_output, env_of, fixed_token, start_cluster, wait_until};
 use serde_json::Value;
 
-const TIMING: [(&str, &str); 3] = [
+const TIMING: [(&str, &str); 4] = [
     ("NEUROSHARD_LEDGER__REWARDS__EPOCH_S", "20"),
     ("NEUROSHARD_LEDGER__LIMITS__FRESHNESS_WINDOW_S", "20"),
     ("NEUROSHARD_LEDGER__CHECKPOINT_DELAY_S", "25"),
+    // Rounds of H = 20 close every ~2 s: the hourly proof limit (made for H = 500) would stop
+    // the training proofs, and with them the validators, after a few minutes.
+    ("NEUROSHARD_LEDGER__LIMITS__MAX_PROOFS_PER_HOUR", "100000"),
 ];
 const FORGER: usize = 3;
 
@@ -140,4 +143,108 @@ fn honest_trainers_certify_each_epoch_and_a_forging_validator_neither_sways_nor_
             "{output}"
         );
     }
+}
+
+fn newest_checkpoint(node: &Node) -> Option<u64> {
+    checkpoints(node).first().and_then(|c| c["epoch"].as_u64())
+}
+
+fn holds_checkpoint(node: &Node, epoch: u64) -> bool {
+    checkpoints(node).iter().any(|c| c["epoch"] == epoch)
+}
+
+/// The balance table after checkpointed `epoch` on every node, all equal.
+fn assert_same_balances_after(nodes: &[&Node], epoch: u64) {
+    let tables: Vec<Value> = nodes
+        .iter()
+        .map(|n| n.get(&format!("/api/ledger/balances?epoch={epoch}"))["accounts"].clone())
+        .collect();
+    assert!(
+        tables[0].as_object().is_some_and(|t| !t.is_empty()),
+        "{tables:#?}"
+    );
+    for (i, table) in tables.iter().enumerate() {
+        assert_eq!(table, &tables[0], "node {i}'s balances after epoch {epoch}");
+    }
+}
+
+fn start_trainer(dir: &std::path::Path, i: usize, seed: &str) -> Node {
+    let flags = [
+        "--diloco-steps",
+        "20",
+        "--token",
+        &fixed_token(i),
+        "--seed-peers",
+        seed,
+    ];
+    Node::start(&dir.join(format!("n{i}")), &flags, &TIMING)
+}
+
+/// A node that joins after the freshness window and after a checkpoint, and one that was down
+/// for three epochs, catch up by history sync: each holds the certificates the others hold, the
+/// same balances after them, and passes `ledger verify`.
+#[test]
+fn a_late_joiner_and_a_node_back_after_three_epochs_sync_the_certified_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(
+        dir.path(),
+        3,
+        |i| {
+            vec![
+                "--diloco-steps".into(),
+                "20".into(),
+                "--token".into(),
+                fixed_token(i),
+            ]
+        },
+        |_| env_of(&TIMING),
+    );
+    let seed = nodes[0].p2p_addr();
+    let started = std::time::Instant::now();
+    wait_until(
+        "the first checkpoint",
+        Duration::from_secs(240),
+        &nodes.iter().collect::<Vec<_>>(),
+        || newest_checkpoint(&nodes[0]).is_some(),
+    );
+    // Past the freshness window (20 s): gossip alone cannot bring the joiner what came before.
+    std::thread::sleep(Duration::from_secs(21).saturating_sub(started.elapsed()));
+    let before_join = newest_checkpoint(&nodes[0]).unwrap();
+    nodes.push(start_trainer(dir.path(), 3, &seed));
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_until(
+        "the joiner to hold the checkpoints made before it came",
+        Duration::from_secs(90),
+        &all,
+        || holds_checkpoint(&nodes[3], before_join),
+    );
+    assert_same_balances_after(&all, before_join);
+    for i in 0..4 {
+        let (passed, output) = ledger_verify(&dir.path().join(format!("n{i}")));
+        assert!(passed, "ledger verify on node {i}: {output}");
+    }
+
+    // Node 2 is away for three epochs (60 s): the other three certify them without it.
+    let away_since = newest_checkpoint(&nodes[0]).unwrap();
+    let status = nodes.remove(2).terminate();
+    assert!(status.success(), "node 2 exited with {status}");
+    let others: Vec<&Node> = nodes.iter().collect();
+    wait_until(
+        "three epochs certified while node 2 is away",
+        Duration::from_secs(180),
+        &others,
+        || newest_checkpoint(others[0]).is_some_and(|e| e >= away_since + 3),
+    );
+    let while_away = newest_checkpoint(&nodes[0]).unwrap();
+    nodes.insert(2, start_trainer(dir.path(), 2, &seed));
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_until(
+        "node 2 to hold what was certified while it was away",
+        Duration::from_secs(90),
+        &all,
+        || holds_checkpoint(&nodes[2], while_away),
+    );
+    assert_same_balances_after(&all, while_away);
+    let (passed, output) = ledger_verify(&dir.path().join("n2"));
+    assert!(passed, "ledger verify on node 2: {output}");
 }

@@ -2,20 +2,23 @@
 //! `delay` after an epoch ends (past the freshness window, so no fresh event of it can still be
 //! accepted), it asks the ledger for its own checkpoint of the epoch and the epoch's validators
 //! and decides with them. Messages go out on the ledger topic through PeerActor, the engine's
-//! timeouts are actix timers, and a decision is stored by the ledger.
+//! timeouts are actix timers, and a decision is stored by the ledger. Every few seconds it also
+//! asks a peer for checkpoints this node lacks (it joined late, was away, or did not decide) and
+//! has the ledger adopt the history they certify.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use actix::prelude::*;
+use libp2p::PeerId;
 use malachitebft_core_types::Timeout;
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
 use super::ledger::LedgerActor;
 use super::messages::{
-    CheckpointGossip, PeerOffence, PrepareCheckpoint, PublishLedger, RecordCheckpoint,
-    RegisterCheckpoints,
+    AdoptHistory, CheckpointGossip, FetchHistory, NewestCheckpoint, PeerOffence, PrepareCheckpoint,
+    PublishLedger, RecordCheckpoint, RegisterCheckpoints,
 };
 use super::peer::PeerActor;
 use super::run_every;
@@ -25,10 +28,16 @@ use crate::ledger::checkpoint::{
     ValidatorSet,
 };
 use crate::ledger::rewards::RewardSchedule;
+use crate::ledger::store::HistoryPage;
+use crate::net::history::{HistoryRequest, HistoryResponse};
 use crate::net::wire::{LedgerMessage, Rejection, unix_ms};
 
 /// How often the actor looks for an epoch due to be checkpointed.
 const DUE_CHECK: Duration = Duration::from_secs(2);
+/// How often this node asks a peer for the checkpoints (and their history) it lacks.
+const HISTORY_CHECK: Duration = Duration::from_secs(10);
+/// Pages of one span adopted at once (each about `PAGE_BYTES` of events).
+const MAX_PAGES: usize = 64;
 
 pub struct CheckpointOptions {
     pub identity: Identity,
@@ -52,6 +61,8 @@ pub struct CheckpointActor {
     handled: Option<u64>,
     /// A PrepareCheckpoint is on its way to the ledger.
     preparing: bool,
+    /// A history sync is under way.
+    syncing: bool,
     timers: HashMap<Timeout, SpawnHandle>,
 }
 
@@ -68,6 +79,7 @@ impl CheckpointActor {
             engine: None,
             handled: None,
             preparing: false,
+            syncing: false,
             timers: HashMap::new(),
         }
     }
@@ -143,6 +155,28 @@ impl CheckpointActor {
         }
     }
 
+    /// Asks a peer (the next connected one in turn) for the checkpoints after this node's
+    /// newest and adopts the history each certifies, oldest first.
+    fn sync_history(&mut self, ctx: &mut Context<Self>) {
+        if self.syncing {
+            return;
+        }
+        self.syncing = true;
+        catch_up(self.ledger.clone(), self.peers.clone())
+            .into_actor(self)
+            .map(|result, act, _| {
+                act.syncing = false;
+                match result {
+                    Ok(0) => {}
+                    Ok(epochs) => {
+                        info!(checkpoints = epochs, "caught up with the network's ledger")
+                    }
+                    Err(e) => debug!(error = %e, "ledger history sync"),
+                }
+            })
+            .spawn(ctx);
+    }
+
     fn cancel_timers(&mut self, ctx: &mut Context<Self>) {
         for (_, handle) in self.timers.drain() {
             ctx.cancel_future(handle);
@@ -193,10 +227,89 @@ impl CheckpointActor {
                         "checkpoint decided"
                     );
                     self.ledger.do_send(RecordCheckpoint(record));
+                    // Decided: no more re-sent votes (a node that missed them syncs the
+                    // certificate instead).
+                    self.cancel_timers(ctx);
                 }
             }
         }
     }
+}
+
+/// The checkpoints a peer holds after this node's newest, each adopted with the history up to it
+/// (from the start when this node holds none): how many were adopted.
+async fn catch_up(ledger: Addr<LedgerActor>, peers: Addr<PeerActor>) -> Result<usize, String> {
+    let newest = ledger
+        .send(NewestCheckpoint)
+        .await
+        .map_err(|e| e.to_string())??;
+    let request = HistoryRequest::Checkpoints { after: newest };
+    let (peer, answer) = peers
+        .send(FetchHistory {
+            peer: None,
+            request,
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+    let HistoryResponse::Checkpoints(certificates) = answer else {
+        return Err(format!("{peer} did not list its checkpoints"));
+    };
+    let mut from = newest.map_or(0, |epoch| epoch + 1);
+    let mut adopted = 0;
+    for certificate in certificates {
+        if certificate.epoch < from {
+            continue;
+        }
+        let events = fetch_span(&peers, peer, from, certificate.epoch).await?;
+        let next = certificate.epoch + 1;
+        ledger
+            .send(AdoptHistory {
+                peer,
+                from,
+                certificate,
+                events,
+            })
+            .await
+            .map_err(|e| e.to_string())??;
+        from = next;
+        adopted += 1;
+    }
+    Ok(adopted)
+}
+
+/// Every page of `peer`'s events of epochs `from..=to`.
+async fn fetch_span(
+    peers: &Addr<PeerActor>,
+    peer: PeerId,
+    from: u64,
+    to: u64,
+) -> Result<HistoryPage, String> {
+    let mut span = HistoryPage::default();
+    let mut after = None;
+    for _ in 0..MAX_PAGES {
+        let request = HistoryRequest::Events { from, to, after };
+        let (_, answer) = peers
+            .send(FetchHistory {
+                peer: Some(peer),
+                request,
+            })
+            .await
+            .map_err(|e| e.to_string())??;
+        let HistoryResponse::Events(page) = answer else {
+            return Err(format!(
+                "{peer} did not send the events of epochs {from}..={to}"
+            ));
+        };
+        span.proofs.extend(page.proofs);
+        span.transactions.extend(page.transactions);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(span),
+        }
+    }
+    Err(format!(
+        "epochs {from}..={to} take more than {MAX_PAGES} pages"
+    ))
 }
 
 /// The fault switch's checkpoint: the same events, balances made up.
@@ -214,6 +327,7 @@ impl Actor for CheckpointActor {
         self.ledger
             .do_send(RegisterCheckpoints(ctx.address().recipient()));
         run_every(ctx, DUE_CHECK, |act, ctx| act.check_due(ctx));
+        run_every(ctx, HISTORY_CHECK, |act, ctx| act.sync_history(ctx));
     }
 }
 

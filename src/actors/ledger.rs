@@ -15,25 +15,30 @@ use libp2p::PeerId;
 use tracing::{debug, error, info, warn};
 
 use super::messages::{
-    AttachReceipt, CheckProof, CheckpointGossip, GetAccount, GetBalances, GetCheckpoints,
-    GetProofs, LedgerGossip, ModelAdopted, PeerHeard, PeerOffence, PeerWeights, PrepareCheckpoint,
-    ProofCheck, ProveInference, ProveTraining, PublishLedger, ReceiptAccepted, ReceiptRefused,
-    RecordCheckpoint, RefusedAtGate, RegisterCheckpoints, RegisterLedger, RoundVerdicts,
-    SubmitTransaction, SubmittedTransaction,
+    AdoptHistory, AttachReceipt, CheckProof, CheckpointGossip, GetAccount, GetBalances,
+    GetCheckpoints, GetProofs, LedgerGossip, ModelAdopted, NewestCheckpoint, PeerHeard,
+    PeerOffence, PeerWeights, PrepareCheckpoint, ProofCheck, ProveInference, ProveTraining,
+    PublishLedger, ReceiptAccepted, ReceiptRefused, RecordCheckpoint, RefusedAtGate,
+    RegisterCheckpoints, RegisterLedger, RoundVerdicts, ServeHistory, SubmitTransaction,
+    SubmittedTransaction,
 };
 use super::peer::PeerActor;
 use super::run_every;
 use crate::crypto::{Identity, generate_nonce, node_id_of_peer};
-use crate::ledger::checkpoint::{CertificateRecord, Checkpoint, ValidatorSet};
-use crate::ledger::proof::{check_receipt, proof_id, sign_proof};
+use crate::ledger::checkpoint::{
+    CertificateRecord, Checkpoint, CheckpointContext, ValidatorSet, anchored_by_weight,
+};
+use crate::ledger::proof::{check_receipt, check_signature, proof_id, sign_proof};
 use crate::ledger::rewards::{RewardSchedule, stake_multiplier};
 use crate::ledger::settle::{Settlement, SignedVerdicts, heaviest_outcome, settle};
 use crate::ledger::state::Account;
 use crate::ledger::store::{
-    InsertOutcome, LedgerError, LedgerStore, ProofStatus, RecordOutcome, StoredProof,
-    TxInsertOutcome,
+    Adopted, InsertOutcome, LedgerError, LedgerErrorKind, LedgerStore, ProofStatus, RecordOutcome,
+    StoredProof, TxInsertOutcome,
 };
-use crate::ledger::tx::{check_transaction, sign_transaction, tx_id};
+use crate::ledger::tx::{
+    check_signature as tx_signature, check_transaction, sign_transaction, tx_id,
+};
 use crate::ledger::verify::{ProofLimits, room_for_training_proof, verify_proof};
 use crate::ledger::witness::{
     MAX_WITNESSED, Sighting, WITNESS_FLUSH, Watch, claimed_interval, restate_for, saw, settle_wait,
@@ -43,8 +48,12 @@ use crate::ledger::{
     Nano, Proof, ProofKind, ProofRejection, SignedProof, SignedTransaction, Transaction, TxKind,
     TxRejection, rewards::burn_fee,
 };
+use crate::net::history::{
+    HistoryRequest, HistoryResponse, MAX_CHECKPOINTS_PER_ANSWER, PAGE_BYTES,
+};
 use crate::net::wire::{LedgerMessage, Rejection, RoundVerdictsWire, unix_ms};
 use crate::status::{Component, LocalFault, NeuroView, StatusBoard};
+use rayon::prelude::*;
 
 /// Test fault switches. NEUROSHARD_FAULT_PONW=1 (`cheat`): this node gossips only forged proofs
 /// (counters raised after signing) and replays of its peers' proofs, to show that neither earns
@@ -62,10 +71,15 @@ pub struct PonwFault {
     pub cheat: bool,
     pub inflate_claims: bool,
     pub double_spend_backdate_s: Option<u64>,
+    /// NEUROSHARD_FAULT_HISTORY_FORGE: the history this node serves says its first proof has
+    /// another status than it has.
+    pub forge_history: bool,
 }
 
 pub struct LedgerOptions {
     pub identity: Identity,
+    /// The network id: the domain of its checkpoint signatures.
+    pub network: String,
     pub schedule: RewardSchedule,
     pub limits: ProofLimits,
     pub uptime_interval: Duration,
@@ -1064,6 +1078,7 @@ impl Actor for LedgerActor {
             gossip: ctx.address().recipient(),
             refused: ctx.address().recipient(),
             heard: ctx.address().recipient(),
+            history: ctx.address().recipient(),
         });
         self.publish_account();
         run_every(ctx, INBOX_FLUSH, |act, _| act.tick());
@@ -1220,6 +1235,136 @@ impl Handler<RecordCheckpoint> for LedgerActor {
                 "two checkpoints decided for one epoch: more than a third of the validators' power signed both; keeping the first"
             ),
             Err(e) => warn!(epoch, error = %e, "cannot store the decided checkpoint"),
+        }
+    }
+}
+
+impl Handler<ServeHistory> for LedgerActor {
+    type Result = MessageResult<ServeHistory>;
+
+    fn handle(&mut self, msg: ServeHistory, _: &mut Self::Context) -> Self::Result {
+        let answer = match msg.0 {
+            HistoryRequest::Checkpoints { after } => self
+                .store
+                .checkpoints_after(after, MAX_CHECKPOINTS_PER_ANSWER)
+                .map(HistoryResponse::Checkpoints),
+            HistoryRequest::Events { from, to, after } => self
+                .store
+                .history_page(from, to, after.as_ref(), PAGE_BYTES)
+                .map(|mut page| {
+                    if self.options.fault.forge_history
+                        && let Some(first) = page.proofs.first_mut()
+                    {
+                        let forged = if first.status == "credited" {
+                            "rejected"
+                        } else {
+                            "credited"
+                        };
+                        first.status = forged.into();
+                    }
+                    HistoryResponse::Events(page)
+                }),
+        };
+        MessageResult(answer.unwrap_or_else(|e| {
+            warn!(error = %e, "cannot serve ledger history");
+            HistoryResponse::Unavailable("this node's ledger failed".into())
+        }))
+    }
+}
+
+impl Handler<NewestCheckpoint> for LedgerActor {
+    type Result = Result<Option<u64>, String>;
+
+    fn handle(&mut self, _: NewestCheckpoint, _: &mut Self::Context) -> Self::Result {
+        let newest = self.store.checkpoints(1).map_err(|e| e.to_string())?;
+        Ok(newest.first().map(|record| record.epoch))
+    }
+}
+
+impl Handler<AdoptHistory> for LedgerActor {
+    type Result = Result<Adopted, String>;
+
+    /// Checks a peer's copy of certified history before the store adopts it: the certificate
+    /// holds for the validators it names, those carry this node's weight when it cannot chain
+    /// them to a checkpoint it holds, every event is signed by its claimant. A copy that fails
+    /// a check, or that the store finds is not what the certificate names, is the peer's offence.
+    fn handle(&mut self, msg: AdoptHistory, _: &mut Self::Context) -> Self::Result {
+        let epoch = msg.certificate.epoch;
+        let offence = |act: &Self, problem: String| {
+            act.peers.do_send(PeerOffence {
+                peer: msg.peer,
+                rejection: Rejection::Malformed(format!("ledger history: {problem}")),
+            });
+            problem
+        };
+        let checked = msg.certificate.decode().and_then(|(_, certificate)| {
+            let validators = msg.certificate.validator_set()?;
+            CheckpointContext::new(&self.options.network)
+                .verify_certificate(&certificate, &validators)
+                .map_err(|e| format!("the certificate of epoch {epoch} does not hold: {e}"))?;
+            Ok(validators)
+        });
+        let validators = checked.map_err(|problem| offence(self, problem))?;
+        let chained = match msg.from.checked_sub(1) {
+            Some(before) => self
+                .store
+                .is_checkpointed(before)
+                .map_err(|e| e.to_string())?,
+            None => false,
+        };
+        if !chained {
+            // Not the peer's fault: this node may not weigh the network's trainers yet.
+            anchored_by_weight(&validators, &self.weights).map_err(|e| {
+                format!("the first certificate (epoch {epoch}) is not trusted: {e}")
+            })?;
+        }
+        let forged = msg
+            .events
+            .proofs
+            .par_iter()
+            .find_any(|p| check_signature(&p.signed).is_err())
+            .map(|p| {
+                format!(
+                    "a proof of {} is not validly signed",
+                    p.signed.proof.node_id
+                )
+            })
+            .or_else(|| {
+                msg.events
+                    .transactions
+                    .par_iter()
+                    .find_any(|t| tx_signature(t).is_err())
+                    .map(|t| format!("a transaction of {} is not validly signed", t.tx.from))
+            });
+        if let Some(problem) = forged {
+            return Err(offence(self, problem));
+        }
+        let adopted = self.store.adopt_history(
+            msg.from,
+            &msg.certificate,
+            &msg.events.proofs,
+            &msg.events.transactions,
+        );
+        match adopted {
+            Ok(adopted) => {
+                info!(
+                    epoch,
+                    from = msg.from,
+                    proofs_added = adopted.proofs_added,
+                    transactions_added = adopted.transactions_added,
+                    statuses_changed = adopted.statuses_changed,
+                    "ledger history adopted up to a checkpoint"
+                );
+                self.publish_account();
+                Ok(adopted)
+            }
+            Err(e) if matches!(e.kind, LedgerErrorKind::Mismatch(_)) => {
+                Err(offence(self, e.to_string()))
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot adopt ledger history");
+                Err(e.to_string())
+            }
         }
     }
 }
@@ -1428,10 +1573,23 @@ impl Handler<GetAccount> for LedgerActor {
 }
 
 impl Handler<GetBalances> for LedgerActor {
-    type Result = Result<std::collections::BTreeMap<String, Account>, String>;
+    type Result = Result<Option<std::collections::BTreeMap<String, Account>>, String>;
 
-    fn handle(&mut self, _: GetBalances, _: &mut Self::Context) -> Self::Result {
-        Ok(self.store.balances())
+    fn handle(&mut self, msg: GetBalances, _: &mut Self::Context) -> Self::Result {
+        let Some(epoch) = msg.epoch else {
+            return Ok(Some(self.store.balances()));
+        };
+        if !self
+            .store
+            .is_checkpointed(epoch)
+            .map_err(|e| e.to_string())?
+        {
+            return Ok(None);
+        }
+        self.store
+            .balances_after(epoch)
+            .map(Some)
+            .map_err(|e| e.to_string())
     }
 }
 

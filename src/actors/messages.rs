@@ -11,12 +11,13 @@ use crate::aggregate::{Aggregate, AggregateError, AggregationConfig, Contributio
 use crate::diloco::machine::TrainerPeer;
 use crate::ledger::checkpoint::{CertificateRecord, Checkpoint, ConsensusWire, ValidatorSet};
 use crate::ledger::state::Account;
-use crate::ledger::store::{ProofStatus, StoredProof};
+use crate::ledger::store::{Adopted, HistoryPage, ProofStatus, StoredProof};
 use crate::ledger::{
     Nano, Proof, ProofRejection, Receipt, SignedProof, SignedTransaction, TxKind, Unreceipted,
 };
 use crate::model::checkpoint::TrainerSnapshot;
 use crate::net::blob::BlobId;
+use crate::net::history::{HistoryRequest, HistoryResponse};
 use crate::net::wire::{LedgerMessage, Rejection, RoundAnnouncement};
 use crate::status::LocalFault;
 
@@ -223,6 +224,7 @@ pub struct RegisterLedger {
     pub gossip: Recipient<LedgerGossip>,
     pub refused: Recipient<RefusedAtGate>,
     pub heard: Recipient<PeerHeard>,
+    pub history: Recipient<ServeHistory>,
 }
 
 /// Peer → Ledger: a valid, fresh heartbeat signed by this node_id arrived now: what this node
@@ -368,6 +370,35 @@ pub struct PrepareCheckpoint {
 #[rtype(result = "()")]
 pub struct RecordCheckpoint(pub CertificateRecord);
 
+/// Peer → Ledger: a peer asks for ledger history.
+#[derive(Message)]
+#[rtype(result = "HistoryResponse")]
+pub struct ServeHistory(pub HistoryRequest);
+
+/// Checkpoint → Peer: send `request` to `peer`, or to the next connected peer in turn.
+#[derive(Message)]
+#[rtype(result = "Result<(libp2p::PeerId, HistoryResponse), String>")]
+pub struct FetchHistory {
+    pub peer: Option<libp2p::PeerId>,
+    pub request: HistoryRequest,
+}
+
+/// Checkpoint → Ledger: the epoch of the newest stored checkpoint.
+#[derive(Message)]
+#[rtype(result = "Result<Option<u64>, String>")]
+pub struct NewestCheckpoint;
+
+/// Checkpoint → Ledger: `peer`'s copy of the events of epochs `from..=certificate.epoch`, to be
+/// adopted only as certified.
+#[derive(Message)]
+#[rtype(result = "Result<Adopted, String>")]
+pub struct AdoptHistory {
+    pub peer: libp2p::PeerId,
+    pub from: u64,
+    pub certificate: CertificateRecord,
+    pub events: HistoryPage,
+}
+
 /// HTTP → Ledger: the newest stored checkpoint certificates, newest first.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<CertificateRecord>, String>")]
@@ -380,10 +411,13 @@ pub struct GetCheckpoints {
 #[rtype(result = "Result<Account, String>")]
 pub struct GetAccount(pub String);
 
-/// HTTP → Ledger: every account the ledger holds.
+/// HTTP → Ledger: every account the ledger holds now, or after checkpointed epoch `epoch`
+/// (None when that epoch has no checkpoint).
 #[derive(Message)]
-#[rtype(result = "Result<std::collections::BTreeMap<String, Account>, String>")]
-pub struct GetBalances;
+#[rtype(result = "Result<Option<std::collections::BTreeMap<String, Account>>, String>")]
+pub struct GetBalances {
+    pub epoch: Option<u64>,
+}
 
 /// HTTP → Ledger: an account's newest proofs.
 #[derive(Message)]

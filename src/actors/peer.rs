@@ -29,9 +29,9 @@ use libp2p::{
 use tracing::{debug, info, warn};
 
 use super::messages::{
-    AnnounceRound, BlobServed, FetchBlob, FetchError, LedgerGossip, OfferBlob, PeerHeard,
-    PeerOffence, PeerRoundAnnounced, PublishLedger, RefusedAtGate, RegisterAttack, RegisterLedger,
-    RegisterRounds, RoundObserved, TrainerPeers,
+    AnnounceRound, BlobServed, FetchBlob, FetchError, FetchHistory, LedgerGossip, OfferBlob,
+    PeerHeard, PeerOffence, PeerRoundAnnounced, PublishLedger, RefusedAtGate, RegisterAttack,
+    RegisterLedger, RegisterRounds, RoundObserved, ServeHistory, TrainerPeers,
 };
 use super::run_every;
 use crate::admission::{Certificate, Genesis, Policy, unix_s};
@@ -43,6 +43,7 @@ use crate::net::announce::{
     Announcement, MAX_MULTIADDRS, PeerRecord, announce_to_tracker, unix_time_s,
 };
 use crate::net::blob::{BlobCodec, BlobId, BlobRequest, BlobResponse, BlobStore};
+use crate::net::history::{self, HistoryCodec, HistoryRequest, HistoryResponse};
 use crate::net::meter::{ByteMeter, CountingMuxer};
 use crate::net::peer_table::{MAX_PEERS, PeerPolicy, PeerTable, PeerView, Topic};
 use crate::net::protocol::Protocols;
@@ -61,6 +62,11 @@ const MAX_FETCHES_UNADMITTED: usize = 1;
 /// Blobs served at once: θ₀ of the current and the previous round, and room for round deltas.
 const SERVED_BLOBS: usize = 8;
 const TRACKER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Ledger history requests this node serves at once (each a read of its ledger), and sends.
+const MAX_HISTORY_SERVED: usize = 4;
+const MAX_HISTORY_FETCHES: usize = 4;
+/// A page is at most a couple of MiB.
+const HISTORY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the published peer table is refreshed for the API.
 const VIEW_REFRESH: Duration = Duration::from_millis(500);
 
@@ -208,6 +214,7 @@ pub struct Behaviour {
     pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
     pub(crate) gossipsub: gossipsub::Behaviour,
     pub(crate) blobs: request_response::Behaviour<BlobCodec>,
+    pub(crate) history: request_response::Behaviour<HistoryCodec>,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
     pub(crate) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
 }
@@ -327,6 +334,11 @@ fn behaviour(
             [(o.protocols.blob(), ProtocolSupport::Full)],
             request_response::Config::default().with_request_timeout(o.blob_timeout),
         ),
+        history: request_response::Behaviour::with_codec(
+            history::codec(),
+            [(o.protocols.history(), ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(HISTORY_TIMEOUT),
+        ),
         mdns: Toggle::from(mdns),
         blocked: Default::default(),
     })
@@ -433,7 +445,15 @@ pub struct PeerActor {
     own_deltas: VecDeque<BlobId>,
     /// Blob requests held unanswered (NEUROSHARD_FAULT_SLOW_BLOB=never), oldest first.
     held: VecDeque<(Instant, ResponseChannel<BlobResponse>)>,
+    /// History requests this node sent, waiting for their answers.
+    history_fetches: HashMap<OutboundRequestId, HistoryReply>,
+    /// History requests from peers the ledger is answering.
+    history_served: usize,
+    /// Which connected peer the next history request without a peer goes to.
+    history_turn: usize,
 }
+
+type HistoryReply = tokio::sync::oneshot::Sender<Result<(PeerId, HistoryResponse), String>>;
 
 impl PeerActor {
     /// Starts the network on its own thread: builds the Swarm there and binds the listen addresses.
@@ -480,6 +500,9 @@ impl PeerActor {
             attack: None,
             own_deltas: VecDeque::new(),
             held: VecDeque::new(),
+            history_fetches: HashMap::new(),
+            history_served: 0,
+            history_turn: 0,
         })
     }
 
@@ -990,6 +1013,86 @@ impl PeerActor {
         }
     }
 
+    /// A peer's history request goes to the ledger (at most `MAX_HISTORY_SERVED` at once, the
+    /// rest answered busy); an answer to ours goes to whoever asked.
+    fn on_history_event(
+        &mut self,
+        event: request_response::Event<HistoryRequest, HistoryResponse>,
+        ctx: &mut Context<Self>,
+    ) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let server = self.ledger.as_ref().map(|l| l.history.clone());
+                let Some(server) = server.filter(|_| self.history_served < MAX_HISTORY_SERVED)
+                else {
+                    let busy = HistoryResponse::Unavailable("busy".into());
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .history
+                        .send_response(channel, busy);
+                    return;
+                };
+                self.history_served += 1;
+                server
+                    .send(ServeHistory(request))
+                    .into_actor(self)
+                    .map(move |answer, act, _| {
+                        act.history_served -= 1;
+                        let response =
+                            answer.unwrap_or_else(|e| HistoryResponse::Unavailable(e.to_string()));
+                        // Fails only if the peer gave up waiting.
+                        let _ = act
+                            .swarm
+                            .behaviour_mut()
+                            .history
+                            .send_response(channel, response);
+                    })
+                    .spawn(ctx);
+            }
+            Event::Message {
+                peer,
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.history_fetches.remove(&request_id) {
+                    let _ = reply.send(Ok((peer, response)));
+                }
+            }
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let OutboundFailure::Io(e) = &error
+                    && e.kind() == std::io::ErrorKind::InvalidData
+                {
+                    let rejection = Rejection::Malformed(format!("history response: {e}"));
+                    self.rejected(Instant::now(), peer, &rejection);
+                }
+                if let Some(reply) = self.history_fetches.remove(&request_id) {
+                    let _ = reply.send(Err(format!("history request to {peer}: {error}")));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                debug!(%peer, %error, "serving ledger history failed");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>, ctx: &mut Context<Self>) {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
@@ -1046,6 +1149,9 @@ impl PeerActor {
                 message,
             })) => self.on_gossip(propagation_source, message_id, message),
             SwarmEvent::Behaviour(BehaviourEvent::Blobs(event)) => self.on_blob_event(event, ctx),
+            SwarmEvent::Behaviour(BehaviourEvent::History(event)) => {
+                self.on_history_event(event, ctx)
+            }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 debug!(peer = ?peer_id, %error, "outgoing connection failed");
             }
@@ -1168,6 +1274,44 @@ impl Handler<FetchBlob> for PeerActor {
             },
         );
         Box::pin(async move { answer.await.unwrap_or(Err(FetchError::Stopped)) })
+    }
+}
+
+impl Handler<FetchHistory> for PeerActor {
+    type Result = ResponseFuture<Result<(PeerId, HistoryResponse), String>>;
+
+    fn handle(&mut self, msg: FetchHistory, _: &mut Self::Context) -> Self::Result {
+        let peer = msg.peer.or_else(|| {
+            let own = &self.options.faults.own_sybils;
+            let connected: Vec<PeerId> = self
+                .swarm
+                .connected_peers()
+                .filter(|p| !own.contains(p))
+                .copied()
+                .collect();
+            self.history_turn = self.history_turn.wrapping_add(1);
+            connected
+                .get(self.history_turn % connected.len().max(1))
+                .copied()
+        });
+        let Some(peer) = peer else {
+            return Box::pin(async { Err("no peer connected".to_string()) });
+        };
+        if self.history_fetches.len() >= MAX_HISTORY_FETCHES {
+            return Box::pin(async { Err("history requests in flight at the limit".to_string()) });
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let request_id = self
+            .swarm
+            .behaviour_mut()
+            .history
+            .send_request(&peer, msg.request);
+        self.history_fetches.insert(request_id, reply);
+        Box::pin(async move {
+            answer
+                .await
+                .unwrap_or_else(|_| Err("the network stopped".to_string()))
+        })
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod announce;
 pub mod blob;
+pub mod history;
 pub mod meter;
 pub mod peer_table;
 pub mod protocol;

@@ -56,6 +56,13 @@ impl Protocols {
         self.stream(&format!("/neuroshard/{}/blob/{WIRE_VERSION}", self.scope()))
     }
 
+    pub fn history(&self) -> StreamProtocol {
+        self.stream(&format!(
+            "/neuroshard/{}/ledger-history/{WIRE_VERSION}",
+            self.scope()
+        ))
+    }
+
     pub fn topic(&self, kind: &str) -> String {
         format!("neuroshard/{}/{kind}/{WIRE_VERSION}", self.scope())
     }

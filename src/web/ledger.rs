@@ -91,9 +91,30 @@ async fn balance(
     Ok(HttpResponse::Ok().json(account_json(&node_id, &account)))
 }
 
-/// Every account: nodes that saw the same proofs and transactions show identical tables.
-async fn balances(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
-    let accounts = ask(&state, GetBalances).await?;
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BalancesQuery {
+    epoch: Option<u64>,
+}
+
+/// Every account: nodes that saw the same proofs and transactions show identical tables. With
+/// `?epoch=E`, the table after checkpointed epoch E, which every node holding that checkpoint
+/// shows identically.
+async fn balances(
+    state: web::Data<ApiState>,
+    query: Result<web::Query<BalancesQuery>, actix_web::Error>,
+) -> Result<HttpResponse, ApiError> {
+    let query = query.map_err(|e| ApiError::bad_request(format!("query: {e}")))?;
+    let Some(accounts) = ask(&state, GetBalances { epoch: query.epoch }).await? else {
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "this node holds no checkpoint of epoch {}",
+                query.epoch.unwrap_or(0)
+            ),
+        ));
+    };
     let table: serde_json::Map<String, serde_json::Value> = accounts
         .iter()
         .map(|(id, account)| (id.clone(), account_json(id, account)))

@@ -232,3 +232,23 @@ fn a_certificate_proves_its_value_only_with_enough_distinct_validators() {
             .is_err()
     );
 }
+
+#[test]
+fn a_first_certificate_is_trusted_only_by_the_weight_its_validators_hold_now() {
+    let set = validators(3);
+    let weight = |pairs: &[(usize, f64)]| -> std::collections::BTreeMap<String, f64> {
+        pairs
+            .iter()
+            .map(|&(i, w)| (identity(i).node_id, w))
+            .collect()
+    };
+    // The three trainers weigh 1 each; this node (a newcomer) a little.
+    assert!(anchored_by_weight(&set, &weight(&[(0, 1.0), (1, 1.0), (2, 1.0), (7, 0.2)])).is_ok());
+    // Made-up validators: keys nobody weighs, however many.
+    let strangers = ValidatorSet::new((10..50).map(|i| Validator::new(identity(i).public, 1)));
+    let error = anchored_by_weight(&strangers, &weight(&[(0, 1.0), (1, 1.0)])).unwrap_err();
+    assert!(error.contains("2/3"), "{error}");
+    // Two of three weighed trainers are not more than 2/3; nothing known yet is no anchor.
+    assert!(anchored_by_weight(&set, &weight(&[(0, 1.0), (1, 1.0), (5, 1.0)])).is_err());
+    assert!(anchored_by_weight(&set, &weight(&[])).is_err());
+}

@@ -204,6 +204,13 @@ impl LedgerStore {
         compute().map_err(|kind| self.error(kind))
     }
 
+    /// Every account after `epoch` (folded from the nearest kept base before it).
+    pub fn balances_after(&self, epoch: u64) -> Result<BTreeMap<String, Account>, LedgerError> {
+        state_after(&self.conn, &self.schedule, &self.bases, epoch)
+            .map(|state| state.accounts().clone())
+            .map_err(|kind| self.error(kind))
+    }
+
     pub fn validators_of(&self, epoch: u64) -> Result<ValidatorSet, LedgerError> {
         validators_of(&self.conn, &self.schedule, epoch).map_err(|kind| self.error(kind))
     }
@@ -223,6 +230,33 @@ impl LedgerStore {
             .and_then(|mut s| s.exists([sql_int(epoch)]))
             .map_err(|e| self.error(e.into()))?;
         Ok(found)
+    }
+
+    /// The certificates of the epochs after `after` (all when None), oldest first, at most
+    /// `limit`.
+    pub fn checkpoints_after(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<CertificateRecord>, LedgerError> {
+        let read = || -> Fallible<Vec<CertificateRecord>> {
+            let mut statement = self.conn.prepare_cached(
+                "SELECT epoch, certificate FROM checkpoints WHERE epoch > ?1
+                 ORDER BY epoch LIMIT ?2",
+            )?;
+            let after = after.map_or(-1, sql_int);
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let mut rows = statement.query(params![after, limit])?;
+            let mut records = Vec::new();
+            while let Some(row) = rows.next()? {
+                let (epoch, body): (i64, String) = (row.get(0)?, row.get(1)?);
+                records.push(parse_json(&body, || {
+                    format!("the certificate of epoch {epoch}")
+                })?);
+            }
+            Ok(records)
+        };
+        read().map_err(|kind| self.error(kind))
     }
 
     /// The newest stored certificates, newest first.

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use super::checkpoints::{balances_root, events_root, record, state_after};
+use super::checkpoints::{balances_root, events_root, record, state_after, validators_of};
 use super::*;
 use crate::ledger::checkpoint::CertificateRecord;
 use crate::ledger::verify::offer;
@@ -187,6 +187,11 @@ impl LedgerStore {
             },
             |db, adopted, _| {
                 let (certified, _) = certificate.decode().map_err(mismatch)?;
+                if Ok(validators_of(db, &schedule, epoch)?) != certificate.validator_set() {
+                    return Err(mismatch(format!(
+                        "epoch {epoch}'s validators are not the trainers the epoch before kept"
+                    )));
+                }
                 let state = state_after(db, &schedule, &bases, epoch)?;
                 if events_root(db, &schedule, epoch)? != certified.events_root {
                     return Err(mismatch(format!(
