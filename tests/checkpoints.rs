@@ -27,6 +27,7 @@ const TIMING: [(&str, &str); 4] = [
     ("NEUROSHARD_LEDGER__LIMITS__MAX_PROOFS_PER_HOUR", "100000"),
 ];
 const FORGER: usize = 3;
+const HISTORY_FORGER: usize = 1;
 
 fn checkpoints(node: &Node) -> Vec<Value> {
     node.get("/api/ledger/checkpoints")["checkpoints"]
@@ -182,7 +183,9 @@ fn start_trainer(dir: &std::path::Path, i: usize, seed: &str) -> Node {
 
 /// A node that joins after the freshness window and after a checkpoint, and one that was down
 /// for three epochs, catch up by history sync: each holds the certificates the others hold, the
-/// same balances after them, and passes `ledger verify`.
+/// same balances after them, and passes `ledger verify`. One trainer serves forged history
+/// (NEUROSHARD_FAULT_HISTORY_FORGE: a proof's status changed): it is refused and blamed, and the
+/// others' copies are adopted.
 #[test]
 fn a_late_joiner_and_a_node_back_after_three_epochs_sync_the_certified_history() {
     let dir = tempfile::tempdir().unwrap();
@@ -197,7 +200,13 @@ fn a_late_joiner_and_a_node_back_after_three_epochs_sync_the_certified_history()
                 fixed_token(i),
             ]
         },
-        |_| env_of(&TIMING),
+        |i| {
+            let mut env = env_of(&TIMING);
+            if i == HISTORY_FORGER {
+                env.extend(env_of(&[("NEUROSHARD_FAULT_HISTORY_FORGE", "1")]));
+            }
+            env
+        },
     );
     let seed = nodes[0].p2p_addr();
     let started = std::time::Instant::now();
@@ -247,4 +256,15 @@ fn a_late_joiner_and_a_node_back_after_three_epochs_sync_the_certified_history()
     assert_same_balances_after(&all, while_away);
     let (passed, output) = ledger_verify(&dir.path().join("n2"));
     assert!(passed, "ledger verify on node 2: {output}");
+    // Over a dozen syncs from peers in turn, the forger served the joiner and was blamed.
+    let forger = nodes[HISTORY_FORGER].peer_id();
+    let peers = nodes[3].get("/api/peers");
+    let blamed = peers["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["peer_id"] == forger.as_str())
+        .map(|p| p["last_rejection"].to_string())
+        .unwrap_or_default();
+    assert!(blamed.contains("ledger history"), "{peers:#}");
 }

@@ -59,6 +59,8 @@ pub struct CheckpointActor {
     engine: Option<Engine>,
     /// The newest epoch this node started deciding, or found certified or without validators.
     handled: Option<u64>,
+    /// The epoch under way while it is undecided.
+    undecided: Option<u64>,
     /// A PrepareCheckpoint is on its way to the ledger.
     preparing: bool,
     /// A history sync is under way.
@@ -78,6 +80,7 @@ impl CheckpointActor {
             peers,
             engine: None,
             handled: None,
+            undecided: None,
             preparing: false,
             syncing: false,
             timers: HashMap::new(),
@@ -91,11 +94,19 @@ impl CheckpointActor {
         self.options.schedule.epoch_of(settled_ms).checked_sub(1)
     }
 
+    /// Starts the epoch that is due; while the one under way is undecided, computes this node's
+    /// checkpoint of it again: what it holds may still change (a verdict, a synced epoch before
+    /// it), and the later rounds propose and accept the new value.
     fn check_due(&mut self, ctx: &mut Context<Self>) {
-        let Some(epoch) = self.due_epoch(unix_ms()) else {
+        let Some(due) = self.due_epoch(unix_ms()) else {
             return;
         };
-        if self.preparing || self.handled.is_some_and(|handled| handled >= epoch) {
+        let epoch = match self.handled {
+            Some(handled) if handled >= due && self.undecided == Some(handled) => handled,
+            Some(handled) if handled >= due => return,
+            _ => due,
+        };
+        if self.preparing {
             return;
         }
         self.preparing = true;
@@ -105,13 +116,32 @@ impl CheckpointActor {
             .map(move |answer, act, ctx| {
                 act.preparing = false;
                 match answer {
+                    Ok(Ok(Some((own, _)))) if act.undecided == Some(epoch) => act.recompute(own),
                     Ok(Ok(Some((own, validators)))) => act.start(epoch, own, validators, ctx),
-                    Ok(Ok(None)) => act.handled = Some(epoch),
+                    Ok(Ok(None)) => {
+                        act.handled = Some(epoch);
+                        act.undecided = None;
+                    }
                     Ok(Err(e)) => warn!(epoch, error = %e, "cannot compute this node's checkpoint"),
                     Err(e) => warn!(epoch, error = %e, "ledger unreachable"),
                 }
             })
             .spawn(ctx);
+    }
+
+    /// This node's checkpoint of the epoch under way, computed again.
+    fn recompute(&mut self, own: Checkpoint) {
+        let own = if self.options.forge { forged(own) } else { own };
+        if let Some(engine) = &mut self.engine
+            && engine.own() != Some(own)
+        {
+            info!(
+                epoch = own.epoch,
+                checkpoint = %malachitebft_core_types::Value::id(&own),
+                "this node's checkpoint changed; later rounds propose and accept it"
+            );
+            engine.set_own(own);
+        }
     }
 
     fn start(
@@ -122,6 +152,7 @@ impl CheckpointActor {
         ctx: &mut Context<Self>,
     ) {
         self.handled = Some(epoch);
+        self.undecided = None;
         if validators.validators().is_empty() {
             info!(
                 epoch,
@@ -150,7 +181,10 @@ impl CheckpointActor {
             )
         });
         match engine.start(epoch, validators, Some(own)) {
-            Ok(outputs) => self.carry_out(outputs, ctx),
+            Ok(outputs) => {
+                self.undecided = Some(epoch);
+                self.carry_out(outputs, ctx);
+            }
             Err(e) => warn!(epoch, error = %e, "checkpoint consensus not started"),
         }
     }
@@ -227,6 +261,7 @@ impl CheckpointActor {
                         "checkpoint decided"
                     );
                     self.ledger.do_send(RecordCheckpoint(record));
+                    self.undecided = None;
                     // Decided: no more re-sent votes (a node that missed them syncs the
                     // certificate instead).
                     self.cancel_timers(ctx);

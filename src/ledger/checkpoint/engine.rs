@@ -195,6 +195,19 @@ impl Engine {
         }
     }
 
+    /// This node's checkpoint of the epoch being decided, if it has one.
+    pub fn own(&self) -> Option<Checkpoint> {
+        self.host.own
+    }
+
+    /// This node's checkpoint of the epoch being decided, computed again: the rounds after
+    /// this one propose it and accept only it (a proposal already judged stays judged).
+    pub fn set_own(&mut self, own: Checkpoint) {
+        if own.epoch == self.host.epoch {
+            self.host.own = Some(own);
+        }
+    }
+
     pub fn timeout_elapsed(&mut self, timeout: Timeout) -> Vec<Output> {
         self.run([Input::TimeoutElapsed(timeout)])
     }

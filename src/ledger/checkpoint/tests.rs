@@ -252,3 +252,19 @@ fn a_first_certificate_is_trusted_only_by_the_weight_its_validators_hold_now() {
     assert!(anchored_by_weight(&set, &weight(&[(0, 1.0), (1, 1.0), (5, 1.0)])).is_err());
     assert!(anchored_by_weight(&set, &weight(&[])).is_err());
 }
+
+#[test]
+fn validators_that_compute_the_checkpoint_again_let_a_stuck_epoch_decide() {
+    let honest = checkpoint(6, 1);
+    let stale = checkpoint(6, 3);
+    // Two of four hold a stale checkpoint (they missed a verdict): no value has 2/3.
+    let network = Network::start(6, &[Some(honest), Some(honest), Some(stale), None], &[])
+        .run(Duration::from_secs(30));
+    assert!((0..4).all(|i| network.decided(i).is_none()));
+    // They catch up; the next rounds decide.
+    let mut network = network;
+    network.engines[2].set_own(honest);
+    network.engines[3].set_own(honest);
+    let network = network.run(Duration::from_secs(240));
+    assert!((0..4).all(|i| network.decided(i) == Some(honest)));
+}

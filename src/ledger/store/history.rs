@@ -2,6 +2,8 @@
 //! with its status), and a peer's copy adopted only when the certified epoch then gives exactly
 //! the roots its certificate names.
 
+use std::collections::HashSet;
+
 use serde::Deserialize;
 
 use super::checkpoints::{balances_root, events_root, record, state_after, validators_of};
@@ -36,6 +38,9 @@ pub struct Adopted {
     pub transactions_added: u64,
     /// Proofs this node held with another status (e.g. pending: it missed the verdict).
     pub statuses_changed: u64,
+    /// Events this node held in the span that the certified history does not have (the
+    /// network refused or never saw them): removed.
+    pub removed: u64,
 }
 
 /// The events dated in epochs `from..=to` after `after`, in the fold's order, until their bodies
@@ -120,7 +125,13 @@ impl LedgerStore {
         proofs: &[HistoryProof],
         transactions: &[SignedTransaction],
     ) -> Result<Adopted, LedgerError> {
-        let (schedule, bases) = (self.schedule.clone(), self.bases.clone());
+        // The kept states before epochs after `from` may not hold once the span is adopted.
+        let bases: BTreeMap<u64, LedgerState> = self
+            .bases
+            .range(..=from)
+            .map(|(epoch, base)| (*epoch, base.clone()))
+            .collect();
+        let schedule = self.schedule.clone();
         let epoch = certificate.epoch;
         let span = schedule.epoch_start_ms(from)..schedule.epoch_start_ms(epoch.saturating_add(1));
         let received_ms = unix_ms();
@@ -169,6 +180,7 @@ impl LedgerStore {
                 {
                     return Err(mismatch("a synced transaction is malformed"));
                 }
+                let removed = remove_uncertified(db, &span, proofs, transactions)?;
                 if let RecordOutcome::Conflict { stored } = record(db, certificate)? {
                     return Err(mismatch(format!(
                         "this node stores another checkpoint of epoch {epoch}: {stored}"
@@ -179,6 +191,7 @@ impl LedgerStore {
                         proofs_added: stored.proofs_added,
                         transactions_added: txs.transactions_added,
                         statuses_changed: statuses_changed as u64,
+                        removed,
                     },
                     events: load_event_rows(db, span.start, span.end)?,
                     proofs_added: stored.proofs_added,
@@ -206,6 +219,50 @@ impl LedgerStore {
                 Ok(adopted)
             },
         );
-        result.map_err(|kind| self.error(kind))
+        let adopted = result.map_err(|kind| self.error(kind))?;
+        if adopted.removed > 0 {
+            let counted = count_rows(&self.conn, "SELECT COUNT(*) FROM proofs").and_then(|p| {
+                Ok((
+                    p,
+                    count_rows(&self.conn, "SELECT COUNT(*) FROM transactions")?,
+                ))
+            });
+            (self.stored_proofs, self.stored_transactions) =
+                counted.map_err(|kind| self.error(kind))?;
+        }
+        Ok(adopted)
     }
+}
+
+/// Deletes the events dated in `span` that the adopted copy does not have: the certified
+/// history is the one history, and the same copy gives every node the same set.
+fn remove_uncertified(
+    db: &Connection,
+    span: &std::ops::Range<u64>,
+    proofs: &[HistoryProof],
+    transactions: &[SignedTransaction],
+) -> Fallible<u64> {
+    let mut kept = HashSet::new();
+    for p in proofs {
+        kept.insert(proof_id(&p.signed.proof).map_err(|e| mismatch(e.to_string()))?);
+    }
+    for t in transactions {
+        kept.insert(tx_id(&t.tx).map_err(|e| mismatch(e.to_string()))?);
+    }
+    let clamp = |ms: u64| sql_int(ms.min(i64::MAX as u64));
+    let (since, until) = (clamp(span.start), clamp(span.end));
+    let mut removed = 0;
+    for table in ["proofs", "transactions"] {
+        let ids: Vec<String> = db
+            .prepare_cached(&format!(
+                "SELECT id FROM {table} WHERE timestamp_ms >= ?1 AND timestamp_ms < ?2"
+            ))?
+            .query_map(params![since, until], |row| row.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut delete = db.prepare_cached(&format!("DELETE FROM {table} WHERE id = ?1"))?;
+        for id in ids.iter().filter(|id| !kept.contains(*id)) {
+            removed += delete.execute([id])? as u64;
+        }
+    }
+    Ok(removed)
 }

@@ -1424,10 +1424,21 @@ fn a_joiner_adopts_certified_history_only_as_certified() {
         assert!(joiner.checkpoints(10).unwrap().is_empty());
     }
 
+    // The joiner holds a proof of the epoch the network never stored: it goes.
+    let stray = paid(&identity(9), 1, in_epoch + 3);
+    joiner.insert_proofs(&[offered(stray)]).unwrap();
     let adopted = joiner
         .adopt_history(0, &record, &whole.proofs, &whole.transactions)
         .unwrap();
-    assert_eq!((adopted.proofs_added, adopted.transactions_added), (6, 1));
+    assert_eq!(
+        (
+            adopted.proofs_added,
+            adopted.transactions_added,
+            adopted.removed
+        ),
+        (6, 1, 1)
+    );
+    assert_eq!(joiner.network().proofs, 6);
     assert_eq!(joiner.balances(), network.balances());
     assert_eq!(joiner.checkpoints(10).unwrap(), vec![record]);
     let report = verify(&joiner_dir);
