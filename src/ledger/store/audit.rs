@@ -90,9 +90,24 @@ pub(super) fn verify_at(
     let sealed = |timestamp_ms| Some(schedule.epoch_of(timestamp_ms)) <= newest_checkpoint;
     let proofs = verify_proofs(&snapshot, &verdicts, &tallies, &sealed, check, &mut report)?;
     let txs = verify_transactions(&snapshot, check_tx, &mut report)?;
+    let show_credit = |credit: Option<Nano>| credit.map_or("none".into(), |c| c.to_string());
+    // The fold takes credited proofs only, as the store's does: uncredited ones change no
+    // balance, and an epoch that holds nothing else has no base in the store either.
+    let (proofs, uncredited): (Vec<ProofRow>, Vec<ProofRow>) =
+        proofs.into_iter().partition(|row| row.credited);
+    for row in uncredited
+        .into_iter()
+        .filter(|row| row.stored_credit.is_some())
+    {
+        report.event_mismatches.push(EventMismatch {
+            id: row.id,
+            field: "credited_amount",
+            stored: show_credit(row.stored_credit),
+            recomputed: show_credit(None),
+        });
+    }
     let mut state = LedgerState::default();
     let fold = fold_onto(&mut state, &proofs, &txs, schedule);
-    let show_credit = |credit: Option<Nano>| credit.map_or("none".into(), |c| c.to_string());
     for change in fold.credit_changes {
         report.event_mismatches.push(EventMismatch {
             id: change.id,
