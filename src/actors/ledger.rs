@@ -72,7 +72,7 @@ pub struct PonwFault {
     pub inflate_claims: bool,
     pub double_spend_backdate_s: Option<u64>,
     /// NEUROSHARD_FAULT_HISTORY_FORGE: the history this node serves says its first proof has
-    /// another status than it has.
+    /// another status than it has, and its list of checkpoints ends with one nobody decided.
     pub forge_history: bool,
 }
 
@@ -1247,7 +1247,12 @@ impl Handler<ServeHistory> for LedgerActor {
             HistoryRequest::Checkpoints { after } => self
                 .store
                 .checkpoints_after(after, MAX_CHECKPOINTS_PER_ANSWER)
-                .map(HistoryResponse::Checkpoints),
+                .map(|mut records| {
+                    if self.options.fault.forge_history {
+                        records.push(made_up_checkpoint(after, records.last()));
+                    }
+                    HistoryResponse::Checkpoints(records)
+                }),
             HistoryRequest::Events { from, to, after } => self
                 .store
                 .history_page(from, to, after.as_ref(), PAGE_BYTES)
@@ -1269,6 +1274,26 @@ impl Handler<ServeHistory> for LedgerActor {
             warn!(error = %e, "cannot serve ledger history");
             HistoryResponse::Unavailable("this node's ledger failed".into())
         }))
+    }
+}
+
+/// NEUROSHARD_FAULT_HISTORY_FORGE: a checkpoint after the last one listed that nobody decided
+/// (made-up roots, no precommit).
+fn made_up_checkpoint(after: Option<u64>, last: Option<&CertificateRecord>) -> CertificateRecord {
+    let epoch = last.map(|r| r.epoch).or(after).map_or(0, |e| e + 1);
+    let checkpoint = Checkpoint {
+        epoch,
+        events_root: [0xf0; 32],
+        balances_root: [0x0f; 32],
+    };
+    CertificateRecord {
+        epoch,
+        round: 0,
+        checkpoint_id: malachitebft_core_types::Value::id(&checkpoint).to_string(),
+        events_root: hex::encode(checkpoint.events_root),
+        balances_root: hex::encode(checkpoint.balances_root),
+        signatures: Vec::new(),
+        validators: Vec::new(),
     }
 }
 
