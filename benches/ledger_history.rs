@@ -190,15 +190,7 @@ fn sync_history(path: &std::path::Path, dir: &std::path::Path) -> Synced {
     let served = LedgerStore::open(path, RewardSchedule::default()).unwrap();
     let newest = served.newest_epoch().unwrap();
     let checkpoint = served.checkpoint_of(newest).unwrap();
-    let certificate = CertificateRecord {
-        epoch: newest,
-        round: 0,
-        checkpoint_id: malachitebft_core_types::Value::id(&checkpoint).to_string(),
-        events_root: hex::encode(checkpoint.events_root),
-        balances_root: hex::encode(checkpoint.balances_root),
-        signatures: Vec::new(),
-        validators: Vec::new(),
-    };
+    let certificate = CertificateRecord::unsigned(&checkpoint);
     let start = Instant::now();
     let mut span = HistoryPage::default();
     let mut after = None;

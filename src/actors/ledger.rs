@@ -1286,15 +1286,7 @@ fn made_up_checkpoint(after: Option<u64>, last: Option<&CertificateRecord>) -> C
         events_root: [0xf0; 32],
         balances_root: [0x0f; 32],
     };
-    CertificateRecord {
-        epoch,
-        round: 0,
-        checkpoint_id: malachitebft_core_types::Value::id(&checkpoint).to_string(),
-        events_root: hex::encode(checkpoint.events_root),
-        balances_root: hex::encode(checkpoint.balances_root),
-        signatures: Vec::new(),
-        validators: Vec::new(),
-    }
+    CertificateRecord::unsigned(&checkpoint)
 }
 
 impl Handler<NewestCheckpoint> for LedgerActor {

@@ -200,6 +200,20 @@ impl CertificateRecord {
         }
     }
 
+    /// A record of `checkpoint` that nobody signed: what a forger serves (the
+    /// NEUROSHARD_FAULT_HISTORY_FORGE switch), a benchmark's fixture; no certificate check passes it.
+    pub fn unsigned(checkpoint: &Checkpoint) -> Self {
+        Self {
+            epoch: checkpoint.epoch,
+            round: 0,
+            checkpoint_id: checkpoint.id().to_string(),
+            events_root: hex::encode(checkpoint.events_root),
+            balances_root: hex::encode(checkpoint.balances_root),
+            signatures: Vec::new(),
+            validators: Vec::new(),
+        }
+    }
+
     /// The validator set it names, or what is malformed.
     pub fn validator_set(&self) -> Result<ValidatorSet, String> {
         let validators = self

@@ -179,7 +179,11 @@ pub(super) fn certificates(conn: &Connection, limit: usize) -> Fallible<Vec<Cert
     let mut statement = conn.prepare_cached(
         "SELECT epoch, certificate FROM checkpoints ORDER BY epoch DESC LIMIT ?1",
     )?;
-    let mut rows = statement.query([limit])?;
+    read_certificates(statement.query([limit])?)
+}
+
+/// Rows of (epoch, certificate JSON) as records.
+fn read_certificates(mut rows: rusqlite::Rows<'_>) -> Fallible<Vec<CertificateRecord>> {
     let mut records = Vec::new();
     while let Some(row) = rows.next()? {
         let (epoch, body): (i64, String) = (row.get(0)?, row.get(1)?);
@@ -246,15 +250,7 @@ impl LedgerStore {
             )?;
             let after = after.map_or(-1, sql_int);
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            let mut rows = statement.query(params![after, limit])?;
-            let mut records = Vec::new();
-            while let Some(row) = rows.next()? {
-                let (epoch, body): (i64, String) = (row.get(0)?, row.get(1)?);
-                records.push(parse_json(&body, || {
-                    format!("the certificate of epoch {epoch}")
-                })?);
-            }
-            Ok(records)
+            read_certificates(statement.query(params![after, limit])?)
         };
         read().map_err(|kind| self.error(kind))
     }
