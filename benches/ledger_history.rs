@@ -33,6 +33,7 @@ use neuroshard::ledger::proof::{self, proof_id, sign_proof, sign_receipt};
 use neuroshard::ledger::rewards::{RewardSchedule, burn_fee, nano};
 use neuroshard::ledger::store::{HistoryPage, LedgerStore, verify_store};
 use neuroshard::ledger::tx::{self, sign_transaction, tx_id};
+use neuroshard::ledger::verify::offer;
 use neuroshard::ledger::{
     Nano, Proof, ProofKind, SignedProof, SignedTransaction, Transaction, TxKind,
 };
@@ -75,7 +76,7 @@ fn paid(who: &Identity, receiver: &Identity, nonce: u64, timestamp_ms: u64) -> S
         timestamp_ms,
         nonce,
         work_seconds: 60,
-        data_samples: 1000,
+        data_samples: samples(),
         ..Proof::empty(ProofKind::Data)
     };
     let proof = sign_proof(who, proof).unwrap().proof;
@@ -139,14 +140,15 @@ fn sign(nodes: &[Identity], planned: &[(usize, Option<u64>, u64)]) -> Vec<Event>
         .collect()
 }
 
-/// Base reward of every proof: 0.1 NEURO, so an epoch of 1000 stays within its emission; with
-/// `--scaled` 2 NEURO, so it claims twice its emission and every credit of the open epoch
-/// changes with each proof (the fold's costliest path: each insert re-folds the open epoch).
-fn base_reward() -> Nano {
+/// Samples of every data proof: worth 0.1 NEURO at the default schedule, so an epoch of 1000
+/// stays within its emission; with `--scaled` 2 NEURO, so it claims twice its emission and every
+/// credit of the open epoch changes with each proof (the fold's costliest path: each insert
+/// re-folds the open epoch).
+fn samples() -> u64 {
     if std::env::args().any(|a| a == "--scaled") {
-        2_000_000_000
+        200_000
     } else {
-        100_000_000
+        10_000
     }
 }
 
@@ -154,7 +156,10 @@ fn insert(store: &mut LedgerStore, events: &[Event]) {
     let proofs: Vec<(SignedProof, Nano)> = events
         .iter()
         .filter_map(|e| match e {
-            Event::Proof(p) => Some((p.clone(), base_reward())),
+            Event::Proof(p) => {
+                let offered = offer(&p.proof, &RewardSchedule::default()).unwrap();
+                Some((p.clone(), offered.reward))
+            }
             Event::Tx(_) => None,
         })
         .collect();

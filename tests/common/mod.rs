@@ -562,8 +562,9 @@ pub fn agreed_balances(nodes: &[Node], diagnose: impl Fn() -> String) -> Value {
 
 /// `agreed_balances` over the proofs made at or after `since_ms` (unix ms); of earlier ones only
 /// that no node credits what another refuses. Gossip is not stored and forwarded: a node that was
-/// stopped or partitioned misses the proofs and round verdicts made meanwhile until the ledger
-/// has a history sync (issue 15), but what is made once the network is whole again must agree.
+/// stopped or partitioned misses the proofs and round verdicts made meanwhile until history sync
+/// brings them with the checkpoint of their epoch, but what is made once the network is whole
+/// again must agree.
 pub fn agreed_balances_since(
     nodes: &[Node],
     since_ms: u64,
