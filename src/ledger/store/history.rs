@@ -59,40 +59,96 @@ fn page(
         Some((ms, id)) => (clamp(*ms), id.as_str()),
         None => (i64::MIN, ""),
     };
-    let mut statement = conn.prepare_cached(
-        "SELECT timestamp_ms, id, 'p', body, status, reason FROM proofs
-         WHERE timestamp_ms >= ?1 AND timestamp_ms < ?2
-           AND (timestamp_ms > ?3 OR (timestamp_ms = ?3 AND id > ?4))
-         UNION ALL
-         SELECT timestamp_ms, id, 't', body, status, reason FROM transactions
-         WHERE timestamp_ms >= ?1 AND timestamp_ms < ?2
-           AND (timestamp_ms > ?3 OR (timestamp_ms = ?3 AND id > ?4))
-         ORDER BY 1, 2",
-    )?;
-    let mut rows = statement.query(params![since, until, after_ms, after_id])?;
+    // Each table in (timestamp, id) order from its index (migration 8), merged here: one
+    // ORDER BY over both would sort the rest of the span for every page.
+    let read = |table: &str| -> Fallible<(Vec<StoredEvent>, bool)> {
+        let mut statement = conn.prepare_cached(&format!(
+            "SELECT timestamp_ms, id, body, status, reason FROM {table}
+             WHERE timestamp_ms >= ?1 AND timestamp_ms < ?2 AND (timestamp_ms, id) > (?3, ?4)
+             ORDER BY timestamp_ms, id LIMIT ?5"
+        ))?;
+        let rows = statement
+            .query_map(
+                params![since, until, after_ms, after_id, PAGE_ROWS as i64],
+                |row| {
+                    Ok(StoredEvent {
+                        key: (from_sql_int(row.get(0)?), row.get(1)?),
+                        body: row.get(2)?,
+                        status: row.get(3)?,
+                        reason: row.get(4)?,
+                    })
+                },
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let more = rows.len() == PAGE_ROWS;
+        Ok((rows, more))
+    };
+    let (proofs, more_proofs) = read("proofs")?;
+    let (txs, more_txs) = read("transactions")?;
+    let (mut proofs, mut txs) = (proofs.into_iter().peekable(), txs.into_iter().peekable());
     let mut page = HistoryPage::default();
-    let (mut bytes, mut last_key) = (0, (0, String::new()));
-    while let Some(row) = rows.next()? {
-        if bytes >= max_bytes {
-            page.next = Some(last_key);
-            break;
-        }
-        let (timestamp, id, kind, body): (i64, String, String, String) =
-            (row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?);
-        bytes += body.len();
-        if kind == "p" {
+    let mut bytes = 0;
+    loop {
+        let take_proof = match (proofs.peek(), txs.peek()) {
+            (Some(p), Some(t)) => Some(p.key < t.key),
+            // A table whose read ended at its limit may hold rows before the other's next one:
+            // the page ends here.
+            (Some(_), None) if more_txs => None,
+            (None, Some(_)) if more_proofs => None,
+            (Some(_), None) => Some(true),
+            (None, Some(_)) => Some(false),
+            (None, None) if more_proofs || more_txs => None,
+            (None, None) => return Ok(page),
+        };
+        let Some(take_proof) = take_proof.filter(|_| bytes < max_bytes) else {
+            page.next = last_key(&page);
+            return Ok(page);
+        };
+        let row = if take_proof {
+            proofs.next()
+        } else {
+            txs.next()
+        };
+        let Some(row) = row else {
+            return Ok(page);
+        };
+        bytes += row.body.len();
+        let id = &row.key.1;
+        if take_proof {
             page.proofs.push(HistoryProof {
-                signed: parse_json(&body, || format!("proof {id}"))?,
-                status: row.get(4)?,
-                reason: row.get(5)?,
+                signed: parse_json(&row.body, || format!("proof {id}"))?,
+                status: row.status,
+                reason: row.reason,
             });
         } else {
             page.transactions
-                .push(parse_json(&body, || format!("transaction {id}"))?);
+                .push(parse_json(&row.body, || format!("transaction {id}"))?);
         }
-        last_key = (from_sql_int(timestamp), id);
     }
-    Ok(page)
+}
+
+/// The (timestamp, id) of the page's last event in the fold's order.
+fn last_key(page: &HistoryPage) -> Option<(u64, String)> {
+    let proof = page
+        .proofs
+        .last()
+        .and_then(|p| Some((p.signed.proof.timestamp_ms, proof_id(&p.signed.proof).ok()?)));
+    let tx = page
+        .transactions
+        .last()
+        .and_then(|t| Some((t.tx.timestamp_ms, tx_id(&t.tx).ok()?)));
+    proof.max(tx)
+}
+
+/// Rows read from each table per page at most: more than a page of ~1 KiB events holds.
+const PAGE_ROWS: usize = 1024;
+
+/// One stored event as a page reads it.
+struct StoredEvent {
+    key: (u64, String),
+    body: String,
+    status: String,
+    reason: Option<String>,
 }
 
 fn mismatch(problem: impl Into<String>) -> LedgerErrorKind {

@@ -96,6 +96,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
         certificate TEXT NOT NULL,
         decided_ms INTEGER NOT NULL
     ) STRICT;",
+    // 8: events in (timestamp, id) order, the fold's order: history pages and an epoch's events
+    // root read them from these instead of sorting.
+    "CREATE INDEX proofs_by_time_id ON proofs (timestamp_ms, id);
+    CREATE INDEX transactions_by_time_id ON transactions (timestamp_ms, id);
+    DROP INDEX transactions_by_time;",
 ];
 
 /// The schema this binary writes.
