@@ -986,14 +986,7 @@ impl PeerActor {
                 error,
                 ..
             } => {
-                let refused = match &error {
-                    OutboundFailure::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                        let rejection = Rejection::Malformed(format!("blob response: {e}"));
-                        self.rejected(Instant::now(), peer, &rejection);
-                        Some(rejection)
-                    }
-                    _ => None,
-                };
+                let refused = self.undecodable_response(peer, &error, "blob");
                 if let Some(pending) = self.pending.remove(&request_id) {
                     let failure = match refused {
                         Some(rejection) => FetchError::Refused { peer, rejection },
@@ -1011,6 +1004,25 @@ impl PeerActor {
             }
             Event::ResponseSent { .. } => {}
         }
+    }
+
+    /// A response that failed to decode (over its bound, malformed) is the peer's offence,
+    /// counted like a rejected message; any other failure (timeout, closed stream) is not.
+    fn undecodable_response(
+        &mut self,
+        peer: PeerId,
+        error: &OutboundFailure,
+        protocol: &str,
+    ) -> Option<Rejection> {
+        let OutboundFailure::Io(e) = error else {
+            return None;
+        };
+        if e.kind() != std::io::ErrorKind::InvalidData {
+            return None;
+        }
+        let rejection = Rejection::Malformed(format!("{protocol} response: {e}"));
+        self.rejected(Instant::now(), peer, &rejection);
+        Some(rejection)
     }
 
     /// A peer's history request goes to the ledger (at most `MAX_HISTORY_SERVED` at once, the
@@ -1076,12 +1088,7 @@ impl PeerActor {
                 error,
                 ..
             } => {
-                if let OutboundFailure::Io(e) = &error
-                    && e.kind() == std::io::ErrorKind::InvalidData
-                {
-                    let rejection = Rejection::Malformed(format!("history response: {e}"));
-                    self.rejected(Instant::now(), peer, &rejection);
-                }
+                self.undecodable_response(peer, &error, "history");
                 if let Some(reply) = self.history_fetches.remove(&request_id) {
                     let _ = reply.send(Err(format!("history request to {peer}: {error}")));
                 }
