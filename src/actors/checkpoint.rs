@@ -17,8 +17,8 @@ use tracing::{debug, info, warn};
 
 use super::ledger::LedgerActor;
 use super::messages::{
-    AdoptHistory, CheckpointGossip, FetchHistory, NewestCheckpoint, PeerOffence, PrepareCheckpoint,
-    PublishLedger, RecordCheckpoint, RegisterCheckpoints,
+    AdoptHistory, CheckpointGossip, ChooseAnchor, FetchHistory, NewestCheckpoint, PeerOffence,
+    PrepareCheckpoint, PublishLedger, RecordCertified, RecordCheckpoint, RegisterCheckpoints,
 };
 use super::peer::PeerActor;
 use super::run_every;
@@ -65,6 +65,8 @@ pub struct CheckpointActor {
     preparing: bool,
     /// A history sync is under way.
     syncing: bool,
+    /// Why the last history sync failed: a new reason is logged at info, a repeated one at debug.
+    sync_failure: Option<String>,
     timers: HashMap<Timeout, SpawnHandle>,
 }
 
@@ -83,6 +85,7 @@ impl CheckpointActor {
             undecided: None,
             preparing: false,
             syncing: false,
+            sync_failure: None,
             timers: HashMap::new(),
         }
     }
@@ -201,11 +204,18 @@ impl CheckpointActor {
             .map(|result, act, _| {
                 act.syncing = false;
                 match result {
-                    Ok(0) => {}
+                    Ok(0) => act.sync_failure = None,
                     Ok(epochs) => {
+                        act.sync_failure = None;
                         info!(checkpoints = epochs, "caught up with the network's ledger")
                     }
-                    Err(e) => debug!(error = %e, "ledger history sync"),
+                    Err(e) if act.sync_failure.as_ref() == Some(&e) => {
+                        debug!(error = %e, "ledger history sync failed again")
+                    }
+                    Err(e) => {
+                        info!(error = %e, "ledger history sync failed");
+                        act.sync_failure = Some(e);
+                    }
                 }
             })
             .spawn(ctx);
@@ -271,8 +281,10 @@ impl CheckpointActor {
     }
 }
 
-/// The checkpoints a peer holds after this node's newest, each adopted with the history up to it
-/// (from the start when this node holds none): how many were adopted.
+/// The checkpoints a peer holds after this node's newest, each adopted with the history up to it:
+/// how many were adopted. A node that holds none anchors on the newest the peer lists whose
+/// validators it trusts by weight, adopts the history from the start up to it, then the
+/// certificates before it as the adopted events bear them out.
 async fn catch_up(ledger: Addr<LedgerActor>, peers: Addr<PeerActor>) -> Result<usize, String> {
     let newest = ledger
         .send(NewestCheckpoint)
@@ -286,30 +298,58 @@ async fn catch_up(ledger: Addr<LedgerActor>, peers: Addr<PeerActor>) -> Result<u
         })
         .await
         .map_err(|e| e.to_string())??;
-    let HistoryResponse::Checkpoints(certificates) = answer else {
+    let HistoryResponse::Checkpoints(mut certificates) = answer else {
         return Err(format!("{peer} did not list its checkpoints"));
     };
     let mut from = newest.map_or(0, |epoch| epoch + 1);
     let mut adopted = 0;
+    if newest.is_none() && !certificates.is_empty() {
+        let anchor = ledger
+            .send(ChooseAnchor(certificates.clone()))
+            .await
+            .map_err(|e| e.to_string())??;
+        let later = certificates.split_off(anchor + 1);
+        let Some(anchor) = certificates.pop() else {
+            return Err("the anchor is not in the list".into());
+        };
+        from = adopt_span(&ledger, &peers, peer, from, anchor).await?;
+        adopted += 1 + ledger
+            .send(RecordCertified { peer, certificates })
+            .await
+            .map_err(|e| e.to_string())??;
+        certificates = later;
+    }
     for certificate in certificates {
         if certificate.epoch < from {
             continue;
         }
-        let events = fetch_span(&peers, peer, from, certificate.epoch).await?;
-        let next = certificate.epoch + 1;
-        ledger
-            .send(AdoptHistory {
-                peer,
-                from,
-                certificate,
-                events,
-            })
-            .await
-            .map_err(|e| e.to_string())??;
-        from = next;
+        from = adopt_span(&ledger, &peers, peer, from, certificate).await?;
         adopted += 1;
     }
     Ok(adopted)
+}
+
+/// Adopts `peer`'s events of epochs `from..=certificate.epoch` with `certificate`: the epoch
+/// after it.
+async fn adopt_span(
+    ledger: &Addr<LedgerActor>,
+    peers: &Addr<PeerActor>,
+    peer: PeerId,
+    from: u64,
+    certificate: CertificateRecord,
+) -> Result<u64, String> {
+    let events = fetch_span(peers, peer, from, certificate.epoch).await?;
+    let next = certificate.epoch + 1;
+    ledger
+        .send(AdoptHistory {
+            peer,
+            from,
+            certificate,
+            events,
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+    Ok(next)
 }
 
 /// Every page of `peer`'s events of epochs `from..=to`.

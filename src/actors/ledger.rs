@@ -15,12 +15,12 @@ use libp2p::PeerId;
 use tracing::{debug, error, info, warn};
 
 use super::messages::{
-    AdoptHistory, AttachReceipt, CheckProof, CheckpointGossip, GetAccount, GetBalances,
-    GetCheckpoints, GetProofs, LedgerGossip, ModelAdopted, NewestCheckpoint, PeerHeard,
-    PeerOffence, PeerWeights, PrepareCheckpoint, ProofCheck, ProveInference, ProveTraining,
-    PublishLedger, ReceiptAccepted, ReceiptRefused, RecordCheckpoint, RefusedAtGate,
-    RegisterCheckpoints, RegisterLedger, RoundVerdicts, ServeHistory, SubmitTransaction,
-    SubmittedTransaction,
+    AdoptHistory, AttachReceipt, CheckProof, CheckpointGossip, ChooseAnchor, GetAccount,
+    GetBalances, GetCheckpoints, GetProofs, LedgerGossip, ModelAdopted, NewestCheckpoint,
+    PeerHeard, PeerOffence, PeerWeights, PrepareCheckpoint, ProofCheck, ProveInference,
+    ProveTraining, PublishLedger, ReceiptAccepted, ReceiptRefused, RecordCertified,
+    RecordCheckpoint, RefusedAtGate, RegisterCheckpoints, RegisterLedger, RoundVerdicts,
+    ServeHistory, SubmitTransaction, SubmittedTransaction,
 };
 use super::peer::PeerActor;
 use super::run_every;
@@ -324,6 +324,43 @@ impl LedgerActor {
             own_stalls: VecDeque::new(),
             last_ran_ms: unix_ms(),
         }
+    }
+
+    /// The validators of a certificate whose signatures hold for them in this network, or why
+    /// it does not hold.
+    fn holding_validators(&self, record: &CertificateRecord) -> Result<ValidatorSet, String> {
+        let (_, certificate) = record.decode()?;
+        let validators = record.validator_set()?;
+        CheckpointContext::new(&self.options.network)
+            .verify_certificate(&certificate, &validators)
+            .map_err(|e| {
+                format!(
+                    "the certificate of epoch {} does not hold: {e}",
+                    record.epoch
+                )
+            })?;
+        Ok(validators)
+    }
+
+    /// Whether validators this node cannot chain to a checkpoint it holds carry the weight of
+    /// the peers it trains with (`anchored_by_weight`). Its own weight is left out: it is not
+    /// in the history it is about to trust, and counting it would lock a joiner out of a network
+    /// of two.
+    fn anchored(&self, validators: &ValidatorSet) -> Result<(), String> {
+        let own = &self.options.identity.node_id;
+        let mut peers = self.weights.clone();
+        peers.remove(own);
+        anchored_by_weight(validators, &peers)
+    }
+
+    /// `peer` served history that is not what it claims: counted against it; the problem is
+    /// returned for the caller's error.
+    fn blame_history(&self, peer: PeerId, problem: String) -> String {
+        self.peers.do_send(PeerOffence {
+            peer,
+            rejection: Rejection::Malformed(format!("ledger history: {problem}")),
+        });
+        problem
     }
 
     /// A read or write of the database failed: reported on /api/health and /metrics, logged at
@@ -1307,21 +1344,9 @@ impl Handler<AdoptHistory> for LedgerActor {
     /// a check, or that the store finds is not what the certificate names, is the peer's offence.
     fn handle(&mut self, msg: AdoptHistory, _: &mut Self::Context) -> Self::Result {
         let epoch = msg.certificate.epoch;
-        let offence = |act: &Self, problem: String| {
-            act.peers.do_send(PeerOffence {
-                peer: msg.peer,
-                rejection: Rejection::Malformed(format!("ledger history: {problem}")),
-            });
-            problem
-        };
-        let checked = msg.certificate.decode().and_then(|(_, certificate)| {
-            let validators = msg.certificate.validator_set()?;
-            CheckpointContext::new(&self.options.network)
-                .verify_certificate(&certificate, &validators)
-                .map_err(|e| format!("the certificate of epoch {epoch} does not hold: {e}"))?;
-            Ok(validators)
-        });
-        let validators = checked.map_err(|problem| offence(self, problem))?;
+        let validators = self
+            .holding_validators(&msg.certificate)
+            .map_err(|problem| self.blame_history(msg.peer, problem))?;
         let chained = match msg.from.checked_sub(1) {
             Some(before) => self
                 .store
@@ -1331,7 +1356,7 @@ impl Handler<AdoptHistory> for LedgerActor {
         };
         if !chained {
             // Not the peer's fault: this node may not weigh the network's trainers yet.
-            anchored_by_weight(&validators, &self.weights).map_err(|e| {
+            self.anchored(&validators).map_err(|e| {
                 format!("the first certificate (epoch {epoch}) is not trusted: {e}")
             })?;
         }
@@ -1354,7 +1379,7 @@ impl Handler<AdoptHistory> for LedgerActor {
                     .map(|t| format!("a transaction of {} is not validly signed", t.tx.from))
             });
         if let Some(problem) = forged {
-            return Err(offence(self, problem));
+            return Err(self.blame_history(msg.peer, problem));
         }
         let adopted = self.store.adopt_history(
             msg.from,
@@ -1376,13 +1401,63 @@ impl Handler<AdoptHistory> for LedgerActor {
                 Ok(adopted)
             }
             Err(e) if matches!(e.kind, LedgerErrorKind::Mismatch(_)) => {
-                Err(offence(self, e.to_string()))
+                Err(self.blame_history(msg.peer, e.to_string()))
             }
             Err(e) => {
                 warn!(error = %e, "cannot adopt ledger history");
                 Err(e.to_string())
             }
         }
+    }
+}
+
+impl Handler<ChooseAnchor> for LedgerActor {
+    type Result = Result<usize, String>;
+
+    fn handle(&mut self, msg: ChooseAnchor, _: &mut Self::Context) -> Self::Result {
+        let anchored = |record: &CertificateRecord| {
+            record
+                .validator_set()
+                .and_then(|validators| self.anchored(&validators))
+        };
+        let newest = msg.0.last().ok_or("the peer lists no checkpoint")?;
+        match msg.0.iter().rposition(|record| anchored(record).is_ok()) {
+            Some(position) => Ok(position),
+            // Not the peer's fault: this node may not weigh the network's trainers yet.
+            None => Err(format!(
+                "none of the {} checkpoints listed is trusted yet (the newest, epoch {}: {})",
+                msg.0.len(),
+                newest.epoch,
+                anchored(newest).err().unwrap_or_default()
+            )),
+        }
+    }
+}
+
+impl Handler<RecordCertified> for LedgerActor {
+    type Result = Result<usize, String>;
+
+    fn handle(&mut self, msg: RecordCertified, _: &mut Self::Context) -> Self::Result {
+        let mut stored = 0;
+        for record in &msg.certificates {
+            self.holding_validators(record)
+                .map_err(|problem| self.blame_history(msg.peer, problem))?;
+            match self.store.record_certified(record) {
+                Ok(RecordOutcome::Stored) => stored += 1,
+                Ok(RecordOutcome::Known) => {}
+                Ok(RecordOutcome::Conflict { stored }) => {
+                    return Err(format!(
+                        "this node stores another checkpoint of epoch {}: {stored}",
+                        record.epoch
+                    ));
+                }
+                Err(e) if matches!(e.kind, LedgerErrorKind::Mismatch(_)) => {
+                    return Err(self.blame_history(msg.peer, e.to_string()));
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(stored)
     }
 }
 

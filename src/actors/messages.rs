@@ -399,6 +399,23 @@ pub struct AdoptHistory {
     pub events: HistoryPage,
 }
 
+/// Checkpoint → Ledger: of the certificates a peer listed (oldest first) for a node that holds
+/// none, the newest whose validators this node weighs enough to trust without a chain to one it
+/// holds (`anchored_by_weight`): its position in the list, or why there is none.
+#[derive(Message)]
+#[rtype(result = "Result<usize, String>")]
+pub struct ChooseAnchor(pub Vec<CertificateRecord>);
+
+/// Checkpoint → Ledger: `peer`'s certificates of epochs before the one its history was adopted
+/// up to, each stored once its signatures hold and the stored events give what it names: how
+/// many were new.
+#[derive(Message)]
+#[rtype(result = "Result<usize, String>")]
+pub struct RecordCertified {
+    pub peer: libp2p::PeerId,
+    pub certificates: Vec<CertificateRecord>,
+}
+
 /// HTTP → Ledger: the newest stored checkpoint certificates, newest first.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<CertificateRecord>, String>")]

@@ -21,8 +21,8 @@ pub const MAX_CHECKPOINTS_PER_ANSWER: usize = 16;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum HistoryRequest {
-    /// The certificates of the epochs after `after` (from the first when None), oldest first, at
-    /// most `MAX_CHECKPOINTS_PER_ANSWER`.
+    /// At most `MAX_CHECKPOINTS_PER_ANSWER` certificates, oldest first: the first ones after
+    /// epoch `after`, or with None the newest (a node that holds none anchors on them).
     Checkpoints { after: Option<u64> },
     /// One page of the events dated in epochs `from..=to`, after the event `after`
     /// ((timestamp_ms, id), the previous page's `next`).

@@ -236,21 +236,27 @@ impl LedgerStore {
         Ok(found)
     }
 
-    /// The certificates of the epochs after `after` (all when None), oldest first, at most
-    /// `limit`.
+    /// At most `limit` certificates, oldest first: the first ones after epoch `after` (what a
+    /// node that holds `after` chains on), or with None the newest (what a node that holds
+    /// none anchors on: the validators of the first epochs may be long gone).
     pub fn checkpoints_after(
         &self,
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<CertificateRecord>, LedgerError> {
+        let Some(after) = after else {
+            return self.checkpoints(limit).map(|mut newest| {
+                newest.reverse();
+                newest
+            });
+        };
         let read = || -> Fallible<Vec<CertificateRecord>> {
             let mut statement = self.conn.prepare_cached(
                 "SELECT epoch, certificate FROM checkpoints WHERE epoch > ?1
                  ORDER BY epoch LIMIT ?2",
             )?;
-            let after = after.map_or(-1, sql_int);
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            read_certificates(statement.query(params![after, limit])?)
+            read_certificates(statement.query(params![sql_int(after), limit])?)
         };
         read().map_err(|kind| self.error(kind))
     }

@@ -255,23 +255,7 @@ impl LedgerStore {
                 })
             },
             |db, adopted, _| {
-                let (certified, _) = certificate.decode().map_err(mismatch)?;
-                if Ok(validators_of(db, &schedule, epoch)?) != certificate.validator_set() {
-                    return Err(mismatch(format!(
-                        "epoch {epoch}'s validators are not the trainers the epoch before kept"
-                    )));
-                }
-                let state = state_after(db, &schedule, &bases, epoch)?;
-                if events_root(db, &schedule, epoch)? != certified.events_root {
-                    return Err(mismatch(format!(
-                        "epoch {epoch}'s events do not give the certified events root"
-                    )));
-                }
-                if balances_root(&state) != certified.balances_root {
-                    return Err(mismatch(format!(
-                        "the balances after epoch {epoch} are not the certified ones"
-                    )));
-                }
+                check_certified(db, &schedule, &bases, certificate)?;
                 Ok(adopted)
             },
         );
@@ -288,6 +272,47 @@ impl LedgerStore {
         }
         Ok(adopted)
     }
+
+    /// Stores the certificate of an epoch before the one this node's history was adopted up to,
+    /// once the stored events give exactly what it names (a `Mismatch` error otherwise, nothing
+    /// stored). Its signatures are checked by the caller.
+    pub fn record_certified(
+        &mut self,
+        certificate: &CertificateRecord,
+    ) -> Result<RecordOutcome, LedgerError> {
+        check_certified(&self.conn, &self.schedule, &self.bases, certificate)
+            .and_then(|()| record(&self.conn, certificate))
+            .map_err(|kind| self.error(kind))
+    }
+}
+
+/// Whether the stored events give exactly what `certificate` names: its validators are the
+/// trainers the epoch before kept, the epoch's events give its events root and the balances
+/// after it its balances root.
+fn check_certified(
+    db: &Connection,
+    schedule: &RewardSchedule,
+    bases: &BTreeMap<u64, LedgerState>,
+    certificate: &CertificateRecord,
+) -> Fallible<()> {
+    let epoch = certificate.epoch;
+    let (certified, _) = certificate.decode().map_err(mismatch)?;
+    if Ok(validators_of(db, schedule, epoch)?) != certificate.validator_set() {
+        return Err(mismatch(format!(
+            "epoch {epoch}'s validators are not the trainers the epoch before kept"
+        )));
+    }
+    if events_root(db, schedule, epoch)? != certified.events_root {
+        return Err(mismatch(format!(
+            "epoch {epoch}'s events do not give the certified events root"
+        )));
+    }
+    if balances_root(&state_after(db, schedule, bases, epoch)?) != certified.balances_root {
+        return Err(mismatch(format!(
+            "the balances after epoch {epoch} are not the certified ones"
+        )));
+    }
+    Ok(())
 }
 
 /// Deletes the events dated in `span` that the adopted copy does not have: the certified

@@ -1440,8 +1440,42 @@ fn a_joiner_adopts_certified_history_only_as_certified() {
     );
     assert_eq!(joiner.network().proofs, 6);
     assert_eq!(joiner.balances(), network.balances());
-    assert_eq!(joiner.checkpoints(10).unwrap(), vec![record]);
+    assert_eq!(joiner.checkpoints(10).unwrap(), vec![record.clone()]);
     let report = verify(&joiner_dir);
     assert!(report.is_ok(), "{report:?}");
     assert_eq!(report.checkpoints, 1);
+
+    // A certificate recorded after the history it covers is stored only as the stored events
+    // bear it out: not for another value, not for validators other than the epoch before's
+    // kept trainers.
+    let checkpoint = network.checkpoint_of(epoch).unwrap();
+    let signers = [&trainers[0], &trainers[1], &trainers[2]];
+    let other_value = Checkpoint {
+        balances_root: [7; 32],
+        ..checkpoint
+    };
+    let earlier = network.checkpoint_of(epoch - 1).unwrap();
+    for wrong in [
+        certified(&other_value, &signers, &keys),
+        certified(&earlier, &signers, &keys),
+    ] {
+        let error = joiner.record_certified(&wrong).unwrap_err();
+        assert!(
+            matches!(error.kind, LedgerErrorKind::Mismatch(_)),
+            "{error}"
+        );
+    }
+    assert_eq!(
+        joiner.record_certified(&record).unwrap(),
+        RecordOutcome::Known
+    );
+    assert_eq!(joiner.checkpoints(10).unwrap(), vec![record.clone()]);
+    // A node that holds no checkpoint is offered the newest; one that holds one, those after.
+    assert_eq!(network.checkpoints_after(None, 1).unwrap(), vec![record]);
+    assert!(
+        network
+            .checkpoints_after(Some(epoch), 16)
+            .unwrap()
+            .is_empty()
+    );
 }
