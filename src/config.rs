@@ -12,7 +12,9 @@ use libp2p::Multiaddr;
 
 use crate::admission::Genesis;
 use crate::aggregate::AggregationConfig;
+use crate::diloco::OuterOptimizer;
 use crate::diloco::codec::CodecConfig;
+use crate::diloco::round::RoundOptions;
 use crate::ledger::rewards::{MAX_EPOCH_S, RewardSchedule};
 use crate::ledger::verify::ProofLimits;
 use crate::model::NeuroLlmConfig;
@@ -174,6 +176,26 @@ pub struct DilocoSection {
     pub compression: CodecConfig,
     /// How a round's deltas are combined.
     pub aggregation: AggregationConfig,
+}
+
+impl DilocoSection {
+    /// When a round closes, as the round machine decides it.
+    pub fn round_options(&self) -> RoundOptions {
+        RoundOptions {
+            min_peers: self.min_peers,
+            quorum_fraction: self.quorum_fraction,
+            deadline: Duration::from_secs(self.round_deadline_s),
+            // A grace past the deadline is the deadline.
+            straggler_grace: Duration::from_secs(self.straggler_grace_s.min(self.round_deadline_s)),
+        }
+    }
+
+    pub fn outer_optimizer(&self) -> OuterOptimizer {
+        OuterOptimizer {
+            lr: self.outer_lr,
+            momentum: self.outer_momentum,
+        }
+    }
 }
 
 impl Default for Config {

@@ -134,6 +134,10 @@ enum Command {
     /// Compare training in one place with DiLoCo across real nodes (and under attack, and with
     /// each delta codec) on validation loss over tokens; writes results.csv, curves.svg, summary.md.
     Experiment(neuroshard::experiment::Options),
+    /// Simulate DiLoCo rounds of 10 to 1,000 nodes in one process (the node's own round, heal
+    /// and aggregation logic; modelled bandwidth, latency, churn and attackers), full mesh
+    /// against sharded aggregation; writes simulation.csv and simulation.svg.
+    Simulate(neuroshard::simulate::Options),
     /// Inspect the NEURO ledger of a node's state directory.
     Ledger {
         #[command(subcommand)]
@@ -323,6 +327,7 @@ fn main() -> ExitCode {
             };
         }
         Some(Command::Experiment(options)) => return neuroshard::experiment::run(options.clone()),
+        Some(Command::Simulate(options)) => return neuroshard::simulate::run(options.clone()),
         Some(Command::Devnet {
             nodes,
             preset,

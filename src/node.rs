@@ -24,10 +24,8 @@ use crate::actors::trainer::{Cadence, PanicFault, TrainerWork};
 use crate::admission::{self, AdmissionView, Certificate, Policy};
 use crate::config::Config;
 use crate::crypto::{Identity, generate_token};
-use crate::diloco::OuterOptimizer;
 use crate::diloco::attack::{Attack, HealPoison, poisoned_outer};
 use crate::diloco::codec::max_delta_len;
-use crate::diloco::round::RoundOptions;
 use crate::diloco::weight::WeightRule;
 use crate::ledger::checkpoint::Timeouts;
 use crate::ledger::store::LedgerStore;
@@ -337,19 +335,10 @@ fn peer_options(
 fn round_settings(config: &Config, own_admitted: bool) -> RoundSettings {
     let d = &config.diloco;
     RoundSettings {
-        optimizer: OuterOptimizer {
-            lr: d.outer_lr,
-            momentum: d.outer_momentum,
-        },
+        optimizer: d.outer_optimizer(),
         aggregation: d.aggregation.clone(),
         compression: d.compression.clone(),
-        closing: RoundOptions {
-            min_peers: d.min_peers,
-            quorum_fraction: d.quorum_fraction,
-            deadline: Duration::from_secs(d.round_deadline_s),
-            // A grace past the deadline is the deadline.
-            straggler_grace: Duration::from_secs(d.straggler_grace_s.min(d.round_deadline_s)),
-        },
+        closing: d.round_options(),
         weight_rule: match config.genesis.as_ref().map(|g| g.policy) {
             Some(Policy::Permissioned) => WeightRule::Permissioned,
             Some(Policy::Open) | None => WeightRule::Open,

@@ -556,3 +556,57 @@ fn a_node_with_a_bad_or_expired_membership_or_a_contradicting_flag_exits_2() {
         stderr(&out)
     );
 }
+
+/// `neuroshard simulate` as the README runs it, on a size that fits a test: a CSV row per mode,
+/// size and round, a plot, the summary table; a bad flag exits 2 naming it.
+#[test]
+fn simulate_writes_a_csv_and_a_plot_comparing_full_mesh_and_sharded() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("sim");
+    let out = run(
+        &[
+            "simulate",
+            "--nodes",
+            "8,24",
+            "--rounds",
+            "3",
+            "--params",
+            "2000",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let csv = std::fs::read_to_string(out_dir.join("simulation.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    assert_eq!(rows.len(), 2 * 2 * 3, "{csv}");
+    for mode in ["full_mesh", "sharded"] {
+        for nodes in ["8", "24"] {
+            let these: Vec<_> = rows
+                .iter()
+                .filter(|r| r[0] == mode && r[1] == nodes)
+                .collect();
+            assert_eq!(these.len(), 3, "{mode} {nodes}: {csv}");
+            assert!(
+                these.iter().all(|r| r[5] == "true"),
+                "every round closes: {csv}"
+            );
+        }
+    }
+    let svg = std::fs::read_to_string(out_dir.join("simulation.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("sharded"));
+    assert!(
+        stdout(&out).contains("| sharded | 24 |"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = run(&["simulate", "--attackers", "0.6"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--attackers"), "{}", stderr(&out));
+}

@@ -38,6 +38,7 @@ mod krum;
 mod mean;
 mod median;
 mod network;
+pub mod shard;
 mod trimmed_mean;
 
 use rayon::prelude::*;

@@ -31,8 +31,8 @@ impl Attack {
     }
 }
 
-/// SplitMix64: a fixed, seedable stream, so a poisoned run is reproducible.
-fn splitmix(state: &mut u64) -> u64 {
+/// SplitMix64: a fixed, seedable stream, so a poisoned run (or a simulation) is reproducible.
+pub(crate) fn splitmix(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -41,7 +41,7 @@ fn splitmix(state: &mut u64) -> u64 {
 }
 
 /// A standard normal sample (Box–Muller).
-fn normal(state: &mut u64) -> f32 {
+pub(crate) fn normal(state: &mut u64) -> f32 {
     let u1 = ((splitmix(state) >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
     let u2 = (splitmix(state) >> 11) as f64 / (1u64 << 53) as f64;
     ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32

@@ -1,0 +1,711 @@
+//! Sharded robust aggregation (BTARD's ButterflyClip, with redundancy): the vector is cut into S
+//! slices, one per member of the round; each slice has an aggregator group of r members chosen by
+//! a public rule nobody can bias (the round and its θ₀ hash rank the members); contributors send
+//! each slice only to its group; each group member aggregates its slice with the configured rule
+//! and reports the result with every contributor's squared distance to it; every node takes the S
+//! aggregated slices and settles each from its group's reports. Per-node traffic is about r + 1
+//! encoded Δ, whatever n is, instead of n − 1.
+//!
+//! For the coordinate-wise rules (mean, median, trimmed mean) the assembled aggregate is bit for
+//! bit the full-mesh one, and so are the verdicts: a contributor's distance to the aggregate is
+//! the root of the sum of its per-slice squared distances, judged by the same `kept_nearest`.
+//! The other rules run per slice (as BTARD's CenteredClip does), which is not the same function.
+//!
+//! A group's reports are settled by agreement: reports that are not finite, not the slice's length
+//! or longer than the bound are wrong outright; when the rest differ, the slice is recomputed from
+//! the inputs each report names, and a report that is not what its inputs give is wrong (its
+//! aggregator is excluded and blamed). A lone report (its partners are gone) is taken after the
+//! outright checks only: `Settled::confirmed` says so.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use sha2::{Digest, Sha256};
+
+use super::{
+    Aggregate, AggregateError, AggregationConfig, Contribution, OUTLIER_FLOOR, Rule, Verdict,
+    aggregate, blocks, kept_nearest,
+};
+
+/// The `[diloco.sharding]` table.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShardOptions {
+    /// Aggregators per slice (r ≥ 2: one bad aggregator is outvoted or caught by its partner).
+    pub redundancy: usize,
+    /// Rounds with fewer contributors than this run full mesh (every node fetches every delta).
+    pub min_nodes: usize,
+}
+
+impl Default for ShardOptions {
+    fn default() -> Self {
+        Self {
+            redundancy: 2,
+            min_nodes: 16,
+        }
+    }
+}
+
+impl ShardOptions {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.redundancy < 2 {
+            return Err(format!(
+                "redundancy: {} is below 2 (one aggregator per slice is trusted blindly)",
+                self.redundancy
+            ));
+        }
+        if self.min_nodes <= self.redundancy {
+            return Err(format!(
+                "min_nodes: {} must be above redundancy {}",
+                self.min_nodes, self.redundancy
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a round of `members` runs sharded.
+    pub fn sharded(&self, members: usize) -> bool {
+        members >= self.min_nodes
+    }
+}
+
+/// Who aggregates which slice of a round.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardPlan {
+    /// The members in rank order: slice s is aggregated by ranks s, s+1, …, s+r−1 (mod n).
+    ranked: Vec<String>,
+    params: usize,
+    redundancy: usize,
+}
+
+/// A member's place in the round's ranking: SHA-256 of the round, its θ₀ hash and the node_id.
+/// Nobody knows θ₀ before the round before it closes, so no key can be made to rank well.
+fn rank(round: u64, theta0_hash: &str, node_id: &str) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    hash.update(b"neuroshard shard plan\0");
+    hash.update(round.to_be_bytes());
+    hash.update(theta0_hash.as_bytes());
+    hash.update([0]);
+    hash.update(node_id.as_bytes());
+    hash.finalize().into()
+}
+
+impl ShardPlan {
+    /// The plan of `round` on θ₀ `theta0_hash` for `members` (any order, no repeats) and a vector
+    /// of `params` values: every node that knows the same members computes the same plan.
+    pub fn new(
+        round: u64,
+        theta0_hash: &str,
+        members: &[String],
+        params: usize,
+        redundancy: usize,
+    ) -> Self {
+        let mut ranked: Vec<([u8; 32], String)> = members
+            .iter()
+            .map(|id| (rank(round, theta0_hash, id), id.clone()))
+            .collect();
+        ranked.sort();
+        ranked.dedup_by(|a, b| a.1 == b.1);
+        Self {
+            ranked: ranked.into_iter().map(|(_, id)| id).collect(),
+            params,
+            redundancy: redundancy.max(1),
+        }
+    }
+
+    /// S: one slice per member.
+    pub fn slices(&self) -> usize {
+        self.ranked.len()
+    }
+
+    /// The coordinates of `slice`: S nearly equal runs.
+    pub fn range(&self, slice: usize) -> Range<usize> {
+        let s = self.slices().max(1);
+        (slice * self.params / s)..((slice + 1) * self.params / s)
+    }
+
+    /// The members that aggregate `slice` (r of them, fewer when the round has fewer members).
+    pub fn group(&self, slice: usize) -> Vec<&str> {
+        let n = self.ranked.len();
+        (0..self.redundancy.min(n))
+            .map(|j| self.ranked[(slice + j) % n].as_str())
+            .collect()
+    }
+
+    /// The slices `node_id` aggregates: r of them for a member, none otherwise.
+    pub fn slices_of(&self, node_id: &str) -> Vec<usize> {
+        let n = self.ranked.len();
+        let Some(position) = self.ranked.iter().position(|id| id == node_id) else {
+            return Vec::new();
+        };
+        (0..self.redundancy.min(n))
+            .map(|j| (position + n - j) % n)
+            .collect()
+    }
+}
+
+/// One aggregator's account of its slice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SliceReport {
+    pub slice: usize,
+    pub aggregator: String,
+    /// The aggregated slice.
+    pub delta: Vec<f32>,
+    /// Each contributor whose slice it aggregated (by node_id) and its squared L2 distance to
+    /// `delta`: the inputs it names, and its part of the verdicts.
+    pub sq_distances: BTreeMap<String, f64>,
+    /// The rule that made it: the configured one, or its fallback when the slice had too few
+    /// inputs for it.
+    pub rule: Rule,
+}
+
+impl SliceReport {
+    /// The node_ids whose slices this report says it aggregated.
+    pub fn inputs(&self) -> Vec<String> {
+        self.sq_distances.keys().cloned().collect()
+    }
+
+    fn same_result(&self, other: &SliceReport) -> bool {
+        self.delta.len() == other.delta.len()
+            && self
+                .delta
+                .iter()
+                .zip(&other.delta)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+            && self.rule == other.rule
+            && self.sq_distances.len() == other.sq_distances.len()
+            && self
+                .sq_distances
+                .iter()
+                .zip(&other.sq_distances)
+                .all(|((a, x), (b, y))| a == b && x.to_bits() == y.to_bits())
+    }
+}
+
+/// What an aggregator of `slice` reports for the slices `inputs` it received (each one slice
+/// long, any order): the configured rule's aggregate of them and each one's squared distance.
+/// The rule's tolerance f counts `contributors`, the round's size, not the inputs in hand.
+pub fn aggregate_slice(
+    config: &AggregationConfig,
+    slice: usize,
+    aggregator: &str,
+    inputs: &[Contribution],
+) -> Result<SliceReport, AggregateError> {
+    let mut sorted = inputs.to_vec();
+    sorted.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    let Aggregate {
+        delta, rule_used, ..
+    } = aggregate(config, &sorted)?;
+    let sq_distances = sorted
+        .iter()
+        .map(|c| (c.node_id.clone(), blocks::sq_dist(&c.delta, &delta)))
+        .collect();
+    Ok(SliceReport {
+        slice,
+        aggregator: aggregator.to_string(),
+        delta,
+        sq_distances,
+        rule: rule_used,
+    })
+}
+
+/// What a checker of `slice` computes from the inputs a report `names`, given the contributors'
+/// parts of the slice it could fetch (`parts`): None when a named input is not among them.
+pub fn recompute(
+    config: &AggregationConfig,
+    slice: usize,
+    parts: &[Contribution],
+    names: &[String],
+) -> Option<SliceReport> {
+    let named: Vec<Contribution> = parts
+        .iter()
+        .filter(|c| names.contains(&c.node_id))
+        .cloned()
+        .collect();
+    if named.len() != names.len() {
+        return None;
+    }
+    aggregate_slice(config, slice, "recomputed", &named).ok()
+}
+
+/// A slice settled from its group's reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settled {
+    /// The report taken (None: no usable report; the slice does not move this round).
+    pub report: Option<SliceReport>,
+    /// More than one report agreed, or a recomputation bore the taken one out.
+    pub confirmed: bool,
+    /// Aggregators whose report was wrong: excluded and blamed.
+    pub wrong: Vec<String>,
+    pub reason: String,
+}
+
+/// Why a report is wrong before any comparison, if it is.
+fn outright_wrong(report: &SliceReport, len: usize, max_norm: f32) -> Option<String> {
+    if report.delta.len() != len {
+        return Some(format!("{} values, not {len}", report.delta.len()));
+    }
+    if report.delta.iter().any(|x| !x.is_finite()) {
+        return Some("a value is not finite".into());
+    }
+    if report
+        .sq_distances
+        .values()
+        .any(|x| !x.is_finite() || *x < 0.0)
+    {
+        return Some("a distance is not a finite non-negative number".into());
+    }
+    let norm = blocks::norm(&report.delta);
+    (norm > f64::from(max_norm)).then(|| format!("its norm {norm:.3e} is above {max_norm:.3e}"))
+}
+
+/// Settles a slice of `len` values from its group's `reports`. When they differ, or when the
+/// slice is `accused` ([`disputed`]), `recompute` gives the slice's report from the inputs a
+/// report names (None: those inputs cannot be had), and a report that is not it is wrong. Of the
+/// reports left, the one aggregating the most inputs is taken (ties: the first aggregator by id),
+/// so every node that sees the same reports takes the same one.
+pub fn settle_slice(
+    len: usize,
+    max_norm: f32,
+    mut reports: Vec<SliceReport>,
+    accused: bool,
+    mut recompute: impl FnMut(&[String]) -> Option<SliceReport>,
+) -> Settled {
+    reports.sort_by(|a, b| a.aggregator.cmp(&b.aggregator));
+    let mut wrong = Vec::new();
+    let mut notes = Vec::new();
+    reports.retain(|r| match outright_wrong(r, len, max_norm) {
+        Some(problem) => {
+            notes.push(format!("{}: {problem}", r.aggregator));
+            wrong.push(r.aggregator.clone());
+            false
+        }
+        None => true,
+    });
+    let agreed = reports.windows(2).all(|w| w[0].same_result(&w[1]));
+    let confirmed = if accused || (reports.len() > 1 && !agreed) {
+        let mut checked: Vec<(Vec<String>, Option<SliceReport>)> = Vec::new();
+        reports.retain(|r| {
+            let inputs = r.inputs();
+            let truth = match checked.iter().find(|(named, _)| *named == inputs) {
+                Some((_, truth)) => truth.clone(),
+                None => {
+                    let truth = recompute(&inputs);
+                    checked.push((inputs, truth.clone()));
+                    truth
+                }
+            };
+            let holds = truth.is_some_and(|t| t.same_result(r));
+            if !holds {
+                notes.push(format!(
+                    "{}: not what its {} inputs give",
+                    r.aggregator,
+                    r.sq_distances.len()
+                ));
+                wrong.push(r.aggregator.clone());
+            }
+            holds
+        });
+        if reports.is_empty() {
+            // Every report was wrong: the recomputation itself is the slice.
+            let fullest = checked
+                .into_iter()
+                .filter_map(|(_, truth)| truth)
+                .max_by_key(|truth| truth.sq_distances.len());
+            reports.extend(fullest);
+        }
+        !reports.is_empty()
+    } else {
+        reports.len() > 1
+    };
+    let taken = reports
+        .into_iter()
+        .fold(None::<SliceReport>, |best, r| match best {
+            Some(b) if b.sq_distances.len() >= r.sq_distances.len() => Some(b),
+            _ => Some(r),
+        });
+    let reason = match (&taken, confirmed) {
+        (None, _) => "no usable report".to_string(),
+        (Some(r), true) => format!("{}'s report, confirmed", r.aggregator),
+        (Some(r), false) => format!("{}'s report alone", r.aggregator),
+    };
+    let reason = if notes.is_empty() {
+        reason
+    } else {
+        format!("{reason}; wrong: {}", notes.join("; "))
+    };
+    Settled {
+        report: taken,
+        confirmed,
+        wrong,
+        reason,
+    }
+}
+
+/// How many times farther than usual a contributor must find an aggregated slice from its own
+/// part of it to accuse the slice: usual is the median over the slices of its distance to the
+/// aggregate relative to its own part's length. Honest slices spread far less (a chi-square
+/// with a slice's length in degrees of freedom); a slice scaled or flipped by its aggregators
+/// lies an order of magnitude out.
+pub const SUSPICION_FACTOR: f64 = 4.0;
+
+/// The slices a contributor accuses, given its own Δ and the aggregated slices it holds (None:
+/// not had): those whose distance to its own part, relative to that part's length, is more
+/// than [`SUSPICION_FACTOR`] times the median of the same ratio over the slices. A group made
+/// only of attackers agrees on its lie; the contributors see it.
+pub fn accused_slices(plan: &ShardPlan, own: &[f32], aggregated: &[Option<&[f32]>]) -> Vec<usize> {
+    let ratios: Vec<(usize, f64)> = aggregated
+        .iter()
+        .enumerate()
+        .filter_map(|(slice, y)| {
+            let y = (*y)?;
+            let part = own.get(plan.range(slice))?;
+            (part.len() == y.len()).then(|| {
+                let norm = part.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>();
+                (slice, blocks::sq_dist(part, y) / (norm + f64::MIN_POSITIVE))
+            })
+        })
+        .collect();
+    if ratios.is_empty() {
+        return Vec::new();
+    }
+    let mut sorted: Vec<f64> = ratios.iter().map(|(_, r)| *r).collect();
+    sorted.sort_by(f64::total_cmp);
+    let bound = sorted[sorted.len() / 2] * SUSPICION_FACTOR * SUSPICION_FACTOR;
+    ratios
+        .into_iter()
+        .filter(|(_, r)| *r > bound)
+        .map(|(slice, _)| slice)
+        .collect()
+}
+
+/// Whether accusations by contributors of `accusing` weight, of the round's `total`, make a
+/// slice recomputed: more than a third, so the attackers a robust round tolerates cannot force
+/// recomputations (each costs its backups about one Δ) on their own.
+pub fn disputed(accusing: f64, total: f64) -> bool {
+    accusing * 3.0 > total
+}
+
+/// The round's aggregate from its settled slices (in slice order): the slices side by side
+/// (zeros where none was usable), and the verdicts of `contributors` as the full-mesh mean and
+/// distance rules give them: with the mean everyone is kept (score 1/n); otherwise kept unless
+/// among the f farthest (f = the config's tolerance for n), more than twice the median distance
+/// and above the floor (score: the distance; Krum's and the iterative rules' own scores are not
+/// kept across slices). A contributor missing from a settled slice (it did not deliver it) is
+/// rejected.
+pub fn assemble(
+    config: &AggregationConfig,
+    plan: &ShardPlan,
+    settled: &[Settled],
+    contributors: &[String],
+) -> Aggregate {
+    let mut delta = vec![0.0f32; plan.params];
+    let mut sq_norm = 0.0;
+    let mut sq_distance: BTreeMap<&str, f64> =
+        contributors.iter().map(|c| (c.as_str(), 0.0)).collect();
+    let mut missing_from: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut unusable = 0;
+    for (slice, s) in settled.iter().enumerate() {
+        let Some(report) = &s.report else {
+            unusable += 1;
+            continue;
+        };
+        let range = plan.range(slice);
+        if report.delta.len() == range.len() {
+            delta[range].copy_from_slice(&report.delta);
+        }
+        sq_norm += report
+            .delta
+            .iter()
+            .map(|&x| f64::from(x) * f64::from(x))
+            .sum::<f64>();
+        for (id, total) in sq_distance.iter_mut() {
+            match report.sq_distances.get(*id) {
+                Some(d) => *total += d,
+                None => *missing_from.entry(id).or_default() += 1,
+            }
+        }
+    }
+    let ids: Vec<&str> = sq_distance.keys().copied().collect();
+    let distances: Vec<f64> = sq_distance.values().map(|d| d.sqrt()).collect();
+    let rule = settled
+        .iter()
+        .find_map(|s| s.report.as_ref().map(|r| r.rule))
+        .unwrap_or(config.rule);
+    let (kept, scores) = if rule == Rule::Mean {
+        let weight = 1.0 / ids.len().max(1) as f64;
+        (vec![true; ids.len()], vec![weight; ids.len()])
+    } else {
+        let f = config.tolerance(ids.len());
+        let floor = OUTLIER_FLOOR * sq_norm.sqrt();
+        (kept_nearest(&distances, f, floor), distances)
+    };
+    let verdicts = ids
+        .iter()
+        .zip(kept)
+        .zip(&scores)
+        .map(|((id, kept), &score)| Verdict {
+            node_id: id.to_string(),
+            kept: kept && !missing_from.contains_key(id),
+            score,
+        })
+        .collect();
+    let mut reason = format!(
+        "sharded: {} slices, {} aggregators each; {} per slice",
+        settled.len(),
+        plan.redundancy,
+        rule.name()
+    );
+    if unusable > 0 {
+        reason.push_str(&format!(
+            "; {unusable} slices without a usable report stay put"
+        ));
+    }
+    if !missing_from.is_empty() {
+        reason.push_str(&format!(
+            "; {} contributors missing from some slice",
+            missing_from.len()
+        ));
+    }
+    Aggregate {
+        delta,
+        verdicts,
+        rule_used: rule,
+        reason,
+    }
+}
+
+/// Every contribution cut to `slice` of `plan`.
+pub fn slice_of(
+    plan: &ShardPlan,
+    slice: usize,
+    contributions: &[Contribution],
+) -> Vec<Contribution> {
+    let range = plan.range(slice);
+    contributions
+        .iter()
+        .map(|c| Contribution {
+            node_id: c.node_id.clone(),
+            delta: c.delta[range.clone()].to_vec(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::*;
+
+    fn members(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("node{i:04}")).collect()
+    }
+
+    #[test]
+    fn every_member_aggregates_r_slices_and_every_slice_has_r_distinct_aggregators() {
+        let ids = members(100);
+        let plan = ShardPlan::new(7, "θ₀", &ids, 10_007, 2);
+        assert_eq!(plan.slices(), 100);
+        let covered: usize = (0..100).map(|s| plan.range(s).len()).sum();
+        assert_eq!(covered, 10_007);
+        assert_eq!(plan.range(99).end, 10_007);
+        for s in 0..100 {
+            let group = plan.group(s);
+            assert_eq!(group.len(), 2);
+            assert_ne!(group[0], group[1]);
+            for member in group {
+                assert!(plan.slices_of(member).contains(&s));
+            }
+        }
+        for id in &ids {
+            assert_eq!(plan.slices_of(id).len(), 2, "{id}");
+        }
+        assert!(plan.slices_of("stranger").is_empty());
+        // Any order of the same members gives the same plan; another θ₀ another one.
+        let mut shuffled = ids.clone();
+        shuffled.reverse();
+        assert_eq!(ShardPlan::new(7, "θ₀", &shuffled, 10_007, 2), plan);
+        assert_ne!(
+            ShardPlan::new(7, "θ₀'", &ids, 10_007, 2).group(0),
+            plan.group(0)
+        );
+    }
+
+    fn honest_round(n: usize, attackers: usize, d: usize) -> Vec<Contribution> {
+        let centre = random_vec(1, d, 1.0);
+        let mut cs = honest_and_attackers(&centre, n - attackers, 0.3, attackers);
+        for (i, c) in cs.iter_mut().enumerate() {
+            c.node_id = format!("node{i:04}");
+        }
+        cs
+    }
+
+    /// Every group member honest: each slice's report by its first aggregator.
+    fn settle_all(
+        config: &AggregationConfig,
+        plan: &ShardPlan,
+        cs: &[Contribution],
+    ) -> Vec<Settled> {
+        (0..plan.slices())
+            .map(|s| {
+                let inputs = slice_of(plan, s, cs);
+                let reports = plan
+                    .group(s)
+                    .iter()
+                    .map(|a| aggregate_slice(config, s, a, &inputs).unwrap())
+                    .collect();
+                settle_slice(plan.range(s).len(), f32::MAX, reports, false, |_| None)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn coordinate_wise_rules_give_the_full_mesh_aggregate_and_verdicts_bit_for_bit() {
+        let cs = honest_round(20, 4, 1000);
+        let ids: Vec<String> = cs.iter().map(|c| c.node_id.clone()).collect();
+        let plan = ShardPlan::new(3, "θ₀", &ids, 1000, 2);
+        for rule in [Rule::Mean, Rule::Median, Rule::TrimmedMean] {
+            let config = config(rule, 4);
+            let full = aggregate(&config, &cs).unwrap();
+            let settled = settle_all(&config, &plan, &cs);
+            assert!(settled.iter().all(|s| s.confirmed && s.wrong.is_empty()));
+            let sharded = assemble(&config, &plan, &settled, &ids);
+            assert_eq!(sharded.delta, full.delta, "{rule:?}");
+            let kept = |a: &Aggregate| a.verdicts.iter().map(|v| v.kept).collect::<Vec<_>>();
+            assert_eq!(kept(&sharded), kept(&full), "{rule:?}");
+            for (s, f) in sharded.verdicts.iter().zip(&full.verdicts) {
+                assert!(
+                    (s.score - f.score).abs() <= 1e-9 * f.score.max(1.0),
+                    "{rule:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_wrong_report_is_caught_by_its_partner_and_the_recomputed_slice_taken() {
+        let config = config(Rule::TrimmedMean, 1);
+        let cs = honest_round(5, 0, 40);
+        let honest = aggregate_slice(&config, 0, "a", &cs).unwrap();
+        let mut lie = aggregate_slice(&config, 0, "b", &cs).unwrap();
+        lie.delta[3] += 0.5;
+        let settled = settle_slice(
+            40,
+            f32::MAX,
+            vec![lie.clone(), honest.clone()],
+            false,
+            |names| recompute(&config, 0, &cs, names),
+        );
+        assert_eq!(settled.wrong, ["b"]);
+        assert!(settled.confirmed);
+        assert_eq!(settled.report.unwrap().delta, honest.delta);
+
+        // NaN, a wrong length or a huge norm are wrong without recomputing anything.
+        let mut nan = honest.clone();
+        nan.aggregator = "c".into();
+        nan.delta[0] = f32::NAN;
+        let mut huge = honest.clone();
+        huge.aggregator = "d".into();
+        huge.delta[0] = 1e9;
+        let settled = settle_slice(40, 1e3, vec![nan, huge, honest.clone()], false, |_| {
+            panic!("nothing to recompute")
+        });
+        assert_eq!(settled.wrong, ["c", "d"]);
+        assert!(!settled.confirmed, "one usable report is not confirmed");
+        assert_eq!(settled.report.unwrap().aggregator, "a");
+    }
+
+    #[test]
+    fn contributors_accuse_a_slice_its_whole_group_flipped_and_recomputing_it_catches_both() {
+        let config = config(Rule::TrimmedMean, 2);
+        let cs = honest_round(12, 0, 1200);
+        let ids: Vec<String> = cs.iter().map(|c| c.node_id.clone()).collect();
+        let plan = ShardPlan::new(5, "θ₀", &ids, 1200, 2);
+        let mut settled = settle_all(&config, &plan, &cs);
+        // Both aggregators of slice 3 report it flipped and scaled, with matching distances.
+        let lie = |aggregator: &str| {
+            let mut report = settled[3].report.clone().unwrap();
+            report.aggregator = aggregator.into();
+            report.delta.iter_mut().for_each(|x| *x *= -10.0);
+            let inputs = slice_of(&plan, 3, &cs);
+            for c in &inputs {
+                report
+                    .sq_distances
+                    .insert(c.node_id.clone(), blocks::sq_dist(&c.delta, &report.delta));
+            }
+            report
+        };
+        let group: Vec<String> = plan.group(3).iter().map(|s| s.to_string()).collect();
+        let lies = vec![lie(&group[0]), lie(&group[1])];
+        let agreed = settle_slice(plan.range(3).len(), f32::MAX, lies.clone(), false, |_| None);
+        assert!(
+            agreed.confirmed && agreed.wrong.is_empty(),
+            "agreement alone is fooled"
+        );
+        settled[3] = agreed;
+        let aggregated: Vec<Option<&[f32]>> = settled
+            .iter()
+            .map(|s| s.report.as_ref().map(|r| r.delta.as_slice()))
+            .collect();
+        let accusers = cs
+            .iter()
+            .filter(|c| accused_slices(&plan, &c.delta, &aggregated) == [3])
+            .count();
+        assert_eq!(
+            accusers, 12,
+            "every honest contributor accuses slice 3 and no other"
+        );
+        assert!(disputed(accusers as f64, 12.0) && !disputed(4.0, 12.0));
+        let parts = slice_of(&plan, 3, &cs);
+        let recomputed = settle_slice(plan.range(3).len(), f32::MAX, lies, true, |names| {
+            recompute(&config, 3, &parts, names)
+        });
+        assert_eq!(recomputed.wrong, group);
+        let honest = aggregate_slice(&config, 3, "recomputed", &parts).unwrap();
+        assert_eq!(
+            recomputed.report,
+            Some(honest),
+            "the recomputed slice is taken"
+        );
+    }
+
+    #[test]
+    fn honest_aggregators_with_different_inputs_are_both_right_and_the_fuller_one_is_taken() {
+        let config = config(Rule::Mean, 0);
+        let cs = honest_round(4, 0, 8);
+        let all = aggregate_slice(&config, 0, "b", &cs).unwrap();
+        let three = aggregate_slice(&config, 0, "a", &cs[..3]).unwrap();
+        let settled = settle_slice(8, f32::MAX, vec![three, all.clone()], false, |names| {
+            recompute(&config, 0, &cs, names)
+        });
+        assert!(settled.wrong.is_empty(), "{settled:?}");
+        assert_eq!(settled.report.unwrap(), all);
+    }
+
+    #[test]
+    fn a_contributor_missing_from_a_slice_is_rejected_and_a_slice_without_reports_stays_put() {
+        let config = config(Rule::TrimmedMean, 1);
+        let cs = honest_round(6, 0, 60);
+        let ids: Vec<String> = cs.iter().map(|c| c.node_id.clone()).collect();
+        let plan = ShardPlan::new(1, "θ₀", &ids, 60, 2);
+        let mut settled = settle_all(&config, &plan, &cs);
+        // Slice 0 lost one contributor's part; slice 1 has no report at all.
+        let short: Vec<Contribution> = slice_of(&plan, 0, &cs)[1..].to_vec();
+        settled[0] = settle_slice(
+            plan.range(0).len(),
+            f32::MAX,
+            vec![aggregate_slice(&config, 0, "x", &short).unwrap()],
+            false,
+            |_| None,
+        );
+        settled[1] = settle_slice(plan.range(1).len(), f32::MAX, Vec::new(), false, |_| None);
+        let out = assemble(&config, &plan, &settled, &ids);
+        assert!(!out.verdicts[0].kept, "{:?}", out.verdicts);
+        assert!(out.verdicts[1..].iter().all(|v| v.kept));
+        assert!(out.delta[plan.range(1)].iter().all(|&x| x == 0.0));
+        assert!(
+            out.reason.contains("1 slices without a usable report"),
+            "{}",
+            out.reason
+        );
+    }
+}
