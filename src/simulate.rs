@@ -821,14 +821,19 @@ impl Simulation {
             .iter()
             .map(|(c, _)| (*c, start[*c] + upload[*c] / self.nodes[*c].up))
             .collect();
-        // Phase 2: every active member closes each of its slices and reports.
+        // Phase 2: every active member closes by `round_decision` (once: the parts of its
+        // slices arrive together). The members of a group then swap the names of the parts
+        // they hold and fetch the ones they lack from each other, so honest members aggregate
+        // the same union and agree; each reports.
         let mut reports: Vec<Vec<(usize, f64, SliceReport)>> = vec![Vec::new(); slices];
-        let mut cache: HashMap<(usize, Vec<usize>), SliceReport> = HashMap::new();
+        let mut cache: HashMap<(usize, Vec<usize>), Option<SliceReport>> = HashMap::new();
+        let mut closes: HashMap<usize, (f64, Vec<usize>)> = HashMap::new();
         let mut closings = Closings::new();
         let needed = self.settings.closing.quorum_fraction * expected;
         for s in 0..slices {
-            for &m in &groups[s] {
-                if !active(m) {
+            let group: Vec<usize> = groups[s].iter().copied().filter(|&m| active(m)).collect();
+            for &m in &group {
+                if closes.contains_key(&m) {
                     continue;
                 }
                 let received_at = start[m] + download[m] / self.nodes[m].down;
@@ -849,18 +854,43 @@ impl Simulation {
                 if !self.nodes[m].attacker {
                     closings.record(inputs.len(), &reason, needed);
                 }
-                let honest = cache
-                    .entry((s, inputs.clone()))
-                    .or_insert_with(|| {
-                        let chosen: Vec<Contribution> =
-                            inputs.iter().map(|j| sliced[s][*j].clone()).collect();
-                        aggregate_slice(&self.settings.aggregation, s, "", &chosen)
-                            .expect("checked inputs aggregate")
-                    })
-                    .clone();
+                closes.insert(m, (close, inputs));
+            }
+            let mut union: Vec<usize> = group
+                .iter()
+                .flat_map(|m| closes[m].1.iter().copied())
+                .collect();
+            union.sort_unstable();
+            union.dedup();
+            let swapped_at = group.iter().map(|m| closes[m].0).fold(0.0, f64::max)
+                + group
+                    .iter()
+                    .flat_map(|&a| group.iter().map(move |&b| (a, b)))
+                    .map(|(a, b)| self.link(a, b))
+                    .fold(0.0, f64::max);
+            let honest = cache
+                .entry((s, union.clone()))
+                .or_insert_with(|| {
+                    let chosen: Vec<Contribution> =
+                        union.iter().map(|j| sliced[s][*j].clone()).collect();
+                    aggregate_slice(&self.settings.aggregation, s, "", &chosen).ok()
+                })
+                .clone();
+            // No member online, or nothing arrived: the slice gets no report.
+            let Some(honest) = honest else {
+                continue;
+            };
+            for &m in &group {
+                let lacking = (union.len() - closes[&m].1.len()) as f64 * slice_bytes[s];
+                if let Some(&partner) = group.iter().find(|&&p| p != m)
+                    && lacking > 0.0
+                {
+                    traffic.send(partner, m, lacking);
+                }
+                let at = swapped_at + lacking / self.nodes[m].down;
                 let mut report = SliceReport {
                     aggregator: self.nodes[m].id.clone(),
-                    ..honest
+                    ..honest.clone()
                 };
                 if self.nodes[m].attacker {
                     for x in report.delta.iter_mut() {
@@ -872,7 +902,7 @@ impl Simulation {
                         }
                     }
                 }
-                reports[s].push((m, close, report));
+                reports[s].push((m, at, report));
             }
         }
         // Phase 3: claims on the gossip topic; each node fetches every slice's report from a
