@@ -596,7 +596,6 @@ impl Simulation {
         let in_of = |i: &usize| traffic.bytes_in[*i] / delta_bytes;
         let out_of = |i: &usize| traffic.bytes_out[*i] / delta_bytes;
         let max = |xs: Vec<f64>| xs.into_iter().fold(0.0, f64::max);
-        let steady = &honest_online;
         RoundRow {
             mode: self.mode,
             nodes: n,
@@ -614,9 +613,10 @@ impl Simulation {
             unconfirmed_slices: outcome.unconfirmed_slices,
             missing_slices: outcome.missing_slices,
             round_seconds: outcome.round_seconds,
-            max_in: max(steady.iter().map(in_of).collect()),
-            max_out: max(steady.iter().map(out_of).collect()),
-            mean_in: steady.iter().map(in_of).sum::<f64>() / steady.len().max(1) as f64,
+            max_in: max(honest_online.iter().map(in_of).collect()),
+            max_out: max(honest_online.iter().map(out_of).collect()),
+            mean_in: honest_online.iter().map(in_of).sum::<f64>()
+                / honest_online.len().max(1) as f64,
             heal: heal / delta_bytes,
             agreement: on_majority as f64 / honest_online.len().max(1) as f64,
             loss_proxy: sq_distance(&self.states[&new_state].theta0, &self.target)
