@@ -30,7 +30,9 @@ use crate::aggregate::shard::{
     Settled, ShardOptions, ShardPlan, SliceReport, accused_slices, aggregate_slice, assemble,
     disputed, recompute, settle_slice,
 };
-use crate::aggregate::{Aggregate, AggregationConfig, Contribution, aggregate, check_aggregate};
+use crate::aggregate::{
+    Aggregate, AggregationConfig, Contribution, aggregate, check_aggregate, squared_distance,
+};
 use crate::diloco::OuterOptimizer;
 use crate::diloco::attack::{Attack, normal, poison, splitmix};
 use crate::diloco::codec::{Codec, CodecConfig, decode, encode, encoded_len};
@@ -286,10 +288,6 @@ fn uniform(rng: &mut u64) -> f64 {
     (splitmix(rng) >> 11) as f64 / (1u64 << 53) as f64
 }
 
-fn sq_distance(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| f64::from(x - y).powi(2)).sum()
-}
-
 impl Simulation {
     pub fn new(settings: Settings, mode: Mode, n: usize) -> Self {
         let mut rng = settings.seed ^ (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -311,7 +309,7 @@ impl Simulation {
             })
             .collect();
         let target: Vec<f32> = (0..settings.params).map(|_| normal(&mut rng)).collect();
-        let initial_distance = sq_distance(&vec![0.0; settings.params], &target);
+        let initial_distance = squared_distance(&vec![0.0; settings.params], &target);
         let states = BTreeMap::from([(
             0,
             OuterState {
@@ -619,7 +617,7 @@ impl Simulation {
                 / honest_online.len().max(1) as f64,
             heal: heal / delta_bytes,
             agreement: on_majority as f64 / honest_online.len().max(1) as f64,
-            loss_proxy: sq_distance(&self.states[&new_state].theta0, &self.target)
+            loss_proxy: squared_distance(&self.states[&new_state].theta0, &self.target)
                 / self.initial_distance,
         }
     }
@@ -898,7 +896,7 @@ impl Simulation {
                     }
                     for (id, d) in report.sq_distances.iter_mut() {
                         if let Some(&j) = position.get(id.as_str()) {
-                            *d = sq_distance(&sliced[s][j].delta, &report.delta);
+                            *d = squared_distance(&sliced[s][j].delta, &report.delta);
                         }
                     }
                 }

@@ -396,6 +396,11 @@ pub fn check_aggregate(delta: &[f32], max_norm: f32) -> Result<(), UnsafeAggrega
     Ok(())
 }
 
+/// ‖a − b‖², the same bits on every CPU (what the rules' distances use).
+pub fn squared_distance(a: &[f32], b: &[f32]) -> f64 {
+    blocks::sq_dist(a, b)
+}
+
 /// How much farther than the median contributor a contribution must lie from the aggregate to be
 /// rejected. Honest deltas differ by their data: rejecting the f farthest of them every round
 /// would take honest peers' rewards away; attackers the rules guard against sit far outside.
