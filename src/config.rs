@@ -12,6 +12,7 @@ use libp2p::Multiaddr;
 
 use crate::admission::Genesis;
 use crate::aggregate::AggregationConfig;
+use crate::aggregate::shard::ShardOptions;
 use crate::diloco::OuterOptimizer;
 use crate::diloco::codec::CodecConfig;
 use crate::diloco::round::RoundOptions;
@@ -176,6 +177,8 @@ pub struct DilocoSection {
     pub compression: CodecConfig,
     /// How a round's deltas are combined.
     pub aggregation: AggregationConfig,
+    /// When and how rounds run sharded (each node aggregates a few slices of the vector).
+    pub sharding: ShardOptions,
 }
 
 impl DilocoSection {
@@ -287,6 +290,7 @@ impl Default for DilocoSection {
             max_delta_norm: 1e5,
             compression: CodecConfig::default(),
             aggregation: AggregationConfig::default(),
+            sharding: ShardOptions::default(),
         }
     }
 }
@@ -529,6 +533,9 @@ impl Config {
         }
         if let Err(reason) = d.aggregation.validate() {
             return bad("diloco.aggregation", reason);
+        }
+        if let Err(reason) = d.sharding.validate() {
+            return bad("diloco.sharding", reason);
         }
         if !(self.diloco.outer_lr > 0.0) || !(0.0..1.0).contains(&self.diloco.outer_momentum) {
             return bad(

@@ -346,7 +346,18 @@ fn round_settings(config: &Config, own_admitted: bool) -> RoundSettings {
         own_admitted,
         max_delta_norm: d.max_delta_norm,
         attack: byzantine_fault(),
+        sharding: d.sharding,
+        lying_aggregator: lying_aggregator_fault(),
     }
+}
+
+/// NEUROSHARD_FAULT_LYING_AGGREGATOR=1: serve this node's aggregated slices scaled by −10.
+fn lying_aggregator_fault() -> bool {
+    let on = std::env::var("NEUROSHARD_FAULT_LYING_AGGREGATOR").is_ok_and(|v| v == "1");
+    if on {
+        warn!("test fault switch is on: this node serves wrong slice reports");
+    }
+    on
 }
 
 /// Test fault switch NEUROSHARD_FAULT_BYZANTINE=sign_flip|scale|gaussian|nan|alie|ipm.

@@ -3,7 +3,8 @@
 
 use actix::prelude::*;
 
-use super::messages::AggregateRound;
+use super::messages::{AggregateRound, AggregateSlices, SettleRound};
+use crate::aggregate::shard::{SliceReport, aggregate_slice, settle_round};
 use crate::aggregate::{Aggregate, AggregateError, aggregate};
 
 pub struct AggregatorActor;
@@ -21,5 +22,38 @@ impl Handler<AggregateRound> for AggregatorActor {
             tracing::warn!(round = msg.round, rule = msg.config.rule.name(), error = %e, "aggregation failed");
         }
         result
+    }
+}
+
+impl Handler<AggregateSlices> for AggregatorActor {
+    type Result = Vec<SliceReport>;
+
+    /// A slice the rule cannot aggregate (no parts) is left out: its partners' reports, or the
+    /// other nodes' own computation, stand for it.
+    fn handle(&mut self, msg: AggregateSlices, _: &mut Self::Context) -> Self::Result {
+        msg.inputs
+            .iter()
+            .filter_map(|(slice, parts)| {
+                aggregate_slice(&msg.config, *slice, &msg.aggregator, parts)
+                    .inspect_err(|e| {
+                        tracing::warn!(round = msg.round, slice, error = %e, "slice not aggregated");
+                    })
+                    .ok()
+            })
+            .collect()
+    }
+}
+
+impl Handler<SettleRound> for AggregatorActor {
+    type Result = MessageResult<SettleRound>;
+
+    fn handle(&mut self, msg: SettleRound, _: &mut Self::Context) -> Self::Result {
+        MessageResult(settle_round(
+            &msg.config,
+            &msg.codec,
+            &msg.plan,
+            msg.max_norm,
+            msg.evidence,
+        ))
     }
 }

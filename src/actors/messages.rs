@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
+use crate::aggregate::shard::{SettledRound, ShardPlan, SliceEvidence, SliceReport};
 use crate::aggregate::{Aggregate, AggregateError, AggregationConfig, Contribution};
+use crate::diloco::codec::CodecConfig;
 use crate::diloco::machine::TrainerPeer;
 use crate::ledger::checkpoint::{CertificateRecord, Checkpoint, ConsensusWire, ValidatorSet};
 use crate::ledger::state::Account;
@@ -68,6 +70,28 @@ pub struct AggregateRound {
     pub round: u64,
     pub config: AggregationConfig,
     pub contributions: Vec<Contribution>,
+}
+
+/// Sync → Aggregator: aggregate this node's slices of a sharded round (each slice's parts).
+#[derive(Message)]
+#[rtype(result = "Vec<SliceReport>")]
+pub struct AggregateSlices {
+    pub round: u64,
+    pub config: AggregationConfig,
+    /// This node's node_id: the reports' aggregator.
+    pub aggregator: String,
+    pub inputs: Vec<(usize, Vec<Contribution>)>,
+}
+
+/// Sync → Aggregator: settle a sharded round from the evidence in hand (`shard::settle_round`).
+#[derive(Message)]
+#[rtype(result = "SettledRound")]
+pub struct SettleRound {
+    pub config: AggregationConfig,
+    pub codec: CodecConfig,
+    pub plan: ShardPlan,
+    pub max_norm: f32,
+    pub evidence: BTreeMap<usize, SliceEvidence>,
 }
 
 /// Trainer → Supervisor: a training step panicked; the trainer has stopped itself.
@@ -137,6 +161,8 @@ pub struct FetchBlob {
     /// The blob's size as the protocol implies it (a Δ's announced size, θ₀'s 4 bytes a value):
     /// a longer answer is refused from its length header and counts against the peer.
     pub max_bytes: u64,
+    /// Only values `start..end` of an encoded Δ (`BlobRequest::range`).
+    pub range: Option<(u64, u64)>,
 }
 
 /// Why `FetchBlob` brought no bytes: this node's own limits or state, the peer's offence (counted

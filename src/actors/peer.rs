@@ -60,7 +60,7 @@ const MAX_FETCHES: usize = 128;
 /// (its deltas count for nothing), and a heal fetches θ₀ and the momentum one after the other.
 const MAX_FETCHES_UNADMITTED: usize = 1;
 /// Blobs served at once: θ₀ of the current and the previous round, and room for round deltas.
-const SERVED_BLOBS: usize = 8;
+const SERVED_BLOBS: usize = 12;
 const TRACKER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Ledger history requests this node serves at once (each a read of its ledger), and sends.
 const MAX_HISTORY_SERVED: usize = 4;
@@ -422,6 +422,8 @@ enum Blame {
 struct PendingFetch {
     peer: PeerId,
     blob: BlobId,
+    /// A range of the blob was asked for (`BlobRequest::range`).
+    range: bool,
     reply: tokio::sync::oneshot::Sender<Result<Arc<Vec<u8>>, FetchError>>,
 }
 
@@ -921,14 +923,14 @@ impl PeerActor {
             Event::Message {
                 message:
                     Message::Request {
-                        request: BlobRequest { id, .. },
+                        request: BlobRequest { id, range, .. },
                         channel,
                         ..
                     },
                 ..
             } => {
                 let response = poisoned_blob(self.options.faults.heal_poison.as_deref(), &id)
-                    .unwrap_or_else(|| self.blobs.response(&id));
+                    .unwrap_or_else(|| self.blobs.response(&id, range));
                 let round_delta = self.own_deltas.contains(&id);
                 match SlowBlob::serve(
                     self.options.faults.slow_blob,
@@ -966,7 +968,8 @@ impl PeerActor {
                     }),
                     BlobResponse::Found { id, bytes } => {
                         let now = Instant::now();
-                        if id == pending.blob {
+                        // A range's bytes are checked by decoding them, not against the Δ's id.
+                        if id == pending.blob || pending.range {
                             Ok(bytes)
                         } else {
                             let rejection = Rejection::Malformed(format!(
@@ -1266,6 +1269,7 @@ impl Handler<FetchBlob> for PeerActor {
         let request = BlobRequest {
             id: msg.id,
             max_bytes: msg.max_bytes,
+            range: msg.range,
         };
         let request_id = self
             .swarm
@@ -1277,6 +1281,7 @@ impl Handler<FetchBlob> for PeerActor {
             PendingFetch {
                 peer: msg.peer,
                 blob: msg.id,
+                range: msg.range.is_some(),
                 reply,
             },
         );
@@ -1374,11 +1379,12 @@ impl Handler<AnnounceRound> for PeerActor {
             self.own_deltas.push_back(id);
         }
         if let Some(attack) = &self.attack {
-            let own_delta =
-                BlobId::from_hex(&msg.0.delta_hash).and_then(|id| match self.blobs.response(&id) {
+            let own_delta = BlobId::from_hex(&msg.0.delta_hash).and_then(|id| {
+                match self.blobs.response(&id, None) {
                     BlobResponse::Found { bytes, .. } => Some(bytes),
                     BlobResponse::Missing => None,
-                });
+                }
+            });
             attack.do_send(RoundObserved {
                 announcement: msg.0,
                 own_delta,

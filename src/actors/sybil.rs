@@ -421,6 +421,7 @@ impl SybilActor {
                 codec: node.codec.clone(),
                 tokens: node.tokens,
                 sent_at_ms: unix_ms(),
+                claims: Vec::new(),
             };
             sybil.blobs.insert(id, Arc::new(encoded));
             if sybil.own_deltas.len() >= OWN_DELTAS_KEPT {
@@ -494,7 +495,7 @@ impl SybilActor {
             SwarmEvent::Behaviour(BehaviourEvent::Blobs(request_response::Event::Message {
                 message:
                     request_response::Message::Request {
-                        request: BlobRequest { id, .. },
+                        request: BlobRequest { id, range, .. },
                         channel,
                         ..
                     },
@@ -503,7 +504,7 @@ impl SybilActor {
                 let faults = &self.options.network.faults;
                 let sybil = &mut self.sybils[i];
                 let response = poisoned_blob(faults.heal_poison.as_deref(), &id)
-                    .unwrap_or_else(|| sybil.blobs.response(&id));
+                    .unwrap_or_else(|| sybil.blobs.response(&id, range));
                 let round_delta = sybil.own_deltas.contains(&id);
                 match SlowBlob::serve(
                     faults.slow_blob,

@@ -18,13 +18,14 @@ use tracing::{debug, error, info, warn};
 use super::aggregator::AggregatorActor;
 use super::ledger::LedgerActor;
 use super::messages::{
-    AggregateRound, AnnounceRound, BlobServed, CheckpointError, DeltaVerdict, FetchBlob,
-    FetchError, GetResumeState, InnerRoundDone, ModelAdopted, OfferBlob, PeerRoundAnnounced,
-    PeerWeights, ProveTraining, RegisterRounds, RegisterTrainer, ResumeState, RoundVerdicts,
-    SnapshotTaken, StartRound, TrainerPeers, WriteCheckpoint,
+    AggregateRound, AggregateSlices, AnnounceRound, BlobServed, CheckpointError, DeltaVerdict,
+    FetchBlob, FetchError, GetResumeState, InnerRoundDone, ModelAdopted, OfferBlob,
+    PeerRoundAnnounced, PeerWeights, ProveTraining, RegisterRounds, RegisterTrainer, ResumeState,
+    RoundVerdicts, SettleRound, SnapshotTaken, StartRound, TrainerPeers, WriteCheckpoint,
 };
 use super::peer::PeerActor;
 use super::run_every;
+use crate::aggregate::shard::{ShardOptions, ShardPlan, SliceEvidence, as_served};
 use crate::aggregate::{Aggregate, AggregationConfig, check_aggregate};
 use crate::diloco::attack::{Attack, poison};
 use crate::diloco::codec::{Codec, CodecConfig, ErrorFeedback, decode, encode};
@@ -83,6 +84,16 @@ impl CheckpointTarget {
     }
 }
 
+/// A `FetchParts` in flight.
+struct PartsFetch {
+    peer: PeerId,
+    node_id: String,
+    round: u64,
+    delta: BlobId,
+    max_bytes: u64,
+    check: bool,
+}
+
 /// How this node takes part in rounds (the `[diloco]` config).
 #[derive(Debug, Clone)]
 pub struct RoundSettings {
@@ -98,6 +109,11 @@ pub struct RoundSettings {
     pub weight_rule: WeightRule,
     /// This node holds a valid membership certificate (what counts in a permissioned network).
     pub own_admitted: bool,
+    /// When rounds run sharded (`[diloco.sharding]`).
+    pub sharding: ShardOptions,
+    /// Test fault switch NEUROSHARD_FAULT_LYING_AGGREGATOR: serve this node's aggregated slices
+    /// scaled by −10.
+    pub lying_aggregator: bool,
 }
 
 pub struct SyncActor {
@@ -149,6 +165,9 @@ impl SyncActor {
             byzantine_fraction: settings.aggregation.byzantine_fraction,
             params: outer.theta0.len(),
             max_delta_norm: settings.max_delta_norm,
+            sharding: settings.sharding,
+            // Every node cuts at the same boundaries whatever codec it sends with.
+            slice_align: settings.compression.int8_block,
         };
         let theta0_hash = BlobId::of(bytemuck::cast_slice(&outer.theta0)).to_string();
         let machine = RoundMachine::new(node_id.clone(), rules, outer.round, theta0_hash);
@@ -248,6 +267,41 @@ impl SyncActor {
                     ctx,
                 ),
                 Effect::FetchState { plan, source } => self.heal(plan, source, ctx),
+                Effect::FetchParts {
+                    peer,
+                    node_id,
+                    round,
+                    delta,
+                    max_bytes,
+                    slices,
+                    check,
+                } => {
+                    let fetch = PartsFetch {
+                        peer,
+                        node_id,
+                        round,
+                        delta,
+                        max_bytes,
+                        check,
+                    };
+                    self.fetch_parts(fetch, slices, ctx)
+                }
+                Effect::AggregateSlices { round, inputs } => {
+                    self.aggregate_slices(round, inputs, ctx)
+                }
+                Effect::FetchReport {
+                    peer,
+                    round,
+                    slice,
+                    result,
+                    max_bytes,
+                    ..
+                } => self.fetch_report(peer, round, slice, result, max_bytes, ctx),
+                Effect::Settle {
+                    round,
+                    plan,
+                    evidence,
+                } => self.settle(round, plan, evidence, ctx),
                 Effect::Skipped(why) => debug!("{why}"),
                 Effect::Refused(why) => warn!("peer delta refused: {why}"),
             }
@@ -272,6 +326,7 @@ impl SyncActor {
             peer,
             id: delta,
             max_bytes,
+            range: None,
         });
         ctx.spawn(fetch.into_actor(self).map(move |result, act, ctx| {
             let fetched = match result {
@@ -289,41 +344,212 @@ impl SyncActor {
 
     fn aggregate(&mut self, request: AggregateRound, ctx: &mut Context<Self>) {
         let round = request.round;
-        ctx.spawn(self.aggregator.send(request).into_actor(self).map(move |result, act, ctx| {
-            let checked = match result {
-                Ok(Ok(aggregate)) => check_aggregate(&aggregate.delta, act.settings.max_delta_norm)
-                    .map(|()| aggregate)
-                    .map_err(|e| format!("aggregate refused: {e}")),
-                Ok(Err(e)) => Err(format!("aggregation refused the round: {e}")),
-                Err(e) => Err(format!("aggregator unavailable: {e}")),
-            };
-            let (summary, delta_hashes) = act.machine.closed(Instant::now(), checked.as_ref().map_err(Clone::clone));
-            match &checked {
-                Ok(aggregate) => {
-                    let mut theta0 = act.theta0.to_vec();
-                    act.settings.optimizer.step(&mut theta0, &mut act.momentum, &aggregate.delta);
-                    act.theta0 = Arc::new(theta0);
-                    act.report_verdicts(round, aggregate, &delta_hashes);
-                    // How far each contribution lay from the aggregate: what a rejection rests on.
-                    let scores: Vec<String> = aggregate
-                        .verdicts
-                        .iter()
-                        .map(|v| format!("{}={:.4}", v.node_id.get(..8).unwrap_or(&v.node_id), v.score))
-                        .collect();
-                    info!(round, scores = %scores.join(" "), "contributions' distances to the aggregate");
-                }
-                Err(e) => error!(round, error = %e, "θ₀ unchanged"),
-            }
-            info!(round, kept = summary.kept.len(), rejected = ?summary.rejected, "{}", summary.reason);
-            act.status.update(|s| {
-                s.last_outer_reason = Some(summary.reason.clone());
-                s.last_round = Some(summary);
-            });
-            let theta0_hash = act.publish_outer_state(round + 1);
-            let effects = act.machine.advance(theta0_hash);
-            act.start_trainer();
+        ctx.spawn(
+            self.aggregator
+                .send(request)
+                .into_actor(self)
+                .map(move |result, act, ctx| {
+                    let aggregated = match result {
+                        Ok(Ok(aggregate)) => Ok(aggregate),
+                        Ok(Err(e)) => Err(format!("aggregation refused the round: {e}")),
+                        Err(e) => Err(format!("aggregator unavailable: {e}")),
+                    };
+                    act.finish_round(round, aggregated, &[], ctx);
+                }),
+        );
+    }
+
+    /// Fetches `fetch.node_id`'s parts of `slices` (ranges of its encoded Δ), all or none.
+    fn fetch_parts(
+        &mut self,
+        fetch: PartsFetch,
+        slices: Vec<(usize, std::ops::Range<usize>)>,
+        ctx: &mut Context<Self>,
+    ) {
+        let requests = slices.iter().map(|(_, range)| {
+            self.network.send(FetchBlob {
+                peer: fetch.peer,
+                id: fetch.delta,
+                max_bytes: fetch.max_bytes,
+                range: Some((range.start as u64, range.end as u64)),
+            })
+        });
+        let all = futures::future::join_all(requests);
+        let ids: Vec<usize> = slices.iter().map(|(slice, _)| *slice).collect();
+        ctx.spawn(all.into_actor(self).map(move |results, act, ctx| {
+            let parts: Result<Vec<Arc<Vec<u8>>>, String> = results
+                .into_iter()
+                .map(|r| match r {
+                    Ok(fetched) => fetched.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                })
+                .collect();
+            let effects = act.machine.parts_fetched(
+                Instant::now(),
+                fetch.round,
+                &fetch.node_id,
+                &ids,
+                fetch.check,
+                parts,
+            );
             act.perform(effects, ctx);
         }));
+    }
+
+    /// Aggregates this node's slices, serves the reports and claims them in its announcement.
+    fn aggregate_slices(
+        &mut self,
+        round: u64,
+        inputs: Vec<(usize, Vec<crate::aggregate::Contribution>)>,
+        ctx: &mut Context<Self>,
+    ) {
+        let request = AggregateSlices {
+            round,
+            config: self.settings.aggregation.clone(),
+            aggregator: self.node_id.clone(),
+            inputs,
+        };
+        ctx.spawn(
+            self.aggregator
+                .send(request)
+                .into_actor(self)
+                .map(move |reports, act, ctx| {
+                    let mut served = Vec::new();
+                    for mut report in reports.unwrap_or_default() {
+                        if act.settings.lying_aggregator {
+                            report.delta.iter_mut().for_each(|x| *x *= -10.0);
+                        }
+                        let (bytes, seen) = as_served(&act.settings.compression, report);
+                        let (id, size) = (BlobId::of(&bytes), bytes.len() as u64);
+                        act.network.do_send(OfferBlob {
+                            id,
+                            bytes: Arc::new(bytes),
+                        });
+                        served.push((seen, id, size));
+                    }
+                    let effects = act.machine.reports_served(Instant::now(), round, served);
+                    act.announce_claims(round);
+                    act.perform(effects, ctx);
+                }),
+        );
+    }
+
+    /// Adds this node's claims to its announcement of `round` and publishes it again.
+    fn announce_claims(&mut self, round: u64) {
+        let claims = self.machine.own_claims();
+        if let Some(announcement) = self.announced.iter_mut().find(|a| a.round == round) {
+            announcement.claims = claims;
+            announcement.sent_at_ms = unix_ms();
+            self.network.do_send(AnnounceRound(announcement.clone()));
+        }
+    }
+
+    fn fetch_report(
+        &mut self,
+        peer: PeerId,
+        round: u64,
+        slice: usize,
+        result: BlobId,
+        max_bytes: u64,
+        ctx: &mut Context<Self>,
+    ) {
+        let fetch = self.network.send(FetchBlob {
+            peer,
+            id: result,
+            max_bytes,
+            range: None,
+        });
+        ctx.spawn(fetch.into_actor(self).map(move |fetched, act, ctx| {
+            let fetched = match fetched {
+                Ok(fetched) => fetched.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let effects = act
+                .machine
+                .report_fetched(Instant::now(), round, slice, result, fetched);
+            act.perform(effects, ctx);
+        }));
+    }
+
+    /// Settles the sharded round on the aggregator's thread; wrong aggregators are excluded.
+    fn settle(
+        &mut self,
+        round: u64,
+        plan: ShardPlan,
+        evidence: std::collections::BTreeMap<usize, SliceEvidence>,
+        ctx: &mut Context<Self>,
+    ) {
+        let request = SettleRound {
+            config: self.settings.aggregation.clone(),
+            codec: self.settings.compression.clone(),
+            plan,
+            max_norm: self.settings.max_delta_norm,
+            evidence,
+        };
+        ctx.spawn(self.aggregator.send(request).into_actor(self).map(move |settled, act, ctx| {
+            match settled {
+                Ok(settled) => {
+                    if !settled.wrong.is_empty() {
+                        warn!(round, wrong = ?settled.wrong, "aggregators served wrong slice reports: excluded for {} rounds", crate::diloco::machine::EXCLUDED_ROUNDS);
+                        act.machine.exclude(&settled.wrong);
+                    }
+                    act.finish_round(round, Ok(settled.aggregate), &settled.wrong, ctx);
+                }
+                Err(e) => act.finish_round(round, Err(format!("aggregator unavailable: {e}")), &[], ctx),
+            }
+        }));
+    }
+
+    /// The round's aggregate is in (or why not): check it, apply the outer step, report the
+    /// verdicts (`wrong`: aggregators whose slice reports were wrong), start the next round.
+    fn finish_round(
+        &mut self,
+        round: u64,
+        aggregated: Result<Aggregate, String>,
+        wrong: &[String],
+        ctx: &mut Context<Self>,
+    ) {
+        let checked = aggregated.and_then(|aggregate| {
+            check_aggregate(&aggregate.delta, self.settings.max_delta_norm)
+                .map(|()| aggregate)
+                .map_err(|e| format!("aggregate refused: {e}"))
+        });
+        let (summary, delta_hashes) = self
+            .machine
+            .closed(Instant::now(), checked.as_ref().map_err(Clone::clone));
+        match &checked {
+            Ok(aggregate) => {
+                let mut theta0 = self.theta0.to_vec();
+                self.settings
+                    .optimizer
+                    .step(&mut theta0, &mut self.momentum, &aggregate.delta);
+                self.theta0 = Arc::new(theta0);
+                self.report_verdicts(round, aggregate, &delta_hashes, wrong);
+                // How far each contribution lay from the aggregate: what a rejection rests on.
+                let scores: Vec<String> = aggregate
+                    .verdicts
+                    .iter()
+                    .map(|v| {
+                        format!(
+                            "{}={:.4}",
+                            v.node_id.get(..8).unwrap_or(&v.node_id),
+                            v.score
+                        )
+                    })
+                    .collect();
+                info!(round, scores = %scores.join(" "), "contributions' distances to the aggregate");
+            }
+            Err(e) => error!(round, error = %e, "θ₀ unchanged"),
+        }
+        info!(round, kept = summary.kept.len(), rejected = ?summary.rejected, "{}", summary.reason);
+        self.status.update(|s| {
+            s.last_outer_reason = Some(summary.reason.clone());
+            s.last_round = Some(summary);
+        });
+        let theta0_hash = self.publish_outer_state(round + 1);
+        let effects = self.machine.advance(theta0_hash);
+        self.start_trainer();
+        self.perform(effects, ctx);
     }
 
     /// Fetches θ₀ (checked against the heavier group's hash) and the momentum from `source`,
@@ -347,6 +573,7 @@ impl SyncActor {
                     peer,
                     id: theta0_id,
                     max_bytes,
+                    range: None,
                 })
                 .await;
             let momentum = network
@@ -354,6 +581,7 @@ impl SyncActor {
                     peer,
                     id: momentum_id,
                     max_bytes,
+                    range: None,
                 })
                 .await;
             (theta0, momentum)
@@ -403,6 +631,7 @@ impl SyncActor {
         round: u64,
         aggregate: &Aggregate,
         delta_hashes: &BTreeMap<String, String>,
+        wrong: &[String],
     ) {
         let rule = aggregate.rule_used.name();
         let verdicts = aggregate
@@ -413,11 +642,15 @@ impl SyncActor {
                     node_id: v.node_id.clone(),
                     delta_hash: delta_hashes.get(&v.node_id)?.clone(),
                     kept: v.kept,
-                    reason: format!(
-                        "{} by {rule} in round {round} (score {:.4})",
-                        if v.kept { "kept" } else { "rejected" },
-                        v.score
-                    ),
+                    reason: if wrong.contains(&v.node_id) {
+                        format!("rejected in round {round}: it served a wrong slice report")
+                    } else {
+                        format!(
+                            "{} by {rule} in round {round} (score {:.4})",
+                            if v.kept { "kept" } else { "rejected" },
+                            v.score
+                        )
+                    },
                 })
             })
             .collect();
@@ -530,6 +763,7 @@ impl Handler<InnerRoundDone> for SyncActor {
             codec: self.settings.compression.codec.name().to_string(),
             tokens: msg.tokens,
             sent_at_ms: unix_ms(),
+            claims: Vec::new(),
         };
         self.network.do_send(AnnounceRound(announcement.clone()));
         self.announced.push_back(announcement);

@@ -26,6 +26,7 @@ use super::{
     Aggregate, AggregateError, AggregationConfig, Contribution, OUTLIER_FLOOR, Rule, Verdict,
     aggregate, blocks, kept_nearest,
 };
+use crate::diloco::codec::{CodecConfig, decode, encode};
 
 /// The `[diloco.sharding]` table.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -76,6 +77,9 @@ pub struct ShardPlan {
     ranked: Vec<String>,
     params: usize,
     redundancy: usize,
+    /// Slice boundaries fall on multiples of this (an int8 block: a slice is then cut out of an
+    /// encoded Δ byte for byte).
+    align: usize,
 }
 
 /// A member's place in the round's ranking: SHA-256 of the round, its θ₀ hash and the node_id.
@@ -110,7 +114,41 @@ impl ShardPlan {
             ranked: ranked.into_iter().map(|(_, id)| id).collect(),
             params,
             redundancy: redundancy.max(1),
+            align: 1,
         }
+    }
+
+    /// The same plan with slice boundaries on multiples of `align`.
+    pub fn aligned(self, align: usize) -> Self {
+        Self {
+            align: align.max(1),
+            ..self
+        }
+    }
+
+    /// The plan's identity (hex SHA-256 of its members in rank order, the vector length, r and
+    /// the alignment): claims name it, so reports of different plans are never compared.
+    pub fn id(&self) -> String {
+        let mut hash = Sha256::new();
+        hash.update(b"neuroshard shard plan id\0");
+        for id in &self.ranked {
+            hash.update(id.as_bytes());
+            hash.update([0]);
+        }
+        for n in [self.params, self.redundancy, self.align] {
+            hash.update((n as u64).to_be_bytes());
+        }
+        hex::encode(hash.finalize())
+    }
+
+    /// The members in rank order.
+    pub fn members(&self) -> &[String] {
+        &self.ranked
+    }
+
+    /// Whether `node_id` aggregates `slice`.
+    pub fn aggregates(&self, node_id: &str, slice: usize) -> bool {
+        self.group(slice).contains(&node_id)
     }
 
     /// S: one slice per member.
@@ -121,7 +159,14 @@ impl ShardPlan {
     /// The coordinates of `slice`: S nearly equal runs.
     pub fn range(&self, slice: usize) -> Range<usize> {
         let s = self.slices().max(1);
-        (slice * self.params / s)..((slice + 1) * self.params / s)
+        let boundary = |k: usize| {
+            if k >= s {
+                self.params
+            } else {
+                (k * self.params / s) / self.align * self.align
+            }
+        };
+        boundary(slice)..boundary(slice + 1)
     }
 
     /// The members that aggregate `slice` (r of them, fewer when the round has fewer members).
@@ -491,10 +536,313 @@ pub fn slice_of(
         .collect()
 }
 
+/// What a node holds to settle one slice: its group's reports (as served), the aggregators whose
+/// report blob did not decode, and the contributors' parts of the slice it fetched to check the
+/// reports (only when they differ, or when none came).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SliceEvidence {
+    pub reports: Vec<SliceReport>,
+    pub malformed: Vec<String>,
+    pub parts: Vec<Contribution>,
+}
+
+/// A sharded round settled: the aggregate the outer step applies, with the verdicts, and the
+/// aggregators whose reports were wrong (their deltas are rejected too: they leave the round).
+#[derive(Debug, Clone)]
+pub struct SettledRound {
+    pub aggregate: Aggregate,
+    pub wrong: Vec<String>,
+}
+
+/// Settles every slice of `plan` from `evidence` (by slice; a slice without any is left at zero)
+/// and assembles the round. Recomputed reports go through the report blob (`as_served` with
+/// `codec`), so they compare with what aggregators served bit for bit. A slice nobody reported
+/// is computed from the parts in hand.
+pub fn settle_round(
+    config: &AggregationConfig,
+    codec: &CodecConfig,
+    plan: &ShardPlan,
+    max_norm: f32,
+    mut evidence: BTreeMap<usize, SliceEvidence>,
+) -> SettledRound {
+    let mut settled = Vec::with_capacity(plan.slices());
+    let mut wrong = std::collections::BTreeSet::new();
+    let mut notes = Vec::new();
+    for slice in 0..plan.slices() {
+        let e = evidence.remove(&slice).unwrap_or_default();
+        let recompute = |names: &[String]| {
+            recompute(config, slice, &e.parts, names).map(|r| as_served(codec, r).1)
+        };
+        let mut s = if e.reports.is_empty() && !e.parts.is_empty() {
+            let names: Vec<String> = e.parts.iter().map(|c| c.node_id.clone()).collect();
+            Settled {
+                report: recompute(&names),
+                confirmed: false,
+                wrong: Vec::new(),
+                reason: "no report came; computed from the parts".into(),
+            }
+        } else {
+            settle_slice(
+                plan.range(slice).len(),
+                max_norm,
+                e.reports,
+                false,
+                recompute,
+            )
+        };
+        s.wrong.extend(e.malformed);
+        wrong.extend(s.wrong.iter().cloned());
+        if !s.wrong.is_empty() || s.report.is_none() {
+            notes.push(format!("slice {slice}: {}", s.reason));
+        }
+        settled.push(s);
+    }
+    let contributors: std::collections::BTreeSet<String> = settled
+        .iter()
+        .filter_map(|s| s.report.as_ref())
+        .flat_map(|r| r.sq_distances.keys().cloned())
+        .collect();
+    let contributors: Vec<String> = contributors.into_iter().collect();
+    let mut aggregate = assemble(config, plan, &settled, &contributors);
+    for v in &mut aggregate.verdicts {
+        if wrong.contains(&v.node_id) {
+            v.kept = false;
+        }
+    }
+    if !notes.is_empty() {
+        aggregate
+            .reason
+            .push_str(&format!("; {}", notes.join("; ")));
+    }
+    SettledRound {
+        aggregate,
+        wrong: wrong.into_iter().collect(),
+    }
+}
+
+/// Most contributors a report blob may name.
+pub const MAX_REPORT_INPUTS: usize = 4096;
+
+/// A report as the blob its aggregator serves: the aggregated slice encoded with `codec` (what
+/// every node assembles; a lossy codec quantizes it once, the same way for every aggregator), the
+/// rule's name and each input's squared distance. Two honest aggregators of the same inputs
+/// serve the same bytes, so agreement is equal blob ids. Layout (little-endian): u32 length of
+/// the encoded slice, the encoded slice, u8 length and the rule's name, u32 count, then per
+/// input a u16 length, the node_id and its f64 squared distance.
+pub fn encode_report(codec: &CodecConfig, report: &SliceReport) -> Vec<u8> {
+    let values = encode(codec, &report.delta);
+    let mut out = Vec::with_capacity(values.len() + 64 * report.sq_distances.len() + 32);
+    out.extend_from_slice(&(values.len() as u32).to_le_bytes());
+    out.extend_from_slice(&values);
+    let rule = report.rule.name().as_bytes();
+    out.push(rule.len() as u8);
+    out.extend_from_slice(rule);
+    out.extend_from_slice(&(report.sq_distances.len() as u32).to_le_bytes());
+    for (id, d) in &report.sq_distances {
+        out.extend_from_slice(&(id.len() as u16).to_le_bytes());
+        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(&d.to_le_bytes());
+    }
+    out
+}
+
+/// Reads a report blob of `slice` (`len` values) served by `aggregator`, checking everything:
+/// the encoded slice (`decode`: length, finite, norm ≤ `max_norm`), a known rule, at most
+/// [`MAX_REPORT_INPUTS`] distinct inputs in order, nothing left over.
+pub fn decode_report(
+    bytes: &[u8],
+    slice: usize,
+    len: usize,
+    aggregator: &str,
+    max_norm: f32,
+) -> Result<SliceReport, String> {
+    let mut at = 0usize;
+    let mut take = |n: usize| -> Result<&[u8], String> {
+        let part = bytes
+            .get(at..at.checked_add(n).ok_or("length overflows")?)
+            .ok_or_else(|| format!("report blob ends at byte {} of {}", bytes.len(), at + n))?;
+        at += n;
+        Ok(part)
+    };
+    let u32_at = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize;
+    let values_len = u32_at(take(4)?);
+    let delta = decode(take(values_len)?, len, max_norm).map_err(|e| e.to_string())?;
+    let rule_len = take(1)?[0] as usize;
+    let rule_name = take(rule_len)?;
+    let rule = Rule::ALL
+        .into_iter()
+        .find(|r| r.name().as_bytes() == rule_name)
+        .ok_or("unknown rule")?;
+    let count = u32_at(take(4)?);
+    if count > MAX_REPORT_INPUTS {
+        return Err(format!("{count} inputs, limit {MAX_REPORT_INPUTS}"));
+    }
+    let mut sq_distances = BTreeMap::new();
+    let mut previous: Option<String> = None;
+    for _ in 0..count {
+        let id_len = u16::from_le_bytes(take(2)?.try_into().expect("2 bytes")) as usize;
+        let id = std::str::from_utf8(take(id_len)?)
+            .map_err(|_| "a node_id is not UTF-8")?
+            .to_string();
+        let d = f64::from_le_bytes(take(8)?.try_into().expect("8 bytes"));
+        if previous.as_ref().is_some_and(|p| *p >= id) {
+            return Err("inputs are not in strictly increasing order".into());
+        }
+        previous = Some(id.clone());
+        sq_distances.insert(id, d);
+    }
+    if at != bytes.len() {
+        return Err(format!("{} bytes after the report", bytes.len() - at));
+    }
+    Ok(SliceReport {
+        slice,
+        aggregator: aggregator.to_string(),
+        delta,
+        sq_distances,
+        rule,
+    })
+}
+
+/// `report` as every node sees it: through its blob (the slice quantized by `codec`).
+pub fn as_served(codec: &CodecConfig, report: SliceReport) -> (Vec<u8>, SliceReport) {
+    let bytes = encode_report(codec, &report);
+    let served = decode_report(
+        &bytes,
+        report.slice,
+        report.delta.len(),
+        &report.aggregator,
+        f32::INFINITY,
+    )
+    .expect("a report we encoded decodes");
+    (bytes, served)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_support::*;
     use super::*;
+    use crate::aggregate::aggregate;
+    use crate::diloco::codec::Codec;
+
+    #[test]
+    fn a_settled_round_equals_full_mesh_and_a_lying_aggregator_is_caught_and_rejected() {
+        let inputs = honest_round(8, 1, 800);
+        let ids = members(8);
+        let plan = ShardPlan::new(4, "θ₀", &ids, 800, 2).aligned(16);
+        let config = AggregationConfig {
+            rule: Rule::TrimmedMean,
+            ..AggregationConfig::default()
+        };
+        let codec = CodecConfig::default();
+        let liar = plan.group(3)[0].to_string();
+        let evidence = |lie: bool| -> BTreeMap<usize, SliceEvidence> {
+            (0..plan.slices())
+                .map(|slice| {
+                    let parts = slice_of(&plan, slice, &inputs);
+                    let reports: Vec<SliceReport> = plan
+                        .group(slice)
+                        .into_iter()
+                        .map(|a| {
+                            let mut r = aggregate_slice(&config, slice, a, &parts).unwrap();
+                            if lie && a == liar {
+                                r.delta.iter_mut().for_each(|x| *x *= -10.0);
+                            }
+                            as_served(&codec, r).1
+                        })
+                        .collect();
+                    let differ = reports.windows(2).any(|w| w[0] != w[1]);
+                    let parts = if differ { parts } else { Vec::new() };
+                    (
+                        slice,
+                        SliceEvidence {
+                            reports,
+                            malformed: Vec::new(),
+                            parts,
+                        },
+                    )
+                })
+                .collect()
+        };
+        let full = aggregate(&config, &inputs).unwrap();
+        let honest = settle_round(&config, &codec, &plan, 1e9, evidence(false));
+        assert_eq!(honest.aggregate.delta, full.delta);
+        assert!(honest.wrong.is_empty());
+        let kept = |a: &Aggregate| -> Vec<bool> { a.verdicts.iter().map(|v| v.kept).collect() };
+        assert_eq!(kept(&honest.aggregate), kept(&full));
+        let lied = settle_round(&config, &codec, &plan, 1e9, evidence(true));
+        assert_eq!(lied.wrong, [liar.clone()]);
+        assert_eq!(
+            lied.aggregate.delta, full.delta,
+            "the honest partner's report is taken"
+        );
+        let verdict = lied
+            .aggregate
+            .verdicts
+            .iter()
+            .find(|v| v.node_id == liar)
+            .unwrap();
+        assert!(!verdict.kept, "the liar's delta is rejected");
+        // A slice nobody reported is computed from the parts in hand.
+        let mut none = evidence(false);
+        let parts = slice_of(&plan, 0, &inputs);
+        none.insert(
+            0,
+            SliceEvidence {
+                parts,
+                ..SliceEvidence::default()
+            },
+        );
+        let computed = settle_round(&config, &codec, &plan, 1e9, none);
+        assert_eq!(computed.aggregate.delta, full.delta);
+    }
+
+    #[test]
+    fn a_report_blob_round_trips_and_garbage_is_refused_with_a_reason() {
+        let inputs = honest_round(5, 1, 300);
+        let plan = ShardPlan::new(1, "θ₀", &members(5), 300, 2).aligned(64);
+        assert!(
+            (0..4).all(|s| plan.range(s).end % 64 == 0),
+            "{:?}",
+            plan.range(0)
+        );
+        assert_eq!(plan.range(4).end, 300);
+        let report = aggregate_slice(
+            &AggregationConfig::default(),
+            2,
+            "node0001",
+            &slice_of(&plan, 2, &inputs),
+        )
+        .unwrap();
+        for codec in [Codec::Fp32, Codec::Int8] {
+            let config = CodecConfig {
+                codec,
+                ..CodecConfig::default()
+            };
+            let (bytes, served) = as_served(&config, report.clone());
+            assert_eq!(served.sq_distances, report.sq_distances);
+            assert_eq!(served.rule, report.rule);
+            if codec == Codec::Fp32 {
+                assert_eq!(served, report, "fp32 serves the slice exactly");
+            }
+            let len = report.delta.len();
+            assert!(decode_report(&bytes, 2, len + 1, "a", f32::INFINITY).is_err());
+            assert!(decode_report(&bytes, 2, len, "a", 1e-9).is_err());
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert!(
+                decode_report(&longer, 2, len, "a", f32::INFINITY)
+                    .unwrap_err()
+                    .contains("after the report")
+            );
+            assert!(decode_report(&bytes[..bytes.len() - 3], 2, len, "a", f32::INFINITY).is_err());
+        }
+        assert_ne!(
+            plan.id(),
+            ShardPlan::new(1, "θ₀", &members(6), 300, 2)
+                .aligned(64)
+                .id()
+        );
+    }
 
     fn members(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("node{i:04}")).collect()

@@ -259,6 +259,61 @@ fn magnitude_bits(x: f32) -> u32 {
     x.to_bits() & 0x7fff_ffff
 }
 
+fn write_header(header: &mut [u8], codec: Codec, n: usize, param: u32) {
+    header[0..4].copy_from_slice(&MAGIC);
+    header[4] = VERSION;
+    header[5] = codec.to_byte();
+    header[6..8].copy_from_slice(&0u16.to_le_bytes());
+    header[8..16].copy_from_slice(&(n as u64).to_le_bytes());
+    header[16..20].copy_from_slice(&param.to_le_bytes());
+}
+
+/// The values `range` of an encoded message, as a message of their own that [`decode`] reads to
+/// exactly those values: bytes cut out, nothing re-quantized, so an aggregator of a slice sees
+/// what a full-mesh node decodes there. For int8 the range must start on a block boundary and
+/// end on one or at the end. None when the message does not parse or the range does not fit.
+pub fn extract(bytes: &[u8], range: std::ops::Range<usize>) -> Option<Vec<u8>> {
+    let n = usize::try_from(u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?)).ok()?;
+    let parsed = parse(bytes, n).ok()?;
+    let (start, end) = (range.start, range.end);
+    if start > end || end > n {
+        return None;
+    }
+    let payload = parsed.payload;
+    let (param, part): (u32, Vec<u8>) = match parsed.codec {
+        Codec::Fp32 => (0, payload[4 * start..4 * end].to_vec()),
+        Codec::Fp16 => (0, payload[2 * start..2 * end].to_vec()),
+        Codec::Int8 => {
+            let block = parsed.param as usize;
+            if start % block != 0 || (end % block != 0 && end != n) {
+                return None;
+            }
+            let stride = 4 + block;
+            let to = if end == n {
+                payload.len()
+            } else {
+                end / block * stride
+            };
+            (parsed.param, payload[start / block * stride..to].to_vec())
+        }
+        Codec::TopK => {
+            let mut part = Vec::new();
+            for entry in payload.chunks_exact(8) {
+                let index = u32::from_le_bytes(entry[..4].try_into().expect("4 bytes")) as usize;
+                if (start..end).contains(&index) {
+                    part.extend_from_slice(&((index - start) as u32).to_le_bytes());
+                    part.extend_from_slice(&entry[4..]);
+                }
+            }
+            ((part.len() / 8) as u32, part)
+        }
+    };
+    let mut out = vec![0u8; HEADER_LEN];
+    write_header(&mut out, parsed.codec, end - start, param);
+    out.extend_from_slice(&part);
+    Some(out)
+}
+
 /// Encodes our own Δ. Panics if `config` is invalid (see [`CodecConfig::validate`]), or for
 /// top-k with more than u32::MAX values. Non-finite values in `delta` are not hidden: they reach
 /// the wire as non-finite values (or scales), which [`decode`] rejects.
@@ -270,12 +325,7 @@ pub fn encode(config: &CodecConfig, delta: &[f32]) -> Vec<u8> {
     let param = config.param(n);
     let mut out = vec![0u8; encoded_len(config, n)];
     let (header, payload) = out.split_at_mut(HEADER_LEN);
-    header[0..4].copy_from_slice(&MAGIC);
-    header[4] = VERSION;
-    header[5] = config.codec.to_byte();
-    header[6..8].copy_from_slice(&0u16.to_le_bytes());
-    header[8..16].copy_from_slice(&(n as u64).to_le_bytes());
-    header[16..20].copy_from_slice(&param.to_le_bytes());
+    write_header(header, config.codec, n, param);
     match config.codec {
         Codec::Fp32 => payload
             .par_chunks_mut(4 * CHUNK)
@@ -661,6 +711,37 @@ fn saturate_to_f16_range(x: f32) -> f32 {
 mod tests {
     use super::*;
     use crate::model::corpus::SplitMix64;
+
+    #[test]
+    fn an_extracted_range_decodes_to_exactly_those_values_of_the_whole() {
+        let delta = random_vec(7, 1000, -4.0, 1.0);
+        for codec in Codec::ALL {
+            let config = CodecConfig {
+                codec,
+                int8_block: 64,
+                topk_fraction: 0.1,
+            };
+            let bytes = encode(&config, &delta);
+            let whole = decode(&bytes, 1000, f32::INFINITY).unwrap();
+            for range in [0..1000, 0..128, 128..192, 640..1000, 960..1000, 64..64] {
+                let part = extract(&bytes, range.clone()).unwrap();
+                let values = decode(&part, range.len(), f32::INFINITY).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&values),
+                    bits(&whole[range.clone()]),
+                    "{codec:?} {range:?}"
+                );
+            }
+            // Out of bounds, reversed or (int8) off a block boundary: refused.
+            assert_eq!(extract(&bytes, 900..1001), None);
+            assert_eq!(extract(&bytes, 10..5), None);
+            if codec == Codec::Int8 {
+                assert_eq!(extract(&bytes, 10..64), None);
+            }
+        }
+        assert_eq!(extract(b"NSDC garbage", 0..1), None);
+    }
 
     fn uniform(rng: &mut SplitMix64) -> f64 {
         (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64

@@ -17,18 +17,23 @@ use super::heal::{HealPlan, OwnState, PeerOuterState, catching_up, disagrees, he
 use super::round::{
     RoundDecision, RoundOptions, RoundProgress, RoundSummary, has_quorum, round_decision,
 };
+use super::sharded::ShardRound;
 use super::weight::{
     self, EPSILON, Reputation, Standing, WeightRule, is_newcomer_share, newcomer_places,
     newcomer_rank,
 };
+use crate::aggregate::shard::{ShardOptions, ShardPlan, SliceEvidence, SliceReport};
 use crate::aggregate::{Aggregate, Contribution};
 use crate::net::blob::BlobId;
-use crate::net::wire::RoundAnnouncement;
+use crate::net::wire::{RoundAnnouncement, SliceClaim};
 
 /// θ₀ hashes whose state failed `check_adopted`, remembered so they are never fetched again.
 pub const MAX_REFUSED_STATES: usize = 64;
 /// Announcements kept for the next round while this one is still open.
 pub const MAX_EARLY_ANNOUNCEMENTS: usize = 1024;
+/// Rounds an aggregator whose report was wrong stays out: it aggregates nothing and its
+/// deltas are not fetched.
+pub const EXCLUDED_ROUNDS: u64 = 10;
 
 /// A trainer peer as the network layer last heard it (its heartbeat and admission): what
 /// PeerActor tells SyncActor in `TrainerPeers`.
@@ -57,6 +62,11 @@ pub struct MachineRules {
     pub params: usize,
     /// A peer's decoded delta with a larger L2 norm is refused.
     pub max_delta_norm: f32,
+    /// When rounds run sharded, and how.
+    pub sharding: ShardOptions,
+    /// Slice boundaries fall on multiples of this (the int8 block: parts are cut out of an
+    /// encoded Δ byte for byte).
+    pub slice_align: usize,
 }
 
 /// What SyncActor must do (or log) after an input.
@@ -75,6 +85,39 @@ pub enum Effect {
     Aggregate {
         round: u64,
         contributions: Vec<Contribution>,
+    },
+    /// Fetch `node_id`'s parts of `slices` (values `range` of its encoded delta) and hand them
+    /// to `parts_fetched`: to aggregate them, or (`check`) to check or compute a slice.
+    FetchParts {
+        peer: PeerId,
+        node_id: String,
+        round: u64,
+        delta: BlobId,
+        max_bytes: u64,
+        slices: Vec<(usize, std::ops::Range<usize>)>,
+        check: bool,
+    },
+    /// Aggregate this node's slices of a sharded round (each one's parts), serve the reports
+    /// and hand them to `reports_served`.
+    AggregateSlices {
+        round: u64,
+        inputs: Vec<(usize, Vec<Contribution>)>,
+    },
+    /// Fetch an aggregator's report blob and hand it to `report_fetched`.
+    FetchReport {
+        peer: PeerId,
+        aggregator: String,
+        round: u64,
+        slice: usize,
+        result: BlobId,
+        max_bytes: u64,
+    },
+    /// Settle the sharded round from this evidence (`shard::settle_round`), then `excluded`,
+    /// `closed` and `advance`.
+    Settle {
+        round: u64,
+        plan: ShardPlan,
+        evidence: BTreeMap<usize, SliceEvidence>,
     },
     /// Fetch θ₀ (by the plan's hash) and the momentum from `source`, check them, then
     /// `healed`, `heal_refused` or `heal_failed`.
@@ -108,6 +151,10 @@ struct OpenRound {
     own_delta: Option<BlobId>,
     bytes_sent: u64,
     bytes_received: u64,
+    /// Whether this round runs sharded was decided (the first time the round needed to know).
+    mode_decided: bool,
+    /// The sharded round, when it is one.
+    shard: Option<ShardRound>,
 }
 
 fn skipped(a: &RoundAnnouncement, why: &str) -> Vec<Effect> {
@@ -153,6 +200,8 @@ pub struct RoundMachine {
     reputation: Reputation,
     /// Why the open round waits or closed: /api/diloco's `round_state`.
     state: String,
+    /// Aggregators whose reports were wrong, and the round they stay out until.
+    excluded: BTreeMap<String, u64>,
 }
 
 impl RoundMachine {
@@ -174,6 +223,65 @@ impl RoundMachine {
             refused_states: VecDeque::new(),
             reputation: Reputation::default(),
             state: "inner steps running".into(),
+            excluded: BTreeMap::new(),
+        }
+    }
+
+    /// Whether the open round runs sharded, decided once: when this node and the trainers it
+    /// hears on its round and θ₀ (or on the round and θ₀ it just left, on their way here) are at
+    /// least `min_nodes`, they are the plan's members.
+    fn decide_mode(&mut self) {
+        if self.open.mode_decided {
+            return;
+        }
+        self.open.mode_decided = true;
+        let previous = self.previous.clone();
+        let peers = self.peers();
+        let mut members: Vec<String> = peers
+            .iter()
+            .filter(|(id, p)| {
+                let here = p.round == self.round && p.theta0_hash == self.theta0_hash;
+                let coming = previous
+                    .as_ref()
+                    .is_some_and(|(r, h)| p.round == *r && p.theta0_hash == *h);
+                p.weight > EPSILON && (here || coming) && !self.excluded.contains_key(*id)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        members.push(self.node_id.clone());
+        if !self.rules.sharding.sharded(members.len()) {
+            return;
+        }
+        let plan = ShardPlan::new(
+            self.round,
+            &self.theta0_hash,
+            &members,
+            self.rules.params,
+            self.rules.sharding.redundancy,
+        )
+        .aligned(self.rules.slice_align);
+        self.open.shard = Some(ShardRound::new(self.node_id.clone(), plan));
+    }
+
+    /// The open round's shard plan id, when it runs sharded.
+    pub fn shard_plan_id(&self) -> Option<&str> {
+        self.open.shard.as_ref().map(ShardRound::plan_id)
+    }
+
+    /// The claims this node's announcement carries (its served reports of a sharded round).
+    pub fn own_claims(&self) -> Vec<SliceClaim> {
+        self.open
+            .shard
+            .as_ref()
+            .map(ShardRound::own_claims)
+            .unwrap_or_default()
+    }
+
+    /// Aggregators whose reports were wrong: out of the next [`EXCLUDED_ROUNDS`] rounds.
+    pub fn exclude(&mut self, wrong: &[String]) {
+        for id in wrong {
+            self.excluded
+                .insert(id.clone(), self.round + EXCLUDED_ROUNDS);
         }
     }
 
@@ -249,6 +357,9 @@ impl RoundMachine {
         if node_id == self.node_id {
             return self.own_weight();
         }
+        if self.excluded.contains_key(node_id) {
+            return 0.0;
+        }
         peers.get(node_id).map_or(0.0, |p| p.weight)
     }
 
@@ -260,11 +371,20 @@ impl RoundMachine {
         self.open
             .delta_hashes
             .insert(self.node_id.clone(), blob.to_string());
+        self.decide_mode();
+        // A sharded round keeps the own Δ with the shard (its parts); the entry marks it in.
+        let delta = match &mut self.open.shard {
+            Some(shard) => {
+                shard.own_delta(Arc::new(own));
+                Vec::new()
+            }
+            None => own,
+        };
         self.open.contributions.insert(
             self.node_id.clone(),
             Contribution {
                 node_id: self.node_id.clone(),
-                delta: own,
+                delta,
             },
         );
         self.evaluate(now)
@@ -273,7 +393,12 @@ impl RoundMachine {
     /// A blob was uploaded to a peer: counts when it is this round's own delta (a peer's retry
     /// counts again: it was sent).
     pub fn blob_served(&mut self, blob: BlobId, bytes: u64) {
-        if self.open.own_delta == Some(blob) {
+        let own_report = self
+            .open
+            .shard
+            .as_ref()
+            .is_some_and(|s| s.is_own_report(&blob));
+        if self.open.own_delta == Some(blob) || own_report {
             self.open.bytes_sent += bytes;
         }
     }
@@ -284,6 +409,20 @@ impl RoundMachine {
         if a.node_id == self.node_id {
             return Vec::new();
         }
+        let mut effects = Vec::new();
+        if a.round == self.round && a.theta0_hash == self.theta0_hash && !a.claims.is_empty() {
+            self.decide_mode();
+            if let Some(shard) = &mut self.open.shard {
+                effects = shard.claimed(a.round, &a.node_id, peer, &a.claims);
+            }
+        }
+        effects.extend(self.announced_delta(peer, a));
+        effects
+    }
+
+    /// The delta part of an announcement: fetched (or its parts, in a sharded round) if it
+    /// belongs to this round and θ₀ and its sender carries weight.
+    fn announced_delta(&mut self, peer: PeerId, a: RoundAnnouncement) -> Vec<Effect> {
         if a.round > self.round || (a.round == self.round && self.open.closing.is_some()) {
             if a.round <= self.round + 1 && self.early.len() < MAX_EARLY_ANNOUNCEMENTS {
                 self.early.push((peer, a));
@@ -328,6 +467,27 @@ impl RoundMachine {
                 "newcomer's delta left out: the round's newcomer places are taken",
             );
         }
+        self.decide_mode();
+        if let Some(shard) = &mut self.open.shard {
+            shard.source(&a.node_id, peer, delta, a.delta_bytes);
+            self.open
+                .delta_hashes
+                .insert(a.node_id.clone(), a.delta_hash.clone());
+            let slices = shard.my_ranges();
+            if slices.is_empty() {
+                return self.parts_in(Instant::now(), &a.node_id);
+            }
+            self.open.pending.insert(a.node_id.clone());
+            return vec![Effect::FetchParts {
+                peer,
+                node_id: a.node_id,
+                round: a.round,
+                delta,
+                max_bytes: a.delta_bytes,
+                slices,
+                check: false,
+            }];
+        }
         self.open.pending.insert(a.node_id.clone());
         vec![Effect::FetchDelta {
             peer,
@@ -336,6 +496,112 @@ impl RoundMachine {
             delta,
             max_bytes: a.delta_bytes,
         }]
+    }
+
+    /// A contributor's parts of this node's slices are in: it counts for the round's close.
+    fn parts_in(&mut self, now: Instant, node_id: &str) -> Vec<Effect> {
+        self.open.contributions.insert(
+            node_id.to_string(),
+            Contribution {
+                node_id: node_id.to_string(),
+                delta: Vec::new(),
+            },
+        );
+        self.evaluate(now)
+    }
+
+    /// A fetch of `FetchParts` ended: the encoded parts of `slices` (in order), or why not.
+    pub fn parts_fetched(
+        &mut self,
+        now: Instant,
+        round: u64,
+        node_id: &str,
+        slices: &[usize],
+        check: bool,
+        fetched: Result<Vec<Arc<Vec<u8>>>, String>,
+    ) -> Vec<Effect> {
+        let max_norm = self.rules.max_delta_norm;
+        if self.round != round {
+            return Vec::new();
+        }
+        let Some(shard) = self.open.shard.as_mut() else {
+            return Vec::new();
+        };
+        if !check && !self.open.pending.remove(node_id) {
+            return Vec::new(); // the round closed without it
+        }
+        let stored = fetched.and_then(|parts| {
+            self.open.bytes_received += parts.iter().map(|p| p.len() as u64).sum::<u64>();
+            shard.parts_arrived(node_id, slices, &parts, max_norm)
+        });
+        let mut effects = Vec::new();
+        if let Err(e) = &stored {
+            effects.push(Effect::Refused(format!(
+                "{node_id} round {round}: parts: {e}"
+            )));
+        }
+        if check {
+            shard.check_done(node_id, slices);
+            effects.extend(self.settling(now));
+        } else if stored.is_ok() {
+            effects.extend(self.parts_in(now, node_id));
+        } else {
+            effects.extend(self.evaluate(now));
+        }
+        effects
+    }
+
+    /// This node's reports of its slices are served (`AggregateSlices`): it claims them, and
+    /// the round settles.
+    pub fn reports_served(
+        &mut self,
+        now: Instant,
+        round: u64,
+        reports: Vec<(SliceReport, BlobId, u64)>,
+    ) -> Vec<Effect> {
+        if self.round != round {
+            return Vec::new();
+        }
+        match self.open.shard.as_mut() {
+            Some(shard) => {
+                shard.reported(now, reports);
+                self.settling(now)
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// A `FetchReport` ended.
+    pub fn report_fetched(
+        &mut self,
+        now: Instant,
+        round: u64,
+        slice: usize,
+        result: BlobId,
+        fetched: Result<Arc<Vec<u8>>, String>,
+    ) -> Vec<Effect> {
+        let max_norm = self.rules.max_delta_norm;
+        if self.round != round {
+            return Vec::new();
+        }
+        let Some(shard) = self.open.shard.as_mut() else {
+            return Vec::new();
+        };
+        if let Ok(bytes) = &fetched {
+            self.open.bytes_received += bytes.len() as u64;
+        }
+        let mut effects = shard.report_arrived(round, slice, result, fetched, max_norm);
+        effects.extend(self.settling(now));
+        effects
+    }
+
+    /// The sharded round's settling step at `now`.
+    fn settling(&mut self, now: Instant) -> Vec<Effect> {
+        let (round, closing) = (self.round, self.rules.closing);
+        match &mut self.open.shard {
+            Some(shard) => shard.next(now, round, closing.straggler_grace, closing.deadline),
+            None => Vec::new(),
+        }
     }
 
     /// Whether a newcomer (open networks) gets one of the round's newcomer places: ⌊β·n⌋ of
@@ -434,6 +700,7 @@ impl RoundMachine {
     pub fn tick(&mut self, now: Instant) -> Vec<Effect> {
         let mut effects = self.check_heal(now);
         effects.extend(self.evaluate(now));
+        effects.extend(self.settling(now));
         effects
     }
 
@@ -469,6 +736,13 @@ impl RoundMachine {
                     .into_values()
                     .collect();
                 self.open.closing = Some((why, contributions.len()));
+                if let Some(shard) = &self.open.shard {
+                    let ids: Vec<String> = contributions.into_iter().map(|c| c.node_id).collect();
+                    return vec![Effect::AggregateSlices {
+                        round: self.round,
+                        inputs: shard.inputs(&ids),
+                    }];
+                }
                 vec![Effect::Aggregate {
                     round: self.round,
                     contributions,
@@ -539,6 +813,8 @@ impl RoundMachine {
         self.previous = Some((self.round, left));
         self.round += 1;
         self.open = OpenRound::default();
+        let round = self.round;
+        self.excluded.retain(|_, until| *until > round);
         self.state = format!("round {}: inner steps running", self.round);
         std::mem::take(&mut self.early)
             .into_iter()
@@ -643,6 +919,8 @@ mod tests {
             byzantine_fraction: 0.2,
             params: 4,
             max_delta_norm: 100.0,
+            sharding: ShardOptions::default(),
+            slice_align: 1,
         }
     }
 
@@ -680,6 +958,7 @@ mod tests {
             codec: "fp32".into(),
             tokens: 0,
             sent_at_ms: 0,
+            claims: Vec::new(),
         }
     }
 
@@ -984,5 +1263,145 @@ mod tests {
         m.closed(t0 + OPTIONS.deadline, Err("test".into()));
         m.advance(hash_of(&[0.3; 4]));
         assert!(m.tick(t0 + OPTIONS.deadline * 2).is_empty());
+    }
+
+    #[test]
+    fn a_sharded_round_fetches_only_its_slices_claims_its_reports_and_settles_to_the_full_mesh_aggregate()
+     {
+        use crate::aggregate::shard::{aggregate_slice, as_served, settle_round};
+        use crate::diloco::codec::extract;
+        let t0 = Instant::now();
+        let rules = MachineRules {
+            params: 8,
+            sharding: ShardOptions {
+                redundancy: 2,
+                min_nodes: 4,
+            },
+            ..rules(WeightRule::Permissioned)
+        };
+        let theta0 = hash_of(&[0.0; 8]);
+        let mut m = RoundMachine::new("me".into(), rules, 3, theta0.clone());
+        let peers: Vec<TrainerPeer> = ["p1", "p2", "p3"]
+            .iter()
+            .map(|id| trainer(id, 3, &theta0))
+            .collect();
+        m.trainers_heard(peers.clone());
+        let delta = |i: usize| -> Vec<f32> { (0..8).map(|j| (i * 8 + j) as f32 * 0.1).collect() };
+        assert!(m.own_delta(t0, delta(0), own_blob()).is_empty());
+        let plan = m
+            .open
+            .shard
+            .as_ref()
+            .expect("4 members ≥ min_nodes")
+            .plan()
+            .clone();
+        let mine = plan.slices_of("me");
+        assert_eq!(mine.len(), 2);
+
+        // Each peer's announcement fetches only this node's two slices of its delta.
+        let mut effects = Vec::new();
+        for (i, p) in peers.iter().enumerate() {
+            let bytes = encoded(&delta(i + 1));
+            let fetch = m.announced(p.peer_id, announcement(&p.node_id, 3, &theta0, &bytes));
+            let [
+                Effect::FetchParts {
+                    slices,
+                    check: false,
+                    ..
+                },
+            ] = fetch.as_slice()
+            else {
+                panic!("expected a parts fetch: {fetch:?}");
+            };
+            let ids: Vec<usize> = slices.iter().map(|(s, _)| *s).collect();
+            let mut sorted = mine.clone();
+            sorted.sort_unstable();
+            assert_eq!(ids, sorted);
+            let parts = slices
+                .iter()
+                .map(|(_, r)| Arc::new(extract(&bytes, r.clone()).unwrap()))
+                .collect();
+            effects = m.parts_fetched(t0, 3, &p.node_id, &ids, false, Ok(parts));
+        }
+        let [Effect::AggregateSlices { inputs, .. }] = effects.as_slice() else {
+            panic!("every contributor is in: the slices are aggregated: {effects:?}");
+        };
+        assert!(inputs.iter().all(|(_, parts)| parts.len() == 4));
+        let config = AggregationConfig {
+            rule: Rule::TrimmedMean,
+            ..AggregationConfig::default()
+        };
+        let codec = CodecConfig::default();
+        let serve = |slice: usize, aggregator: &str, parts: &[Contribution]| {
+            let report = aggregate_slice(&config, slice, aggregator, parts).unwrap();
+            let (bytes, seen) = as_served(&codec, report);
+            (bytes.clone(), seen, BlobId::of(&bytes))
+        };
+        let served: Vec<(SliceReport, BlobId, u64)> = inputs
+            .iter()
+            .map(|(slice, parts)| {
+                let (bytes, seen, id) = serve(*slice, "me", parts);
+                (seen, id, bytes.len() as u64)
+            })
+            .collect();
+        assert!(
+            m.reports_served(t0, 3, served).is_empty(),
+            "waits for the claims"
+        );
+        assert_eq!(m.own_claims().len(), 2);
+
+        // The peers claim their slices; reports this node has already (its partner's equal
+        // ones) are not fetched.
+        let all: Vec<Contribution> = (0..4)
+            .map(|i| Contribution {
+                node_id: ["me", "p1", "p2", "p3"][i].into(),
+                delta: delta(i),
+            })
+            .collect();
+        let mut blobs = BTreeMap::new();
+        let mut fetched = Vec::new();
+        for p in &peers {
+            let claims = plan
+                .slices_of(&p.node_id)
+                .into_iter()
+                .map(|slice| {
+                    let parts = crate::aggregate::shard::slice_of(&plan, slice, &all);
+                    let (bytes, _, id) = serve(slice, &p.node_id, &parts);
+                    blobs.insert(id, bytes.clone());
+                    SliceClaim {
+                        plan: plan.id(),
+                        slice: slice as u32,
+                        result: id.to_string(),
+                        result_bytes: bytes.len() as u64,
+                    }
+                })
+                .collect();
+            let mut a = announcement(&p.node_id, 3, &theta0, &encoded(&delta(1)));
+            a.claims = claims;
+            fetched.extend(m.announced(p.peer_id, a));
+        }
+        let reports: Vec<(usize, BlobId)> = fetched
+            .iter()
+            .filter_map(|e| match e {
+                Effect::FetchReport { slice, result, .. } => Some((*slice, *result)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            reports.len(),
+            2,
+            "the two slices this node does not aggregate: {fetched:?}"
+        );
+        let mut last = Vec::new();
+        for (slice, id) in reports {
+            last = m.report_fetched(t0, 3, slice, id, Ok(Arc::new(blobs[&id].clone())));
+        }
+        let [Effect::Settle { plan, evidence, .. }] = last.as_slice() else {
+            panic!("every slice is in: the round settles: {last:?}");
+        };
+        let settled = settle_round(&config, &codec, plan, 100.0, evidence.clone());
+        let full = crate::aggregate::aggregate(&config, &all).unwrap();
+        assert_eq!(settled.aggregate.delta, full.delta);
+        assert!(settled.wrong.is_empty());
     }
 }

@@ -7,6 +7,7 @@ pub mod codec;
 pub mod heal;
 pub mod machine;
 pub mod round;
+pub mod sharded;
 pub mod weight;
 
 use rayon::prelude::*;

@@ -12,13 +12,15 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use libp2p::request_response::Codec;
 
+use crate::diloco::codec::extract;
+
 const CHUNK_BYTES: usize = 1 << 20;
 const FOUND: u8 = 1;
 const MISSING: u8 = 0;
 
 /// BLAKE3 of a blob's bytes. BLAKE3 rather than SHA-256: hashing runs on the receiver's critical
 /// path, and BLAKE3's SIMD code is several times faster (profile in BENCHMARKS.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BlobId(pub [u8; 32]);
 
 impl BlobId {
@@ -45,6 +47,9 @@ pub struct BlobRequest {
     /// The longest answer the requester accepts (a Δ's announced size, θ₀'s 4 bytes a value).
     /// Not sent: a request read from a peer carries this node's own limit.
     pub max_bytes: u64,
+    /// Only values `start..end` of an encoded Δ (`codec::extract`): an aggregator's slice. The
+    /// answer is then not the blob, so it is not checked against `id`.
+    pub range: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -88,9 +93,25 @@ impl Codec for BlobCodec {
     {
         let mut id = [0u8; 32];
         io.read_exact(&mut id).await?;
+        let mut rest = Vec::new();
+        io.take(17).read_to_end(&mut rest).await?;
+        let range = match rest.len() {
+            0 => None,
+            16 => {
+                let at = |i: usize| u64::from_be_bytes(rest[i..i + 8].try_into().expect("8 bytes"));
+                Some((at(0), at(8)))
+            }
+            other => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("a blob request is 32 or 48 bytes, got {}", 32 + other),
+                ));
+            }
+        };
         Ok(BlobRequest {
             id: BlobId(id),
             max_bytes: self.max_bytes,
+            range,
         })
     }
 
@@ -149,6 +170,10 @@ impl Codec for BlobCodec {
     {
         self.response_limit = request.max_bytes.min(self.max_bytes);
         io.write_all(&request.id.0).await?;
+        if let Some((start, end)) = request.range {
+            io.write_all(&start.to_be_bytes()).await?;
+            io.write_all(&end.to_be_bytes()).await?;
+        }
         io.close().await
     }
 
@@ -203,12 +228,26 @@ impl BlobStore {
         }
     }
 
-    /// The response serving blob `id`.
-    pub fn response(&self, id: &BlobId) -> BlobResponse {
-        match self.blobs.get(id) {
-            Some(bytes) => BlobResponse::Found {
+    /// The response serving blob `id`, or values `range` of it when it is an encoded Δ
+    /// (Missing when it is not, or the range does not fit it).
+    pub fn response(&self, id: &BlobId, range: Option<(u64, u64)>) -> BlobResponse {
+        let Some(bytes) = self.blobs.get(id) else {
+            return BlobResponse::Missing;
+        };
+        let Some((start, end)) = range else {
+            return BlobResponse::Found {
                 id: *id,
                 bytes: bytes.clone(),
+            };
+        };
+        let part = usize::try_from(start)
+            .ok()
+            .zip(usize::try_from(end).ok())
+            .and_then(|(start, end)| extract(bytes, start..end));
+        match part {
+            Some(part) => BlobResponse::Found {
+                id: BlobId::of(&part),
+                bytes: Arc::new(part),
             },
             None => BlobResponse::Missing,
         }
@@ -267,6 +306,7 @@ mod tests {
             let request = BlobRequest {
                 id: BlobId([1; 32]),
                 max_bytes,
+                range: None,
             };
             block_on(codec.write_request(&protocol(), &mut wire, request)).unwrap();
             assert_eq!(wire.into_inner(), [1; 32], "only the id goes on the wire");
@@ -295,6 +335,37 @@ mod tests {
     }
 
     #[test]
+    fn a_range_request_travels_and_is_answered_with_those_values_of_the_delta() {
+        use crate::diloco::codec::{CodecConfig, decode, encode};
+        let delta: Vec<f32> = (0..1000).map(|i| i as f32).collect();
+        let encoded = encode(&CodecConfig::default(), &delta);
+        let id = BlobId::of(&encoded);
+        let mut store = BlobStore::new(2);
+        store.insert(id, Arc::new(encoded));
+        let mut wire = Cursor::new(Vec::new());
+        let request = BlobRequest {
+            id,
+            max_bytes: 1 << 20,
+            range: Some((256, 512)),
+        };
+        block_on(BlobCodec::new(1 << 20).write_request(&protocol(), &mut wire, request)).unwrap();
+        let mut wire = Cursor::new(wire.into_inner());
+        let read = block_on(BlobCodec::new(1 << 20).read_request(&protocol(), &mut wire)).unwrap();
+        assert_eq!(read.range, Some((256, 512)));
+        let BlobResponse::Found { bytes, .. } = store.response(&read.id, read.range) else {
+            panic!("the range is served");
+        };
+        assert_eq!(decode(&bytes, 256, f32::INFINITY).unwrap(), delta[256..512]);
+        assert!(matches!(
+            store.response(&id, Some((900, 1001))),
+            BlobResponse::Missing
+        ));
+        // A request of another length is refused.
+        let mut odd = Cursor::new(vec![0u8; 40]);
+        assert!(block_on(BlobCodec::new(10).read_request(&protocol(), &mut odd)).is_err());
+    }
+
+    #[test]
     fn truncated_or_garbled_responses_are_errors() {
         let mut codec = BlobCodec::new(1000);
         let mut wire = Cursor::new(vec![FOUND, 0, 0, 0, 0, 0, 0, 0, 10, 1, 2]);
@@ -315,9 +386,17 @@ mod tests {
             store.insert(id, Arc::new(vec![byte]));
             id
         });
-        assert!(matches!(store.response(&a), BlobResponse::Missing));
-        assert!(matches!(store.response(&c), BlobResponse::Found { id, .. } if id == c));
-        assert!(matches!(store.response(&b), BlobResponse::Found { .. }));
+        assert!(matches!(store.response(&a, None), BlobResponse::Missing));
+        assert!(matches!(store.response(&c, None), BlobResponse::Found { id, .. } if id == c));
+        assert!(matches!(
+            store.response(&b, None),
+            BlobResponse::Found { .. }
+        ));
+        // A range of a blob that is no encoded Δ is missing.
+        assert!(matches!(
+            store.response(&b, Some((0, 1))),
+            BlobResponse::Missing
+        ));
         assert_eq!(BlobId::from_hex(&c.to_string()), Some(c));
     }
 }

@@ -233,6 +233,25 @@ pub struct RoundAnnouncement {
     /// Tokens the node processed in the round (the mean weights by them).
     pub tokens: u64,
     pub sent_at_ms: u64,
+    /// In a sharded round, the slices this node aggregated: added to its re-announcements once
+    /// its reports are served.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub claims: Vec<SliceClaim>,
+}
+
+/// Most claims one announcement carries (an aggregator reports r slices).
+pub const MAX_CLAIMS: usize = 16;
+
+/// "I aggregated `slice` of the shard plan `plan`; my report is blob `result`."
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SliceClaim {
+    /// `ShardPlan::id`, hex.
+    pub plan: String,
+    pub slice: u32,
+    /// Blob id of the report (`shard::encode_report`), hex.
+    pub result: String,
+    pub result_bytes: u64,
 }
 
 fn is_hex_hash(text: &str) -> bool {
@@ -266,6 +285,25 @@ impl RoundAnnouncement {
         }
         if self.codec.len() > 16 {
             return Err(Rejection::Malformed("codec name too long".into()));
+        }
+        if self.claims.len() > MAX_CLAIMS {
+            return Err(Rejection::Malformed(format!(
+                "{} slice claims, limit {MAX_CLAIMS}",
+                self.claims.len()
+            )));
+        }
+        for claim in &self.claims {
+            if !is_hex_hash(&claim.plan) || !is_hex_hash(&claim.result) {
+                return Err(Rejection::Malformed(
+                    "a claim's plan and result must be 64 hex characters".into(),
+                ));
+            }
+            if claim.result_bytes == 0 || claim.result_bytes > max_delta_bytes {
+                return Err(Rejection::Malformed(format!(
+                    "a report of {} bytes is outside 1..={max_delta_bytes}",
+                    claim.result_bytes
+                )));
+            }
         }
         let skew_ms = now_ms.abs_diff(self.sent_at_ms);
         if skew_ms > MAX_CLOCK_SKEW_MS {

@@ -113,6 +113,7 @@ async fn fetch_blob(
             id,
             // θ₀, the momentum or a Δ: at most the longest Δ of this model.
             max_bytes: max_delta_len(state.model.num_params()),
+            range: None,
         })
         .await
         .map_err(|e| {

@@ -1169,6 +1169,7 @@ fn check_blob(case: &BlobCase) -> Verdict {
     let request = BlobRequest {
         id: BlobId([7; 32]),
         max_bytes: case.request_limit,
+        range: None,
     };
     block_on(codec.write_request(&protocol(), &mut Cursor::new(Vec::new()), request))
         .expect("writing to memory");
@@ -1538,6 +1539,7 @@ fn round_announcement() -> Kind<RoundAnnouncement> {
                     codec: codec.into(),
                     tokens,
                     sent_at_ms: sent,
+                    claims: Vec::new(),
                 },
             )
         });

@@ -1,0 +1,211 @@
+//! Sharded aggregation across real nodes on 127.0.0.1: each node fetches only its slices of the
+//! others' deltas (ranges of the encoded Δ), aggregates them, serves and claims its reports, and
+//! settles the round from every slice's reports. Checked against a full-mesh node in the same
+//! network (same deltas, same θ₀, same verdicts), and against an aggregator that lies.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use common::{Node, diloco, env_of, fixed_token, outer_state, start_cluster};
+
+/// What each node reported per round: θ₀ hash while at the round, and the last round's summary.
+#[derive(Default)]
+struct Seen {
+    theta0: BTreeMap<u64, BTreeMap<usize, String>>,
+    rounds: BTreeMap<u64, BTreeMap<usize, serde_json::Value>>,
+}
+
+/// Polls every node until all have closed `rounds` rounds.
+fn watch(nodes: &[Node], rounds: u64, timeout: Duration) -> Seen {
+    let mut seen = Seen::default();
+    let start = Instant::now();
+    loop {
+        let mut lowest = u64::MAX;
+        for (i, node) in nodes.iter().enumerate() {
+            let (round, hash) = outer_state(node);
+            seen.theta0.entry(round).or_default().insert(i, hash);
+            let last = diloco(node)["last_round"].clone();
+            if let Some(r) = last["round"].as_u64() {
+                seen.rounds.entry(r).or_default().insert(i, last);
+            }
+            lowest = lowest.min(round);
+        }
+        if lowest >= rounds {
+            return seen;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{rounds} rounds not reached in {timeout:?} (lowest {lowest}); node 0's log:\n{}",
+            nodes[0].log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ids(v: &serde_json::Value) -> BTreeSet<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `count` trainers that wait for each other, trimmed mean, sharded from 4 nodes on (the
+/// shipped threshold is 16). `env(i)` adds node i's own settings.
+fn start(
+    dir: &std::path::Path,
+    count: usize,
+    env: impl Fn(usize) -> Vec<(String, String)>,
+) -> Vec<Node> {
+    let min_peers = count.to_string();
+    start_cluster(
+        dir,
+        count,
+        |i| {
+            vec![
+                "--diloco-steps".into(),
+                "20".into(),
+                "--token".into(),
+                fixed_token(i),
+            ]
+        },
+        |i| {
+            let mut e = env_of(&[
+                ("NEUROSHARD_DILOCO__MIN_PEERS", &min_peers),
+                ("NEUROSHARD_DILOCO__QUORUM_FRACTION", "1.0"),
+                ("NEUROSHARD_DILOCO__ROUND_DEADLINE_S", "60"),
+                ("NEUROSHARD_DILOCO__STRAGGLER_GRACE_S", "5"),
+                ("NEUROSHARD_DILOCO__AGGREGATION__RULE", "trimmed_mean"),
+                ("NEUROSHARD_DILOCO__SHARDING__MIN_NODES", "4"),
+                ("NEUROSHARD_TRAINING__EVAL_EVERY", "1000"),
+            ]);
+            e.extend(env(i));
+            e
+        },
+    )
+}
+
+#[test]
+fn eight_sharded_nodes_hold_the_theta0_and_verdicts_of_a_full_mesh_node_on_the_same_deltas() {
+    const AUDITOR: usize = 7;
+    const ATTACKER: usize = 6;
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start(dir.path(), 8, |i| match i {
+        // The auditor runs full mesh: it fetches every whole delta and aggregates them all.
+        AUDITOR => env_of(&[("NEUROSHARD_DILOCO__SHARDING__MIN_NODES", "1000")]),
+        ATTACKER => env_of(&[("NEUROSHARD_FAULT_BYZANTINE", "sign_flip")]),
+        _ => Vec::new(),
+    });
+    let attacker = nodes[ATTACKER].stats()["node_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let seen = watch(&nodes, 4, Duration::from_secs(420));
+
+    // Same deltas, same θ₀: the auditor's full-mesh aggregate and the sharded nodes' assembled
+    // one hash the same at every round (fp32 deltas: the slices are exact).
+    for (round, hashes) in &seen.theta0 {
+        let distinct: BTreeSet<&String> = hashes.values().collect();
+        assert_eq!(distinct.len(), 1, "θ₀ differs at round {round}: {hashes:?}");
+    }
+    // Same verdicts: where the auditor and a sharded node both summarised a round with all eight,
+    // they kept and rejected the same nodes, the attacker among the rejected.
+    let mut compared = 0;
+    for (round, by_node) in &seen.rounds {
+        let Some(full) = by_node.get(&AUDITOR) else {
+            continue;
+        };
+        if full["participants"] != 8 {
+            continue;
+        }
+        assert!(
+            !full["reason"].as_str().unwrap().contains("sharded"),
+            "the auditor sharded: {full}"
+        );
+        for (i, sharded) in by_node.iter().filter(|(i, _)| **i != AUDITOR) {
+            let reason = sharded["reason"].as_str().unwrap();
+            assert!(
+                reason.contains("sharded"),
+                "node {i} round {round}: {reason}"
+            );
+            assert_eq!(
+                ids(&sharded["rejected"]),
+                ids(&full["rejected"]),
+                "round {round} node {i}"
+            );
+            assert_eq!(
+                ids(&sharded["kept"]),
+                ids(&full["kept"]),
+                "round {round} node {i}"
+            );
+            compared += 1;
+        }
+        assert!(
+            ids(&full["rejected"]).contains(&attacker),
+            "the sign flipper kept in round {round}: {full}"
+        );
+    }
+    assert!(compared >= 7, "too few rounds compared: {compared}");
+    // A sharded node fetched a fraction of what the full-mesh node fetched.
+    let received = |i: usize| {
+        diloco(&nodes[i])["last_round"]["bytes_received"]
+            .as_u64()
+            .unwrap()
+    };
+    let (sharded, full) = (received(0), received(AUDITOR));
+    eprintln!("bytes received in the last round: sharded node {sharded}, full-mesh node {full}");
+    assert!(sharded * 2 < full, "sharded {sharded} vs full mesh {full}");
+}
+
+#[test]
+fn an_aggregator_serving_wrong_slices_is_caught_by_its_partner_and_excluded_with_a_verdict() {
+    const LIAR: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start(dir.path(), 5, |i| {
+        if i == LIAR {
+            env_of(&[("NEUROSHARD_FAULT_LYING_AGGREGATOR", "1")])
+        } else {
+            Vec::new()
+        }
+    });
+    let liar = nodes[LIAR].stats()["node_id"].as_str().unwrap().to_string();
+    let honest = &nodes[..LIAR];
+    let seen = watch(honest, 3, Duration::from_secs(300));
+    // The first round: every honest node found the liar's reports wrong, took its partners'
+    // and rejected the liar's delta.
+    let first = &seen.rounds[&0];
+    for (i, summary) in first {
+        assert!(
+            ids(&summary["rejected"]).contains(&liar),
+            "node {i}: {summary}"
+        );
+        let reason = summary["reason"].as_str().unwrap();
+        assert!(reason.contains("wrong"), "node {i}: {reason}");
+    }
+    // After it the liar is out: the honest nodes close rounds among themselves, on one θ₀.
+    for round in 1..3 {
+        for (i, summary) in seen.rounds.get(&round).into_iter().flatten() {
+            assert!(
+                !ids(&summary["kept"]).contains(&liar),
+                "node {i} kept the excluded liar in round {round}: {summary}"
+            );
+        }
+    }
+    for (round, hashes) in &seen.theta0 {
+        let distinct: BTreeSet<&String> = hashes.values().collect();
+        assert_eq!(
+            distinct.len(),
+            1,
+            "honest nodes differ at round {round}: {hashes:?}"
+        );
+    }
+    let log = nodes[0].get_text("/api/logs?q=wrong%20slice&limit=50");
+    assert!(
+        log.contains(&liar[..8]) || log.contains(&liar),
+        "no exclusion logged: {log}"
+    );
+}
