@@ -59,7 +59,8 @@ const MAX_FETCHES: usize = 128;
 /// From an identity without admission in a permissioned network: one. No round needs its blobs
 /// (its deltas count for nothing), and a heal fetches θ₀ and the momentum one after the other.
 const MAX_FETCHES_UNADMITTED: usize = 1;
-/// Blobs served at once: θ₀ of the current and the previous round, and room for round deltas.
+/// Blobs served at once: θ₀ of the current and the previous round, and room for round deltas and
+/// a sharded round's slice reports.
 const SERVED_BLOBS: usize = 12;
 const TRACKER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Ledger history requests this node serves at once (each a read of its ledger), and sends.
