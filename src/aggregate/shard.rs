@@ -770,7 +770,7 @@ mod tests {
         let kept = |a: &Aggregate| -> Vec<bool> { a.verdicts.iter().map(|v| v.kept).collect() };
         assert_eq!(kept(&honest.aggregate), kept(&full));
         let lied = settle_round(&config, &codec, &plan, 1e9, evidence(true));
-        assert_eq!(lied.wrong, [liar.clone()]);
+        assert_eq!(lied.wrong, std::slice::from_ref(&liar));
         assert_eq!(
             lied.aggregate.delta, full.delta,
             "the honest partner's report is taken"
@@ -801,7 +801,7 @@ mod tests {
         let inputs = honest_round(5, 1, 300);
         let plan = ShardPlan::new(1, "θ₀", &members(5), 300, 2).aligned(64);
         assert!(
-            (0..4).all(|s| plan.range(s).end % 64 == 0),
+            (0..4).all(|s| plan.range(s).end.is_multiple_of(64)),
             "{:?}",
             plan.range(0)
         );

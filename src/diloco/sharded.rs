@@ -262,8 +262,10 @@ impl ShardRound {
                     bytes: c.result_bytes,
                 },
             );
-            if !self.reports.contains_key(&(slice, result)) {
-                self.reports.insert((slice, result), Report::Fetching);
+            if let std::collections::btree_map::Entry::Vacant(entry) =
+                self.reports.entry((slice, result))
+            {
+                entry.insert(Report::Fetching);
                 self.asked.insert((slice, result, peer));
                 effects.push(Effect::FetchReport {
                     peer,
