@@ -199,9 +199,21 @@ pub struct SliceReport {
     /// Each contributor whose slice it aggregated (by node_id) and its squared L2 distance to
     /// `delta`: the inputs it names, and its part of the verdicts.
     pub sq_distances: BTreeMap<String, f64>,
+    /// The BLAKE3 of each input's part as the aggregator had it ([`part_hash`]): a checker
+    /// blames a report only when it recomputes from these very parts and gets something else.
+    pub parts: BTreeMap<String, [u8; 32]>,
     /// The rule that made it: the configured one, or its fallback when the slice had too few
     /// inputs for it.
     pub rule: Rule,
+}
+
+/// A part's identity in a report: BLAKE3 of its values as little-endian f32.
+pub fn part_hash(values: &[f32]) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    for x in values {
+        hasher.update(&x.to_le_bytes());
+    }
+    hasher.finalize().into()
 }
 
 impl SliceReport {
@@ -218,6 +230,7 @@ impl SliceReport {
                 .zip(&other.delta)
                 .all(|(a, b)| a.to_bits() == b.to_bits())
             && self.rule == other.rule
+            && self.parts == other.parts
             && self.sq_distances.len() == other.sq_distances.len()
             && self
                 .sq_distances
@@ -245,11 +258,16 @@ pub fn aggregate_slice(
         .iter()
         .map(|c| (c.node_id.clone(), blocks::sq_dist(&c.delta, &delta)))
         .collect();
+    let parts = sorted
+        .iter()
+        .map(|c| (c.node_id.clone(), part_hash(&c.delta)))
+        .collect();
     Ok(SliceReport {
         slice,
         aggregator: aggregator.to_string(),
         delta,
         sq_distances,
+        parts,
         rule: rule_used,
     })
 }
@@ -340,19 +358,29 @@ pub fn settle_slice(
                     truth
                 }
             };
-            let holds = truth.is_some_and(|t| t.same_result(r));
-            if !holds {
-                notes.push(format!(
-                    "{}: not what its {} inputs give",
-                    r.aggregator,
-                    r.sq_distances.len()
-                ));
-                wrong.push(r.aggregator.clone());
+            let holds = truth.as_ref().is_some_and(|t| t.same_result(r));
+            // Blame needs proof: the very parts the report names (by hash), recomputed to
+            // something else. A contributor that sent different parts to different nodes, or a
+            // part this node could not fetch, leaves the report unchecked, not wrong.
+            match truth {
+                _ if holds => {}
+                Some(t) if t.parts == r.parts => {
+                    notes.push(format!(
+                        "{}: not what its {} inputs give",
+                        r.aggregator,
+                        r.sq_distances.len()
+                    ));
+                    wrong.push(r.aggregator.clone());
+                }
+                _ => notes.push(format!(
+                    "{}: left out unchecked (this node holds other parts than it names, or not all)",
+                    r.aggregator
+                )),
             }
             holds
         });
         if reports.is_empty() {
-            // Every report was wrong: the recomputation itself is the slice.
+            // No report held: the recomputation itself is the slice.
             let fullest = checked
                 .into_iter()
                 .filter_map(|(_, truth)| truth)
@@ -537,12 +565,14 @@ pub fn slice_of(
 }
 
 /// What a node holds to settle one slice: its group's reports (as served), the aggregators whose
-/// report blob did not decode, and the contributors' parts of the slice it fetched to check the
-/// reports (only when they differ, or when none came).
+/// report blob did not decode, whether its own part accuses the slice ([`accused_slices`]), and
+/// the contributors' parts of the slice it fetched to check the reports (only when they differ,
+/// none came, or it accuses the slice).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SliceEvidence {
     pub reports: Vec<SliceReport>,
     pub malformed: Vec<String>,
+    pub accused: bool,
     pub parts: Vec<Contribution>,
 }
 
@@ -586,7 +616,7 @@ pub fn settle_round(
                 plan.range(slice).len(),
                 max_norm,
                 e.reports,
-                false,
+                e.accused,
                 recompute,
             )
         };
@@ -628,7 +658,7 @@ pub const MAX_REPORT_INPUTS: usize = 4096;
 /// rule's name and each input's squared distance. Two honest aggregators of the same inputs
 /// serve the same bytes, so agreement is equal blob ids. Layout (little-endian): u32 length of
 /// the encoded slice, the encoded slice, u8 length and the rule's name, u32 count, then per
-/// input a u16 length, the node_id and its f64 squared distance.
+/// input a u16 length, the node_id, its f64 squared distance and its 32-byte part hash.
 pub fn encode_report(codec: &CodecConfig, report: &SliceReport) -> Vec<u8> {
     let values = encode(codec, &report.delta);
     let mut out = Vec::with_capacity(values.len() + 64 * report.sq_distances.len() + 32);
@@ -642,6 +672,7 @@ pub fn encode_report(codec: &CodecConfig, report: &SliceReport) -> Vec<u8> {
         out.extend_from_slice(&(id.len() as u16).to_le_bytes());
         out.extend_from_slice(id.as_bytes());
         out.extend_from_slice(&d.to_le_bytes());
+        out.extend_from_slice(report.parts.get(id).unwrap_or(&[0; 32]));
     }
     out
 }
@@ -678,6 +709,7 @@ pub fn decode_report(
         return Err(format!("{count} inputs, limit {MAX_REPORT_INPUTS}"));
     }
     let mut sq_distances = BTreeMap::new();
+    let mut parts = BTreeMap::new();
     let mut previous: Option<String> = None;
     for _ in 0..count {
         let id_len = u16::from_le_bytes(take(2)?.try_into().expect("2 bytes")) as usize;
@@ -685,10 +717,12 @@ pub fn decode_report(
             .map_err(|_| "a node_id is not UTF-8")?
             .to_string();
         let d = f64::from_le_bytes(take(8)?.try_into().expect("8 bytes"));
+        let part: [u8; 32] = take(32)?.try_into().expect("32 bytes");
         if previous.as_ref().is_some_and(|p| *p >= id) {
             return Err("inputs are not in strictly increasing order".into());
         }
         previous = Some(id.clone());
+        parts.insert(id.clone(), part);
         sq_distances.insert(id, d);
     }
     if at != bytes.len() {
@@ -699,6 +733,7 @@ pub fn decode_report(
         aggregator: aggregator.to_string(),
         delta,
         sq_distances,
+        parts,
         rule,
     })
 }
@@ -756,8 +791,8 @@ mod tests {
                         slice,
                         SliceEvidence {
                             reports,
-                            malformed: Vec::new(),
                             parts,
+                            ..SliceEvidence::default()
                         },
                     )
                 })
@@ -794,6 +829,30 @@ mod tests {
         );
         let computed = settle_round(&config, &codec, &plan, 1e9, none);
         assert_eq!(computed.aggregate.delta, full.delta);
+    }
+
+    #[test]
+    fn a_contributor_sending_different_parts_cannot_get_an_honest_aggregator_blamed() {
+        let inputs = honest_round(5, 0, 100);
+        let plan = ShardPlan::new(2, "θ₀", &members(5), 100, 2);
+        let config = AggregationConfig::default();
+        let parts = slice_of(&plan, 0, &inputs);
+        let [a, b] = plan.group(0)[..] else {
+            panic!("two aggregators")
+        };
+        // node0000 sends one part to the first aggregator and another to the second and to
+        // the checker.
+        let mut equivocated = parts.clone();
+        equivocated[0].delta.iter_mut().for_each(|x| *x += 1.0);
+        let first = aggregate_slice(&config, 0, a, &parts).unwrap();
+        let second = aggregate_slice(&config, 0, b, &equivocated).unwrap();
+        let len = plan.range(0).len();
+        let settled = settle_slice(len, 1e9, vec![first, second], false, |names| {
+            recompute(&config, 0, &equivocated, names)
+        });
+        assert!(settled.wrong.is_empty(), "{:?}", settled.wrong);
+        assert!(settled.reason.contains("unchecked"), "{}", settled.reason);
+        assert_eq!(settled.report.unwrap().aggregator, b);
     }
 
     #[test]

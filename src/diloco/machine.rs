@@ -1265,9 +1265,16 @@ mod tests {
         assert!(m.tick(t0 + OPTIONS.deadline * 2).is_empty());
     }
 
-    #[test]
-    fn a_sharded_round_fetches_only_its_slices_claims_its_reports_and_settles_to_the_full_mesh_aggregate()
-     {
+    /// A sharded round of four (this node and p1–p3) driven through the machine to its
+    /// settlement; with `colluding`, both aggregators of a slice this node does not aggregate
+    /// serve it scaled by −10 (they agree on the lie).
+    fn sharded_round(
+        colluding: bool,
+    ) -> (
+        crate::aggregate::shard::SettledRound,
+        Aggregate,
+        Vec<String>,
+    ) {
         use crate::aggregate::shard::{aggregate_slice, as_served, settle_round};
         use crate::diloco::codec::extract;
         let t0 = Instant::now();
@@ -1358,6 +1365,8 @@ mod tests {
                 delta: delta(i),
             })
             .collect();
+        let lied_on = (0..plan.slices()).find(|s| !mine.contains(s)).unwrap();
+        let liars: Vec<String> = plan.group(lied_on).iter().map(|a| a.to_string()).collect();
         let mut blobs = BTreeMap::new();
         let mut fetched = Vec::new();
         for p in &peers {
@@ -1366,7 +1375,17 @@ mod tests {
                 .into_iter()
                 .map(|slice| {
                     let parts = crate::aggregate::shard::slice_of(&plan, slice, &all);
-                    let (bytes, _, id) = serve(slice, &p.node_id, &parts);
+                    let (bytes, id) = if colluding && slice == lied_on {
+                        let mut report =
+                            aggregate_slice(&config, slice, &p.node_id, &parts).unwrap();
+                        report.delta.iter_mut().for_each(|x| *x *= -10.0);
+                        let (bytes, _) = as_served(&codec, report);
+                        let id = BlobId::of(&bytes);
+                        (bytes, id)
+                    } else {
+                        let (bytes, _, id) = serve(slice, &p.node_id, &parts);
+                        (bytes, id)
+                    };
                     blobs.insert(id, bytes.clone());
                     SliceClaim {
                         plan: plan.id(),
@@ -1396,12 +1415,59 @@ mod tests {
         for (slice, id) in reports {
             last = m.report_fetched(t0, 3, slice, id, Ok(Arc::new(blobs[&id].clone())));
         }
+        if colluding {
+            // This node's own part accuses the slice: it fetches everyone's part of it.
+            let checks: Vec<(String, Vec<(usize, std::ops::Range<usize>)>)> = last
+                .iter()
+                .filter_map(|e| match e {
+                    Effect::FetchParts {
+                        node_id,
+                        slices,
+                        check: true,
+                        ..
+                    } => Some((node_id.clone(), slices.clone())),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(checks.len(), 3, "{last:?}");
+            for (node_id, slices) in checks {
+                let i = ["me", "p1", "p2", "p3"]
+                    .iter()
+                    .position(|id| *id == node_id)
+                    .unwrap();
+                let bytes = encoded(&delta(i));
+                let parts = slices
+                    .iter()
+                    .map(|(_, r)| Arc::new(extract(&bytes, r.clone()).unwrap()))
+                    .collect();
+                let ids: Vec<usize> = slices.iter().map(|(s, _)| *s).collect();
+                last = m.parts_fetched(t0, 3, &node_id, &ids, true, Ok(parts));
+            }
+        }
         let [Effect::Settle { plan, evidence, .. }] = last.as_slice() else {
             panic!("every slice is in: the round settles: {last:?}");
         };
         let settled = settle_round(&config, &codec, plan, 100.0, evidence.clone());
         let full = crate::aggregate::aggregate(&config, &all).unwrap();
+        (settled, full, liars)
+    }
+
+    #[test]
+    fn a_sharded_round_fetches_only_its_slices_claims_its_reports_and_settles_to_the_full_mesh_aggregate()
+     {
+        let (settled, full, _) = sharded_round(false);
         assert_eq!(settled.aggregate.delta, full.delta);
         assert!(settled.wrong.is_empty());
+    }
+
+    #[test]
+    fn a_slice_whose_two_aggregators_agree_on_a_lie_is_accused_by_a_contributor_and_both_caught() {
+        let (settled, full, mut liars) = sharded_round(true);
+        liars.sort();
+        assert_eq!(settled.wrong, liars);
+        assert_eq!(
+            settled.aggregate.delta, full.delta,
+            "the recomputed slice is taken"
+        );
     }
 }

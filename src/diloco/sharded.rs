@@ -16,7 +16,9 @@ use libp2p::PeerId;
 
 use super::machine::Effect;
 use crate::aggregate::Contribution;
-use crate::aggregate::shard::{ShardPlan, SliceEvidence, SliceReport, decode_report};
+use crate::aggregate::shard::{
+    ShardPlan, SliceEvidence, SliceReport, accused_slices, decode_report,
+};
 use crate::diloco::codec::decode;
 use crate::net::blob::BlobId;
 use crate::net::wire::SliceClaim;
@@ -64,6 +66,9 @@ pub struct ShardRound {
     checking: BTreeSet<(usize, String)>,
     /// Slices whose parts were asked for (once per slice).
     checked: BTreeSet<usize>,
+    /// Slices this node's own part accuses (`accused_slices`), once all reports are read; None
+    /// before. A group made only of attackers agrees on its lie: this is what catches it.
+    accused: Option<BTreeSet<usize>>,
     claims: BTreeMap<usize, BTreeMap<String, Claim>>,
     reports: BTreeMap<(usize, BlobId), Report>,
     /// Whom each report was asked of: a failed fetch is tried once from each claimer.
@@ -92,6 +97,7 @@ impl ShardRound {
             parts: BTreeMap::new(),
             checking: BTreeSet::new(),
             checked: BTreeSet::new(),
+            accused: None,
             claims: BTreeMap::new(),
             reports: BTreeMap::new(),
             asked: BTreeSet::new(),
@@ -358,7 +364,7 @@ impl ShardRound {
             return Vec::new();
         }
         let waited = now.saturating_duration_since(since);
-        let mut effects = Vec::new();
+        let mut effects = self.accuse(round, waited >= grace);
         let mut ready = true;
         for slice in 0..self.plan.slices() {
             let (results, read) = self.report_state(slice);
@@ -377,7 +383,10 @@ impl ShardRound {
                 effects.extend(self.fetch_parts_of(slice, round));
             }
             let parts_in = !self.checking.iter().any(|(s, _)| *s == slice);
-            let complete = read && parts_in && (group_in || (waited >= grace && usable));
+            let complete = read
+                && parts_in
+                && self.accused.is_some()
+                && (group_in || (waited >= grace && usable));
             let given_up = waited >= grace && read && parts_in && self.checked.contains(&slice);
             if !(complete || given_up) {
                 ready = false;
@@ -391,6 +400,48 @@ impl ShardRound {
                 evidence: self.evidence(),
             });
         }
+        effects
+    }
+
+    /// Once every slice's reports are read (or at the grace, with what is read), compares each
+    /// slice with this node's own part of it; the slices it accuses are checked from the parts.
+    fn accuse(&mut self, round: u64, graced: bool) -> Vec<Effect> {
+        if self.accused.is_some() {
+            return Vec::new();
+        }
+        let taken: Vec<Option<Vec<f32>>> = (0..self.plan.slices())
+            .map(|slice| {
+                let by = self.claims.get(&slice)?;
+                by.values()
+                    .find_map(|c| match self.reports.get(&(slice, c.result)) {
+                        Some(Report::Read(r)) => Some(r.delta.clone()),
+                        _ => None,
+                    })
+            })
+            .collect();
+        let all_read = (0..self.plan.slices()).all(|slice| {
+            let (results, read) = self.report_state(slice);
+            !results.is_empty() && read
+        });
+        if !(all_read || graced) {
+            return Vec::new();
+        }
+        let accused: BTreeSet<usize> = match &self.own {
+            Some(own) => {
+                let views: Vec<Option<&[f32]>> = taken.iter().map(|t| t.as_deref()).collect();
+                accused_slices(&self.plan, own, &views)
+                    .into_iter()
+                    .collect()
+            }
+            None => BTreeSet::new(),
+        };
+        let mut effects = Vec::new();
+        for &slice in &accused {
+            if self.checked.insert(slice) {
+                effects.extend(self.fetch_parts_of(slice, round));
+            }
+        }
+        self.accused = Some(accused);
         effects
     }
 
@@ -428,7 +479,10 @@ impl ShardRound {
         }
         (0..self.plan.slices())
             .map(|slice| {
-                let mut e = SliceEvidence::default();
+                let mut e = SliceEvidence {
+                    accused: self.accused.as_ref().is_some_and(|a| a.contains(&slice)),
+                    ..SliceEvidence::default()
+                };
                 if let Some(by) = self.claims.get(&slice) {
                     for (aggregator, claim) in by {
                         match self.reports.get(&(slice, claim.result)) {
