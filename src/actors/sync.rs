@@ -306,6 +306,9 @@ impl SyncActor {
                 Effect::Refused(why) => warn!("peer delta refused: {why}"),
             }
         }
+        if let Some(note) = self.machine.take_shard_note() {
+            info!("{note}");
+        }
         let state = self.machine.state();
         if self.status.read().round_state != state {
             let state = state.to_string();

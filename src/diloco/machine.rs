@@ -155,6 +155,8 @@ struct OpenRound {
     mode_decided: bool,
     /// The sharded round, when it is one.
     shard: Option<ShardRound>,
+    /// How the round was sharded, until SyncActor logs it.
+    shard_note: Option<String>,
 }
 
 fn skipped(a: &RoundAnnouncement, why: &str) -> Vec<Effect> {
@@ -239,12 +241,12 @@ impl RoundMachine {
         let peers = self.peers();
         let mut members: Vec<String> = peers
             .iter()
-            .filter(|(id, p)| {
+            .filter(|(_, p)| {
                 let here = p.round == self.round && p.theta0_hash == self.theta0_hash;
                 let coming = previous
                     .as_ref()
                     .is_some_and(|(r, h)| p.round == *r && p.theta0_hash == *h);
-                p.weight > EPSILON && (here || coming) && !self.excluded.contains_key(*id)
+                p.weight > EPSILON && (here || coming)
             })
             .map(|(id, _)| id.clone())
             .collect();
@@ -260,12 +262,20 @@ impl RoundMachine {
             self.rules.sharding.redundancy,
         )
         .aligned(self.rules.slice_align);
-        self.open.shard = Some(ShardRound::new(self.node_id.clone(), plan));
+        let shard = ShardRound::new(self.node_id.clone(), plan);
+        self.open.shard_note = Some(format!(
+            "round {}: sharded among {} members (plan {}), aggregating slices {:?}",
+            self.round,
+            members.len(),
+            &shard.plan_id()[..8],
+            shard.my_ranges().iter().map(|(s, _)| s).collect::<Vec<_>>()
+        ));
+        self.open.shard = Some(shard);
     }
 
-    /// The open round's shard plan id, when it runs sharded.
-    pub fn shard_plan_id(&self) -> Option<&str> {
-        self.open.shard.as_ref().map(ShardRound::plan_id)
+    /// How the open round was sharded (members, plan, own slices), once: for the log.
+    pub fn take_shard_note(&mut self) -> Option<String> {
+        self.open.shard_note.take()
     }
 
     /// The claims this node's announcement carries (its served reports of a sharded round).
@@ -328,6 +338,13 @@ impl RoundMachine {
             .iter()
             .zip(weights)
             .map(|(t, weight)| {
+                // An excluded aggregator counts for nothing: not expected, not fetched, and it
+                // cannot pull anyone to its state.
+                let weight = if self.excluded.contains_key(&t.node_id) {
+                    0.0
+                } else {
+                    weight
+                };
                 let state = PeerOuterState {
                     peer_id: t.peer_id.to_string(),
                     round: t.round,
@@ -356,9 +373,6 @@ impl RoundMachine {
     fn weight_of(&self, node_id: &str, peers: &BTreeMap<String, PeerOuterState>) -> f64 {
         if node_id == self.node_id {
             return self.own_weight();
-        }
-        if self.excluded.contains_key(node_id) {
-            return 0.0;
         }
         peers.get(node_id).map_or(0.0, |p| p.weight)
     }
