@@ -366,7 +366,7 @@ impl SyncActor {
     fn fetch_parts(
         &mut self,
         fetch: PartsFetch,
-        slices: Vec<(usize, std::ops::Range<usize>)>,
+        slices: crate::diloco::sharded::SliceRanges,
         ctx: &mut Context<Self>,
     ) {
         let requests = slices.iter().map(|(_, range)| {

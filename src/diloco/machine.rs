@@ -17,7 +17,7 @@ use super::heal::{HealPlan, OwnState, PeerOuterState, catching_up, disagrees, he
 use super::round::{
     RoundDecision, RoundOptions, RoundProgress, RoundSummary, has_quorum, round_decision,
 };
-use super::sharded::ShardRound;
+use super::sharded::{ShardRound, SliceRanges};
 use super::weight::{
     self, EPSILON, Reputation, Standing, WeightRule, is_newcomer_share, newcomer_places,
     newcomer_rank,
@@ -94,7 +94,7 @@ pub enum Effect {
         round: u64,
         delta: BlobId,
         max_bytes: u64,
-        slices: Vec<(usize, std::ops::Range<usize>)>,
+        slices: SliceRanges,
         check: bool,
     },
     /// Aggregate this node's slices of a sharded round (each one's parts), serve the reports
@@ -1431,7 +1431,7 @@ mod tests {
         }
         if colluding {
             // This node's own part accuses the slice: it fetches everyone's part of it.
-            let checks: Vec<(String, Vec<(usize, std::ops::Range<usize>)>)> = last
+            let checks: Vec<(String, SliceRanges)> = last
                 .iter()
                 .filter_map(|e| match e {
                     Effect::FetchParts {

@@ -23,6 +23,9 @@ use crate::diloco::codec::decode;
 use crate::net::blob::BlobId;
 use crate::net::wire::SliceClaim;
 
+/// Slices and their coordinates, in slice order.
+pub type SliceRanges = Vec<(usize, std::ops::Range<usize>)>;
+
 /// Where a contributor's encoded Δ of the round is served.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Source {
@@ -116,7 +119,7 @@ impl ShardRound {
     }
 
     /// The slices this node aggregates and their coordinates.
-    pub fn my_ranges(&self) -> Vec<(usize, std::ops::Range<usize>)> {
+    pub fn my_ranges(&self) -> SliceRanges {
         self.mine.iter().map(|&s| (s, self.plan.range(s))).collect()
     }
 
