@@ -953,6 +953,11 @@ mod tests {
             "peer table",
         );
         refused(
+            &|c| c.diloco.sharding.redundancy = 1,
+            "diloco.sharding",
+            "trusted blindly",
+        );
+        refused(
             &|c| c.ledger.checkpoint_delay_s = 299,
             "ledger.checkpoint_delay_s",
             "freshness_window_s",

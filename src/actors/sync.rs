@@ -316,6 +316,28 @@ impl SyncActor {
         }
     }
 
+    /// Fetches blob `id` (or values `range` of it) from `peer`; any failure as text.
+    fn fetch_blob(
+        &self,
+        peer: PeerId,
+        id: BlobId,
+        max_bytes: u64,
+        range: Option<(u64, u64)>,
+    ) -> impl std::future::Future<Output = Result<Arc<Vec<u8>>, String>> + 'static {
+        let sent = self.network.send(FetchBlob {
+            peer,
+            id,
+            max_bytes,
+            range,
+        });
+        async move {
+            match sent.await {
+                Ok(fetched) => fetched.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    }
+
     fn fetch_delta(
         &mut self,
         peer: PeerId,
@@ -325,17 +347,8 @@ impl SyncActor {
         max_bytes: u64,
         ctx: &mut Context<Self>,
     ) {
-        let fetch = self.network.send(FetchBlob {
-            peer,
-            id: delta,
-            max_bytes,
-            range: None,
-        });
-        ctx.spawn(fetch.into_actor(self).map(move |result, act, ctx| {
-            let fetched = match result {
-                Ok(fetched) => fetched.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
+        let fetch = self.fetch_blob(peer, delta, max_bytes, None);
+        ctx.spawn(fetch.into_actor(self).map(move |fetched, act, ctx| {
             let delta_hash = delta.to_string();
             let now = Instant::now();
             let effects = act
@@ -370,23 +383,13 @@ impl SyncActor {
         ctx: &mut Context<Self>,
     ) {
         let requests = slices.iter().map(|(_, range)| {
-            self.network.send(FetchBlob {
-                peer: fetch.peer,
-                id: fetch.delta,
-                max_bytes: fetch.max_bytes,
-                range: Some((range.start as u64, range.end as u64)),
-            })
+            let range = Some((range.start as u64, range.end as u64));
+            self.fetch_blob(fetch.peer, fetch.delta, fetch.max_bytes, range)
         });
         let all = futures::future::join_all(requests);
         let ids: Vec<usize> = slices.iter().map(|(slice, _)| *slice).collect();
         ctx.spawn(all.into_actor(self).map(move |results, act, ctx| {
-            let parts: Result<Vec<Arc<Vec<u8>>>, String> = results
-                .into_iter()
-                .map(|r| match r {
-                    Ok(fetched) => fetched.map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                })
-                .collect();
+            let parts: Result<Vec<Arc<Vec<u8>>>, String> = results.into_iter().collect();
             let effects = act.machine.parts_fetched(
                 Instant::now(),
                 fetch.round,
@@ -456,17 +459,8 @@ impl SyncActor {
         max_bytes: u64,
         ctx: &mut Context<Self>,
     ) {
-        let fetch = self.network.send(FetchBlob {
-            peer,
-            id: result,
-            max_bytes,
-            range: None,
-        });
+        let fetch = self.fetch_blob(peer, result, max_bytes, None);
         ctx.spawn(fetch.into_actor(self).map(move |fetched, act, ctx| {
-            let fetched = match fetched {
-                Ok(fetched) => fetched.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
             let effects = act
                 .machine
                 .report_fetched(Instant::now(), round, slice, result, fetched);

@@ -176,17 +176,19 @@ impl ShardRound {
     pub fn inputs(&self, contributors: &[String]) -> Vec<(usize, Vec<Contribution>)> {
         self.mine
             .iter()
-            .map(|&slice| {
-                let parts = contributors
-                    .iter()
-                    .filter_map(|id| {
-                        self.part(slice, id).map(|delta| Contribution {
-                            node_id: id.clone(),
-                            delta,
-                        })
-                    })
-                    .collect();
-                (slice, parts)
+            .map(|&slice| (slice, self.parts_of(slice, contributors)))
+            .collect()
+    }
+
+    /// The parts of `slice` this node holds of `contributors`.
+    fn parts_of(&self, slice: usize, contributors: &[String]) -> Vec<Contribution> {
+        contributors
+            .iter()
+            .filter_map(|id| {
+                self.part(slice, id).map(|delta| Contribution {
+                    node_id: id.clone(),
+                    delta,
+                })
             })
             .collect()
     }
@@ -499,15 +501,7 @@ impl ShardRound {
                     }
                 }
                 if self.checked.contains(&slice) {
-                    e.parts = contributors
-                        .iter()
-                        .filter_map(|id| {
-                            self.part(slice, id).map(|delta| Contribution {
-                                node_id: id.clone(),
-                                delta,
-                            })
-                        })
-                        .collect();
+                    e.parts = self.parts_of(slice, &contributors);
                 }
                 (slice, e)
             })
