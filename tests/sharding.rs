@@ -244,3 +244,53 @@ fn an_aggregator_serving_wrong_slices_is_caught_by_its_partner_and_excluded_with
         "no exclusion logged: {log}"
     );
 }
+
+#[test]
+fn sixteen_nodes_with_the_shipped_defaults_shard_their_rounds_and_agree() {
+    // Only what a user passes: H. Everything else is the shipped configuration, under which a
+    // round runs sharded from 16 trainers on.
+    const NODES: usize = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(
+        dir.path(),
+        NODES,
+        |_| vec!["--diloco-steps".into(), "20".into()],
+        |_| Vec::new(),
+    );
+    let start = Instant::now();
+    loop {
+        let states: Vec<(u64, String)> = nodes.iter().map(outer_state).collect();
+        let summaries: Vec<serde_json::Value> = nodes
+            .iter()
+            .map(|n| diloco(n)["last_round"].clone())
+            .collect();
+        let all_sharded = summaries.iter().all(|s| {
+            s["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("sharded: 16 slices"))
+                && s["participants"] == NODES
+        });
+        let rounds: BTreeSet<u64> = states.iter().map(|(r, _)| *r).collect();
+        let hashes: BTreeSet<&String> = states.iter().map(|(_, h)| h).collect();
+        if all_sharded && rounds.len() == 1 && hashes.len() == 1 {
+            let received: Vec<u64> = summaries
+                .iter()
+                .map(|s| s["bytes_received"].as_u64().unwrap())
+                .collect();
+            eprintln!(
+                "all {NODES} nodes sharded round {:?} on one θ₀ after {:.0} s; bytes received {received:?}",
+                rounds,
+                start.elapsed().as_secs_f64()
+            );
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(360),
+            "16 nodes never sharded a round together on one θ₀: rounds {rounds:?}, {} θ₀; node 0: {}\n{}",
+            hashes.len(),
+            summaries[0],
+            nodes[0].log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
