@@ -127,8 +127,16 @@ fn the_counting_allocator_sees_a_decode_and_a_huge_claim_allocates_nothing() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let values = vec![0.5f32; 20];
     let bytes = encode(&CodecConfig::default(), &values);
-    let (decoded, extra) = measured(|| decode(&bytes, 20, f32::INFINITY));
-    assert_eq!(decoded.unwrap(), values);
+    // The counter is process-wide: another thread freeing memory meanwhile lowers the peak
+    // seen, never raises it, so the largest of a few measurements is the decode's.
+    let extra = (0..3)
+        .map(|_| {
+            let (decoded, extra) = measured(|| decode(&bytes, 20, f32::INFINITY));
+            assert_eq!(decoded.unwrap(), values);
+            extra
+        })
+        .max()
+        .unwrap();
     assert!(extra >= 80, "{extra}");
     let huge = mutate(&bytes, &[Mutation::PutU64At(8, 1 << 60, false)]);
     let (refused, extra) = measured(|| decode(&huge, 1 << 60, f32::INFINITY));

@@ -487,10 +487,8 @@ impl RoundMachine {
             self.open
                 .delta_hashes
                 .insert(a.node_id.clone(), a.delta_hash.clone());
+            // Every member aggregates r ≥ 2 slices (`min_nodes` > `redundancy`).
             let slices = shard.my_ranges();
-            if slices.is_empty() {
-                return self.parts_in(Instant::now(), &a.node_id);
-            }
             self.open.pending.insert(a.node_id.clone());
             return vec![Effect::FetchParts {
                 peer,

@@ -1195,20 +1195,34 @@ fn check_blob(case: &BlobCase) -> Verdict {
         extra as u64 <= limit.saturating_add(4 * KIB as u64),
         "allocated {extra} bytes, above the limit {limit}"
     );
-    // read_request: the first 32 bytes are the id, whatever they are.
+    // read_request: 32 bytes of id, whatever they are, then nothing or a 16-byte range.
     let request = block_on(
         codec
             .clone()
             .read_request(&protocol(), &mut Cursor::new(bytes.as_slice())),
     );
+    let be = |at: usize| u64::from_be_bytes(bytes[at..at + 8].try_into().unwrap());
     match request {
-        Ok(r) => ensure!(
-            bytes.len() >= 32 && r.id.0 == bytes[..32],
-            "request id misread"
-        ),
+        Ok(r) => {
+            ensure!(
+                bytes.len() >= 32 && r.id.0 == bytes[..32],
+                "request id misread"
+            );
+            let range = (bytes.len() == 48).then(|| (be(32), be(40)));
+            ensure!(
+                matches!(bytes.len(), 32 | 48) && r.range == range,
+                "a {}-byte request read as range {:?}",
+                bytes.len(),
+                r.range
+            );
+        }
         Err(e) => ensure!(
-            bytes.len() < 32 && e.kind() == std::io::ErrorKind::UnexpectedEof,
-            "request: {e}"
+            (bytes.len() < 32 && e.kind() == std::io::ErrorKind::UnexpectedEof)
+                || (bytes.len() > 32
+                    && bytes.len() != 48
+                    && e.kind() == std::io::ErrorKind::InvalidData),
+            "request of {} bytes: {e}",
+            bytes.len()
         ),
     }
     let reason = match result {
