@@ -99,8 +99,8 @@ impl GossipLimits {
 /// peer with the same settings is never rate-limited. Per origin and per window of one heartbeat
 /// interval, an honest node gossips:
 /// - heartbeats, one every interval (heartbeat topic);
-/// - round announcements: `REANNOUNCED` every `REANNOUNCE_EVERY`, plus one per new round
-///   (round topic);
+/// - round announcements: `REANNOUNCED` every `REANNOUNCE_EVERY`, plus two per new round (the
+///   announcement, and in a sharded round again with its slice claims) (round topic);
 /// - on the ledger topic: its round verdicts, one message per round; proofs (uptime each tick,
 ///   training each round, inference per /generate_text): its own ledger checks each against
 ///   `max_proofs_per_hour` before gossiping it, so however a user drives inference, no window
@@ -130,7 +130,7 @@ impl HonestGossip {
             Topic::Heartbeat => ticks(window, self.heartbeat_interval),
             Topic::Round => REANNOUNCED
                 .saturating_mul(ticks(window, REANNOUNCE_EVERY))
-                .saturating_add(rounds),
+                .saturating_add(rounds.saturating_mul(2)),
             // Every proof of the window at once; the hourly limit bounds them together.
             Topic::Ledger => {
                 let checkpoint = Timeouts::default();
