@@ -19,7 +19,7 @@ use crate::actors::messages::{StopHttp, StopTraining, WriteCheckpoint};
 use crate::actors::peer::{GossipFaults, PeerActor, PeerOptions, SlowBlob, gossip_thresholds};
 use crate::actors::supervisor::{SupervisorActor, TrainerRecipe};
 use crate::actors::sybil::{MAX_SYBILS, SybilActor, SybilOptions};
-use crate::actors::sync::{CheckpointTarget, RoundSettings, SyncActor};
+use crate::actors::sync::{CheckpointTarget, LyingAggregator, RoundSettings, SyncActor};
 use crate::actors::trainer::{Cadence, PanicFault, TrainerWork};
 use crate::admission::{self, AdmissionView, Certificate, Policy};
 use crate::config::Config;
@@ -351,13 +351,23 @@ fn round_settings(config: &Config, own_admitted: bool) -> RoundSettings {
     }
 }
 
-/// NEUROSHARD_FAULT_LYING_AGGREGATOR=1: serve this node's aggregated slices scaled by −10.
-fn lying_aggregator_fault() -> bool {
-    let on = std::env::var("NEUROSHARD_FAULT_LYING_AGGREGATOR").is_ok_and(|v| v == "1");
-    if on {
-        warn!("test fault switch is on: this node serves wrong slice reports");
-    }
-    on
+/// NEUROSHARD_FAULT_LYING_AGGREGATOR=1: serve this node's aggregated slices scaled by −10;
+/// `=with:<node_id>`: only the slices it aggregates with that node alone (two colluders).
+fn lying_aggregator_fault() -> Option<LyingAggregator> {
+    let value = std::env::var("NEUROSHARD_FAULT_LYING_AGGREGATOR").ok()?;
+    let lie = match value.strip_prefix("with:") {
+        _ if value == "1" => LyingAggregator::Always,
+        Some(partner) if !partner.is_empty() => LyingAggregator::With(partner.to_string()),
+        _ => {
+            warn!(%value, "ignoring NEUROSHARD_FAULT_LYING_AGGREGATOR: expected 1 or with:<node_id>");
+            return None;
+        }
+    };
+    warn!(
+        ?lie,
+        "test fault switch is on: this node serves wrong slice reports"
+    );
+    Some(lie)
 }
 
 /// Test fault switch NEUROSHARD_FAULT_BYZANTINE=sign_flip|scale|gaussian|nan|alie|ipm.

@@ -294,3 +294,75 @@ fn sixteen_nodes_with_the_shipped_defaults_shard_their_rounds_and_agree() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn two_aggregators_agreeing_on_a_lie_are_accused_by_the_contributors_and_both_excluded() {
+    // Nodes 4 and 5 lie only on a slice the two of them aggregate alone: they agree, so no
+    // partner's report differs; the honest contributors' own parts accuse the slice.
+    const NODES: usize = 6;
+    let id = |i: usize| {
+        neuroshard::crypto::Identity::from_token(&fixed_token(i))
+            .unwrap()
+            .node_id
+    };
+    let colluders = [id(4), id(5)];
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_waiting_for(dir.path(), NODES, 4, |i| match i {
+        4 | 5 => env_of(&[(
+            "NEUROSHARD_FAULT_LYING_AGGREGATOR",
+            &format!("with:{}", colluders[5 - i]),
+        )]),
+        _ => Vec::new(),
+    });
+    let honest = &nodes[..4];
+    // The plan is drawn anew each round; the two share a slice in about 2 rounds of 5.
+    let start = Instant::now();
+    let caught = loop {
+        let summaries: Vec<serde_json::Value> = honest
+            .iter()
+            .map(|n| diloco(n)["last_round"].clone())
+            .collect();
+        let both = |s: &serde_json::Value| {
+            let reason = s["reason"].as_str().unwrap_or("");
+            colluders.iter().all(|c| {
+                reason.contains(&format!("wrong: {c}"))
+                    || reason.contains(&format!("; {c}: not what"))
+            })
+        };
+        if let Some(s) = summaries.iter().find(|s| both(s)) {
+            break s.clone();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "the colluders were never caught together; node 0: {}\n{}",
+            summaries[0],
+            honest[0].log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("caught: {}", caught["reason"]);
+    for c in &colluders {
+        assert!(ids(&caught["rejected"]).contains(c), "{caught}");
+    }
+    // Both stay out: the honest nodes go on among themselves, on one θ₀.
+    let round = caught["round"].as_u64().unwrap();
+    let seen = watch(honest, round + 3, Duration::from_secs(120));
+    for (r, by_node) in seen.rounds.range(round + 1..) {
+        for (i, summary) in by_node {
+            for c in &colluders {
+                assert!(
+                    !ids(&summary["kept"]).contains(c),
+                    "node {i} round {r}: {summary}"
+                );
+            }
+        }
+    }
+    for (r, hashes) in seen.theta0.range(round + 1..) {
+        let distinct: BTreeSet<&String> = hashes.values().collect();
+        assert_eq!(
+            distinct.len(),
+            1,
+            "honest nodes differ at round {r}: {hashes:?}"
+        );
+    }
+}

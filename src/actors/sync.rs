@@ -111,9 +111,18 @@ pub struct RoundSettings {
     pub own_admitted: bool,
     /// When rounds run sharded (`[diloco.sharding]`).
     pub sharding: ShardOptions,
-    /// Test fault switch NEUROSHARD_FAULT_LYING_AGGREGATOR: serve this node's aggregated slices
-    /// scaled by −10.
-    pub lying_aggregator: bool,
+    /// Test fault switch NEUROSHARD_FAULT_LYING_AGGREGATOR: serve aggregated slices scaled by −10.
+    pub lying_aggregator: Option<LyingAggregator>,
+}
+
+/// Which of its slices a lying aggregator (test fault switch) serves wrong.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LyingAggregator {
+    /// Every one: its partners' reports differ, which catches it.
+    Always,
+    /// Only those it aggregates with this node alone: the two agree on the lie, and only the
+    /// contributors' accusations can catch them.
+    With(String),
 }
 
 pub struct SyncActor {
@@ -422,7 +431,15 @@ impl SyncActor {
                 .map(move |reports, act, ctx| {
                     let mut served = Vec::new();
                     for mut report in reports.unwrap_or_default() {
-                        if act.settings.lying_aggregator {
+                        let lie = match &act.settings.lying_aggregator {
+                            None => false,
+                            Some(LyingAggregator::Always) => true,
+                            Some(LyingAggregator::With(partner)) => {
+                                let group = act.machine.slice_group(report.slice);
+                                group.iter().all(|a| *a == act.node_id || a == partner)
+                            }
+                        };
+                        if lie {
                             report.delta.iter_mut().for_each(|x| *x *= -10.0);
                         }
                         let (bytes, seen) = as_served(&act.settings.compression, report);

@@ -273,6 +273,17 @@ impl RoundMachine {
         self.open.shard = Some(shard);
     }
 
+    /// The aggregators of `slice` in the open round's shard plan (none when it runs full mesh).
+    pub fn slice_group(&self, slice: usize) -> Vec<String> {
+        self.open.shard.as_ref().map_or_else(Vec::new, |s| {
+            s.plan()
+                .group(slice)
+                .into_iter()
+                .map(String::from)
+                .collect()
+        })
+    }
+
     /// How the open round was sharded (members, plan, own slices), once: for the log.
     pub fn take_shard_note(&mut self) -> Option<String> {
         self.open.shard_note.take()
