@@ -143,6 +143,29 @@ enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// Write the model this node trains with the network (θ₀ of its checkpoint, not its own
+    /// inner weights) as a Hugging Face Llama directory: config.json, model.safetensors and a
+    /// byte-level tokenizer, loadable with transformers' AutoModelForCausalLM and AutoTokenizer.
+    Export {
+        /// Output format.
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(neuroshard::model::export::FORMATS))]
+        format: String,
+        /// The node's state directory (default: the node's, ~/.neuroshard or --config's).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Directory to create (it may exist if empty).
+        out: PathBuf,
+    },
+    /// Print the next-token logits of θ₀ (the node's checkpoint) after every position of a text,
+    /// as JSON {"tokens": [...], "logits": [[...], ...]}, computed by the node's own model code.
+    Logits {
+        /// The node's state directory (default: the node's, ~/.neuroshard or --config's).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// The text (byte tokens, no BOS), at most the model's context length in bytes.
+        #[arg(long)]
+        text: String,
+    },
     /// Define a network (genesis, authority keys) and admit nodes to it.
     Network {
         #[command(subcommand)]
@@ -250,6 +273,8 @@ impl Command {
                 | Command::Generate { .. }
                 | Command::Ledger { .. }
                 | Command::Network { .. }
+                | Command::Export { .. }
+                | Command::Logits { .. }
         )
     }
 }
@@ -325,6 +350,29 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             };
+        }
+        Some(Command::Export {
+            format: _,
+            state_dir,
+            out,
+        }) => {
+            return exit_2_on_error(theta0_of(&cli, state_dir.as_ref()).and_then(|theta0| {
+                neuroshard::model::export::write_hf(&theta0, out).map_err(|e| e.to_string())?;
+                eprintln!(
+                    "exported θ₀ of round {} ({} preset, {} parameters) from {} to {}",
+                    theta0.round,
+                    theta0.preset,
+                    theta0.params.len(),
+                    theta0.path.display(),
+                    out.display()
+                );
+                Ok(())
+            }));
+        }
+        Some(Command::Logits { state_dir, text }) => {
+            return exit_2_on_error(
+                theta0_of(&cli, state_dir.as_ref()).and_then(|theta0| print_logits(&theta0, text)),
+            );
         }
         Some(Command::Experiment(options)) => return neuroshard::experiment::run(options.clone()),
         Some(Command::Simulate(options)) => return neuroshard::simulate::run(options.clone()),
@@ -455,6 +503,50 @@ fn verify_ledger(cli: &Cli, state_dir: &std::path::Path) -> ExitCode {
         eprintln!("ledger verification FAILED (details above)");
         ExitCode::FAILURE
     }
+}
+
+fn exit_2_on_error(result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// θ₀ of the checkpoint in `state_dir`, or in the state directory the node would use.
+fn theta0_of(
+    cli: &Cli,
+    state_dir: Option<&PathBuf>,
+) -> Result<neuroshard::model::export::Theta0, String> {
+    let overrides = CliOverrides {
+        state_dir: state_dir.or(cli.state_dir.as_ref()).cloned(),
+        ..CliOverrides::default()
+    };
+    let config =
+        Config::load(cli.config.as_deref(), overrides).map_err(|e| format!("config: {e}"))?;
+    neuroshard::model::export::Theta0::load(&config.state_dir()).map_err(|e| e.to_string())
+}
+
+/// `neuroshard logits`: θ₀'s next-token logits after every byte of `text`, as JSON on stdout.
+fn print_logits(theta0: &neuroshard::model::export::Theta0, text: &str) -> Result<(), String> {
+    use neuroshard::model::{backend::cpu_device, inference, tokenizer};
+    let tokens = tokenizer::encode(text);
+    let context = theta0.config.max_seq_len;
+    if tokens.is_empty() || tokens.len() > context {
+        return Err(format!(
+            "--text: {} bytes; the model reads 1 to {context}",
+            tokens.len()
+        ));
+    }
+    let logits = inference::logits(&theta0.model(), &tokens, &cpu_device());
+    let rows: Vec<&[f32]> = logits.chunks(theta0.config.vocab_size).collect();
+    println!(
+        "{}",
+        serde_json::json!({"tokens": tokens, "round": theta0.round, "logits": rows})
+    );
+    Ok(())
 }
 
 /// `neuroshard status`: one screen of a running node's state; exit 1 when it cannot be reached.

@@ -216,7 +216,7 @@ fn prepare(config: &Config) -> Result<Prepared, NodeError> {
     let specs = Arc::new(layout(&initial));
     let model_hash = model_config.hash_hex();
     let target = CheckpointTarget {
-        dir: state_dir.join("checkpoints"),
+        dir: state_dir.join(checkpoint::CHECKPOINT_DIR),
         model_hash: model_hash.clone(),
         layout: specs.clone(),
         lock: Arc::new(Mutex::new(())),

@@ -104,11 +104,14 @@ fn eight_sharded_nodes_hold_the_theta0_and_verdicts_of_a_full_mesh_node_on_the_s
     const AUDITOR: usize = 7;
     const ATTACKER: usize = 6;
     let dir = tempfile::tempdir().unwrap();
+    // fp32 deltas so that the slices are exact and the θ₀ hashes must agree (with int8, the
+    // default, a report's slice is quantized once more: equal within the codec's error).
+    let fp32 = ("NEUROSHARD_DILOCO__COMPRESSION__CODEC", "fp32");
     let nodes = start(dir.path(), 8, |i| match i {
         // The auditor runs full mesh: it fetches every whole delta and aggregates them all.
-        AUDITOR => env_of(&[("NEUROSHARD_DILOCO__SHARDING__MIN_NODES", "1000")]),
-        ATTACKER => env_of(&[("NEUROSHARD_FAULT_BYZANTINE", "sign_flip")]),
-        _ => Vec::new(),
+        AUDITOR => env_of(&[("NEUROSHARD_DILOCO__SHARDING__MIN_NODES", "1000"), fp32]),
+        ATTACKER => env_of(&[("NEUROSHARD_FAULT_BYZANTINE", "sign_flip"), fp32]),
+        _ => env_of(&[fp32]),
     });
     let attacker = nodes[ATTACKER].stats()["node_id"]
         .as_str()

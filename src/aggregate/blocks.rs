@@ -2,11 +2,14 @@
 //! parallel reductions (squared distances), both over fixed blocks of [`BLOCK`] coordinates.
 //!
 //! Memory stays near one copy of the inputs: outputs are one vector of the delta's length, and a
-//! reduction keeps `width` partial sums per span of [`SPAN_BLOCKS`] blocks. Results never depend on
-//! the number of threads: each output coordinate is computed alone, and a reduction adds its blocks
-//! in a fixed order inside each span and then the spans in order.
+//! reduction keeps `width` partial sums per block. Results never depend on the number of threads:
+//! each output coordinate is computed alone, and a reduction adds its blocks in a fixed order
+//! inside each span of [`SPAN_BLOCKS`] and then the spans in order. A [`pass`] writes an output
+//! and measures it (the inputs' finiteness, each input's distance to it, its norm) in one read of
+//! the inputs: reading them is what the rules' time goes to.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 
@@ -16,7 +19,8 @@ use super::Contribution;
 pub(super) const BLOCK: usize = 4096;
 /// Blocks summed, in order, into one partial per parallel task of a reduction.
 pub(super) const SPAN_BLOCKS: usize = 16;
-const SPAN: usize = BLOCK * SPAN_BLOCKS;
+/// Zeros to measure a block's norm as its distance to them.
+const ZEROS: [f32; BLOCK] = [0.0; BLOCK];
 
 /// The slices `range` of every contribution, in input order, into `cols` (reused across blocks).
 pub(super) fn columns<'a>(cs: &'a [Contribution], range: Range<usize>, cols: &mut Vec<&'a [f32]>) {
@@ -24,85 +28,160 @@ pub(super) fn columns<'a>(cs: &'a [Contribution], range: Range<usize>, cols: &mu
     cols.extend(cs.iter().map(|c| &c.delta[range.clone()]));
 }
 
-/// Output vector of length `d`, filled block by block in parallel: `fill(cols, out)` gets the
-/// contributions' slices of the block and the output slice of the same coordinates.
-pub(super) fn fill_blocks(
-    cs: &[Contribution],
-    d: usize,
-    fill: impl Fn(&[&[f32]], &mut [f32]) + Sync + Send,
-) -> Vec<f32> {
-    let mut out = vec![0.0f32; d];
-    update_blocks(cs, &mut out, fill);
-    out
+/// What a [`pass`] measures besides its output, while each block is still in cache.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Measure {
+    /// Whether every input value is finite (the inputs' check, fused into the rule's pass).
+    pub finite: bool,
+    /// ‖xᵢ − out‖ for every input (the verdicts' distances).
+    pub distances: bool,
 }
 
-/// Like [`fill_blocks`], updating `out` (of the contributions' length) in place.
-pub(super) fn update_blocks(
+impl Measure {
+    pub const NOTHING: Self = Self {
+        finite: false,
+        distances: false,
+    };
+    pub const FINITE: Self = Self {
+        finite: true,
+        distances: false,
+    };
+    pub const FINITE_AND_DISTANCES: Self = Self {
+        finite: true,
+        distances: true,
+    };
+}
+
+/// An output vector and what its [`pass`] measured.
+#[derive(Debug)]
+pub(super) struct Pass {
+    pub out: Vec<f32>,
+    /// Every input value was finite (true when not measured).
+    pub finite: bool,
+    /// ‖xᵢ − out‖ per input, reduced as every sum here ([`fold_blocks`]); empty when not
+    /// measured.
+    pub distances: Vec<f64>,
+    /// ‖out‖ ([`norm`]'s bits).
+    pub norm: f64,
+}
+
+/// One parallel pass over the inputs, block by block: `write(cols, out)` gets the contributions'
+/// slices of a block and the output slice of the same coordinates (holding `out`'s values), and
+/// what `measure` asks for is computed from the same block while it is in cache, so a rule and
+/// its checks read the inputs from memory once.
+pub(super) fn pass(
     cs: &[Contribution],
-    out: &mut [f32],
-    update: impl Fn(&[&[f32]], &mut [f32]) + Sync + Send,
-) {
-    out.par_chunks_mut(BLOCK)
+    mut out: Vec<f32>,
+    measure: Measure,
+    write: impl Fn(&[&[f32]], &mut [f32]) + Sync + Send,
+) -> Pass {
+    // Per block: each input's squared distance (when measured), then the output's squared norm.
+    let width = if measure.distances { cs.len() + 1 } else { 1 };
+    let mut per_block = vec![0.0f64; out.len().div_ceil(BLOCK) * width];
+    let finite = out
+        .par_chunks_mut(BLOCK)
+        .zip(per_block.par_chunks_mut(width))
         .enumerate()
-        .for_each_init(Vec::new, |cols, (b, chunk)| {
+        .map_init(Vec::new, |cols, (b, (chunk, sums))| {
             let start = b * BLOCK;
             columns(cs, start..start + chunk.len(), cols);
-            update(cols, chunk);
-        });
+            let finite = !measure.finite || cols.iter().all(|col| all_finite(col));
+            write(cols, chunk);
+            let (own, distances) = sums.split_last_mut().expect("width ≥ 1");
+            *own = sq_dist(chunk, &ZEROS[..chunk.len()]);
+            if measure.distances {
+                for (s, col) in distances.iter_mut().zip(cols.iter()) {
+                    *s = sq_dist(col, chunk);
+                }
+            }
+            finite
+        })
+        .reduce(|| true, |a, b| a && b);
+    let mut totals = fold_blocks(&per_block, width);
+    let norm = totals.pop().unwrap_or(0.0).sqrt();
+    Pass {
+        out,
+        finite,
+        distances: totals.into_iter().map(f64::sqrt).collect(),
+        norm,
+    }
 }
 
-/// Output vector whose coordinate j is `value(xs)` where `xs` holds the n contributions' values at j
-/// (in input order; `value` may reorder them). One scratch buffer per block, none per coordinate.
+/// Per coordinate of a block, Σᵢ wᵢ·xᵢ over the `weighted` columns (xᵢ, wᵢ) in order, from −0.0
+/// as `Sum` does, then `finish`ed into `out`. Column by column over the block, so it vectorises
+/// across coordinates; per coordinate the same additions in the same order as a per-coordinate sum.
+pub(super) fn combine<'a>(
+    out: &mut [f32],
+    weighted: impl IntoIterator<Item = (&'a [f32], f64)>,
+    finish: impl Fn(f64) -> f32,
+) {
+    let mut sums = [-0.0f64; BLOCK];
+    let sums = &mut sums[..out.len()];
+    for (col, w) in weighted {
+        for (s, &x) in sums.iter_mut().zip(col) {
+            *s += w * f64::from(x);
+        }
+    }
+    for (o, &s) in out.iter_mut().zip(sums.iter()) {
+        *o = finish(s);
+    }
+}
+
+/// Every value finite; branch-free, so it vectorises (a short-circuiting `any` does not).
+pub(super) fn all_finite(values: &[f32]) -> bool {
+    values.iter().fold(true, |finite, x| finite & x.is_finite())
+}
+
+/// A [`pass`] whose output coordinate j is `value(xs)`, where `xs` holds the n contributions'
+/// values at j (in input order; `value` may reorder them). One scratch buffer per block.
 pub(super) fn per_coordinate(
     cs: &[Contribution],
     d: usize,
+    measure: Measure,
     value: impl Fn(&mut [f32]) -> f32 + Sync + Send,
-) -> Vec<f32> {
-    let n = cs.len();
-    let mut out = vec![0.0f32; d];
-    out.par_chunks_mut(BLOCK).enumerate().for_each_init(
-        || (Vec::with_capacity(n), vec![0.0f32; n]),
-        |(cols, xs), (b, chunk)| {
-            let start = b * BLOCK;
-            columns(cs, start..start + chunk.len(), cols);
-            for (j, o) in chunk.iter_mut().enumerate() {
-                for (x, col) in xs.iter_mut().zip(cols.iter()) {
-                    *x = col[j];
-                }
-                *o = value(xs);
+) -> Pass {
+    pass(cs, vec![0.0f32; d], measure, |cols, out| {
+        let mut xs = vec![0.0f32; cols.len()];
+        for (j, o) in out.iter_mut().enumerate() {
+            for (x, col) in xs.iter_mut().zip(cols) {
+                *x = col[j];
             }
-        },
-    );
-    out
+            *o = value(&mut xs);
+        }
+    })
 }
 
 /// Deterministic parallel sum over the coordinates 0..d of `width` quantities: `add(range, acc)`
-/// adds the contribution of `range` (one block at most) into `acc`. Spans run in parallel; the
-/// blocks of a span and then the spans are added in order, whatever the thread count.
+/// adds the contribution of `range` (one block) into `acc` (zeros). Blocks run in parallel; their
+/// sums are added as [`fold_blocks`] does, whatever the thread count.
 pub(super) fn reduce_blocks(
     d: usize,
     width: usize,
     add: impl Fn(Range<usize>, &mut [f64]) + Sync + Send,
 ) -> Vec<f64> {
-    let mut total = vec![0.0f64; width];
-    if width == 0 || d == 0 {
-        return total;
+    if width == 0 {
+        return Vec::new();
     }
-    let mut partial = vec![0.0f64; d.div_ceil(SPAN) * width];
-    partial
+    let mut per_block = vec![0.0f64; d.div_ceil(BLOCK) * width];
+    per_block
         .par_chunks_mut(width)
         .enumerate()
-        .for_each(|(s, acc)| {
-            let end = ((s + 1) * SPAN).min(d);
-            let mut start = s * SPAN;
-            while start < end {
-                let stop = (start + BLOCK).min(end);
-                add(start..stop, acc);
-                start = stop;
-            }
-        });
-    for span in partial.chunks_exact(width) {
-        total.iter_mut().zip(span).for_each(|(t, p)| *t += p);
+        .for_each(|(b, acc)| add(b * BLOCK..((b + 1) * BLOCK).min(d), acc));
+    fold_blocks(&per_block, width)
+}
+
+/// The sum of per-block sums (`width` per block, blocks in coordinate order) in the one order
+/// every reduction here uses: from zero, the blocks of each span of [`SPAN_BLOCKS`] in order, then
+/// the spans in order. Fixed, so every node gets the same bits.
+fn fold_blocks(per_block: &[f64], width: usize) -> Vec<f64> {
+    let mut total = vec![0.0f64; width];
+    let mut span_sum = vec![0.0f64; width];
+    for span in per_block.chunks(width * SPAN_BLOCKS) {
+        span_sum.fill(0.0);
+        for block in span.chunks_exact(width) {
+            span_sum.iter_mut().zip(block).for_each(|(s, b)| *s += b);
+        }
+        total.iter_mut().zip(&span_sum).for_each(|(t, s)| *t += s);
     }
     total
 }
@@ -151,41 +230,109 @@ fn sq_dist_body(a: &[f32], b: &[f32]) -> f64 {
     acc.iter().sum::<f64>() + tail
 }
 
-/// The full n×n matrix (row-major) of squared L2 distances between contributions: one parallel
-/// pass over the inputs, all pairs of a block computed while the block is in cache.
-pub(super) fn pairwise_sq_distances(cs: &[Contribution], d: usize) -> Vec<f64> {
+/// Inputs per side of a tile of the Gram kernel: a 4×4 tile keeps 16 pairs × 8 f64 lanes of
+/// sums and 8 inputs' lanes in registers (24 of AVX-512's 32), and loads each value once per 4 pairs.
+const TILE: usize = 4;
+/// Lanes of a sum, as in [`sq_dist`]: the bits do not depend on the vector width.
+const LANES: usize = 8;
+
+/// The full n×n matrix (row-major) of squared L2 distances between contributions, and whether
+/// every input value is finite: one parallel pass over the inputs; per block, the check and the
+/// block's Gram matrix (every xᵢ·xⱼ, tile by tile) while the block is in cache. Then
+/// ‖xᵢ − xⱼ‖² = Gᵢᵢ + Gⱼⱼ − 2Gᵢⱼ. A product of two f32 is exact in f64, so each sum is rounded
+/// only where it adds, and identical inputs give exactly 0 (their sums take the same steps).
+pub(super) fn pairwise_sq_distances(cs: &[Contribution], d: usize) -> (Vec<f64>, bool) {
     let n = cs.len();
-    let pairs: Vec<(usize, usize)> = (0..n)
-        .flat_map(|i| (i + 1..n).map(move |j| (i, j)))
+    let tiles = n.div_ceil(TILE);
+    let tile_pairs: Vec<(usize, usize)> = (0..tiles)
+        .flat_map(|a| (a..tiles).map(move |b| (a, b)))
         .collect();
-    let sums = reduce_blocks(d, pairs.len(), |range, acc| {
-        for (s, &(i, j)) in acc.iter_mut().zip(&pairs) {
-            *s += sq_dist(&cs[i].delta[range.clone()], &cs[j].delta[range.clone()]);
+    // A tile's inputs: beyond n, the last input stands in (its products are ignored).
+    let tile = |t: usize, range: &Range<usize>| -> [&[f32]; TILE] {
+        std::array::from_fn(|k| &cs[(t * TILE + k).min(n - 1)].delta[range.clone()])
+    };
+    let finite = AtomicBool::new(true);
+    let gram = reduce_blocks(d, n * n, |range, acc| {
+        if !cs.iter().all(|c| all_finite(&c.delta[range.clone()])) {
+            finite.store(false, Ordering::Relaxed);
+        }
+        for &(a, b) in &tile_pairs {
+            let products = dot_tile(&tile(a, &range), &tile(b, &range));
+            for (k, row) in products.iter().enumerate() {
+                for (l, &p) in row.iter().enumerate() {
+                    let (i, j) = (a * TILE + k, b * TILE + l);
+                    if i < n && j < n && i <= j {
+                        acc[i * n + j] += p;
+                    }
+                }
+            }
         }
     });
     let mut matrix = vec![0.0f64; n * n];
-    for (&(i, j), &s) in pairs.iter().zip(&sums) {
-        matrix[i * n + j] = s;
-        matrix[j * n + i] = s;
-    }
-    matrix
-}
-
-/// ‖xᵢ − center‖ for every contribution, in one parallel pass.
-pub(super) fn distances_to(cs: &[Contribution], center: &[f32]) -> Vec<f64> {
-    reduce_blocks(center.len(), cs.len(), |range, acc| {
-        for (s, c) in acc.iter_mut().zip(cs) {
-            *s += sq_dist(&c.delta[range.clone()], &center[range.clone()]);
+    for i in 0..n {
+        for j in i + 1..n {
+            let s = (gram[i * n + i] + gram[j * n + j] - 2.0 * gram[i * n + j]).max(0.0);
+            matrix[i * n + j] = s;
+            matrix[j * n + i] = s;
         }
-    })
-    .into_iter()
-    .map(f64::sqrt)
-    .collect()
+    }
+    (matrix, finite.into_inner())
 }
 
-/// ‖v‖, reduced like [`distances_to`]: the same bits on every node.
+/// xₖ·yₗ for a tile of row inputs `x` and column inputs `y` (equal lengths), each in [`LANES`]
+/// lanes added in coordinate order, then the lanes in order and the tail, as [`sq_dist`] adds.
+fn dot_tile(x: &[&[f32]; TILE], y: &[&[f32]; TILE]) -> [[f64; TILE]; TILE] {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F (checked just above).
+        return unsafe { dot_tile_avx512(x, y) };
+    }
+    dot_tile_body(x, y)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn dot_tile_avx512(x: &[&[f32]; TILE], y: &[&[f32]; TILE]) -> [[f64; TILE]; TILE] {
+    dot_tile_body(x, y)
+}
+
+#[inline(always)]
+fn dot_tile_body(x: &[&[f32]; TILE], y: &[&[f32]; TILE]) -> [[f64; TILE]; TILE] {
+    let len = x[0].len();
+    let body = len - len % LANES;
+    let mut acc = [[[0.0f64; LANES]; TILE]; TILE];
+    let mut start = 0;
+    while start < body {
+        let lanes = |v: &[f32]| -> [f64; LANES] {
+            let chunk: &[f32; LANES] = v[start..start + LANES].try_into().expect("8 values");
+            chunk.map(f64::from)
+        };
+        let (xs, ys) = (x.map(lanes), y.map(lanes));
+        for (row, xk) in acc.iter_mut().zip(&xs) {
+            for (sums, yl) in row.iter_mut().zip(&ys) {
+                for ((s, &p), &q) in sums.iter_mut().zip(xk).zip(yl) {
+                    *s += p * q;
+                }
+            }
+        }
+        start += LANES;
+    }
+    let mut out = [[0.0f64; TILE]; TILE];
+    for (k, row) in out.iter_mut().enumerate() {
+        for (l, o) in row.iter_mut().enumerate() {
+            let tail: f64 = x[k][body..]
+                .iter()
+                .zip(&y[l][body..])
+                .map(|(&p, &q)| f64::from(p) * f64::from(q))
+                .sum();
+            *o = acc[k][l].iter().sum::<f64>() + tail;
+        }
+    }
+    out
+}
+
+/// ‖v‖, reduced like every sum here: the same bits on every node, and as a [`pass`] measures it.
 pub(super) fn norm(v: &[f32]) -> f64 {
-    const ZEROS: [f32; BLOCK] = [0.0; BLOCK];
     reduce_blocks(v.len(), 1, |range, acc| {
         acc[0] += sq_dist(&v[range.clone()], &ZEROS[..range.len()]);
     })[0]
@@ -232,7 +379,7 @@ mod tests {
 
     #[test]
     fn reductions_cover_every_coordinate_once_across_blocks_and_spans() {
-        let d = 2 * SPAN + 3 * BLOCK + 5;
+        let d = (2 * SPAN_BLOCKS + 3) * BLOCK + 5;
         let counts = reduce_blocks(d, 2, |range, acc| {
             assert!(range.len() <= BLOCK);
             acc[0] += range.len() as f64;
@@ -248,7 +395,8 @@ mod tests {
         let cs: Vec<_> = (0..4)
             .map(|i| c(&format!("n{i}"), random_vec(i, d, 1.0)))
             .collect();
-        let m = pairwise_sq_distances(&cs, d);
+        let (m, finite) = pairwise_sq_distances(&cs, d);
+        assert!(finite);
         for i in 0..4 {
             assert_eq!(m[i * 4 + i], 0.0);
             for j in 0..4 {
@@ -256,9 +404,108 @@ mod tests {
                 assert!((m[i * 4 + j] - naive).abs() <= 1e-9 * naive.max(1.0));
             }
         }
-        let to = distances_to(&cs, &cs[2].delta);
-        assert_eq!(to[2], 0.0);
-        assert!((to[0] - m[2].sqrt()).abs() < 1e-9 * to[0]);
+        // A pass that leaves cs[2] in place measures the distances to it.
+        let to = pass(
+            &cs,
+            cs[2].delta.clone(),
+            Measure::FINITE_AND_DISTANCES,
+            |_, _| {},
+        );
+        assert!(to.finite);
+        assert_eq!(to.distances[2], 0.0);
+        assert!((to.distances[0] - m[2].sqrt()).abs() < 1e-9 * to.distances[0]);
+        assert_eq!(to.norm.to_bits(), norm(&cs[2].delta).to_bits());
+        assert_eq!(to.out, cs[2].delta);
+    }
+
+    #[test]
+    fn gram_distances_are_exact_for_identical_inputs_and_close_for_near_ones() {
+        let d = BLOCK + 13;
+        let base = random_vec(5, d, 1.0);
+        let near: Vec<f32> = base
+            .iter()
+            .zip(random_vec(6, d, 1e-3))
+            .map(|(x, e)| x + e)
+            .collect();
+        // 6 inputs: two tiles, the second padded.
+        let cs: Vec<_> = [&base, &near, &base, &near, &base, &near]
+            .iter()
+            .enumerate()
+            .map(|(i, v)| c(&format!("n{i}"), (*v).clone()))
+            .collect();
+        let (m, _) = pairwise_sq_distances(&cs, d);
+        let exact = sq_dist(&base, &near);
+        for i in 0..6 {
+            for j in 0..6 {
+                let got = m[i * 6 + j];
+                if i % 2 == j % 2 {
+                    assert_eq!(got, 0.0, "({i}, {j})");
+                } else {
+                    assert!(
+                        (got - exact).abs() <= 1e-6 * exact,
+                        "({i}, {j}): {got} vs {exact}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_gram_tile_has_the_same_bits_on_every_code_path() {
+        for len in [0, 1, 7, 8, 9, 63, 64, 65, BLOCK] {
+            let vs: Vec<Vec<f32>> = (0..8)
+                .map(|i| random_vec(i * 31 + len as u64, len, 1e3))
+                .collect();
+            let x: [&[f32]; TILE] = std::array::from_fn(|k| vs[k].as_slice());
+            let y: [&[f32]; TILE] = std::array::from_fn(|k| vs[k + 4].as_slice());
+            let portable = dot_tile_body(&x, &y);
+            assert_eq!(dot_tile(&x, &y), portable, "len {len}");
+            for (k, row) in portable.iter().enumerate() {
+                for (l, &p) in row.iter().enumerate() {
+                    let naive: f64 = x[k]
+                        .iter()
+                        .zip(y[l])
+                        .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                        .sum();
+                    assert!(
+                        (p - naive).abs() <= 1e-9 * naive.abs().max(1.0),
+                        "len {len}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_pass_finds_any_non_finite_input_and_measures_as_the_reductions_do() {
+        let d = (SPAN_BLOCKS + 2) * BLOCK + 9;
+        let mut cs: Vec<_> = (0..3)
+            .map(|i| c(&format!("n{i}"), random_vec(i + 7, d, 1.0)))
+            .collect();
+        let mean = |cols: &[&[f32]], out: &mut [f32]| {
+            combine(out, cols.iter().map(|col| (*col, 1.0 / 3.0)), |s| s as f32);
+        };
+        let clean = pass(&cs, vec![0.0; d], Measure::FINITE_AND_DISTANCES, mean);
+        assert!(clean.finite);
+        assert_eq!(clean.norm.to_bits(), norm(&clean.out).to_bits());
+        for (c, distance) in cs.iter().zip(&clean.distances) {
+            let sum = reduce_blocks(d, 1, |range, acc| {
+                acc[0] += sq_dist(&c.delta[range.clone()], &clean.out[range]);
+            });
+            assert_eq!(distance.to_bits(), sum[0].sqrt().to_bits());
+        }
+        for (index, bad) in [
+            (0, f32::NAN),
+            (d - 1, f32::INFINITY),
+            (BLOCK, f32::NEG_INFINITY),
+        ] {
+            let saved = cs[1].delta[index];
+            cs[1].delta[index] = bad;
+            assert!(!pass(&cs, vec![0.0; d], Measure::FINITE, mean).finite);
+            // Not asked: not looked for.
+            assert!(pass(&cs, vec![0.0; d], Measure::NOTHING, mean).finite);
+            cs[1].delta[index] = saved;
+        }
     }
 
     #[test]
@@ -267,10 +514,10 @@ mod tests {
         let cs: Vec<_> = (0..3)
             .map(|i| c("x", (0..d).map(|j| (j * 10 + i) as f32).collect()))
             .collect();
-        let out = per_coordinate(&cs, d, |xs| {
+        let out = per_coordinate(&cs, d, Measure::NOTHING, |xs| {
             assert_eq!(xs.len(), 3);
             xs[2] - xs[0]
         });
-        assert!(out.iter().all(|&v| v == 2.0));
+        assert!(out.out.iter().all(|&v| v == 2.0));
     }
 }

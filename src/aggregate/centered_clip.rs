@@ -12,7 +12,8 @@
 //! spread keeps its credit, and an attacker within τ (counted in full, but bounded) is kept.
 //! Score: the last iteration's clip factor min(1, τ/‖xᵢ − v‖) in (0, 1], 1 = counted in full.
 
-use super::{Contribution, Outcome, blocks, kept_nearest, median, outlier_floor, verdicts};
+use super::blocks::{self, Measure};
+use super::{Contribution, Outcome, kept_nearest, median, outlier_floor, verdicts};
 
 pub(super) fn centered_clip(
     contributions: &[Contribution],
@@ -22,17 +23,27 @@ pub(super) fn centered_clip(
     iterations: usize,
 ) -> Outcome {
     let n = contributions.len();
-    let mut centre = median::median_delta(contributions, d);
+    // Each pass moves the centre and measures the inputs' distances to where it moved, so an
+    // iteration reads the inputs once; the last one needs no distances after it.
+    let first = median::median_pass(contributions, d, Measure::FINITE_AND_DISTANCES);
+    let inputs_finite = first.finite;
+    let (mut centre, mut norm) = (first.out, first.norm);
+    let mut to_centre = first.distances;
     let mut distances = vec![0.0; n];
     let mut factors = vec![1.0; n];
-    for _ in 0..iterations {
-        distances = blocks::distances_to(contributions, &centre);
+    for iteration in 1..=iterations {
+        distances = to_centre.clone();
         factors = distances
             .iter()
             .map(|&r| if r > tau { tau / r } else { 1.0 })
             .collect();
         let weights: Vec<f64> = factors.iter().map(|c| c / n as f64).collect();
-        blocks::update_blocks(contributions, &mut centre, |cols, out| {
+        let measure = if iteration < iterations {
+            Measure::FINITE_AND_DISTANCES
+        } else {
+            Measure::NOTHING
+        };
+        let moved = blocks::pass(contributions, centre, measure, |cols, out| {
             for (j, v) in out.iter_mut().enumerate() {
                 let old = f64::from(*v);
                 let step: f64 = cols
@@ -43,9 +54,10 @@ pub(super) fn centered_clip(
                 *v = (old + step) as f32;
             }
         });
+        (centre, norm, to_centre) = (moved.out, moved.norm, moved.distances);
     }
     let clipped: Vec<bool> = distances.iter().map(|&r| r > tau).collect();
-    let kept = kept_nearest(&distances, f, outlier_floor(&centre))
+    let kept = kept_nearest(&distances, f, outlier_floor(norm))
         .into_iter()
         .zip(&clipped)
         .map(|(near, &clipped)| near || !clipped);
@@ -56,6 +68,7 @@ pub(super) fn centered_clip(
     let typical = sorted[(n - 1) / 2];
     Outcome {
         delta: centre,
+        inputs_finite,
         verdicts: verdicts(contributions, kept, factors),
         note: format!(
             "{iterations} iteration(s) from the coordinate median, τ = {tau}; \

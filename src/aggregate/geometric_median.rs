@@ -11,7 +11,8 @@
 //! Verdict: kept unless among the f farthest from z (L2); score: the final normalised Weiszfeld
 //! weight αᵢ (the weights sum to 1; an outlier's is small).
 
-use super::{Contribution, Outcome, blocks, kept_nearest, outlier_floor, verdicts};
+use super::blocks::{self, Measure};
+use super::{Contribution, Outcome, kept_nearest, outlier_floor, verdicts};
 
 /// Upper bound on Weiszfeld iterations (each costs O(n²), not a pass over the deltas).
 pub const MAX_ITERATIONS: usize = 1000;
@@ -35,11 +36,13 @@ fn distances_from_combination(dsq: &[f64], alpha: &[f64]) -> Vec<f64> {
 
 pub(super) fn geometric_median(contributions: &[Contribution], d: usize, f: usize) -> Outcome {
     let n = contributions.len();
-    let dsq = blocks::pairwise_sq_distances(contributions, d);
+    let (dsq, inputs_finite) = blocks::pairwise_sq_distances(contributions, d);
     let scale = dsq.iter().copied().fold(0.0, f64::max).sqrt();
-    if scale == 0.0 {
+    // Nothing to iterate on: identical inputs, or ones `aggregate` refuses anyway.
+    if scale == 0.0 || !inputs_finite {
         return Outcome {
             delta: contributions[0].delta.clone(),
+            inputs_finite,
             verdicts: verdicts(
                 contributions,
                 std::iter::repeat(true),
@@ -65,20 +68,20 @@ pub(super) fn geometric_median(contributions: &[Contribution], d: usize, f: usiz
         objective = next;
     }
 
-    let delta = blocks::fill_blocks(contributions, d, |cols, out| {
-        for (j, o) in out.iter_mut().enumerate() {
-            let z: f64 = cols
-                .iter()
-                .zip(&alpha)
-                .map(|(col, a)| a * f64::from(col[j]))
-                .sum();
-            *o = z as f32;
-        }
-    });
+    let pass = blocks::pass(
+        contributions,
+        vec![0.0; d],
+        Measure::NOTHING,
+        |cols, out| {
+            let weighted = cols.iter().zip(&alpha).map(|(col, a)| (*col, *a));
+            blocks::combine(out, weighted, |z| z as f32);
+        },
+    );
     let state = if converged { "converged" } else { "stopped" };
-    let floor = outlier_floor(&delta);
+    let floor = outlier_floor(pass.norm);
     Outcome {
-        delta,
+        delta: pass.out,
+        inputs_finite,
         verdicts: verdicts(contributions, kept_nearest(&distances, f, floor), alpha),
         note: format!("Weiszfeld {state} after {iterations} iterations"),
     }
@@ -97,7 +100,7 @@ mod tests {
     #[test]
     fn distances_from_weights_match_direct_ones() {
         let cs: Vec<_> = (0..4).map(|i| c("x", random_vec(i, 50, 1.0))).collect();
-        let dsq = blocks::pairwise_sq_distances(&cs, 50);
+        let (dsq, _) = blocks::pairwise_sq_distances(&cs, 50);
         let alpha = [0.1, 0.2, 0.3, 0.4];
         let z: Vec<f32> = (0..50)
             .map(|j| {

@@ -12,14 +12,15 @@
 //! better. Ties in score are broken by node id, so the selection does not depend on the input
 //! order.
 
-use super::{Contribution, Outcome, blocks, kept_nearest, outlier_floor, verdicts};
+use super::blocks::{self, Measure};
+use super::{Contribution, Outcome, kept_nearest, outlier_floor, verdicts};
 
 /// Multi-Krum with `m` (1 ≤ m ≤ n − f) selected; Krum is m = 1. Needs n ≥ 2f + 3.
 pub(super) fn multi_krum(contributions: &[Contribution], d: usize, f: usize, m: usize) -> Outcome {
     let n = contributions.len();
     debug_assert!(n >= 2 * f + 3 && (1..=n - f).contains(&m));
     let neighbours = n - f - 2;
-    let distances = blocks::pairwise_sq_distances(contributions, d);
+    let (distances, inputs_finite) = blocks::pairwise_sq_distances(contributions, d);
     let mut row = Vec::with_capacity(n);
     let scores: Vec<f64> = (0..n)
         .map(|i| {
@@ -38,15 +39,21 @@ pub(super) fn multi_krum(contributions: &[Contribution], d: usize, f: usize, m: 
     });
     let selected = &ranking[..m];
 
-    let delta = if m == 1 {
-        contributions[selected[0]].delta.clone()
+    let (delta, norm) = if m == 1 {
+        let delta = contributions[selected[0]].delta.clone();
+        let norm = blocks::norm(&delta);
+        (delta, norm)
     } else {
-        blocks::fill_blocks(contributions, d, |cols, out| {
-            for (j, o) in out.iter_mut().enumerate() {
-                let sum: f64 = selected.iter().map(|&i| f64::from(cols[i][j])).sum();
-                *o = (sum / m as f64) as f32;
-            }
-        })
+        let pass = blocks::pass(
+            contributions,
+            vec![0.0; d],
+            Measure::NOTHING,
+            |cols, out| {
+                let chosen = selected.iter().map(|&i| (cols[i], 1.0));
+                blocks::combine(out, chosen, |sum| (sum / m as f64) as f32);
+            },
+        );
+        (pass.out, pass.norm)
     };
     let note = if m == 1 {
         format!(
@@ -57,9 +64,10 @@ pub(super) fn multi_krum(contributions: &[Contribution], d: usize, f: usize, m: 
         format!("averaged {m} of {n} by Krum score over the {neighbours} nearest")
     };
     // A score sums `neighbours` squared distances: the floor in the same unit.
-    let floor = neighbours as f64 * outlier_floor(&delta).powi(2);
+    let floor = neighbours as f64 * outlier_floor(norm).powi(2);
     Outcome {
         delta,
+        inputs_finite,
         verdicts: verdicts(
             contributions,
             kept_nearest(&scores, f, floor),

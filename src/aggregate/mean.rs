@@ -2,20 +2,19 @@
 //! counts once: a weight taken from a number the contributor declares (tokens, samples) would let
 //! it buy influence with a lie. Needs n ≥ 1; everyone is kept and scored by its weight 1/n.
 
-use super::{Contribution, Outcome, blocks, verdicts};
+use super::blocks::{self, Measure};
+use super::{Contribution, Outcome, verdicts};
 
 /// (1/n)·Σ Δᵢ; keeps everyone. Per coordinate the values are added in input order, in f64: the
 /// result is a convex combination, so even values near f32::MAX cannot overflow to infinity.
 pub(super) fn mean(contributions: &[Contribution], d: usize) -> Outcome {
     let weight = 1.0 / contributions.len() as f64;
-    let delta = blocks::fill_blocks(contributions, d, |cols, out| {
-        for (j, o) in out.iter_mut().enumerate() {
-            let sum: f64 = cols.iter().map(|col| weight * f64::from(col[j])).sum();
-            *o = sum as f32;
-        }
+    let pass = blocks::pass(contributions, vec![0.0; d], Measure::FINITE, |cols, out| {
+        blocks::combine(out, cols.iter().map(|col| (*col, weight)), |s| s as f32);
     });
     Outcome {
-        delta,
+        delta: pass.out,
+        inputs_finite: pass.finite,
         verdicts: verdicts(
             contributions,
             std::iter::repeat(true),

@@ -2,8 +2,9 @@
 //! attackers, the median lies between two honest values. Verdict: kept unless among the f farthest
 //! from the median vector (L2); score: that distance.
 
+use super::blocks::{self, Measure, Pass};
 use super::network::{self, LANES, MAX_N};
-use super::{Contribution, Outcome, blocks, kept_nearest, outlier_floor, verdicts};
+use super::{Contribution, Outcome, kept_nearest, outlier_floor, verdicts};
 
 /// The median of `xs` (reordered in place); for even n the mean of the two middle values.
 pub(super) fn median_of(xs: &mut [f32]) -> f32 {
@@ -17,13 +18,13 @@ pub(super) fn median_of(xs: &mut [f32]) -> f32 {
     }
 }
 
-/// The coordinate-wise median vector: bit for bit [`median_of`] at every coordinate, by the
-/// sorting network up to [`MAX_N`] contributions.
-pub(super) fn median_delta(contributions: &[Contribution], d: usize) -> Vec<f32> {
+/// The coordinate-wise median vector and what `measure` asks for: bit for bit [`median_of`] at
+/// every coordinate, by the sorting network up to [`MAX_N`] contributions.
+pub(super) fn median_pass(contributions: &[Contribution], d: usize, measure: Measure) -> Pass {
     if contributions.len() > MAX_N {
-        return blocks::per_coordinate(contributions, d, median_of);
+        return blocks::per_coordinate(contributions, d, measure, median_of);
     }
-    network::per_coordinate_sorted(contributions, d, |rows, out| {
+    network::per_coordinate_sorted(contributions, d, measure, |rows, out| {
         let n = rows.len();
         if n % 2 == 1 {
             for (o, &k) in out.iter_mut().zip(&rows[n / 2]) {
@@ -42,12 +43,16 @@ pub(super) fn median_delta(contributions: &[Contribution], d: usize) -> Vec<f32>
 }
 
 pub(super) fn coordinate_median(contributions: &[Contribution], d: usize, f: usize) -> Outcome {
-    let delta = median_delta(contributions, d);
-    let distances = blocks::distances_to(contributions, &delta);
-    let floor = outlier_floor(&delta);
+    let pass = median_pass(contributions, d, Measure::FINITE_AND_DISTANCES);
+    let floor = outlier_floor(pass.norm);
     Outcome {
-        delta,
-        verdicts: verdicts(contributions, kept_nearest(&distances, f, floor), distances),
+        delta: pass.out,
+        verdicts: verdicts(
+            contributions,
+            kept_nearest(&pass.distances, f, floor),
+            pass.distances,
+        ),
+        inputs_finite: pass.finite,
         note: String::new(),
     }
 }

@@ -263,48 +263,50 @@ pub enum AggregateError {
 struct Outcome {
     delta: Vec<f32>,
     verdicts: Vec<Verdict>,
+    /// Every input value was finite, as the rule's first pass over them found (the inputs'
+    /// check rides on it, so the honest case reads them once); when not, [`aggregate`] fails.
+    inputs_finite: bool,
     /// Rule-specific detail for the reason ("" for none).
     note: String,
 }
 
-/// Checks that every contribution has the same length and only finite values.
-fn validate(contributions: &[Contribution]) -> Result<usize, AggregateError> {
+/// Checks that there are contributions and that all have the same length, which it returns.
+fn check_lengths(contributions: &[Contribution]) -> Result<usize, AggregateError> {
     let expected = contributions
         .first()
         .ok_or(AggregateError::Empty)?
         .delta
         .len();
-    for c in contributions {
-        if c.delta.len() != expected {
-            return Err(AggregateError::LengthMismatch {
-                node_id: c.node_id.clone(),
-                found: c.delta.len(),
-                expected,
-            });
-        }
+    match contributions.iter().find(|c| c.delta.len() != expected) {
+        Some(c) => Err(AggregateError::LengthMismatch {
+            node_id: c.node_id.clone(),
+            found: c.delta.len(),
+            expected,
+        }),
+        None => Ok(expected),
     }
-    for c in contributions {
-        let non_finite = c
-            .delta
-            .par_chunks(blocks::BLOCK * blocks::SPAN_BLOCKS)
-            // Branch-free within a chunk so it vectorises (a short-circuiting `any` does not).
-            .any(|chunk| !chunk.iter().fold(true, |finite, x| finite & x.is_finite()));
-        if non_finite {
-            return Err(AggregateError::NonFinite(c.node_id.clone()));
-        }
-    }
-    Ok(expected)
+}
+
+/// The error naming the first contribution that holds a non-finite value (a rule's pass found
+/// one; only then is this scan run).
+fn non_finite(contributions: &[Contribution]) -> AggregateError {
+    let first = contributions
+        .iter()
+        .find(|c| !c.delta.iter().all(|x| x.is_finite()))
+        .map_or_else(String::new, |c| c.node_id.clone());
+    AggregateError::NonFinite(first)
 }
 
 /// Aggregates one round's contributions with `config.rule`, or with its fallback (then the mean)
-/// when there are too few contributors for the rule's guarantee. Inputs are checked first: none,
-/// unequal lengths or a NaN/infinite value are errors, as is an invalid config.
+/// when there are too few contributors for the rule's guarantee. None, unequal lengths or a
+/// NaN/infinite value are errors (the last found by the rule's own first pass over the inputs),
+/// as is an invalid config.
 pub fn aggregate(
     config: &AggregationConfig,
     contributions: &[Contribution],
 ) -> Result<Aggregate, AggregateError> {
     config.validate().map_err(AggregateError::InvalidConfig)?;
-    let d = validate(contributions)?;
+    let d = check_lengths(contributions)?;
     let n = contributions.len();
     let f = config.tolerance(n);
 
@@ -351,6 +353,9 @@ pub fn aggregate(
         ),
     };
 
+    if !outcome.inputs_finite {
+        return Err(non_finite(contributions));
+    }
     let mut reason = if skipped.is_empty() {
         format!("{}: n = {n} meets {}", rule.name(), rule.needs(f))
     } else {
@@ -415,9 +420,10 @@ pub const OUTLIER_FACTOR: f64 = 2.0;
 /// the aggregate does; a zero delta (1.0), a sign flip (2.0) or noise as long as Δ (√2) do not.
 pub const OUTLIER_FLOOR: f64 = 0.75;
 
-/// The distance to an aggregate `delta` below which nothing is an outlier ([`OUTLIER_FLOOR`]).
-fn outlier_floor(delta: &[f32]) -> f64 {
-    OUTLIER_FLOOR * blocks::norm(delta)
+/// The distance to an aggregate of L2 norm `norm` below which nothing is an outlier
+/// ([`OUTLIER_FLOOR`]).
+fn outlier_floor(norm: f64) -> f64 {
+    OUTLIER_FLOOR * norm
 }
 
 /// Kept flags for "not an outlier": rejected only when among the f farthest (distance above the
@@ -718,7 +724,7 @@ mod tests {
     }
 
     #[test]
-    fn every_rule_refuses_bad_inputs_before_aggregating() {
+    fn every_rule_refuses_bad_inputs() {
         for rule in Rule::ALL {
             let cfg = config(rule, 1);
             let mut cs = named(&[
@@ -744,6 +750,20 @@ mod tests {
                 aggregate(&cfg, &cs),
                 Err(AggregateError::LengthMismatch { .. })
             ));
+            // The check rides on each rule's own pass: a value in any block is found, also with
+            // several offenders (the first in input order is named).
+            let d = 2 * blocks::BLOCK + 3;
+            let mut cs: Vec<_> = (0..5)
+                .map(|i| c(&format!("n{i}"), random_vec(i, d, 1.0)))
+                .collect();
+            cs[4].delta[d - 1] = f32::INFINITY;
+            cs[2].delta[blocks::BLOCK] = f32::NAN;
+            assert_eq!(
+                aggregate(&cfg, &cs),
+                Err(AggregateError::NonFinite("n2".into())),
+                "{}",
+                rule.name()
+            );
         }
     }
 

@@ -8,7 +8,8 @@
 //! min/max are exact on any instruction set, so the AVX-512 variant picked at run time and the
 //! portable one give the same rows.
 
-use super::{Contribution, blocks};
+use super::Contribution;
+use super::blocks::{self, Measure, Pass};
 
 /// The most contributions the network sorts; rules fall back to a per-coordinate sort above it.
 pub(super) const MAX_N: usize = 16;
@@ -118,21 +119,23 @@ fn load_and_sort(
     load_and_sort_portable(rows, cols, start, len, net);
 }
 
-/// Output vector of length `d` (1 ≤ n ≤ [`MAX_N`] contributions) filled, [`LANES`] coordinates at
-/// a time, by `finish(rows, out)`: `rows[i][l]` is the key ([`value`] gives the f32) of the i-th
-/// smallest of the n values at coordinate l of `out` (lanes past `out.len()` are to be ignored).
+/// A [`blocks::pass`] whose output (length `d`, 1 ≤ n ≤ [`MAX_N`] contributions) is filled,
+/// [`LANES`] coordinates at a time, by `finish(rows, out)`: `rows[i][l]` is the key ([`value`]
+/// gives the f32) of the i-th smallest of the n values at coordinate l of `out` (lanes past
+/// `out.len()` are to be ignored).
 pub(super) fn per_coordinate_sorted(
     cs: &[Contribution],
     d: usize,
+    measure: Measure,
     finish: impl Fn(&[[i32; LANES]], &mut [f32]) + Sync + Send,
-) -> Vec<f32> {
+) -> Pass {
     let n = cs.len();
     assert!(
         (1..=MAX_N).contains(&n),
         "{n} contributions for the network"
     );
     let net = network(n);
-    blocks::fill_blocks(cs, d, |cols, out| {
+    blocks::pass(cs, vec![0.0f32; d], measure, |cols, out| {
         let mut rows = [[0i32; LANES]; MAX_N];
         for (s, chunk) in out.chunks_mut(LANES).enumerate() {
             load_and_sort(&mut rows, cols, s * LANES, chunk.len(), &net);
@@ -264,14 +267,16 @@ mod tests {
                 }
                 contribution.delta[40] = -0.0;
             }
-            let fast = median::median_delta(&cs, d);
-            let slow = blocks::per_coordinate(&cs, d, median::median_of);
+            let fast = median::median_pass(&cs, d, Measure::NOTHING).out;
+            let slow = blocks::per_coordinate(&cs, d, Measure::NOTHING, median::median_of).out;
             assert_eq!(bits(&fast), bits(&slow), "median, n = {n}");
             assert_eq!(fast[40].to_bits(), (-0.0f32).to_bits());
             for k in 0..n.div_ceil(2) {
-                let fast = trimmed_mean::trimmed_mean_delta(&cs, d, k);
-                let slow =
-                    blocks::per_coordinate(&cs, d, |xs| trimmed_mean::trimmed_mean_of(xs, k));
+                let fast = trimmed_mean::trimmed_mean_pass(&cs, d, k, Measure::NOTHING).out;
+                let slow = blocks::per_coordinate(&cs, d, Measure::NOTHING, |xs| {
+                    trimmed_mean::trimmed_mean_of(xs, k)
+                })
+                .out;
                 assert_eq!(bits(&fast), bits(&slow), "trimmed mean, n = {n}, k = {k}");
             }
         }

@@ -759,6 +759,14 @@ mod tests {
     use crate::aggregate::aggregate;
     use crate::diloco::codec::Codec;
 
+    /// fp32 deltas (the default is int8).
+    fn exact() -> CodecConfig {
+        CodecConfig {
+            codec: Codec::Fp32,
+            ..CodecConfig::default()
+        }
+    }
+
     #[test]
     fn a_settled_round_equals_full_mesh_and_a_lying_aggregator_is_caught_and_rejected() {
         let inputs = honest_round(8, 1, 800);
@@ -768,7 +776,8 @@ mod tests {
             rule: Rule::TrimmedMean,
             ..AggregationConfig::default()
         };
-        let codec = CodecConfig::default();
+        // fp32: the slices are exact, so sharded equals full mesh bit for bit.
+        let codec = exact();
         let liar = plan.group(3)[0].to_string();
         let evidence = |lie: bool| -> BTreeMap<usize, SliceEvidence> {
             (0..plan.slices())

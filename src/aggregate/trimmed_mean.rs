@@ -4,8 +4,9 @@
 //! coordinate are trimmed or lie between honest ones. Verdict: kept unless among the f farthest
 //! from the aggregate (L2); score: that distance.
 
+use super::blocks::{self, Measure, Pass};
 use super::network::{self, LANES, MAX_N};
-use super::{Contribution, Outcome, blocks, kept_nearest, outlier_floor, verdicts};
+use super::{Contribution, Outcome, kept_nearest, outlier_floor, verdicts};
 
 /// Trims `k` values at each end of `xs` (sorted in place) and averages the rest in sorted order.
 pub(super) fn trimmed_mean_of(xs: &mut [f32], k: usize) -> f32 {
@@ -15,14 +16,19 @@ pub(super) fn trimmed_mean_of(xs: &mut [f32], k: usize) -> f32 {
     (sum / kept.len() as f64) as f32
 }
 
-/// The trimmed-mean vector: bit for bit [`trimmed_mean_of`] at every coordinate (the kept values
-/// summed in the same sorted order from the same −0.0 as `Sum`), by the sorting network up to
-/// [`MAX_N`] contributions.
-pub(super) fn trimmed_mean_delta(contributions: &[Contribution], d: usize, k: usize) -> Vec<f32> {
+/// The trimmed-mean vector and what `measure` asks for: bit for bit [`trimmed_mean_of`] at every
+/// coordinate (the kept values summed in the same sorted order from the same −0.0 as `Sum`), by
+/// the sorting network up to [`MAX_N`] contributions.
+pub(super) fn trimmed_mean_pass(
+    contributions: &[Contribution],
+    d: usize,
+    k: usize,
+    measure: Measure,
+) -> Pass {
     if contributions.len() > MAX_N {
-        return blocks::per_coordinate(contributions, d, |xs| trimmed_mean_of(xs, k));
+        return blocks::per_coordinate(contributions, d, measure, |xs| trimmed_mean_of(xs, k));
     }
-    network::per_coordinate_sorted(contributions, d, |rows, out| {
+    network::per_coordinate_sorted(contributions, d, measure, |rows, out| {
         let kept = &rows[k..rows.len() - k];
         let mut sum = [-0.0f64; LANES];
         for row in kept {
@@ -45,12 +51,16 @@ pub(super) fn trimmed_mean(
     k: usize,
 ) -> Outcome {
     debug_assert!(2 * k < contributions.len());
-    let delta = trimmed_mean_delta(contributions, d, k);
-    let distances = blocks::distances_to(contributions, &delta);
-    let floor = outlier_floor(&delta);
+    let pass = trimmed_mean_pass(contributions, d, k, Measure::FINITE_AND_DISTANCES);
+    let floor = outlier_floor(pass.norm);
     Outcome {
-        delta,
-        verdicts: verdicts(contributions, kept_nearest(&distances, f, floor), distances),
+        delta: pass.out,
+        verdicts: verdicts(
+            contributions,
+            kept_nearest(&pass.distances, f, floor),
+            pass.distances,
+        ),
+        inputs_finite: pass.finite,
         note: format!("trimmed {k} per side"),
     }
 }

@@ -108,9 +108,11 @@ pub struct CodecConfig {
 }
 
 impl Default for CodecConfig {
+    /// int8: a quarter of fp32's bytes and no measurable loss (BENCHMARKS.md, "Delta codecs";
+    /// EXPERIMENTS.md, E); fp32 stays a config value.
     fn default() -> Self {
         Self {
-            codec: Codec::Fp32,
+            codec: Codec::Int8,
             int8_block: 256,
             topk_fraction: 0.01,
         }

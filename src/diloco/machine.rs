@@ -927,6 +927,14 @@ mod tests {
     use crate::diloco::codec::{CodecConfig, encode};
     use crate::diloco::weight::ESTABLISHED_AFTER;
 
+    /// fp32 deltas (the default is int8).
+    fn exact() -> CodecConfig {
+        CodecConfig {
+            codec: Codec::Fp32,
+            ..CodecConfig::default()
+        }
+    }
+
     const OPTIONS: RoundOptions = RoundOptions {
         min_peers: 1,
         quorum_fraction: 0.75,
@@ -986,7 +994,7 @@ mod tests {
     }
 
     fn encoded(values: &[f32]) -> Vec<u8> {
-        encode(&CodecConfig::default(), values)
+        encode(&exact(), values)
     }
 
     fn fetches(effects: &[Effect]) -> Vec<&str> {
@@ -1361,7 +1369,8 @@ mod tests {
             rule: Rule::TrimmedMean,
             ..AggregationConfig::default()
         };
-        let codec = CodecConfig::default();
+        // fp32: the slices are exact, so sharded equals full mesh bit for bit.
+        let codec = exact();
         let serve = |slice: usize, aggregator: &str, parts: &[Contribution]| {
             let report = aggregate_slice(&config, slice, aggregator, parts).unwrap();
             let (bytes, seen) = as_served(&codec, report);

@@ -14,6 +14,8 @@ use super::optim::AdamWState;
 use super::params::ParamSpec;
 
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+/// The checkpoint's directory inside a node's state directory.
+pub const CHECKPOINT_DIR: &str = "checkpoints";
 
 /// Everything the trainer needs to continue exactly where it stopped.
 #[derive(Debug, Clone, PartialEq)]
@@ -182,39 +184,68 @@ pub fn load(
     model_hash: &str,
     layout: &[ParamSpec],
 ) -> Result<Option<Checkpoint>, CheckpointError> {
-    let path = dir.join(CHECKPOINT_FILE);
     // A temporary file left by a crash mid-write is never read: remove it, so it does not hold
     // disk space.
     let _ = fs::remove_file(temp_path(dir));
-    let bytes = match fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(CheckpointError::Io {
-                path,
-                reason: e.to_string(),
-            });
-        }
-    };
+    let path = dir.join(CHECKPOINT_FILE);
+    match read_bytes(&path)? {
+        Some(bytes) => parse(&path, &bytes, model_hash, layout).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The bytes of the checkpoint file `path`, `None` when there is none. Reads only, so a reader
+/// beside a running node (`neuroshard export`) never disturbs its writes.
+pub fn read_bytes(path: &Path) -> Result<Option<Vec<u8>>, CheckpointError> {
+    match fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(CheckpointError::Io {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+fn metadata(path: &Path, bytes: &[u8]) -> Result<Metadata, CheckpointError> {
     let corrupt = |reason: String| CheckpointError::Corrupt {
-        path: path.clone(),
+        path: path.to_path_buf(),
         reason,
     };
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| corrupt(e.to_string()))?;
     let meta_json = header
         .metadata()
         .as_ref()
         .and_then(|m| m.get("neuroshard"))
         .ok_or_else(|| corrupt("no neuroshard metadata".into()))?;
-    let meta: Metadata = serde_json::from_str(meta_json).map_err(|e| corrupt(e.to_string()))?;
+    serde_json::from_str(meta_json).map_err(|e| corrupt(format!("neuroshard metadata: {e}")))
+}
+
+/// The hash of the model the checkpoint `bytes` (read from `path`) was written for.
+pub fn model_hash_in(path: &Path, bytes: &[u8]) -> Result<String, CheckpointError> {
+    Ok(metadata(path, bytes)?.model_hash)
+}
+
+/// The checkpoint in `bytes` (read from `path`); refuses one written for another model.
+pub fn parse(
+    path: &Path,
+    bytes: &[u8],
+    model_hash: &str,
+    layout: &[ParamSpec],
+) -> Result<Checkpoint, CheckpointError> {
+    let corrupt = |reason: String| CheckpointError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let meta = metadata(path, bytes)?;
     if meta.model_hash != model_hash {
         return Err(CheckpointError::OtherModel {
-            path,
+            path: path.to_path_buf(),
             found: meta.model_hash,
             expected: model_hash.to_string(),
         });
     }
-    let tensors = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let tensors = SafeTensors::deserialize(bytes).map_err(|e| corrupt(e.to_string()))?;
     let read = |name: &str, len: usize| -> Result<Vec<f32>, CheckpointError> {
         let t = tensors
             .tensor(name)
@@ -232,7 +263,7 @@ pub fn load(
     for spec in layout {
         params.extend(read(&format!("model.{}", spec.name), spec.len())?);
     }
-    Ok(Some(Checkpoint {
+    Ok(Checkpoint {
         trainer: TrainerSnapshot {
             params,
             adam: AdamWState {
@@ -252,7 +283,7 @@ pub fn load(
                 Err(_) => None,
             },
         },
-    }))
+    })
 }
 
 #[cfg(test)]

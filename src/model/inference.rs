@@ -43,6 +43,18 @@ pub fn sample_token(logits: &[f32], options: &SamplingOptions, rng: &mut SplitMi
     ranked[ranked.len() - 1].0
 }
 
+/// Next-token logits after every position of `tokens` (non-empty, at most the context length):
+/// `tokens.len()` rows of the vocabulary size, concatenated.
+pub fn logits<B: Backend>(model: &NeuroLlm<B>, tokens: &[u32], device: &B::Device) -> Vec<f32> {
+    let input: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(input, [1, tokens.len()]), device);
+    model
+        .forward(input)
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap_or_default()
+}
+
 /// Continues `prompt` by up to `max_new_tokens` tokens (stopping at EOS) and returns only the new text.
 pub fn generate<B: Backend>(
     model: &NeuroLlm<B>,
@@ -59,17 +71,9 @@ pub fn generate<B: Backend>(
             tokens.push(tokenizer::BOS);
             continue;
         }
-        let input: Vec<i32> = window.iter().map(|&t| t as i32).collect();
-        let input =
-            Tensor::<B, 2, Int>::from_data(TensorData::new(input, [1, window.len()]), device);
-        let logits = model.forward(input);
-        let vocab = logits.dims()[2];
-        let last = logits
-            .slice([0..1, window.len() - 1..window.len(), 0..vocab])
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap_or_default();
-        let next = sample_token(&last, options, &mut rng) as u32;
+        let all = logits(model, window, device);
+        let last = &all[all.len() - all.len() / window.len()..];
+        let next = sample_token(last, options, &mut rng) as u32;
         if next == EOS {
             break;
         }

@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod corpus;
 pub mod data;
+pub mod export;
 pub mod inference;
 pub mod llm;
 pub mod optim;
