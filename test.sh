@@ -7,7 +7,8 @@
 # - The Python tools, in a virtual environment under the build directory (nothing is installed
 #   into the system's Python): ecdsa re-verifies the ledger's signatures independently
 #   (tests/ledger_crosscheck.rs), schemathesis checks the API against its OpenAPI document
-#   (tests/api_schema.rs), selenium drives the browser (tests/dashboard.rs).
+#   (tests/api_schema.rs), selenium drives the browser (tests/dashboard.rs), torch and
+#   transformers load an exported model (tests/export.rs).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -48,6 +49,15 @@ if ! "$venv/bin/python3" -c 'import ecdsa, selenium, schemathesis' 2>/dev/null; 
     echo "test.sh: installing ecdsa, schemathesis and selenium into $venv" >&2
     "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check \
         'ecdsa>=0.19,<1' 'schemathesis>=4,<5' 'selenium>=4,<5'
+fi
+
+# torch and transformers: tests/export.rs loads an exported model with AutoModelForCausalLM. The
+# registry's torch is the CUDA build (it imports only with its CUDA runtime packages, about 5.6 GB
+# and 3-4 minutes to install here; it then runs on the CPU): no CPU-only wheel is reachable.
+if ! "$venv/bin/python3" -c 'import torch, transformers' 2>/dev/null; then
+    echo "test.sh: installing torch and transformers into $venv (several GB, a few minutes)" >&2
+    "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check \
+        'torch>=2,<3' 'transformers>=4.56,<6'
 fi
 
 # The tests run `python3` and `schemathesis` from PATH: the environment's come first.

@@ -143,8 +143,8 @@ pub struct HfTensor {
     pub values: Vec<f32>,
 }
 
-/// The flat parameters `params` (in `layout` order) under Hugging Face names and layouts. `None`
-/// names the first parameter that has no Hugging Face name.
+/// The flat parameters `params` (in `layout` order) under Hugging Face names and layouts; the
+/// error is the name of the first parameter that has none.
 pub fn hf_tensors(layout: &[ParamSpec], params: &[f32]) -> Result<Vec<HfTensor>, String> {
     let mut offset = 0;
     let mut tensors = Vec::with_capacity(layout.len());
