@@ -1,7 +1,8 @@
 //! Robust aggregation speed (issue 4, benchmark b): the time of each rule of
 //! `neuroshard::aggregate` on n = 16 pseudo-gradients of 10M f32 with f = 3, against one
-//! memory-bandwidth pass over the same data measured in the same run (goal: each rule within 3×
-//! of it), and against numpy (benches/aggregate_numpy.py, 2 threads) where numpy is installed.
+//! memory-bandwidth pass over the same data measured in the same run (goal: each one-shot rule
+//! within 2× of it, centered clipping within 2× per read of the inputs), and against numpy
+//! (benches/aggregate_numpy.py, 2 threads) where numpy is installed.
 //!
 //!   cargo bench --bench aggregate -- [--d 10000000] [--n 16] [--f 3] [--runs 3]
 //!                                    [--rules mean,krum] [--skip-numpy]
@@ -22,8 +23,20 @@ use serde_json::Value;
 
 /// The one-pass baseline and input generation work on blocks of this many coordinates.
 const BLOCK: usize = 4096;
-/// The goal: every rule within this factor of one pass over the inputs.
-const GOAL: f64 = 3.0;
+/// The goal (issue 17): a one-shot rule within this factor of one pass over the inputs, an
+/// iterative one (centered clipping) within it per read of the inputs.
+const GOAL: f64 = 2.0;
+
+/// How often `rule` reads the inputs as implemented, for the per-read column: most rules fuse
+/// everything into one pass; Multi-Krum and the geometric median combine the inputs after their
+/// distance pass; centered clipping reads them for its median and once per iteration.
+fn reads(rule: Rule, config: &AggregationConfig) -> usize {
+    match rule {
+        Rule::MultiKrum | Rule::GeometricMedian => 2,
+        Rule::CenteredClip => 1 + config.clip_iterations,
+        _ => 1,
+    }
+}
 
 struct Args {
     n: usize,
@@ -233,7 +246,7 @@ fn main() {
             rule.name(),
             ms(seconds),
         );
-        results.push((rule, seconds));
+        results.push((rule, seconds, reads(rule, &config)));
     }
     // The pass again after the rules, so both ends of the run are in its median.
     pass_samples.extend(time(args.runs, || one_pass(&cs)));
@@ -273,11 +286,17 @@ fn main() {
         Err(e) => println!("numpy unavailable: {e}"),
     }
     println!(
-        "{:<16} {:>9} {:>9} {:>8} {:>10} {:>11}",
-        "rule", "time", "× pass", "≤ 3×", "numpy", "Rust/numpy"
+        "{:<16} {:>9} {:>9} {:>6} {:>10} {:>8} {:>10} {:>11}",
+        "rule", "time", "× pass", "reads", "× per read", "≤ 2×", "numpy", "Rust/numpy"
     );
-    for &(rule, seconds) in &results {
+    for &(rule, seconds, reads) in &results {
         let ratio = seconds / pass;
+        let per_read = ratio / reads as f64;
+        let judged = if rule == Rule::CenteredClip {
+            per_read
+        } else {
+            ratio
+        };
         let numpy_s = numpy
             .as_ref()
             .ok()
@@ -287,11 +306,13 @@ fn main() {
             None => ("–".to_string(), "–".to_string()),
         };
         println!(
-            "{:<16} {:>9} {:>8.1}× {:>8} {:>10} {:>11}",
+            "{:<16} {:>9} {:>8.1}× {:>6} {:>9.1}× {:>8} {:>10} {:>11}",
             rule.name(),
             ms(seconds),
             ratio,
-            if ratio <= GOAL { "yes" } else { "NO" },
+            reads,
+            per_read,
+            if judged <= GOAL { "yes" } else { "NO" },
             numpy_col,
             vs_numpy
         );

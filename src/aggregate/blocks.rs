@@ -230,105 +230,29 @@ fn sq_dist_body(a: &[f32], b: &[f32]) -> f64 {
     acc.iter().sum::<f64>() + tail
 }
 
-/// Inputs per side of a tile of the Gram kernel: a 4×4 tile keeps 16 pairs × 8 f64 lanes of
-/// sums and 8 inputs' lanes in registers (24 of AVX-512's 32), and loads each value once per 4 pairs.
-const TILE: usize = 4;
-/// Lanes of a sum, as in [`sq_dist`]: the bits do not depend on the vector width.
-const LANES: usize = 8;
-
 /// The full n×n matrix (row-major) of squared L2 distances between contributions, and whether
-/// every input value is finite: one parallel pass over the inputs; per block, the check and the
-/// block's Gram matrix (every xᵢ·xⱼ, tile by tile) while the block is in cache. Then
-/// ‖xᵢ − xⱼ‖² = Gᵢᵢ + Gⱼⱼ − 2Gᵢⱼ. A product of two f32 is exact in f64, so each sum is rounded
-/// only where it adds, and identical inputs give exactly 0 (their sums take the same steps).
+/// every input value is finite: one parallel pass over the inputs, the check and all pairs of a
+/// block computed while the block is in cache.
 pub(super) fn pairwise_sq_distances(cs: &[Contribution], d: usize) -> (Vec<f64>, bool) {
     let n = cs.len();
-    let tiles = n.div_ceil(TILE);
-    let tile_pairs: Vec<(usize, usize)> = (0..tiles)
-        .flat_map(|a| (a..tiles).map(move |b| (a, b)))
+    let pairs: Vec<(usize, usize)> = (0..n)
+        .flat_map(|i| (i + 1..n).map(move |j| (i, j)))
         .collect();
-    // A tile's inputs: beyond n, the last input stands in (its products are ignored).
-    let tile = |t: usize, range: &Range<usize>| -> [&[f32]; TILE] {
-        std::array::from_fn(|k| &cs[(t * TILE + k).min(n - 1)].delta[range.clone()])
-    };
     let finite = AtomicBool::new(true);
-    let gram = reduce_blocks(d, n * n, |range, acc| {
+    let sums = reduce_blocks(d, pairs.len(), |range, acc| {
         if !cs.iter().all(|c| all_finite(&c.delta[range.clone()])) {
             finite.store(false, Ordering::Relaxed);
         }
-        for &(a, b) in &tile_pairs {
-            let products = dot_tile(&tile(a, &range), &tile(b, &range));
-            for (k, row) in products.iter().enumerate() {
-                for (l, &p) in row.iter().enumerate() {
-                    let (i, j) = (a * TILE + k, b * TILE + l);
-                    if i < n && j < n && i <= j {
-                        acc[i * n + j] += p;
-                    }
-                }
-            }
+        for (s, &(i, j)) in acc.iter_mut().zip(&pairs) {
+            *s += sq_dist(&cs[i].delta[range.clone()], &cs[j].delta[range.clone()]);
         }
     });
     let mut matrix = vec![0.0f64; n * n];
-    for i in 0..n {
-        for j in i + 1..n {
-            let s = (gram[i * n + i] + gram[j * n + j] - 2.0 * gram[i * n + j]).max(0.0);
-            matrix[i * n + j] = s;
-            matrix[j * n + i] = s;
-        }
+    for (&(i, j), &s) in pairs.iter().zip(&sums) {
+        matrix[i * n + j] = s;
+        matrix[j * n + i] = s;
     }
     (matrix, finite.into_inner())
-}
-
-/// xₖ·yₗ for a tile of row inputs `x` and column inputs `y` (equal lengths), each in [`LANES`]
-/// lanes added in coordinate order, then the lanes in order and the tail, as [`sq_dist`] adds.
-fn dot_tile(x: &[&[f32]; TILE], y: &[&[f32]; TILE]) -> [[f64; TILE]; TILE] {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F (checked just above).
-        return unsafe { dot_tile_avx512(x, y) };
-    }
-    dot_tile_body(x, y)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn dot_tile_avx512(x: &[&[f32]; TILE], y: &[&[f32]; TILE]) -> [[f64; TILE]; TILE] {
-    dot_tile_body(x, y)
-}
-
-#[inline(always)]
-fn dot_tile_body(x: &[&[f32]; TILE], y: &[&[f32]; TILE]) -> [[f64; TILE]; TILE] {
-    let len = x[0].len();
-    let body = len - len % LANES;
-    let mut acc = [[[0.0f64; LANES]; TILE]; TILE];
-    let mut start = 0;
-    while start < body {
-        let lanes = |v: &[f32]| -> [f64; LANES] {
-            let chunk: &[f32; LANES] = v[start..start + LANES].try_into().expect("8 values");
-            chunk.map(f64::from)
-        };
-        let (xs, ys) = (x.map(lanes), y.map(lanes));
-        for (row, xk) in acc.iter_mut().zip(&xs) {
-            for (sums, yl) in row.iter_mut().zip(&ys) {
-                for ((s, &p), &q) in sums.iter_mut().zip(xk).zip(yl) {
-                    *s += p * q;
-                }
-            }
-        }
-        start += LANES;
-    }
-    let mut out = [[0.0f64; TILE]; TILE];
-    for (k, row) in out.iter_mut().enumerate() {
-        for (l, o) in row.iter_mut().enumerate() {
-            let tail: f64 = x[k][body..]
-                .iter()
-                .zip(&y[l][body..])
-                .map(|(&p, &q)| f64::from(p) * f64::from(q))
-                .sum();
-            *o = acc[k][l].iter().sum::<f64>() + tail;
-        }
-    }
-    out
 }
 
 /// ‖v‖, reduced like every sum here: the same bits on every node, and as a [`pass`] measures it.
@@ -419,7 +343,7 @@ mod tests {
     }
 
     #[test]
-    fn gram_distances_are_exact_for_identical_inputs_and_close_for_near_ones() {
+    fn pairwise_distances_are_exact_for_identical_inputs_and_close_for_near_ones() {
         let d = BLOCK + 13;
         let base = random_vec(5, d, 1.0);
         let near: Vec<f32> = base
@@ -427,7 +351,6 @@ mod tests {
             .zip(random_vec(6, d, 1e-3))
             .map(|(x, e)| x + e)
             .collect();
-        // 6 inputs: two tiles, the second padded.
         let cs: Vec<_> = [&base, &near, &base, &near, &base, &near]
             .iter()
             .enumerate()
@@ -451,28 +374,22 @@ mod tests {
     }
 
     #[test]
-    fn the_gram_tile_has_the_same_bits_on_every_code_path() {
-        for len in [0, 1, 7, 8, 9, 63, 64, 65, BLOCK] {
-            let vs: Vec<Vec<f32>> = (0..8)
-                .map(|i| random_vec(i * 31 + len as u64, len, 1e3))
-                .collect();
-            let x: [&[f32]; TILE] = std::array::from_fn(|k| vs[k].as_slice());
-            let y: [&[f32]; TILE] = std::array::from_fn(|k| vs[k + 4].as_slice());
-            let portable = dot_tile_body(&x, &y);
-            assert_eq!(dot_tile(&x, &y), portable, "len {len}");
-            for (k, row) in portable.iter().enumerate() {
-                for (l, &p) in row.iter().enumerate() {
-                    let naive: f64 = x[k]
-                        .iter()
-                        .zip(y[l])
-                        .map(|(&a, &b)| f64::from(a) * f64::from(b))
-                        .sum();
-                    assert!(
-                        (p - naive).abs() <= 1e-9 * naive.abs().max(1.0),
-                        "len {len}"
-                    );
-                }
-            }
+    fn combine_adds_like_a_per_coordinate_sum() {
+        let cols: Vec<Vec<f32>> = (0..5).map(|i| random_vec(i + 40, BLOCK, 1e3)).collect();
+        let weights = [0.2, 1.0 / 3.0, -0.5, 1e-3, 7.0];
+        let mut out = vec![0.0f32; BLOCK];
+        combine(
+            &mut out,
+            cols.iter().zip(weights).map(|(c, w)| (c.as_slice(), w)),
+            |s| s as f32,
+        );
+        for (j, o) in out.iter().enumerate() {
+            let sum: f64 = cols
+                .iter()
+                .zip(weights)
+                .map(|(c, w)| w * f64::from(c[j]))
+                .sum();
+            assert_eq!(o.to_bits(), (sum as f32).to_bits(), "coordinate {j}");
         }
     }
 

@@ -44,14 +44,17 @@ pub(super) fn centered_clip(
             Measure::NOTHING
         };
         let moved = blocks::pass(contributions, centre, measure, |cols, out| {
-            for (j, v) in out.iter_mut().enumerate() {
-                let old = f64::from(*v);
-                let step: f64 = cols
-                    .iter()
-                    .zip(&weights)
-                    .map(|(col, w)| w * (f64::from(col[j]) - old))
-                    .sum();
-                *v = (old + step) as f32;
+            // v += Σᵢ wᵢ·(xᵢ − v) per coordinate, the terms added in input order from −0.0;
+            // input by input over the block, so it vectorises across coordinates.
+            let mut steps = [-0.0f64; blocks::BLOCK];
+            let steps = &mut steps[..out.len()];
+            for (col, w) in cols.iter().zip(&weights) {
+                for ((s, &x), &v) in steps.iter_mut().zip(col.iter()).zip(out.iter()) {
+                    *s += w * (f64::from(x) - f64::from(v));
+                }
+            }
+            for (v, s) in out.iter_mut().zip(steps.iter()) {
+                *v = (f64::from(*v) + s) as f32;
             }
         });
         (centre, norm, to_centre) = (moved.out, moved.norm, moved.distances);

@@ -4,7 +4,7 @@
 
 use super::blocks::{self, Measure, Pass};
 use super::network::{self, LANES, MAX_N};
-use super::{Contribution, Outcome, kept_nearest, outlier_floor, verdicts};
+use super::{Contribution, Outcome, nearest_kept};
 
 /// The median of `xs` (reordered in place); for even n the mean of the two middle values.
 pub(super) fn median_of(xs: &mut [f32]) -> f32 {
@@ -44,17 +44,7 @@ pub(super) fn median_pass(contributions: &[Contribution], d: usize, measure: Mea
 
 pub(super) fn coordinate_median(contributions: &[Contribution], d: usize, f: usize) -> Outcome {
     let pass = median_pass(contributions, d, Measure::FINITE_AND_DISTANCES);
-    let floor = outlier_floor(pass.norm);
-    Outcome {
-        delta: pass.out,
-        verdicts: verdicts(
-            contributions,
-            kept_nearest(&pass.distances, f, floor),
-            pass.distances,
-        ),
-        inputs_finite: pass.finite,
-        note: String::new(),
-    }
+    nearest_kept(contributions, pass, f, String::new())
 }
 
 #[cfg(test)]

@@ -441,6 +441,27 @@ fn kept_nearest(distances: &[f64], f: usize, floor: f64) -> Vec<bool> {
     distances.iter().map(|&x| x <= threshold).collect()
 }
 
+/// The outcome of a rule whose verdict is "not among the f farthest from the aggregate", scored
+/// by that distance: from the pass that wrote the aggregate and measured the distances.
+fn nearest_kept(
+    contributions: &[Contribution],
+    pass: blocks::Pass,
+    f: usize,
+    note: String,
+) -> Outcome {
+    let floor = outlier_floor(pass.norm);
+    Outcome {
+        delta: pass.out,
+        verdicts: verdicts(
+            contributions,
+            kept_nearest(&pass.distances, f, floor),
+            pass.distances,
+        ),
+        inputs_finite: pass.finite,
+        note,
+    }
+}
+
 fn verdicts(
     contributions: &[Contribution],
     kept: impl IntoIterator<Item = bool>,

@@ -6,7 +6,7 @@
 
 use super::blocks::{self, Measure, Pass};
 use super::network::{self, LANES, MAX_N};
-use super::{Contribution, Outcome, kept_nearest, outlier_floor, verdicts};
+use super::{Contribution, Outcome, nearest_kept};
 
 /// Trims `k` values at each end of `xs` (sorted in place) and averages the rest in sorted order.
 pub(super) fn trimmed_mean_of(xs: &mut [f32], k: usize) -> f32 {
@@ -52,17 +52,7 @@ pub(super) fn trimmed_mean(
 ) -> Outcome {
     debug_assert!(2 * k < contributions.len());
     let pass = trimmed_mean_pass(contributions, d, k, Measure::FINITE_AND_DISTANCES);
-    let floor = outlier_floor(pass.norm);
-    Outcome {
-        delta: pass.out,
-        verdicts: verdicts(
-            contributions,
-            kept_nearest(&pass.distances, f, floor),
-            pass.distances,
-        ),
-        inputs_finite: pass.finite,
-        note: format!("trimmed {k} per side"),
-    }
+    nearest_kept(contributions, pass, f, format!("trimmed {k} per side"))
 }
 
 #[cfg(test)]
