@@ -230,7 +230,7 @@ fn prepare(config: &Config) -> Result<Prepared, NodeError> {
                 round = ckpt.outer.round,
                 "resuming from checkpoint"
             );
-            (ckpt.outer, Some(ckpt.trainer))
+            (ckpt.outer, Some(Arc::unwrap_or_clone(ckpt.trainer)))
         }
         None => {
             let theta0 = flatten(&initial);

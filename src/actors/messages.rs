@@ -152,6 +152,13 @@ pub struct OfferBlob {
     pub bytes: Arc<Vec<u8>>,
 }
 
+/// Sync → Peer: stop serving these blobs (an outer state two rounds old).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WithdrawBlobs {
+    pub ids: Vec<BlobId>,
+}
+
 /// → Peer: fetch blob `id` from `peer`; the bytes are checked against `id` before they are returned.
 #[derive(Message)]
 #[rtype(result = "Result<Arc<Vec<u8>>, FetchError>")]

@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 use super::messages::{
     AnnounceRound, BlobServed, FetchBlob, FetchError, FetchHistory, LedgerGossip, OfferBlob,
     PeerHeard, PeerOffence, PeerRoundAnnounced, PublishLedger, RefusedAtGate, RegisterAttack,
-    RegisterLedger, RegisterRounds, RoundObserved, ServeHistory, TrainerPeers,
+    RegisterLedger, RegisterRounds, RoundObserved, ServeHistory, TrainerPeers, WithdrawBlobs,
 };
 use super::run_every;
 use crate::admission::{Certificate, Genesis, Policy, unix_s};
@@ -1241,6 +1241,14 @@ impl Handler<OfferBlob> for PeerActor {
 
     fn handle(&mut self, msg: OfferBlob, _: &mut Self::Context) {
         self.blobs.insert(msg.id, msg.bytes);
+    }
+}
+
+impl Handler<WithdrawBlobs> for PeerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: WithdrawBlobs, _: &mut Self::Context) {
+        msg.ids.iter().for_each(|id| self.blobs.remove(id));
     }
 }
 

@@ -21,7 +21,8 @@ use super::messages::{
     AggregateRound, AggregateSlices, AnnounceRound, BlobServed, CheckpointError, DeltaVerdict,
     FetchBlob, FetchError, GetResumeState, InnerRoundDone, ModelAdopted, OfferBlob,
     PeerRoundAnnounced, PeerWeights, ProveTraining, RegisterRounds, RegisterTrainer, ResumeState,
-    RoundVerdicts, SettleRound, SnapshotTaken, StartRound, TrainerPeers, WriteCheckpoint,
+    RoundVerdicts, SettleRound, SnapshotTaken, StartRound, TrainerPeers, WithdrawBlobs,
+    WriteCheckpoint,
 };
 use super::peer::PeerActor;
 use super::run_every;
@@ -43,6 +44,8 @@ use crate::status::{Component, LocalFault, StatusBoard};
 
 /// How often the round state machine sees the clock (a round's deadline, a heal's grace).
 const ROUND_CHECK: Duration = Duration::from_millis(200);
+/// Outer states (θ₀ and momentum) served at once: this round's and the one before.
+const SERVED_OUTER_STATES: usize = 2;
 
 /// Where and for which model checkpoints are written.
 #[derive(Clone)]
@@ -127,6 +130,8 @@ pub enum LyingAggregator {
 
 pub struct SyncActor {
     node_id: String,
+    /// θ₀ and momentum blob ids of the outer states still served, oldest first.
+    served_outer: VecDeque<[BlobId; 2]>,
     theta0: Arc<Vec<f32>>,
     momentum: Vec<f32>,
     settings: RoundSettings,
@@ -182,6 +187,7 @@ impl SyncActor {
         let machine = RoundMachine::new(node_id.clone(), rules, outer.round, theta0_hash);
         Self {
             node_id,
+            served_outer: VecDeque::new(),
             theta0: Arc::new(outer.theta0),
             momentum: outer.momentum,
             settings,
@@ -198,10 +204,10 @@ impl SyncActor {
         }
     }
 
-    fn checkpoint_of(&self, snapshot: &TrainerSnapshot) -> Checkpoint {
+    fn checkpoint_of(&self, snapshot: &Arc<TrainerSnapshot>) -> Checkpoint {
         let round = self.machine.round();
         Checkpoint {
-            trainer: snapshot.aligned_to(round, &self.theta0),
+            trainer: snapshot.clone(),
             outer: OuterState {
                 round,
                 theta0: self.theta0.to_vec(),
@@ -222,14 +228,28 @@ impl SyncActor {
     /// Serves θ₀ and the outer momentum (little-endian f32 bytes) to peers under their BLAKE3
     /// hashes, and publishes `round` and both hashes together (heartbeats and the API never see
     /// one without the others). Returns θ₀'s hash.
-    fn publish_outer_state(&self, round: u64) -> String {
+    /// Only the two latest outer states stay served (a peer one round behind heals to the latest;
+    /// older ones are withdrawn): each is two parameter-sized blobs, 680 MB for the bootstrap
+    /// preset.
+    fn publish_outer_state(&mut self, round: u64) -> String {
         let serve = |values: &[f32]| {
             let bytes = Arc::new(bytemuck::cast_slice::<f32, u8>(values).to_vec());
             let id = BlobId::of(&bytes);
             self.network.do_send(OfferBlob { id, bytes });
-            id.to_string()
+            id
         };
-        let (theta0_hash, momentum_hash) = (serve(&self.theta0), serve(&self.momentum));
+        let (theta0, momentum) = (serve(&self.theta0), serve(&self.momentum));
+        self.served_outer.push_back([theta0, momentum]);
+        while self.served_outer.len() > SERVED_OUTER_STATES {
+            let old = self.served_outer.pop_front().expect("more than kept");
+            // An id still among the kept ones (θ₀ unchanged by a refused aggregate) stays.
+            let ids = old
+                .into_iter()
+                .filter(|id| !self.served_outer.iter().flatten().any(|kept| kept == id))
+                .collect();
+            self.network.do_send(WithdrawBlobs { ids });
+        }
+        let (theta0_hash, momentum_hash) = (theta0.to_string(), momentum.to_string());
         self.ledger.do_send(ModelAdopted {
             round,
             theta0_hash: theta0_hash.clone(),

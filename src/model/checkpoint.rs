@@ -4,10 +4,11 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{self, Dtype, SafeTensors, TensorInfo, TensorView};
 use serde::{Deserialize, Serialize};
 
 use super::optim::AdamWState;
@@ -55,22 +56,42 @@ pub struct OuterState {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checkpoint {
-    pub trainer: TrainerSnapshot,
+    /// The trainer's last snapshot, shared (a checkpoint write does not copy it), written as the
+    /// resume point for `outer.round` ([`TrainerSnapshot::resume_point`]).
+    pub trainer: Arc<TrainerSnapshot>,
     pub outer: OuterState,
 }
 
 impl TrainerSnapshot {
-    /// This snapshot as a resume point for `round`: a snapshot from an earlier round (taken before
-    /// that round's outer step) resumes at the start of `round`, from its θ₀, keeping the optimizer
-    /// moments, the step counters and the data cursor.
-    pub fn aligned_to(&self, round: u64, theta0: &[f32]) -> TrainerSnapshot {
-        let mut s = self.clone();
-        if s.counters.round < round {
-            s.params.copy_from_slice(theta0);
-            s.counters.round = round;
-            s.counters.inner_step = 0;
+    /// The parameters and counters this snapshot resumes `round` from: its own, or, for a
+    /// snapshot from an earlier round (taken before that round's outer step), `theta0` at the
+    /// start of `round`, keeping the step counters and the data cursor.
+    pub fn resume_point<'a>(
+        &'a self,
+        round: u64,
+        theta0: &'a [f32],
+    ) -> (&'a [f32], TrainerCounters) {
+        if self.counters.round < round {
+            let counters = TrainerCounters {
+                round,
+                inner_step: 0,
+                ..self.counters
+            };
+            (theta0, counters)
+        } else {
+            (&self.params, self.counters)
         }
-        s
+    }
+
+    /// This snapshot as a resume point for `round`, with the optimizer moments: an owned copy,
+    /// for the trainer.
+    pub fn aligned_to(&self, round: u64, theta0: &[f32]) -> TrainerSnapshot {
+        let (params, counters) = self.resume_point(round, theta0);
+        TrainerSnapshot {
+            params: params.to_vec(),
+            adam: self.adam.clone(),
+            counters,
+        }
     }
 }
 
@@ -115,15 +136,13 @@ pub fn save(
         reason: e.to_string(),
     };
     let (trainer, outer) = (&checkpoint.trainer, &checkpoint.outer);
+    let (params, counters) = trainer.resume_point(outer.round, &outer.theta0);
     let mut tensors: Vec<(String, TensorView)> = Vec::with_capacity(layout.len() + 4);
     let mut offset = 0;
     for spec in layout {
         tensors.push((
             format!("model.{}", spec.name),
-            view(
-                &trainer.params[offset..offset + spec.len()],
-                spec.shape.clone(),
-            ),
+            view(&params[offset..offset + spec.len()], spec.shape.clone()),
         ));
         offset += spec.len();
     }
@@ -140,7 +159,7 @@ pub fn save(
     }
     let meta = Metadata {
         model_hash: model_hash.to_string(),
-        counters: trainer.counters,
+        counters,
         outer_round: outer.round,
         adam_t: trainer.adam.t,
     };
@@ -148,14 +167,9 @@ pub fn save(
         "neuroshard".to_string(),
         serde_json::to_string(&meta).expect("metadata serialises"),
     )]);
-    let bytes = safetensors::serialize(tensors, Some(info)).map_err(|e| CheckpointError::Io {
-        path: path.clone(),
-        reason: e.to_string(),
-    })?;
-
     fs::create_dir_all(dir).map_err(io)?;
     let tmp = temp_path(dir);
-    let written = write_synced(&tmp, &bytes).and_then(|()| fs::rename(&tmp, &path));
+    let written = write_safetensors(&tmp, &tensors, info).and_then(|()| fs::rename(&tmp, &path));
     if let Err(e) = written {
         // A partial file (a full disk, a file-size limit) would only keep the disk full.
         let _ = fs::remove_file(&tmp);
@@ -168,14 +182,47 @@ pub fn save(
 }
 
 /// Where `save` writes before renaming.
-fn temp_path(dir: &Path) -> PathBuf {
-    dir.join(format!("{CHECKPOINT_FILE}.tmp"))
+/// Writes `tensors` as a safetensors file at `path` (the header from the crate's own `Metadata`,
+/// then each tensor's bytes in the order given) and syncs it. Streamed: a copy of the whole file
+/// in memory would be a node's largest allocation (a checkpoint is 6–7 parameter-sized vectors,
+/// 2.4 GB for the bootstrap preset).
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, TensorView)],
+    info: HashMap<String, String>,
+) -> std::io::Result<()> {
+    let mut offset = 0;
+    let infos = tensors
+        .iter()
+        .map(|(name, view)| {
+            let len = view.data().len();
+            let info = TensorInfo {
+                dtype: view.dtype(),
+                shape: view.shape().to_vec(),
+                data_offsets: (offset, offset + len),
+            };
+            offset += len;
+            (name.clone(), info)
+        })
+        .collect();
+    let metadata = tensor::Metadata::new(Some(info), infos).map_err(std::io::Error::other)?;
+    let mut header = serde_json::to_vec(&metadata)?;
+    // The format aligns the data to 8 bytes with spaces after the header.
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let file = fs::File::create(path)?;
+    let mut out = BufWriter::with_capacity(1 << 20, &file);
+    out.write_all(&(header.len() as u64).to_le_bytes())?;
+    out.write_all(&header)?;
+    for (_, view) in tensors {
+        out.write_all(view.data())?;
+    }
+    out.flush()?;
+    drop(out);
+    file.sync_all()
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut file = fs::File::create(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
+fn temp_path(dir: &Path) -> PathBuf {
+    dir.join(format!("{CHECKPOINT_FILE}.tmp"))
 }
 
 /// Loads `dir/checkpoint.safetensors` if it exists; refuses one written for another model.
@@ -264,7 +311,7 @@ pub fn parse(
         params.extend(read(&format!("model.{}", spec.name), spec.len())?);
     }
     Ok(Checkpoint {
-        trainer: TrainerSnapshot {
+        trainer: Arc::new(TrainerSnapshot {
             params,
             adam: AdamWState {
                 m: read("adamw.m", total)?,
@@ -272,7 +319,7 @@ pub fn parse(
                 t: meta.adam_t,
             },
             counters: meta.counters,
-        },
+        }),
         outer: OuterState {
             round: meta.outer_round,
             theta0: read("diloco.theta0", total)?,
@@ -303,7 +350,7 @@ mod tests {
         ];
         let v = |k: f32| (0..8).map(|i| i as f32 * k).collect::<Vec<_>>();
         let checkpoint = Checkpoint {
-            trainer: TrainerSnapshot {
+            trainer: Arc::new(TrainerSnapshot {
                 params: v(1.0),
                 adam: AdamWState {
                     m: v(0.5),
@@ -320,7 +367,7 @@ mod tests {
                     val_loss: Some(2.0),
                     loss: Some(2.1),
                 },
-            },
+            }),
             outer: OuterState {
                 round: 5,
                 theta0: v(2.0),
@@ -356,7 +403,7 @@ mod tests {
         let snapshot = checkpoint.trainer;
         assert_eq!(
             snapshot.aligned_to(5, &[9.0; 8]),
-            snapshot,
+            *snapshot,
             "same round: unchanged"
         );
         let next = snapshot.aligned_to(6, &[9.0; 8]);
@@ -364,6 +411,20 @@ mod tests {
         assert_eq!((next.counters.round, next.counters.inner_step), (6, 0));
         assert_eq!(next.counters.global_step, snapshot.counters.global_step);
         assert_eq!(next.adam, snapshot.adam);
+    }
+
+    #[test]
+    fn a_checkpoint_of_an_earlier_rounds_snapshot_is_written_as_its_resume_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let (layout, mut checkpoint) = sample();
+        checkpoint.outer.round = 6;
+        save(dir.path(), "h", &layout, &checkpoint).unwrap();
+        let loaded = load(dir.path(), "h", &layout).unwrap().unwrap();
+        assert_eq!(
+            *loaded.trainer,
+            checkpoint.trainer.aligned_to(6, &checkpoint.outer.theta0)
+        );
+        assert_eq!(loaded.outer, checkpoint.outer);
     }
 
     #[test]
@@ -386,7 +447,7 @@ mod tests {
         // The temp name leads to /dev/full: every write fails with ENOSPC, as on a full disk.
         std::os::unix::fs::symlink("/dev/full", temp_path(dir.path())).unwrap();
         let mut newer = checkpoint.clone();
-        newer.trainer.counters.global_step += 1;
+        Arc::make_mut(&mut newer.trainer).counters.global_step += 1;
         let e = save(dir.path(), "h", &layout, &newer).unwrap_err();
         assert!(e.to_string().contains("No space left"), "{e}");
         assert!(fs::symlink_metadata(temp_path(dir.path())).is_err());

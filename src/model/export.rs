@@ -309,10 +309,11 @@ pub fn write_hf(theta0: &Theta0, out: &Path) -> Result<(), ExportError> {
         })
         .collect();
     let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    let weights = safetensors::serialize(views, Some(metadata))
-        .map_err(|e| fail(&out.join("model.safetensors"), e.to_string()))?;
 
     fs::create_dir_all(out).map_err(|e| fail(out, e.to_string()))?;
+    let weights = out.join("model.safetensors");
+    checkpoint::write_safetensors(&weights, &views, metadata)
+        .map_err(|e| fail(&weights, e.to_string()))?;
     let write = |name: &str, bytes: &[u8]| {
         let path = out.join(name);
         fs::write(&path, bytes).map_err(|e| fail(&path, e.to_string()))
@@ -323,7 +324,6 @@ pub fn write_hf(theta0: &Theta0, out: &Path) -> Result<(), ExportError> {
         "generation_config.json",
         &pretty(json!({"bos_token_id": BOS, "eos_token_id": EOS, "pad_token_id": PAD})),
     )?;
-    write("model.safetensors", &weights)?;
     write("tokenizer.json", &pretty(tokenizer_json()))?;
     write(
         "tokenizer_config.json",

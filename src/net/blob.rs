@@ -228,6 +228,13 @@ impl BlobStore {
         }
     }
 
+    /// Stops serving `id` (nothing if it is not served).
+    pub fn remove(&mut self, id: &BlobId) {
+        if self.blobs.remove(id).is_some() {
+            self.order.retain(|kept| kept != id);
+        }
+    }
+
     /// The response serving blob `id`, or values `range` of it when it is an encoded Δ
     /// (Missing when it is not, or the range does not fit it).
     pub fn response(&self, id: &BlobId, range: Option<(u64, u64)>) -> BlobResponse {
@@ -400,5 +407,18 @@ mod tests {
             BlobResponse::Missing
         ));
         assert_eq!(BlobId::from_hex(&c.to_string()), Some(c));
+        // A withdrawn blob is no longer served, and frees its place for the next one.
+        store.remove(&b);
+        assert!(matches!(store.response(&b, None), BlobResponse::Missing));
+        let d = BlobId::of(&[4]);
+        store.insert(d, Arc::new(vec![4]));
+        assert!(matches!(
+            store.response(&c, None),
+            BlobResponse::Found { .. }
+        ));
+        assert!(matches!(
+            store.response(&d, None),
+            BlobResponse::Found { .. }
+        ));
     }
 }
