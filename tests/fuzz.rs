@@ -122,11 +122,17 @@ fn api_bodies() {
 /// nothing, and the counter does see a decode's output vector.
 #[test]
 fn the_counting_allocator_sees_a_decode_and_a_huge_claim_allocates_nothing() {
-    use neuroshard::diloco::codec::{CodecConfig, decode, encode};
+    use neuroshard::diloco::codec::{Codec, CodecConfig, decode, encode};
     use props::Mutation;
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let values = vec![0.5f32; 20];
-    let bytes = encode(&CodecConfig::default(), &values);
+    // fp32: a 100-byte message below holds a whole header and values (int8, the default, is
+    // shorter than that for 20 values).
+    let fp32 = CodecConfig {
+        codec: Codec::Fp32,
+        ..CodecConfig::default()
+    };
+    let bytes = encode(&fp32, &values);
     // The counter is process-wide: another thread freeing memory meanwhile lowers the peak
     // seen, never raises it, so the largest of a few measurements is the decode's.
     let extra = (0..3)
