@@ -228,6 +228,7 @@ impl SyncActor {
     /// Serves θ₀ and the outer momentum (little-endian f32 bytes) to peers under their BLAKE3
     /// hashes, and publishes `round` and both hashes together (heartbeats and the API never see
     /// one without the others). Returns θ₀'s hash.
+    ///
     /// Only the two latest outer states stay served (a peer one round behind heals to the latest;
     /// older ones are withdrawn): each is two parameter-sized blobs, 680 MB for the bootstrap
     /// preset.
