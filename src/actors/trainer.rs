@@ -168,7 +168,8 @@ impl TrainerActor {
         info!(
             step = c.global_step,
             round = c.round,
-            val_loss = format!("{val:.4}"),
+            // Six decimals: codec and rule differences show in the fifth (issue 18).
+            val_loss = format!("{val:.6}"),
             "validation"
         );
     }
