@@ -331,26 +331,12 @@ fn main() -> ExitCode {
             max_new_tokens,
             prompt,
         }) => {
-            return match generate_with_receipt(node, token, *max_new_tokens, prompt) {
-                Ok(text) => {
-                    println!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(2)
-                }
-            };
+            return exit_2_on_error(
+                generate_with_receipt(node, token, *max_new_tokens, prompt)
+                    .map(|text| println!("{text}")),
+            );
         }
-        Some(Command::Network { command }) => {
-            return match network_command(command) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(2)
-                }
-            };
-        }
+        Some(Command::Network { command }) => return exit_2_on_error(network_command(command)),
         Some(Command::Export {
             format: _,
             state_dir,
