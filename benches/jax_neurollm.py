@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""JAX-on-CPU training-throughput baseline for NeuroLLM (same architecture as the burn model).
+"""JAX training-throughput baseline for NeuroLLM (same architecture as the burn model), on the
+CPU (default) or on a GPU (`--device gpu`, fp32 tensors as burn's; XLA's default matmul precision).
 
 Usage: python3 benches/jax_neurollm.py --preset micro --batch 8 --steps 10 --warmup 3 --threads 2
 Prints exactly one JSON line on stdout; everything else goes to stderr.
@@ -13,6 +14,7 @@ import time
 PRESETS = {
     "micro": dict(d_model=384, n_layers=6, n_heads=6, n_kv_heads=2, d_ff=1024, seq_len=256),
     "nano": dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=172, seq_len=64),
+    "bootstrap": dict(d_model=768, n_layers=12, n_heads=12, n_kv_heads=4, d_ff=2048, seq_len=512),
 }
 VOCAB = 259  # 256 bytes + 3 specials
 
@@ -22,26 +24,35 @@ ap.add_argument("--batch", type=int, default=8)
 ap.add_argument("--steps", type=int, default=10)
 ap.add_argument("--warmup", type=int, default=3)
 ap.add_argument("--threads", type=int, default=2)
+ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+# XLA's default lets a GPU multiply fp32 matrices in TF32; "highest" keeps them fp32.
+ap.add_argument("--matmul-precision", choices=("default", "highest"), default="default")
 args = ap.parse_args()
 
 # Thread limits must be in place before jax/XLA is imported: XLA sizes its CPU
 # thread pools once, from the schedulable CPU count, when the client starts.
-if hasattr(os, "sched_setaffinity"):
+if args.device == "gpu":
+    os.environ["JAX_PLATFORMS"] = "cuda"
+elif hasattr(os, "sched_setaffinity"):
     cpus = sorted(os.sched_getaffinity(0))[: args.threads]
     os.sched_setaffinity(0, cpus)
-eigen_mt = "true" if args.threads > 1 else "false"
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "")
-    + f" --xla_cpu_multi_thread_eigen={eigen_mt} intra_op_parallelism_threads={args.threads}"
-).strip()
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[var] = str(args.threads)
+if args.device == "cpu":
+    eigen_mt = "true" if args.threads > 1 else "false"
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "")
+        + f" --xla_cpu_multi_thread_eigen={eigen_mt} intra_op_parallelism_threads={args.threads}"
+    ).strip()
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(args.threads)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+
+if args.matmul_precision == "highest":
+    jax.config.update("jax_default_matmul_precision", "highest")
 
 cfg = PRESETS[args.preset]
 D, L, H, KV, FF, T = (cfg[k] for k in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "seq_len"))
@@ -147,7 +158,7 @@ def main():
     batches = [jnp.asarray(rng.integers(0, VOCAB, size=(args.batch, T + 1), dtype=np.int32))
                for _ in range(max(args.warmup, 1) + args.steps)]
 
-    log(f"jax {jax.__version__} devices={jax.devices()} XLA_FLAGS={os.environ['XLA_FLAGS']!r}")
+    log(f"jax {jax.__version__} devices={jax.devices()} XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     log(f"preset={args.preset} params={n_params} batch={args.batch} seq_len={T}")
 
     # Compile explicitly so it never leaks into the timed region, even with --warmup 0.
@@ -171,6 +182,8 @@ def main():
     print(json.dumps(dict(
         framework="jax",
         jax_version=jax.__version__,
+        device=str(jax.devices()[0]),
+        matmul_precision=args.matmul_precision,
         preset=args.preset,
         batch=args.batch,
         seq_len=T,

@@ -37,7 +37,7 @@ use crate::model::corpus::builtin_corpus;
 use crate::model::data::{TokenDataset, load_documents};
 use crate::model::optim::{AdamWConfig, LrSchedule};
 use crate::model::params::{flatten, layout};
-use crate::model::training::TrainerOptions;
+use crate::model::training::{OptimizerPlacement, TrainerOptions};
 use crate::net::peer_table::PeerPolicy;
 use crate::net::protocol::Protocols;
 use crate::status::{NodeStatus, StatusBoard, TrainerPhase};
@@ -448,6 +448,7 @@ fn trainer_recipe(config: &Config, data: Arc<TokenDataset>) -> TrainerRecipe {
                 grad_clip: t.grad_clip,
             },
             eval_sequences: t.eval_sequences,
+            optimizer: OptimizerPlacement::for_backend(),
         },
         cadence: Cadence {
             inner_steps: config.diloco.inner_steps,

@@ -2,8 +2,12 @@
 //! gradient clipping and a linear-warmup + cosine learning-rate schedule.
 //!
 //! It works on flat vectors (not burn's ParamId-keyed records) so that its state checkpoints by
-//! position, survives a trainer restart, and lines up with DiLoCo's θ₀/Δ vectors.
+//! position, survives a trainer restart, and lines up with DiLoCo's θ₀/Δ vectors. On a GPU the
+//! same update runs on the device ([`DeviceAdamW`]): one tensor pair per parameter in flattening
+//! order, so the state still converts to and from the flat [`AdamWState`] by position.
 
+use burn::tensor::backend::Backend;
+use burn::tensor::{ElementConversion, Tensor, TensorData};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -83,8 +87,8 @@ pub fn clip_grad_norm(grads: &mut [f32], max_norm: f32) -> f32 {
         .map(|g| (*g as f64) * (*g as f64))
         .sum::<f64>()
         .sqrt() as f32;
-    if norm > max_norm && norm > 0.0 {
-        let scale = max_norm / norm;
+    let scale = clip_scale(norm, max_norm);
+    if scale < 1.0 {
         grads.par_iter_mut().for_each(|g| *g *= scale);
     }
     norm
@@ -128,6 +132,146 @@ impl AdamWState {
                     *p -= lr * update + wd * *p;
                 });
         }
+    }
+}
+
+/// AdamW with its moments on the compute device: [`AdamWState::step`]'s arithmetic as tensor
+/// operations, one parameter at a time. The host version costs a copy of every gradient down and
+/// every parameter up per step, which on a GPU takes longer than the step itself.
+pub struct DeviceAdamW<B: Backend> {
+    /// First and second moments, one flat tensor per parameter in flattening order.
+    m: Vec<Tensor<B, 1>>,
+    v: Vec<Tensor<B, 1>>,
+    /// Whether each parameter gets weight decay (matrices yes, norm gains no).
+    decays: Vec<bool>,
+    pub t: u64,
+}
+
+/// What one [`DeviceAdamW`] step uses for every parameter.
+pub struct DeviceStep<B: Backend> {
+    /// Multiplies every gradient: the global-norm clip factor, 1 when the norm is within bounds.
+    /// A one-element tensor, so that the step never waits for the device to read it back.
+    pub grad_scale: Tensor<B, 1>,
+    pub lr: f32,
+    bias1: f32,
+    bias2: f32,
+}
+
+impl<B: Backend> DeviceAdamW<B> {
+    /// The device copy of `state`, for the parameters in `layout`.
+    pub fn from_host(state: &AdamWState, layout: &[ParamSpec], device: &B::Device) -> Self {
+        let upload = |flat: &[f32]| -> Vec<Tensor<B, 1>> {
+            let mut offset = 0;
+            layout
+                .iter()
+                .map(|spec| {
+                    let part = flat[offset..offset + spec.len()].to_vec();
+                    offset += spec.len();
+                    Tensor::from_data(TensorData::new(part, [spec.len()]), device)
+                })
+                .collect()
+        };
+        Self {
+            m: upload(&state.m),
+            v: upload(&state.v),
+            decays: layout.iter().map(|spec| spec.shape.len() >= 2).collect(),
+            t: state.t,
+        }
+    }
+
+    /// The flat host copy of the state (checkpoints).
+    pub fn to_host(&self) -> AdamWState {
+        let download = |parts: &[Tensor<B, 1>]| -> Vec<f32> {
+            let mut flat = Vec::new();
+            for part in parts {
+                flat.extend(part.to_data().iter::<f32>());
+            }
+            flat
+        };
+        AdamWState {
+            m: download(&self.m),
+            v: download(&self.v),
+            t: self.t,
+        }
+    }
+
+    /// Starts a step: advances t and fixes the bias corrections and the gradients' scale.
+    pub fn begin(&mut self, lr: f32, grad_scale: Tensor<B, 1>, cfg: &AdamWConfig) -> DeviceStep<B> {
+        self.t += 1;
+        DeviceStep {
+            grad_scale,
+            lr,
+            bias1: 1.0 - cfg.beta1.powi(self.t as i32),
+            bias2: 1.0 - cfg.beta2.powi(self.t as i32),
+        }
+    }
+
+    /// Parameter `index` (flattened) after one update with its gradient (None: zero).
+    pub fn update(
+        &mut self,
+        index: usize,
+        param: Tensor<B, 1>,
+        grad: Option<Tensor<B, 1>>,
+        step: &DeviceStep<B>,
+        cfg: &AdamWConfig,
+    ) -> Tensor<B, 1> {
+        let grad = grad.map_or_else(|| param.zeros_like(), |g| g.mul(step.grad_scale.clone()));
+        let m = self.m[index]
+            .clone()
+            .mul_scalar(cfg.beta1)
+            .add(grad.clone().mul_scalar(1.0 - cfg.beta1));
+        let v = self.v[index]
+            .clone()
+            .mul_scalar(cfg.beta2)
+            .add(grad.square().mul_scalar(1.0 - cfg.beta2));
+        let update = m
+            .clone()
+            .div_scalar(step.bias1)
+            .div(v.clone().div_scalar(step.bias2).sqrt().add_scalar(cfg.eps));
+        self.m[index] = m;
+        self.v[index] = v;
+        let wd = if self.decays[index] {
+            step.lr * cfg.weight_decay
+        } else {
+            0.0
+        };
+        param
+            .clone()
+            .sub(update.mul_scalar(step.lr))
+            .sub(param.mul_scalar(wd))
+    }
+}
+
+/// The global L2 norm of `grads` (one flat tensor per parameter), as a one-element tensor.
+pub fn device_grad_norm<B: Backend>(
+    grads: &[Option<Tensor<B, 1>>],
+    device: &B::Device,
+) -> Tensor<B, 1> {
+    grads
+        .iter()
+        .flatten()
+        .map(|g| g.clone().square().sum())
+        .reduce(|a, b| a.add(b))
+        .unwrap_or_else(|| Tensor::zeros([1], device))
+        .sqrt()
+}
+
+/// [`clip_scale`] on the device: max_norm / norm, at most 1 (a zero norm gives 1).
+pub fn device_clip_scale<B: Backend>(norm: Tensor<B, 1>, max_norm: f32) -> Tensor<B, 1> {
+    norm.recip().mul_scalar(max_norm).clamp_max(1.0)
+}
+
+/// A one-element tensor's value on the host.
+pub fn read_scalar<B: Backend>(value: Tensor<B, 1>) -> f32 {
+    value.into_scalar().elem()
+}
+
+/// The factor that clips a gradient of global norm `norm` to `max_norm` (1 when within it).
+pub fn clip_scale(norm: f32, max_norm: f32) -> f32 {
+    if norm > max_norm && norm > 0.0 {
+        max_norm / norm
+    } else {
+        1.0
     }
 }
 
@@ -186,5 +330,68 @@ mod tests {
         );
         assert!((params[1] - 1.1).abs() < 1e-5, "{}", params[1]);
         assert_eq!(state.t, 1);
+    }
+
+    #[test]
+    fn the_device_update_matches_the_host_update() {
+        use crate::model::backend::{CpuBackend, cpu_device};
+        let cfg = AdamWConfig::default();
+        let layout = [
+            ParamSpec {
+                name: "w".into(),
+                shape: vec![3, 4],
+            },
+            ParamSpec {
+                name: "gain".into(),
+                shape: vec![5],
+            },
+        ];
+        let decay = decay_ranges(&layout);
+        let wave = |i: usize, k: f32| ((i as f32 + 1.0) * k).sin();
+        let mut host_params: Vec<f32> = (0..17).map(|i| wave(i, 0.7)).collect();
+        let mut host = AdamWState::new(17);
+        let device = cpu_device();
+        let mut on_device = DeviceAdamW::<CpuBackend>::from_host(&host, &layout, &device);
+        let mut device_params = host_params.clone();
+        for step in 0..3 {
+            let mut grads: Vec<f32> = (0..17).map(|i| 3.0 * wave(i + step, 1.3)).collect();
+            let grad_parts: Vec<Option<Tensor<CpuBackend, 1>>> = vec![
+                Some(Tensor::from_floats(&grads[..12], &device)),
+                Some(Tensor::from_floats(&grads[12..], &device)),
+            ];
+            let device_norm = device_grad_norm(&grad_parts, &device);
+            let host_norm = clip_grad_norm(&mut grads, cfg.grad_clip);
+            assert!((read_scalar(device_norm.clone()) - host_norm).abs() < 1e-5 * host_norm);
+            host.step(&mut host_params, &grads, 1e-2, &cfg, &decay);
+
+            let scale = device_clip_scale(device_norm, cfg.grad_clip);
+            let update = on_device.begin(1e-2, scale, &cfg);
+            let mut next = Vec::new();
+            for (index, (range, grad)) in [(0..12, &grad_parts[0]), (12..17, &grad_parts[1])]
+                .into_iter()
+                .enumerate()
+            {
+                let param = Tensor::from_floats(&device_params[range], &device);
+                let param = on_device.update(index, param, grad.clone(), &update, &cfg);
+                next.extend(param.to_data().iter::<f32>());
+            }
+            device_params = next;
+        }
+        let worst = host_params
+            .iter()
+            .zip(&device_params)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-6, "parameters differ by {worst}");
+        let back = on_device.to_host();
+        assert_eq!(back.t, 3);
+        let moment_gap = host
+            .m
+            .iter()
+            .zip(&back.m)
+            .chain(host.v.iter().zip(&back.v))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(moment_gap < 1e-6, "moments differ by {moment_gap}");
     }
 }

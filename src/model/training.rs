@@ -1,10 +1,11 @@
 //! One worker's inner training loop: forward, backward, clip, AdamW, on the flat parameter view.
 //! No actors or threads here: the TrainerActor owns a [`Trainer`] and drives it step by step.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
-use burn::module::AutodiffModule;
-use burn::tensor::backend::Backend;
+use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 
 use super::backend::{TrainBackend, TrainInnerBackend, train_device};
@@ -12,8 +13,11 @@ use super::checkpoint::{TrainerCounters, TrainerSnapshot};
 use super::config::NeuroLlmConfig;
 use super::data::{Batch, TokenDataset};
 use super::llm::NeuroLlm;
-use super::optim::{AdamWConfig, AdamWState, LrSchedule, clip_grad_norm, decay_ranges};
-use super::params::{flatten_grads, layout, unflatten};
+use super::optim::{
+    AdamWConfig, AdamWState, DeviceAdamW, DeviceStep, LrSchedule, clip_grad_norm, decay_ranges,
+    device_clip_scale, device_grad_norm, read_scalar,
+};
+use super::params::{flatten, flatten_grads, layout, unflatten};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TrainerOptions {
@@ -25,6 +29,29 @@ pub struct TrainerOptions {
     pub adamw: AdamWConfig,
     /// Held-out sequences used for one validation-loss estimate.
     pub eval_sequences: usize,
+    pub optimizer: OptimizerPlacement,
+}
+
+/// Where the parameters and AdamW's moments live between steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptimizerPlacement {
+    /// Flat host vectors, updated in one fused pass; the model is rebuilt from them each step.
+    /// Fastest on the CPU backend, where the tensors are host memory anyway.
+    Host,
+    /// The model's own tensors and per-parameter moments on the compute device: nothing crosses
+    /// to the host during a step but the loss and the gradient norm (a GPU's choice).
+    Device,
+}
+
+impl OptimizerPlacement {
+    /// The placement for the backend this build trains on.
+    pub fn for_backend() -> Self {
+        if cfg!(feature = "cuda") {
+            Self::Device
+        } else {
+            Self::Host
+        }
+    }
 }
 
 /// What one inner step did.
@@ -38,13 +65,59 @@ pub struct StepReport {
 
 pub struct Trainer {
     model: NeuroLlm<TrainBackend>,
-    /// The source of truth for the parameters; the burn model is rebuilt from it after each update.
-    params: Vec<f32>,
-    adam: AdamWState,
-    decay: Vec<(usize, usize, bool)>,
+    optimizer: Optimizer,
     data: Arc<TokenDataset>,
     options: TrainerOptions,
     pub counters: TrainerCounters,
+}
+
+/// The optimizer's state, by [`OptimizerPlacement`].
+enum Optimizer {
+    Host {
+        /// The source of truth for the parameters; the model is rebuilt from it after each update.
+        params: Vec<f32>,
+        adam: AdamWState,
+        decay: Vec<(usize, usize, bool)>,
+    },
+    /// The model holds the parameters.
+    Device(DeviceAdamW<TrainInnerBackend>),
+}
+
+/// Each parameter's gradient as a flat tensor, in flattening order (None: the loss does not reach it).
+struct CollectGrads<'a, B: AutodiffBackend> {
+    grads: &'a B::Gradients,
+    out: Vec<Option<Tensor<B::InnerBackend, 1>>>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for CollectGrads<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let grad = param.val().grad(self.grads);
+        self.out.push(grad.map(|g| g.reshape([-1])));
+    }
+}
+
+/// Replaces every parameter with its [`DeviceAdamW::update`], as a fresh trainable leaf.
+struct ApplyDeviceAdamW<'a, B: AutodiffBackend> {
+    adam: &'a mut DeviceAdamW<B::InnerBackend>,
+    grads: Vec<Option<Tensor<B::InnerBackend, 1>>>,
+    step: DeviceStep<B::InnerBackend>,
+    cfg: &'a AdamWConfig,
+    index: usize,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for ApplyDeviceAdamW<'_, B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let dims = tensor.dims();
+        let flat = tensor.inner().reshape([-1]);
+        let grad = self.grads[self.index].take();
+        let updated = self
+            .adam
+            .update(self.index, flat, grad, &self.step, self.cfg);
+        self.index += 1;
+        let leaf = Tensor::from_inner(updated.reshape(dims)).require_grad();
+        Param::from_mapped_value(id, leaf, mapper)
+    }
 }
 
 fn tensors<B: Backend>(
@@ -69,7 +142,7 @@ impl Trainer {
         snapshot: Option<TrainerSnapshot>,
     ) -> Self {
         let model = model_config.init::<TrainBackend>(&train_device());
-        let decay = decay_ranges(&layout(&model));
+        let specs = layout(&model);
         let snapshot = snapshot.unwrap_or_else(|| TrainerSnapshot {
             params: theta0.to_vec(),
             adam: AdamWState::new(theta0.len()),
@@ -79,11 +152,21 @@ impl Trainer {
             },
         });
         let model = unflatten(model, &snapshot.params);
+        let optimizer = match options.optimizer {
+            OptimizerPlacement::Host => Optimizer::Host {
+                params: snapshot.params,
+                adam: snapshot.adam,
+                decay: decay_ranges(&specs),
+            },
+            OptimizerPlacement::Device => Optimizer::Device(DeviceAdamW::from_host(
+                &snapshot.adam,
+                &specs,
+                &train_device(),
+            )),
+        };
         Self {
             model,
-            params: snapshot.params,
-            adam: snapshot.adam,
-            decay,
+            optimizer,
             data,
             options,
             counters: snapshot.counters,
@@ -96,19 +179,46 @@ impl Trainer {
             .next_batch(&mut self.counters.data_cursor, self.options.batch_size);
         let (inputs, targets) = tensors::<TrainBackend>(&batch, &train_device());
         let loss = self.model.loss(inputs, targets);
-        let loss_value: f32 = loss.clone().into_scalar();
+        // Held outside the graph and read once the update is queued (no wait mid-step on a GPU).
+        let loss_value = loss.clone().inner();
         let grads = loss.backward();
-        let mut grad = flatten_grads(&self.model, &grads);
-        let grad_norm = clip_grad_norm(&mut grad, self.options.adamw.grad_clip);
         let lr = self.options.schedule.lr_at(self.schedule_step());
-        self.adam.step(
-            &mut self.params,
-            &grad,
-            lr as f32,
-            &self.options.adamw,
-            &self.decay,
-        );
-        self.model = unflatten(self.model.clone(), &self.params);
+        let cfg = &self.options.adamw;
+        let (loss_value, grad_norm) = match &mut self.optimizer {
+            Optimizer::Host {
+                params,
+                adam,
+                decay,
+            } => {
+                let mut grad = flatten_grads(&self.model, &grads);
+                let grad_norm = clip_grad_norm(&mut grad, cfg.grad_clip);
+                adam.step(params, &grad, lr as f32, cfg, decay);
+                self.model = unflatten(self.model.clone(), params);
+                (read_scalar(loss_value), grad_norm)
+            }
+            Optimizer::Device(adam) => {
+                let mut collect = CollectGrads::<TrainBackend> {
+                    grads: &grads,
+                    out: Vec::new(),
+                };
+                self.model.visit(&mut collect);
+                let grad_norm = device_grad_norm(&collect.out, &train_device());
+                let scale = device_clip_scale(grad_norm.clone(), cfg.grad_clip);
+                let step = adam.begin(lr as f32, scale, cfg);
+                self.model = self
+                    .model
+                    .clone()
+                    .map(&mut ApplyDeviceAdamW::<TrainBackend> {
+                        adam,
+                        grads: collect.out,
+                        step,
+                        cfg,
+                        index: 0,
+                    });
+                // Read back only now: the device runs the whole step without waiting for the host.
+                (read_scalar(loss_value), read_scalar(grad_norm))
+            }
+        };
 
         let tokens = (batch.batch * batch.seq_len) as u64;
         let c = &mut self.counters;
@@ -153,8 +263,12 @@ impl Trainer {
         val
     }
 
-    pub fn params(&self) -> &[f32] {
-        &self.params
+    /// The current parameters, flat (a copy from the device when they live there).
+    pub fn params(&self) -> Cow<'_, [f32]> {
+        match &self.optimizer {
+            Optimizer::Host { params, .. } => Cow::Borrowed(params),
+            Optimizer::Device(_) => Cow::Owned(flatten(&self.model)),
+        }
     }
 
     /// Passes the data cursor has made over this node's training sequences.
@@ -165,16 +279,22 @@ impl Trainer {
     /// DiLoCo: the inner model restarts every round from the new outer parameters θ₀ (the inner
     /// optimizer's moments carry over).
     pub fn reset_to(&mut self, theta0: &[f32], round: u64) {
-        self.params.copy_from_slice(theta0);
-        self.model = unflatten(self.model.clone(), &self.params);
+        if let Optimizer::Host { params, .. } = &mut self.optimizer {
+            params.copy_from_slice(theta0);
+        }
+        self.model = unflatten(self.model.clone(), theta0);
         self.counters.round = round;
         self.counters.inner_step = 0;
     }
 
     pub fn snapshot(&self) -> TrainerSnapshot {
+        let (params, adam) = match &self.optimizer {
+            Optimizer::Host { params, adam, .. } => (params.clone(), adam.clone()),
+            Optimizer::Device(adam) => (flatten(&self.model), adam.to_host()),
+        };
         TrainerSnapshot {
-            params: self.params.clone(),
-            adam: self.adam.clone(),
+            params,
+            adam,
             counters: self.counters,
         }
     }
@@ -188,6 +308,14 @@ mod tests {
 
     /// A nano trainer on a tiny corpus, in round 0.
     fn nano_trainer(schedule: LrSchedule, inner_steps: u64) -> (Trainer, Vec<f32>) {
+        nano_trainer_with(schedule, inner_steps, OptimizerPlacement::for_backend())
+    }
+
+    fn nano_trainer_with(
+        schedule: LrSchedule,
+        inner_steps: u64,
+        optimizer: OptimizerPlacement,
+    ) -> (Trainer, Vec<f32>) {
         let config = NeuroLlmConfig::preset("nano").unwrap();
         let docs = vec!["the quick brown fox jumps over the lazy dog. ".repeat(8)];
         let data = TokenDataset::new(&docs, 32, 0.2, 0).unwrap();
@@ -200,6 +328,7 @@ mod tests {
                 ..Default::default()
             },
             eval_sequences: 2,
+            optimizer,
         };
         let theta0 = flatten(&config.init::<CpuBackend>(&cpu_device()));
         let trainer = Trainer::new(&config, Arc::new(data), options, &theta0, 0, None);
@@ -226,7 +355,7 @@ mod tests {
         assert_eq!(trainer.counters.global_step, 41);
 
         trainer.reset_to(&theta0, 1);
-        assert_eq!(trainer.params(), &theta0[..]);
+        assert_eq!(&trainer.params()[..], &theta0[..]);
         assert_eq!(trainer.counters.inner_step, 0);
     }
 
@@ -257,5 +386,46 @@ mod tests {
         let (mut joiner, _) = nano_trainer(schedule, 4);
         joiner.reset_to(&theta0, 30);
         assert_eq!(joiner.step().lr, schedule.lr_at(120));
+    }
+
+    #[test]
+    fn the_optimizer_on_the_device_trains_as_the_one_on_the_host() {
+        let schedule = LrSchedule {
+            peak_lr: 3e-3,
+            warmup_steps: 2,
+            total_steps: 1000,
+            min_lr_ratio: 1.0,
+        };
+        let (mut host, theta0) = nano_trainer_with(schedule, 50, OptimizerPlacement::Host);
+        let (mut device, _) = nano_trainer_with(schedule, 50, OptimizerPlacement::Device);
+        device.reset_to(&theta0, 0); // each trainer was made from its own random θ₀
+        for _ in 0..4 {
+            let (h, d) = (host.step(), device.step());
+            assert!(
+                (h.loss - d.loss).abs() < 1e-4,
+                "loss {} vs {}",
+                h.loss,
+                d.loss
+            );
+            assert!((h.grad_norm - d.grad_norm).abs() < 1e-4 * h.grad_norm);
+        }
+        let worst = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max)
+        };
+        assert!(worst(&host.params(), &device.params()) < 1e-5);
+        assert!(
+            worst(&host.params(), &theta0) > 1e-3,
+            "the steps moved nothing"
+        );
+
+        // A snapshot of the device trainer resumes as the host one does.
+        let snapshot = device.snapshot();
+        assert_eq!(snapshot.adam.t, 4);
+        assert!(worst(&snapshot.adam.v, &host.snapshot().adam.v) < 1e-6);
+        device.reset_to(&theta0, 1);
+        assert_eq!(&device.params()[..], &theta0[..]);
     }
 }
