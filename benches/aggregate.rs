@@ -235,12 +235,12 @@ fn main() {
             byzantine_fraction: 0.0,
             ..AggregationConfig::default()
         };
-        let out = aggregate(&config, &cs).expect("aggregation runs");
+        let out = aggregate(&config, 0, &cs).expect("aggregation runs");
         assert_eq!(out.rule_used, rule, "{}", out.reason);
         let kept = out.verdicts.iter().filter(|v| v.kept).count();
         let attackers_kept = out.verdicts[n - f..].iter().filter(|v| v.kept).count();
         drop(out);
-        let seconds = median(time(args.runs, || aggregate(&config, &cs).unwrap()));
+        let seconds = median(time(args.runs, || aggregate(&config, 0, &cs).unwrap()));
         println!(
             "  {:<16} {:>9}   kept {kept} of {n}, {attackers_kept} of them attackers",
             rule.name(),

@@ -538,7 +538,7 @@ impl Simulation {
             .map(|&i| (i, self.delta_of(i, state)))
             .collect();
         let outcome = match self.mode {
-            Mode::FullMesh => self.full_mesh(&deltas, &start, expected, &mut traffic),
+            Mode::FullMesh => self.full_mesh(round, &deltas, &start, expected, &mut traffic),
             Mode::Sharded => self.sharded(
                 round,
                 state,
@@ -674,6 +674,7 @@ impl Simulation {
     /// Every node fetches every delta and aggregates what arrived when its round closes.
     fn full_mesh(
         &mut self,
+        round: u64,
         deltas: &[(usize, Vec<f32>)],
         start: &[f64],
         expected: f64,
@@ -741,7 +742,10 @@ impl Simulation {
                 let (inputs, _) = sets.iter().find(|(_, h)| *h == g)?;
                 let chosen: Vec<Contribution> =
                     inputs.iter().map(|j| contributions[*j].clone()).collect();
-                Some((*g, aggregate(&self.settings.aggregation, &chosen).ok()?))
+                Some((
+                    *g,
+                    aggregate(&self.settings.aggregation, round, &chosen).ok()?,
+                ))
             })
             .collect();
         Outcome {
@@ -871,7 +875,7 @@ impl Simulation {
                 .or_insert_with(|| {
                     let chosen: Vec<Contribution> =
                         union.iter().map(|j| sliced[s][*j].clone()).collect();
-                    aggregate_slice(&self.settings.aggregation, s, "", &chosen).ok()
+                    aggregate_slice(&self.settings.aggregation, round, s, "", &chosen).ok()
                 })
                 .clone();
             // No member online, or nothing arrived: the slice gets no report.
@@ -916,7 +920,7 @@ impl Simulation {
                 accused,
                 |names| {
                     recomputed = true;
-                    recompute(&self.settings.aggregation, s, &sliced[s], names)
+                    recompute(&self.settings.aggregation, round, s, &sliced[s], names)
                 },
             );
             (outcome, recomputed)

@@ -17,7 +17,7 @@ impl Handler<AggregateRound> for AggregatorActor {
     type Result = Result<Aggregate, AggregateError>;
 
     fn handle(&mut self, msg: AggregateRound, _: &mut Self::Context) -> Self::Result {
-        let result = aggregate(&msg.config, &msg.contributions);
+        let result = aggregate(&msg.config, msg.round, &msg.contributions);
         if let Err(e) = &result {
             tracing::warn!(round = msg.round, rule = msg.config.rule.name(), error = %e, "aggregation failed");
         }
@@ -34,7 +34,7 @@ impl Handler<AggregateSlices> for AggregatorActor {
         msg.inputs
             .iter()
             .filter_map(|(slice, parts)| {
-                aggregate_slice(&msg.config, *slice, &msg.aggregator, parts)
+                aggregate_slice(&msg.config, msg.round, *slice, &msg.aggregator, parts)
                     .inspect_err(|e| {
                         tracing::warn!(round = msg.round, slice, error = %e, "slice not aggregated");
                     })
@@ -50,6 +50,7 @@ impl Handler<SettleRound> for AggregatorActor {
     fn handle(&mut self, msg: SettleRound, _: &mut Self::Context) -> Self::Result {
         MessageResult(settle_round(
             &msg.config,
+            msg.round,
             &msg.codec,
             &msg.plan,
             msg.max_norm,

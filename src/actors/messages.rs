@@ -87,6 +87,7 @@ pub struct AggregateSlices {
 #[derive(Message)]
 #[rtype(result = "SettledRound")]
 pub struct SettleRound {
+    pub round: u64,
     pub config: AggregationConfig,
     pub codec: CodecConfig,
     pub plan: ShardPlan,

@@ -180,6 +180,7 @@ impl SyncActor {
             params: outer.theta0.len(),
             max_delta_norm: settings.max_delta_norm,
             sharding: settings.sharding,
+            pre: settings.aggregation.pre,
             // Every node cuts at the same boundaries whatever codec it sends with.
             slice_align: settings.compression.int8_block,
         };
@@ -515,6 +516,7 @@ impl SyncActor {
         ctx: &mut Context<Self>,
     ) {
         let request = SettleRound {
+            round,
             config: self.settings.aggregation.clone(),
             codec: self.settings.compression.clone(),
             plan,

@@ -50,6 +50,10 @@ impl Measure {
         finite: true,
         distances: true,
     };
+    pub const DISTANCES: Self = Self {
+        finite: false,
+        distances: true,
+    };
 }
 
 /// An output vector and what its [`pass`] measured.
@@ -125,6 +129,45 @@ pub(super) fn combine<'a>(
     for (o, &s) in out.iter_mut().zip(sums.iter()) {
         *o = finish(s);
     }
+}
+
+/// One vector per group: output g is the mean of the contributions `groups[g]` names, per
+/// coordinate their values added in the group's order (as [`combine`] does) and divided by the
+/// group's size, so a group of one is its input bit for bit and k copies of one vector are that
+/// vector. Also whether every input value is finite, when `check_finite` (the inputs' check,
+/// fused into this read). One parallel pass over the inputs: each task writes block b of every
+/// output from the inputs' block b while it is in cache. Memory: the outputs, one d-vector each.
+pub(super) fn group_means(
+    cs: &[Contribution],
+    d: usize,
+    groups: &[Vec<usize>],
+    check_finite: bool,
+) -> (Vec<Vec<f32>>, bool) {
+    let mut outs: Vec<Vec<f32>> = groups.iter().map(|_| vec![0.0f32; d]).collect();
+    let mut per_block: Vec<Vec<&mut [f32]>> = (0..d.div_ceil(BLOCK))
+        .map(|_| Vec::with_capacity(groups.len()))
+        .collect();
+    for out in &mut outs {
+        for (chunks, chunk) in per_block.iter_mut().zip(out.chunks_mut(BLOCK)) {
+            chunks.push(chunk);
+        }
+    }
+    let finite = per_block
+        .into_par_iter()
+        .enumerate()
+        .map_init(Vec::new, |cols, (b, mut chunks)| {
+            let start = b * BLOCK;
+            columns(cs, start..(start + BLOCK).min(d), cols);
+            let finite = !check_finite || cols.iter().all(|col| all_finite(col));
+            for (chunk, group) in chunks.iter_mut().zip(groups) {
+                let size = group.len() as f64;
+                let members = group.iter().map(|&i| (cols[i], 1.0));
+                combine(chunk, members, |sum| (sum / size) as f32);
+            }
+            finite
+        })
+        .reduce(|| true, |a, b| a && b);
+    (outs, finite)
 }
 
 /// Every value finite; branch-free, so it vectorises (a short-circuiting `any` does not).

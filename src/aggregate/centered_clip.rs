@@ -91,7 +91,7 @@ mod tests {
             clip_iterations: iterations,
             ..config(Rule::CenteredClip, f)
         };
-        let out = aggregate(&cfg, cs).unwrap();
+        let out = aggregate(&cfg, 0, cs).unwrap();
         assert_eq!(out.rule_used, Rule::CenteredClip);
         out
     }

@@ -109,7 +109,7 @@ mod tests {
                 multi_krum_m: m,
                 ..config(Rule::MultiKrum, 1)
             };
-            aggregate(&cfg, &points()).unwrap()
+            aggregate(&cfg, 0, &points()).unwrap()
         };
         // m = n − f = 4: 1, 0, 2, 10.
         let out = with_m(None);

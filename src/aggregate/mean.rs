@@ -88,13 +88,13 @@ mod tests {
     #[test]
     fn refuses_empty_mismatched_and_non_finite_inputs() {
         let cfg = config(Rule::Mean, 1);
-        assert_eq!(aggregate(&cfg, &[]), Err(AggregateError::Empty));
+        assert_eq!(aggregate(&cfg, 0, &[]), Err(AggregateError::Empty));
         assert!(matches!(
-            aggregate(&cfg, &[ct("a", vec![1.0]), ct("b", vec![1.0, 2.0])]),
+            aggregate(&cfg, 0, &[ct("a", vec![1.0]), ct("b", vec![1.0, 2.0])]),
             Err(AggregateError::LengthMismatch { .. })
         ));
         assert_eq!(
-            aggregate(&cfg, &[ct("a", vec![f32::NAN])]),
+            aggregate(&cfg, 0, &[ct("a", vec![f32::NAN])]),
             Err(AggregateError::NonFinite("a".into()))
         );
     }

@@ -25,6 +25,19 @@
 //! nor one whose optimizer history differs while the honest deltas agree closely.
 //! An attacker inside that spread (ALIE-style) is kept: no rule can tell it from an honest peer.
 //!
+//! A pre-aggregator ([`AggregationConfig::pre`], module [`pre`]) runs before every rule but the
+//! mean, and the reason starts with what it did:
+//!
+//! | pre | the rule runs on | the rule's n, f | sharded rounds |
+//! |---|---|---|---|
+//! | `none` | the contributions | n, f | yes |
+//! | `nnm` | each contribution replaced by the mean of its n − f nearest (L2, itself included) | n, f | no: full mesh (whole-vector distances) |
+//! | `bucketing` | the means of ⌈n/s⌉ buckets of ≤ s, in an order drawn from the round and the node ids | ⌈n/s⌉, f (s shrinks until ⌈n/s⌉ meets the rule's need; 1: not bucketed) | yes, per slice |
+//!
+//! After a pre-aggregator every contributor is judged by its own distance to the aggregate,
+//! "not among the f farthest" as above, scored by that distance, whatever the rule (the rule
+//! judged mixed inputs; the ledger rewards and blames node ids).
+//!
 //! No rule weights a contributor by a number it declares (tokens, samples): every contributor
 //! counts once, and who may contribute at all is decided before aggregation (admission). The
 //! aggregate itself is checked ([`check_aggregate`]) before an outer step uses it. Every rule is deterministic: the same inputs in the same order give the same
@@ -38,11 +51,15 @@ mod krum;
 mod mean;
 mod median;
 mod network;
+pub mod pre;
 pub mod shard;
 mod trimmed_mean;
 
+use blocks::Measure;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+
+pub use pre::PreAggregation;
 
 /// One worker's pseudo-gradient for a round.
 #[derive(Debug, Clone, PartialEq)]
@@ -174,6 +191,11 @@ pub struct AggregationConfig {
     /// Used when n is below `rule`'s requirement; must not need more contributors than `rule`.
     /// When n is below its requirement too, the mean is used.
     pub fallback: Rule,
+    /// none | nnm | bucketing: what runs on the contributions before the rule (module `pre`).
+    pub pre: PreAggregation,
+    /// s for `pre = "bucketing"`: at most this many contributions per bucket, at least 1 (1: no
+    /// buckets). Smaller when ⌈n/s⌉ buckets would be too few for the rule to tolerate f.
+    pub bucket_size: usize,
 }
 
 impl Default for AggregationConfig {
@@ -189,6 +211,8 @@ impl Default for AggregationConfig {
             clip_tau: 10.0,
             clip_iterations: 3,
             fallback: Rule::Mean,
+            pre: PreAggregation::None,
+            bucket_size: 2,
         }
     }
 }
@@ -222,6 +246,9 @@ impl AggregationConfig {
                 "clip_iterations: {} is not in 1..=100",
                 self.clip_iterations
             ));
+        }
+        if self.bucket_size == 0 {
+            return Err("bucket_size: must be at least 1".into());
         }
         let f = self.byzantine;
         if self.fallback.min_contributors(f) > self.rule.min_contributors(f) {
@@ -297,12 +324,13 @@ fn non_finite(contributions: &[Contribution]) -> AggregateError {
     AggregateError::NonFinite(first)
 }
 
-/// Aggregates one round's contributions with `config.rule`, or with its fallback (then the mean)
-/// when there are too few contributors for the rule's guarantee. None, unequal lengths or a
-/// NaN/infinite value are errors (the last found by the rule's own first pass over the inputs),
-/// as is an invalid config.
+/// Aggregates round `round`'s contributions with `config.rule`, or with its fallback (then the
+/// mean) when there are too few contributors for the rule's guarantee, after `config.pre` (the
+/// round seeds bucketing's order). None, unequal lengths or a NaN/infinite value are errors (the
+/// last found by the first pass over the inputs), as is an invalid config.
 pub fn aggregate(
     config: &AggregationConfig,
+    round: u64,
     contributions: &[Contribution],
 ) -> Result<Aggregate, AggregateError> {
     config.validate().map_err(AggregateError::InvalidConfig)?;
@@ -329,48 +357,91 @@ pub fn aggregate(
         ));
     }
 
-    let outcome = match rule {
-        Rule::Mean => mean::mean(contributions, d),
-        Rule::Median => median::coordinate_median(contributions, d, f),
+    let prepared = pre::prepare(
+        config.pre,
+        config.bucket_size,
+        round,
+        contributions,
+        d,
+        f,
+        rule,
+    );
+    if !prepared.finite {
+        return Err(non_finite(contributions));
+    }
+    let inputs = prepared.inputs.as_deref().unwrap_or(contributions);
+    let outcome = run_rule(config, rule, inputs, d, f);
+    if !outcome.inputs_finite {
+        return Err(non_finite(contributions));
+    }
+    let mut reason = prepared.note;
+    if !reason.is_empty() {
+        reason.push_str("; ");
+    }
+    if skipped.is_empty() {
+        let m = inputs.len();
+        reason.push_str(&format!("{}: n = {m} meets {}", rule.name(), rule.needs(f)));
+    } else {
+        reason.push_str(&format!(
+            "{}; fell back to {}",
+            skipped.join("; "),
+            rule.name()
+        ));
+    }
+    if !outcome.note.is_empty() {
+        reason.push_str("; ");
+        reason.push_str(&outcome.note);
+    }
+    // The rule judged the mixed inputs; the ledger judges contributors: each one by its own
+    // distance to the aggregate, as the distance rules do (one more read of the inputs).
+    let (delta, verdicts) = if prepared.inputs.is_some() {
+        let measured = blocks::pass(contributions, outcome.delta, Measure::DISTANCES, |_, _| {});
+        let verdicts = nearest_verdicts(contributions, measured.distances, measured.norm, f);
+        (measured.out, verdicts)
+    } else {
+        (outcome.delta, outcome.verdicts)
+    };
+    Ok(Aggregate {
+        delta,
+        verdicts,
+        rule_used: rule,
+        reason,
+    })
+}
+
+/// `rule` on `inputs` (d values each) tolerating `f`; the rule's own parameters from `config`,
+/// counted on the inputs it gets.
+fn run_rule(
+    config: &AggregationConfig,
+    rule: Rule,
+    inputs: &[Contribution],
+    d: usize,
+    f: usize,
+) -> Outcome {
+    let n = inputs.len();
+    match rule {
+        Rule::Mean => mean::mean(inputs, d),
+        Rule::Median => median::coordinate_median(inputs, d, f),
         Rule::TrimmedMean => {
             let by_fraction = config
                 .trim_fraction
                 .map_or(0, |beta| (f64::from(beta) * n as f64).floor() as usize);
-            trimmed_mean::trimmed_mean(contributions, d, f, f.max(by_fraction))
+            trimmed_mean::trimmed_mean(inputs, d, f, f.max(by_fraction))
         }
-        Rule::Krum => krum::multi_krum(contributions, d, f, 1),
+        Rule::Krum => krum::multi_krum(inputs, d, f, 1),
         Rule::MultiKrum => {
             let m = config.multi_krum_m.unwrap_or(n - f).min(n - f);
-            krum::multi_krum(contributions, d, f, m)
+            krum::multi_krum(inputs, d, f, m)
         }
-        Rule::GeometricMedian => geometric_median::geometric_median(contributions, d, f),
+        Rule::GeometricMedian => geometric_median::geometric_median(inputs, d, f),
         Rule::CenteredClip => centered_clip::centered_clip(
-            contributions,
+            inputs,
             d,
             f,
             f64::from(config.clip_tau),
             config.clip_iterations,
         ),
-    };
-
-    if !outcome.inputs_finite {
-        return Err(non_finite(contributions));
     }
-    let mut reason = if skipped.is_empty() {
-        format!("{}: n = {n} meets {}", rule.name(), rule.needs(f))
-    } else {
-        format!("{}; fell back to {}", skipped.join("; "), rule.name())
-    };
-    if !outcome.note.is_empty() {
-        reason.push_str("; ");
-        reason.push_str(&outcome.note);
-    }
-    Ok(Aggregate {
-        delta: outcome.delta,
-        verdicts: outcome.verdicts,
-        rule_used: rule,
-        reason,
-    })
 }
 
 /// Why an aggregate must not be applied to θ₀.
@@ -449,17 +520,26 @@ fn nearest_kept(
     f: usize,
     note: String,
 ) -> Outcome {
-    let floor = outlier_floor(pass.norm);
     Outcome {
+        verdicts: nearest_verdicts(contributions, pass.distances, pass.norm, f),
         delta: pass.out,
-        verdicts: verdicts(
-            contributions,
-            kept_nearest(&pass.distances, f, floor),
-            pass.distances,
-        ),
         inputs_finite: pass.finite,
         note,
     }
+}
+
+/// "Not among the f farthest from the aggregate" ([`kept_nearest`], its floor from the
+/// aggregate's length `norm`), scored by that distance: the verdicts of the distance rules, and
+/// of every rule after a pre-aggregator (the rule judged mixed inputs; the ledger judges
+/// contributors).
+fn nearest_verdicts(
+    contributions: &[Contribution],
+    distances: Vec<f64>,
+    norm: f64,
+    f: usize,
+) -> Vec<Verdict> {
+    let kept = kept_nearest(&distances, f, outlier_floor(norm));
+    verdicts(contributions, kept, distances)
 }
 
 fn verdicts(
@@ -510,7 +590,7 @@ pub(crate) mod test_support {
     }
 
     pub fn run(rule: Rule, f: usize, cs: &[Contribution]) -> Aggregate {
-        let out = aggregate(&config(rule, f), cs).unwrap();
+        let out = aggregate(&config(rule, f), 0, cs).unwrap();
         assert_eq!(out.rule_used, rule, "{}", out.reason);
         out
     }
@@ -610,6 +690,7 @@ mod tests {
         assert_eq!(d.fallback, Rule::Mean);
         assert_eq!((d.trim_fraction, d.multi_krum_m), (None, None));
         assert_eq!((d.clip_tau, d.clip_iterations), (10.0, 3));
+        assert_eq!((d.pre, d.bucket_size), (PreAggregation::None, 2));
         assert_eq!(d.validate(), Ok(()));
     }
 
@@ -636,6 +717,7 @@ mod tests {
         assert!(bad(|c| c.clip_tau = f32::INFINITY).starts_with("clip_tau:"));
         assert!(bad(|c| c.clip_iterations = 0).starts_with("clip_iterations:"));
         assert!(bad(|c| c.clip_iterations = 101).starts_with("clip_iterations:"));
+        assert!(bad(|c| c.bucket_size = 0).starts_with("bucket_size:"));
         assert_eq!(
             bad(|c| c.fallback = Rule::Krum),
             "fallback: krum needs n ≥ 2f+3 = 5, more than rule trimmed_mean (n ≥ 2f+1 = 3)"
@@ -653,7 +735,7 @@ mod tests {
         // An invalid config is refused by aggregate too.
         ok.clip_iterations = 0;
         assert!(matches!(
-            aggregate(&ok, &named(&[&[1.0]])),
+            aggregate(&ok, 0, &named(&[&[1.0]])),
             Err(AggregateError::InvalidConfig(_))
         ));
     }
@@ -677,7 +759,7 @@ mod tests {
         }
         let cfg = read(
             "rule = \"multi_krum\"\nbyzantine = 2\nbyzantine_fraction = 0.3\nmulti_krum_m = 3\ntrim_fraction = 0.25\n\
-             clip_tau = 2.5\nclip_iterations = 1\nfallback = \"median\"",
+             clip_tau = 2.5\nclip_iterations = 1\nfallback = \"median\"\npre = \"bucketing\"\nbucket_size = 3",
         )
         .unwrap();
         assert_eq!(
@@ -691,10 +773,20 @@ mod tests {
                 clip_tau: 2.5,
                 clip_iterations: 1,
                 fallback: Rule::Median,
+                pre: PreAggregation::Bucketing,
+                bucket_size: 3,
             }
         );
         assert_eq!(read("").unwrap(), AggregationConfig::default());
         assert!(read("rule = \"average\"").is_err());
+        for pre in PreAggregation::ALL {
+            assert_eq!(read(&format!("pre = \"{}\"", pre.name())).unwrap().pre, pre);
+        }
+        let unknown = read("pre = \"knn\"").unwrap_err();
+        assert!(
+            unknown.contains("knn") && unknown.contains("nnm"),
+            "{unknown}"
+        );
         assert!(read("byzantin = 1").is_err());
     }
 
@@ -705,7 +797,7 @@ mod tests {
             rule: Rule::Krum,
             ..Default::default()
         };
-        let out = aggregate(&cfg, &cs).unwrap();
+        let out = aggregate(&cfg, 0, &cs).unwrap();
         assert_eq!(out.rule_used, Rule::Mean);
         assert_eq!(
             out.reason,
@@ -720,7 +812,7 @@ mod tests {
             fallback: Rule::Median,
             ..Default::default()
         };
-        let out = aggregate(&cfg, &cs).unwrap();
+        let out = aggregate(&cfg, 0, &cs).unwrap();
         assert_eq!(out.rule_used, Rule::Median);
         assert!(
             out.reason
@@ -731,7 +823,7 @@ mod tests {
         assert_eq!(out.delta, [2.5]);
 
         // … and on to the mean when it is not.
-        let out = aggregate(&cfg, &cs[..2]).unwrap();
+        let out = aggregate(&cfg, 0, &cs[..2]).unwrap();
         assert_eq!(out.rule_used, Rule::Mean);
         assert_eq!(
             out.reason,
@@ -739,7 +831,7 @@ mod tests {
         );
 
         // Enough contributors: the rule runs and the reason says its requirement is met.
-        let out = aggregate(&cfg, &named(&[&[1.0], &[2.0], &[3.0], &[4.0], &[50.0]])).unwrap();
+        let out = aggregate(&cfg, 0, &named(&[&[1.0], &[2.0], &[3.0], &[4.0], &[50.0]])).unwrap();
         assert_eq!(out.rule_used, Rule::Krum);
         assert!(out.reason.starts_with("krum: n = 5 meets n ≥ 2f+3 = 5"));
     }
@@ -755,20 +847,20 @@ mod tests {
                 &[1.0, 2.0],
                 &[0.0, 0.0],
             ]);
-            assert_eq!(aggregate(&cfg, &[]), Err(AggregateError::Empty));
+            assert_eq!(aggregate(&cfg, 0, &[]), Err(AggregateError::Empty));
             cs[3].delta[1] = f32::NAN;
             assert_eq!(
-                aggregate(&cfg, &cs),
+                aggregate(&cfg, 0, &cs),
                 Err(AggregateError::NonFinite("n3".into()))
             );
             cs[3].delta[1] = f32::NEG_INFINITY;
             assert_eq!(
-                aggregate(&cfg, &cs),
+                aggregate(&cfg, 0, &cs),
                 Err(AggregateError::NonFinite("n3".into()))
             );
             cs[3].delta = vec![1.0];
             assert!(matches!(
-                aggregate(&cfg, &cs),
+                aggregate(&cfg, 0, &cs),
                 Err(AggregateError::LengthMismatch { .. })
             ));
             // The check rides on each rule's own pass: a value in any block is found, also with
@@ -780,7 +872,7 @@ mod tests {
             cs[4].delta[d - 1] = f32::INFINITY;
             cs[2].delta[blocks::BLOCK] = f32::NAN;
             assert_eq!(
-                aggregate(&cfg, &cs),
+                aggregate(&cfg, 0, &cs),
                 Err(AggregateError::NonFinite("n2".into())),
                 "{}",
                 rule.name()
@@ -826,7 +918,7 @@ mod tests {
         assert_eq!(f, [1, 1, 1, 2, 4, 12]);
         // A round of 20 contributors assumes 4 of them Byzantine, not 1.
         let cs = honest_and_attackers(&random_vec(5, 64, 1.0), 16, 0.1, 4);
-        let out = aggregate(&cfg, &cs).unwrap();
+        let out = aggregate(&cfg, 0, &cs).unwrap();
         assert!(
             out.reason
                 .starts_with("trimmed_mean: n = 20 meets n ≥ 2f+1 = 9"),

@@ -240,20 +240,29 @@ impl SliceReport {
     }
 }
 
-/// What an aggregator of `slice` reports for the slices `inputs` it received (each one slice
-/// long, any order): the configured rule's aggregate of them and each one's squared distance.
-/// The rule's tolerance f counts `contributors`, the round's size, not the inputs in hand.
+/// What an aggregator of `slice` of round `round` reports for the slices `inputs` it received
+/// (each one slice long, any order): the configured rule's aggregate of them (after the
+/// configured pre-aggregation, bucketing in the round's order) and each one's squared distance.
+/// A pre-aggregator that needs whole vectors (NNM) is refused: a slice's result would not be
+/// what it means (such rounds run full mesh, `RoundMachine::decide_mode`).
 pub fn aggregate_slice(
     config: &AggregationConfig,
+    round: u64,
     slice: usize,
     aggregator: &str,
     inputs: &[Contribution],
 ) -> Result<SliceReport, AggregateError> {
+    if !config.pre.runs_per_slice() {
+        return Err(AggregateError::InvalidConfig(format!(
+            "pre = \"{}\" mixes whole vectors; it cannot run on a slice",
+            config.pre.name()
+        )));
+    }
     let mut sorted = inputs.to_vec();
     sorted.sort_by(|a, b| a.node_id.cmp(&b.node_id));
     let Aggregate {
         delta, rule_used, ..
-    } = aggregate(config, &sorted)?;
+    } = aggregate(config, round, &sorted)?;
     let sq_distances = sorted
         .iter()
         .map(|c| (c.node_id.clone(), blocks::sq_dist(&c.delta, &delta)))
@@ -272,10 +281,12 @@ pub fn aggregate_slice(
     })
 }
 
-/// What a checker of `slice` computes from the inputs a report `names`, given the contributors'
-/// parts of the slice it could fetch (`parts`): None when a named input is not among them.
+/// What a checker of `slice` of round `round` computes from the inputs a report `names`, given
+/// the contributors' parts of the slice it could fetch (`parts`): None when a named input is not
+/// among them.
 pub fn recompute(
     config: &AggregationConfig,
+    round: u64,
     slice: usize,
     parts: &[Contribution],
     names: &[String],
@@ -288,7 +299,7 @@ pub fn recompute(
     if named.len() != names.len() {
         return None;
     }
-    aggregate_slice(config, slice, "recomputed", &named).ok()
+    aggregate_slice(config, round, slice, "recomputed", &named).ok()
 }
 
 /// A slice settled from its group's reports.
@@ -590,6 +601,7 @@ pub struct SettledRound {
 /// is computed from the parts in hand.
 pub fn settle_round(
     config: &AggregationConfig,
+    round: u64,
     codec: &CodecConfig,
     plan: &ShardPlan,
     max_norm: f32,
@@ -601,7 +613,7 @@ pub fn settle_round(
     for slice in 0..plan.slices() {
         let e = evidence.remove(&slice).unwrap_or_default();
         let recompute = |names: &[String]| {
-            recompute(config, slice, &e.parts, names).map(|r| as_served(codec, r).1)
+            recompute(config, round, slice, &e.parts, names).map(|r| as_served(codec, r).1)
         };
         let mut s = if e.reports.is_empty() && !e.parts.is_empty() {
             let names: Vec<String> = e.parts.iter().map(|c| c.node_id.clone()).collect();
@@ -787,7 +799,7 @@ mod tests {
                         .group(slice)
                         .into_iter()
                         .map(|a| {
-                            let mut r = aggregate_slice(&config, slice, a, &parts).unwrap();
+                            let mut r = aggregate_slice(&config, 0, slice, a, &parts).unwrap();
                             if lie && a == liar {
                                 r.delta.iter_mut().for_each(|x| *x *= -10.0);
                             }
@@ -807,13 +819,13 @@ mod tests {
                 })
                 .collect()
         };
-        let full = aggregate(&config, &inputs).unwrap();
-        let honest = settle_round(&config, &codec, &plan, 1e9, evidence(false));
+        let full = aggregate(&config, 0, &inputs).unwrap();
+        let honest = settle_round(&config, 0, &codec, &plan, 1e9, evidence(false));
         assert_eq!(honest.aggregate.delta, full.delta);
         assert!(honest.wrong.is_empty());
         let kept = |a: &Aggregate| -> Vec<bool> { a.verdicts.iter().map(|v| v.kept).collect() };
         assert_eq!(kept(&honest.aggregate), kept(&full));
-        let lied = settle_round(&config, &codec, &plan, 1e9, evidence(true));
+        let lied = settle_round(&config, 0, &codec, &plan, 1e9, evidence(true));
         assert_eq!(lied.wrong, std::slice::from_ref(&liar));
         assert_eq!(
             lied.aggregate.delta, full.delta,
@@ -836,7 +848,7 @@ mod tests {
                 ..SliceEvidence::default()
             },
         );
-        let computed = settle_round(&config, &codec, &plan, 1e9, none);
+        let computed = settle_round(&config, 0, &codec, &plan, 1e9, none);
         assert_eq!(computed.aggregate.delta, full.delta);
     }
 
@@ -853,11 +865,11 @@ mod tests {
         // the checker.
         let mut equivocated = parts.clone();
         equivocated[0].delta.iter_mut().for_each(|x| *x += 1.0);
-        let first = aggregate_slice(&config, 0, a, &parts).unwrap();
-        let second = aggregate_slice(&config, 0, b, &equivocated).unwrap();
+        let first = aggregate_slice(&config, 0, 0, a, &parts).unwrap();
+        let second = aggregate_slice(&config, 0, 0, b, &equivocated).unwrap();
         let len = plan.range(0).len();
         let settled = settle_slice(len, 1e9, vec![first, second], false, |names| {
-            recompute(&config, 0, &equivocated, names)
+            recompute(&config, 0, 0, &equivocated, names)
         });
         assert!(settled.wrong.is_empty(), "{:?}", settled.wrong);
         assert!(settled.reason.contains("unchecked"), "{}", settled.reason);
@@ -876,6 +888,7 @@ mod tests {
         assert_eq!(plan.range(4).end, 300);
         let report = aggregate_slice(
             &AggregationConfig::default(),
+            0,
             2,
             "node0001",
             &slice_of(&plan, 2, &inputs),
@@ -961,17 +974,67 @@ mod tests {
         plan: &ShardPlan,
         cs: &[Contribution],
     ) -> Vec<Settled> {
+        settle_all_in(config, 0, plan, cs)
+    }
+
+    /// [`settle_all`] in round `round`.
+    fn settle_all_in(
+        config: &AggregationConfig,
+        round: u64,
+        plan: &ShardPlan,
+        cs: &[Contribution],
+    ) -> Vec<Settled> {
         (0..plan.slices())
             .map(|s| {
                 let inputs = slice_of(plan, s, cs);
                 let reports = plan
                     .group(s)
                     .iter()
-                    .map(|a| aggregate_slice(config, s, a, &inputs).unwrap())
+                    .map(|a| aggregate_slice(config, round, s, a, &inputs).unwrap())
                     .collect();
                 settle_slice(plan.range(s).len(), f32::MAX, reports, false, |_| None)
             })
             .collect()
+    }
+
+    #[test]
+    fn bucketing_runs_per_slice_and_nnm_is_refused_there() {
+        // Bucketing's order is the round's and the contributors', the same in every slice: the
+        // coordinate-wise rules on bucket means give the full-mesh result bit for bit, and the
+        // verdicts judge each contributor by its distance to the assembled aggregate.
+        let cs = honest_round(20, 4, 1000);
+        let ids: Vec<String> = cs.iter().map(|c| c.node_id.clone()).collect();
+        let plan = ShardPlan::new(3, "θ₀", &ids, 1000, 2);
+        for rule in [Rule::Mean, Rule::Median, Rule::TrimmedMean] {
+            let config = AggregationConfig {
+                pre: crate::aggregate::PreAggregation::Bucketing,
+                ..config(rule, 4)
+            };
+            let full = aggregate(&config, 3, &cs).unwrap();
+            if rule != Rule::Mean {
+                assert!(
+                    full.reason
+                        .starts_with("bucketing: 20 inputs in 10 buckets")
+                );
+            }
+            let settled = settle_all_in(&config, 3, &plan, &cs);
+            let sharded = assemble(&config, &plan, &settled, &ids);
+            assert_eq!(sharded.delta, full.delta, "{rule:?}");
+            let kept = |a: &Aggregate| a.verdicts.iter().map(|v| v.kept).collect::<Vec<_>>();
+            assert_eq!(kept(&sharded), kept(&full), "{rule:?}");
+            if rule != Rule::Mean {
+                assert_eq!(kept(&full)[16..], [false; 4], "{rule:?}");
+                // Another round buckets otherwise.
+                let other = settle_all_in(&config, 4, &plan, &cs);
+                assert_ne!(assemble(&config, &plan, &other, &ids).delta, full.delta);
+            }
+        }
+        let nnm = AggregationConfig {
+            pre: crate::aggregate::PreAggregation::Nnm,
+            ..config(Rule::Median, 4)
+        };
+        let refused = aggregate_slice(&nnm, 3, 0, "a", &slice_of(&plan, 0, &cs)).unwrap_err();
+        assert!(refused.to_string().contains("pre = \"nnm\""), "{refused}");
     }
 
     #[test]
@@ -981,7 +1044,7 @@ mod tests {
         let plan = ShardPlan::new(3, "θ₀", &ids, 1000, 2);
         for rule in [Rule::Mean, Rule::Median, Rule::TrimmedMean] {
             let config = config(rule, 4);
-            let full = aggregate(&config, &cs).unwrap();
+            let full = aggregate(&config, 0, &cs).unwrap();
             let settled = settle_all(&config, &plan, &cs);
             assert!(settled.iter().all(|s| s.confirmed && s.wrong.is_empty()));
             let sharded = assemble(&config, &plan, &settled, &ids);
@@ -1001,15 +1064,15 @@ mod tests {
     fn a_wrong_report_is_caught_by_its_partner_and_the_recomputed_slice_taken() {
         let config = config(Rule::TrimmedMean, 1);
         let cs = honest_round(5, 0, 40);
-        let honest = aggregate_slice(&config, 0, "a", &cs).unwrap();
-        let mut lie = aggregate_slice(&config, 0, "b", &cs).unwrap();
+        let honest = aggregate_slice(&config, 0, 0, "a", &cs).unwrap();
+        let mut lie = aggregate_slice(&config, 0, 0, "b", &cs).unwrap();
         lie.delta[3] += 0.5;
         let settled = settle_slice(
             40,
             f32::MAX,
             vec![lie.clone(), honest.clone()],
             false,
-            |names| recompute(&config, 0, &cs, names),
+            |names| recompute(&config, 0, 0, &cs, names),
         );
         assert_eq!(settled.wrong, ["b"]);
         assert!(settled.confirmed);
@@ -1073,10 +1136,10 @@ mod tests {
         assert!(disputed(accusers as f64, 12.0) && !disputed(4.0, 12.0));
         let parts = slice_of(&plan, 3, &cs);
         let recomputed = settle_slice(plan.range(3).len(), f32::MAX, lies, true, |names| {
-            recompute(&config, 3, &parts, names)
+            recompute(&config, 0, 3, &parts, names)
         });
         assert_eq!(recomputed.wrong, group);
-        let honest = aggregate_slice(&config, 3, "recomputed", &parts).unwrap();
+        let honest = aggregate_slice(&config, 0, 3, "recomputed", &parts).unwrap();
         assert_eq!(
             recomputed.report,
             Some(honest),
@@ -1088,10 +1151,10 @@ mod tests {
     fn honest_aggregators_with_different_inputs_are_both_right_and_the_fuller_one_is_taken() {
         let config = config(Rule::Mean, 0);
         let cs = honest_round(4, 0, 8);
-        let all = aggregate_slice(&config, 0, "b", &cs).unwrap();
-        let three = aggregate_slice(&config, 0, "a", &cs[..3]).unwrap();
+        let all = aggregate_slice(&config, 0, 0, "b", &cs).unwrap();
+        let three = aggregate_slice(&config, 0, 0, "a", &cs[..3]).unwrap();
         let settled = settle_slice(8, f32::MAX, vec![three, all.clone()], false, |names| {
-            recompute(&config, 0, &cs, names)
+            recompute(&config, 0, 0, &cs, names)
         });
         assert!(settled.wrong.is_empty(), "{settled:?}");
         assert_eq!(settled.report.unwrap(), all);
@@ -1109,7 +1172,7 @@ mod tests {
         settled[0] = settle_slice(
             plan.range(0).len(),
             f32::MAX,
-            vec![aggregate_slice(&config, 0, "x", &short).unwrap()],
+            vec![aggregate_slice(&config, 0, 0, "x", &short).unwrap()],
             false,
             |_| None,
         );

@@ -93,7 +93,7 @@ mod tests {
                 trim_fraction: Some(beta),
                 ..config(Rule::TrimmedMean, 1)
             };
-            aggregate(&cfg, &cs).unwrap()
+            aggregate(&cfg, 0, &cs).unwrap()
         };
         // ⌊0.4·5⌋ = 2 per side: the median.
         assert_eq!(with(0.4).delta, [3.0]);

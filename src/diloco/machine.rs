@@ -23,7 +23,7 @@ use super::weight::{
     newcomer_rank,
 };
 use crate::aggregate::shard::{ShardOptions, ShardPlan, SliceEvidence, SliceReport};
-use crate::aggregate::{Aggregate, Contribution};
+use crate::aggregate::{Aggregate, Contribution, PreAggregation};
 use crate::net::blob::BlobId;
 use crate::net::wire::{RoundAnnouncement, SliceClaim};
 
@@ -64,6 +64,9 @@ pub struct MachineRules {
     pub max_delta_norm: f32,
     /// When rounds run sharded, and how.
     pub sharding: ShardOptions,
+    /// The aggregation's pre-aggregator: one that needs whole vectors (NNM) keeps every round
+    /// full mesh.
+    pub pre: PreAggregation,
     /// Slice boundaries fall on multiples of this (the int8 block: parts are cut out of an
     /// encoded Δ byte for byte).
     pub slice_align: usize,
@@ -231,7 +234,8 @@ impl RoundMachine {
 
     /// Whether the open round runs sharded, decided once: when this node and the trainers it
     /// hears on its round and θ₀ (or on the round and θ₀ it just left, on their way here) are at
-    /// least `min_nodes`, they are the plan's members.
+    /// least `min_nodes`, they are the plan's members; unless the pre-aggregator cannot run on
+    /// a slice (NNM: whole-vector distances), then full mesh, and the note says why.
     fn decide_mode(&mut self) {
         if self.open.mode_decided {
             return;
@@ -252,6 +256,17 @@ impl RoundMachine {
             .collect();
         members.push(self.node_id.clone());
         if !self.rules.sharding.sharded(members.len()) {
+            return;
+        }
+        if !self.rules.pre.runs_per_slice() {
+            self.open.shard_note = Some(format!(
+                "round {}: full mesh among {} members, not sharded: pre = \"{}\" mixes whole \
+                 vectors (each input with its nearest by L2 distance), which a slice aggregator \
+                 does not have",
+                self.round,
+                members.len(),
+                self.rules.pre.name()
+            ));
             return;
         }
         let plan = ShardPlan::new(
@@ -951,6 +966,7 @@ mod tests {
             params: 4,
             max_delta_norm: 100.0,
             sharding: ShardOptions::default(),
+            pre: PreAggregation::None,
             slice_align: 1,
         }
     }
@@ -1077,7 +1093,7 @@ mod tests {
             rule: Rule::Mean,
             ..AggregationConfig::default()
         };
-        let aggregate = aggregate(&config, &contributions).unwrap();
+        let aggregate = aggregate(&config, 3, &contributions).unwrap();
         let (summary, delta_hashes) = m.closed(t0 + Duration::from_secs(2), Ok(&aggregate));
         assert_eq!((summary.round, summary.participants), (3, 2));
         assert_eq!(summary.kept, ["me", "p1"]);
@@ -1210,7 +1226,7 @@ mod tests {
             let Some(Effect::Aggregate { contributions, .. }) = effects.first() else {
                 panic!("a lone node closes at once: {effects:?}");
             };
-            let aggregate = aggregate(&config, contributions).unwrap();
+            let aggregate = aggregate(&config, round, contributions).unwrap();
             m.closed(t0, Ok(&aggregate));
             m.advance(hash_of(&[round as f32; 4]));
         }
@@ -1372,7 +1388,7 @@ mod tests {
         // fp32: the slices are exact, so sharded equals full mesh bit for bit.
         let codec = exact();
         let serve = |slice: usize, aggregator: &str, parts: &[Contribution]| {
-            let report = aggregate_slice(&config, slice, aggregator, parts).unwrap();
+            let report = aggregate_slice(&config, 3, slice, aggregator, parts).unwrap();
             let (bytes, seen) = as_served(&codec, report);
             (bytes.clone(), seen, BlobId::of(&bytes))
         };
@@ -1409,7 +1425,7 @@ mod tests {
                     let parts = crate::aggregate::shard::slice_of(&plan, slice, &all);
                     let (bytes, id) = if colluding && slice == lied_on {
                         let mut report =
-                            aggregate_slice(&config, slice, &p.node_id, &parts).unwrap();
+                            aggregate_slice(&config, 3, slice, &p.node_id, &parts).unwrap();
                         report.delta.iter_mut().for_each(|x| *x *= -10.0);
                         let (bytes, _) = as_served(&codec, report);
                         let id = BlobId::of(&bytes);
@@ -1479,8 +1495,8 @@ mod tests {
         let [Effect::Settle { plan, evidence, .. }] = last.as_slice() else {
             panic!("every slice is in: the round settles: {last:?}");
         };
-        let settled = settle_round(&config, &codec, plan, 100.0, evidence.clone());
-        let full = crate::aggregate::aggregate(&config, &all).unwrap();
+        let settled = settle_round(&config, 3, &codec, plan, 100.0, evidence.clone());
+        let full = crate::aggregate::aggregate(&config, 3, &all).unwrap();
         (settled, full, liars)
     }
 
@@ -1490,6 +1506,47 @@ mod tests {
         let (settled, full, _) = sharded_round(false);
         assert_eq!(settled.aggregate.delta, full.delta);
         assert!(settled.wrong.is_empty());
+    }
+
+    #[test]
+    fn a_round_with_nnm_runs_full_mesh_and_says_why_bucketing_runs_sharded() {
+        let t0 = Instant::now();
+        let mode = |pre: PreAggregation| {
+            let rules = MachineRules {
+                params: 8,
+                sharding: ShardOptions {
+                    redundancy: 2,
+                    min_nodes: 4,
+                },
+                pre,
+                ..rules(WeightRule::Permissioned)
+            };
+            let theta0 = hash_of(&[0.0; 8]);
+            let mut m = RoundMachine::new("me".into(), rules, 3, theta0.clone());
+            m.trainers_heard(
+                ["p1", "p2", "p3"]
+                    .iter()
+                    .map(|id| trainer(id, 3, &theta0))
+                    .collect(),
+            );
+            m.own_delta(t0, vec![0.5; 8], own_blob());
+            (m.slice_group(0), m.take_shard_note().unwrap_or_default())
+        };
+        let (group, note) = mode(PreAggregation::Nnm);
+        assert!(group.is_empty(), "{group:?}");
+        assert_eq!(
+            note,
+            "round 3: full mesh among 4 members, not sharded: pre = \"nnm\" mixes whole vectors \
+             (each input with its nearest by L2 distance), which a slice aggregator does not have"
+        );
+        for pre in [PreAggregation::Bucketing, PreAggregation::None] {
+            let (group, note) = mode(pre);
+            assert_eq!(group.len(), 2, "{pre:?}");
+            assert!(
+                note.starts_with("round 3: sharded among 4 members"),
+                "{note}"
+            );
+        }
     }
 
     #[test]
