@@ -953,6 +953,11 @@ mod tests {
             "peer table",
         );
         refused(
+            &|c| c.diloco.aggregation.bucket_size = 0,
+            "diloco.aggregation",
+            "bucket_size",
+        );
+        refused(
             &|c| c.diloco.sharding.redundancy = 1,
             "diloco.sharding",
             "trusted blindly",

@@ -92,6 +92,8 @@ fn bad_input_exits_2_naming_the_file_and_key_and_writes_nothing() {
     };
     let unknown_key = write("unknown.toml", "[training]\nbatch_sise = 4\n");
     let wrong_type = write("type.toml", "port = \"eighty\"\n");
+    let unknown_pre = write("pre.toml", "[diloco.aggregation]\npre = \"knn\"\n");
+    let no_buckets = write("buckets.toml", "[diloco.aggregation]\nbucket_size = 0\n");
     let missing_data = dir.path().join("no-such-corpus.txt");
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy_port = busy.local_addr().unwrap().port().to_string();
@@ -117,6 +119,24 @@ fn bad_input_exits_2_naming_the_file_and_key_and_writes_nothing() {
                 state_arg.clone(),
             ],
             vec!["type.toml", "port"],
+        ),
+        (
+            vec![
+                "--config".into(),
+                unknown_pre,
+                "--state-dir".into(),
+                state_arg.clone(),
+            ],
+            vec!["pre.toml", "diloco.aggregation.pre", "knn", "bucketing"],
+        ),
+        (
+            vec![
+                "--config".into(),
+                no_buckets,
+                "--state-dir".into(),
+                state_arg.clone(),
+            ],
+            vec!["diloco.aggregation", "bucket_size: must be at least 1"],
         ),
         (
             vec![
