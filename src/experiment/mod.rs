@@ -6,7 +6,8 @@
 //! - B: synchronous data-parallel with k× batch (one worker with k× batch is the same update:
 //!   the gradient averaged over k batches every step);
 //! - C: DiLoCo, k nodes over loopback libp2p, mean of the pseudo-gradients, outer Nesterov;
-//! - D: C plus one Byzantine node (k+1 nodes) under Krum, trimmed mean and the plain mean;
+//! - D: C plus Byzantine nodes (one by default: k+1 nodes) under Krum, trimmed mean and the plain
+//!   mean, optionally after a pre-aggregator (NNM, bucketing);
 //! - E: C with each lossy delta codec.
 //!
 //! Single-worker runs are the same node with outer lr 1 and no momentum: θ₀ ← θ₀ − (θ₀ − θ_H) =
@@ -57,12 +58,18 @@ pub struct Options {
     /// Seeds (model initialisation and data order); each run is repeated per seed.
     #[arg(long, value_delimiter = ',', default_value = "0")]
     pub seeds: Vec<u64>,
-    /// D's attacker: sign_flip, scale, gaussian, alie, ipm (see NEUROSHARD_FAULT_BYZANTINE).
+    /// D's attack: sign_flip, scale, gaussian, alie, ipm (see NEUROSHARD_FAULT_BYZANTINE).
     #[arg(long, default_value = "sign_flip")]
     pub attack: String,
+    /// D's Byzantine nodes, added to the k workers; the rules tolerate f = this many.
+    #[arg(long, default_value_t = 1)]
+    pub attackers: usize,
     /// D's aggregation rules.
     #[arg(long, value_delimiter = ',', default_value = "krum,trimmed_mean,mean")]
     pub rules: Vec<String>,
+    /// D's pre-aggregators (`[diloco.aggregation] pre`): none, nnm, bucketing; each with each rule.
+    #[arg(long, value_delimiter = ',', default_value = "none")]
+    pub pre: Vec<String>,
     /// E's delta codecs.
     #[arg(long, value_delimiter = ',', default_value = "fp16,int8,top_k")]
     pub codecs: Vec<String>,
@@ -88,8 +95,12 @@ pub struct RunSpec {
     pub outer_lr: f64,
     pub outer_momentum: f64,
     pub rule: String,
+    /// `[diloco.aggregation] pre`.
+    pub pre: String,
+    /// `[diloco.aggregation] byzantine`: the f the rule tolerates.
+    pub byzantine: usize,
     pub codec: String,
-    /// The attack of the last node, if any.
+    /// The attack of the last `nodes − honest` nodes, if any.
     pub attack: Option<String>,
 }
 
@@ -106,6 +117,8 @@ impl RunSpec {
             outer_lr: 1.0,
             outer_momentum: 0.0,
             rule: "mean".into(),
+            pre: "none".into(),
+            byzantine: 1,
             codec: "fp32".into(),
             attack: None,
         }
@@ -123,8 +136,19 @@ impl RunSpec {
             outer_lr: o.outer_lr,
             outer_momentum: o.outer_momentum,
             rule: "mean".into(),
+            pre: "none".into(),
+            byzantine: 1,
             codec: "fp32".into(),
             attack: None,
+        }
+    }
+
+    /// The nodes that run the attack: the last ones.
+    pub fn attackers(&self) -> usize {
+        if self.attack.is_some() {
+            self.nodes - self.honest
+        } else {
+            0
         }
     }
 
@@ -156,7 +180,8 @@ impl RunSpec {
             ("DILOCO__QUORUM_FRACTION", "1.0".into()),
             ("DILOCO__ROUND_DEADLINE_S", "600".into()),
             ("DILOCO__AGGREGATION__RULE", self.rule.clone()),
-            ("DILOCO__AGGREGATION__BYZANTINE", "1".into()),
+            ("DILOCO__AGGREGATION__BYZANTINE", self.byzantine.to_string()),
+            ("DILOCO__AGGREGATION__PRE", self.pre.clone()),
             ("DILOCO__COMPRESSION__CODEC", self.codec.clone()),
         ]
         .into_iter()
@@ -174,6 +199,9 @@ pub fn plan_runs(o: &Options) -> Result<Vec<RunSpec>, String> {
     context_of(&o.preset)?;
     if o.rounds == 0 || o.inner_steps == 0 || o.batch == 0 {
         return Err("--rounds, --inner-steps and --batch must be at least 1".into());
+    }
+    if o.runs.iter().any(|r| r == "D") {
+        check_d_options(o)?;
     }
     let mut runs = Vec::new();
     for group in &o.runs {
@@ -216,16 +244,16 @@ pub fn plan_runs(o: &Options) -> Result<Vec<RunSpec>, String> {
                 o,
             )),
             "D" => {
-                for rule in &o.rules {
-                    let mut run = RunSpec::diloco(
-                        format!("D-{rule}"),
-                        format!("DiLoCo: {k} nodes + 1 {}, {rule}", o.attack),
-                        o,
-                    );
-                    run.nodes += 1;
-                    run.rule = rule.clone();
-                    run.attack = Some(o.attack.clone());
-                    runs.push(run);
+                for pre in &o.pre {
+                    for rule in &o.rules {
+                        let mut run = RunSpec::diloco(d_id(o, pre, rule), d_label(o, pre, rule), o);
+                        run.nodes += o.attackers;
+                        run.rule = rule.clone();
+                        run.pre = pre.clone();
+                        run.byzantine = o.attackers;
+                        run.attack = Some(o.attack.clone());
+                        runs.push(run);
+                    }
                 }
             }
             "E" => {
@@ -243,6 +271,66 @@ pub fn plan_runs(o: &Options) -> Result<Vec<RunSpec>, String> {
         }
     }
     Ok(runs)
+}
+
+/// D's options name an attack, pre-aggregators and rules the node knows, and at least one
+/// attacker, fewer than the workers (the rules assume an honest majority).
+fn check_d_options(o: &Options) -> Result<(), String> {
+    if crate::diloco::attack::Attack::parse(&o.attack).is_none() {
+        return Err(format!(
+            "--attack: unknown attack {:?} (sign_flip, scale, gaussian, nan, alie, ipm)",
+            o.attack
+        ));
+    }
+    if o.attackers == 0 || o.attackers >= o.workers {
+        return Err(format!(
+            "--attackers: {} is not in 1..{} (fewer than --workers)",
+            o.attackers, o.workers
+        ));
+    }
+    let pres = crate::aggregate::PreAggregation::ALL.map(|p| p.name());
+    if let Some(bad) = o.pre.iter().find(|p| !pres.contains(&p.as_str())) {
+        return Err(format!(
+            "--pre: unknown pre-aggregator {bad:?} ({})",
+            pres.join(", ")
+        ));
+    }
+    let rules = crate::aggregate::Rule::ALL.map(|r| r.name());
+    if let Some(bad) = o.rules.iter().find(|r| !rules.contains(&r.as_str())) {
+        return Err(format!(
+            "--rules: unknown rule {bad:?} ({})",
+            rules.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// A D run's id: "D-krum" for the default sign_flip attacker without pre-aggregation, else with
+/// what differs, e.g. "D-alie-nnm-krum", "D-ipm-2of8-bucketing-trimmed_mean".
+fn d_id(o: &Options, pre: &str, rule: &str) -> String {
+    let mut parts = vec!["D".to_string()];
+    if o.attack != "sign_flip" {
+        parts.push(o.attack.clone());
+    }
+    if o.attackers != 1 {
+        parts.push(format!("{}of{}", o.attackers, o.workers + o.attackers));
+    }
+    if pre != "none" {
+        parts.push(pre.to_string());
+    }
+    parts.push(rule.to_string());
+    parts.join("-")
+}
+
+fn d_label(o: &Options, pre: &str, rule: &str) -> String {
+    let mut label = format!(
+        "DiLoCo: {} nodes + {} {}, {rule}",
+        o.workers, o.attackers, o.attack
+    );
+    if pre != "none" {
+        label += &format!(" after {pre}");
+    }
+    label
 }
 
 /// A fixed token per node position, so each node reads the corpus in the same order on a rerun.
@@ -272,7 +360,15 @@ fn command_of(o: &Options, run: &RunSpec, seed: u64) -> String {
         );
     }
     match group {
-        "D" => command += &format!(" --rules {} --attack {}", run.rule, o.attack),
+        "D" => {
+            command += &format!(" --rules {} --attack {}", run.rule, o.attack);
+            if o.attackers != 1 {
+                command += &format!(" --attackers {}", o.attackers);
+            }
+            if run.pre != "none" {
+                command += &format!(" --pre {}", run.pre);
+            }
+        }
         "E" => command += &format!(" --codecs {}", run.codec),
         _ => {}
     }
@@ -371,9 +467,12 @@ fn run_one(o: &Options, run: &RunSpec, seed: u64, data: &Path) -> Result<Curve, 
         spec.args.extend(["--data".into(), data.into()]);
         spec.env = run.env(seed);
     }
-    if let (Some(attack), Some(last)) = (&run.attack, specs.last_mut()) {
-        last.env
-            .push(("NEUROSHARD_FAULT_BYZANTINE".into(), attack.clone()));
+    if let Some(attack) = &run.attack {
+        let attackers = run.attackers();
+        for spec in specs.iter_mut().rev().take(attackers) {
+            spec.env
+                .push(("NEUROSHARD_FAULT_BYZANTINE".into(), attack.clone()));
+        }
     }
     let context = context_of(&o.preset)?;
     eprintln!(
@@ -531,8 +630,10 @@ mod tests {
             preset: "nano".into(),
             seeds: vec![0],
             attack: "sign_flip".into(),
+            attackers: 1,
             codecs: vec!["fp16".into(), "int8".into()],
             rules: vec!["krum".into(), "trimmed_mean".into(), "mean".into()],
+            pre: vec!["none".into()],
             outer_lr: 0.7,
             outer_momentum: 0.9,
         }
@@ -587,6 +688,80 @@ mod tests {
         assert_eq!(get("NEUROSHARD_DILOCO__MIN_PEERS"), Some("5"));
         assert_eq!(get("NEUROSHARD_TRAINING__SEED"), Some("3"));
         assert_eq!(get("NEUROSHARD_DILOCO__AGGREGATION__RULE"), Some("krum"));
+        assert_eq!(get("NEUROSHARD_DILOCO__AGGREGATION__BYZANTINE"), Some("1"));
+        assert_eq!(get("NEUROSHARD_DILOCO__AGGREGATION__PRE"), Some("none"));
+        assert_eq!(d.attackers(), 1);
+        assert_eq!(runs[0].attackers(), 0);
+    }
+
+    #[test]
+    fn d_takes_an_attack_a_number_of_attackers_and_pre_aggregators() {
+        // 2 ALIE attackers of 8, each rule alone and after NNM.
+        let mut o = options(&["D"]);
+        o.attack = "alie".into();
+        o.attackers = 2;
+        o.workers = 6;
+        o.rules = vec!["krum".into(), "trimmed_mean".into()];
+        o.pre = vec!["none".into(), "nnm".into()];
+        let runs = plan_runs(&o).unwrap();
+        let ids: Vec<&str> = runs.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "D-alie-2of8-krum",
+                "D-alie-2of8-trimmed_mean",
+                "D-alie-2of8-nnm-krum",
+                "D-alie-2of8-nnm-trimmed_mean"
+            ]
+        );
+        let nnm = &runs[2];
+        assert_eq!((nnm.nodes, nnm.honest, nnm.attackers()), (8, 6, 2));
+        assert_eq!(nnm.label, "DiLoCo: 6 nodes + 2 alie, krum after nnm");
+        let env = nnm.env(0);
+        let get = |k: &str| env.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        assert_eq!(
+            get("NEUROSHARD_DILOCO__AGGREGATION__PRE").as_deref(),
+            Some("nnm")
+        );
+        assert_eq!(
+            get("NEUROSHARD_DILOCO__AGGREGATION__BYZANTINE").as_deref(),
+            Some("2")
+        );
+        assert_eq!(get("NEUROSHARD_DILOCO__MIN_PEERS").as_deref(), Some("8"));
+        let command = command_of(&o, nnm, 0);
+        assert!(
+            command.contains("--rules krum --attack alie --attackers 2 --pre nnm"),
+            "{command}"
+        );
+        // Every run of D has the tokens of C: the attackers' are not counted.
+        let c = plan_runs(&options(&["C"])).unwrap().remove(0);
+        assert_eq!(tokens(nnm) * 4, tokens(&c) * 6);
+        // 1 of 5 with bucketing: the id names what differs from the default.
+        let mut o = options(&["D"]);
+        o.attack = "ipm".into();
+        o.pre = vec!["bucketing".into()];
+        o.rules = vec!["median".into()];
+        let run = plan_runs(&o).unwrap().remove(0);
+        assert_eq!((run.id.as_str(), run.nodes), ("D-ipm-bucketing-median", 5));
+        assert!(!command_of(&o, &run, 0).contains("--attackers"));
+    }
+
+    #[test]
+    fn bad_d_options_are_refused_naming_the_flag() {
+        let refused = |edit: fn(&mut Options)| {
+            let mut o = options(&["D"]);
+            edit(&mut o);
+            plan_runs(&o).unwrap_err()
+        };
+        assert!(refused(|o| o.attackers = 0).starts_with("--attackers:"));
+        assert!(refused(|o| o.attackers = 4).starts_with("--attackers:"));
+        assert!(refused(|o| o.pre = vec!["knn".into()]).starts_with("--pre:"));
+        assert!(refused(|o| o.attack = "nonsense".into()).starts_with("--attack:"));
+        assert!(refused(|o| o.rules = vec!["average".into()]).starts_with("--rules:"));
+        // Not asked for D: D's flags are not checked.
+        let mut c = options(&["C"]);
+        c.pre = vec!["knn".into()];
+        assert!(plan_runs(&c).is_ok());
     }
 
     #[test]
