@@ -76,6 +76,7 @@ pub struct Verdict {
     /// Rule-specific score (see the module table): mean: its weight; median and trimmed mean: its
     /// L2 distance to the aggregate; Krum and Multi-Krum: its Krum score (lower is better);
     /// geometric median: its final Weiszfeld weight; centered clipping: its last clip factor.
+    /// After a pre-aggregator (NNM, bucketing), whatever the rule: its L2 distance to the aggregate.
     pub score: f64,
 }
 
