@@ -839,8 +839,14 @@ mod tests {
 
     #[test]
     fn every_rule_refuses_bad_inputs() {
-        for rule in Rule::ALL {
-            let cfg = config(rule, 1);
+        for (rule, pre) in Rule::ALL
+            .into_iter()
+            .flat_map(|rule| pre::PreAggregation::ALL.map(|pre| (rule, pre)))
+        {
+            let cfg = AggregationConfig {
+                pre,
+                ..config(rule, 1)
+            };
             let mut cs = named(&[
                 &[1.0, 2.0],
                 &[1.0, 2.0],
@@ -875,8 +881,9 @@ mod tests {
             assert_eq!(
                 aggregate(&cfg, 0, &cs),
                 Err(AggregateError::NonFinite("n2".into())),
-                "{}",
-                rule.name()
+                "{} {}",
+                rule.name(),
+                pre.name()
             );
         }
     }
