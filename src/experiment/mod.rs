@@ -175,11 +175,12 @@ impl RunSpec {
             ("TRAINING__LOG_EVERY", "100".into()),
             ("DILOCO__OUTER_LR", self.outer_lr.to_string()),
             ("DILOCO__OUTER_MOMENTUM", self.outer_momentum.to_string()),
-            // Every round waits for every node it expects (quorum fraction 1) and never closes
-            // before every honest node is in. min_peers is weight, not a head count: an
-            // attacker whose deltas are rejected loses reputation weight, so counting it would
-            // leave every round short of its quorum until the 600 s deadline.
-            ("DILOCO__MIN_PEERS", self.honest.to_string()),
+            // Every round waits for every node it expects (quorum fraction 1). min_peers only
+            // keeps round 0 from closing before the peers are heard: it is weight, not a head
+            // count, and a node whose deltas are rejected loses reputation weight (attackers,
+            // and honest nodes that Krum does not select), so asking for every node's weight
+            // left rounds short of their quorum until the 600 s deadline.
+            ("DILOCO__MIN_PEERS", self.honest.div_ceil(2).to_string()),
             ("DILOCO__QUORUM_FRACTION", "1.0".into()),
             ("DILOCO__ROUND_DEADLINE_S", "600".into()),
             ("DILOCO__AGGREGATION__RULE", self.rule.clone()),
@@ -688,7 +689,7 @@ mod tests {
                 .find(|(key, _)| key == k)
                 .map(|(_, v)| v.as_str())
         };
-        assert_eq!(get("NEUROSHARD_DILOCO__MIN_PEERS"), Some("4"));
+        assert_eq!(get("NEUROSHARD_DILOCO__MIN_PEERS"), Some("2"));
         assert_eq!(get("NEUROSHARD_TRAINING__SEED"), Some("3"));
         assert_eq!(get("NEUROSHARD_DILOCO__AGGREGATION__RULE"), Some("krum"));
         assert_eq!(get("NEUROSHARD_DILOCO__AGGREGATION__BYZANTINE"), Some("1"));
@@ -730,7 +731,7 @@ mod tests {
             get("NEUROSHARD_DILOCO__AGGREGATION__BYZANTINE").as_deref(),
             Some("2")
         );
-        assert_eq!(get("NEUROSHARD_DILOCO__MIN_PEERS").as_deref(), Some("6"));
+        assert_eq!(get("NEUROSHARD_DILOCO__MIN_PEERS").as_deref(), Some("3"));
         let command = command_of(&o, nnm, 0);
         assert!(
             command.contains("--rules krum --attack alie --attackers 2 --pre nnm"),
