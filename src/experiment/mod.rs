@@ -175,12 +175,16 @@ impl RunSpec {
             ("TRAINING__LOG_EVERY", "100".into()),
             ("DILOCO__OUTER_LR", self.outer_lr.to_string()),
             ("DILOCO__OUTER_MOMENTUM", self.outer_momentum.to_string()),
-            // Every round waits for every node it expects (quorum fraction 1). min_peers only
-            // keeps round 0 from closing before the peers are heard: it is weight, not a head
-            // count, and a node whose deltas are rejected loses reputation weight (attackers,
-            // and honest nodes that Krum does not select), so asking for every node's weight
-            // left rounds short of their quorum until the 600 s deadline.
-            ("DILOCO__MIN_PEERS", self.honest.div_ceil(2).to_string()),
+            // Every round waits for every node it expects (quorum fraction 1). min_peers (half
+            // the honest nodes, at least two) only keeps round 0 from closing before the peers
+            // are heard: it is weight, not a head count, and a node whose deltas are rejected
+            // loses reputation weight (attackers, and honest nodes that Krum does not select),
+            // so asking for every node's weight left rounds short of their quorum until the
+            // 600 s deadline.
+            (
+                "DILOCO__MIN_PEERS",
+                self.honest.div_ceil(2).max(self.honest.min(2)).to_string(),
+            ),
             ("DILOCO__QUORUM_FRACTION", "1.0".into()),
             ("DILOCO__ROUND_DEADLINE_S", "600".into()),
             ("DILOCO__AGGREGATION__RULE", self.rule.clone()),
