@@ -162,10 +162,12 @@ fn rounds_go_on_without_a_killed_node_which_heals_when_it_returns_as_does_a_late
 }
 
 /// val_loss of node 0 at the end of round `rounds`, for 5 nodes (fixed identities, so the data
-/// orders are the same in every run) of which node 4 may run a Byzantine attack. Also returns the
-/// attacker's node_id and node 0's last round summary.
+/// orders are the same in every run) of which node 4 may run a Byzantine attack; `pre` is the
+/// `[diloco.aggregation] pre` step. Also returns the attacker's node_id and node 0's last round
+/// summary.
 fn five_node_run(
     rule: &str,
+    pre: &str,
     attack: Option<&str>,
     rounds: u64,
 ) -> (f64, String, serde_json::Value) {
@@ -187,6 +189,7 @@ fn five_node_run(
                 ("NEUROSHARD_DILOCO__QUORUM_FRACTION", "1.0"),
                 ("NEUROSHARD_DILOCO__ROUND_DEADLINE_S", "60"),
                 ("NEUROSHARD_DILOCO__AGGREGATION__RULE", rule),
+                ("NEUROSHARD_DILOCO__AGGREGATION__PRE", pre),
                 ("NEUROSHARD_TRAINING__EVAL_EVERY", "1000"),
             ]);
             if let (4, Some(attack)) = (i, attack) {
@@ -203,13 +206,23 @@ fn five_node_run(
 #[test]
 fn robust_rules_shrug_off_a_sign_flipping_node_that_spoils_the_plain_mean() {
     const ROUNDS: u64 = 6;
-    let (clean, _, _) = five_node_run("mean", None, ROUNDS);
-    let (spoiled, _, _) = five_node_run("mean", Some("sign_flip"), ROUNDS);
+    let (clean, _, _) = five_node_run("mean", "none", None, ROUNDS);
+    let (spoiled, _, _) = five_node_run("mean", "none", Some("sign_flip"), ROUNDS);
     let (trimmed, attacker, trimmed_round) =
-        five_node_run("trimmed_mean", Some("sign_flip"), ROUNDS);
-    let (krum, _, krum_round) = five_node_run("krum", Some("sign_flip"), ROUNDS);
+        five_node_run("trimmed_mean", "none", Some("sign_flip"), ROUNDS);
+    let (krum, _, krum_round) = five_node_run("krum", "none", Some("sign_flip"), ROUNDS);
+    // Nearest-neighbour mixing before Krum: the rule sees mixed inputs, the verdicts still name
+    // the attacker by its own delta.
+    let (mixed, _, mixed_round) = five_node_run("krum", "nnm", Some("sign_flip"), ROUNDS);
     eprintln!(
-        "val_loss after {ROUNDS} rounds: clean mean {clean:.3}, attacked mean {spoiled:.3}, attacked trimmed_mean {trimmed:.3}, attacked krum {krum:.3}"
+        "val_loss after {ROUNDS} rounds: clean mean {clean:.3}, attacked mean {spoiled:.3}, attacked trimmed_mean {trimmed:.3}, attacked krum {krum:.3}, attacked krum after nnm {mixed:.3}"
+    );
+    assert!(
+        mixed_round["reason"]
+            .as_str()
+            .unwrap()
+            .contains("nnm: each of 5 inputs"),
+        "{mixed_round}"
     );
     assert!(
         spoiled > 1.2 * clean,
@@ -218,6 +231,7 @@ fn robust_rules_shrug_off_a_sign_flipping_node_that_spoils_the_plain_mean() {
     for (rule, loss, round) in [
         ("trimmed_mean", trimmed, &trimmed_round),
         ("krum", krum, &krum_round),
+        ("krum after nnm", mixed, &mixed_round),
     ] {
         assert!(
             loss <= 1.05 * clean,
