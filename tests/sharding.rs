@@ -99,8 +99,14 @@ fn start_waiting_for(
     )
 }
 
+/// One multi-node test at a time: run together they start 35 nodes on CI's two cores, and a
+/// node starved long enough is cut off as a straggler, so a full-mesh auditor can close a round
+/// with other deltas than the sharded nodes (seen once: θ₀ differed at round 4).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn eight_sharded_nodes_hold_the_theta0_and_verdicts_of_a_full_mesh_node_on_the_same_deltas() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     const AUDITOR: usize = 7;
     const ATTACKER: usize = 6;
     let dir = tempfile::tempdir().unwrap();
@@ -183,6 +189,7 @@ fn eight_sharded_nodes_hold_the_theta0_and_verdicts_of_a_full_mesh_node_on_the_s
 
 #[test]
 fn an_aggregator_serving_wrong_slices_is_caught_by_its_partner_and_excluded_with_a_verdict() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     const LIAR: usize = 4;
     let dir = tempfile::tempdir().unwrap();
     // Once the liar is out, a round closes with the four honest nodes.
@@ -250,6 +257,7 @@ fn an_aggregator_serving_wrong_slices_is_caught_by_its_partner_and_excluded_with
 
 #[test]
 fn sixteen_nodes_with_the_shipped_defaults_shard_their_rounds_and_agree() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // Only what a user passes: H. Everything else is the shipped configuration, under which a
     // round runs sharded from 16 trainers on.
     const NODES: usize = 16;
@@ -300,6 +308,7 @@ fn sixteen_nodes_with_the_shipped_defaults_shard_their_rounds_and_agree() {
 
 #[test]
 fn two_aggregators_agreeing_on_a_lie_are_accused_by_the_contributors_and_both_excluded() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // Nodes 4 and 5 lie only on a slice the two of them aggregate alone: they agree, so no
     // partner's report differs; the honest contributors' own parts accuse the slice.
     const NODES: usize = 6;
