@@ -352,14 +352,17 @@ fn round_settings(config: &Config, own_admitted: bool) -> RoundSettings {
 }
 
 /// NEUROSHARD_FAULT_LYING_AGGREGATOR=1: serve this node's aggregated slices scaled by −10;
-/// `=with:<node_id>`: only the slices it aggregates with that node alone (two colluders).
+/// `=from:<round>`: all of them from that round on; `=with:<node_id>`: only the slices it
+/// aggregates with that node alone (two colluders).
 fn lying_aggregator_fault() -> Option<LyingAggregator> {
     let value = std::env::var("NEUROSHARD_FAULT_LYING_AGGREGATOR").ok()?;
-    let lie = match value.strip_prefix("with:") {
+    let from = value.strip_prefix("from:").map(str::parse::<u64>);
+    let lie = match (value.strip_prefix("with:"), from) {
         _ if value == "1" => LyingAggregator::Always,
-        Some(partner) if !partner.is_empty() => LyingAggregator::With(partner.to_string()),
+        (_, Some(Ok(round))) => LyingAggregator::From(round),
+        (Some(partner), _) if !partner.is_empty() => LyingAggregator::With(partner.to_string()),
         _ => {
-            warn!(%value, "ignoring NEUROSHARD_FAULT_LYING_AGGREGATOR: expected 1 or with:<node_id>");
+            warn!(%value, "ignoring NEUROSHARD_FAULT_LYING_AGGREGATOR: expected 1, from:<round> or with:<node_id>");
             return None;
         }
     };

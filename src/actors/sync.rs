@@ -123,6 +123,10 @@ pub struct RoundSettings {
 pub enum LyingAggregator {
     /// Every one: its partners' reports differ, which catches it.
     Always,
+    /// Every one from this round on: an aggregator that serves honest reports while the
+    /// network forms and then lies (and is caught by every honest node at once, because by then
+    /// they all make the same plan).
+    From(u64),
     /// Only those it aggregates with this node alone: the two agree on the lie, and only the
     /// contributors' accusations can catch them.
     With(String),
@@ -456,6 +460,7 @@ impl SyncActor {
                         let lie = match &act.settings.lying_aggregator {
                             None => false,
                             Some(LyingAggregator::Always) => true,
+                            Some(LyingAggregator::From(first)) => round >= *first,
                             Some(LyingAggregator::With(partner)) => {
                                 let group = act.machine.slice_group(report.slice);
                                 group.iter().all(|a| *a == act.node_id || a == partner)
