@@ -211,11 +211,13 @@ fn robust_rules_shrug_off_a_sign_flipping_node_that_spoils_the_plain_mean() {
     let (trimmed, attacker, trimmed_round) =
         five_node_run("trimmed_mean", "none", Some("sign_flip"), ROUNDS);
     let (krum, _, krum_round) = five_node_run("krum", "none", Some("sign_flip"), ROUNDS);
-    // Nearest-neighbour mixing before Krum: the rule sees mixed inputs, the verdicts still name
-    // the attacker by its own delta.
-    let (mixed, _, mixed_round) = five_node_run("krum", "nnm", Some("sign_flip"), ROUNDS);
+    // Nearest-neighbour mixing before Krum, against IPM: the attacker holds its delta back until
+    // the four honest ones are in and sends −0.5 × their mean. The rule sees mixed inputs; the
+    // verdicts still name the attacker by its own delta.
+    let (mixed, ipm_attacker, mixed_round) = five_node_run("krum", "nnm", Some("ipm"), ROUNDS);
+    assert_eq!(ipm_attacker, attacker, "fixed identities");
     eprintln!(
-        "val_loss after {ROUNDS} rounds: clean mean {clean:.3}, attacked mean {spoiled:.3}, attacked trimmed_mean {trimmed:.3}, attacked krum {krum:.3}, attacked krum after nnm {mixed:.3}"
+        "val_loss after {ROUNDS} rounds: clean mean {clean:.3}, attacked mean {spoiled:.3}, attacked trimmed_mean {trimmed:.3}, attacked krum {krum:.3}, krum after nnm against ipm {mixed:.3}"
     );
     assert!(
         mixed_round["reason"]
@@ -231,7 +233,7 @@ fn robust_rules_shrug_off_a_sign_flipping_node_that_spoils_the_plain_mean() {
     for (rule, loss, round) in [
         ("trimmed_mean", trimmed, &trimmed_round),
         ("krum", krum, &krum_round),
-        ("krum after nnm", mixed, &mixed_round),
+        ("krum after nnm (ipm)", mixed, &mixed_round),
     ] {
         assert!(
             loss <= 1.05 * clean,

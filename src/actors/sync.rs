@@ -21,14 +21,14 @@ use super::messages::{
     AggregateRound, AggregateSlices, AnnounceRound, BlobServed, CheckpointError, DeltaVerdict,
     FetchBlob, FetchError, GetResumeState, InnerRoundDone, ModelAdopted, OfferBlob,
     PeerRoundAnnounced, PeerWeights, ProveTraining, RegisterRounds, RegisterTrainer, ResumeState,
-    RoundVerdicts, SettleRound, SnapshotTaken, StartRound, TrainerPeers, WithdrawBlobs,
+    RoundVerdicts, RoundWork, SettleRound, SnapshotTaken, StartRound, TrainerPeers, WithdrawBlobs,
     WriteCheckpoint,
 };
 use super::peer::PeerActor;
 use super::run_every;
 use crate::aggregate::shard::{ShardOptions, ShardPlan, SliceEvidence, as_served};
 use crate::aggregate::{Aggregate, AggregationConfig, check_aggregate};
-use crate::diloco::attack::{Attack, poison};
+use crate::diloco::attack::{self, Attack, attacker_sends, poison_informed};
 use crate::diloco::codec::{Codec, CodecConfig, ErrorFeedback, decode, encode};
 use crate::diloco::heal::{HealPlan, PeerOuterState, check_adopted, reach};
 use crate::diloco::machine::{Effect, MachineRules, RoundMachine};
@@ -153,6 +153,8 @@ pub struct SyncActor {
     /// Serves θ₀ and deltas to peers, announces rounds, fetches peers' deltas.
     network: Addr<PeerActor>,
     ledger: Addr<LedgerActor>,
+    /// The ALIE/IPM fault switch's own delta while it waits for the peers' deltas.
+    withheld: Option<Withheld>,
 }
 
 impl SyncActor {
@@ -206,6 +208,7 @@ impl SyncActor {
             status,
             network,
             ledger,
+            withheld: None,
         }
     }
 
@@ -758,10 +761,11 @@ impl Handler<TrainerPeers> for SyncActor {
 impl Handler<InnerRoundDone> for SyncActor {
     type Result = ();
 
-    /// This node's H inner steps are done: encode, serve and announce its delta.
+    /// This node's H inner steps are done: encode, serve and announce its delta (the ALIE and
+    /// IPM fault switches first wait for the others').
     fn handle(&mut self, msg: InnerRoundDone, ctx: &mut Self::Context) {
         let round = self.machine.round();
-        if msg.round != round || self.machine.own_delta_out() {
+        if msg.round != round || self.machine.own_delta_out() || self.withheld.is_some() {
             warn!(
                 reported = msg.round,
                 current = round,
@@ -769,7 +773,108 @@ impl Handler<InnerRoundDone> for SyncActor {
             );
             return;
         }
-        let delta = pseudo_gradient(&self.theta0, &msg.theta_h);
+        let own = OwnDelta {
+            round,
+            delta: pseudo_gradient(&self.theta0, &msg.theta_h),
+            theta_h_hash: BlobId::of(bytemuck::cast_slice(&msg.theta_h)).to_string(),
+            tokens: msg.tokens,
+            work: msg.work,
+        };
+        match self.settings.attack {
+            Some(attack) if attack.reads_the_others() => {
+                info!(
+                    round,
+                    "fault switch: holding this node's delta back until the others' are in"
+                );
+                self.withheld = Some(Withheld::new(own));
+                self.send_when_informed(ctx);
+            }
+            _ => self.send_own_delta(own, &[], ctx),
+        }
+    }
+}
+
+/// This node's pseudo-gradient of a round, before it is encoded and announced.
+struct OwnDelta {
+    round: u64,
+    delta: Vec<f32>,
+    theta_h_hash: String,
+    tokens: u64,
+    work: RoundWork,
+}
+
+/// An own delta the ALIE/IPM fault switch holds back while the peers' deltas come in.
+struct Withheld {
+    own: OwnDelta,
+    since: Instant,
+    seen: usize,
+    last_seen_at: Instant,
+}
+
+impl Withheld {
+    fn new(own: OwnDelta) -> Self {
+        let now = Instant::now();
+        Self {
+            own,
+            since: now,
+            seen: 0,
+            last_seen_at: now,
+        }
+    }
+}
+
+impl SyncActor {
+    /// Checks every `ROUND_CHECK` whether the withheld delta goes out (`attacker_sends`).
+    fn send_when_informed(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_later(ROUND_CHECK, |act, ctx| {
+            let Some(withheld) = &mut act.withheld else {
+                return;
+            };
+            if withheld.own.round != act.machine.round() {
+                // The round moved on without it (a heal): its delta is of no use.
+                act.withheld = None;
+                return;
+            }
+            let others = act.machine.peer_deltas();
+            let now = Instant::now();
+            if others.len() != withheld.seen {
+                withheld.seen = others.len();
+                withheld.last_seen_at = now;
+            }
+            let sends = attacker_sends(
+                withheld.seen,
+                act.machine.weighty_peers(),
+                now - withheld.last_seen_at,
+                now - withheld.since,
+            );
+            if !sends {
+                return act.send_when_informed(ctx);
+            }
+            let own = act.withheld.take().expect("checked above").own;
+            // How far apart the honest deltas are, against their mean: what ALIE hides in.
+            let (mean, spread) = attack::seen_statistics(&own.delta, &others)
+                .map_or((0.0, 0.0), |(m, s)| (attack::l2(&m), attack::l2(&s)));
+            info!(
+                round = own.round,
+                seen = others.len(),
+                mean_norm = mean,
+                spread_norm = spread,
+                "fault switch: sending the delta made from the others'"
+            );
+            act.send_own_delta(own, &others, ctx);
+        });
+    }
+
+    /// Encodes, serves and announces this node's delta, proves the work and hands the delta to
+    /// the round. `others`: the peers' deltas the Byzantine fault switch has seen.
+    fn send_own_delta(&mut self, own: OwnDelta, others: &[Vec<f32>], ctx: &mut Context<Self>) {
+        let OwnDelta {
+            round,
+            delta,
+            theta_h_hash,
+            tokens,
+            work,
+        } = own;
         // Our own contribution is what peers will decode, so every node combines the same inputs.
         let (bytes, own) = match self.settings.attack {
             None => {
@@ -784,7 +889,8 @@ impl Handler<InnerRoundDone> for SyncActor {
             // The Byzantine fault switch: peers get the poisoned delta; this node keeps what
             // decodes of it, or its honest delta when nothing does (NaN).
             Some(attack) => {
-                let bytes = encode(&self.settings.compression, &poison(attack, &delta, round));
+                let poisoned = poison_informed(attack, &delta, others, round);
+                let bytes = encode(&self.settings.compression, &poisoned);
                 let own = decode(&bytes, delta.len(), f32::INFINITY).unwrap_or(delta);
                 (bytes, own)
             }
@@ -803,7 +909,7 @@ impl Handler<InnerRoundDone> for SyncActor {
             delta_hash: id.to_string(),
             delta_bytes: size,
             codec: self.settings.compression.codec.name().to_string(),
-            tokens: msg.tokens,
+            tokens,
             sent_at_ms: unix_ms(),
             claims: Vec::new(),
         };
@@ -815,10 +921,10 @@ impl Handler<InnerRoundDone> for SyncActor {
         self.ledger.do_send(ProveTraining {
             round,
             theta0_hash,
-            theta_h_hash: BlobId::of(bytemuck::cast_slice(&msg.theta_h)).to_string(),
+            theta_h_hash,
             delta_hash: id.to_string(),
-            tokens: msg.tokens,
-            work: msg.work,
+            tokens,
+            work,
         });
         let effects = self.machine.own_delta(Instant::now(), own, id);
         self.perform(effects, ctx);

@@ -264,6 +264,7 @@ mod tests {
     use super::super::test_support::*;
     use super::super::*;
     use super::*;
+    use crate::diloco::attack;
 
     /// `honest` deltas: a common direction of per-coordinate size `signal` plus each node's own
     /// noise of per-coordinate size `spread` (heterogeneous data), named h0, h1, ….
@@ -278,33 +279,20 @@ mod tests {
             .collect()
     }
 
-    /// Per coordinate, the honest mean and (population) standard deviation.
     fn mean_and_std(honest: &[Contribution]) -> (Vec<f32>, Vec<f32>) {
-        let n = honest.len() as f64;
-        let d = honest[0].delta.len();
-        (0..d)
-            .map(|j| {
-                let mean = honest.iter().map(|h| f64::from(h.delta[j])).sum::<f64>() / n;
-                let var = honest
-                    .iter()
-                    .map(|h| (f64::from(h.delta[j]) - mean).powi(2))
-                    .sum::<f64>()
-                    / n;
-                (mean as f32, var.sqrt() as f32)
-            })
-            .unzip()
+        let deltas: Vec<&[f32]> = honest.iter().map(|h| h.delta.as_slice()).collect();
+        attack::mean_and_std(&deltas)
     }
 
     /// ALIE (Baruch et al.): μ − z·σ per coordinate, from the honest deltas (omniscient).
     fn alie(honest: &[Contribution], z: f32) -> Vec<f32> {
         let (mean, std) = mean_and_std(honest);
-        mean.iter().zip(&std).map(|(m, s)| m - z * s).collect()
+        attack::alie(&mean, &std, z)
     }
 
     /// IPM (Xie et al.): −ε·μ.
     fn ipm(honest: &[Contribution], epsilon: f32) -> Vec<f32> {
-        let (mean, _) = mean_and_std(honest);
-        mean.iter().map(|m| -epsilon * m).collect()
+        attack::ipm(&mean_and_std(honest).0, epsilon)
     }
 
     fn with_attackers(honest: &[Contribution], attack: &[f32], count: usize) -> Vec<Contribution> {

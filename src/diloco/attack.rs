@@ -1,9 +1,13 @@
 //! Poisoned deltas for the Byzantine test fault switch (NEUROSHARD_FAULT_BYZANTINE): what a
 //! malicious node would send in place of its honest Δ. A test and demo tool: it lets a test show
-//! that the robust rules keep the shared model on course. A lone attacker only knows its own
-//! delta, so the attacks that need the honest mean and spread (ALIE, IPM) estimate them from it.
+//! that the robust rules keep the shared model on course. The attacks that need the honest mean
+//! and spread (ALIE, IPM) hold their delta back until the others' deltas of the round are in
+//! (in a full-mesh round every node fetches them all) and compute it from those, as the papers'
+//! omniscient attacker does; with nothing seen they estimate both from the own delta.
 //! Also the poisoned vectors of the Sybil and heal-poisoning switches (NEUROSHARD_FAULT_SYBIL,
 //! NEUROSHARD_FAULT_HEAL_POISON).
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -18,17 +22,90 @@ pub enum Attack {
     Gaussian,
     /// Δ with NaNs in it: must be refused before aggregation.
     Nan,
-    /// "A little is enough" (Baruch et al., 2019): μ − z·σ per coordinate, small enough to pass
-    /// distance-based filters; μ and σ estimated from the own Δ (σ ≈ |Δ|), z = 1.
+    /// "A little is enough" (Baruch et al., 2019): μ − z·σ per coordinate, z = 1, over the
+    /// deltas seen this round (small enough to pass distance-based filters); alone, μ ≈ Δ and
+    /// σ ≈ |Δ|.
     Alie,
-    /// Inner-product manipulation (Xie et al., 2020): −ε·μ with ε = 0.5, μ ≈ the own Δ.
+    /// Inner-product manipulation (Xie et al., 2020): −ε·μ with ε = 0.5, μ the mean of the
+    /// deltas seen this round; alone, μ ≈ the own Δ.
     Ipm,
 }
+
+/// ALIE's z: one standard deviation below the mean in every coordinate.
+pub const ALIE_Z: f32 = 1.0;
+/// IPM's ε: half the honest mean, reversed.
+pub const IPM_EPSILON: f32 = 0.5;
+/// An attacker that reads the others' deltas sends once none has arrived for this long ...
+pub const QUIET_BEFORE_SENDING: Duration = Duration::from_secs(2);
+/// ... or once it has waited this long, whatever it has seen.
+pub const MOST_WAITED_BEFORE_SENDING: Duration = Duration::from_secs(30);
 
 impl Attack {
     pub fn parse(name: &str) -> Option<Self> {
         serde_json::from_value(serde_json::Value::String(name.to_string())).ok()
     }
+
+    /// Needs the round's honest deltas (the node holds its own back until they are in).
+    pub fn reads_the_others(self) -> bool {
+        matches!(self, Self::Alie | Self::Ipm)
+    }
+}
+
+/// Whether an attacker that reads the others' deltas sends now: it has `seen` of the `others`
+/// trainers it hears, the last of them `quiet` ago (none yet: `quiet` is how long it waited),
+/// and it has waited `waited` since its own delta was ready. It does not wait for the whole
+/// round: another attacker may be holding back too.
+pub fn attacker_sends(seen: usize, others: usize, quiet: Duration, waited: Duration) -> bool {
+    (others > 0 && seen >= others)
+        || (seen > 0 && quiet >= QUIET_BEFORE_SENDING)
+        || waited >= MOST_WAITED_BEFORE_SENDING
+}
+
+/// Per coordinate, the mean and (population) standard deviation of `deltas` (equal lengths).
+pub fn mean_and_std(deltas: &[&[f32]]) -> (Vec<f32>, Vec<f32>) {
+    let n = deltas.len().max(1) as f64;
+    let d = deltas.first().map_or(0, |x| x.len());
+    (0..d)
+        .map(|j| {
+            let mean = deltas.iter().map(|x| f64::from(x[j])).sum::<f64>() / n;
+            let var = deltas
+                .iter()
+                .map(|x| (f64::from(x[j]) - mean).powi(2))
+                .sum::<f64>()
+                / n;
+            (mean as f32, var.sqrt() as f32)
+        })
+        .unzip()
+}
+
+/// ALIE: μ − z·σ per coordinate.
+pub fn alie(mean: &[f32], std: &[f32], z: f32) -> Vec<f32> {
+    mean.iter().zip(std).map(|(m, s)| m - z * s).collect()
+}
+
+/// IPM: −ε·μ.
+pub fn ipm(mean: &[f32], epsilon: f32) -> Vec<f32> {
+    mean.iter().map(|m| -epsilon * m).collect()
+}
+
+/// What a node running `attack` sends when it has seen `others` (this round's deltas of its
+/// peers) besides its own honest delta `own`: ALIE and IPM from their mean and spread (its own
+/// among them); every other attack, or nothing seen, as [`poison`].
+pub fn poison_informed(attack: Attack, own: &[f32], others: &[Vec<f32>], seed: u64) -> Vec<f32> {
+    match (attack, seen_statistics(own, others)) {
+        (Attack::Alie, Some((mean, std))) => alie(&mean, &std, ALIE_Z),
+        (Attack::Ipm, Some((mean, _))) => ipm(&mean, IPM_EPSILON),
+        _ => poison(attack, own, seed),
+    }
+}
+
+/// The mean and spread of `own` and `others` (those of its length), when there are two or more.
+pub fn seen_statistics(own: &[f32], others: &[Vec<f32>]) -> Option<(Vec<f32>, Vec<f32>)> {
+    let seen: Vec<&[f32]> = std::iter::once(own)
+        .chain(others.iter().map(Vec::as_slice))
+        .filter(|d| d.len() == own.len())
+        .collect();
+    (seen.len() >= 2).then(|| mean_and_std(&seen))
 }
 
 /// SplitMix64: a fixed, seedable stream, so a poisoned run (or a simulation) is reproducible.
@@ -69,8 +146,8 @@ pub fn poison(attack: Attack, honest: &[f32], seed: u64) -> Vec<f32> {
             .enumerate()
             .map(|(i, &x)| if i % 97 == 0 { f32::NAN } else { x })
             .collect(),
-        Attack::Alie => honest.iter().map(|&x| x - x.abs()).collect(),
-        Attack::Ipm => honest.iter().map(|x| -0.5 * x).collect(),
+        Attack::Alie => honest.iter().map(|&x| x - ALIE_Z * x.abs()).collect(),
+        Attack::Ipm => ipm(honest, IPM_EPSILON),
     }
 }
 
@@ -136,7 +213,7 @@ pub fn poisoned_outer(kind: HealPoison, theta0: &[f32]) -> PoisonedOuter {
     }
 }
 
-fn l2(v: &[f32]) -> f64 {
+pub fn l2(v: &[f32]) -> f64 {
     v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt()
 }
 
@@ -188,6 +265,53 @@ pub fn sybil_delta(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alie_and_ipm_are_computed_from_the_deltas_seen() {
+        let own = vec![1.0, 2.0];
+        let others = vec![vec![3.0, 2.0], vec![2.0, 2.0]];
+        // Mean (2, 2); standard deviation (√(2/3), 0).
+        let alie = poison_informed(Attack::Alie, &own, &others, 0);
+        assert!(
+            (alie[0] - (2.0 - (2.0f32 / 3.0).sqrt())).abs() < 1e-6,
+            "{alie:?}"
+        );
+        assert_eq!(alie[1], 2.0);
+        assert_eq!(
+            poison_informed(Attack::Ipm, &own, &others, 0),
+            vec![-1.0, -1.0]
+        );
+        // Nothing seen (or only deltas of another length): the estimate from the own delta.
+        let alone = poison_informed(Attack::Ipm, &own, &[vec![9.0]], 0);
+        assert_eq!(alone, poison(Attack::Ipm, &own, 0));
+        assert_eq!(
+            poison_informed(Attack::SignFlip, &own, &others, 0),
+            vec![-10.0, -20.0]
+        );
+    }
+
+    #[test]
+    fn an_informed_attacker_sends_once_the_others_are_in_or_quiet_or_it_waited_enough() {
+        let s = Duration::from_secs;
+        assert!(
+            attacker_sends(3, 3, s(0), s(0)),
+            "every other trainer's delta is in"
+        );
+        assert!(
+            !attacker_sends(2, 3, s(1), s(1)),
+            "a delta came a moment ago"
+        );
+        assert!(
+            attacker_sends(2, 3, s(2), s(5)),
+            "two in and quiet: another attacker waits too"
+        );
+        assert!(!attacker_sends(0, 3, s(10), s(10)), "nothing seen yet");
+        assert!(attacker_sends(0, 3, s(30), s(30)), "waited long enough");
+        assert!(
+            !attacker_sends(0, 0, s(3), s(3)),
+            "no peers heard: wait for them"
+        );
+    }
 
     #[test]
     fn sybil_deltas_are_as_large_as_the_honest_one_and_point_away_from_it() {

@@ -325,6 +325,21 @@ impl RoundMachine {
         self.round
     }
 
+    /// The open round's whole peer deltas in hand (a sharded round holds parts: none).
+    pub fn peer_deltas(&self) -> Vec<Vec<f32>> {
+        self.open
+            .contributions
+            .values()
+            .filter(|c| c.node_id != self.node_id && !c.delta.is_empty())
+            .map(|c| c.delta.clone())
+            .collect()
+    }
+
+    /// The trainer peers that carry weight for this node (whose deltas a round waits for).
+    pub fn weighty_peers(&self) -> usize {
+        self.peers().values().filter(|p| p.weight > EPSILON).count()
+    }
+
     pub fn theta0_hash(&self) -> &str {
         &self.theta0_hash
     }
