@@ -281,8 +281,8 @@ impl Default for DilocoSection {
     fn default() -> Self {
         Self {
             inner_steps: 500,
-            outer_lr: 0.7,
-            outer_momentum: 0.9,
+            outer_lr: 1.0,
+            outer_momentum: 0.5,
             min_peers: 1,
             quorum_fraction: 0.66,
             round_deadline_s: 120,

@@ -204,7 +204,7 @@ fn five_node_run(
 }
 
 #[test]
-fn robust_rules_shrug_off_a_sign_flipping_node_that_spoils_the_plain_mean() {
+fn robust_rules_hold_against_a_sign_flipper_and_nnm_against_informed_ipm() {
     const ROUNDS: u64 = 6;
     let (clean, _, _) = five_node_run("mean", "none", None, ROUNDS);
     let (spoiled, _, _) = five_node_run("mean", "none", Some("sign_flip"), ROUNDS);

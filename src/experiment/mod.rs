@@ -73,11 +73,11 @@ pub struct Options {
     /// E's delta codecs.
     #[arg(long, value_delimiter = ',', default_value = "fp16,int8,top_k")]
     pub codecs: Vec<String>,
-    /// Outer learning rate of the DiLoCo runs (the paper's 0.7).
-    #[arg(long, default_value_t = 0.7)]
+    /// Outer learning rate of the DiLoCo runs (the node's default; the paper's is 0.7).
+    #[arg(long, default_value_t = 1.0)]
     pub outer_lr: f64,
-    /// Outer Nesterov momentum of the DiLoCo runs (the paper's 0.9).
-    #[arg(long, default_value_t = 0.9)]
+    /// Outer Nesterov momentum of the DiLoCo runs (the node's default; the paper's is 0.9).
+    #[arg(long, default_value_t = 0.5)]
     pub outer_momentum: f64,
 }
 
