@@ -789,7 +789,7 @@ impl Handler<InnerRoundDone> for SyncActor {
                 self.withheld = Some(Withheld::new(own));
                 self.send_when_informed(ctx);
             }
-            _ => self.send_own_delta(own, &[], ctx),
+            _ => self.send_own_delta(own, None, ctx),
         }
     }
 }
@@ -835,10 +835,10 @@ impl SyncActor {
                 act.withheld = None;
                 return;
             }
-            let others = act.machine.peer_deltas();
+            let seen = act.machine.peer_deltas().count();
             let now = Instant::now();
-            if others.len() != withheld.seen {
-                withheld.seen = others.len();
+            if seen != withheld.seen {
+                withheld.seen = seen;
                 withheld.last_seen_at = now;
             }
             let sends = attacker_sends(
@@ -851,23 +851,30 @@ impl SyncActor {
                 return act.send_when_informed(ctx);
             }
             let own = act.withheld.take().expect("checked above").own;
+            let stats = attack::seen_statistics(&own.delta, act.machine.peer_deltas());
             // How far apart the honest deltas are, against their mean: what ALIE hides in.
-            let (mean, spread) = attack::seen_statistics(&own.delta, &others)
-                .map_or((0.0, 0.0), |(m, s)| (attack::l2(&m), attack::l2(&s)));
+            let (mean, spread) = stats
+                .as_ref()
+                .map_or((0.0, 0.0), |(m, s)| (attack::l2(m), attack::l2(s)));
             info!(
                 round = own.round,
-                seen = others.len(),
+                seen,
                 mean_norm = mean,
                 spread_norm = spread,
                 "fault switch: sending the delta made from the others'"
             );
-            act.send_own_delta(own, &others, ctx);
+            act.send_own_delta(own, stats.as_ref(), ctx);
         });
     }
 
     /// Encodes, serves and announces this node's delta, proves the work and hands the delta to
-    /// the round. `others`: the peers' deltas the Byzantine fault switch has seen.
-    fn send_own_delta(&mut self, own: OwnDelta, others: &[Vec<f32>], ctx: &mut Context<Self>) {
+    /// the round. `seen`: the mean and spread of the deltas the Byzantine fault switch has seen.
+    fn send_own_delta(
+        &mut self,
+        own: OwnDelta,
+        seen: Option<&(Vec<f32>, Vec<f32>)>,
+        ctx: &mut Context<Self>,
+    ) {
         let OwnDelta {
             round,
             delta,
@@ -889,7 +896,7 @@ impl SyncActor {
             // The Byzantine fault switch: peers get the poisoned delta; this node keeps what
             // decodes of it, or its honest delta when nothing does (NaN).
             Some(attack) => {
-                let poisoned = poison_informed(attack, &delta, others, round);
+                let poisoned = poison_informed(attack, &delta, seen, round);
                 let bytes = encode(&self.settings.compression, &poisoned);
                 let own = decode(&bytes, delta.len(), f32::INFINITY).unwrap_or(delta);
                 (bytes, own)

@@ -88,21 +88,29 @@ pub fn ipm(mean: &[f32], epsilon: f32) -> Vec<f32> {
     mean.iter().map(|m| -epsilon * m).collect()
 }
 
-/// What a node running `attack` sends when it has seen `others` (this round's deltas of its
-/// peers) besides its own honest delta `own`: ALIE and IPM from their mean and spread (its own
-/// among them); every other attack, or nothing seen, as [`poison`].
-pub fn poison_informed(attack: Attack, own: &[f32], others: &[Vec<f32>], seed: u64) -> Vec<f32> {
-    match (attack, seen_statistics(own, others)) {
-        (Attack::Alie, Some((mean, std))) => alie(&mean, &std, ALIE_Z),
-        (Attack::Ipm, Some((mean, _))) => ipm(&mean, IPM_EPSILON),
+/// What a node running `attack` sends, its own honest delta `own`, having seen `seen` (the
+/// mean and spread of this round's deltas, its own among them: [`seen_statistics`]): ALIE and
+/// IPM from those; every other attack, or nothing seen, as [`poison`].
+pub fn poison_informed(
+    attack: Attack,
+    own: &[f32],
+    seen: Option<&(Vec<f32>, Vec<f32>)>,
+    seed: u64,
+) -> Vec<f32> {
+    match (attack, seen) {
+        (Attack::Alie, Some((mean, std))) => alie(mean, std, ALIE_Z),
+        (Attack::Ipm, Some((mean, _))) => ipm(mean, IPM_EPSILON),
         _ => poison(attack, own, seed),
     }
 }
 
 /// The mean and spread of `own` and `others` (those of its length), when there are two or more.
-pub fn seen_statistics(own: &[f32], others: &[Vec<f32>]) -> Option<(Vec<f32>, Vec<f32>)> {
+pub fn seen_statistics<'a>(
+    own: &'a [f32],
+    others: impl Iterator<Item = &'a [f32]>,
+) -> Option<(Vec<f32>, Vec<f32>)> {
     let seen: Vec<&[f32]> = std::iter::once(own)
-        .chain(others.iter().map(Vec::as_slice))
+        .chain(others)
         .filter(|d| d.len() == own.len())
         .collect();
     (seen.len() >= 2).then(|| mean_and_std(&seen))
@@ -268,25 +276,33 @@ mod tests {
 
     #[test]
     fn alie_and_ipm_are_computed_from_the_deltas_seen() {
-        let own = vec![1.0, 2.0];
-        let others = vec![vec![3.0, 2.0], vec![2.0, 2.0]];
+        let own = [1.0, 2.0];
+        let others = [[3.0, 2.0], [2.0, 2.0]];
+        let seen = seen_statistics(&own, others.iter().map(|d| d.as_slice()));
         // Mean (2, 2); standard deviation (√(2/3), 0).
-        let alie = poison_informed(Attack::Alie, &own, &others, 0);
+        let alie = poison_informed(Attack::Alie, &own, seen.as_ref(), 0);
         assert!(
             (alie[0] - (2.0 - (2.0f32 / 3.0).sqrt())).abs() < 1e-6,
             "{alie:?}"
         );
         assert_eq!(alie[1], 2.0);
         assert_eq!(
-            poison_informed(Attack::Ipm, &own, &others, 0),
+            poison_informed(Attack::Ipm, &own, seen.as_ref(), 0),
             vec![-1.0, -1.0]
         );
-        // Nothing seen (or only deltas of another length): the estimate from the own delta.
-        let alone = poison_informed(Attack::Ipm, &own, &[vec![9.0]], 0);
-        assert_eq!(alone, poison(Attack::Ipm, &own, 0));
         assert_eq!(
-            poison_informed(Attack::SignFlip, &own, &others, 0),
+            poison_informed(Attack::SignFlip, &own, seen.as_ref(), 0),
             vec![-10.0, -20.0]
+        );
+        // Nothing seen (or only deltas of another length): the estimate from the own delta.
+        let other_length = [9.0];
+        assert_eq!(
+            seen_statistics(&own, std::iter::once(other_length.as_slice())),
+            None
+        );
+        assert_eq!(
+            poison_informed(Attack::Ipm, &own, None, 0),
+            poison(Attack::Ipm, &own, 0)
         );
     }
 

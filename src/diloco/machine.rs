@@ -326,13 +326,12 @@ impl RoundMachine {
     }
 
     /// The open round's whole peer deltas in hand (a sharded round holds parts: none).
-    pub fn peer_deltas(&self) -> Vec<Vec<f32>> {
+    pub fn peer_deltas(&self) -> impl Iterator<Item = &[f32]> {
         self.open
             .contributions
             .values()
             .filter(|c| c.node_id != self.node_id && !c.delta.is_empty())
-            .map(|c| c.delta.clone())
-            .collect()
+            .map(|c| c.delta.as_slice())
     }
 
     /// The trainer peers that carry weight for this node (whose deltas a round waits for).
