@@ -99,9 +99,10 @@ fn start_waiting_for(
     )
 }
 
-/// One multi-node test at a time: run together they start 35 nodes on CI's two cores, and a
-/// node starved long enough is cut off as a straggler, so a full-mesh auditor can close a round
-/// with other deltas than the sharded nodes (seen once: θ₀ differed at round 4).
+/// One multi-node test at a time: run together they start 35 nodes on CI's two cores. (The
+/// eight-node test still fails about one run in two: nodes started one after the other fix their
+/// round-0 plans on different views of the members; a product bug, see ARCHITECTURE.md's known
+/// limits of sharded aggregation, not load.)
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
