@@ -99,10 +99,7 @@ fn start_waiting_for(
     )
 }
 
-/// One multi-node test at a time: run together they start 35 nodes on CI's two cores. (The
-/// eight-node test still fails about one run in two: nodes started one after the other fix their
-/// round-0 plans on different views of the members; a product bug, see ARCHITECTURE.md's known
-/// limits of sharded aggregation, not load.)
+/// One multi-node test at a time: run together they start 35 nodes on CI's two cores.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
@@ -192,9 +189,10 @@ fn eight_sharded_nodes_hold_the_theta0_and_verdicts_of_a_full_mesh_node_on_the_s
 fn an_aggregator_serving_wrong_slices_is_caught_by_its_partner_and_excluded_with_a_verdict() {
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     const LIAR: usize = 4;
-    // The liar behaves until this round: nodes started one after the other may hear different
-    // members in their first rounds and make different plans (then some never see its reports
-    // and keep it while the others exclude it); by this round they all make the same plan.
+    // The liar behaves until this round: a round's plan waits only for the members its quorum
+    // needs (min_peers 4 of these 5), so nodes started one after the other may plan their first
+    // rounds with or without the last to start (then some never see its reports and keep it
+    // while the others exclude it); by this round they all make the same plan.
     const FIRST_LIE: u64 = 3;
     let dir = tempfile::tempdir().unwrap();
     // Once the liar is out, a round closes with the four honest nodes.

@@ -17,7 +17,7 @@
 //! aggregator is excluded and blamed). A lone report (its partners are gone) is taken after the
 //! outright checks only: `Settled::confirmed` says so.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
 use sha2::{Digest, Sha256};
@@ -475,8 +475,9 @@ pub fn disputed(accusing: f64, total: f64) -> bool {
 /// distance rules give them: with the mean everyone is kept (score 1/n); otherwise kept unless
 /// among the f farthest (f = the config's tolerance for n), more than twice the median distance
 /// and above the floor (score: the distance; Krum's and the iterative rules' own scores are not
-/// kept across slices). A contributor missing from a settled slice (it did not deliver it) is
-/// rejected.
+/// kept across slices). A contributor missing from a settled slice gets no verdict: this node
+/// cannot judge a delta it did not see whole (its part came late, or its aggregators planned
+/// the round on other members); its parts in the other slices count as aggregated.
 pub fn assemble(
     config: &AggregationConfig,
     plan: &ShardPlan,
@@ -487,7 +488,7 @@ pub fn assemble(
     let mut sq_norm = 0.0;
     let mut sq_distance: BTreeMap<&str, f64> =
         contributors.iter().map(|c| (c.as_str(), 0.0)).collect();
-    let mut missing_from: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut missing_from: BTreeSet<&str> = BTreeSet::new();
     let mut unusable = 0;
     for (slice, s) in settled.iter().enumerate() {
         let Some(report) = &s.report else {
@@ -506,12 +507,17 @@ pub fn assemble(
         for (id, total) in sq_distance.iter_mut() {
             match report.sq_distances.get(*id) {
                 Some(d) => *total += d,
-                None => *missing_from.entry(id).or_default() += 1,
+                None => {
+                    missing_from.insert(id);
+                }
             }
         }
     }
-    let ids: Vec<&str> = sq_distance.keys().copied().collect();
-    let distances: Vec<f64> = sq_distance.values().map(|d| d.sqrt()).collect();
+    let (ids, distances): (Vec<&str>, Vec<f64>) = sq_distance
+        .iter()
+        .filter(|(id, _)| !missing_from.contains(*id))
+        .map(|(id, d)| (*id, d.sqrt()))
+        .unzip();
     let rule = settled
         .iter()
         .find_map(|s| s.report.as_ref().map(|r| r.rule))
@@ -530,7 +536,7 @@ pub fn assemble(
         .zip(&scores)
         .map(|((id, kept), &score)| Verdict {
             node_id: id.to_string(),
-            kept: kept && !missing_from.contains_key(id),
+            kept,
             score,
         })
         .collect();
@@ -547,7 +553,7 @@ pub fn assemble(
     }
     if !missing_from.is_empty() {
         reason.push_str(&format!(
-            "; {} contributors missing from some slice",
+            "; {} contributors missing from some slice left unjudged",
             missing_from.len()
         ));
     }
@@ -608,7 +614,7 @@ pub fn settle_round(
     mut evidence: BTreeMap<usize, SliceEvidence>,
 ) -> SettledRound {
     let mut settled = Vec::with_capacity(plan.slices());
-    let mut wrong = std::collections::BTreeSet::new();
+    let mut wrong = BTreeSet::new();
     let mut notes = Vec::new();
     for slice in 0..plan.slices() {
         let e = evidence.remove(&slice).unwrap_or_default();
@@ -1161,7 +1167,7 @@ mod tests {
     }
 
     #[test]
-    fn a_contributor_missing_from_a_slice_is_rejected_and_a_slice_without_reports_stays_put() {
+    fn a_contributor_missing_from_a_slice_is_left_unjudged_and_a_slice_without_reports_stays_put() {
         let config = config(Rule::TrimmedMean, 1);
         let cs = honest_round(6, 0, 60);
         let ids: Vec<String> = cs.iter().map(|c| c.node_id.clone()).collect();
@@ -1178,8 +1184,13 @@ mod tests {
         );
         settled[1] = settle_slice(plan.range(1).len(), f32::MAX, Vec::new(), false, |_| None);
         let out = assemble(&config, &plan, &settled, &ids);
-        assert!(!out.verdicts[0].kept, "{:?}", out.verdicts);
-        assert!(out.verdicts[1..].iter().all(|v| v.kept));
+        let judged: Vec<&str> = out.verdicts.iter().map(|v| v.node_id.as_str()).collect();
+        assert_eq!(judged, ids[1..], "{:?}", out.verdicts);
+        assert!(out.verdicts.iter().all(|v| v.kept));
+        assert!(
+            out.reason
+                .contains("1 contributors missing from some slice left unjudged")
+        );
         assert!(out.delta[plan.range(1)].iter().all(|&x| x == 0.0));
         assert!(
             out.reason.contains("1 slices without a usable report"),

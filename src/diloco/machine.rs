@@ -15,7 +15,7 @@ use libp2p::PeerId;
 use super::codec::{Codec, decode, max_encoded_len};
 use super::heal::{HealPlan, OwnState, PeerOuterState, catching_up, disagrees, heal_decision};
 use super::round::{
-    RoundDecision, RoundOptions, RoundProgress, RoundSummary, has_quorum, round_decision,
+    RoundDecision, RoundOptions, RoundProgress, RoundSummary, has_quorum, quorum, round_decision,
 };
 use super::sharded::{ShardRound, SliceRanges};
 use super::weight::{
@@ -154,8 +154,11 @@ struct OpenRound {
     own_delta: Option<BlobId>,
     bytes_sent: u64,
     bytes_received: u64,
-    /// Whether this round runs sharded was decided (the first time the round needed to know).
+    /// Whether this round runs sharded was decided (`plan_round`).
     mode_decided: bool,
+    /// Announcements of this round that arrived before its mode was decided, the latest per
+    /// node_id: considered once it is.
+    undecided: BTreeMap<String, (PeerId, RoundAnnouncement)>,
     /// The sharded round, when it is one.
     shard: Option<ShardRound>,
     /// How the round was sharded, until SyncActor logs it.
@@ -232,29 +235,69 @@ impl RoundMachine {
         }
     }
 
-    /// Whether the open round runs sharded, decided once: when this node and the trainers it
-    /// hears on its round and θ₀ (or on the round and θ₀ it just left, on their way here) are at
-    /// least `min_nodes`, they are the plan's members; unless the pre-aggregator cannot run on
-    /// a slice (NNM: whole-vector distances), then full mesh, and the note says why.
-    fn decide_mode(&mut self) {
-        if self.open.mode_decided {
-            return;
-        }
-        self.open.mode_decided = true;
-        let previous = self.previous.clone();
-        let peers = self.peers();
+    /// The weight of the plan's members heard, and the round's quorum.
+    fn members_heard(&self, peers: &BTreeMap<String, PeerOuterState>) -> (f64, f64) {
+        let heard = self
+            .members(peers)
+            .iter()
+            .fold(0.0, |sum, id| sum + self.weight_of(id, peers));
+        (heard, quorum(&self.progress(peers), &self.rules.closing))
+    }
+
+    /// The members of the open round's plan: this node and the weighty trainers it hears on its
+    /// round and θ₀ (or on the round and θ₀ it just left, on their way here).
+    fn members(&self, peers: &BTreeMap<String, PeerOuterState>) -> Vec<String> {
+        let previous = self.previous.as_ref();
         let mut members: Vec<String> = peers
             .iter()
             .filter(|(_, p)| {
                 let here = p.round == self.round && p.theta0_hash == self.theta0_hash;
-                let coming = previous
-                    .as_ref()
-                    .is_some_and(|(r, h)| p.round == *r && p.theta0_hash == *h);
+                let coming = previous.is_some_and(|(r, h)| p.round == *r && p.theta0_hash == *h);
                 p.weight > EPSILON && (here || coming)
             })
             .map(|(id, _)| id.clone())
             .collect();
         members.push(self.node_id.clone());
+        members
+    }
+
+    /// Decides, once, whether the open round runs sharded, and on which members: when the round
+    /// first needs to know (this node's delta is ready, or a peer's arrived), but not before the
+    /// members heard carry the round's quorum (`ready`: every node then plans on the same
+    /// members, where a node that planned on a partial view would cut the deltas into other
+    /// slices than its partners) unless half the deadline has passed since this node's own
+    /// delta was ready (members it does not hear by then are not coming in time). A round that
+    /// cannot shard runs full mesh at once. Announcements that waited for the decision are
+    /// considered then.
+    fn plan_round(&mut self, now: Option<Instant>) -> Vec<Effect> {
+        let needed = self.open.own_ready_at.is_some() || !self.open.undecided.is_empty();
+        if self.open.mode_decided || !needed {
+            return Vec::new();
+        }
+        let (heard, quorum) = self.members_heard(&self.peers());
+        let waited_long = now.zip(self.open.own_ready_at).is_some_and(|(now, at)| {
+            now.saturating_duration_since(at) >= self.rules.closing.deadline / 2
+        });
+        // A round that cannot shard on every trainer heard runs full mesh whoever is missing.
+        let may_shard = self.rules.pre.runs_per_slice()
+            && self.rules.sharding.sharded(1 + self.weighty_peers());
+        if may_shard && heard + EPSILON < quorum && !waited_long {
+            return Vec::new();
+        }
+        self.open.mode_decided = true;
+        let members = self.members(&self.peers());
+        self.decide_mode(members);
+        self.place_own_delta();
+        std::mem::take(&mut self.open.undecided)
+            .into_values()
+            .flat_map(|(peer, a)| self.announced(peer, a))
+            .collect()
+    }
+
+    /// The plan for `members`: sharded when they are at least `min_nodes`, unless the
+    /// pre-aggregator cannot run on a slice (NNM: whole-vector distances), then full mesh, and
+    /// the note says why.
+    fn decide_mode(&mut self, members: Vec<String>) {
         if !self.rules.sharding.sharded(members.len()) {
             return;
         }
@@ -286,6 +329,20 @@ impl RoundMachine {
             shard.my_ranges().iter().map(|(s, _)| s).collect::<Vec<_>>()
         ));
         self.open.shard = Some(shard);
+    }
+
+    /// A sharded round keeps this node's own Δ with the shard (its parts); the contribution's
+    /// entry stays, empty, to mark it in.
+    fn place_own_delta(&mut self) {
+        let (Some(shard), Some(own)) = (
+            self.open.shard.as_mut(),
+            self.open.contributions.get_mut(&self.node_id),
+        ) else {
+            return;
+        };
+        if !own.delta.is_empty() {
+            shard.own_delta(Arc::new(std::mem::take(&mut own.delta)));
+        }
     }
 
     /// The aggregators of `slice` in the open round's shard plan (none when it runs full mesh).
@@ -425,22 +482,14 @@ impl RoundMachine {
         self.open
             .delta_hashes
             .insert(self.node_id.clone(), blob.to_string());
-        self.decide_mode();
-        // A sharded round keeps the own Δ with the shard (its parts); the entry marks it in.
-        let delta = match &mut self.open.shard {
-            Some(shard) => {
-                shard.own_delta(Arc::new(own));
-                Vec::new()
-            }
-            None => own,
-        };
         self.open.contributions.insert(
             self.node_id.clone(),
             Contribution {
                 node_id: self.node_id.clone(),
-                delta,
+                delta: own,
             },
         );
+        self.place_own_delta();
         self.evaluate(now)
     }
 
@@ -463,12 +512,20 @@ impl RoundMachine {
         if a.node_id == self.node_id {
             return Vec::new();
         }
-        let mut effects = Vec::new();
-        if a.round == self.round && a.theta0_hash == self.theta0_hash && !a.claims.is_empty() {
-            self.decide_mode();
-            if let Some(shard) = &mut self.open.shard {
-                effects = shard.claimed(a.round, &a.node_id, peer, &a.claims);
+        let this_round = a.round == self.round && a.theta0_hash == self.theta0_hash;
+        if this_round && !self.open.mode_decided && self.open.closing.is_none() {
+            let known = self.open.undecided.contains_key(&a.node_id);
+            if known || self.open.undecided.len() < MAX_EARLY_ANNOUNCEMENTS {
+                self.open.undecided.insert(a.node_id.clone(), (peer, a));
             }
+            return self.plan_round(None);
+        }
+        let mut effects = Vec::new();
+        if this_round
+            && !a.claims.is_empty()
+            && let Some(shard) = &mut self.open.shard
+        {
+            effects = shard.claimed(a.round, &a.node_id, peer, &a.claims);
         }
         effects.extend(self.announced_delta(peer, a));
         effects
@@ -521,7 +578,6 @@ impl RoundMachine {
                 "newcomer's delta left out: the round's newcomer places are taken",
             );
         }
-        self.decide_mode();
         if let Some(shard) = &mut self.open.shard {
             shard.source(&a.node_id, peer, delta, a.delta_bytes);
             self.open
@@ -756,31 +812,44 @@ impl RoundMachine {
         effects
     }
 
+    /// Where the open round stands, in weight (contributions in hand, in flight and expected:
+    /// this node and every live trainer peer, whatever round it claims).
+    fn progress(&self, peers: &BTreeMap<String, PeerOuterState>) -> RoundProgress {
+        // A fold from +0.0: an empty f64 sum is −0.0, which the reasons would print.
+        let weight_of = |ids: &mut dyn Iterator<Item = &String>| -> f64 {
+            ids.fold(0.0, |sum, id| sum + self.weight_of(id, peers))
+        };
+        RoundProgress {
+            own_ready_at: self.open.own_ready_at,
+            contributions: weight_of(&mut self.open.contributions.keys()),
+            pending: weight_of(&mut self.open.pending.iter()),
+            expected: self.expected_weight(peers),
+            quorum_since: self.open.quorum_since,
+        }
+    }
+
     /// Closes the round when `round_decision` says so (weights of the contributions in hand,
     /// in flight and expected: this node and every live trainer peer, whatever round it claims).
     fn evaluate(&mut self, now: Instant) -> Vec<Effect> {
         if self.open.closing.is_some() || self.healing {
             return Vec::new();
         }
+        let effects = self.plan_round(Some(now));
         let peers = self.peers();
-        // A fold from +0.0: an empty f64 sum is −0.0, which the reasons would print.
-        let weight_of = |ids: &mut dyn Iterator<Item = &String>| -> f64 {
-            ids.fold(0.0, |sum, id| sum + self.weight_of(id, &peers))
-        };
-        let mut progress = RoundProgress {
-            own_ready_at: self.open.own_ready_at,
-            contributions: weight_of(&mut self.open.contributions.keys()),
-            pending: weight_of(&mut self.open.pending.iter()),
-            expected: self.expected_weight(&peers),
-            quorum_since: self.open.quorum_since,
-        };
+        let mut progress = self.progress(&peers);
         if self.open.own_ready_at.is_some() && has_quorum(&progress, &self.rules.closing) {
             progress.quorum_since = Some(*self.open.quorum_since.get_or_insert(now));
         }
         match round_decision(now, &progress, &self.rules.closing) {
             RoundDecision::Wait(why) => {
                 self.state = format!("round {}: waiting: {why}", self.round);
-                Vec::new()
+                if !self.open.mode_decided {
+                    let (heard, quorum) = self.members_heard(&peers);
+                    self.state.push_str(&format!(
+                        "; its plan waits for members: weight {heard:.2} heard of {quorum:.2}"
+                    ));
+                }
+                effects
             }
             RoundDecision::Close(why) => {
                 self.state = format!("round {}: closing: {why}", self.round);
@@ -1088,6 +1157,86 @@ mod tests {
         assert!(m.announced(peer_id, next).is_empty());
     }
 
+    /// Permissioned rules for 8 parameters, sharded from `min_nodes` members with redundancy 2.
+    fn sharding_rules(min_nodes: usize) -> MachineRules {
+        MachineRules {
+            params: 8,
+            sharding: ShardOptions {
+                redundancy: 2,
+                min_nodes,
+            },
+            ..rules(WeightRule::Permissioned)
+        }
+    }
+
+    /// A node at round 3 under `rules` (not hearing anyone yet), its three admitted trainer
+    /// peers p1–p3 on its θ₀, and that θ₀'s hash.
+    fn three_peers_of(rules: MachineRules) -> (RoundMachine, Vec<TrainerPeer>, String) {
+        let theta0 = hash_of(&[0.0; 8]);
+        let m = RoundMachine::new("me".into(), rules, 3, theta0.clone());
+        let peers = ["p1", "p2", "p3"]
+            .iter()
+            .map(|id| trainer(id, 3, &theta0))
+            .collect();
+        (m, peers, theta0)
+    }
+
+    #[test]
+    fn a_round_plans_its_shards_only_once_it_hears_the_members_its_quorum_needs() {
+        let t0 = Instant::now();
+        let rules = MachineRules {
+            closing: RoundOptions {
+                min_peers: 4,
+                ..OPTIONS
+            },
+            ..sharding_rules(3)
+        };
+        let (mut m, peers, theta0) = three_peers_of(rules);
+        // Two of the three peers heard: a plan now would shard among three members, where the
+        // others shard among four.
+        m.trainers_heard(peers[..2].to_vec());
+        let bytes = encoded(&[0.5; 8]);
+        let p1 = announcement("p1", 3, &theta0, &bytes);
+        assert!(m.announced(peers[0].peer_id, p1).is_empty());
+        assert!(m.own_delta(t0, vec![0.1; 8], own_blob()).is_empty());
+        assert!(m.open.shard.is_none());
+        assert!(
+            m.state()
+                .contains("its plan waits for members: weight 3.00 heard of 4.00"),
+            "{}",
+            m.state()
+        );
+
+        // The third is heard: the plan takes all four, and p1's waiting announcement fetches
+        // this node's slices of its delta.
+        m.trainers_heard(peers.clone());
+        let effects = m.tick(t0 + Duration::from_secs(1));
+        let shard = m.open.shard.as_ref().expect("4 members ≥ min_nodes");
+        assert_eq!(shard.plan().members().len(), 4);
+        assert_eq!(shard.plan().slices(), 4);
+        assert!(
+            matches!(&effects[..], [Effect::FetchParts { node_id, .. }] if node_id == "p1"),
+            "{effects:?}"
+        );
+
+        // A member never heard does not hold the plan past half the deadline: the round plans
+        // on those it hears, in time to fetch their deltas.
+        let (mut m, ..) = three_peers_of(rules);
+        m.trainers_heard(peers[..2].to_vec());
+        m.own_delta(t0, vec![0.1; 8], own_blob());
+        assert!(m.tick(t0 + OPTIONS.deadline / 3).is_empty());
+        assert!(m.open.shard.is_none() && !m.open.mode_decided);
+        m.tick(t0 + OPTIONS.deadline / 2);
+        let shard = m.open.shard.as_ref().expect("3 members ≥ min_nodes");
+        assert_eq!(shard.plan().members().len(), 3);
+
+        // With fewer trainers heard than sharding needs, the round runs full mesh at once.
+        let (mut m, ..) = three_peers_of(rules);
+        m.trainers_heard(peers[..1].to_vec());
+        let p1 = announcement("p1", 3, &theta0, &bytes);
+        assert_eq!(fetches(&m.announced(peers[0].peer_id, p1)), ["p1"]);
+    }
+
     #[test]
     fn a_closed_round_reports_its_verdicts_and_considers_early_announcements_on_the_new_theta0() {
         let t0 = Instant::now();
@@ -1339,20 +1488,7 @@ mod tests {
         use crate::aggregate::shard::{aggregate_slice, as_served, settle_round};
         use crate::diloco::codec::extract;
         let t0 = Instant::now();
-        let rules = MachineRules {
-            params: 8,
-            sharding: ShardOptions {
-                redundancy: 2,
-                min_nodes: 4,
-            },
-            ..rules(WeightRule::Permissioned)
-        };
-        let theta0 = hash_of(&[0.0; 8]);
-        let mut m = RoundMachine::new("me".into(), rules, 3, theta0.clone());
-        let peers: Vec<TrainerPeer> = ["p1", "p2", "p3"]
-            .iter()
-            .map(|id| trainer(id, 3, &theta0))
-            .collect();
+        let (mut m, peers, theta0) = three_peers_of(sharding_rules(4));
         m.trainers_heard(peers.clone());
         let delta = |i: usize| -> Vec<f32> { (0..8).map(|j| (i * 8 + j) as f32 * 0.1).collect() };
         assert!(m.own_delta(t0, delta(0), own_blob()).is_empty());
