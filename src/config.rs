@@ -123,6 +123,10 @@ pub struct NetworkSection {
 pub struct ModelSection {
     /// nano | micro | bootstrap
     pub preset: String,
+    /// A node's checkpoint file whose θ₀ a new node starts from instead of a random
+    /// initialisation (a network that starts from a trained model). Its own checkpoint, once it
+    /// has one, takes precedence.
+    pub init_weights: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -249,6 +253,7 @@ impl Default for ModelSection {
     fn default() -> Self {
         Self {
             preset: "micro".into(),
+            init_weights: None,
         }
     }
 }

@@ -36,7 +36,7 @@ use crate::model::checkpoint::{self, OuterState};
 use crate::model::corpus::builtin_corpus;
 use crate::model::data::{TokenDataset, load_documents};
 use crate::model::optim::{AdamWConfig, LrSchedule};
-use crate::model::params::{flatten, layout};
+use crate::model::params::{ParamSpec, flatten, layout};
 use crate::model::training::{OptimizerPlacement, TrainerOptions};
 use crate::net::peer_table::PeerPolicy;
 use crate::net::protocol::Protocols;
@@ -196,6 +196,19 @@ fn prepare(config: &Config) -> Result<Prepared, NodeError> {
         .map_err(|e| NodeError::Input(format!("port: cannot listen on {address}: {e}")))?;
     check_p2p_ports_free(config)?;
     let state_dir = config.state_dir();
+    let device = cpu_device();
+    <CpuBackend as burn::tensor::backend::Backend>::seed(&device, config.training.seed);
+    let initial = model_config.init::<CpuBackend>(&device);
+    let specs = Arc::new(layout(&initial));
+    let model_hash = model_config.hash_hex();
+    let checkpoint_dir = state_dir.join(checkpoint::CHECKPOINT_DIR);
+    // Checked before anything is written; a node with a checkpoint of its own resumes from it.
+    let init_weights = match &config.model.init_weights {
+        Some(path) if !checkpoint_dir.join(checkpoint::CHECKPOINT_FILE).exists() => {
+            Some(initial_weights(path, &model_hash, &specs)?)
+        }
+        _ => None,
+    };
     prepare_state_dir(&state_dir)?;
     let identity = match explicit {
         Some(identity) => identity,
@@ -210,13 +223,8 @@ fn prepare(config: &Config) -> Result<Prepared, NodeError> {
     let data =
         data.map(|d| Arc::new(d.with_order_seed(order_seed(config.training.seed, &identity))));
 
-    let device = cpu_device();
-    <CpuBackend as burn::tensor::backend::Backend>::seed(&device, config.training.seed);
-    let initial = model_config.init::<CpuBackend>(&device);
-    let specs = Arc::new(layout(&initial));
-    let model_hash = model_config.hash_hex();
     let target = CheckpointTarget {
-        dir: state_dir.join(checkpoint::CHECKPOINT_DIR),
+        dir: checkpoint_dir,
         model_hash: model_hash.clone(),
         layout: specs.clone(),
         lock: Arc::new(Mutex::new(())),
@@ -233,7 +241,7 @@ fn prepare(config: &Config) -> Result<Prepared, NodeError> {
             (ckpt.outer, Some(Arc::unwrap_or_clone(ckpt.trainer)))
         }
         None => {
-            let theta0 = flatten(&initial);
+            let theta0 = init_weights.unwrap_or_else(|| flatten(&initial));
             let momentum = vec![0.0; theta0.len()];
             (
                 OuterState {
@@ -256,6 +264,22 @@ fn prepare(config: &Config) -> Result<Prepared, NodeError> {
         ledger,
         membership,
     })
+}
+
+/// `model.init_weights`: the θ₀ of the checkpoint file `path`, which must be of this model.
+fn initial_weights(
+    path: &Path,
+    model_hash: &str,
+    specs: &[ParamSpec],
+) -> Result<Vec<f32>, NodeError> {
+    let field = |e: String| NodeError::Input(format!("model.init_weights: {e}"));
+    let bytes = checkpoint::read_bytes(path)
+        .map_err(|e| field(e.to_string()))?
+        .ok_or_else(|| field(format!("{} does not exist", path.display())))?;
+    let start =
+        checkpoint::parse(path, &bytes, model_hash, specs).map_err(|e| field(e.to_string()))?;
+    info!(path = %path.display(), round = start.outer.round, "starting from the θ₀ of a checkpoint");
+    Ok(start.outer.theta0)
 }
 
 /// Fails early (before any write) when a fixed libp2p listen port is taken; the Swarm binds the

@@ -100,6 +100,16 @@ fn bad_input_exits_2_naming_the_file_and_key_and_writes_nothing() {
     let busy_p2p = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy_p2p_port = busy_p2p.local_addr().unwrap().port();
     let blocker = write("not-a-dir", "a file where the state dir should be");
+    let absent_weights = dir.path().join("absent.safetensors");
+    let no_weights = write(
+        "init.toml",
+        &format!("[model]\ninit_weights = {:?}\n", absent_weights),
+    );
+    let not_a_checkpoint = write("weights.safetensors", "not a safetensors file");
+    let bad_weights = write(
+        "bad-init.toml",
+        &format!("[model]\ninit_weights = {not_a_checkpoint:?}\n"),
+    );
 
     let cases: Vec<(Vec<String>, Vec<&str>)> = vec![
         (
@@ -137,6 +147,24 @@ fn bad_input_exits_2_naming_the_file_and_key_and_writes_nothing() {
                 state_arg.clone(),
             ],
             vec!["diloco.aggregation", "bucket_size: must be at least 1"],
+        ),
+        (
+            vec![
+                "--config".into(),
+                no_weights,
+                "--state-dir".into(),
+                state_arg.clone(),
+            ],
+            vec!["model.init_weights", "absent.safetensors", "does not exist"],
+        ),
+        (
+            vec![
+                "--config".into(),
+                bad_weights,
+                "--state-dir".into(),
+                state_arg.clone(),
+            ],
+            vec!["model.init_weights", "weights.safetensors", "corrupt"],
         ),
         (
             vec![

@@ -169,8 +169,16 @@ fn api_answers_with_documented_keys_and_json_errors() {
     assert!(!page.contains("<script src") && !page.contains("https://"));
 }
 
+/// The blob id of the θ₀ a checkpoint file holds: what /api/diloco's `theta0_hash` says of it.
+fn theta0_hash_in(checkpoint: &std::path::Path) -> String {
+    let bytes = std::fs::read(checkpoint).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let theta0 = tensors.tensor("diloco.theta0").unwrap();
+    neuroshard::net::blob::BlobId::of(theta0.data()).to_string()
+}
+
 #[test]
-fn sigterm_checkpoints_and_a_restart_continues_from_it() {
+fn sigterm_checkpoints_a_restart_continues_from_it_and_a_new_node_can_start_from_it() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let node = Node::start(&state, &["--diloco-steps", "15"], &[]);
@@ -180,7 +188,37 @@ fn sigterm_checkpoints_and_a_restart_continues_from_it() {
     let before = node.stats();
     let status = node.terminate();
     assert!(status.success(), "exit status {status:?}");
-    assert!(state.join("checkpoints/checkpoint.safetensors").exists());
+    let checkpoint = state.join("checkpoints/checkpoint.safetensors");
+    assert!(checkpoint.exists());
+
+    // A new node with `model.init_weights` starts the network from that checkpoint's θ₀: its
+    // first evaluation is the trained model's, not a random one's.
+    let pretrained = dir.path().join("pretrained.safetensors");
+    std::fs::copy(&checkpoint, &pretrained).unwrap();
+    let fresh = Node::start(
+        &dir.path().join("fresh"),
+        &["--diloco-steps", "1000"],
+        &[(
+            "NEUROSHARD_MODEL__INIT_WEIGHTS",
+            pretrained.to_str().unwrap(),
+        )],
+    );
+    assert_eq!(
+        fresh.get("/api/diloco")["theta0_hash"].as_str().unwrap(),
+        theta0_hash_in(&pretrained)
+    );
+    fresh.wait_for("a first evaluation", Duration::from_secs(60), |n| {
+        n.stats()["initial_val_loss"].is_number()
+    });
+    let (random_start, trained_start) = (
+        f64_of(&before, "initial_val_loss"),
+        f64_of(&fresh.stats(), "initial_val_loss"),
+    );
+    assert!(
+        trained_start < 0.8 * random_start,
+        "started at {trained_start}, a random model at {random_start}"
+    );
+    assert!(fresh.terminate().success());
 
     let node = Node::start(&state, &["--diloco-steps", "15"], &[]);
     let after = node.stats();
