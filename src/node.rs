@@ -372,6 +372,7 @@ fn round_settings(config: &Config, own_admitted: bool) -> RoundSettings {
         attack: byzantine_fault(),
         sharding: d.sharding,
         lying_aggregator: lying_aggregator_fault(),
+        listen_first: Duration::from_secs(config.network.heartbeat_interval_s) * 2,
     }
 }
 

@@ -116,6 +116,8 @@ pub struct RoundSettings {
     pub sharding: ShardOptions,
     /// Test fault switch NEUROSHARD_FAULT_LYING_AGGREGATOR: serve aggregated slices scaled by −10.
     pub lying_aggregator: Option<LyingAggregator>,
+    /// No round closes this long after the node starts (`MachineRules::listen_first`).
+    pub listen_first: Duration,
 }
 
 /// Which of its slices a lying aggregator (test fault switch) serves wrong.
@@ -189,9 +191,11 @@ impl SyncActor {
             pre: settings.aggregation.pre,
             // Every node cuts at the same boundaries whatever codec it sends with.
             slice_align: settings.compression.int8_block,
+            listen_first: settings.listen_first,
         };
         let theta0_hash = BlobId::of(bytemuck::cast_slice(&outer.theta0)).to_string();
-        let machine = RoundMachine::new(node_id.clone(), rules, outer.round, theta0_hash);
+        let mut machine = RoundMachine::new(node_id.clone(), rules, outer.round, theta0_hash);
+        machine.start_listening(Instant::now());
         Self {
             node_id,
             served_outer: VecDeque::new(),

@@ -70,6 +70,9 @@ pub struct MachineRules {
     /// Slice boundaries fall on multiples of this (the int8 block: parts are cut out of an
     /// encoded Δ byte for byte).
     pub slice_align: usize,
+    /// How long after it starts a node listens for trainers before it closes a round: two
+    /// heartbeat intervals, within which every connected peer's heartbeat arrives.
+    pub listen_first: Duration,
 }
 
 /// What SyncActor must do (or log) after an input.
@@ -210,6 +213,8 @@ pub struct RoundMachine {
     state: String,
     /// Aggregators whose reports were wrong, and the round they stay out until.
     excluded: BTreeMap<String, u64>,
+    /// No round closes before this (`listen_first` after the node started).
+    listening_until: Option<Instant>,
 }
 
 impl RoundMachine {
@@ -232,7 +237,16 @@ impl RoundMachine {
             reputation: Reputation::default(),
             state: "inner steps running".into(),
             excluded: BTreeMap::new(),
+            listening_until: None,
         }
+    }
+
+    /// The node starts at `now`: its rounds close only once it has listened `listen_first` for
+    /// the trainers of the network. Until then it cannot know whom a round should wait for, and
+    /// nodes that closed their first rounds in pairs before hearing each other would keep each
+    /// other's deltas, weigh each other as established and everyone else as newcomers, and fork.
+    pub fn start_listening(&mut self, now: Instant) {
+        self.listening_until = Some(now + self.rules.listen_first);
     }
 
     /// The weight of the plan's members heard, and the round's quorum.
@@ -835,6 +849,16 @@ impl RoundMachine {
             return Vec::new();
         }
         let effects = self.plan_round(Some(now));
+        if let Some(until) = self.listening_until.filter(|until| now < *until)
+            && self.open.own_ready_at.is_some()
+        {
+            self.state = format!(
+                "round {}: listening for the network's trainers {:.1} s more before closing",
+                self.round,
+                (until - now).as_secs_f64()
+            );
+            return effects;
+        }
         let peers = self.peers();
         let mut progress = self.progress(&peers);
         if self.open.own_ready_at.is_some() && has_quorum(&progress, &self.rules.closing) {
@@ -1051,6 +1075,7 @@ mod tests {
             sharding: ShardOptions::default(),
             pre: PreAggregation::None,
             slice_align: 1,
+            listen_first: Duration::ZERO,
         }
     }
 
@@ -1235,6 +1260,43 @@ mod tests {
         m.trainers_heard(peers[..1].to_vec());
         let p1 = announcement("p1", 3, &theta0, &bytes);
         assert_eq!(fetches(&m.announced(peers[0].peer_id, p1)), ["p1"]);
+    }
+
+    #[test]
+    fn a_node_listens_for_the_networks_trainers_before_it_closes_its_first_round() {
+        let t0 = Instant::now();
+        let rules = MachineRules {
+            listen_first: Duration::from_secs(20),
+            ..rules(WeightRule::Permissioned)
+        };
+        let mut m = RoundMachine::new("me".into(), rules, 3, hash_of(&[0.0; 4]));
+        m.start_listening(t0);
+        // Alone, with min_peers 1, the round would close on its own delta at once.
+        let own = m.own_delta(t0 + Duration::from_secs(2), vec![0.5; 4], own_blob());
+        assert_eq!(aggregation(&own), None);
+        assert!(m.state().contains("listening"), "{}", m.state());
+        // A peer heard meanwhile is waited for; once it is in, and the listening is over, the
+        // round closes with both.
+        let theta0 = m.theta0_hash().to_string();
+        let peer = trainer("p1", 3, &theta0);
+        let peer_id = peer.peer_id;
+        m.trainers_heard(vec![peer]);
+        let bytes = encoded(&[1.0, 0.0, 0.0, 0.0]);
+        assert_eq!(
+            fetches(&m.announced(peer_id, announcement("p1", 3, &theta0, &bytes))),
+            ["p1"]
+        );
+        let hash = BlobId::of(&bytes).to_string();
+        let fetched = m.delta_fetched(
+            t0 + Duration::from_secs(5),
+            3,
+            "p1",
+            &hash,
+            Ok(Arc::new(bytes)),
+        );
+        assert_eq!(aggregation(&fetched), None, "still listening");
+        let closed = m.tick(t0 + Duration::from_secs(20));
+        assert_eq!(aggregation(&closed), Some(vec!["me".into(), "p1".into()]));
     }
 
     #[test]

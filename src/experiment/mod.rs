@@ -79,6 +79,11 @@ pub struct Options {
     /// Outer Nesterov momentum of the DiLoCo runs (the node's default; the paper's is 0.9).
     #[arg(long, default_value_t = 0.5)]
     pub outer_momentum: f64,
+    /// Every run starts from the θ₀ of this node checkpoint (`[model] init_weights`), e.g. a
+    /// previous run's `runs/A-seed0/node1/checkpoints/checkpoint.safetensors`, instead of a
+    /// random initialisation.
+    #[arg(long)]
+    pub init_weights: Option<PathBuf>,
 }
 
 /// One training run, fully decided before anything starts.
@@ -380,6 +385,9 @@ fn command_of(o: &Options, run: &RunSpec, seed: u64) -> String {
         "E" => command += &format!(" --codecs {}", run.codec),
         _ => {}
     }
+    if let Some(path) = &o.init_weights {
+        command += &format!(" --init-weights {}", path.display());
+    }
     command
 }
 
@@ -402,6 +410,9 @@ pub fn run(options: Options) -> ExitCode {
 }
 
 fn run_all(o: &Options, runs: &[RunSpec]) -> Result<(), String> {
+    if let Some(path) = o.init_weights.as_ref().filter(|p| !p.is_file()) {
+        return Err(format!("--init-weights {}: no such file", path.display()));
+    }
     std::fs::create_dir_all(&o.out).map_err(|e| format!("{}: {e}", o.out.display()))?;
     let data = o.out.join("corpus.jsonl");
     let stats = corpus::build_corpus(&o.corpus, &data)?;
@@ -449,6 +460,14 @@ fn run_all(o: &Options, runs: &[RunSpec]) -> Result<(), String> {
 /// One run on fresh state: start its nodes, follow node 1's evaluations until round `rounds`,
 /// stop the nodes.
 fn run_one(o: &Options, run: &RunSpec, seed: u64, data: &Path) -> Result<Curve, String> {
+    // Absolute: the nodes run in their own directories.
+    let init_weights = o
+        .init_weights
+        .as_ref()
+        .map(|path| {
+            std::path::absolute(path).map_err(|e| format!("--init-weights {}: {e}", path.display()))
+        })
+        .transpose()?;
     let dir = o.out.join("runs").join(format!("{}-seed{seed}", run.id));
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -474,6 +493,11 @@ fn run_one(o: &Options, run: &RunSpec, seed: u64, data: &Path) -> Result<Curve, 
     for spec in &mut specs {
         spec.args.extend(["--data".into(), data.into()]);
         spec.env = run.env(seed);
+        if let Some(path) = &init_weights {
+            let path = path.display().to_string();
+            spec.env
+                .push(("NEUROSHARD_MODEL__INIT_WEIGHTS".into(), path));
+        }
     }
     if let Some(attack) = &run.attack {
         let attackers = run.attackers();
@@ -644,6 +668,7 @@ mod tests {
             pre: vec!["none".into()],
             outer_lr: 0.7,
             outer_momentum: 0.9,
+            init_weights: None,
         }
     }
 
@@ -812,5 +837,14 @@ mod tests {
         );
         assert!(command.contains("--seeds 2"), "{command}");
         assert_ne!(fixed_token(1), fixed_token(2));
+        let o = Options {
+            init_weights: Some("pre/checkpoint.safetensors".into()),
+            ..options(&["C"])
+        };
+        let command = command_of(&o, &plan_runs(&o).unwrap()[0], 1);
+        assert!(
+            command.ends_with(" --init-weights pre/checkpoint.safetensors"),
+            "{command}"
+        );
     }
 }
