@@ -71,7 +71,8 @@ pub struct MachineRules {
     /// encoded Δ byte for byte).
     pub slice_align: usize,
     /// How long after it starts a node listens for trainers before it closes a round: two
-    /// heartbeat intervals, within which every connected peer's heartbeat arrives.
+    /// heartbeat intervals, within which every connected peer's heartbeat arrives; and half of
+    /// it after the last trainer it had not heard before.
     pub listen_first: Duration,
 }
 
@@ -213,8 +214,21 @@ pub struct RoundMachine {
     state: String,
     /// Aggregators whose reports were wrong, and the round they stay out until.
     excluded: BTreeMap<String, u64>,
-    /// No round closes before this (`listen_first` after the node started).
-    listening_until: Option<Instant>,
+    /// Until the node has listened for the network's trainers, no round closes.
+    listening: Option<Listening>,
+}
+
+/// A node's first listening for the network's trainers (`RoundMachine::start_listening`).
+#[derive(Debug)]
+struct Listening {
+    /// No round closes before this.
+    until: Instant,
+    /// New trainers heard do not extend it past this.
+    at_most: Instant,
+    /// The trainers heard so far; one not heard before extends `until`.
+    heard: BTreeSet<String>,
+    /// A trainer not heard before arrived since the last evaluation.
+    grew: bool,
 }
 
 impl RoundMachine {
@@ -237,16 +251,38 @@ impl RoundMachine {
             reputation: Reputation::default(),
             state: "inner steps running".into(),
             excluded: BTreeMap::new(),
-            listening_until: None,
+            listening: None,
         }
     }
 
     /// The node starts at `now`: its rounds close only once it has listened `listen_first` for
-    /// the trainers of the network. Until then it cannot know whom a round should wait for, and
-    /// nodes that closed their first rounds in pairs before hearing each other would keep each
-    /// other's deltas, weigh each other as established and everyone else as newcomers, and fork.
+    /// the trainers of the network, and half of that since the last one it had not heard before
+    /// (nodes still starting up keep appearing), but no longer than half the round deadline.
+    /// Until then it cannot know whom a round should wait for, and nodes that closed their first
+    /// rounds in groups before hearing each other would keep each other's deltas, weigh each
+    /// other as established and everyone else as newcomers, and fork.
     pub fn start_listening(&mut self, now: Instant) {
-        self.listening_until = Some(now + self.rules.listen_first);
+        let first = self.rules.listen_first;
+        self.listening = Some(Listening {
+            until: now + first,
+            at_most: now + first.max(self.rules.closing.deadline / 2),
+            heard: BTreeSet::new(),
+            grew: false,
+        });
+    }
+
+    /// Whether this node still listens for the network's trainers at `now`, and how long more.
+    fn listening_left(&mut self, now: Instant) -> Option<Duration> {
+        let quiet = self.rules.listen_first / 2;
+        let l = self.listening.as_mut()?;
+        if std::mem::take(&mut l.grew) {
+            l.until = l.until.max(now + quiet).min(l.at_most);
+        }
+        if now >= l.until {
+            self.listening = None;
+            return None;
+        }
+        Some(l.until - now)
     }
 
     /// The weight of the plan's members heard, and the round's quorum.
@@ -288,7 +324,8 @@ impl RoundMachine {
         if self.open.mode_decided || !needed {
             return Vec::new();
         }
-        let (heard, quorum) = self.members_heard(&self.peers());
+        let peers = self.peers();
+        let (heard, quorum) = self.members_heard(&peers);
         let waited_long = now.zip(self.open.own_ready_at).is_some_and(|(now, at)| {
             now.saturating_duration_since(at) >= self.rules.closing.deadline / 2
         });
@@ -299,7 +336,7 @@ impl RoundMachine {
             return Vec::new();
         }
         self.open.mode_decided = true;
-        let members = self.members(&self.peers());
+        let members = self.members(&peers);
         self.decide_mode(members);
         self.place_own_delta();
         std::mem::take(&mut self.open.undecided)
@@ -427,6 +464,11 @@ impl RoundMachine {
 
     /// The trainer peers as the network layer last heard them.
     pub fn trainers_heard(&mut self, trainers: Vec<TrainerPeer>) {
+        if let Some(l) = &mut self.listening {
+            for t in &trainers {
+                l.grew |= l.heard.insert(t.node_id.clone());
+            }
+        }
         self.trainers = trainers;
     }
 
@@ -849,13 +891,13 @@ impl RoundMachine {
             return Vec::new();
         }
         let effects = self.plan_round(Some(now));
-        if let Some(until) = self.listening_until.filter(|until| now < *until)
+        if let Some(left) = self.listening_left(now)
             && self.open.own_ready_at.is_some()
         {
             self.state = format!(
                 "round {}: listening for the network's trainers {:.1} s more before closing",
                 self.round,
-                (until - now).as_secs_f64()
+                left.as_secs_f64()
             );
             return effects;
         }
@@ -1292,11 +1334,26 @@ mod tests {
             3,
             "p1",
             &hash,
-            Ok(Arc::new(bytes)),
+            Ok(Arc::new(bytes.clone())),
         );
         assert_eq!(aggregation(&fetched), None, "still listening");
-        let closed = m.tick(t0 + Duration::from_secs(20));
-        assert_eq!(aggregation(&closed), Some(vec!["me".into(), "p1".into()]));
+        // Another trainer is heard late (nodes still starting): listening goes on half of
+        // listen_first after it, and the round takes its delta too.
+        let late = trainer("p2", 3, &theta0);
+        let late_id = late.peer_id;
+        m.trainers_heard(vec![trainer("p1", 3, &theta0), late]);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert!(m.tick(at(18)).is_empty());
+        let effects = m.announced(late_id, announcement("p2", 3, &theta0, &bytes));
+        assert_eq!(fetches(&effects), ["p2"]);
+        let fetched = m.delta_fetched(at(19), 3, "p2", &hash, Ok(Arc::new(bytes)));
+        assert_eq!(aggregation(&fetched), None);
+        assert_eq!(aggregation(&m.tick(at(27))), None, "listening until 28 s");
+        let closed = m.tick(at(28));
+        assert_eq!(
+            aggregation(&closed),
+            Some(vec!["me".into(), "p1".into(), "p2".into()])
+        );
     }
 
     #[test]
