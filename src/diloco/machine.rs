@@ -329,10 +329,13 @@ impl RoundMachine {
         let waited_long = now.zip(self.open.own_ready_at).is_some_and(|(now, at)| {
             now.saturating_duration_since(at) >= self.rules.closing.deadline / 2
         });
-        // A round that cannot shard on every trainer heard runs full mesh whoever is missing.
+        // While the node still listens at start it does not know the members: it plans nothing.
+        // After that, a round that cannot shard on every trainer heard runs full mesh whoever is
+        // missing.
         let may_shard = self.rules.pre.runs_per_slice()
             && self.rules.sharding.sharded(1 + self.weighty_peers());
-        if may_shard && heard + EPSILON < quorum && !waited_long {
+        let unsure = self.listening.is_some() || (may_shard && heard + EPSILON < quorum);
+        if unsure && !waited_long {
             return Vec::new();
         }
         self.open.mode_decided = true;
@@ -890,8 +893,9 @@ impl RoundMachine {
         if self.open.closing.is_some() || self.healing {
             return Vec::new();
         }
+        let listening = self.listening_left(now);
         let effects = self.plan_round(Some(now));
-        if let Some(left) = self.listening_left(now)
+        if let Some(left) = listening
             && self.open.own_ready_at.is_some()
         {
             self.state = format!(
@@ -1307,6 +1311,7 @@ mod tests {
     #[test]
     fn a_node_listens_for_the_networks_trainers_before_it_closes_its_first_round() {
         let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
         let rules = MachineRules {
             listen_first: Duration::from_secs(20),
             ..rules(WeightRule::Permissioned)
@@ -1314,44 +1319,40 @@ mod tests {
         let mut m = RoundMachine::new("me".into(), rules, 3, hash_of(&[0.0; 4]));
         m.start_listening(t0);
         // Alone, with min_peers 1, the round would close on its own delta at once.
-        let own = m.own_delta(t0 + Duration::from_secs(2), vec![0.5; 4], own_blob());
+        let own = m.own_delta(at(2), vec![0.5; 4], own_blob());
         assert_eq!(aggregation(&own), None);
         assert!(m.state().contains("listening"), "{}", m.state());
-        // A peer heard meanwhile is waited for; once it is in, and the listening is over, the
-        // round closes with both.
+        // Peers heard meanwhile: their announcements wait until the node knows the members.
         let theta0 = m.theta0_hash().to_string();
-        let peer = trainer("p1", 3, &theta0);
-        let peer_id = peer.peer_id;
-        m.trainers_heard(vec![peer]);
+        let (p1, p2) = (trainer("p1", 3, &theta0), trainer("p2", 3, &theta0));
         let bytes = encoded(&[1.0, 0.0, 0.0, 0.0]);
-        assert_eq!(
-            fetches(&m.announced(peer_id, announcement("p1", 3, &theta0, &bytes))),
-            ["p1"]
+        m.trainers_heard(vec![p1.clone()]);
+        assert!(
+            m.announced(p1.peer_id, announcement("p1", 3, &theta0, &bytes))
+                .is_empty()
         );
-        let hash = BlobId::of(&bytes).to_string();
-        let fetched = m.delta_fetched(
-            t0 + Duration::from_secs(5),
-            3,
-            "p1",
-            &hash,
-            Ok(Arc::new(bytes.clone())),
-        );
-        assert_eq!(aggregation(&fetched), None, "still listening");
+        assert!(m.tick(at(5)).is_empty());
         // Another trainer is heard late (nodes still starting): listening goes on half of
-        // listen_first after it, and the round takes its delta too.
-        let late = trainer("p2", 3, &theta0);
-        let late_id = late.peer_id;
-        m.trainers_heard(vec![trainer("p1", 3, &theta0), late]);
-        let at = |s: u64| t0 + Duration::from_secs(s);
+        // listen_first after it, until 28 s.
+        m.trainers_heard(vec![p1.clone(), p2.clone()]);
         assert!(m.tick(at(18)).is_empty());
-        let effects = m.announced(late_id, announcement("p2", 3, &theta0, &bytes));
-        assert_eq!(fetches(&effects), ["p2"]);
-        let fetched = m.delta_fetched(at(19), 3, "p2", &hash, Ok(Arc::new(bytes)));
-        assert_eq!(aggregation(&fetched), None);
-        assert_eq!(aggregation(&m.tick(at(27))), None, "listening until 28 s");
-        let closed = m.tick(at(28));
+        assert!(
+            m.announced(p2.peer_id, announcement("p2", 3, &theta0, &bytes))
+                .is_empty()
+        );
+        assert!(m.tick(at(27)).is_empty(), "listening until 28 s");
+        let mut fetched = fetches(&m.tick(at(28)))
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>();
+        fetched.sort();
+        assert_eq!(fetched, ["p1", "p2"]);
+        let hash = BlobId::of(&bytes).to_string();
+        let one = m.delta_fetched(at(29), 3, "p1", &hash, Ok(Arc::new(bytes.clone())));
+        assert_eq!(aggregation(&one), None);
+        let both = m.delta_fetched(at(29), 3, "p2", &hash, Ok(Arc::new(bytes)));
         assert_eq!(
-            aggregation(&closed),
+            aggregation(&both),
             Some(vec!["me".into(), "p1".into(), "p2".into()])
         );
     }
