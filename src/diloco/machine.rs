@@ -169,6 +169,11 @@ struct OpenRound {
     shard_note: Option<String>,
 }
 
+/// How many of `peers` carry weight (whose deltas a round waits for).
+fn weighty(peers: &BTreeMap<String, PeerOuterState>) -> usize {
+    peers.values().filter(|p| p.weight > EPSILON).count()
+}
+
 fn skipped(a: &RoundAnnouncement, why: &str) -> Vec<Effect> {
     vec![Effect::Skipped(format!(
         "{} round {}: {why}",
@@ -324,19 +329,23 @@ impl RoundMachine {
         if self.open.mode_decided || !needed {
             return Vec::new();
         }
-        let peers = self.peers();
-        let (heard, quorum) = self.members_heard(&peers);
         let waited_long = now.zip(self.open.own_ready_at).is_some_and(|(now, at)| {
             now.saturating_duration_since(at) >= self.rules.closing.deadline / 2
         });
         // While the node still listens at start it does not know the members: it plans nothing.
+        if self.listening.is_some() && !waited_long {
+            return Vec::new();
+        }
         // After that, a round that cannot shard on every trainer heard runs full mesh whoever is
         // missing.
-        let may_shard = self.rules.pre.runs_per_slice()
-            && self.rules.sharding.sharded(1 + self.weighty_peers());
-        let unsure = self.listening.is_some() || (may_shard && heard + EPSILON < quorum);
-        if unsure && !waited_long {
-            return Vec::new();
+        let peers = self.peers();
+        let may_shard =
+            self.rules.pre.runs_per_slice() && self.rules.sharding.sharded(1 + weighty(&peers));
+        if may_shard && !waited_long {
+            let (heard, quorum) = self.members_heard(&peers);
+            if heard + EPSILON < quorum {
+                return Vec::new();
+            }
         }
         self.open.mode_decided = true;
         let members = self.members(&peers);
@@ -447,7 +456,7 @@ impl RoundMachine {
 
     /// The trainer peers that carry weight for this node (whose deltas a round waits for).
     pub fn weighty_peers(&self) -> usize {
-        self.peers().values().filter(|p| p.weight > EPSILON).count()
+        weighty(&self.peers())
     }
 
     pub fn theta0_hash(&self) -> &str {
