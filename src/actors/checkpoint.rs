@@ -4,7 +4,10 @@
 //! and decides with them. Messages go out on the ledger topic through PeerActor, the engine's
 //! timeouts are actix timers, and a decision is stored by the ledger. Every few seconds it also
 //! asks a peer for checkpoints this node lacks (it joined late, was away, or did not decide) and
-//! has the ledger adopt the history they certify.
+//! has the ledger adopt the history they certify. It asks for those after the newest checkpoint
+//! its history is known to match ([`HistoryHeld`]), not after the newest it stores: a node that
+//! joined late can take part in deciding an epoch before its first sync, and store that
+//! checkpoint without the history before it.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -67,6 +70,8 @@ pub struct CheckpointActor {
     syncing: bool,
     /// Why the last history sync failed: a new reason is logged at info, a repeated one at debug.
     sync_failure: Option<String>,
+    /// Through which checkpoint this node's history is the certified one.
+    held: HistoryHeld,
     timers: HashMap<Timeout, SpawnHandle>,
 }
 
@@ -86,6 +91,7 @@ impl CheckpointActor {
             preparing: false,
             syncing: false,
             sync_failure: None,
+            held: HistoryHeld::Unread,
             timers: HashMap::new(),
         }
     }
@@ -195,19 +201,27 @@ impl CheckpointActor {
     /// Asks a peer (the next connected one in turn) for the checkpoints after this node's
     /// newest and adopts the history each certifies, oldest first.
     fn sync_history(&mut self, ctx: &mut Context<Self>) {
+        let HistoryHeld::Through(after) = self.held else {
+            return;
+        };
         if self.syncing {
             return;
         }
         self.syncing = true;
-        catch_up(self.ledger.clone(), self.peers.clone())
+        catch_up(self.ledger.clone(), self.peers.clone(), after)
             .into_actor(self)
             .map(|result, act, _| {
                 act.syncing = false;
                 match result {
-                    Ok(0) => act.sync_failure = None,
-                    Ok(epochs) => {
+                    Ok(caught_up) => {
                         act.sync_failure = None;
-                        info!(checkpoints = epochs, "caught up with the network's ledger")
+                        act.held = act.held.synced(caught_up.through);
+                        if caught_up.adopted > 0 {
+                            info!(
+                                checkpoints = caught_up.adopted,
+                                "caught up with the network's ledger"
+                            );
+                        }
                     }
                     Err(e) if act.sync_failure.as_ref() == Some(&e) => {
                         debug!(error = %e, "ledger history sync failed again")
@@ -258,6 +272,14 @@ impl CheckpointActor {
                     proposer,
                 } => debug!(epoch, round = round.as_i64(), %proposer, "checkpoint round"),
                 Output::Decided(decision) => {
+                    let own = self.engine.as_ref().and_then(Engine::own);
+                    self.held = self.held.decided(own, decision.checkpoint);
+                    if own != Some(decision.checkpoint) {
+                        info!(
+                            epoch = decision.checkpoint.epoch,
+                            "the network decided another checkpoint than this node's; its history is synced from the last one it matched"
+                        );
+                    }
                     let record = CertificateRecord::new(
                         &decision.checkpoint,
                         &decision.certificate,
@@ -281,16 +303,63 @@ impl CheckpointActor {
     }
 }
 
-/// The checkpoints a peer holds after this node's newest, each adopted with the history up to it:
-/// how many were adopted. A node that holds none anchors on the newest the peer lists whose
-/// validators it trusts by weight, adopts the history from the start up to it, then the
-/// certificates before it as the adopted events bear them out.
-async fn catch_up(ledger: Addr<LedgerActor>, peers: Addr<PeerActor>) -> Result<usize, String> {
-    let newest = ledger
-        .send(NewestCheckpoint)
-        .await
-        .map_err(|e| e.to_string())??;
-    let request = HistoryRequest::Checkpoints { after: newest };
+/// Through which checkpoint this node's history is the certified one: what a history sync asks
+/// for the checkpoints after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HistoryHeld {
+    /// Not yet read from the ledger (the actor reads it as it starts).
+    Unread,
+    /// Through this checkpoint (None: no checkpoint yet).
+    Through(Option<u64>),
+}
+
+impl HistoryHeld {
+    /// After a sync that adopted or recorded the certified history through `through`.
+    fn synced(self, through: Option<u64>) -> Self {
+        match self {
+            HistoryHeld::Through(held) => HistoryHeld::Through(held.max(through)),
+            HistoryHeld::Unread => HistoryHeld::Unread,
+        }
+    }
+
+    /// After the network decided `decided`: the history is known to match through it only when
+    /// this node's own checkpoint of it is the decided one (same events, same balances) and it
+    /// follows the checkpoint matched before, or is the first this node holds (the network's
+    /// first, or a joiner's with nothing before it to catch up on: its balances are the
+    /// certified ones). Otherwise (a late joiner without the history before, a node that missed
+    /// the epoch before's decision, or one whose events differ) it stores the decision and a sync
+    /// asks for the checkpoints after the one matched before.
+    fn decided(self, own: Option<Checkpoint>, decided: Checkpoint) -> Self {
+        let follows = match self {
+            HistoryHeld::Through(Some(held)) => held + 1 == decided.epoch,
+            HistoryHeld::Through(None) => true,
+            HistoryHeld::Unread => false,
+        };
+        if follows && own == Some(decided) {
+            HistoryHeld::Through(Some(decided.epoch))
+        } else {
+            self
+        }
+    }
+}
+
+/// What a history sync brought: how many checkpoints were adopted, and the newest whose
+/// certified history this node now holds (None: the peer listed none).
+struct CaughtUp {
+    adopted: usize,
+    through: Option<u64>,
+}
+
+/// The checkpoints a peer holds after `after`, each adopted with the history up to it. A node
+/// that holds none (`after` is None) anchors on the newest the peer lists whose validators it
+/// trusts by weight, adopts the history from the start up to it, then the certificates before it
+/// as the adopted events bear them out.
+async fn catch_up(
+    ledger: Addr<LedgerActor>,
+    peers: Addr<PeerActor>,
+    after: Option<u64>,
+) -> Result<CaughtUp, String> {
+    let request = HistoryRequest::Checkpoints { after };
     let (peer, answer) = peers
         .send(FetchHistory {
             peer: None,
@@ -301,9 +370,9 @@ async fn catch_up(ledger: Addr<LedgerActor>, peers: Addr<PeerActor>) -> Result<u
     let HistoryResponse::Checkpoints(mut certificates) = answer else {
         return Err(format!("{peer} did not list its checkpoints"));
     };
-    let mut from = newest.map_or(0, |epoch| epoch + 1);
+    let mut from = after.map_or(0, |epoch| epoch + 1);
     let mut adopted = 0;
-    if newest.is_none() && !certificates.is_empty() {
+    if after.is_none() && !certificates.is_empty() {
         let anchor = ledger
             .send(ChooseAnchor(certificates.clone()))
             .await
@@ -326,7 +395,10 @@ async fn catch_up(ledger: Addr<LedgerActor>, peers: Addr<PeerActor>) -> Result<u
         from = adopt_span(&ledger, &peers, peer, from, certificate).await?;
         adopted += 1;
     }
-    Ok(adopted)
+    Ok(CaughtUp {
+        adopted,
+        through: from.checked_sub(1),
+    })
 }
 
 /// Adopts `peer`'s events of epochs `from..=certificate.epoch` with `certificate`: the epoch
@@ -401,6 +473,17 @@ impl Actor for CheckpointActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         self.ledger
             .do_send(RegisterCheckpoints(ctx.address().recipient()));
+        // Before any decision: a checkpoint decided later may not be matched by this history.
+        ctx
+            .wait(self.ledger.send(NewestCheckpoint).into_actor(self).map(
+            |newest, act, _| match newest {
+                Ok(Ok(newest)) => act.held = HistoryHeld::Through(newest),
+                Ok(Err(e)) => {
+                    warn!(error = %e, "cannot read the newest checkpoint; history sync stays off")
+                }
+                Err(e) => warn!(error = %e, "ledger unreachable; history sync stays off"),
+            },
+        ));
         run_every(ctx, DUE_CHECK, |act, ctx| act.check_due(ctx));
         run_every(ctx, HISTORY_CHECK, |act, ctx| act.sync_history(ctx));
     }
@@ -422,5 +505,47 @@ impl Handler<CheckpointGossip> for CheckpointActor {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checkpoint(epoch: u64, balances: u8) -> Checkpoint {
+        Checkpoint {
+            epoch,
+            events_root: [0; 32],
+            balances_root: [balances; 32],
+        }
+    }
+
+    #[test]
+    fn a_decided_checkpoint_moves_the_synced_history_only_when_it_follows_and_is_this_nodes_own() {
+        let held = HistoryHeld::Through(Some(7));
+        assert_eq!(
+            held.decided(Some(checkpoint(8, 1)), checkpoint(8, 1)),
+            HistoryHeld::Through(Some(8))
+        );
+        // Its own balances differ (events it missed): a sync brings the certified ones.
+        assert_eq!(held.decided(Some(checkpoint(8, 2)), checkpoint(8, 1)), held);
+        // It missed epoch 8's decision: matching epoch 9 says nothing of 8.
+        assert_eq!(held.decided(Some(checkpoint(9, 1)), checkpoint(9, 1)), held);
+        // A late joiner lacks the history before it joined, so its balances differ: it keeps
+        // asking from the start. A node whose first checkpoint is its own holds what it certifies.
+        let joiner = HistoryHeld::Through(None);
+        assert_eq!(
+            joiner.decided(Some(checkpoint(8, 2)), checkpoint(8, 1)),
+            joiner
+        );
+        assert_eq!(joiner.decided(None, checkpoint(8, 1)), joiner);
+        assert_eq!(
+            joiner.decided(Some(checkpoint(8, 1)), checkpoint(8, 1)),
+            HistoryHeld::Through(Some(8))
+        );
+        assert_eq!(joiner.synced(Some(9)), HistoryHeld::Through(Some(9)));
+        assert_eq!(held.synced(None), held);
+        assert_eq!(held.synced(Some(5)), held);
+        assert_eq!(HistoryHeld::Unread.synced(Some(3)), HistoryHeld::Unread);
     }
 }
