@@ -47,6 +47,7 @@ use crate::net::history::{self, HistoryCodec, HistoryRequest, HistoryResponse};
 use crate::net::meter::{ByteMeter, CountingMuxer};
 use crate::net::peer_table::{MAX_PEERS, PeerPolicy, PeerTable, PeerView, Topic};
 use crate::net::protocol::Protocols;
+use crate::net::redial::{FIRST_REDIAL, SeedRedial};
 use crate::net::wire::{
     self, GOSSIP_TRANSMIT_LIMIT, LedgerMessage, MAX_GOSSIP_BYTES, Rejection, unix_ms,
 };
@@ -1201,9 +1202,12 @@ impl Actor for PeerActor {
         let interval = self.options.policy.heartbeat_interval;
         run_every(ctx, interval, |act, _| act.tick());
         run_every(ctx, VIEW_REFRESH, |act, _| act.publish_view());
-        // Seeds are re-dialled while the node has no peer at all (e.g. the seed restarted).
-        run_every(ctx, interval * 3, |act, _| {
-            if act.swarm.connected_peers().next().is_none() {
+        // Seeds are dialled again while the node has no peer at all (it started before its seed
+        // listened, or the seed restarted): after a second, backing off to three heartbeats.
+        let mut redial = SeedRedial::new(Instant::now(), interval * 3);
+        run_every(ctx, FIRST_REDIAL / 2, move |act, _| {
+            let isolated = act.swarm.connected_peers().next().is_none();
+            if redial.due(Instant::now(), isolated) {
                 act.dial_seeds();
             }
         });

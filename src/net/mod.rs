@@ -8,4 +8,5 @@ pub mod history;
 pub mod meter;
 pub mod peer_table;
 pub mod protocol;
+pub mod redial;
 pub mod wire;
