@@ -85,3 +85,62 @@ fn the_experiment_runs_end_to_end_and_writes_its_results() {
         "{summary}"
     );
 }
+
+/// `--split topics`: node 1 reads the whole corpus, each other worker whole files of it (topics),
+/// and none of node 1's held-out documents reach a worker.
+#[test]
+fn a_topic_split_gives_each_other_worker_whole_topics_and_none_of_the_held_out_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir(&corpus).unwrap();
+    for (topic, count) in [("cats", 300), ("dogs", 200), ("zebras", 100)] {
+        let sayings: Vec<String> = (0..count)
+            .map(|i| format!("About {topic}, saying {i}: they are what they are.\n"))
+            .collect();
+        std::fs::write(corpus.join(topic), sayings.join("%\n")).unwrap();
+    }
+    let out = dir.path().join("out");
+    let result = Command::new(BIN)
+        .args([
+            "experiment",
+            "--runs",
+            "C",
+            "--workers",
+            "3",
+            "--rounds",
+            "1",
+        ])
+        .args(["--inner-steps", "3", "--batch", "4", "--preset", "nano"])
+        .args(["--split", "topics"])
+        .arg("--corpus")
+        .arg(&corpus)
+        .arg("--out")
+        .arg(&out)
+        .env("NEUROSHARD_NETWORK__HEARTBEAT_INTERVAL_S", "1")
+        .output()
+        .expect("run neuroshard experiment");
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{stderr}");
+    let read = |name: &str| -> Vec<String> {
+        std::fs::read_to_string(out.join(name))
+            .unwrap()
+            .lines()
+            .map(|line| {
+                serde_json::from_str::<serde_json::Value>(line).unwrap()["text"].to_string()
+            })
+            .collect()
+    };
+    let (part2, part3) = (read("corpus-part2.jsonl"), read("corpus-part3.jsonl"));
+    // cats (the largest) alone; dogs and what is not held out of zebras (the corpus's tail).
+    assert!(part2.iter().all(|d| d.contains("About cats")), "{stderr}");
+    assert_eq!(part2.len(), 300);
+    assert!(part3.iter().any(|d| d.contains("About dogs")));
+    assert!(part3.iter().all(|d| !d.contains("About cats")));
+    assert!(!part3.iter().any(|d| d.contains("About zebras, saying 99:")));
+    assert!(part3.len() < 300, "zebras' tail is node 1's validation");
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert!(
+        csv.contains("data split by topic") && csv.contains("--split topics"),
+        "{csv}"
+    );
+}

@@ -20,6 +20,14 @@ pub struct CorpusStats {
     pub skipped_files: Vec<String>,
 }
 
+/// The corpus as read: what [`build_corpus`] counted, and the documents of each text file, in
+/// file-name order (fortunes' files are topics: art, computers, love, …).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Corpus {
+    pub stats: CorpusStats,
+    pub files: Vec<Vec<String>>,
+}
+
 /// Extensions of files that are never text documents: the strfile indexes `fortune` reads (`.dat`),
 /// the `.u8` symlinks to the UTF-8 originals (reading them would duplicate every document), and
 /// compressed files.
@@ -29,7 +37,7 @@ const INDEX_EXTENSIONS: [&str; 3] = ["dat", "u8", "gz"];
 /// files are followed), splits each into documents on lines that hold only `%` (the fortune format;
 /// a file without such lines is one document), trims them, drops empty ones and writes them to
 /// `out` as JSONL. `out` is written only when at least one document was found.
-pub fn build_corpus(dir: &Path, out: &Path) -> Result<CorpusStats, String> {
+pub fn build_corpus(dir: &Path, out: &Path) -> Result<Corpus, String> {
     if !dir.is_dir() {
         let what = if dir.exists() {
             "is not a directory"
@@ -53,7 +61,7 @@ pub fn build_corpus(dir: &Path, out: &Path) -> Result<CorpusStats, String> {
         bytes: 0,
         skipped_files: Vec::new(),
     };
-    let mut documents = Vec::new();
+    let mut files = Vec::new();
     for path in entries {
         let name = path
             .file_name()
@@ -74,11 +82,11 @@ pub fn build_corpus(dir: &Path, out: &Path) -> Result<CorpusStats, String> {
             continue;
         };
         stats.files += 1;
-        for doc in split_documents(&text) {
-            stats.bytes += doc.len() as u64;
-            documents.push(doc);
-        }
+        let documents = split_documents(&text);
+        stats.bytes += documents.iter().map(|d| d.len() as u64).sum::<u64>();
+        files.push(documents);
     }
+    let documents: Vec<String> = files.iter().flatten().cloned().collect();
     if documents.is_empty() {
         return Err(format!(
             "no documents in corpus directory {} ({} text files read)",
@@ -87,8 +95,52 @@ pub fn build_corpus(dir: &Path, out: &Path) -> Result<CorpusStats, String> {
         ));
     }
     stats.documents = documents.len();
-    write_jsonl(out, &documents).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
-    Ok(stats)
+    write_documents(out, &documents)?;
+    Ok(Corpus { stats, files })
+}
+
+/// Non-i.i.d. parts of the corpus (`neuroshard experiment --split topics`): its files, each a
+/// topic, dealt to `parts` parts, the largest first to the part with the fewest bytes so far
+/// (ties to the lower part), so every part holds whole topics and about the same amount of text.
+/// The documents from `held_out_from` on, in the corpus's order, are in no part: they are the
+/// validation split of the node that reads the whole corpus, which must not leak into training.
+pub fn deal_topics(files: &[Vec<String>], held_out_from: usize, parts: usize) -> Vec<Vec<String>> {
+    let mut kept = Vec::with_capacity(files.len());
+    let mut seen = 0;
+    for documents in files {
+        let keep = held_out_from.saturating_sub(seen).min(documents.len());
+        kept.push(&documents[..keep]);
+        seen += documents.len();
+    }
+    let bytes = |documents: &[String]| documents.iter().map(|d| d.len()).sum::<usize>();
+    let mut order: Vec<usize> = (0..kept.len()).collect();
+    // Stable: equal sizes stay in file order.
+    order.sort_by_key(|&f| std::cmp::Reverse(bytes(kept[f])));
+    let mut dealt: Vec<Vec<usize>> = vec![Vec::new(); parts];
+    let mut sizes = vec![0usize; parts];
+    for f in order {
+        let Some(part) = (0..parts).min_by_key(|&p| (sizes[p], p)) else {
+            break;
+        };
+        sizes[part] += bytes(kept[f]);
+        dealt[part].push(f);
+    }
+    dealt
+        .into_iter()
+        .map(|mut files_of_part| {
+            // Each part reads its topics in the corpus's file order.
+            files_of_part.sort_unstable();
+            files_of_part
+                .into_iter()
+                .flat_map(|f| kept[f].iter().cloned())
+                .collect()
+        })
+        .collect()
+}
+
+/// Writes `documents` as the node reads them (JSONL, one `{"text": …}` a line).
+pub fn write_documents(out: &Path, documents: &[String]) -> Result<(), String> {
+    write_jsonl(out, documents).map_err(|e| format!("cannot write {}: {e}", out.display()))
 }
 
 fn is_index_file(path: &Path) -> bool {
@@ -154,7 +206,7 @@ mod tests {
         let out = tempfile::tempdir().unwrap();
         let out = out.path().join("corpus.jsonl");
 
-        let stats = build_corpus(dir.path(), &out).unwrap();
+        let stats = build_corpus(dir.path(), &out).unwrap().stats;
         let docs = read_texts(&out);
         assert_eq!(
             docs,
@@ -172,6 +224,53 @@ mod tests {
         assert!(stats.skipped_files.is_empty());
         // One JSON object per line.
         assert_eq!(fs::read_to_string(&out).unwrap().lines().count(), 4);
+    }
+
+    #[test]
+    fn topics_are_dealt_whole_and_even_and_the_held_out_documents_to_no_part() {
+        let file = |name: &str, count: usize, size: usize| -> Vec<String> {
+            (0..count)
+                .map(|i| format!("{name}{i}:{}", "x".repeat(size)))
+                .collect()
+        };
+        let files = vec![
+            file("art", 10, 10),
+            file("computers", 40, 10),
+            file("love", 20, 10),
+            file("people", 20, 10),
+            file("wisdom", 30, 10),
+        ];
+        let all: Vec<String> = files.iter().flatten().cloned().collect();
+        // The last 25 documents (wisdom's last 25) are held out.
+        let parts = deal_topics(&files, all.len() - 25, 3);
+        assert_eq!(parts.len(), 3);
+        let topic = |doc: &String| {
+            doc.split(|c: char| c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        let topics: Vec<std::collections::BTreeSet<String>> = parts
+            .iter()
+            .map(|part| part.iter().map(topic).collect())
+            .collect();
+        // Largest first: computers (40 documents) alone; people (20, longer than love's) and
+        // wisdom's 5 kept; love (20) and art (10).
+        assert_eq!(topics[0], ["computers".to_string()].into());
+        assert_eq!(
+            topics[1],
+            ["people".to_string(), "wisdom".to_string()].into()
+        );
+        assert_eq!(topics[2], ["art".to_string(), "love".to_string()].into());
+        let dealt: Vec<&String> = parts.iter().flatten().collect();
+        assert_eq!(dealt.len(), all.len() - 25);
+        assert!(
+            all[all.len() - 25..]
+                .iter()
+                .all(|held_out| !dealt.contains(&held_out))
+        );
+        // A part reads its topics in the corpus's order.
+        assert!(parts[2][0].starts_with("art0"), "{:?}", &parts[2][..2]);
     }
 
     #[test]
@@ -195,7 +294,7 @@ mod tests {
         }
         let out = dir.path().join("corpus.jsonl");
 
-        let stats = build_corpus(dir.path(), &out).unwrap();
+        let stats = build_corpus(dir.path(), &out).unwrap().stats;
         assert_eq!(stats.skipped_files, vec!["blob".to_string()]);
         let docs = read_texts(&out);
         #[cfg(unix)]
@@ -208,7 +307,7 @@ mod tests {
         assert_eq!(docs, vec!["a", "b"]);
 
         // A second run must not read its own earlier output back in.
-        let again = build_corpus(dir.path(), &out).unwrap();
+        let again = build_corpus(dir.path(), &out).unwrap().stats;
         assert_eq!(again, stats);
     }
 

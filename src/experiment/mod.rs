@@ -79,11 +79,40 @@ pub struct Options {
     /// Outer Nesterov momentum of the DiLoCo runs (the node's default; the paper's is 0.9).
     #[arg(long, default_value_t = 0.5)]
     pub outer_momentum: f64,
+    /// How the DiLoCo workers' data is split: `iid` (each reads the whole corpus in its own
+    /// order) or `topics` (non-i.i.d.: node 1, whose validation loss is the curve, reads the whole
+    /// corpus; each other honest worker one part of the corpus's files, whole topics, none of
+    /// node 1's held-out documents; attackers the whole corpus).
+    #[arg(long, value_enum, default_value_t = Split::Iid)]
+    pub split: Split,
     /// Every run starts from the θ₀ of this node checkpoint (`[model] init_weights`), e.g. a
     /// previous run's `runs/A-seed0/node1/checkpoints/checkpoint.safetensors`, instead of a
     /// random initialisation.
     #[arg(long)]
     pub init_weights: Option<PathBuf>,
+}
+
+/// The `--split` of the workers' data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Split {
+    Iid,
+    Topics,
+}
+
+/// The data files of the runs: the whole corpus, and with `--split topics` one part per honest
+/// worker after node 1.
+struct DataFiles {
+    whole: PathBuf,
+    parts: Vec<PathBuf>,
+}
+
+impl DataFiles {
+    /// What node `index` (0-based) of `run` reads: node 1 and the attackers the whole corpus.
+    fn of(&self, run: &RunSpec, index: usize) -> &Path {
+        let part = index.checked_sub(1).filter(|_| index < run.honest);
+        part.and_then(|part| self.parts.get(part))
+            .unwrap_or(&self.whole)
+    }
 }
 
 /// One training run, fully decided before anything starts.
@@ -283,6 +312,11 @@ pub fn plan_runs(o: &Options) -> Result<Vec<RunSpec>, String> {
             other => return Err(format!("--runs: unknown run {other:?} (A1, A, B, C, D, E)")),
         }
     }
+    if o.split == Split::Topics {
+        for run in runs.iter_mut().filter(|run| run.nodes > 1) {
+            run.label += ", data split by topic";
+        }
+    }
     Ok(runs)
 }
 
@@ -385,6 +419,9 @@ fn command_of(o: &Options, run: &RunSpec, seed: u64) -> String {
         "E" => command += &format!(" --codecs {}", run.codec),
         _ => {}
     }
+    if o.split == Split::Topics {
+        command += " --split topics";
+    }
     if let Some(path) = &o.init_weights {
         command += &format!(" --init-weights {}", path.display());
     }
@@ -414,8 +451,9 @@ fn run_all(o: &Options, runs: &[RunSpec]) -> Result<(), String> {
         return Err(format!("--init-weights {}: no such file", path.display()));
     }
     std::fs::create_dir_all(&o.out).map_err(|e| format!("{}: {e}", o.out.display()))?;
-    let data = o.out.join("corpus.jsonl");
-    let stats = corpus::build_corpus(&o.corpus, &data)?;
+    let whole = o.out.join("corpus.jsonl");
+    let corpus = corpus::build_corpus(&o.corpus, &whole)?;
+    let stats = &corpus.stats;
     eprintln!(
         "corpus: {} documents, {:.1} MB from {} files in {}",
         stats.documents,
@@ -423,6 +461,13 @@ fn run_all(o: &Options, runs: &[RunSpec]) -> Result<(), String> {
         stats.files,
         o.corpus.display()
     );
+    let data = DataFiles {
+        parts: match o.split {
+            Split::Iid => Vec::new(),
+            Split::Topics => write_topic_parts(o, &corpus)?,
+        },
+        whole,
+    };
     devnet::catch_stop_signals();
     let mut curves = Vec::new();
     for seed in &o.seeds {
@@ -457,9 +502,42 @@ fn run_all(o: &Options, runs: &[RunSpec]) -> Result<(), String> {
     Ok(())
 }
 
+/// `--split topics`: one part of the corpus per honest worker after node 1, written next to the
+/// whole corpus.
+fn write_topic_parts(o: &Options, corpus: &corpus::Corpus) -> Result<Vec<PathBuf>, String> {
+    let documents: Vec<String> = corpus.files.iter().flatten().cloned().collect();
+    let held_out_from = crate::model::data::TokenDataset::first_held_out_document(
+        &documents,
+        context_of(&o.preset)? as usize,
+        crate::config::TrainingSection::default().val_fraction,
+    );
+    let parts = corpus::deal_topics(&corpus.files, held_out_from, o.workers - 1);
+    let mut paths = Vec::new();
+    for (index, part) in parts.iter().enumerate() {
+        if part.is_empty() {
+            return Err(format!(
+                "--split topics: {} text files give no topic to worker {} of {}",
+                corpus.stats.files,
+                index + 2,
+                o.workers
+            ));
+        }
+        let path = o.out.join(format!("corpus-part{}.jsonl", index + 2));
+        corpus::write_documents(&path, part)?;
+        eprintln!(
+            "  worker {} reads {} documents, {:.1} MB",
+            index + 2,
+            part.len(),
+            part.iter().map(String::len).sum::<usize>() as f64 / 1e6
+        );
+        paths.push(path);
+    }
+    Ok(paths)
+}
+
 /// One run on fresh state: start its nodes, follow node 1's evaluations until round `rounds`,
 /// stop the nodes.
-fn run_one(o: &Options, run: &RunSpec, seed: u64, data: &Path) -> Result<Curve, String> {
+fn run_one(o: &Options, run: &RunSpec, seed: u64, data: &DataFiles) -> Result<Curve, String> {
     // Absolute: the nodes run in their own directories.
     let init_weights = o
         .init_weights
@@ -490,8 +568,9 @@ fn run_one(o: &Options, run: &RunSpec, seed: u64, data: &Path) -> Result<Curve, 
     };
     let (api_ports, p2p_ports) = devnet::pick_ports(None, run.nodes)?;
     let mut specs: Vec<NodeSpec> = devnet::plan(&network, &identities, &api_ports, &p2p_ports);
-    for spec in &mut specs {
-        spec.args.extend(["--data".into(), data.into()]);
+    for (index, spec) in specs.iter_mut().enumerate() {
+        spec.args
+            .extend(["--data".into(), data.of(run, index).into()]);
         spec.env = run.env(seed);
         if let Some(path) = &init_weights {
             let path = path.display().to_string();
@@ -668,6 +747,7 @@ mod tests {
             pre: vec!["none".into()],
             outer_lr: 0.7,
             outer_momentum: 0.9,
+            split: Split::Iid,
             init_weights: None,
         }
     }

@@ -107,6 +107,14 @@ fn read_file(path: &Path, docs: &mut Vec<String>) -> Result<(), DataError> {
     Ok(())
 }
 
+/// (training, validation) chunks of `seq_len + 1` tokens in a stream of `tokens`: the last
+/// `val_fraction` of them (at least one) are held out; None when there is not one of each.
+fn split_chunks(tokens: usize, seq_len: usize, val_fraction: f64) -> Option<(usize, usize)> {
+    let chunks = tokens.saturating_sub(1) / seq_len;
+    let val_chunks = ((chunks as f64 * val_fraction).ceil() as usize).max(1);
+    (chunks > val_chunks).then(|| (chunks - val_chunks, val_chunks))
+}
+
 /// Packed token sequences of `seq_len + 1` tokens (inputs and shifted targets), split into training
 /// and validation sets by position in the token stream.
 pub struct TokenDataset {
@@ -139,21 +147,39 @@ impl TokenDataset {
             tokens.extend(tokenizer::encode(doc));
             tokens.push(EOS);
         }
-        let chunks = tokens.len().saturating_sub(1) / seq_len;
-        let val_chunks = ((chunks as f64 * val_fraction).ceil() as usize).max(1);
-        if chunks < val_chunks + 1 {
+        let Some((train_chunks, val_chunks)) = split_chunks(tokens.len(), seq_len, val_fraction)
+        else {
             return Err(DataError::TooSmall {
                 tokens: tokens.len(),
                 seq_len,
             });
-        }
+        };
         Ok(Self {
             tokens,
             seq_len,
-            train_chunks: chunks - val_chunks,
+            train_chunks,
             val_chunks,
             seed,
         })
+    }
+
+    /// The index of the first of `docs` that has a token in the validation split [`new`] makes
+    /// of them (`docs.len()` when none has), so a copy of the training documents can leave out
+    /// exactly what is held out.
+    pub fn first_held_out_document(docs: &[String], seq_len: usize, val_fraction: f64) -> usize {
+        // Each document is its bytes then EOS (tokenizer::encode is one token per byte).
+        let tokens: usize = docs.iter().map(|d| d.len() + 1).sum();
+        let Some((train_chunks, _)) = split_chunks(tokens, seq_len, val_fraction) else {
+            return 0;
+        };
+        let held_out_from = train_chunks * seq_len;
+        let mut end = 0;
+        docs.iter()
+            .position(|doc| {
+                end += doc.len() + 1;
+                end > held_out_from
+            })
+            .unwrap_or(docs.len())
     }
 
     /// The same data in another training order: each node reads the corpus in its own order, so
@@ -234,6 +260,23 @@ impl TokenDataset {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn the_first_held_out_document_is_the_first_with_a_validation_token() {
+        for (sizes, seq_len) in [
+            (vec![10, 3, 40, 7, 7, 90, 1, 30], 8),
+            (vec![200; 20], 32),
+            (vec![5; 100], 16),
+        ] {
+            let docs: Vec<String> = sizes.iter().map(|&n| "x".repeat(n)).collect();
+            let data = TokenDataset::new(&docs, seq_len, 0.2, 0).unwrap();
+            let held_out_from = data.train_sequences() * seq_len;
+            let first = TokenDataset::first_held_out_document(&docs, seq_len, 0.2);
+            let end_of = |n: usize| docs[..n].iter().map(|d| d.len() + 1).sum::<usize>();
+            assert!(end_of(first) <= held_out_from, "{sizes:?}");
+            assert!(end_of(first + 1) > held_out_from, "{sizes:?}");
+        }
+    }
 
     #[test]
     fn reads_txt_jsonl_and_directories_and_names_bad_lines() {
