@@ -1,12 +1,30 @@
 //! `neuroshard experiment` end to end at toy scale: one single worker run and one DiLoCo run of two
 //! real nodes on a small corpus in the fortune format, written here; the CSV, the plot and the
-//! table must come out.
+//! table must come out. And a DiLoCo run of three with the data split by topic.
 
 mod common;
 
 use std::process::Command;
 
 use common::BIN;
+
+/// Runs `neuroshard experiment` with `args` at toy scale (nano, batch 4, 1 s heartbeats) on
+/// `corpus` into `out`; fails the test unless it succeeds. Returns what it printed on stderr.
+fn experiment(args: &[&str], corpus: &std::path::Path, out: &std::path::Path) -> String {
+    let result = Command::new(BIN)
+        .arg("experiment")
+        .args(args)
+        .args(["--batch", "4", "--preset", "nano", "--corpus"])
+        .arg(corpus)
+        .arg("--out")
+        .arg(out)
+        .env("NEUROSHARD_NETWORK__HEARTBEAT_INTERVAL_S", "1")
+        .output()
+        .expect("run neuroshard experiment");
+    let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
+    assert!(result.status.success(), "{stderr}");
+    stderr
+}
 
 #[test]
 fn the_experiment_runs_end_to_end_and_writes_its_results() {
@@ -25,26 +43,20 @@ fn the_experiment_runs_end_to_end_and_writes_its_results() {
     std::fs::write(corpus.join("sayings.dat"), [0u8, 159, 146, 150]).unwrap();
     let out = dir.path().join("out");
 
-    let result = Command::new(BIN)
-        .args([
-            "experiment",
+    let stderr = experiment(
+        &[
             "--runs",
             "A1,C",
             "--workers",
             "2",
             "--rounds",
             "2",
-        ])
-        .args(["--inner-steps", "5", "--batch", "4", "--preset", "nano"])
-        .arg("--corpus")
-        .arg(&corpus)
-        .arg("--out")
-        .arg(&out)
-        .env("NEUROSHARD_NETWORK__HEARTBEAT_INTERVAL_S", "1")
-        .output()
-        .expect("run neuroshard experiment");
-    let stderr = String::from_utf8_lossy(&result.stderr);
-    assert!(result.status.success(), "{stderr}");
+            "--inner-steps",
+            "5",
+        ],
+        &corpus,
+        &out,
+    );
     assert!(stderr.contains("corpus: 400 documents"), "{stderr}");
 
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
@@ -100,27 +112,22 @@ fn a_topic_split_gives_each_other_worker_whole_topics_and_none_of_the_held_out_t
         std::fs::write(corpus.join(topic), sayings.join("%\n")).unwrap();
     }
     let out = dir.path().join("out");
-    let result = Command::new(BIN)
-        .args([
-            "experiment",
+    let stderr = experiment(
+        &[
             "--runs",
             "C",
             "--workers",
             "3",
             "--rounds",
             "1",
-        ])
-        .args(["--inner-steps", "3", "--batch", "4", "--preset", "nano"])
-        .args(["--split", "topics"])
-        .arg("--corpus")
-        .arg(&corpus)
-        .arg("--out")
-        .arg(&out)
-        .env("NEUROSHARD_NETWORK__HEARTBEAT_INTERVAL_S", "1")
-        .output()
-        .expect("run neuroshard experiment");
-    let stderr = String::from_utf8_lossy(&result.stderr);
-    assert!(result.status.success(), "{stderr}");
+            "--inner-steps",
+            "3",
+            "--split",
+            "topics",
+        ],
+        &corpus,
+        &out,
+    );
     let read = |name: &str| -> Vec<String> {
         std::fs::read_to_string(out.join(name))
             .unwrap()
