@@ -198,8 +198,8 @@ impl CheckpointActor {
         }
     }
 
-    /// Asks a peer (the next connected one in turn) for the checkpoints after this node's
-    /// newest and adopts the history each certifies, oldest first.
+    /// Asks a peer (the next connected one in turn) for the checkpoints after the one this
+    /// node's history is known to match and adopts the history each certifies, oldest first.
     fn sync_history(&mut self, ctx: &mut Context<Self>) {
         let HistoryHeld::Through(after) = self.held else {
             return;
