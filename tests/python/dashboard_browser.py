@@ -12,6 +12,7 @@ import time
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 
 TIMEOUT_S = 60
@@ -20,7 +21,11 @@ TIMEOUT_S = 60
 def wait_for(what, predicate, timeout=TIMEOUT_S):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        value = predicate()
+        try:
+            value = predicate()
+        except StaleElementReferenceException:
+            # The live page re-rendered the element between finding and reading it: read again.
+            value = None
         if value:
             return value
         time.sleep(0.25)
@@ -69,10 +74,13 @@ def main():
         print(f"screenshot: {screenshot}")
 
         driver.find_element(By.ID, "tab-logs").click()
-        rows = lambda: driver.find_elements(By.CSS_SELECTOR, "#log-lines tbody tr")
+        # One script reads every row, so a re-render of the live table cannot interleave with the read.
+        rows = lambda: driver.execute_script(
+            "return Array.from(document.querySelectorAll('#log-lines tbody tr'), row => row.innerText)"
+        )
         wait_for("log lines", lambda: len(rows()) > 0)
         driver.find_element(By.ID, "log-text").send_keys("validation")
-        wait_for("the text filter to apply", lambda: rows() and all("validation" in r.text for r in rows()))
+        wait_for("the text filter to apply", lambda: (lines := rows()) and all("validation" in line for line in lines))
         print(f"logs tab: {len(rows())} lines match 'validation'")
     finally:
         driver.quit()
