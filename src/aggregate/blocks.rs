@@ -15,6 +15,82 @@ use rayon::prelude::*;
 
 use super::Contribution;
 
+/// The vector instructions the rules' loops are compiled for, picked at run time so that one
+/// portable binary vectorises on every x86 CPU: the build's baseline is SSE2, which has no 32-bit
+/// integer min/max and only 2-lane f64 arithmetic, so an AVX2-only CPU ran the sorting network
+/// and the distances several times slower than it can.
+///
+/// Every path gives the same bits: Rust never reassociates or contracts (FMA) float operations,
+/// so a loop adds its terms in the same order whatever the vector width, and integer min/max are
+/// exact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Simd {
+    Baseline,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl Simd {
+    /// The widest instruction set this CPU runs.
+    #[inline(always)]
+    pub fn widest() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Simd::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return Simd::Avx2;
+            }
+        }
+        Simd::Baseline
+    }
+
+    /// Every instruction set this CPU runs, the baseline first (the tests compare them).
+    #[cfg(test)]
+    pub fn available() -> Vec<Self> {
+        let mut all = vec![Simd::Baseline];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                all.push(Simd::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                all.push(Simd::Avx512);
+            }
+        }
+        all
+    }
+
+    /// Runs `work` compiled for this instruction set: `work` and what it inlines (the kernels
+    /// here are `#[inline(always)]`) are code-generated inside a `#[target_feature]` function.
+    #[inline(always)]
+    pub fn run<R>(self, work: impl FnOnce() -> R) -> R {
+        match self {
+            Simd::Baseline => work(),
+            // SAFETY: `widest` and `available` return a variant only when the CPU has it.
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => unsafe { run_avx2(work) },
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => unsafe { run_avx512(work) },
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn run_avx2<R>(work: impl FnOnce() -> R) -> R {
+    work()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn run_avx512<R>(work: impl FnOnce() -> R) -> R {
+    work()
+}
+
 /// Coordinates per block: n blocks of 4096 f32 (16 KiB each) stay in L2 while a block is worked on.
 pub(super) const BLOCK: usize = 4096;
 /// Blocks summed, in order, into one partial per parallel task of a reduction.
@@ -82,6 +158,7 @@ pub(super) fn pass(
     // Per block: each input's squared distance (when measured), then the output's squared norm.
     let width = if measure.distances { cs.len() + 1 } else { 1 };
     let mut per_block = vec![0.0f64; out.len().div_ceil(BLOCK) * width];
+    let simd = Simd::widest();
     let finite = out
         .par_chunks_mut(BLOCK)
         .zip(per_block.par_chunks_mut(width))
@@ -89,16 +166,21 @@ pub(super) fn pass(
         .map_init(Vec::new, |cols, (b, (chunk, sums))| {
             let start = b * BLOCK;
             columns(cs, start..start + chunk.len(), cols);
-            let finite = !measure.finite || cols.iter().all(|col| all_finite(col));
-            write(cols, chunk);
-            let (own, distances) = sums.split_last_mut().expect("width ≥ 1");
-            *own = sq_dist(chunk, &ZEROS[..chunk.len()]);
-            if measure.distances {
-                for (s, col) in distances.iter_mut().zip(cols.iter()) {
-                    *s = sq_dist(col, chunk);
-                }
-            }
-            finite
+            simd.run(
+                #[inline(always)]
+                || {
+                    let finite = !measure.finite || cols.iter().all(|col| all_finite(col));
+                    write(cols, chunk);
+                    let (own, distances) = sums.split_last_mut().expect("width ≥ 1");
+                    *own = sq_dist_inlined(chunk, &ZEROS[..chunk.len()]);
+                    if measure.distances {
+                        for (s, col) in distances.iter_mut().zip(cols.iter()) {
+                            *s = sq_dist_inlined(col, chunk);
+                        }
+                    }
+                    finite
+                },
+            )
         })
         .reduce(|| true, |a, b| a && b);
     let mut totals = fold_blocks(&per_block, width);
@@ -114,6 +196,7 @@ pub(super) fn pass(
 /// Per coordinate of a block, Σᵢ wᵢ·xᵢ over the `weighted` columns (xᵢ, wᵢ) in order, from −0.0
 /// as `Sum` does, then `finish`ed into `out`. Column by column over the block, so it vectorises
 /// across coordinates; per coordinate the same additions in the same order as a per-coordinate sum.
+#[inline(always)]
 pub(super) fn combine<'a>(
     out: &mut [f32],
     weighted: impl IntoIterator<Item = (&'a [f32], f64)>,
@@ -152,25 +235,32 @@ pub(super) fn group_means(
             chunks.push(chunk);
         }
     }
+    let simd = Simd::widest();
     let finite = per_block
         .into_par_iter()
         .enumerate()
         .map_init(Vec::new, |cols, (b, mut chunks)| {
             let start = b * BLOCK;
             columns(cs, start..(start + BLOCK).min(d), cols);
-            let finite = !check_finite || cols.iter().all(|col| all_finite(col));
-            for (chunk, group) in chunks.iter_mut().zip(groups) {
-                let size = group.len() as f64;
-                let members = group.iter().map(|&i| (cols[i], 1.0));
-                combine(chunk, members, |sum| (sum / size) as f32);
-            }
-            finite
+            simd.run(
+                #[inline(always)]
+                || {
+                    let finite = !check_finite || cols.iter().all(|col| all_finite(col));
+                    for (chunk, group) in chunks.iter_mut().zip(groups) {
+                        let size = group.len() as f64;
+                        let members = group.iter().map(|&i| (cols[i], 1.0));
+                        combine(chunk, members, |sum| (sum / size) as f32);
+                    }
+                    finite
+                },
+            )
         })
         .reduce(|| true, |a, b| a && b);
     (outs, finite)
 }
 
 /// Every value finite; branch-free, so it vectorises (a short-circuiting `any` does not).
+#[inline(always)]
 pub(super) fn all_finite(values: &[f32]) -> bool {
     values.iter().fold(true, |finite, x| finite & x.is_finite())
 }
@@ -206,10 +296,16 @@ pub(super) fn reduce_blocks(
         return Vec::new();
     }
     let mut per_block = vec![0.0f64; d.div_ceil(BLOCK) * width];
+    let simd = Simd::widest();
     per_block
         .par_chunks_mut(width)
         .enumerate()
-        .for_each(|(b, acc)| add(b * BLOCK..((b + 1) * BLOCK).min(d), acc));
+        .for_each(|(b, acc)| {
+            simd.run(
+                #[inline(always)]
+                || add(b * BLOCK..((b + 1) * BLOCK).min(d), acc),
+            )
+        });
     fold_blocks(&per_block, width)
 }
 
@@ -229,32 +325,19 @@ fn fold_blocks(per_block: &[f64], width: usize) -> Vec<f64> {
     total
 }
 
-/// ‖a − b‖² accumulated in f64 (the difference of two finite f32 can overflow f32), in 8 lanes.
-///
-/// The same bits on every CPU: the AVX-512 variant (picked at run time) compiles the same body,
-/// and Rust never reassociates or contracts (FMA) float operations, so each lane adds its terms in
-/// the same order and the lanes are added in the same order whatever the vector width.
+/// ‖a − b‖² accumulated in f64 (the difference of two finite f32 can overflow f32), in 8 lanes,
+/// on the widest [`Simd`]: each lane adds its terms in the same order and the lanes are added in
+/// the same order whatever the vector width, so every CPU gets the same bits.
 pub(super) fn sq_dist(a: &[f32], b: &[f32]) -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F (checked just above).
-        return unsafe { sq_dist_avx512(a, b) };
-    }
-    sq_dist_portable(a, b)
+    Simd::widest().run(
+        #[inline(always)]
+        || sq_dist_inlined(a, b),
+    )
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn sq_dist_avx512(a: &[f32], b: &[f32]) -> f64 {
-    sq_dist_body(a, b)
-}
-
-fn sq_dist_portable(a: &[f32], b: &[f32]) -> f64 {
-    sq_dist_body(a, b)
-}
-
+/// [`sq_dist`] compiled into its caller, for loops already under [`Simd::run`].
 #[inline(always)]
-fn sq_dist_body(a: &[f32], b: &[f32]) -> f64 {
+pub(super) fn sq_dist_inlined(a: &[f32], b: &[f32]) -> f64 {
     const LANES: usize = 8;
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let tail: f64 = ca
@@ -282,14 +365,19 @@ pub(super) fn pairwise_sq_distances(cs: &[Contribution], d: usize) -> (Vec<f64>,
         .flat_map(|i| (i + 1..n).map(move |j| (i, j)))
         .collect();
     let finite = AtomicBool::new(true);
-    let sums = reduce_blocks(d, pairs.len(), |range, acc| {
-        if !cs.iter().all(|c| all_finite(&c.delta[range.clone()])) {
-            finite.store(false, Ordering::Relaxed);
-        }
-        for (s, &(i, j)) in acc.iter_mut().zip(&pairs) {
-            *s += sq_dist(&cs[i].delta[range.clone()], &cs[j].delta[range.clone()]);
-        }
-    });
+    let sums = reduce_blocks(
+        d,
+        pairs.len(),
+        #[inline(always)]
+        |range, acc| {
+            if !cs.iter().all(|c| all_finite(&c.delta[range.clone()])) {
+                finite.store(false, Ordering::Relaxed);
+            }
+            for (s, &(i, j)) in acc.iter_mut().zip(&pairs) {
+                *s += sq_dist_inlined(&cs[i].delta[range.clone()], &cs[j].delta[range.clone()]);
+            }
+        },
+    );
     let mut matrix = vec![0.0f64; n * n];
     for (&(i, j), &s) in pairs.iter().zip(&sums) {
         matrix[i * n + j] = s;
@@ -300,10 +388,15 @@ pub(super) fn pairwise_sq_distances(cs: &[Contribution], d: usize) -> (Vec<f64>,
 
 /// ‖v‖, reduced like every sum here: the same bits on every node, and as a [`pass`] measures it.
 pub(super) fn norm(v: &[f32]) -> f64 {
-    reduce_blocks(v.len(), 1, |range, acc| {
-        acc[0] += sq_dist(&v[range.clone()], &ZEROS[..range.len()]);
-    })[0]
-        .sqrt()
+    reduce_blocks(
+        v.len(),
+        1,
+        #[inline(always)]
+        |range, acc| {
+            acc[0] += sq_dist_inlined(&v[range.clone()], &ZEROS[..range.len()]);
+        },
+    )[0]
+    .sqrt()
 }
 
 #[cfg(test)]
@@ -333,14 +426,12 @@ mod tests {
                 .iter()
                 .map(|&x| if x > 0.9 { f32::MAX } else { x * 1e-30 })
                 .collect();
-            let portable = sq_dist_portable(&a, &b).to_bits();
-            assert_eq!(sq_dist(&a, &b).to_bits(), portable, "len {len}");
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has AVX-512F.
-                let avx = unsafe { sq_dist_avx512(&a, &b) }.to_bits();
-                assert_eq!(avx, portable, "len {len}");
+            let baseline = Simd::Baseline.run(|| sq_dist_inlined(&a, &b)).to_bits();
+            for simd in Simd::available() {
+                let got = simd.run(|| sq_dist_inlined(&a, &b)).to_bits();
+                assert_eq!(got, baseline, "{simd:?}, len {len}");
             }
+            assert_eq!(sq_dist(&a, &b).to_bits(), baseline, "len {len}");
         }
     }
 

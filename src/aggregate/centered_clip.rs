@@ -43,20 +43,26 @@ pub(super) fn centered_clip(
         } else {
             Measure::NOTHING
         };
-        let moved = blocks::pass(contributions, centre, measure, |cols, out| {
-            // v += Σᵢ wᵢ·(xᵢ − v) per coordinate, the terms added in input order from −0.0;
-            // input by input over the block, so it vectorises across coordinates.
-            let mut steps = [-0.0f64; blocks::BLOCK];
-            let steps = &mut steps[..out.len()];
-            for (col, w) in cols.iter().zip(&weights) {
-                for ((s, &x), &v) in steps.iter_mut().zip(col.iter()).zip(out.iter()) {
-                    *s += w * (f64::from(x) - f64::from(v));
+        let moved = blocks::pass(
+            contributions,
+            centre,
+            measure,
+            #[inline(always)]
+            |cols, out| {
+                // v += Σᵢ wᵢ·(xᵢ − v) per coordinate, the terms added in input order from −0.0;
+                // input by input over the block, so it vectorises across coordinates.
+                let mut steps = [-0.0f64; blocks::BLOCK];
+                let steps = &mut steps[..out.len()];
+                for (col, w) in cols.iter().zip(&weights) {
+                    for ((s, &x), &v) in steps.iter_mut().zip(col.iter()).zip(out.iter()) {
+                        *s += w * (f64::from(x) - f64::from(v));
+                    }
                 }
-            }
-            for (v, s) in out.iter_mut().zip(steps.iter()) {
-                *v = (f64::from(*v) + s) as f32;
-            }
-        });
+                for (v, s) in out.iter_mut().zip(steps.iter()) {
+                    *v = (f64::from(*v) + s) as f32;
+                }
+            },
+        );
         (centre, norm, to_centre) = (moved.out, moved.norm, moved.distances);
     }
     let clipped: Vec<bool> = distances.iter().map(|&r| r > tau).collect();

@@ -72,6 +72,7 @@ pub(super) fn geometric_median(contributions: &[Contribution], d: usize, f: usiz
         contributions,
         vec![0.0; d],
         Measure::NOTHING,
+        #[inline(always)]
         |cols, out| {
             let weighted = cols.iter().zip(&alpha).map(|(col, a)| (*col, *a));
             blocks::combine(out, weighted, |z| z as f32);

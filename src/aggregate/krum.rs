@@ -48,6 +48,7 @@ pub(super) fn multi_krum(contributions: &[Contribution], d: usize, f: usize, m: 
             contributions,
             vec![0.0; d],
             Measure::NOTHING,
+            #[inline(always)]
             |cols, out| {
                 let chosen = selected.iter().map(|&i| (cols[i], 1.0));
                 blocks::combine(out, chosen, |sum| (sum / m as f64) as f32);

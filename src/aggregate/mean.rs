@@ -9,9 +9,15 @@ use super::{Contribution, Outcome, verdicts};
 /// result is a convex combination, so even values near f32::MAX cannot overflow to infinity.
 pub(super) fn mean(contributions: &[Contribution], d: usize) -> Outcome {
     let weight = 1.0 / contributions.len() as f64;
-    let pass = blocks::pass(contributions, vec![0.0; d], Measure::FINITE, |cols, out| {
-        blocks::combine(out, cols.iter().map(|col| (*col, weight)), |s| s as f32);
-    });
+    let pass = blocks::pass(
+        contributions,
+        vec![0.0; d],
+        Measure::FINITE,
+        #[inline(always)]
+        |cols, out| {
+            blocks::combine(out, cols.iter().map(|col| (*col, weight)), |s| s as f32);
+        },
+    );
     Outcome {
         delta: pass.out,
         inputs_finite: pass.finite,

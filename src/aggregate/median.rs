@@ -24,22 +24,29 @@ pub(super) fn median_pass(contributions: &[Contribution], d: usize, measure: Mea
     if contributions.len() > MAX_N {
         return blocks::per_coordinate(contributions, d, measure, median_of);
     }
-    network::per_coordinate_sorted(contributions, d, measure, |rows, out| {
-        let n = rows.len();
-        if n % 2 == 1 {
-            for (o, &k) in out.iter_mut().zip(&rows[n / 2]) {
-                *o = network::value(k);
+    network::per_coordinate_sorted(
+        contributions,
+        d,
+        measure,
+        #[inline(always)]
+        |rows, out| {
+            let n = rows.len();
+            if n % 2 == 1 {
+                for (o, &k) in out.iter_mut().zip(&rows[n / 2]) {
+                    *o = network::value(k);
+                }
+            } else {
+                // The largest of the lower half, as `median_of`'s fold finds it (a ±0.0 mix there
+                // leaves the sum with `upper` ≥ +0.0 unchanged), and the upper middle value.
+                let (lower, upper): (&[i32; LANES], &[i32; LANES]) =
+                    (&rows[n / 2 - 1], &rows[n / 2]);
+                for ((o, &below), &upper) in out.iter_mut().zip(lower).zip(upper) {
+                    let (below, upper) = (network::value(below), network::value(upper));
+                    *o = ((f64::from(below) + f64::from(upper)) / 2.0) as f32;
+                }
             }
-        } else {
-            // The largest of the lower half, as `median_of`'s fold finds it (a ±0.0 mix there
-            // leaves the sum with `upper` ≥ +0.0 unchanged), and the upper middle value.
-            let (lower, upper): (&[i32; LANES], &[i32; LANES]) = (&rows[n / 2 - 1], &rows[n / 2]);
-            for ((o, &below), &upper) in out.iter_mut().zip(lower).zip(upper) {
-                let (below, upper) = (network::value(below), network::value(upper));
-                *o = ((f64::from(below) + f64::from(upper)) / 2.0) as f32;
-            }
-        }
-    })
+        },
+    )
 }
 
 pub(super) fn coordinate_median(contributions: &[Contribution], d: usize, f: usize) -> Outcome {

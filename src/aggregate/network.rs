@@ -5,8 +5,7 @@
 //!
 //! Bit-identical to sorting each coordinate with `f32::total_cmp`: values are sorted as the i32
 //! keys `total_cmp` itself compares (so −0.0 < +0.0, and equal keys are equal bits), and integer
-//! min/max are exact on any instruction set, so the AVX-512 variant picked at run time and the
-//! portable one give the same rows.
+//! min/max are exact on any instruction set, so every [`blocks::Simd`] path gives the same rows.
 
 use super::Contribution;
 use super::blocks::{self, Measure, Pass};
@@ -58,8 +57,9 @@ pub(super) fn value(k: i32) -> f32 {
 
 /// Rows 0..cols.len() of `rows`, lanes 0..len, get the keys of `cols[i][start..start + len]`, then
 /// every lane is sorted by `net` (lanes from `len` on hold stale keys, sorted and ignored).
+/// Compiled into its caller, which [`blocks::pass`] runs on the widest [`blocks::Simd`].
 #[inline(always)]
-fn load_and_sort_body(
+fn load_and_sort(
     rows: &mut Rows,
     cols: &[&[f32]],
     start: usize,
@@ -81,44 +81,6 @@ fn load_and_sort_body(
     }
 }
 
-fn load_and_sort_portable(
-    rows: &mut Rows,
-    cols: &[&[f32]],
-    start: usize,
-    len: usize,
-    net: &[(usize, usize)],
-) {
-    load_and_sort_body(rows, cols, start, len, net);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn load_and_sort_avx512(
-    rows: &mut Rows,
-    cols: &[&[f32]],
-    start: usize,
-    len: usize,
-    net: &[(usize, usize)],
-) {
-    load_and_sort_body(rows, cols, start, len, net);
-}
-
-fn load_and_sort(
-    rows: &mut Rows,
-    cols: &[&[f32]],
-    start: usize,
-    len: usize,
-    net: &[(usize, usize)],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F (checked just above).
-        unsafe { load_and_sort_avx512(rows, cols, start, len, net) };
-        return;
-    }
-    load_and_sort_portable(rows, cols, start, len, net);
-}
-
 /// A [`blocks::pass`] whose output (length `d`, 1 ≤ n ≤ [`MAX_N`] contributions) is filled,
 /// [`LANES`] coordinates at a time, by `finish(rows, out)`: `rows[i][l]` is the key ([`value`]
 /// gives the f32) of the i-th smallest of the n values at coordinate l of `out` (lanes past
@@ -135,13 +97,19 @@ pub(super) fn per_coordinate_sorted(
         "{n} contributions for the network"
     );
     let net = network(n);
-    blocks::pass(cs, vec![0.0f32; d], measure, |cols, out| {
-        let mut rows = [[0i32; LANES]; MAX_N];
-        for (s, chunk) in out.chunks_mut(LANES).enumerate() {
-            load_and_sort(&mut rows, cols, s * LANES, chunk.len(), &net);
-            finish(&rows[..n], chunk);
-        }
-    })
+    blocks::pass(
+        cs,
+        vec![0.0f32; d],
+        measure,
+        #[inline(always)]
+        |cols, out| {
+            let mut rows = [[0i32; LANES]; MAX_N];
+            for (s, chunk) in out.chunks_mut(LANES).enumerate() {
+                load_and_sort(&mut rows, cols, s * LANES, chunk.len(), &net);
+                finish(&rows[..n], chunk);
+            }
+        },
+    )
 }
 
 #[cfg(test)]
@@ -149,20 +117,6 @@ mod tests {
     use super::super::test_support::{c, random_vec};
     use super::super::{median, trimmed_mean};
     use super::*;
-
-    type Sort = fn(&mut Rows, &[&[f32]], usize, usize, &[(usize, usize)]);
-
-    fn variants() -> Vec<(&'static str, Sort)> {
-        let mut v: Vec<(&'static str, Sort)> = vec![("portable", load_and_sort_portable)];
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            v.push(("avx512", |r, c, s, l, n| unsafe {
-                load_and_sort_avx512(r, c, s, l, n)
-            }));
-        }
-        v.push(("dispatched", load_and_sort));
-        v
-    }
 
     #[test]
     fn keys_order_like_total_cmp_and_round_trip() {
@@ -190,7 +144,7 @@ mod tests {
     #[test]
     fn the_network_sorts_every_zero_one_input_for_every_n() {
         assert_eq!(network(MAX_N).len(), 63);
-        for (name, sort) in variants() {
+        for simd in blocks::Simd::available() {
             for n in 1..=MAX_N {
                 let net = network(n);
                 let patterns = 1usize << n;
@@ -204,12 +158,12 @@ mod tests {
                 let mut rows = [[0i32; LANES]; MAX_N];
                 for start in (0..patterns).step_by(LANES) {
                     let len = LANES.min(patterns - start);
-                    sort(&mut rows, &cols, start, len, &net);
+                    simd.run(|| load_and_sort(&mut rows, &cols, start, len, &net));
                     for l in 0..len {
                         let ones = (start + l).count_ones() as usize;
                         for (i, row) in rows[..n].iter().enumerate() {
                             let want = if i >= n - ones { 1.0f32 } else { 0.0 };
-                            assert_eq!(value(row[l]), want, "{name} n {n} pattern {}", start + l);
+                            assert_eq!(value(row[l]), want, "{simd:?} n {n} pattern {}", start + l);
                         }
                     }
                 }

@@ -28,19 +28,25 @@ pub(super) fn trimmed_mean_pass(
     if contributions.len() > MAX_N {
         return blocks::per_coordinate(contributions, d, measure, |xs| trimmed_mean_of(xs, k));
     }
-    network::per_coordinate_sorted(contributions, d, measure, |rows, out| {
-        let kept = &rows[k..rows.len() - k];
-        let mut sum = [-0.0f64; LANES];
-        for row in kept {
-            for (s, &x) in sum.iter_mut().zip(row) {
-                *s += f64::from(network::value(x));
+    network::per_coordinate_sorted(
+        contributions,
+        d,
+        measure,
+        #[inline(always)]
+        |rows, out| {
+            let kept = &rows[k..rows.len() - k];
+            let mut sum = [-0.0f64; LANES];
+            for row in kept {
+                for (s, &x) in sum.iter_mut().zip(row) {
+                    *s += f64::from(network::value(x));
+                }
             }
-        }
-        let count = kept.len() as f64;
-        for (o, s) in out.iter_mut().zip(&sum) {
-            *o = (s / count) as f32;
-        }
-    })
+            let count = kept.len() as f64;
+            for (o, s) in out.iter_mut().zip(&sum) {
+                *o = (s / count) as f32;
+            }
+        },
+    )
 }
 
 /// `k` (≥ f, 2k < n) values trimmed at each end of every coordinate.
