@@ -93,6 +93,9 @@ fn run_avx512<R>(work: impl FnOnce() -> R) -> R {
 
 /// Coordinates per block: n blocks of 4096 f32 (16 KiB each) stay in L2 while a block is worked on.
 pub(super) const BLOCK: usize = 4096;
+/// Coordinates a [`pass`] works on at once inside a block: 16 inputs' runs of 128 f32 (8 KiB)
+/// stay in L1 while they are checked, written from and measured. A multiple of [`SqDist`]'s lanes.
+pub(super) const RUN: usize = 128;
 /// Blocks summed, in order, into one partial per parallel task of a reduction.
 pub(super) const SPAN_BLOCKS: usize = 16;
 /// Zeros to measure a block's norm as its distance to them.
@@ -145,10 +148,11 @@ pub(super) struct Pass {
     pub norm: f64,
 }
 
-/// One parallel pass over the inputs, block by block: `write(cols, out)` gets the contributions'
-/// slices of a block and the output slice of the same coordinates (holding `out`'s values), and
-/// what `measure` asks for is computed from the same block while it is in cache, so a rule and
-/// its checks read the inputs from memory once.
+/// One parallel pass over the inputs, block by block and inside a block [`RUN`] coordinates at a
+/// time: `write(cols, out)` gets the contributions' slices of a run and the output slice of the
+/// same coordinates (holding `out`'s values), and what `measure` asks for is computed from the
+/// same run while it is in L1, so a rule and its checks read each input value from memory once
+/// and touch it while it is still in the nearest cache.
 pub(super) fn pass(
     cs: &[Contribution],
     mut out: Vec<f32>,
@@ -163,25 +167,41 @@ pub(super) fn pass(
         .par_chunks_mut(BLOCK)
         .zip(per_block.par_chunks_mut(width))
         .enumerate()
-        .map_init(Vec::new, |cols, (b, (chunk, sums))| {
-            let start = b * BLOCK;
-            columns(cs, start..start + chunk.len(), cols);
-            simd.run(
-                #[inline(always)]
-                || {
-                    let finite = !measure.finite || cols.iter().all(|col| all_finite(col));
-                    write(cols, chunk);
-                    let (own, distances) = sums.split_last_mut().expect("width ≥ 1");
-                    *own = sq_dist_inlined(chunk, &ZEROS[..chunk.len()]);
-                    if measure.distances {
-                        for (s, col) in distances.iter_mut().zip(cols.iter()) {
-                            *s = sq_dist_inlined(col, chunk);
+        .map_init(
+            || (Vec::new(), Vec::new(), Vec::new()),
+            |(cols, run_cols, sq_dists), (b, (chunk, sums))| {
+                let start = b * BLOCK;
+                columns(cs, start..start + chunk.len(), cols);
+                sq_dists.clear();
+                sq_dists.resize(width, SqDist::ZERO);
+                simd.run(
+                    #[inline(always)]
+                    || {
+                        let mut finite = true;
+                        for (r, out) in chunk.chunks_mut(RUN).enumerate() {
+                            let range = r * RUN..r * RUN + out.len();
+                            run_cols.clear();
+                            run_cols.extend(cols.iter().map(|col| &col[range.clone()]));
+                            if measure.finite {
+                                finite &= run_cols.iter().fold(true, |f, col| f & all_finite(col));
+                            }
+                            write(run_cols, out);
+                            let (own, distances) = sq_dists.split_last_mut().expect("width ≥ 1");
+                            own.add(out, &ZEROS[..out.len()]);
+                            if measure.distances {
+                                for (distance, col) in distances.iter_mut().zip(run_cols.iter()) {
+                                    distance.add(col, out);
+                                }
+                            }
                         }
-                    }
-                    finite
-                },
-            )
-        })
+                        for (s, distance) in sums.iter_mut().zip(sq_dists.iter()) {
+                            *s = distance.total();
+                        }
+                        finite
+                    },
+                )
+            },
+        )
         .reduce(|| true, |a, b| a && b);
     let mut totals = fold_blocks(&per_block, width);
     let norm = totals.pop().unwrap_or(0.0).sqrt();
@@ -193,8 +213,9 @@ pub(super) fn pass(
     }
 }
 
-/// Per coordinate of a block, Σᵢ wᵢ·xᵢ over the `weighted` columns (xᵢ, wᵢ) in order, from −0.0
-/// as `Sum` does, then `finish`ed into `out`. Column by column over the block, so it vectorises
+/// Per coordinate of a run (at most [`RUN`] coordinates), Σᵢ wᵢ·xᵢ over the `weighted` columns
+/// (xᵢ, wᵢ) in order, from −0.0 as `Sum` does, then `finish`ed into `out`. Column by column, so it
+/// vectorises
 /// across coordinates; per coordinate the same additions in the same order as a per-coordinate sum.
 #[inline(always)]
 pub(super) fn combine<'a>(
@@ -202,7 +223,7 @@ pub(super) fn combine<'a>(
     weighted: impl IntoIterator<Item = (&'a [f32], f64)>,
     finish: impl Fn(f64) -> f32,
 ) {
-    let mut sums = [-0.0f64; BLOCK];
+    let mut sums = [-0.0f64; RUN];
     let sums = &mut sums[..out.len()];
     for (col, w) in weighted {
         for (s, &x) in sums.iter_mut().zip(col) {
@@ -248,8 +269,11 @@ pub(super) fn group_means(
                     let finite = !check_finite || cols.iter().all(|col| all_finite(col));
                     for (chunk, group) in chunks.iter_mut().zip(groups) {
                         let size = group.len() as f64;
-                        let members = group.iter().map(|&i| (cols[i], 1.0));
-                        combine(chunk, members, |sum| (sum / size) as f32);
+                        for (r, out) in chunk.chunks_mut(RUN).enumerate() {
+                            let range = r * RUN..r * RUN + out.len();
+                            let members = group.iter().map(|&i| (&cols[i][range.clone()], 1.0));
+                            combine(out, members, |sum| (sum / size) as f32);
+                        }
                     }
                     finite
                 },
@@ -338,22 +362,56 @@ pub(super) fn sq_dist(a: &[f32], b: &[f32]) -> f64 {
 /// [`sq_dist`] compiled into its caller, for loops already under [`Simd::run`].
 #[inline(always)]
 pub(super) fn sq_dist_inlined(a: &[f32], b: &[f32]) -> f64 {
+    let mut sum = SqDist::ZERO;
+    sum.add(a, b);
+    sum.total()
+}
+
+/// ‖a − b‖² fed run by run: runs whose lengths are multiples of [`SqDist::LANES`], then at most
+/// one shorter, give the bits of [`sq_dist`] over their concatenation (each lane gets the same
+/// terms in the same order).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SqDist {
+    lanes: [f64; Self::LANES],
+    tail: f64,
+}
+
+impl SqDist {
     const LANES: usize = 8;
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f64 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
-        .sum();
-    let mut acc = [0.0f64; LANES];
-    for (x, y) in ca.zip(cb) {
-        for ((s, &x), &y) in acc.iter_mut().zip(x).zip(y) {
-            let t = f64::from(x) - f64::from(y);
-            *s += t * t;
+    pub const ZERO: Self = Self {
+        lanes: [0.0; Self::LANES],
+        tail: 0.0,
+    };
+
+    #[inline(always)]
+    pub fn add(&mut self, a: &[f32], b: &[f32]) {
+        let (ca, cb) = (a.chunks_exact(Self::LANES), b.chunks_exact(Self::LANES));
+        if !ca.remainder().is_empty() {
+            // Only the last run may leave a remainder: its terms are summed apart, as in one call.
+            self.tail = ca
+                .remainder()
+                .iter()
+                .zip(cb.remainder())
+                .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
+                .sum();
         }
+        // A local copy stays in registers (through `self` the lanes were stored every step).
+        let mut lanes = self.lanes;
+        for (x, y) in ca.zip(cb) {
+            for ((s, &x), &y) in lanes.iter_mut().zip(x).zip(y) {
+                let t = f64::from(x) - f64::from(y);
+                *s += t * t;
+            }
+        }
+        self.lanes = lanes;
     }
-    acc.iter().sum::<f64>() + tail
+
+    /// The lanes added in order, then the tail (a +0.0 tail leaves the lanes' sum, which is never
+    /// −0.0, unchanged).
+    #[inline(always)]
+    pub fn total(&self) -> f64 {
+        self.lanes.iter().sum::<f64>() + self.tail
+    }
 }
 
 /// The full n×n matrix (row-major) of squared L2 distances between contributions, and whether
@@ -509,9 +567,9 @@ mod tests {
 
     #[test]
     fn combine_adds_like_a_per_coordinate_sum() {
-        let cols: Vec<Vec<f32>> = (0..5).map(|i| random_vec(i + 40, BLOCK, 1e3)).collect();
+        let cols: Vec<Vec<f32>> = (0..5).map(|i| random_vec(i + 40, RUN, 1e3)).collect();
         let weights = [0.2, 1.0 / 3.0, -0.5, 1e-3, 7.0];
-        let mut out = vec![0.0f32; BLOCK];
+        let mut out = vec![0.0f32; RUN];
         combine(
             &mut out,
             cols.iter().zip(weights).map(|(c, w)| (c.as_slice(), w)),

@@ -51,7 +51,7 @@ pub(super) fn centered_clip(
             |cols, out| {
                 // v += Σᵢ wᵢ·(xᵢ − v) per coordinate, the terms added in input order from −0.0;
                 // input by input over the block, so it vectorises across coordinates.
-                let mut steps = [-0.0f64; blocks::BLOCK];
+                let mut steps = [-0.0f64; blocks::RUN];
                 let steps = &mut steps[..out.len()];
                 for (col, w) in cols.iter().zip(&weights) {
                     for ((s, &x), &v) in steps.iter_mut().zip(col.iter()).zip(out.iter()) {
