@@ -383,8 +383,12 @@ impl SqDist {
         tail: 0.0,
     };
 
+    /// Adds the terms of one run, given as f32 or already widened to f64 (the same terms).
     #[inline(always)]
-    pub fn add(&mut self, a: &[f32], b: &[f32]) {
+    pub fn add<T: Copy>(&mut self, a: &[T], b: &[T])
+    where
+        f64: From<T>,
+    {
         let (ca, cb) = (a.chunks_exact(Self::LANES), b.chunks_exact(Self::LANES));
         if !ca.remainder().is_empty() {
             // Only the last run may leave a remainder: its terms are summed apart, as in one call.
@@ -428,11 +432,31 @@ pub(super) fn pairwise_sq_distances(cs: &[Contribution], d: usize) -> (Vec<f64>,
         pairs.len(),
         #[inline(always)]
         |range, acc| {
-            if !cs.iter().all(|c| all_finite(&c.delta[range.clone()])) {
+            // Run by run, as a pass goes: every pair of a run is measured while it is in L1.
+            // Each input's run is widened to f64 once, not once per pair it is in (n − 1 times).
+            let mut sums = vec![SqDist::ZERO; pairs.len()];
+            let mut wide = vec![0.0f64; n * RUN];
+            let mut finite_here = true;
+            for start in range.clone().step_by(RUN) {
+                let run = start..(start + RUN).min(range.end);
+                for (c, wide) in cs.iter().zip(wide.chunks_exact_mut(RUN)) {
+                    let values = &c.delta[run.clone()];
+                    finite_here &= all_finite(values);
+                    for (w, &x) in wide.iter_mut().zip(values) {
+                        *w = f64::from(x);
+                    }
+                }
+                let len = run.len();
+                let input = |i: usize| &wide[i * RUN..][..len];
+                for (sum, &(i, j)) in sums.iter_mut().zip(&pairs) {
+                    sum.add(input(i), input(j));
+                }
+            }
+            if !finite_here {
                 finite.store(false, Ordering::Relaxed);
             }
-            for (s, &(i, j)) in acc.iter_mut().zip(&pairs) {
-                *s += sq_dist_inlined(&cs[i].delta[range.clone()], &cs[j].delta[range.clone()]);
+            for (s, sum) in acc.iter_mut().zip(&sums) {
+                *s += sum.total();
             }
         },
     );
