@@ -17,73 +17,35 @@ pub(super) const LANES: usize = blocks::RUN;
 type Rows = [[i32; LANES]; MAX_N];
 
 /// Batcher's odd–even merge sort for [`MAX_N`] inputs: 63 compare-exchanges (a, b), a < b, the
-/// smaller value going to a (the tests rebuild it from Batcher's construction). It sorts n < 16
+/// smaller value going to a (the tests rebuild it from Batcher's construction), handed to the
+/// macro `$apply` as its arguments: the one list both kernels unroll or iterate. It sorts n < 16
 /// inputs too: padded with keys no value exceeds, rows n..16 keep them throughout.
-const NETWORK: [(usize, usize); 63] = [
-    (0, 1),
-    (2, 3),
-    (4, 5),
-    (6, 7),
-    (8, 9),
-    (10, 11),
-    (12, 13),
-    (14, 15),
-    (0, 2),
-    (1, 3),
-    (4, 6),
-    (5, 7),
-    (8, 10),
-    (9, 11),
-    (12, 14),
-    (13, 15),
-    (1, 2),
-    (5, 6),
-    (9, 10),
-    (13, 14),
-    (0, 4),
-    (1, 5),
-    (2, 6),
-    (3, 7),
-    (8, 12),
-    (9, 13),
-    (10, 14),
-    (11, 15),
-    (2, 4),
-    (3, 5),
-    (10, 12),
-    (11, 13),
-    (1, 2),
-    (3, 4),
-    (5, 6),
-    (9, 10),
-    (11, 12),
-    (13, 14),
-    (0, 8),
-    (1, 9),
-    (2, 10),
-    (3, 11),
-    (4, 12),
-    (5, 13),
-    (6, 14),
-    (7, 15),
-    (4, 8),
-    (5, 9),
-    (6, 10),
-    (7, 11),
-    (2, 4),
-    (3, 5),
-    (6, 8),
-    (7, 9),
-    (10, 12),
-    (11, 13),
-    (1, 2),
-    (3, 4),
-    (5, 6),
-    (7, 8),
-    (9, 10),
-    (11, 12),
-    (13, 14),
-];
+#[rustfmt::skip] // One line per stage of the network.
+macro_rules! batcher_16 {
+    ($apply:ident) => {
+        $apply!(
+            (0, 1), (2, 3), (4, 5), (6, 7), (8, 9), (10, 11), (12, 13), (14, 15),
+            (0, 2), (1, 3), (4, 6), (5, 7), (8, 10), (9, 11), (12, 14), (13, 15),
+            (1, 2), (5, 6), (9, 10), (13, 14),
+            (0, 4), (1, 5), (2, 6), (3, 7), (8, 12), (9, 13), (10, 14), (11, 15),
+            (2, 4), (3, 5), (10, 12), (11, 13),
+            (1, 2), (3, 4), (5, 6), (9, 10), (11, 12), (13, 14),
+            (0, 8), (1, 9), (2, 10), (3, 11), (4, 12), (5, 13), (6, 14), (7, 15),
+            (4, 8), (5, 9), (6, 10), (7, 11),
+            (2, 4), (3, 5), (6, 8), (7, 9), (10, 12), (11, 13),
+            (1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14)
+        )
+    };
+}
+
+macro_rules! pairs_array {
+    ($(($a:literal, $b:literal)),*) => {
+        [$(($a, $b)),*]
+    };
+}
+
+/// [`batcher_16`] as a table.
+const NETWORK: [(usize, usize); 63] = batcher_16!(pairs_array);
 /// Lanes the AVX2 kernel sorts at once: 16 rows of 8 i32 keys are 16 registers, so the network
 /// runs as register min/max (in memory, its loads and stores were most of the median's time).
 #[cfg(target_arch = "x86_64")]
@@ -167,80 +129,15 @@ fn load_and_sort_avx2(rows: &mut Rows, cols: &[&[f32]], len: usize) {
             })
         });
         macro_rules! sort_by {
-            ($(($a:literal, $b:literal)),* $(,)?) => {
+            ($(($a:literal, $b:literal)),*) => {
                 $(
                     let (low, high) = (g[$a], g[$b]);
                     g[$a] = _mm256_min_epi32(low, high);
                     g[$b] = _mm256_max_epi32(low, high);
                 )*
-                debug_assert_eq!([$(($a, $b)),*], NETWORK);
             };
         }
-        sort_by!(
-            (0, 1),
-            (2, 3),
-            (4, 5),
-            (6, 7),
-            (8, 9),
-            (10, 11),
-            (12, 13),
-            (14, 15),
-            (0, 2),
-            (1, 3),
-            (4, 6),
-            (5, 7),
-            (8, 10),
-            (9, 11),
-            (12, 14),
-            (13, 15),
-            (1, 2),
-            (5, 6),
-            (9, 10),
-            (13, 14),
-            (0, 4),
-            (1, 5),
-            (2, 6),
-            (3, 7),
-            (8, 12),
-            (9, 13),
-            (10, 14),
-            (11, 15),
-            (2, 4),
-            (3, 5),
-            (10, 12),
-            (11, 13),
-            (1, 2),
-            (3, 4),
-            (5, 6),
-            (9, 10),
-            (11, 12),
-            (13, 14),
-            (0, 8),
-            (1, 9),
-            (2, 10),
-            (3, 11),
-            (4, 12),
-            (5, 13),
-            (6, 14),
-            (7, 15),
-            (4, 8),
-            (5, 9),
-            (6, 10),
-            (7, 11),
-            (2, 4),
-            (3, 5),
-            (6, 8),
-            (7, 9),
-            (10, 12),
-            (11, 13),
-            (1, 2),
-            (3, 4),
-            (5, 6),
-            (7, 8),
-            (9, 10),
-            (11, 12),
-            (13, 14),
-        );
+        batcher_16!(sort_by);
         for (row, sorted) in rows.iter_mut().zip(g) {
             // SAFETY: lanes start..start + 8 lie in the row (LANES is a multiple of GROUP).
             unsafe { _mm256_storeu_si256(row[start..start + GROUP].as_mut_ptr().cast(), sorted) };
