@@ -215,8 +215,8 @@ pub(super) fn pass(
 
 /// Per coordinate of a run (at most [`RUN`] coordinates), Σᵢ wᵢ·xᵢ over the `weighted` columns
 /// (xᵢ, wᵢ) in order, from −0.0 as `Sum` does, then `finish`ed into `out`. Column by column, so it
-/// vectorises
-/// across coordinates; per coordinate the same additions in the same order as a per-coordinate sum.
+/// vectorises across coordinates; per coordinate the same additions in the same order as a
+/// per-coordinate sum.
 #[inline(always)]
 pub(super) fn combine<'a>(
     out: &mut [f32],
