@@ -7,11 +7,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use neuroshard::model::backend::{CpuBackend, cpu_device, train_backend_name};
 use neuroshard::model::corpus::builtin_corpus;
 use neuroshard::model::data::{Batch, TokenDataset};
+use neuroshard::model::fused::FusedOps;
 use neuroshard::model::optim::{AdamWConfig, LrSchedule};
 use neuroshard::model::params::{flatten, unflatten};
 use neuroshard::model::training::{OptimizerPlacement, Trainer, TrainerOptions};
@@ -29,7 +29,7 @@ fn skip_reason() -> Option<&'static str> {
 }
 
 /// The mean loss of `model` on `batch`, read back to the host.
-fn loss_on<B: Backend>(model: &NeuroLlm<B>, batch: &Batch, device: &B::Device) -> f32 {
+fn loss_on<B: FusedOps>(model: &NeuroLlm<B>, batch: &Batch, device: &B::Device) -> f32 {
     let shape = [batch.batch, batch.seq_len];
     let tokens = |values: &[i32]| {
         Tensor::<B, 2, Int>::from_data(TensorData::new(values.to_vec(), shape), device)

@@ -5,10 +5,11 @@
 //!
 //! Bit-identical to sorting each coordinate with `f32::total_cmp`: values are sorted as the i32
 //! keys `total_cmp` itself compares (so −0.0 < +0.0, and equal keys are equal bits), and integer
-//! min/max are exact on any instruction set, so every [`blocks::Simd`] path gives the same rows.
+//! min/max are exact on any instruction set, so every [`Simd`] path gives the same rows.
 
 use super::Contribution;
 use super::blocks::{self, Measure, Pass};
+use crate::simd::Simd;
 
 /// The most contributions the network sorts; rules fall back to a per-coordinate sort above it.
 pub(super) const MAX_N: usize = 16;
@@ -73,9 +74,9 @@ pub(super) fn value(k: i32) -> f32 {
 /// (lanes from `len` on are to be ignored), on the kernel `simd` allows. Both kernels sort
 /// exactly, so they give the same rows.
 #[inline(always)]
-fn load_and_sort(simd: blocks::Simd, rows: &mut Rows, cols: &[&[f32]], len: usize) {
+fn load_and_sort(simd: Simd, rows: &mut Rows, cols: &[&[f32]], len: usize) {
     #[cfg(target_arch = "x86_64")]
-    if simd != blocks::Simd::Baseline {
+    if simd != Simd::Baseline {
         // SAFETY: every Simd but the baseline implies AVX2 (AVX-512F includes it).
         unsafe { load_and_sort_avx2(rows, cols, len) };
         return;
@@ -160,7 +161,7 @@ pub(super) fn per_coordinate_sorted(
         (1..=MAX_N).contains(&n),
         "{n} contributions for the network"
     );
-    let simd = blocks::Simd::widest();
+    let simd = Simd::widest();
     blocks::pass(
         cs,
         vec![0.0f32; d],
@@ -230,7 +231,7 @@ mod tests {
     #[test]
     fn the_network_sorts_every_zero_one_input_for_every_n() {
         assert_eq!(network(), NETWORK);
-        for simd in blocks::Simd::available() {
+        for simd in Simd::available() {
             for n in 1..=MAX_N {
                 let patterns = 1usize << n;
                 let mut cols = vec![vec![0.0f32; patterns]; n];

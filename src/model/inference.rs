@@ -1,6 +1,6 @@
 //! Text generation with the current model: autoregressive sampling with temperature and top-k.
 
-use burn::tensor::backend::Backend;
+use super::fused::FusedOps;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use super::corpus::SplitMix64;
@@ -45,7 +45,7 @@ pub fn sample_token(logits: &[f32], options: &SamplingOptions, rng: &mut SplitMi
 
 /// Next-token logits after every position of `tokens` (non-empty, at most the context length):
 /// `tokens.len()` rows of the vocabulary size, concatenated.
-pub fn logits<B: Backend>(model: &NeuroLlm<B>, tokens: &[u32], device: &B::Device) -> Vec<f32> {
+pub fn logits<B: FusedOps>(model: &NeuroLlm<B>, tokens: &[u32], device: &B::Device) -> Vec<f32> {
     let input: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
     let input = Tensor::<B, 2, Int>::from_data(TensorData::new(input, [1, tokens.len()]), device);
     model
@@ -56,7 +56,7 @@ pub fn logits<B: Backend>(model: &NeuroLlm<B>, tokens: &[u32], device: &B::Devic
 }
 
 /// Continues `prompt` by up to `max_new_tokens` tokens (stopping at EOS) and returns only the new text.
-pub fn generate<B: Backend>(
+pub fn generate<B: FusedOps>(
     model: &NeuroLlm<B>,
     prompt: &str,
     options: &SamplingOptions,

@@ -3,11 +3,12 @@
 
 use burn::module::{Initializer, Module};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
-use burn::tensor::activation::{log_softmax, silu, softmax};
+use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use super::config::NeuroLlmConfig;
+use super::fused::{FusedOps, causal_softmax, swiglu};
 
 #[derive(Module, Debug)]
 pub struct NeuroLlm<B: Backend> {
@@ -111,7 +112,7 @@ impl NeuroLlmConfig {
     }
 }
 
-impl<B: Backend> NeuroLlm<B> {
+impl<B: FusedOps> NeuroLlm<B> {
     /// Next-token logits [batch, seq, vocab] for tokens [batch, seq].
     pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let [batch, seq] = tokens.dims();
@@ -127,16 +128,11 @@ impl<B: Backend> NeuroLlm<B> {
             batch: tokens.dims()[0],
             seq: tokens.dims()[1],
         };
-        let group = self
-            .blocks
-            .first()
-            .map_or(1, |b| b.attn.n_heads / b.attn.n_kv_heads);
-        let mask = causal_bias::<B>(shape.seq, group, &tokens.device());
         let x = self.embedding.forward(tokens);
         let d = x.dims()[2];
         let mut x = x.reshape([shape.batch * shape.seq, d]);
         for block in &self.blocks {
-            x = block.forward(x, shape, &self.rope, &mask);
+            x = block.forward(x, shape, &self.rope);
         }
         self.final_norm
             .forward(x)
@@ -163,41 +159,15 @@ struct Shape2 {
     seq: usize,
 }
 
-/// Additive causal mask for grouped attention, flattened to [1, g·seq·seq]: row `j·seq + t` (query
-/// position t of the j-th query head sharing a key/value head) may see key positions ≤ t; the
-/// others get a large negative.
-fn causal_bias<B: Backend>(seq: usize, group: usize, device: &B::Device) -> Tensor<B, 2> {
-    let mut bias = vec![0.0f32; group * seq * seq];
-    for (row, chunk) in bias.chunks_mut(seq).enumerate() {
-        chunk[row % seq + 1..].fill(-1e9);
-    }
-    Tensor::from_data(TensorData::new(bias, [1, group * seq * seq]), device)
-}
-
-impl<B: Backend> Block<B> {
-    fn forward(
-        &self,
-        x: Tensor<B, 2>,
-        shape: Shape2,
-        rope: &Rope<B>,
-        mask: &Tensor<B, 2>,
-    ) -> Tensor<B, 2> {
-        let h = x.clone()
-            + self
-                .attn
-                .forward(self.attn_norm.forward(x), shape, rope, mask);
+impl<B: FusedOps> Block<B> {
+    fn forward(&self, x: Tensor<B, 2>, shape: Shape2, rope: &Rope<B>) -> Tensor<B, 2> {
+        let h = x.clone() + self.attn.forward(self.attn_norm.forward(x), shape, rope);
         h.clone() + self.ffn.forward(self.ffn_norm.forward(h))
     }
 }
 
-impl<B: Backend> GroupedQueryAttention<B> {
-    fn forward(
-        &self,
-        x: Tensor<B, 2>,
-        shape: Shape2,
-        rope: &Rope<B>,
-        mask: &Tensor<B, 2>,
-    ) -> Tensor<B, 2> {
+impl<B: FusedOps> GroupedQueryAttention<B> {
+    fn forward(&self, x: Tensor<B, 2>, shape: Shape2, rope: &Rope<B>) -> Tensor<B, 2> {
         let (hd, kv) = (self.head_dim, self.n_kv_heads);
         let heads4 = |t: Tensor<B, 2>, n: usize| t.reshape([shape.batch, shape.seq, n, hd]);
         let q = heads4(
@@ -209,19 +179,19 @@ impl<B: Backend> GroupedQueryAttention<B> {
             kv,
         );
         let v = heads4(self.wv.forward(x), kv);
-        self.wo.forward(grouped_causal_attention(q, k, v, mask))
+        self.wo.forward(grouped_causal_attention(q, k, v))
     }
 }
 
-/// softmax(q·kᵀ/√d + mask)·v for q [batch, seq, heads, d] and k, v [batch, seq, kv_heads, d];
+/// causal_softmax(q·kᵀ/√d)·v for q [batch, seq, heads, d] and k, v [batch, seq, kv_heads, d];
 /// returns [batch·seq, heads·d]. The g = heads / kv_heads query heads that share a key/value head
 /// (head h uses kv head h / g) are stacked along the sequence axis, so one batched matmul serves the
-/// whole group without copying keys and values g times; `mask` comes from [`causal_bias`].
-fn grouped_causal_attention<B: Backend>(
+/// whole group without copying keys and values g times; each score row is still query position
+/// `row % seq`, which is what [`causal_softmax`] masks by.
+fn grouped_causal_attention<B: FusedOps>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
-    mask: &Tensor<B, 2>,
 ) -> Tensor<B, 2> {
     let [batch, seq, heads, hd] = q.dims();
     let kv = k.dims()[2];
@@ -232,19 +202,18 @@ fn grouped_causal_attention<B: Backend>(
     let (k, v) = (k.swap_dims(1, 2), v.swap_dims(1, 2));
     let scores = q
         .matmul(k.transpose())
-        .reshape([batch * kv, group * seq * seq])
-        + mask.clone();
-    let probs = softmax(scores.reshape([batch, kv, group * seq, seq]), 3);
+        .reshape([batch * kv * group * seq, seq]);
+    let probs = causal_softmax(scores).reshape([batch, kv, group * seq, seq]);
     let out = probs.matmul(v); // [batch, kv, group·seq, hd]
     out.reshape([batch, heads, seq, hd])
         .swap_dims(1, 2)
         .reshape([batch * seq, heads * hd])
 }
 
-impl<B: Backend> SwiGlu<B> {
+impl<B: FusedOps> SwiGlu<B> {
     fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         self.w2
-            .forward(silu(self.w1.forward(x.clone())) * self.w3.forward(x))
+            .forward(swiglu(self.w1.forward(x.clone()), self.w3.forward(x)))
     }
 }
 
@@ -383,12 +352,7 @@ mod tests {
             )
         };
         let (q, k, v) = (rand(h), rand(kv), rand(kv));
-        let ours = grouped_causal_attention(
-            q.clone(),
-            k.clone(),
-            v.clone(),
-            &causal_bias(t, h / kv, &device),
-        );
+        let ours = grouped_causal_attention(q.clone(), k.clone(), v.clone());
 
         let repeat = |x: Tensor<CpuBackend, 4>| {
             x.swap_dims(1, 2)

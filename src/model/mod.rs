@@ -7,6 +7,7 @@ pub mod config;
 pub mod corpus;
 pub mod data;
 pub mod export;
+pub mod fused;
 pub mod inference;
 pub mod llm;
 pub mod optim;

@@ -1,0 +1,618 @@
+//! Fused kernels for the two elementwise blocks of a transformer step that burn otherwise runs as
+//! chains of separate passes: attention's causal softmax and the SwiGLU gate.
+//!
+//! Under autodiff, burn composes `softmax` from five operations (max, subtract, exp, sum, divide)
+//! plus the mask's add, each a pass over the scores with its own backward, and `silu(a) · b` from
+//! sigmoid and two multiplications; the CPU backend also runs `exp` through scalar libm. Here each
+//! block is one operation with its own backward: one pass forward, one pass back, an exp that
+//! vectorises, and the causal mask applied by position instead of by an added tensor.
+//!
+//! [`FusedOps`] is implemented for the CPU backend (`Flex`, the kernels below), for
+//! `Autodiff<B>` (the backward passes) and, with the composite defaults, for any other backend.
+
+use std::mem::MaybeUninit;
+
+use burn::backend::Autodiff;
+use burn::backend::Flex;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::tensor::activation::{sigmoid, silu, softmax};
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Bool, Bytes, DType, Shape, Tensor, TensorMetadata, TensorPrimitive};
+use burn_flex::{FlexTensor, Layout};
+use rayon::prelude::*;
+
+use crate::simd::Simd;
+
+/// Backends with the fused blocks. The defaults compose them from burn's operations; a backend
+/// overrides them with kernels.
+pub trait FusedOps: Backend {
+    /// Softmax of each row of `scores` [rows, seq] over the keys its query may see: row `r` is
+    /// query position `r % seq`, which sees keys `0..=r % seq`; the others get probability 0.
+    fn causal_softmax(scores: FloatTensor<Self>) -> FloatTensor<Self> {
+        primitive(composite::causal_softmax::<Self>(float(scores)))
+    }
+
+    /// The gradient of a row softmax from its output `probs` and the output's gradient `grad`:
+    /// `probs ⊙ (grad − Σ_row grad ⊙ probs)`.
+    fn softmax_backward(probs: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        primitive(composite::softmax_backward::<Self>(
+            float(probs),
+            float(grad),
+        ))
+    }
+
+    /// The SwiGLU gate `silu(gate) ⊙ up`, elementwise, for [rows, width] tensors.
+    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        primitive(silu(float::<Self>(gate)) * float::<Self>(up))
+    }
+
+    /// The gradients of [`FusedOps::swiglu`] with respect to `gate` and `up`, given the output's
+    /// gradient `grad`.
+    fn swiglu_backward(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (d_gate, d_up) =
+            composite::swiglu_backward::<Self>(float(gate), float(up), float(grad));
+        (primitive(d_gate), primitive(d_up))
+    }
+}
+
+/// The blocks composed from burn's operations: [`FusedOps`]' defaults, and what the kernels are
+/// tested against.
+mod composite {
+    use super::*;
+
+    pub fn causal_softmax<B: Backend>(scores: Tensor<B, 2>) -> Tensor<B, 2> {
+        let [rows, seq] = scores.dims();
+        // `tril_mask` marks what lies outside the lower triangle: the future.
+        let future = Tensor::<B, 2, Bool>::tril_mask([seq, seq], 0, &scores.device())
+            .unsqueeze::<3>()
+            .expand([rows / seq, seq, seq]);
+        let masked = scores
+            .reshape([rows / seq, seq, seq])
+            .mask_fill(future, f32::NEG_INFINITY);
+        softmax(masked, 2).reshape([rows, seq])
+    }
+
+    pub fn softmax_backward<B: Backend>(probs: Tensor<B, 2>, grad: Tensor<B, 2>) -> Tensor<B, 2> {
+        let dot = (grad.clone() * probs.clone()).sum_dim(1);
+        probs * (grad - dot)
+    }
+
+    pub fn swiglu_backward<B: Backend>(
+        gate: Tensor<B, 2>,
+        up: Tensor<B, 2>,
+        grad: Tensor<B, 2>,
+    ) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let s = sigmoid(gate.clone());
+        let d_up = grad.clone() * gate.clone() * s.clone();
+        let d_gate = grad * up * s.clone() * (gate * (s.neg() + 1.0) + 1.0);
+        (d_gate, d_up)
+    }
+}
+
+/// A rank-2 float primitive as a tensor.
+fn float<B: Backend>(primitive: FloatTensor<B>) -> Tensor<B, 2> {
+    Tensor::from_primitive(TensorPrimitive::Float(primitive))
+}
+
+fn primitive<B: Backend>(tensor: Tensor<B, 2>) -> FloatTensor<B> {
+    tensor.into_primitive().tensor()
+}
+
+/// `causal_softmax(scores)` for a `[rows, seq]` tensor, `rows` a multiple of `seq` (see
+/// [`FusedOps::causal_softmax`]).
+pub fn causal_softmax<B: FusedOps>(scores: Tensor<B, 2>) -> Tensor<B, 2> {
+    Tensor::from_primitive(TensorPrimitive::Float(B::causal_softmax(
+        scores.into_primitive().tensor(),
+    )))
+}
+
+/// `silu(gate) ⊙ up` for two tensors of the same shape.
+pub fn swiglu<B: FusedOps>(gate: Tensor<B, 2>, up: Tensor<B, 2>) -> Tensor<B, 2> {
+    Tensor::from_primitive(TensorPrimitive::Float(B::swiglu(
+        gate.into_primitive().tensor(),
+        up.into_primitive().tensor(),
+    )))
+}
+
+#[cfg(feature = "cuda")]
+impl FusedOps for burn::backend::Cuda {}
+
+impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
+    fn causal_softmax(scores: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct CausalSoftmax;
+
+        impl<B: FusedOps> Backward<B, 1> for CausalSoftmax {
+            /// The output: the gradient needs only the probabilities.
+            type State = FloatTensor<B>;
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                let grad = grads.consume::<B>(&ops.node);
+                if let [Some(parent)] = ops.parents {
+                    grads.register::<B>(parent.id, B::softmax_backward(ops.state, grad));
+                }
+            }
+        }
+
+        match CausalSoftmax
+            .prepare::<C>([scores.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let probs = B::causal_softmax(scores.primitive);
+                prep.finish(probs.clone(), probs)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::causal_softmax(scores.primitive)),
+        }
+    }
+
+    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct SwiGlu;
+
+        impl<B: FusedOps> Backward<B, 2> for SwiGlu {
+            /// The inputs (gate, up).
+            type State = (FloatTensor<B>, FloatTensor<B>);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 2>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                let grad = grads.consume::<B>(&ops.node);
+                let (gate, up) = ops.state;
+                let (d_gate, d_up) = B::swiglu_backward(gate, up, grad);
+                let [gate_node, up_node] = ops.parents;
+                if let Some(node) = gate_node {
+                    grads.register::<B>(node.id, d_gate);
+                }
+                if let Some(node) = up_node {
+                    grads.register::<B>(node.id, d_up);
+                }
+            }
+        }
+
+        match SwiGlu
+            .prepare::<C>([gate.node.clone(), up.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let state = (gate.primitive.clone(), up.primitive.clone());
+                prep.finish(state, B::swiglu(gate.primitive, up.primitive))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::swiglu(gate.primitive, up.primitive)),
+        }
+    }
+}
+
+/// Values per parallel task of an elementwise kernel: large enough to amortise a task, small
+/// enough to split a step's activations over the cores.
+const ELEMENTS_PER_TASK: usize = 1 << 14;
+/// Softmax rows per parallel task.
+const ROWS_PER_TASK: usize = 64;
+/// Lanes of the row reductions: independent partial maxima and sums let the loops vectorise
+/// (Rust keeps float additions in program order, so one running sum would stay scalar).
+const LANES: usize = 8;
+
+impl FusedOps for Flex {
+    fn causal_softmax(scores: FlexTensor) -> FlexTensor {
+        let shape = scores.shape();
+        let [rows, seq] = shape.dims();
+        let scores = contiguous_f32(scores);
+        let input = scores.storage::<f32>();
+        let simd = Simd::widest();
+        let out = filled(rows * seq, ROWS_PER_TASK * seq, |start, out| {
+            simd.run(
+                #[inline(always)]
+                || {
+                    for (i, row) in out.chunks_mut(seq).enumerate() {
+                        let r = start / seq + i;
+                        causal_softmax_row(&input[r * seq..(r + 1) * seq], r % seq + 1, row);
+                    }
+                },
+            )
+        });
+        tensor(out, shape)
+    }
+
+    fn softmax_backward(probs: FlexTensor, grad: FlexTensor) -> FlexTensor {
+        let shape = probs.shape();
+        let seq = shape[1];
+        let (probs, grad) = (contiguous_f32(probs), contiguous_f32(grad));
+        let (p, g) = (probs.storage::<f32>(), grad.storage::<f32>());
+        let simd = Simd::widest();
+        let out = filled(p.len(), ROWS_PER_TASK * seq, |start, out| {
+            simd.run(
+                #[inline(always)]
+                || {
+                    for (i, row) in out.chunks_mut(seq).enumerate() {
+                        let at = start + i * seq..start + (i + 1) * seq;
+                        softmax_backward_row(&p[at.clone()], &g[at], row);
+                    }
+                },
+            )
+        });
+        tensor(out, shape)
+    }
+
+    fn swiglu(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
+        let shape = gate.shape();
+        let (gate, up) = (contiguous_f32(gate), contiguous_f32(up));
+        let (a, b) = (gate.storage::<f32>(), up.storage::<f32>());
+        let simd = Simd::widest();
+        let out = filled(a.len(), ELEMENTS_PER_TASK, |start, out| {
+            simd.run(
+                #[inline(always)]
+                || {
+                    let at = start..start + out.len();
+                    for ((o, &a), &b) in out.iter_mut().zip(&a[at.clone()]).zip(&b[at]) {
+                        o.write(a * sigmoid_f32(a) * b);
+                    }
+                },
+            )
+        });
+        tensor(out, shape)
+    }
+
+    fn swiglu_backward(
+        gate: FlexTensor,
+        up: FlexTensor,
+        grad: FlexTensor,
+    ) -> (FlexTensor, FlexTensor) {
+        let shape = gate.shape();
+        let (gate, up, grad) = (
+            contiguous_f32(gate),
+            contiguous_f32(up),
+            contiguous_f32(grad),
+        );
+        let (a, b, g) = (
+            gate.storage::<f32>(),
+            up.storage::<f32>(),
+            grad.storage::<f32>(),
+        );
+        let simd = Simd::widest();
+        let (d_gate, d_up) = filled_pair(a.len(), ELEMENTS_PER_TASK, |start, d_a, d_b| {
+            simd.run(
+                #[inline(always)]
+                || {
+                    let at = start..start + d_a.len();
+                    let (a, b, g) = (&a[at.clone()], &b[at.clone()], &g[at]);
+                    let d_b = &mut d_b[..a.len()];
+                    for i in 0..d_a.len() {
+                        let (a, b, g) = (a[i], b[i], g[i]);
+                        let s = sigmoid_f32(a);
+                        d_a[i].write(g * b * s * (a * (1.0 - s) + 1.0));
+                        d_b[i].write(g * a * s);
+                    }
+                },
+            )
+        });
+        (tensor(d_gate, shape.clone()), tensor(d_up, shape))
+    }
+}
+
+/// The tensor with its f32 values in one contiguous buffer from offset 0.
+fn contiguous_f32(tensor: FlexTensor) -> FlexTensor {
+    assert_eq!(tensor.dtype(), DType::F32, "the fused kernels run in f32");
+    tensor.to_contiguous()
+}
+
+fn tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
+    FlexTensor::new(
+        Bytes::from_elems(values),
+        Layout::contiguous(shape),
+        DType::F32,
+    )
+}
+
+/// A new vector of `n` values, written in parallel by `fill(start, slots)` for each chunk of
+/// `chunk` slots beginning at `start`; `fill` must write every slot it is given. Skips zeroing the
+/// buffer first: that would be one more pass over memory per output.
+fn filled(
+    n: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n);
+    out.spare_capacity_mut()[..n]
+        .par_chunks_mut(chunk)
+        .enumerate()
+        .for_each(|(i, slots)| fill(i * chunk, slots));
+    // SAFETY: the chunks cover all n slots and each `fill` writes every slot of its chunk.
+    unsafe { out.set_len(n) };
+    out
+}
+
+/// Two vectors written together, as in [`filled`].
+fn filled_pair(
+    n: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<f32>], &mut [MaybeUninit<f32>]) + Sync,
+) -> (Vec<f32>, Vec<f32>) {
+    let (mut first, mut second) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    first.spare_capacity_mut()[..n]
+        .par_chunks_mut(chunk)
+        .zip(second.spare_capacity_mut()[..n].par_chunks_mut(chunk))
+        .enumerate()
+        .for_each(|(i, (a, b))| fill(i * chunk, a, b));
+    // SAFETY: as in `filled`, for both vectors.
+    unsafe {
+        first.set_len(n);
+        second.set_len(n);
+    }
+    (first, second)
+}
+
+/// One row of [`FusedOps::causal_softmax`]: the first `visible` scores normalised, the rest 0.
+#[inline(always)]
+fn causal_softmax_row(scores: &[f32], visible: usize, out: &mut [MaybeUninit<f32>]) {
+    let (seen, hidden) = out.split_at_mut(visible);
+    let max = lane_max(&scores[..visible]);
+    for (o, &x) in seen.iter_mut().zip(&scores[..visible]) {
+        o.write(exp_f32(x - max));
+    }
+    for o in hidden {
+        o.write(0.0);
+    }
+    // SAFETY: every slot of `seen` was written just above.
+    let seen = unsafe { &mut *(seen as *mut [MaybeUninit<f32>] as *mut [f32]) };
+    let inverse = 1.0 / lane_sum(seen);
+    for p in seen {
+        *p *= inverse;
+    }
+}
+
+/// One row of [`FusedOps::softmax_backward`].
+#[inline(always)]
+fn softmax_backward_row(probs: &[f32], grad: &[f32], out: &mut [MaybeUninit<f32>]) {
+    let dot = lane_dot(probs, grad);
+    for ((o, &p), &g) in out.iter_mut().zip(probs).zip(grad) {
+        o.write(p * (g - dot));
+    }
+}
+
+#[inline(always)]
+fn lane_max(values: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (m, &x) in lanes.iter_mut().zip(chunk) {
+            *m = if x > *m { x } else { *m };
+        }
+    }
+    tail.iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m })
+}
+
+#[inline(always)]
+fn lane_sum(values: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (s, &x) in lanes.iter_mut().zip(chunk) {
+            *s += x;
+        }
+    }
+    lanes.iter().chain(tail).sum()
+}
+
+#[inline(always)]
+fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let (chunks_a, chunks_b) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail = chunks_a.remainder().iter().zip(chunks_b.remainder());
+    for (ca, cb) in chunks_a.zip(chunks_b) {
+        for ((s, &x), &y) in lanes.iter_mut().zip(ca).zip(cb) {
+            *s += x * y;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail.map(|(x, y)| x * y).sum::<f32>()
+}
+
+/// `1 / (1 + e^(−x))`.
+#[inline(always)]
+fn sigmoid_f32(x: f32) -> f32 {
+    1.0 / (1.0 + exp_f32(-x))
+}
+
+/// e^x in f32 without branches, so that loops over it vectorise (libm's `expf` is a scalar call):
+/// x = n·ln 2 + r with |r| ≤ ln 2 / 2, e^r from Cephes' degree-6 polynomial, 2ⁿ built in the
+/// exponent bits. Within 2 ulp of the true value; 0 below −87.3 (where e^x is subnormal) and +∞
+/// above 88.3; NaN stays NaN.
+#[inline(always)]
+fn exp_f32(x: f32) -> f32 {
+    const LOWEST: f32 = -87.3;
+    const HIGHEST: f32 = 88.3;
+    // Adding 1.5·2²³ rounds to an integer, which then sits in the low bits of the mantissa.
+    const ROUND: f32 = 12_582_912.0;
+    // ln 2 in two parts, so that n·LN2_HI is exact.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let clamped = x.clamp(LOWEST, HIGHEST);
+    let shifted = clamped * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
+    let r = clamped - n * LN2_HI - n * LN2_LO;
+    let poly = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
+        * r
+        + 1.666_666_5e-1)
+        * r
+        + 0.5;
+    let e_r = poly * r * r + r + 1.0;
+    let exponent = (shifted.to_bits() as i32 - ROUND.to_bits() as i32 + 127) as u32;
+    let y = e_r * f32::from_bits(exponent << 23);
+    if x < LOWEST {
+        0.0
+    } else if x > HIGHEST {
+        f32::INFINITY
+    } else {
+        y
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Distribution, Tolerance};
+
+    use super::*;
+    use crate::model::backend::{CpuBackend, TrainBackend, cpu_device};
+
+    #[test]
+    fn exp_is_within_two_ulp_of_the_true_value_and_saturates_like_exp() {
+        let mut worst = 0.0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let exact = (x as f64).exp();
+            worst = worst.max(((exp_f32(x) as f64 - exact) / exact).abs());
+            x += 0.0137;
+        }
+        assert!(worst < 2.4e-7, "worst relative error {worst:e}");
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_f32(-1e9), 0.0);
+        assert_eq!(exp_f32(f32::INFINITY), f32::INFINITY);
+        assert!(exp_f32(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn every_instruction_set_gives_the_same_bits() {
+        let xs: Vec<f32> = (0..4096).map(|i| (i as f32 - 2048.0) * 0.043).collect();
+        let run = |simd: Simd| {
+            simd.run(|| {
+                let mut row = vec![MaybeUninit::uninit(); xs.len()];
+                causal_softmax_row(&xs, 3000, &mut row);
+                let row: Vec<u32> = row
+                    .iter()
+                    .map(|v| unsafe { v.assume_init() }.to_bits())
+                    .collect();
+                let sig: Vec<u32> = xs.iter().map(|&x| sigmoid_f32(x).to_bits()).collect();
+                (row, sig)
+            })
+        };
+        let baseline = run(Simd::Baseline);
+        for simd in Simd::available() {
+            assert!(run(simd) == baseline, "{simd:?} differs from the baseline");
+        }
+    }
+
+    fn random<B: Backend>(shape: [usize; 2], device: &B::Device) -> Tensor<B, 2> {
+        Tensor::random(shape, Distribution::Normal(0.0, 3.0), device)
+    }
+
+    #[test]
+    fn causal_softmax_matches_the_masked_softmax_and_hides_the_future() {
+        let device = cpu_device();
+        // 3 query groups of a 37-long sequence: rows restart at position 0 every 37 rows.
+        let scores = random::<CpuBackend>([3 * 37, 37], &device);
+        let fused = causal_softmax(scores.clone());
+        let reference = composite::causal_softmax(scores);
+        fused
+            .to_data()
+            .assert_approx_eq::<f32>(&reference.to_data(), Tolerance::absolute(1e-6));
+        let probs = fused.to_data().to_vec::<f32>().unwrap();
+        for (row, p) in probs.chunks(37).enumerate() {
+            let position = row % 37;
+            assert!(
+                p[position + 1..].iter().all(|&v| v == 0.0),
+                "row {row} sees the future"
+            );
+            assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn swiglu_matches_silu_times_up_including_large_gates() {
+        let device = cpu_device();
+        let gate = random::<CpuBackend>([40, 700], &device).mul_scalar(10.0);
+        let up = random::<CpuBackend>([40, 700], &device);
+        swiglu(gate.clone(), up.clone())
+            .to_data()
+            .assert_approx_eq::<f32>(&(silu(gate) * up).to_data(), Tolerance::rel_abs(1e-5, 1e-5));
+    }
+
+    /// The fused blocks' gradients against autodiff through burn's compositions, for a loss that
+    /// weighs every output differently.
+    #[test]
+    fn gradients_match_autodiff_through_the_compositions() {
+        let device = cpu_device();
+        let leaf =
+            |t: Tensor<CpuBackend, 2>| Tensor::<TrainBackend, 2>::from_inner(t).require_grad();
+        let (scores, gate, up) = (
+            random::<CpuBackend>([2 * 29, 29], &device),
+            random::<CpuBackend>([33, 300], &device),
+            random::<CpuBackend>([33, 300], &device),
+        );
+        let (w_softmax, w_swiglu) = (
+            Tensor::<TrainBackend, 2>::from_inner(random([2 * 29, 29], &device)),
+            Tensor::<TrainBackend, 2>::from_inner(random([33, 300], &device)),
+        );
+        let grads_of = |fused: bool| {
+            let (s, g, u) = (leaf(scores.clone()), leaf(gate.clone()), leaf(up.clone()));
+            let (probs, gated) = if fused {
+                (causal_softmax(s.clone()), swiglu(g.clone(), u.clone()))
+            } else {
+                (
+                    composite::causal_softmax(s.clone()),
+                    silu(g.clone()) * u.clone(),
+                )
+            };
+            let loss = (probs * w_softmax.clone()).sum() + (gated * w_swiglu.clone()).sum();
+            let grads = loss.backward();
+            [s, g, u].map(|t| t.grad(&grads).unwrap().to_data())
+        };
+        let (fused, reference) = (grads_of(true), grads_of(false));
+        for (name, (f, r)) in ["scores", "gate", "up"]
+            .iter()
+            .zip(fused.iter().zip(&reference))
+        {
+            f.assert_approx_eq::<f32>(r, Tolerance::rel_abs(1e-4, 1e-5));
+            assert!(f.iter::<f32>().any(|v| v != 0.0), "{name} got no gradient");
+        }
+    }
+
+    /// The defaults other backends run (composed from burn's operations) against the kernels.
+    #[test]
+    fn the_backward_kernels_match_the_composed_defaults() {
+        let device = cpu_device();
+        let probs = causal_softmax(random::<CpuBackend>([3 * 41, 41], &device));
+        let grad = random::<CpuBackend>([3 * 41, 41], &device);
+        let fused = float::<CpuBackend>(CpuBackend::softmax_backward(
+            primitive(probs.clone()),
+            primitive(grad.clone()),
+        ));
+        fused.to_data().assert_approx_eq::<f32>(
+            &composite::softmax_backward(probs, grad).to_data(),
+            Tolerance::rel_abs(1e-5, 1e-6),
+        );
+        let [gate, up, grad] = [0; 3].map(|_| random::<CpuBackend>([17, 515], &device));
+        let (d_gate, d_up) = CpuBackend::swiglu_backward(
+            primitive(gate.clone()),
+            primitive(up.clone()),
+            primitive(grad.clone()),
+        );
+        let (ref_gate, ref_up) = composite::swiglu_backward(gate, up, grad);
+        for (fused, reference) in [(d_gate, ref_gate), (d_up, ref_up)] {
+            float::<CpuBackend>(fused)
+                .to_data()
+                .assert_approx_eq::<f32>(&reference.to_data(), Tolerance::rel_abs(1e-5, 1e-6));
+        }
+    }
+}
