@@ -45,6 +45,15 @@ pub trait FusedOps: Backend {
         ))
     }
 
+    /// [a, b, c, d] → [a, c, b, d] in memory of its own: attention's [batch, seq, heads, d] ↔
+    /// [batch, heads, seq, d]. Its own inverse, so also its own gradient.
+    fn swap_seq_and_heads(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(x))
+            .swap_dims(1, 2)
+            .into_primitive()
+            .tensor()
+    }
+
     /// The SwiGLU gate `silu(gate) ⊙ up`, elementwise, for [rows, width] tensors.
     fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
         primitive(silu(float::<Self>(gate)) * float::<Self>(up))
@@ -114,6 +123,13 @@ pub fn causal_softmax<B: FusedOps>(scores: Tensor<B, 2>) -> Tensor<B, 2> {
     )))
 }
 
+/// `x` [a, b, c, d] as [a, c, b, d], copied so that each [b, d] or [c, d] slice is contiguous.
+pub fn swap_seq_and_heads<B: FusedOps>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    Tensor::from_primitive(TensorPrimitive::Float(B::swap_seq_and_heads(
+        x.into_primitive().tensor(),
+    )))
+}
+
 /// `silu(gate) ⊙ up` for two tensors of the same shape.
 pub fn swiglu<B: FusedOps>(gate: Tensor<B, 2>, up: Tensor<B, 2>) -> Tensor<B, 2> {
     Tensor::from_primitive(TensorPrimitive::Float(B::swiglu(
@@ -158,6 +174,27 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             }
             OpsKind::UnTracked(prep) => prep.finish(B::causal_softmax(scores.primitive)),
         }
+    }
+
+    fn swap_seq_and_heads(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct SwapSeqAndHeads;
+
+        impl<B: FusedOps> Backward<B, 1> for SwapSeqAndHeads {
+            type State = ();
+
+            fn backward(self, ops: Ops<(), 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let grad = grads.consume::<B>(&ops.node);
+                if let [Some(parent)] = ops.parents {
+                    grads.register::<B>(parent.id, B::swap_seq_and_heads(grad));
+                }
+            }
+        }
+
+        SwapSeqAndHeads
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateless(B::swap_seq_and_heads(x.primitive))
     }
 
     fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -249,6 +286,28 @@ impl FusedOps for Flex {
             )
         });
         tensor(out, shape)
+    }
+
+    fn swap_seq_and_heads(x: FlexTensor) -> FlexTensor {
+        let [a, b, c, d] = x.shape().dims();
+        let x = contiguous_f32(x);
+        let input = x.storage::<f32>();
+        // Output row (i, k, j) of d values is input row (i, j, k); a task writes whole [b, d] blocks.
+        let out = filled(
+            a * c * b * d,
+            (ELEMENTS_PER_TASK / (b * d)).max(1) * b * d,
+            |start, out| {
+                for (n, row) in out.chunks_mut(d).enumerate() {
+                    let (i_k, j) = ((start / d + n) / b, (start / d + n) % b);
+                    let (i, k) = (i_k / c, i_k % c);
+                    let from = ((i * b + j) * c + k) * d;
+                    for (o, &v) in row.iter_mut().zip(&input[from..from + d]) {
+                        o.write(v);
+                    }
+                }
+            },
+        );
+        tensor(out, Shape::new([a, c, b, d]))
     }
 
     fn swiglu(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
@@ -617,5 +676,29 @@ mod tests {
                 .to_data()
                 .assert_approx_eq::<f32>(&reference.to_data(), Tolerance::rel_abs(1e-5, 1e-6));
         }
+    }
+
+    #[test]
+    fn swapping_seq_and_heads_matches_swap_dims_forward_and_backward() {
+        let device = cpu_device();
+        let x = Tensor::<CpuBackend, 4>::random([2, 7, 3, 5], Distribution::Default, &device);
+        let weights = Tensor::<TrainBackend, 4>::from_inner(Tensor::random(
+            [2, 3, 7, 5],
+            Distribution::Default,
+            &device,
+        ));
+        let run = |fused: bool| {
+            let leaf = Tensor::<TrainBackend, 4>::from_inner(x.clone()).require_grad();
+            let swapped = if fused {
+                swap_seq_and_heads(leaf.clone())
+            } else {
+                leaf.clone().swap_dims(1, 2)
+            };
+            let grads = (swapped.clone() * weights.clone()).sum().backward();
+            (swapped.to_data(), leaf.grad(&grads).unwrap().to_data())
+        };
+        let ((fused, fused_grad), (reference, reference_grad)) = (run(true), run(false));
+        assert_eq!(fused, reference);
+        assert_eq!(fused_grad, reference_grad);
     }
 }

@@ -8,7 +8,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use super::config::NeuroLlmConfig;
-use super::fused::{FusedOps, causal_softmax, swiglu};
+use super::fused::{FusedOps, causal_softmax, swap_seq_and_heads, swiglu};
 
 #[derive(Module, Debug)]
 pub struct NeuroLlm<B: Backend> {
@@ -196,18 +196,14 @@ fn grouped_causal_attention<B: FusedOps>(
     let [batch, seq, heads, hd] = q.dims();
     let kv = k.dims()[2];
     let group = heads / kv;
-    let q = (q * (hd as f64).powf(-0.5))
-        .swap_dims(1, 2)
-        .reshape([batch, kv, group * seq, hd]);
-    let (k, v) = (k.swap_dims(1, 2), v.swap_dims(1, 2));
+    let q = swap_seq_and_heads(q * (hd as f64).powf(-0.5)).reshape([batch, kv, group * seq, hd]);
+    let (k, v) = (swap_seq_and_heads(k), swap_seq_and_heads(v));
     let scores = q
         .matmul(k.transpose())
         .reshape([batch * kv * group * seq, seq]);
     let probs = causal_softmax(scores).reshape([batch, kv, group * seq, seq]);
     let out = probs.matmul(v); // [batch, kv, group·seq, hd]
-    out.reshape([batch, heads, seq, hd])
-        .swap_dims(1, 2)
-        .reshape([batch * seq, heads * hd])
+    swap_seq_and_heads(out.reshape([batch, heads, seq, hd])).reshape([batch * seq, heads * hd])
 }
 
 impl<B: FusedOps> SwiGlu<B> {
