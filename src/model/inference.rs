@@ -43,6 +43,17 @@ pub fn sample_token(logits: &[f32], options: &SamplingOptions, rng: &mut SplitMi
     ranked[ranked.len() - 1].0
 }
 
+/// Sets to −∞ the logits of the tokens that would make `generated` invalid UTF-8: a byte-level
+/// model can put weight on any byte (a barely trained one does), and what it shows must be text.
+pub fn rule_out_invalid_utf8(logits: &mut [f32], generated: &[u8]) {
+    let pending = tokenizer::unfinished_character(generated);
+    for (token, logit) in logits.iter_mut().enumerate() {
+        if !tokenizer::keeps_utf8_valid(pending, token as u32) {
+            *logit = f32::NEG_INFINITY;
+        }
+    }
+}
+
 /// Next-token logits after every position of `tokens` (non-empty, at most the context length):
 /// `tokens.len()` rows of the vocabulary size, concatenated.
 pub fn logits<B: FusedOps>(model: &NeuroLlm<B>, tokens: &[u32], device: &B::Device) -> Vec<f32> {
@@ -71,15 +82,19 @@ pub fn generate<B: FusedOps>(
             tokens.push(tokenizer::BOS);
             continue;
         }
-        let all = logits(model, window, device);
-        let last = &all[all.len() - all.len() / window.len()..];
-        let next = sample_token(last, options, &mut rng) as u32;
+        let mut last = logits(model, window, device);
+        last.drain(..last.len() - last.len() / window.len());
+        rule_out_invalid_utf8(&mut last, &tokenizer::decode_bytes(&tokens[prompt_len..]));
+        let next = sample_token(&last, options, &mut rng) as u32;
         if next == EOS {
             break;
         }
         tokens.push(next);
     }
-    tokenizer::decode(&tokens[prompt_len..])
+    // A character cut off by the token limit is dropped, not shown as U+FFFD.
+    let generated = tokenizer::decode_bytes(&tokens[prompt_len..]);
+    let finished = generated.len() - tokenizer::unfinished_character(&generated).len();
+    String::from_utf8_lossy(&generated[..finished]).into_owned()
 }
 
 #[cfg(test)]
@@ -112,6 +127,44 @@ mod tests {
         };
         for _ in 0..50 {
             assert!([1, 3].contains(&sample_token(&logits, &top2, &mut rng)));
+        }
+    }
+
+    /// Logits that favour breaking UTF-8 (a stray continuation byte, 0xFF, ending or leaving a
+    /// character half-written) still give text: greedy and sampled picks stay valid.
+    #[test]
+    fn picks_never_break_utf8_whatever_the_logits_favour() {
+        let mut rng = SplitMix64::new(7);
+        let pick = |favoured: &[u32], generated: &[u8], temperature: f32, rng: &mut SplitMix64| {
+            let mut logits = vec![0.0f32; tokenizer::VOCAB_SIZE];
+            for &t in favoured {
+                logits[t as usize] = 50.0;
+            }
+            rule_out_invalid_utf8(&mut logits, generated);
+            let options = SamplingOptions {
+                max_new_tokens: 1,
+                temperature,
+                top_k: 3,
+                seed: 0,
+            };
+            sample_token(&logits, &options, rng) as u32
+        };
+        for temperature in [0.0, 1.0] {
+            let first = pick(&[0x80, 0xFF], b"ok", temperature, &mut rng);
+            assert!(first < 0x80 || (0xC2..=0xF4).contains(&first), "{first:#x}");
+            let inside = pick(
+                &[b'a'.into(), tokenizer::EOS],
+                &[b'o', 0xE2],
+                temperature,
+                &mut rng,
+            );
+            assert!((0x80..=0xBF).contains(&inside), "{inside:#x}");
+            let after = pick(&[tokenizer::EOS], "✓".as_bytes(), temperature, &mut rng);
+            assert_eq!(
+                after,
+                tokenizer::EOS,
+                "a finished character may end the text"
+            );
         }
     }
 }
