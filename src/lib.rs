@@ -14,7 +14,6 @@ pub mod logs;
 pub mod model;
 pub mod net;
 pub mod node;
-pub(crate) mod simd;
 pub mod simulate;
 pub mod status;
 pub mod timeline;

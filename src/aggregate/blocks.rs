@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rayon::prelude::*;
 
 use super::Contribution;
-use crate::simd::Simd;
+use neuroshard_kernels::Simd;
 
 /// Coordinates per block: n blocks of 4096 f32 (16 KiB each) stay in L2 while a block is worked on.
 pub(super) const BLOCK: usize = 4096;

@@ -9,7 +9,7 @@
 
 use super::Contribution;
 use super::blocks::{self, Measure, Pass};
-use crate::simd::Simd;
+use neuroshard_kernels::Simd;
 
 /// The most contributions the network sorts; rules fall back to a per-coordinate sort above it.
 pub(super) const MAX_N: usize = 16;

@@ -10,8 +10,6 @@
 //! [`FusedOps`] is implemented for the CPU backend (`Flex`, the kernels below), for
 //! `Autodiff<B>` (the backward passes) and, with the composite defaults, for any other backend.
 
-use std::mem::MaybeUninit;
-
 use burn::backend::Autodiff;
 use burn::backend::Flex;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -23,9 +21,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Bool, Bytes, DType, Shape, Tensor, TensorMetadata, TensorPrimitive};
 use burn_flex::{FlexTensor, Layout};
-use rayon::prelude::*;
-
-use crate::simd::Simd;
+use neuroshard_kernels::{self as kernels, Simd};
 
 /// Backends with the fused blocks. The defaults compose them from burn's operations; a backend
 /// overrides them with kernels.
@@ -238,95 +234,38 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     }
 }
 
-/// Values per parallel task of an elementwise kernel: large enough to amortise a task, small
-/// enough to split a step's activations over the cores.
-const ELEMENTS_PER_TASK: usize = 1 << 14;
-/// Softmax rows per parallel task.
-const ROWS_PER_TASK: usize = 64;
-/// Lanes of the row reductions: independent partial maxima and sums let the loops vectorise
-/// (Rust keeps float additions in program order, so one running sum would stay scalar).
-const LANES: usize = 8;
-
 impl FusedOps for Flex {
     fn causal_softmax(scores: FlexTensor) -> FlexTensor {
         let shape = scores.shape();
-        let [rows, seq] = shape.dims();
         let scores = contiguous_f32(scores);
-        let input = scores.storage::<f32>();
-        let simd = Simd::widest();
-        let out = filled(rows * seq, ROWS_PER_TASK * seq, |start, out| {
-            simd.run(
-                #[inline(always)]
-                || {
-                    for (i, row) in out.chunks_mut(seq).enumerate() {
-                        let r = start / seq + i;
-                        causal_softmax_row(&input[r * seq..(r + 1) * seq], r % seq + 1, row);
-                    }
-                },
-            )
-        });
-        tensor(out, shape)
+        let probs = kernels::causal_softmax(Simd::widest(), scores.storage(), shape[1]);
+        tensor(probs, shape)
     }
 
     fn softmax_backward(probs: FlexTensor, grad: FlexTensor) -> FlexTensor {
         let shape = probs.shape();
-        let seq = shape[1];
         let (probs, grad) = (contiguous_f32(probs), contiguous_f32(grad));
-        let (p, g) = (probs.storage::<f32>(), grad.storage::<f32>());
-        let simd = Simd::widest();
-        let out = filled(p.len(), ROWS_PER_TASK * seq, |start, out| {
-            simd.run(
-                #[inline(always)]
-                || {
-                    for (i, row) in out.chunks_mut(seq).enumerate() {
-                        let at = start + i * seq..start + (i + 1) * seq;
-                        softmax_backward_row(&p[at.clone()], &g[at], row);
-                    }
-                },
-            )
-        });
-        tensor(out, shape)
+        let d_scores =
+            kernels::softmax_backward(Simd::widest(), probs.storage(), grad.storage(), shape[1]);
+        tensor(d_scores, shape)
     }
 
     fn swap_seq_and_heads(x: FlexTensor) -> FlexTensor {
         let [a, b, c, d] = x.shape().dims();
         let x = contiguous_f32(x);
-        let input = x.storage::<f32>();
-        // Output row (i, k, j) of d values is input row (i, j, k); a task writes whole [b, d] blocks.
-        let out = filled(
-            a * c * b * d,
-            (ELEMENTS_PER_TASK / (b * d)).max(1) * b * d,
-            |start, out| {
-                for (n, row) in out.chunks_mut(d).enumerate() {
-                    let (i_k, j) = ((start / d + n) / b, (start / d + n) % b);
-                    let (i, k) = (i_k / c, i_k % c);
-                    let from = ((i * b + j) * c + k) * d;
-                    for (o, &v) in row.iter_mut().zip(&input[from..from + d]) {
-                        o.write(v);
-                    }
-                }
-            },
-        );
-        tensor(out, Shape::new([a, c, b, d]))
+        tensor(
+            kernels::swap_middle_dims(x.storage(), [a, b, c, d]),
+            Shape::new([a, c, b, d]),
+        )
     }
 
     fn swiglu(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
         let shape = gate.shape();
         let (gate, up) = (contiguous_f32(gate), contiguous_f32(up));
-        let (a, b) = (gate.storage::<f32>(), up.storage::<f32>());
-        let simd = Simd::widest();
-        let out = filled(a.len(), ELEMENTS_PER_TASK, |start, out| {
-            simd.run(
-                #[inline(always)]
-                || {
-                    let at = start..start + out.len();
-                    for ((o, &a), &b) in out.iter_mut().zip(&a[at.clone()]).zip(&b[at]) {
-                        o.write(a * sigmoid_f32(a) * b);
-                    }
-                },
-            )
-        });
-        tensor(out, shape)
+        tensor(
+            kernels::swiglu(Simd::widest(), gate.storage(), up.storage()),
+            shape,
+        )
     }
 
     fn swiglu_backward(
@@ -340,28 +279,8 @@ impl FusedOps for Flex {
             contiguous_f32(up),
             contiguous_f32(grad),
         );
-        let (a, b, g) = (
-            gate.storage::<f32>(),
-            up.storage::<f32>(),
-            grad.storage::<f32>(),
-        );
-        let simd = Simd::widest();
-        let (d_gate, d_up) = filled_pair(a.len(), ELEMENTS_PER_TASK, |start, d_a, d_b| {
-            simd.run(
-                #[inline(always)]
-                || {
-                    let at = start..start + d_a.len();
-                    let (a, b, g) = (&a[at.clone()], &b[at.clone()], &g[at]);
-                    let d_b = &mut d_b[..a.len()];
-                    for i in 0..d_a.len() {
-                        let (a, b, g) = (a[i], b[i], g[i]);
-                        let s = sigmoid_f32(a);
-                        d_a[i].write(g * b * s * (a * (1.0 - s) + 1.0));
-                        d_b[i].write(g * a * s);
-                    }
-                },
-            )
-        });
+        let (d_gate, d_up) =
+            kernels::swiglu_backward(Simd::widest(), gate.storage(), up.storage(), grad.storage());
         (tensor(d_gate, shape.clone()), tensor(d_up, shape))
     }
 }
@@ -380,153 +299,6 @@ fn tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
     )
 }
 
-/// A new vector of `n` values, written in parallel by `fill(start, slots)` for each chunk of
-/// `chunk` slots beginning at `start`; `fill` must write every slot it is given. Skips zeroing the
-/// buffer first: that would be one more pass over memory per output.
-fn filled(
-    n: usize,
-    chunk: usize,
-    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
-) -> Vec<f32> {
-    let mut out = Vec::with_capacity(n);
-    out.spare_capacity_mut()[..n]
-        .par_chunks_mut(chunk)
-        .enumerate()
-        .for_each(|(i, slots)| fill(i * chunk, slots));
-    // SAFETY: the chunks cover all n slots and each `fill` writes every slot of its chunk.
-    unsafe { out.set_len(n) };
-    out
-}
-
-/// Two vectors written together, as in [`filled`].
-fn filled_pair(
-    n: usize,
-    chunk: usize,
-    fill: impl Fn(usize, &mut [MaybeUninit<f32>], &mut [MaybeUninit<f32>]) + Sync,
-) -> (Vec<f32>, Vec<f32>) {
-    let (mut first, mut second) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    first.spare_capacity_mut()[..n]
-        .par_chunks_mut(chunk)
-        .zip(second.spare_capacity_mut()[..n].par_chunks_mut(chunk))
-        .enumerate()
-        .for_each(|(i, (a, b))| fill(i * chunk, a, b));
-    // SAFETY: as in `filled`, for both vectors.
-    unsafe {
-        first.set_len(n);
-        second.set_len(n);
-    }
-    (first, second)
-}
-
-/// One row of [`FusedOps::causal_softmax`]: the first `visible` scores normalised, the rest 0.
-#[inline(always)]
-fn causal_softmax_row(scores: &[f32], visible: usize, out: &mut [MaybeUninit<f32>]) {
-    let (seen, hidden) = out.split_at_mut(visible);
-    let max = lane_max(&scores[..visible]);
-    for (o, &x) in seen.iter_mut().zip(&scores[..visible]) {
-        o.write(exp_f32(x - max));
-    }
-    for o in hidden {
-        o.write(0.0);
-    }
-    // SAFETY: every slot of `seen` was written just above.
-    let seen = unsafe { &mut *(seen as *mut [MaybeUninit<f32>] as *mut [f32]) };
-    let inverse = 1.0 / lane_sum(seen);
-    for p in seen {
-        *p *= inverse;
-    }
-}
-
-/// One row of [`FusedOps::softmax_backward`].
-#[inline(always)]
-fn softmax_backward_row(probs: &[f32], grad: &[f32], out: &mut [MaybeUninit<f32>]) {
-    let dot = lane_dot(probs, grad);
-    for ((o, &p), &g) in out.iter_mut().zip(probs).zip(grad) {
-        o.write(p * (g - dot));
-    }
-}
-
-#[inline(always)]
-fn lane_max(values: &[f32]) -> f32 {
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    let chunks = values.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for chunk in chunks {
-        for (m, &x) in lanes.iter_mut().zip(chunk) {
-            *m = if x > *m { x } else { *m };
-        }
-    }
-    tail.iter()
-        .chain(&lanes)
-        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m })
-}
-
-#[inline(always)]
-fn lane_sum(values: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; LANES];
-    let chunks = values.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for chunk in chunks {
-        for (s, &x) in lanes.iter_mut().zip(chunk) {
-            *s += x;
-        }
-    }
-    lanes.iter().chain(tail).sum()
-}
-
-#[inline(always)]
-fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; LANES];
-    let (chunks_a, chunks_b) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail = chunks_a.remainder().iter().zip(chunks_b.remainder());
-    for (ca, cb) in chunks_a.zip(chunks_b) {
-        for ((s, &x), &y) in lanes.iter_mut().zip(ca).zip(cb) {
-            *s += x * y;
-        }
-    }
-    lanes.iter().sum::<f32>() + tail.map(|(x, y)| x * y).sum::<f32>()
-}
-
-/// `1 / (1 + e^(−x))`.
-#[inline(always)]
-fn sigmoid_f32(x: f32) -> f32 {
-    1.0 / (1.0 + exp_f32(-x))
-}
-
-/// e^x in f32 without branches, so that loops over it vectorise (libm's `expf` is a scalar call):
-/// x = n·ln 2 + r with |r| ≤ ln 2 / 2, e^r from Cephes' degree-6 polynomial, 2ⁿ built in the
-/// exponent bits. Within 2 ulp of the true value; 0 below −87.3 (where e^x is subnormal) and +∞
-/// above 88.3; NaN stays NaN.
-#[inline(always)]
-fn exp_f32(x: f32) -> f32 {
-    const LOWEST: f32 = -87.3;
-    const HIGHEST: f32 = 88.3;
-    // Adding 1.5·2²³ rounds to an integer, which then sits in the low bits of the mantissa.
-    const ROUND: f32 = 12_582_912.0;
-    // ln 2 in two parts, so that n·LN2_HI is exact.
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let clamped = x.clamp(LOWEST, HIGHEST);
-    let shifted = clamped * std::f32::consts::LOG2_E + ROUND;
-    let n = shifted - ROUND;
-    let r = clamped - n * LN2_HI - n * LN2_LO;
-    let poly = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
-        * r
-        + 1.666_666_5e-1)
-        * r
-        + 0.5;
-    let e_r = poly * r * r + r + 1.0;
-    let exponent = (shifted.to_bits() as i32 - ROUND.to_bits() as i32 + 127) as u32;
-    let y = e_r * f32::from_bits(exponent << 23);
-    if x < LOWEST {
-        0.0
-    } else if x > HIGHEST {
-        f32::INFINITY
-    } else {
-        y
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use burn::tensor::{Distribution, Tolerance};
@@ -536,6 +308,8 @@ mod tests {
 
     /// The flex kernels under autodiff, also in the CUDA build (which trains on another backend).
     type TrainBackend = Autodiff<CpuBackend>;
+
+    use kernels::exp as exp_f32;
 
     #[test]
     fn exp_is_within_two_ulp_of_the_true_value_and_saturates_like_exp() {
@@ -558,16 +332,10 @@ mod tests {
     fn every_instruction_set_gives_the_same_bits() {
         let xs: Vec<f32> = (0..4096).map(|i| (i as f32 - 2048.0) * 0.043).collect();
         let run = |simd: Simd| {
-            simd.run(|| {
-                let mut row = vec![MaybeUninit::uninit(); xs.len()];
-                causal_softmax_row(&xs, 3000, &mut row);
-                let row: Vec<u32> = row
-                    .iter()
-                    .map(|v| unsafe { v.assume_init() }.to_bits())
-                    .collect();
-                let sig: Vec<u32> = xs.iter().map(|&x| sigmoid_f32(x).to_bits()).collect();
-                (row, sig)
-            })
+            let probs = kernels::causal_softmax(simd, &xs, 64);
+            let gated = kernels::swiglu(simd, &xs, &xs);
+            let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+            (bits(probs), bits(gated))
         };
         let baseline = run(Simd::Baseline);
         for simd in Simd::available() {
