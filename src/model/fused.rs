@@ -15,7 +15,7 @@ use burn::backend::Flex;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::tensor::activation::{sigmoid, silu, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
@@ -152,10 +152,10 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 grads: &mut Gradients,
                 _: &mut Checkpointer,
             ) {
-                let grad = grads.consume::<B>(&ops.node);
-                if let [Some(parent)] = ops.parents {
-                    grads.register::<B>(parent.id, B::softmax_backward(ops.state, grad));
-                }
+                let probs = ops.state;
+                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+                    B::softmax_backward(probs, grad)
+                });
             }
         }
 
@@ -180,10 +180,7 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             type State = ();
 
             fn backward(self, ops: Ops<(), 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-                let grad = grads.consume::<B>(&ops.node);
-                if let [Some(parent)] = ops.parents {
-                    grads.register::<B>(parent.id, B::swap_seq_and_heads(grad));
-                }
+                unary::<B, _>(ops.parents, ops.node, grads, B::swap_seq_and_heads);
             }
         }
 
