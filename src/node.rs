@@ -398,14 +398,14 @@ fn lying_aggregator_fault() -> Option<LyingAggregator> {
     Some(lie)
 }
 
-/// Test fault switch NEUROSHARD_FAULT_BYZANTINE=sign_flip|scale|gaussian|nan|alie|ipm.
+/// Test fault switch NEUROSHARD_FAULT_BYZANTINE=sign_flip|scale|gaussian|nan|alie[:Z]|ipm[:EPSILON].
 fn byzantine_fault() -> Option<Attack> {
     let name = std::env::var("NEUROSHARD_FAULT_BYZANTINE").ok()?;
     let attack = Attack::parse(&name);
     match attack {
         Some(_) => warn!(%name, "test fault switch is on: this node sends poisoned deltas"),
         None => {
-            warn!(%name, "ignoring NEUROSHARD_FAULT_BYZANTINE: expected sign_flip, scale, gaussian, nan, alie or ipm")
+            warn!(%name, expected = Attack::NAMES, "ignoring NEUROSHARD_FAULT_BYZANTINE")
         }
     }
     attack

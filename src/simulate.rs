@@ -91,7 +91,7 @@ pub struct Options {
     /// A node's one-way latency, ms (drawn between half and 1.5 times this).
     #[arg(long, default_value_t = 40.0)]
     pub latency_ms: f64,
-    /// What attackers send: sign_flip | scale | gaussian | alie | ipm.
+    /// What attackers send: sign_flip | scale | gaussian | alie[:Z] | ipm[:EPSILON].
     #[arg(long, default_value = "sign_flip")]
     pub attack: String,
     #[arg(long, default_value_t = 0)]

@@ -862,6 +862,7 @@ impl SyncActor {
                 .map_or((0.0, 0.0), |(m, s)| (attack::l2(m), attack::l2(s)));
             info!(
                 round = own.round,
+                attack = ?act.settings.attack,
                 seen,
                 mean_norm = mean,
                 spread_norm = spread,

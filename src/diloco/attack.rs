@@ -9,10 +9,7 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Attack {
     /// −10 × Δ: pushes the model uphill, hard.
     SignFlip,
@@ -22,18 +19,18 @@ pub enum Attack {
     Gaussian,
     /// Δ with NaNs in it: must be refused before aggregation.
     Nan,
-    /// "A little is enough" (Baruch et al., 2019): μ − z·σ per coordinate, z = 1, over the
-    /// deltas seen this round (small enough to pass distance-based filters); alone, μ ≈ Δ and
-    /// σ ≈ |Δ|.
-    Alie,
-    /// Inner-product manipulation (Xie et al., 2020): −ε·μ with ε = 0.5, μ the mean of the
-    /// deltas seen this round; alone, μ ≈ the own Δ.
-    Ipm,
+    /// "A little is enough" (Baruch et al., 2019): μ − z·σ per coordinate over the deltas seen
+    /// this round (small enough to pass distance-based filters); alone, μ ≈ Δ and σ ≈ |Δ|.
+    /// `alie` is z = [`ALIE_Z`], `alie:Z` another z.
+    Alie { z: f32 },
+    /// Inner-product manipulation (Xie et al., 2020): −ε·μ, μ the mean of the deltas seen this
+    /// round; alone, μ ≈ the own Δ. `ipm` is ε = [`IPM_EPSILON`], `ipm:E` another ε.
+    Ipm { epsilon: f32 },
 }
 
-/// ALIE's z: one standard deviation below the mean in every coordinate.
+/// ALIE's default z: one standard deviation below the mean in every coordinate.
 pub const ALIE_Z: f32 = 1.0;
-/// IPM's ε: half the honest mean, reversed.
+/// IPM's default ε: half the honest mean, reversed.
 pub const IPM_EPSILON: f32 = 0.5;
 /// An attacker that reads the others' deltas sends once none has arrived for this long ...
 pub const QUIET_BEFORE_SENDING: Duration = Duration::from_secs(2);
@@ -41,13 +38,37 @@ pub const QUIET_BEFORE_SENDING: Duration = Duration::from_secs(2);
 pub const MOST_WAITED_BEFORE_SENDING: Duration = Duration::from_secs(30);
 
 impl Attack {
+    /// The values the fault switch and `--attack` take.
+    pub const NAMES: &str = "sign_flip, scale, gaussian, nan, alie[:Z], ipm[:EPSILON]";
+
+    /// `sign_flip`, `scale`, `gaussian`, `nan`, `alie` or `ipm`; the last two optionally with
+    /// their strength after a colon (`alie:2.5`, `ipm:0.9`), a finite number above 0.
     pub fn parse(name: &str) -> Option<Self> {
-        serde_json::from_value(serde_json::Value::String(name.to_string())).ok()
+        let (kind, strength) = match name.split_once(':') {
+            Some((kind, value)) => match value.parse::<f32>() {
+                Ok(v) if v.is_finite() && v > 0.0 => (kind, Some(v)),
+                _ => return None,
+            },
+            None => (name, None),
+        };
+        match (kind, strength) {
+            ("sign_flip", None) => Some(Self::SignFlip),
+            ("scale", None) => Some(Self::Scale),
+            ("gaussian", None) => Some(Self::Gaussian),
+            ("nan", None) => Some(Self::Nan),
+            ("alie", z) => Some(Self::Alie {
+                z: z.unwrap_or(ALIE_Z),
+            }),
+            ("ipm", epsilon) => Some(Self::Ipm {
+                epsilon: epsilon.unwrap_or(IPM_EPSILON),
+            }),
+            _ => None,
+        }
     }
 
     /// Needs the round's honest deltas (the node holds its own back until they are in).
     pub fn reads_the_others(self) -> bool {
-        matches!(self, Self::Alie | Self::Ipm)
+        matches!(self, Self::Alie { .. } | Self::Ipm { .. })
     }
 }
 
@@ -98,8 +119,8 @@ pub fn poison_informed(
     seed: u64,
 ) -> Vec<f32> {
     match (attack, seen) {
-        (Attack::Alie, Some((mean, std))) => alie(mean, std, ALIE_Z),
-        (Attack::Ipm, Some((mean, _))) => ipm(mean, IPM_EPSILON),
+        (Attack::Alie { z }, Some((mean, std))) => alie(mean, std, z),
+        (Attack::Ipm { epsilon }, Some((mean, _))) => ipm(mean, epsilon),
         _ => poison(attack, own, seed),
     }
 }
@@ -154,8 +175,8 @@ pub fn poison(attack: Attack, honest: &[f32], seed: u64) -> Vec<f32> {
             .enumerate()
             .map(|(i, &x)| if i % 97 == 0 { f32::NAN } else { x })
             .collect(),
-        Attack::Alie => honest.iter().map(|&x| x - ALIE_Z * x.abs()).collect(),
-        Attack::Ipm => ipm(honest, IPM_EPSILON),
+        Attack::Alie { z } => honest.iter().map(|&x| x - z * x.abs()).collect(),
+        Attack::Ipm { epsilon } => ipm(honest, epsilon),
     }
 }
 
@@ -274,20 +295,25 @@ pub fn sybil_delta(
 mod tests {
     use super::*;
 
+    const ALIE: Attack = Attack::Alie { z: ALIE_Z };
+    const IPM: Attack = Attack::Ipm {
+        epsilon: IPM_EPSILON,
+    };
+
     #[test]
     fn alie_and_ipm_are_computed_from_the_deltas_seen() {
         let own = [1.0, 2.0];
         let others = [[3.0, 2.0], [2.0, 2.0]];
         let seen = seen_statistics(&own, others.iter().map(|d| d.as_slice()));
         // Mean (2, 2); standard deviation (√(2/3), 0).
-        let alie = poison_informed(Attack::Alie, &own, seen.as_ref(), 0);
+        let alie = poison_informed(ALIE, &own, seen.as_ref(), 0);
         assert!(
             (alie[0] - (2.0 - (2.0f32 / 3.0).sqrt())).abs() < 1e-6,
             "{alie:?}"
         );
         assert_eq!(alie[1], 2.0);
         assert_eq!(
-            poison_informed(Attack::Ipm, &own, seen.as_ref(), 0),
+            poison_informed(IPM, &own, seen.as_ref(), 0),
             vec![-1.0, -1.0]
         );
         assert_eq!(
@@ -300,10 +326,7 @@ mod tests {
             seen_statistics(&own, std::iter::once(other_length.as_slice())),
             None
         );
-        assert_eq!(
-            poison_informed(Attack::Ipm, &own, None, 0),
-            poison(Attack::Ipm, &own, 0)
-        );
+        assert_eq!(poison_informed(IPM, &own, None, 0), poison(IPM, &own, 0));
     }
 
     #[test]
@@ -381,11 +404,8 @@ mod tests {
             poison(Attack::Scale, &HONEST, 0),
             vec![10.0, -20.0, 5.0, 0.0]
         );
-        assert_eq!(poison(Attack::Alie, &HONEST, 0), vec![0.0, -4.0, 0.0, 0.0]);
-        assert_eq!(
-            poison(Attack::Ipm, &HONEST, 0),
-            vec![-0.5, 1.0, -0.25, -0.0]
-        );
+        assert_eq!(poison(ALIE, &HONEST, 0), vec![0.0, -4.0, 0.0, 0.0]);
+        assert_eq!(poison(IPM, &HONEST, 0), vec![-0.5, 1.0, -0.25, -0.0]);
         assert!(poison(Attack::Nan, &HONEST, 0)[0].is_nan());
         let noise = poison(Attack::Gaussian, &HONEST, 7);
         assert_eq!(noise, poison(Attack::Gaussian, &HONEST, 7), "seeded");
@@ -395,7 +415,24 @@ mod tests {
     #[test]
     fn names_parse_as_in_the_fault_switch() {
         assert_eq!(Attack::parse("sign_flip"), Some(Attack::SignFlip));
-        assert_eq!(Attack::parse("ipm"), Some(Attack::Ipm));
-        assert_eq!(Attack::parse("nonsense"), None);
+        assert_eq!(Attack::parse("ipm"), Some(IPM));
+        assert_eq!(Attack::parse("alie"), Some(ALIE));
+        assert_eq!(Attack::parse("alie:2.5"), Some(Attack::Alie { z: 2.5 }));
+        assert_eq!(Attack::parse("ipm:0.9"), Some(Attack::Ipm { epsilon: 0.9 }));
+        for wrong in [
+            "nonsense", "alie:", "alie:x", "alie:-1", "alie:0", "alie:inf", "scale:2",
+        ] {
+            assert_eq!(Attack::parse(wrong), None, "{wrong}");
+        }
+    }
+
+    #[test]
+    fn a_larger_z_puts_alie_further_below_the_mean() {
+        let (mean, std) = (vec![2.0, -1.0], vec![0.5, 1.0]);
+        let seen = Some((mean, std));
+        assert_eq!(
+            poison_informed(Attack::Alie { z: 3.0 }, &[0.0, 0.0], seen.as_ref(), 0),
+            vec![0.5, -4.0]
+        );
     }
 }

@@ -58,7 +58,8 @@ pub struct Options {
     /// Seeds (model initialisation and data order); each run is repeated per seed.
     #[arg(long, value_delimiter = ',', default_value = "0")]
     pub seeds: Vec<u64>,
-    /// D's attack: sign_flip, scale, gaussian, alie, ipm (see NEUROSHARD_FAULT_BYZANTINE).
+    /// D's attack: sign_flip, scale, gaussian, alie[:Z] (z = 1 unless given), ipm[:EPSILON]
+    /// (ε = 0.5 unless given); see NEUROSHARD_FAULT_BYZANTINE.
     #[arg(long, default_value = "sign_flip")]
     pub attack: String,
     /// D's Byzantine nodes, added to the k workers; the rules tolerate f = this many.
@@ -323,10 +324,12 @@ pub fn plan_runs(o: &Options) -> Result<Vec<RunSpec>, String> {
 /// D's options name an attack, pre-aggregators and rules the node knows, and at least one
 /// attacker, fewer than the workers (the rules assume an honest majority).
 fn check_d_options(o: &Options) -> Result<(), String> {
-    if crate::diloco::attack::Attack::parse(&o.attack).is_none() {
+    use crate::diloco::attack::Attack;
+    if Attack::parse(&o.attack).is_none() {
         return Err(format!(
-            "--attack: unknown attack {:?} (sign_flip, scale, gaussian, nan, alie, ipm)",
-            o.attack
+            "--attack: unknown attack {:?} ({})",
+            o.attack,
+            Attack::NAMES
         ));
     }
     if o.attackers == 0 || o.attackers >= o.workers {
