@@ -201,6 +201,7 @@ impl DilocoSection {
         OuterOptimizer {
             lr: self.outer_lr,
             momentum: self.outer_momentum,
+            momentum_at_workers: self.aggregation.worker_momentum,
         }
     }
 }

@@ -779,7 +779,11 @@ impl Handler<InnerRoundDone> for SyncActor {
         }
         let own = OwnDelta {
             round,
-            delta: pseudo_gradient(&self.theta0, &msg.theta_h),
+            // With worker momentum, this node's Nesterov direction in place of Δ.
+            delta: self.settings.optimizer.worker_direction(
+                &mut self.momentum,
+                pseudo_gradient(&self.theta0, &msg.theta_h),
+            ),
             theta_h_hash: BlobId::of(bytemuck::cast_slice(&msg.theta_h)).to_string(),
             tokens: msg.tokens,
             work: msg.work,

@@ -22,28 +22,63 @@ pub fn pseudo_gradient(theta0: &[f32], theta_h: &[f32]) -> Vec<f32> {
 /// The outer optimizer: SGD with Nesterov momentum, as in the paper. Its values come from
 /// `[diloco] outer_lr` / `outer_momentum` (default 1.0 / 0.5, not the paper's 0.7 / 0.9: chosen
 /// on one seed, confirmed on held-out ones, EXPERIMENTS.md).
+///
+/// With `momentum_at_workers` (`[diloco.aggregation] worker_momentum`) the momentum moves from
+/// the aggregate to each worker (Karimireddy, He, Jaggi 2021, "Learning from history"): a node
+/// sends its own Nesterov direction Δ + μ·m instead of Δ ([`Self::worker_direction`]) and the
+/// outer step applies the aggregate as it is. With the mean and the same honest workers in
+/// every round that is the same update; what changes is what a robust rule compares: each input
+/// carries its node's past rounds, so one round's noise weighs less against the attacker's.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct OuterOptimizer {
     pub lr: f32,
     pub momentum: f32,
+    #[serde(default)]
+    pub momentum_at_workers: bool,
+}
+
+/// One coordinate of PyTorch's SGD(nesterov=True): b ← μ·b + d, returns the direction d + μ·b.
+#[inline(always)]
+fn nesterov(mu: f32, buf: &mut f32, d: f32) -> f32 {
+    *buf = mu * *buf + d;
+    d + mu * *buf
 }
 
 impl OuterOptimizer {
-    /// One outer step in place, PyTorch's SGD(nesterov=True) form:
-    /// b ← μ·b + Δ;  θ₀ ← θ₀ − lr·(Δ + μ·b).
+    /// One outer step in place: θ₀ ← θ₀ − lr·(Δ + μ·b) with b ← μ·b + Δ, or, with the momentum
+    /// at the workers, θ₀ ← θ₀ − lr·Δ (Δ being the aggregate of their directions; b untouched).
     pub fn step(&self, theta0: &mut [f32], momentum_buf: &mut [f32], delta: &[f32]) {
         assert!(
             theta0.len() == delta.len() && momentum_buf.len() == delta.len(),
             "outer step on vectors of different lengths"
         );
-        let (lr, mu) = (self.lr, self.momentum);
+        let (lr, mu, at_workers) = (self.lr, self.momentum, self.momentum_at_workers);
         (theta0, momentum_buf, delta)
             .into_par_iter()
             .with_min_len(4096)
             .for_each(|(theta, buf, &d)| {
-                *buf = mu * *buf + d;
-                *theta -= lr * (d + mu * *buf);
+                let direction = if at_workers { d } else { nesterov(mu, buf, d) };
+                *theta -= lr * direction;
             });
+    }
+
+    /// What this node sends for its pseudo-gradient Δ: Δ itself, or with the momentum at the
+    /// workers its Nesterov direction Δ + μ·m, m ← μ·m + Δ (`momentum_buf` is then this node's
+    /// own m: checkpointed, and adopted from the source on healing).
+    pub fn worker_direction(&self, momentum_buf: &mut [f32], mut delta: Vec<f32>) -> Vec<f32> {
+        if self.momentum_at_workers {
+            assert_eq!(
+                momentum_buf.len(),
+                delta.len(),
+                "momentum and Δ differ in length"
+            );
+            let mu = self.momentum;
+            (momentum_buf, delta.as_mut_slice())
+                .into_par_iter()
+                .with_min_len(4096)
+                .for_each(|(buf, d)| *d = nesterov(mu, buf, *d));
+        }
+        delta
     }
 }
 
@@ -61,6 +96,7 @@ mod tests {
         let opt = OuterOptimizer {
             lr: 0.7,
             momentum: 0.9,
+            momentum_at_workers: false,
         };
         let (mut theta, mut buf) = (vec![1.0f32, -2.0], vec![0.0f32, 0.0]);
         // step 1, Δ = (0.5, -1): b = (0.5, -1); θ = 1 − 0.7·(0.5 + 0.45) = 0.335, −2 − 0.7·(−1 − 0.9) = −0.67
@@ -81,6 +117,7 @@ mod tests {
         let opt = OuterOptimizer {
             lr: 1.0,
             momentum: 0.0,
+            momentum_at_workers: false,
         };
         let (theta0, theta_h) = (vec![1.0f32, 2.0, 3.0], vec![0.0f32, 2.5, -1.0]);
         let mut theta = theta0.clone();
@@ -90,5 +127,55 @@ mod tests {
             &pseudo_gradient(&theta0, &theta_h),
         );
         assert_eq!(theta, theta_h);
+    }
+
+    #[test]
+    fn momentum_at_the_workers_under_the_mean_is_the_outer_nesterov_step() {
+        let at_aggregate = OuterOptimizer {
+            lr: 0.7,
+            momentum: 0.9,
+            momentum_at_workers: false,
+        };
+        let at_workers = OuterOptimizer {
+            momentum_at_workers: true,
+            ..at_aggregate
+        };
+        let (workers, d) = (3usize, 5usize);
+        let mut state = 11u64;
+        let mut theta_a = vec![0.5f32; d];
+        let mut buf_a = vec![0.0f32; d];
+        let mut theta_w = theta_a.clone();
+        let mut unused = vec![0.0f32; d];
+        let mut bufs_w = vec![vec![0.0f32; d]; workers];
+        for _round in 0..6 {
+            let deltas: Vec<Vec<f32>> = (0..workers)
+                .map(|_| (0..d).map(|_| attack::normal(&mut state)).collect())
+                .collect();
+            let mean_of = |vs: &[Vec<f32>]| -> Vec<f32> {
+                (0..d)
+                    .map(|j| vs.iter().map(|v| v[j]).sum::<f32>() / workers as f32)
+                    .collect()
+            };
+            at_aggregate.step(&mut theta_a, &mut buf_a, &mean_of(&deltas));
+            let sent: Vec<Vec<f32>> = deltas
+                .into_iter()
+                .zip(&mut bufs_w)
+                .map(|(delta, buf)| at_workers.worker_direction(buf, delta))
+                .collect();
+            at_workers.step(&mut theta_w, &mut unused, &mean_of(&sent));
+        }
+        assert_eq!(
+            unused,
+            vec![0.0; d],
+            "the outer step keeps no momentum of its own"
+        );
+        for (a, w) in theta_a.iter().zip(&theta_w) {
+            assert!((a - w).abs() < 1e-4, "{theta_a:?} vs {theta_w:?}");
+        }
+        // Without it, a node sends Δ as it is.
+        assert_eq!(
+            at_aggregate.worker_direction(&mut [1.0], vec![2.0]),
+            vec![2.0]
+        );
     }
 }
