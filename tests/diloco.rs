@@ -163,12 +163,13 @@ fn rounds_go_on_without_a_killed_node_which_heals_when_it_returns_as_does_a_late
 
 /// val_loss of node 0 at the end of round `rounds`, for 5 nodes (fixed identities, so the data
 /// orders are the same in every run) of which node 4 may run a Byzantine attack; `pre` is the
-/// `[diloco.aggregation] pre` step. Also returns the attacker's node_id and node 0's last round
+/// `[diloco.aggregation] pre` step, `worker_momentum` its switch. Also returns the attacker's node_id and node 0's last round
 /// summary.
 fn five_node_run(
     rule: &str,
     pre: &str,
     attack: Option<&str>,
+    worker_momentum: bool,
     rounds: u64,
 ) -> (f64, String, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
@@ -190,6 +191,10 @@ fn five_node_run(
                 ("NEUROSHARD_DILOCO__ROUND_DEADLINE_S", "60"),
                 ("NEUROSHARD_DILOCO__AGGREGATION__RULE", rule),
                 ("NEUROSHARD_DILOCO__AGGREGATION__PRE", pre),
+                (
+                    "NEUROSHARD_DILOCO__AGGREGATION__WORKER_MOMENTUM",
+                    &worker_momentum.to_string(),
+                ),
                 ("NEUROSHARD_TRAINING__EVAL_EVERY", "1000"),
             ]);
             if let (4, Some(attack)) = (i, attack) {
@@ -206,18 +211,20 @@ fn five_node_run(
 #[test]
 fn robust_rules_hold_against_a_sign_flipper_and_nnm_against_informed_ipm() {
     const ROUNDS: u64 = 6;
-    let (clean, _, _) = five_node_run("mean", "none", None, ROUNDS);
-    let (spoiled, _, _) = five_node_run("mean", "none", Some("sign_flip"), ROUNDS);
+    let (clean, _, _) = five_node_run("mean", "none", None, false, ROUNDS);
+    let (spoiled, _, _) = five_node_run("mean", "none", Some("sign_flip"), false, ROUNDS);
+    // With worker momentum: every node sends its own Δ + μ·m, the attacker −10 × that.
     let (trimmed, attacker, trimmed_round) =
-        five_node_run("trimmed_mean", "none", Some("sign_flip"), ROUNDS);
-    let (krum, _, krum_round) = five_node_run("krum", "none", Some("sign_flip"), ROUNDS);
+        five_node_run("trimmed_mean", "none", Some("sign_flip"), true, ROUNDS);
+    let (krum, _, krum_round) = five_node_run("krum", "none", Some("sign_flip"), false, ROUNDS);
     // Nearest-neighbour mixing before Krum, against IPM: the attacker holds its delta back until
     // the four honest ones are in and sends −0.5 × their mean. The rule sees mixed inputs; the
     // verdicts still name the attacker by its own delta.
-    let (mixed, ipm_attacker, mixed_round) = five_node_run("krum", "nnm", Some("ipm"), ROUNDS);
+    let (mixed, ipm_attacker, mixed_round) =
+        five_node_run("krum", "nnm", Some("ipm"), false, ROUNDS);
     assert_eq!(ipm_attacker, attacker, "fixed identities");
     eprintln!(
-        "val_loss after {ROUNDS} rounds: clean mean {clean:.3}, attacked mean {spoiled:.3}, attacked trimmed_mean {trimmed:.3}, attacked krum {krum:.3}, krum after nnm against ipm {mixed:.3}"
+        "val_loss after {ROUNDS} rounds: clean mean {clean:.3}, attacked mean {spoiled:.3}, attacked trimmed_mean with worker momentum {trimmed:.3}, attacked krum {krum:.3}, krum after nnm against ipm {mixed:.3}"
     );
     assert!(
         mixed_round["reason"]
@@ -231,7 +238,7 @@ fn robust_rules_hold_against_a_sign_flipper_and_nnm_against_informed_ipm() {
         "the attack should spoil the plain mean: {spoiled} vs clean {clean}"
     );
     for (rule, loss, round) in [
-        ("trimmed_mean", trimmed, &trimmed_round),
+        ("trimmed_mean with worker momentum", trimmed, &trimmed_round),
         ("krum", krum, &krum_round),
         ("krum after nnm (ipm)", mixed, &mixed_round),
     ] {

@@ -992,7 +992,7 @@ impl RoundMachine {
                 summary.rejected = rejected.iter().map(|v| v.node_id.clone()).collect();
                 summary.rule = aggregate.rule_used.name().to_string();
                 summary.reason = format!(
-                    "round {round} closed ({why}); {} of {participants} kept by {}: {}; outer Nesterov step applied",
+                    "round {round} closed ({why}); {} of {participants} kept by {}: {}; outer step applied",
                     kept.len(),
                     aggregate.rule_used.name(),
                     aggregate.reason

@@ -91,6 +91,10 @@ pub struct Options {
     /// random initialisation.
     #[arg(long)]
     pub init_weights: Option<PathBuf>,
+    /// The DiLoCo runs send each worker's Nesterov direction Δ + μ·m instead of Δ
+    /// (`[diloco.aggregation] worker_momentum`).
+    #[arg(long)]
+    pub worker_momentum: bool,
 }
 
 /// The `--split` of the workers' data.
@@ -129,6 +133,8 @@ pub struct RunSpec {
     pub rounds: u64,
     pub outer_lr: f64,
     pub outer_momentum: f64,
+    /// `[diloco.aggregation] worker_momentum`.
+    pub worker_momentum: bool,
     pub rule: String,
     /// `[diloco.aggregation] pre`.
     pub pre: String,
@@ -151,6 +157,7 @@ impl RunSpec {
             rounds,
             outer_lr: 1.0,
             outer_momentum: 0.0,
+            worker_momentum: false,
             rule: "mean".into(),
             pre: "none".into(),
             byzantine: 1,
@@ -170,6 +177,7 @@ impl RunSpec {
             rounds: o.rounds,
             outer_lr: o.outer_lr,
             outer_momentum: o.outer_momentum,
+            worker_momentum: o.worker_momentum,
             rule: "mean".into(),
             pre: "none".into(),
             byzantine: 1,
@@ -210,6 +218,10 @@ impl RunSpec {
             ("TRAINING__LOG_EVERY", "100".into()),
             ("DILOCO__OUTER_LR", self.outer_lr.to_string()),
             ("DILOCO__OUTER_MOMENTUM", self.outer_momentum.to_string()),
+            (
+                "DILOCO__AGGREGATION__WORKER_MOMENTUM",
+                self.worker_momentum.to_string(),
+            ),
             // Every round waits for every node it expects (quorum fraction 1). min_peers (half
             // the honest nodes, at least two) only keeps round 0 from closing before the peers
             // are heard: it is weight, not a head count, and a node whose deltas are rejected
@@ -313,9 +325,12 @@ pub fn plan_runs(o: &Options) -> Result<Vec<RunSpec>, String> {
             other => return Err(format!("--runs: unknown run {other:?} (A1, A, B, C, D, E)")),
         }
     }
-    if o.split == Split::Topics {
-        for run in runs.iter_mut().filter(|run| run.nodes > 1) {
+    for run in runs.iter_mut().filter(|run| run.nodes > 1) {
+        if o.split == Split::Topics {
             run.label += ", data split by topic";
+        }
+        if run.worker_momentum {
+            run.label += ", worker momentum";
         }
     }
     Ok(runs)
@@ -424,6 +439,9 @@ fn command_of(o: &Options, run: &RunSpec, seed: u64) -> String {
     }
     if o.split == Split::Topics {
         command += " --split topics";
+    }
+    if run.worker_momentum {
+        command += " --worker-momentum";
     }
     if let Some(path) = &o.init_weights {
         command += &format!(" --init-weights {}", path.display());
@@ -752,6 +770,7 @@ mod tests {
             outer_momentum: 0.9,
             split: Split::Iid,
             init_weights: None,
+            worker_momentum: false,
         }
     }
 
@@ -849,6 +868,21 @@ mod tests {
             command.contains("--rules krum --attack alie --attackers 2 --pre nnm"),
             "{command}"
         );
+        assert_eq!(
+            get("NEUROSHARD_DILOCO__AGGREGATION__WORKER_MOMENTUM").as_deref(),
+            Some("false")
+        );
+        o.worker_momentum = true;
+        let with_momentum = plan_runs(&o).unwrap().remove(0);
+        assert_eq!(
+            with_momentum.label,
+            "DiLoCo: 6 nodes + 2 alie, krum, worker momentum"
+        );
+        assert!(with_momentum.env(0).contains(&(
+            "NEUROSHARD_DILOCO__AGGREGATION__WORKER_MOMENTUM".into(),
+            "true".into()
+        )));
+        assert!(command_of(&o, &with_momentum, 0).ends_with(" --worker-momentum"));
         // Every run of D has the tokens of C: the attackers' are not counted.
         let c = plan_runs(&options(&["C"])).unwrap().remove(0);
         assert_eq!(tokens(nnm) * 4, tokens(&c) * 6);
