@@ -652,7 +652,7 @@ impl SyncActor {
             };
             let rounds = plan.round.abs_diff(act.machine.round());
             let o = &act.settings.optimizer;
-            let bound = reach(rounds, o.lr, o.momentum, act.settings.max_delta_norm);
+            let bound = reach(rounds, o.lr, o.step_momentum(), act.settings.max_delta_norm);
             if let Err(why) = check_adopted(&act.theta0, &theta0, &momentum, bound, rounds) {
                 warn!(from = %source.peer_id, theta0 = %plan.theta0_hash, error = %why, "healing refused the fetched state; its holders cannot pull this node");
                 return act.machine.heal_refused(plan.theta0_hash);

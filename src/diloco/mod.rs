@@ -62,6 +62,16 @@ impl OuterOptimizer {
             });
     }
 
+    /// The momentum the outer step itself applies: none when it is at the workers (each step
+    /// then moves θ₀ by lr·‖aggregate‖ at most, which bounds how far a healing node may jump).
+    pub fn step_momentum(&self) -> f32 {
+        if self.momentum_at_workers {
+            0.0
+        } else {
+            self.momentum
+        }
+    }
+
     /// What this node sends for its pseudo-gradient Δ: Δ itself, or with the momentum at the
     /// workers its Nesterov direction Δ + μ·m, m ← μ·m + Δ (`momentum_buf` is then this node's
     /// own m: checkpointed, and adopted from the source on healing).
@@ -168,6 +178,10 @@ mod tests {
             unused,
             vec![0.0; d],
             "the outer step keeps no momentum of its own"
+        );
+        assert_eq!(
+            (at_workers.step_momentum(), at_aggregate.step_momentum()),
+            (0.0, 0.9)
         );
         for (a, w) in theta_a.iter().zip(&theta_w) {
             assert!((a - w).abs() < 1e-4, "{theta_a:?} vs {theta_w:?}");
