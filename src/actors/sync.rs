@@ -140,6 +140,9 @@ pub struct SyncActor {
     served_outer: VecDeque<[BlobId; 2]>,
     theta0: Arc<Vec<f32>>,
     momentum: Vec<f32>,
+    /// With worker momentum: this node's momentum after the open round's Δ, adopted when the
+    /// round's aggregate is applied (a failed or healed-away round leaves `momentum` as it was).
+    pending_momentum: Option<Vec<f32>>,
     settings: RoundSettings,
     feedback: ErrorFeedback,
     /// The open round, healing and who counts: every decision about rounds.
@@ -201,6 +204,7 @@ impl SyncActor {
             served_outer: VecDeque::new(),
             theta0: Arc::new(outer.theta0),
             momentum: outer.momentum,
+            pending_momentum: None,
             settings,
             feedback,
             machine,
@@ -566,6 +570,7 @@ impl SyncActor {
         let (summary, delta_hashes) = self
             .machine
             .closed(Instant::now(), checked.as_ref().map_err(Clone::clone));
+        let pending_momentum = self.pending_momentum.take();
         match &checked {
             Ok(aggregate) => {
                 let mut theta0 = self.theta0.to_vec();
@@ -573,6 +578,9 @@ impl SyncActor {
                     .optimizer
                     .step(&mut theta0, &mut self.momentum, &aggregate.delta);
                 self.theta0 = Arc::new(theta0);
+                if let Some(momentum) = pending_momentum {
+                    self.momentum = momentum;
+                }
                 self.report_verdicts(round, aggregate, &delta_hashes, wrong);
                 // How far each contribution lay from the aggregate: what a rejection rests on.
                 let scores: Vec<String> = aggregate
@@ -659,6 +667,7 @@ impl SyncActor {
             }
             act.theta0 = Arc::new(theta0);
             act.momentum = momentum;
+            act.pending_momentum = None;
             act.feedback = ErrorFeedback::new(act.theta0.len());
             act.announced.clear();
             let theta0_hash = act.publish_outer_state(plan.round);
@@ -777,13 +786,15 @@ impl Handler<InnerRoundDone> for SyncActor {
             );
             return;
         }
+        // With worker momentum, this node's Nesterov direction in place of Δ.
+        let (delta, next_momentum) = self
+            .settings
+            .optimizer
+            .worker_direction(&self.momentum, pseudo_gradient(&self.theta0, &msg.theta_h));
+        self.pending_momentum = next_momentum;
         let own = OwnDelta {
             round,
-            // With worker momentum, this node's Nesterov direction in place of Δ.
-            delta: self.settings.optimizer.worker_direction(
-                &mut self.momentum,
-                pseudo_gradient(&self.theta0, &msg.theta_h),
-            ),
+            delta,
             theta_h_hash: BlobId::of(bytemuck::cast_slice(&msg.theta_h)).to_string(),
             tokens: msg.tokens,
             work: msg.work,

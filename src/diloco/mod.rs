@@ -72,23 +72,32 @@ impl OuterOptimizer {
         }
     }
 
-    /// What this node sends for its pseudo-gradient Δ: Δ itself, or with the momentum at the
-    /// workers its Nesterov direction Δ + μ·m, m ← μ·m + Δ (`momentum_buf` is then this node's
-    /// own m: checkpointed, and adopted from the source on healing).
-    pub fn worker_direction(&self, momentum_buf: &mut [f32], mut delta: Vec<f32>) -> Vec<f32> {
-        if self.momentum_at_workers {
-            assert_eq!(
-                momentum_buf.len(),
-                delta.len(),
-                "momentum and Δ differ in length"
-            );
-            let mu = self.momentum;
-            (momentum_buf, delta.as_mut_slice())
-                .into_par_iter()
-                .with_min_len(4096)
-                .for_each(|(buf, d)| *d = nesterov(mu, buf, *d));
+    /// What this node sends for its pseudo-gradient Δ, and its momentum after the round: Δ itself
+    /// (no new momentum), or with the momentum at the workers its Nesterov direction Δ + μ·m' with
+    /// m' = μ·m + Δ (`momentum` is then this node's own m: checkpointed, and adopted from the
+    /// source on healing). The caller adopts m' only when the round's aggregate is applied: a
+    /// round that fails, or is retrained after a restart, starts again from the same θ₀ and m,
+    /// and must not count its Δ twice.
+    pub fn worker_direction(
+        &self,
+        momentum: &[f32],
+        mut delta: Vec<f32>,
+    ) -> (Vec<f32>, Option<Vec<f32>>) {
+        if !self.momentum_at_workers {
+            return (delta, None);
         }
-        delta
+        assert_eq!(
+            momentum.len(),
+            delta.len(),
+            "momentum and Δ differ in length"
+        );
+        let mu = self.momentum;
+        let mut next = momentum.to_vec();
+        (next.as_mut_slice(), delta.as_mut_slice())
+            .into_par_iter()
+            .with_min_len(4096)
+            .for_each(|(buf, d)| *d = nesterov(mu, buf, *d));
+        (delta, Some(next))
     }
 }
 
@@ -170,7 +179,11 @@ mod tests {
             let sent: Vec<Vec<f32>> = deltas
                 .into_iter()
                 .zip(&mut bufs_w)
-                .map(|(delta, buf)| at_workers.worker_direction(buf, delta))
+                .map(|(delta, buf)| {
+                    let (direction, next) = at_workers.worker_direction(buf, delta);
+                    *buf = next.expect("momentum at the workers");
+                    direction
+                })
                 .collect();
             at_workers.step(&mut theta_w, &mut unused, &mean_of(&sent));
         }
@@ -188,8 +201,8 @@ mod tests {
         }
         // Without it, a node sends Δ as it is.
         assert_eq!(
-            at_aggregate.worker_direction(&mut [1.0], vec![2.0]),
-            vec![2.0]
+            at_aggregate.worker_direction(&[1.0], vec![2.0]),
+            (vec![2.0], None)
         );
     }
 }
