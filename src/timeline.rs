@@ -148,6 +148,8 @@ mod tests {
             bytes_sent: 0,
             bytes_received: 0,
             sync_seconds: 0.1,
+            delta_norm: Some(1.0),
+            aggregate_norm: Some(0.5),
         }
     }
 

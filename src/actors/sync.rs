@@ -564,15 +564,20 @@ impl SyncActor {
     ) {
         let checked = aggregated.and_then(|aggregate| {
             check_aggregate(&aggregate.delta, self.settings.max_delta_norm)
-                .map(|()| aggregate)
+                .map(|norm| (aggregate, norm))
                 .map_err(|e| format!("aggregate refused: {e}"))
         });
-        let (summary, delta_hashes) = self
-            .machine
-            .closed(Instant::now(), checked.as_ref().map_err(Clone::clone));
+        let (mut summary, delta_hashes) = self.machine.closed(
+            Instant::now(),
+            checked
+                .as_ref()
+                .map(|(aggregate, _)| aggregate)
+                .map_err(Clone::clone),
+        );
+        summary.aggregate_norm = checked.as_ref().ok().map(|(_, norm)| *norm);
         let pending_momentum = self.pending_momentum.take();
         match &checked {
-            Ok(aggregate) => {
+            Ok((aggregate, _)) => {
                 let mut theta0 = self.theta0.to_vec();
                 self.settings
                     .optimizer
@@ -598,7 +603,15 @@ impl SyncActor {
             }
             Err(e) => error!(round, error = %e, "θ₀ unchanged"),
         }
-        info!(round, kept = summary.kept.len(), rejected = ?summary.rejected, "{}", summary.reason);
+        info!(
+            round,
+            kept = summary.kept.len(),
+            rejected = ?summary.rejected,
+            delta_norm = ?summary.delta_norm,
+            aggregate_norm = ?summary.aggregate_norm,
+            "{}",
+            summary.reason
+        );
         self.status.update(|s| {
             s.last_outer_reason = Some(summary.reason.clone());
             s.last_round = Some(summary);

@@ -463,8 +463,8 @@ pub enum UnsafeAggregate {
 
 /// The last check before an outer step: every coordinate finite and ‖Δ‖ ≤ `max_norm` (the bound
 /// each contribution met). A rule's output is a combination of checked inputs, so this fails only
-/// through a bug or a rule pushed outside its guarantee; θ₀ must not move then.
-pub fn check_aggregate(delta: &[f32], max_norm: f32) -> Result<(), UnsafeAggregate> {
+/// through a bug or a rule pushed outside its guarantee; θ₀ must not move then. Returns ‖Δ‖.
+pub fn check_aggregate(delta: &[f32], max_norm: f32) -> Result<f64, UnsafeAggregate> {
     if let Some(i) = delta.iter().position(|x| !x.is_finite()) {
         return Err(UnsafeAggregate::NonFinite(i));
     }
@@ -477,7 +477,7 @@ pub fn check_aggregate(delta: &[f32], max_norm: f32) -> Result<(), UnsafeAggrega
     if norm > bound {
         return Err(UnsafeAggregate::TooLarge { norm, bound });
     }
-    Ok(())
+    Ok(norm)
 }
 
 /// ‖a − b‖², the same bits on every CPU (what the rules' distances use).
@@ -955,7 +955,7 @@ mod tests {
 
     #[test]
     fn an_aggregate_is_applied_only_when_finite_and_bounded() {
-        assert_eq!(check_aggregate(&[3.0, 4.0], 5.0), Ok(()));
+        assert_eq!(check_aggregate(&[3.0, 4.0], 5.0), Ok(5.0));
         assert_eq!(
             check_aggregate(&[1.0, f32::NAN], 5.0),
             Err(UnsafeAggregate::NonFinite(1))

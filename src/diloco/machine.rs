@@ -156,6 +156,8 @@ struct OpenRound {
     delta_hashes: BTreeMap<String, String>,
     /// The blob of this node's own encoded delta; its uploads to peers are `bytes_sent`.
     own_delta: Option<BlobId>,
+    /// The L2 norm of this node's own delta, as peers decode it.
+    own_delta_norm: Option<f64>,
     bytes_sent: u64,
     bytes_received: u64,
     /// Whether this round runs sharded was decided (`plan_round`).
@@ -547,6 +549,7 @@ impl RoundMachine {
     pub fn own_delta(&mut self, now: Instant, own: Vec<f32>, blob: BlobId) -> Vec<Effect> {
         self.open.own_ready_at = Some(now);
         self.open.own_delta = Some(blob);
+        self.open.own_delta_norm = Some(super::attack::l2(&own));
         self.open
             .delta_hashes
             .insert(self.node_id.clone(), blob.to_string());
@@ -974,6 +977,8 @@ impl RoundMachine {
             bytes_sent: self.open.bytes_sent,
             bytes_received: self.open.bytes_received,
             sync_seconds,
+            delta_norm: self.open.own_delta_norm,
+            aggregate_norm: None,
         };
         match outcome {
             Ok(aggregate) => {

@@ -57,6 +57,13 @@ pub struct RoundSummary {
     /// From this node's delta being ready to the round's aggregate in hand: waiting for the
     /// slower peers, fetching and aggregating.
     pub sync_seconds: f64,
+    /// L2 norm of the delta this node sent (with worker momentum, its Nesterov direction); None
+    /// when it sent none.
+    pub delta_norm: Option<f64>,
+    /// L2 norm of the aggregate the outer step applied; None when the round failed. Against
+    /// `delta_norm`: near 1 when the workers' deltas agree, near 1/√n when n of them share
+    /// nothing (their noise averages out, and so does the step's length).
+    pub aggregate_norm: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
