@@ -34,7 +34,7 @@ use crate::diloco::heal::{HealPlan, PeerOuterState, check_adopted, reach};
 use crate::diloco::machine::{Effect, MachineRules, RoundMachine};
 use crate::diloco::round::RoundOptions;
 use crate::diloco::weight::WeightRule;
-use crate::diloco::{OuterOptimizer, pseudo_gradient};
+use crate::diloco::{OuterOptimizer, l2, pseudo_gradient};
 use crate::model::checkpoint::{self, Checkpoint, OuterState, TrainerSnapshot};
 use crate::model::params::ParamSpec;
 use crate::net::blob::BlobId;
@@ -885,9 +885,7 @@ impl SyncActor {
             let own = act.withheld.take().expect("checked above").own;
             let stats = attack::seen_statistics(&own.delta, act.machine.peer_deltas());
             // How far apart the honest deltas are, against their mean: what ALIE hides in.
-            let (mean, spread) = stats
-                .as_ref()
-                .map_or((0.0, 0.0), |(m, s)| (attack::l2(m), attack::l2(s)));
+            let (mean, spread) = stats.as_ref().map_or((0.0, 0.0), |(m, s)| (l2(m), l2(s)));
             info!(
                 round = own.round,
                 attack = ?act.settings.attack,

@@ -9,6 +9,8 @@
 
 use std::time::Duration;
 
+use super::l2;
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Attack {
     /// −10 × Δ: pushes the model uphill, hard.
@@ -240,10 +242,6 @@ pub fn poisoned_outer(kind: HealPoison, theta0: &[f32]) -> PoisonedOuter {
         theta0_hash,
         momentum_hash,
     }
-}
-
-pub fn l2(v: &[f32]) -> f64 {
-    v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt()
 }
 
 /// The delta Sybil identity `index` announces for a round in which its node sent `sent` (the
