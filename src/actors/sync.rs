@@ -567,14 +567,13 @@ impl SyncActor {
                 .map(|norm| (aggregate, norm))
                 .map_err(|e| format!("aggregate refused: {e}"))
         });
-        let (mut summary, delta_hashes) = self.machine.closed(
+        let (summary, delta_hashes) = self.machine.closed(
             Instant::now(),
             checked
                 .as_ref()
-                .map(|(aggregate, _)| aggregate)
+                .map(|(aggregate, norm)| (aggregate, *norm))
                 .map_err(Clone::clone),
         );
-        summary.aggregate_norm = checked.as_ref().ok().map(|(_, norm)| *norm);
         let pending_momentum = self.pending_momentum.take();
         match &checked {
             Ok((aggregate, _)) => {

@@ -954,13 +954,13 @@ impl RoundMachine {
         }
     }
 
-    /// The round's aggregation ended: `Ok` with the (checked) aggregate the outer step applies,
-    /// or why θ₀ stays. Returns what /api/diloco shows of the round and the blob ids of the
+    /// The round's aggregation ended: `Ok` with the (checked) aggregate the outer step applies
+    /// and its L2 norm, or why θ₀ stays. Returns what /api/diloco shows of the round and the blob ids of the
     /// contributions (for the ledger's verdicts); the kept contributors gain reputation.
     pub fn closed(
         &mut self,
         now: Instant,
-        outcome: Result<&Aggregate, String>,
+        outcome: Result<(&Aggregate, f64), String>,
     ) -> (RoundSummary, BTreeMap<String, String>) {
         let (why, participants) = self.open.closing.clone().unwrap_or_default();
         let round = self.round;
@@ -981,7 +981,8 @@ impl RoundMachine {
             aggregate_norm: None,
         };
         match outcome {
-            Ok(aggregate) => {
+            Ok((aggregate, norm)) => {
+                summary.aggregate_norm = Some(norm);
                 let (kept, rejected): (Vec<_>, Vec<_>) =
                     aggregate.verdicts.iter().partition(|v| v.kept);
                 // Reputation is what peers earned in this node's eyes; its own delta being kept
@@ -1391,9 +1392,10 @@ mod tests {
             ..AggregationConfig::default()
         };
         let aggregate = aggregate(&config, 3, &contributions).unwrap();
-        let (summary, delta_hashes) = m.closed(t0 + Duration::from_secs(2), Ok(&aggregate));
+        let (summary, delta_hashes) = m.closed(t0 + Duration::from_secs(2), Ok((&aggregate, 1.0)));
         assert_eq!((summary.round, summary.participants), (3, 2));
         assert_eq!(summary.kept, ["me", "p1"]);
+        assert_eq!(summary.aggregate_norm, Some(1.0));
         assert!(
             summary.reason.contains("all of 2.00 expected"),
             "{}",
@@ -1524,7 +1526,7 @@ mod tests {
                 panic!("a lone node closes at once: {effects:?}");
             };
             let aggregate = aggregate(&config, round, contributions).unwrap();
-            m.closed(t0, Ok(&aggregate));
+            m.closed(t0, Ok((&aggregate, 1.0)));
             m.advance(hash_of(&[round as f32; 4]));
         }
         // Two peers appear: both count 1 (nobody is established yet), so both deltas are taken.
