@@ -27,14 +27,14 @@ use super::messages::{
 use super::peer::PeerActor;
 use super::run_every;
 use crate::aggregate::shard::{ShardOptions, ShardPlan, SliceEvidence, as_served};
-use crate::aggregate::{Aggregate, AggregationConfig, check_aggregate};
+use crate::aggregate::{Aggregate, AggregationConfig, check_aggregate, norm};
 use crate::diloco::attack::{self, Attack, attacker_sends, poison_informed};
 use crate::diloco::codec::{Codec, CodecConfig, ErrorFeedback, decode, encode};
 use crate::diloco::heal::{HealPlan, PeerOuterState, check_adopted, reach};
 use crate::diloco::machine::{Effect, MachineRules, RoundMachine};
 use crate::diloco::round::RoundOptions;
 use crate::diloco::weight::WeightRule;
-use crate::diloco::{OuterOptimizer, l2, pseudo_gradient};
+use crate::diloco::{OuterOptimizer, pseudo_gradient};
 use crate::model::checkpoint::{self, Checkpoint, OuterState, TrainerSnapshot};
 use crate::model::params::ParamSpec;
 use crate::net::blob::BlobId;
@@ -884,7 +884,9 @@ impl SyncActor {
             let own = act.withheld.take().expect("checked above").own;
             let stats = attack::seen_statistics(&own.delta, act.machine.peer_deltas());
             // How far apart the honest deltas are, against their mean: what ALIE hides in.
-            let (mean, spread) = stats.as_ref().map_or((0.0, 0.0), |(m, s)| (l2(m), l2(s)));
+            let (mean, spread) = stats
+                .as_ref()
+                .map_or((0.0, 0.0), |(m, s)| (norm(m), norm(s)));
             info!(
                 round = own.round,
                 attack = ?act.settings.attack,

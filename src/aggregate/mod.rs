@@ -465,19 +465,23 @@ pub enum UnsafeAggregate {
 /// each contribution met). A rule's output is a combination of checked inputs, so this fails only
 /// through a bug or a rule pushed outside its guarantee; θ₀ must not move then. Returns ‖Δ‖.
 pub fn check_aggregate(delta: &[f32], max_norm: f32) -> Result<f64, UnsafeAggregate> {
-    if let Some(i) = delta.iter().position(|x| !x.is_finite()) {
-        return Err(UnsafeAggregate::NonFinite(i));
+    let norm = norm(delta);
+    if !norm.is_finite() {
+        let i = delta.par_iter().position_first(|x| !x.is_finite());
+        return Err(UnsafeAggregate::NonFinite(i.unwrap_or(0)));
     }
-    let norm = delta
-        .par_chunks(blocks::BLOCK)
-        .map(|c| c.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>())
-        .sum::<f64>()
-        .sqrt();
     let bound = f64::from(max_norm);
     if norm > bound {
         return Err(UnsafeAggregate::TooLarge { norm, bound });
     }
     Ok(norm)
+}
+
+/// ‖v‖, summed in f64 with the same bits on every CPU (as the rules' distances are). Non-finite
+/// exactly when a value is: a finite f32 squared is at most 1.2e77, so no sum of them overflows.
+/// The one L2 norm of a parameter vector: codecs' bounds, the aggregate's check, round reports.
+pub fn norm(v: &[f32]) -> f64 {
+    blocks::norm(v)
 }
 
 /// ‖a − b‖², the same bits on every CPU (what the rules' distances use).

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use super::l2;
+use crate::aggregate::norm;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Attack {
@@ -271,16 +271,16 @@ pub fn sybil_delta(
             sent.iter().map(|x| x * scale).collect()
         }
         None => {
-            let norm = l2(sent);
-            let sigma = (norm / (len.max(1) as f64).sqrt()) as f32;
+            let sent_norm = norm(sent);
+            let sigma = (sent_norm / (len.max(1) as f64).sqrt()) as f32;
             let mut state = seed;
             let flipped: Vec<f32> = sent
                 .iter()
                 .map(|&x| -(x + sigma * normal(&mut state)))
                 .collect();
-            let current = l2(&flipped);
+            let current = norm(&flipped);
             let rescale = if current > 0.0 {
-                (norm / current) as f32
+                (sent_norm / current) as f32
             } else {
                 0.0
             };
@@ -356,7 +356,7 @@ mod tests {
         let a = sybil_delta(Some(&honest), honest.len(), None, 0, 3);
         let b = sybil_delta(Some(&honest), honest.len(), None, 1, 3);
         assert_ne!(a, b, "each identity sends its own vector");
-        assert!((l2(&a) - l2(&honest)).abs() < 1e-3 * l2(&honest));
+        assert!((norm(&a) - norm(&honest)).abs() < 1e-3 * norm(&honest));
         let dot: f64 = a
             .iter()
             .zip(&honest)
@@ -383,7 +383,7 @@ mod tests {
         let far = poisoned_outer(HealPoison::Far, &theta0);
         let values: Vec<f32> = bytemuck::pod_collect_to_vec(&far.theta0);
         assert!(values.iter().all(|x| x.is_finite()));
-        assert!(l2(&values) > 1e4, "far from θ₀");
+        assert!(norm(&values) > 1e4, "far from θ₀");
         assert_eq!(far.momentum_hash, nan.momentum_hash);
         assert_eq!(HealPoison::parse("far"), Some(HealPoison::Far));
         assert_eq!(HealPoison::parse("1"), Some(HealPoison::Nan));

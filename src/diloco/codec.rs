@@ -613,21 +613,14 @@ pub fn decode(bytes: &[u8], expected_len: usize, max_norm: f32) -> Result<Vec<f3
     check_structure(&parsed, expected_len)?;
     let mut out = vec![0.0f32; expected_len];
     for_each_decoded(&parsed, &mut out, |d, v| *d = v);
-    // f32² ≤ 1.2e77, so a sum over any slice of finite values is finite in f64: a non-finite sum
-    // means a non-finite value.
-    let sum_sq: f64 = out
-        .par_iter()
-        .with_min_len(CHUNK)
-        .map(|&x| x as f64 * x as f64)
-        .sum();
-    if !sum_sq.is_finite() {
+    let norm = crate::aggregate::norm(&out);
+    if !norm.is_finite() {
         let index = out
             .par_iter()
             .position_first(|x| !x.is_finite())
             .unwrap_or(0);
         return Err(CodecError::NonFinite(index));
     }
-    let norm = sum_sq.sqrt();
     if max_norm.is_nan() || norm > max_norm as f64 {
         return Err(CodecError::NormTooLarge { norm, max_norm });
     }

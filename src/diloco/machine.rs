@@ -549,7 +549,7 @@ impl RoundMachine {
     pub fn own_delta(&mut self, now: Instant, own: Vec<f32>, blob: BlobId) -> Vec<Effect> {
         self.open.own_ready_at = Some(now);
         self.open.own_delta = Some(blob);
-        self.open.own_delta_norm = Some(super::l2(&own));
+        self.open.own_delta_norm = Some(crate::aggregate::norm(&own));
         self.open
             .delta_hashes
             .insert(self.node_id.clone(), blob.to_string());

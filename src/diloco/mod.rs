@@ -13,11 +13,6 @@ pub mod weight;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-/// The L2 norm, summed in f64.
-pub fn l2(v: &[f32]) -> f64 {
-    v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt()
-}
-
 /// Δ = θ₀ − θ_H: the direction the inner steps moved, as a gradient (positive = descend).
 pub fn pseudo_gradient(theta0: &[f32], theta_h: &[f32]) -> Vec<f32> {
     assert_eq!(theta0.len(), theta_h.len(), "θ₀ and θ_H differ in length");

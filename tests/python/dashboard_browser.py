@@ -2,7 +2,7 @@
 
 Usage: dashboard_browser.py URL SCREENSHOT_PATH
 Checks what a person watching the page would notice: the inner step advances and the loss chart gains
-points without a reload, a prompt submitted in the generate box comes back with text, and the logs
+points without a reload, a closed round shows in the verdicts table with its norms, a prompt submitted in the generate box comes back with text, and the logs
 tab filters lines. Exits non-zero with the reason on the first failure.
 """
 
@@ -59,6 +59,15 @@ def main():
         grown = wait_for("the loss chart to gain points", lambda: points() > first_points and points())
         assert driver.execute_script("return window.__not_reloaded === true"), "the page was reloaded"
         print(f"inner step now {text('inner-step')} (round {text('outer')}), loss chart {grown} points, no reload")
+
+        # The verdicts table gains the round when it closes, with the two norms the round reports.
+        round_rows = lambda: driver.execute_script(
+            "return Array.from(document.querySelectorAll('#rounds tbody tr'), row => Array.from(row.cells, c => c.innerText))"
+        )
+        closed = wait_for("a closed round in the verdicts table", lambda: (rows := round_rows()) and len(rows[0]) == 9 and rows[0])
+        sent, applied = float(closed[5]), float(closed[6])
+        assert sent > 0 and applied > 0, f"round {closed[0]}: ‖Δ‖ sent {sent}, applied {applied}"
+        print(f"round {closed[0]} closed: ‖Δ‖ sent {sent}, applied {applied}")
 
         prompt = driver.find_element(By.ID, "prompt")
         prompt.clear()
