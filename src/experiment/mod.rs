@@ -80,6 +80,10 @@ pub struct Options {
     /// Outer Nesterov momentum of the DiLoCo runs (the node's default; the paper's is 0.9).
     #[arg(long, default_value_t = 0.5)]
     pub outer_momentum: f64,
+    /// Peak AdamW learning rate of every run's inner steps (`[training] lr`); the node's
+    /// default (1e-3) unless given.
+    #[arg(long)]
+    pub inner_lr: Option<f64>,
     /// How the DiLoCo workers' data is split: `iid` (each reads the whole corpus in its own
     /// order) or `topics` (non-i.i.d.: node 1, whose validation loss is the curve, reads the whole
     /// corpus; each other honest worker one part of the corpus's files, whole topics, none of
@@ -133,6 +137,8 @@ pub struct RunSpec {
     pub rounds: u64,
     pub outer_lr: f64,
     pub outer_momentum: f64,
+    /// `[training] lr`, when not the node's default.
+    pub inner_lr: Option<f64>,
     /// `[diloco.aggregation] worker_momentum`.
     pub worker_momentum: bool,
     pub rule: String,
@@ -157,6 +163,7 @@ impl RunSpec {
             rounds,
             outer_lr: 1.0,
             outer_momentum: 0.0,
+            inner_lr: o.inner_lr,
             worker_momentum: false,
             rule: "mean".into(),
             pre: "none".into(),
@@ -177,6 +184,7 @@ impl RunSpec {
             rounds: o.rounds,
             outer_lr: o.outer_lr,
             outer_momentum: o.outer_momentum,
+            inner_lr: o.inner_lr,
             worker_momentum: o.worker_momentum,
             rule: "mean".into(),
             pre: "none".into(),
@@ -240,6 +248,7 @@ impl RunSpec {
             ("DILOCO__COMPRESSION__CODEC", self.codec.clone()),
         ]
         .into_iter()
+        .chain(self.inner_lr.map(|lr| ("TRAINING__LR", lr.to_string())))
         .map(|(key, value)| (format!("NEUROSHARD_{key}"), value))
         .collect()
     }
@@ -254,6 +263,9 @@ pub fn plan_runs(o: &Options) -> Result<Vec<RunSpec>, String> {
     context_of(&o.preset)?;
     if o.rounds == 0 || o.inner_steps == 0 || o.batch == 0 {
         return Err("--rounds, --inner-steps and --batch must be at least 1".into());
+    }
+    if let Some(lr) = o.inner_lr.filter(|lr| !(*lr > 0.0 && *lr < 1.0)) {
+        return Err(format!("--inner-lr {lr} is not in (0, 1)"));
     }
     if o.runs.iter().any(|r| r == "D") {
         check_d_options(o)?;
@@ -442,6 +454,9 @@ fn command_of(o: &Options, run: &RunSpec, seed: u64) -> String {
     }
     if run.worker_momentum {
         command += " --worker-momentum";
+    }
+    if let Some(lr) = run.inner_lr {
+        command += &format!(" --inner-lr {lr}");
     }
     if let Some(path) = &o.init_weights {
         command += &format!(" --init-weights {}", path.display());
@@ -768,6 +783,7 @@ mod tests {
             pre: vec!["none".into()],
             outer_lr: 0.7,
             outer_momentum: 0.9,
+            inner_lr: None,
             split: Split::Iid,
             init_weights: None,
             worker_momentum: false,
@@ -963,5 +979,27 @@ mod tests {
             command.ends_with(" --init-weights pre/checkpoint.safetensors"),
             "{command}"
         );
+    }
+
+    #[test]
+    fn an_inner_lr_reaches_every_run_and_its_command() {
+        let o = Options {
+            inner_lr: Some(5e-4),
+            ..options(&["B", "C"])
+        };
+        for run in plan_runs(&o).unwrap() {
+            let lr = ("NEUROSHARD_TRAINING__LR".to_string(), "0.0005".to_string());
+            assert!(run.env(0).contains(&lr), "{}", run.id);
+            assert!(command_of(&o, &run, 0).ends_with(" --inner-lr 0.0005"));
+        }
+        let default = plan_runs(&options(&["C"])).unwrap().remove(0);
+        assert!(!default.env(0).iter().any(|(k, _)| k.ends_with("__LR")));
+        for bad in [0.0, 1.5, f64::NAN] {
+            let o = Options {
+                inner_lr: Some(bad),
+                ..options(&["C"])
+            };
+            assert!(plan_runs(&o).unwrap_err().starts_with("--inner-lr"));
+        }
     }
 }
