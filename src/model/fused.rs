@@ -436,10 +436,13 @@ mod tests {
             primitive(grad.clone()),
         );
         let (ref_gate, ref_up) = composite::swiglu_backward(gate, up, grad);
+        // d_gate = grad · up · σ(g)(1 + g(1 − σ(g))) cancels near g ≈ −1.28, where a result of
+        // 0.08 from terms of ~10 differs by 1e-6 (a few ulps of the terms) between the two
+        // orders of operations: the absolute bound is relative to the terms, not the result.
         for (fused, reference) in [(d_gate, ref_gate), (d_up, ref_up)] {
             float::<CpuBackend>(fused)
                 .to_data()
-                .assert_approx_eq::<f32>(&reference.to_data(), Tolerance::rel_abs(1e-5, 1e-6));
+                .assert_approx_eq::<f32>(&reference.to_data(), Tolerance::rel_abs(1e-5, 1e-5));
         }
     }
 
