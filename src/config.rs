@@ -152,6 +152,9 @@ pub struct TrainingSection {
     pub eval_sequences: usize,
     /// Validation loss every N steps (and at the end of each round).
     pub eval_every: u64,
+    /// The round-start validation of θ₀ only at every Nth round (1: every round). Short rounds
+    /// of a large model spend more on these evaluations than on training.
+    pub eval_every_rounds: u64,
     /// Progress log line every N steps.
     pub log_every: u64,
     /// Checkpoint every N steps (and on shutdown).
@@ -276,6 +279,7 @@ impl Default for TrainingSection {
             val_fraction: 0.05,
             eval_sequences: 64,
             eval_every: 100,
+            eval_every_rounds: 1,
             log_every: 10,
             checkpoint_every: 100,
             seed: 0,
@@ -507,6 +511,7 @@ impl Config {
         }
         for (key, value) in [
             ("training.eval_every", t.eval_every),
+            ("training.eval_every_rounds", t.eval_every_rounds),
             ("training.log_every", t.log_every),
             ("training.checkpoint_every", t.checkpoint_every),
             ("diloco.inner_steps", self.diloco.inner_steps),

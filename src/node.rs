@@ -481,6 +481,7 @@ fn trainer_recipe(config: &Config, data: Arc<TokenDataset>) -> TrainerRecipe {
         cadence: Cadence {
             inner_steps: config.diloco.inner_steps,
             eval_every: t.eval_every,
+            eval_every_rounds: t.eval_every_rounds,
             log_every: t.log_every,
             checkpoint_every: t.checkpoint_every,
         },

@@ -88,6 +88,41 @@ fn the_experiment_runs_end_to_end_and_writes_its_results() {
         last.rsplit(',').nth(5).unwrap().parse().unwrap()
     };
     assert_eq!(tokens("C"), 2 * tokens("A1"));
+    // Fields from the end (labels hold quoted commas): val_loss is the fifth.
+    let last_loss = |csv: &str, run: &str| -> String {
+        let last = csv.lines().rfind(|r| r.starts_with(&format!("{run},")));
+        last.unwrap().rsplit(',').nth(4).unwrap().to_string()
+    };
+
+    // Evaluating only every second round leaves training as it was: the same last point.
+    let sparse = dir.path().join("sparse");
+    experiment(
+        &[
+            "--runs",
+            "C",
+            "--workers",
+            "2",
+            "--rounds",
+            "2",
+            "--inner-steps",
+            "5",
+            "--eval-every",
+            "2",
+        ],
+        &corpus,
+        &sparse,
+    );
+    let sparse_csv = std::fs::read_to_string(sparse.join("results.csv")).unwrap();
+    let rounds: Vec<&str> = (sparse_csv.lines().skip(1))
+        .map(|r| r.rsplit(',').nth(7).unwrap())
+        .collect();
+    assert_eq!(rounds, ["0", "2"], "{sparse_csv}");
+    assert!(sparse_csv.contains("--eval-every 2"), "{sparse_csv}");
+    assert_eq!(
+        last_loss(&sparse_csv, "C"),
+        last_loss(&csv, "C"),
+        "{sparse_csv}\n{csv}"
+    );
 
     let svg = std::fs::read_to_string(out.join("curves.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("A1") && svg.contains('C'));

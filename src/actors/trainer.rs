@@ -24,6 +24,8 @@ use crate::status::{StatusBoard, TrainerPhase};
 pub struct Cadence {
     pub inner_steps: u64,
     pub eval_every: u64,
+    /// The round-start validation runs at rounds that are multiples of this.
+    pub eval_every_rounds: u64,
     pub log_every: u64,
     pub checkpoint_every: u64,
 }
@@ -35,7 +37,7 @@ pub enum TrainerWork {
     /// An inner step (`TrainStep`).
     #[default]
     Step,
-    /// The validation loss (on start, every `eval_every` steps, at each round start).
+    /// The validation loss (on start, every `eval_every` steps, at round starts).
     Evaluate,
     /// The reset to the round's θ₀ (`StartRound`).
     Reset,
@@ -277,7 +279,9 @@ impl TrainerActor {
             .fire(TrainerWork::Reset, self.trainer.counters.global_step);
         self.trainer.reset_to(&msg.theta0, msg.round);
         // The new θ₀ is the shared model every node now holds: its loss is the network's.
-        self.validate();
+        if msg.round.is_multiple_of(self.cadence.eval_every_rounds) {
+            self.validate();
+        }
         self.tally = RoundTally::new();
         let counters = self.trainer.counters;
         self.status.update(|s| {

@@ -84,6 +84,14 @@ pub struct Options {
     /// default (1e-3) unless given.
     #[arg(long)]
     pub inner_lr: Option<f64>,
+    /// Evaluate θ₀ at every Nth round start only (`[training] eval_every_rounds`); --rounds must
+    /// be a multiple. The curves keep their points at the same tokens: the evaluations do not
+    /// change training, only its wall time (at H = 10 on micro they cost as much as the steps).
+    #[arg(long, default_value_t = 1)]
+    pub eval_every: u64,
+    /// Seconds one run may take before the experiment gives up on it.
+    #[arg(long, default_value_t = 3600)]
+    pub run_timeout: u64,
     /// How the DiLoCo workers' data is split: `iid` (each reads the whole corpus in its own
     /// order) or `topics` (non-i.i.d.: node 1, whose validation loss is the curve, reads the whole
     /// corpus; each other honest worker one part of the corpus's files, whole topics, none of
@@ -139,6 +147,8 @@ pub struct RunSpec {
     pub outer_momentum: f64,
     /// `[training] lr`, when not the node's default.
     pub inner_lr: Option<f64>,
+    /// `[training] eval_every_rounds`: the curve's points.
+    pub eval_every_rounds: u64,
     /// `[diloco.aggregation] worker_momentum`.
     pub worker_momentum: bool,
     pub rule: String,
@@ -164,6 +174,7 @@ impl RunSpec {
             outer_lr: 1.0,
             outer_momentum: 0.0,
             inner_lr: o.inner_lr,
+            eval_every_rounds: o.eval_every,
             worker_momentum: false,
             rule: "mean".into(),
             pre: "none".into(),
@@ -185,6 +196,7 @@ impl RunSpec {
             outer_lr: o.outer_lr,
             outer_momentum: o.outer_momentum,
             inner_lr: o.inner_lr,
+            eval_every_rounds: o.eval_every,
             worker_momentum: o.worker_momentum,
             rule: "mean".into(),
             pre: "none".into(),
@@ -219,8 +231,12 @@ impl RunSpec {
                 "TRAINING__WARMUP_STEPS",
                 (steps / 10).clamp(1, 100).to_string(),
             ),
-            // Only the round-start evaluations of θ₀: one per round, the curve's points.
+            // Only the round-start evaluations of θ₀ (every `eval_every_rounds`): the curve's points.
             ("TRAINING__EVAL_EVERY", (steps * 10).to_string()),
+            (
+                "TRAINING__EVAL_EVERY_ROUNDS",
+                self.eval_every_rounds.to_string(),
+            ),
             ("TRAINING__EVAL_SEQUENCES", "256".into()),
             ("TRAINING__CHECKPOINT_EVERY", (steps * 10).to_string()),
             ("TRAINING__LOG_EVERY", "100".into()),
@@ -263,6 +279,15 @@ pub fn plan_runs(o: &Options) -> Result<Vec<RunSpec>, String> {
     context_of(&o.preset)?;
     if o.rounds == 0 || o.inner_steps == 0 || o.batch == 0 {
         return Err("--rounds, --inner-steps and --batch must be at least 1".into());
+    }
+    if o.eval_every == 0 || !o.rounds.is_multiple_of(o.eval_every) {
+        return Err(format!(
+            "--eval-every {} does not divide --rounds {} (the last round must be evaluated)",
+            o.eval_every, o.rounds
+        ));
+    }
+    if o.run_timeout == 0 {
+        return Err("--run-timeout must be at least 1 second".into());
     }
     if let Some(lr) = o.inner_lr.filter(|lr| !(*lr > 0.0 && *lr < 1.0)) {
         return Err(format!("--inner-lr {lr} is not in (0, 1)"));
@@ -458,6 +483,9 @@ fn command_of(o: &Options, run: &RunSpec, seed: u64) -> String {
     if let Some(lr) = run.inner_lr {
         command += &format!(" --inner-lr {lr}");
     }
+    if run.eval_every_rounds != 1 {
+        command += &format!(" --eval-every {}", run.eval_every_rounds);
+    }
     if let Some(path) = &o.init_weights {
         command += &format!(" --init-weights {}", path.display());
     }
@@ -628,7 +656,8 @@ fn run_one(o: &Options, run: &RunSpec, seed: u64, data: &DataFiles) -> Result<Cu
     );
     let started = Instant::now();
     let mut fleet = Fleet::start(&specs)?;
-    let result = follow(&mut fleet, &specs[0], run, context, started);
+    let timeout = Duration::from_secs(o.run_timeout);
+    let result = follow(&mut fleet, &specs[0], run, context, (started, timeout));
     fleet.stop();
     let (points, bytes_per_round) = result?;
     Ok(Curve {
@@ -642,17 +671,15 @@ fn run_one(o: &Options, run: &RunSpec, seed: u64, data: &DataFiles) -> Result<Cu
     })
 }
 
-/// How long one run may take before the experiment gives up on it.
-const RUN_TIMEOUT: Duration = Duration::from_secs(3600);
-
-/// Polls node 1 until it has evaluated θ₀ after `run.rounds` outer steps. Returns the curve and
-/// the delta bytes node 1 uploaded per round (mean over the rounds seen).
+/// Polls node 1 until it has evaluated θ₀ after `run.rounds` outer steps, or `timeout` has
+/// passed since `started`. Returns the curve and the delta bytes node 1 uploaded per round (mean
+/// over the rounds seen).
 fn follow(
     fleet: &mut Fleet,
     node: &NodeSpec,
     run: &RunSpec,
     context: u64,
-    started: Instant,
+    (started, timeout): (Instant, Duration),
 ) -> Result<(Vec<Point>, f64), String> {
     let agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(10)))
@@ -678,8 +705,12 @@ fn follow(
         if let Some(report) = fleet.exited_on_their_own() {
             return Err(format!("{}: {report}", run.id));
         }
-        if started.elapsed() > RUN_TIMEOUT {
-            return Err(format!("{}: not done after {RUN_TIMEOUT:?}", run.id));
+        if started.elapsed() > timeout {
+            return Err(format!(
+                "{}: not done after {} s (--run-timeout)",
+                run.id,
+                timeout.as_secs()
+            ));
         }
         let path = format!("/api/logs?target=trainer&q=validation&after={after}&limit=500");
         if let Some(body) = get(&path) {
@@ -784,6 +815,8 @@ mod tests {
             outer_lr: 0.7,
             outer_momentum: 0.9,
             inner_lr: None,
+            eval_every: 1,
+            run_timeout: 3600,
             split: Split::Iid,
             init_weights: None,
             worker_momentum: false,
@@ -1000,6 +1033,31 @@ mod tests {
                 ..options(&["C"])
             };
             assert!(plan_runs(&o).unwrap_err().starts_with("--inner-lr"));
+        }
+    }
+
+    #[test]
+    fn an_eval_cadence_reaches_every_run_and_must_divide_the_rounds() {
+        let o = Options {
+            eval_every: 3,
+            ..options(&["A", "B", "C"])
+        };
+        for run in plan_runs(&o).unwrap() {
+            let cadence = (
+                "NEUROSHARD_TRAINING__EVAL_EVERY_ROUNDS".to_string(),
+                "3".to_string(),
+            );
+            assert!(run.env(0).contains(&cadence), "{}", run.id);
+            assert!(command_of(&o, &run, 0).ends_with(" --eval-every 3"));
+        }
+        let default = plan_runs(&options(&["C"])).unwrap().remove(0);
+        assert!(!command_of(&options(&["C"]), &default, 0).contains("--eval-every"));
+        for bad in [0, 5] {
+            let o = Options {
+                eval_every: bad,
+                ..options(&["C"])
+            };
+            assert!(plan_runs(&o).unwrap_err().starts_with("--eval-every"));
         }
     }
 }
