@@ -383,6 +383,10 @@ fn describe(error: figment::Error) -> ConfigError {
     }
 }
 
+/// Rounds shorter than this many inner steps were measured to train better without outer momentum
+/// (`Config::advice`); the outer optimizer's default was chosen at H = 50 and H = 500.
+const SHORT_ROUND_STEPS: u64 = 50;
+
 impl Config {
     /// Defaults < `file` < NEUROSHARD_* environment < `cli`; then the genesis, if one is named.
     pub fn load(file: Option<&Path>, cli: CliOverrides) -> Result<Self, ConfigError> {
@@ -467,6 +471,24 @@ impl Config {
         self.ledger.rewards = genesis.rewards.clone();
         self.genesis = Some(genesis);
         Ok(())
+    }
+
+    /// Settings that load but were measured to train worse, each with why; the node logs them
+    /// as warnings when it starts.
+    pub fn advice(&self) -> Vec<String> {
+        let d = &self.diloco;
+        let mut advice = Vec::new();
+        if d.inner_steps < SHORT_ROUND_STEPS && d.outer_momentum > 0.0 {
+            advice.push(format!(
+                "diloco.outer_momentum = {} with rounds of {} inner steps: the outer momentum adds \
+                 past rounds to steps the inner AdamW momentum already carries; at H = 10 momentum \
+                 0.5 trained worse than one node alone and momentum 0 better than H = 50 \
+                 (EXPERIMENTS.md, \"Why C trails B at micro\"). Consider outer_momentum = 0 for \
+                 rounds shorter than {SHORT_ROUND_STEPS} steps",
+                d.outer_momentum, d.inner_steps
+            ));
+        }
+        advice
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -765,6 +787,18 @@ impl Config {
 mod tests {
     use super::*;
     use figment::Jail;
+
+    #[test]
+    fn short_rounds_with_outer_momentum_get_advice_and_the_defaults_none() {
+        assert!(Config::default().advice().is_empty());
+        let mut config = Config::default();
+        config.diloco.inner_steps = 10;
+        let advice = config.advice();
+        assert_eq!(advice.len(), 1, "{advice:?}");
+        assert!(advice[0].starts_with("diloco.outer_momentum = 0.5 with rounds of 10"));
+        config.diloco.outer_momentum = 0.0;
+        assert!(config.advice().is_empty());
+    }
 
     #[test]
     fn layers_apply_in_order_defaults_file_env_cli() {

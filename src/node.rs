@@ -555,6 +555,9 @@ pub async fn run(config: Config, logs: LogRing) -> Result<(), NodeError> {
     if let Some(genesis) = &config.genesis {
         info!(network = %genesis.network_id, genesis = %genesis.hash(), policy = admission.policy, certificate_expires_at_s = ?admission.certificate_expires_at_s, "network defined by a genesis");
     }
+    for advice in config.advice() {
+        warn!("{advice}");
+    }
     if observer {
         warn!(
             "no membership certificate (network.membership, --membership) in a permissioned network: this node only observes; its deltas, proofs and verdicts count for nothing on other nodes"
