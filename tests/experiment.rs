@@ -43,17 +43,10 @@ fn the_experiment_runs_end_to_end_and_writes_its_results() {
     std::fs::write(corpus.join("sayings.dat"), [0u8, 159, 146, 150]).unwrap();
     let out = dir.path().join("out");
 
+    // Two workers, two rounds of five steps.
+    let schedule = ["--workers", "2", "--rounds", "2", "--inner-steps", "5"];
     let stderr = experiment(
-        &[
-            "--runs",
-            "A1,C",
-            "--workers",
-            "2",
-            "--rounds",
-            "2",
-            "--inner-steps",
-            "5",
-        ],
+        &[&["--runs", "A1,C"], &schedule[..]].concat(),
         &corpus,
         &out,
     );
@@ -96,22 +89,8 @@ fn the_experiment_runs_end_to_end_and_writes_its_results() {
 
     // Evaluating only every second round leaves training as it was: the same last point.
     let sparse = dir.path().join("sparse");
-    experiment(
-        &[
-            "--runs",
-            "C",
-            "--workers",
-            "2",
-            "--rounds",
-            "2",
-            "--inner-steps",
-            "5",
-            "--eval-every",
-            "2",
-        ],
-        &corpus,
-        &sparse,
-    );
+    let args = [&["--runs", "C", "--eval-every", "2"], &schedule[..]].concat();
+    experiment(&args, &corpus, &sparse);
     let sparse_csv = std::fs::read_to_string(sparse.join("results.csv")).unwrap();
     let rounds: Vec<&str> = (sparse_csv.lines().skip(1))
         .map(|r| r.rsplit(',').nth(7).unwrap())
