@@ -657,7 +657,7 @@ fn run_one(o: &Options, run: &RunSpec, seed: u64, data: &DataFiles) -> Result<Cu
     let started = Instant::now();
     let mut fleet = Fleet::start(&specs)?;
     let timeout = Duration::from_secs(o.run_timeout);
-    let result = follow(&mut fleet, &specs[0], run, context, (started, timeout));
+    let result = follow(&mut fleet, &specs[0], run, context, started, timeout);
     fleet.stop();
     let (points, bytes_per_round) = result?;
     Ok(Curve {
@@ -679,7 +679,8 @@ fn follow(
     node: &NodeSpec,
     run: &RunSpec,
     context: u64,
-    (started, timeout): (Instant, Duration),
+    started: Instant,
+    timeout: Duration,
 ) -> Result<(Vec<Point>, f64), String> {
     let agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(10)))
