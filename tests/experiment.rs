@@ -71,21 +71,15 @@ fn the_experiment_runs_end_to_end_and_writes_its_results() {
             "{csv}"
         );
     }
-    // C's two workers read twice A1's tokens by its last round.
-    let tokens = |run: &str| -> u64 {
-        let last = rows
-            .iter()
-            .rfind(|r| r.starts_with(&format!("{run},")))
-            .unwrap();
-        // Labels hold quoted commas; tokens is the sixth field from the end.
-        last.rsplit(',').nth(5).unwrap().parse().unwrap()
-    };
-    assert_eq!(tokens("C"), 2 * tokens("A1"));
-    // Fields from the end (labels hold quoted commas): val_loss is the fifth.
-    let last_loss = |csv: &str, run: &str| -> String {
+    // Field `from_end` of `run`'s last row (labels hold quoted commas: count from the end;
+    // tokens is the sixth, val_loss the fifth).
+    let last_field = |csv: &str, run: &str, from_end: usize| -> String {
         let last = csv.lines().rfind(|r| r.starts_with(&format!("{run},")));
-        last.unwrap().rsplit(',').nth(4).unwrap().to_string()
+        last.unwrap().rsplit(',').nth(from_end).unwrap().to_string()
     };
+    // C's two workers read twice A1's tokens by its last round.
+    let tokens = |run: &str| -> u64 { last_field(&csv, run, 5).parse().unwrap() };
+    assert_eq!(tokens("C"), 2 * tokens("A1"));
 
     // Evaluating only every second round leaves training as it was: the same last point.
     let sparse = dir.path().join("sparse");
@@ -98,8 +92,8 @@ fn the_experiment_runs_end_to_end_and_writes_its_results() {
     assert_eq!(rounds, ["0", "2"], "{sparse_csv}");
     assert!(sparse_csv.contains("--eval-every 2"), "{sparse_csv}");
     assert_eq!(
-        last_loss(&sparse_csv, "C"),
-        last_loss(&csv, "C"),
+        last_field(&sparse_csv, "C", 4),
+        last_field(&csv, "C", 4),
         "{sparse_csv}\n{csv}"
     );
 
