@@ -47,7 +47,7 @@ fi
 # schemathesis 4: tests/api_schema.rs uses its v4 command line.
 if ! "$venv/bin/python3" -c 'import ecdsa, selenium, schemathesis' 2>/dev/null; then
     echo "test.sh: installing ecdsa, schemathesis and selenium into $venv" >&2
-    "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check \
+    "$venv/bin/python3" -m pip install --quiet --no-cache-dir --disable-pip-version-check \
         'ecdsa>=0.19,<1' 'schemathesis>=4,<5' 'selenium>=4,<5'
 fi
 
@@ -56,7 +56,7 @@ fi
 # and 3-4 minutes to install here; it then runs on the CPU): no CPU-only wheel is reachable.
 if ! "$venv/bin/python3" -c 'import torch, transformers' 2>/dev/null; then
     echo "test.sh: installing torch and transformers into $venv (several GB, a few minutes)" >&2
-    "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check \
+    "$venv/bin/python3" -m pip install --quiet --no-cache-dir --disable-pip-version-check \
         'torch>=2,<3' 'transformers>=4.56,<6'
 fi
 
