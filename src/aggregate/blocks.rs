@@ -343,23 +343,73 @@ impl SqDist {
     }
 }
 
+/// Dot products fed run by run like [`SqDist`] (8 lanes, each adding its terms in coordinate
+/// order, then a tail of the last run): the same bits on every [`Simd`] path.
+#[derive(Debug, Clone, Copy)]
+struct Dot {
+    lanes: [f64; SqDist::LANES],
+    tail: f64,
+}
+
+impl Dot {
+    const ZERO: Self = Self {
+        lanes: [0.0; SqDist::LANES],
+        tail: 0.0,
+    };
+
+    /// Adds x · yₖ over one run to each of `dots` at once: x's values are loaded once for all of
+    /// them, and the G × 8 lanes stay in registers for the whole run.
+    #[inline(always)]
+    fn add_all<const G: usize>(dots: &mut [Dot], x: &[f64], ys: [&[f64]; G]) {
+        let dots: &mut [Dot; G] = dots.try_into().expect("one dot per y");
+        let (xc, xr) = x.as_chunks::<{ SqDist::LANES }>();
+        let ycs = ys.map(|y| y[..x.len()].as_chunks::<{ SqDist::LANES }>());
+        if !xr.is_empty() {
+            for (dot, (_, yr)) in dots.iter_mut().zip(&ycs) {
+                dot.tail = xr.iter().zip(*yr).map(|(&a, &b)| a * b).sum();
+            }
+        }
+        let mut lanes: [[f64; SqDist::LANES]; G] = std::array::from_fn(|g| dots[g].lanes);
+        for (c, xs) in xc.iter().enumerate() {
+            for (lanes, (yc, _)) in lanes.iter_mut().zip(&ycs) {
+                for ((s, &a), &b) in lanes.iter_mut().zip(xs).zip(&yc[c]) {
+                    *s += a * b;
+                }
+            }
+        }
+        for (dot, lanes) in dots.iter_mut().zip(lanes) {
+            dot.lanes = lanes;
+        }
+    }
+
+    #[inline(always)]
+    fn total(&self) -> f64 {
+        self.lanes.iter().sum::<f64>() + self.tail
+    }
+}
+
 /// The full n×n matrix (row-major) of squared L2 distances between contributions, and whether
-/// every input value is finite: one parallel pass over the inputs, the check and all pairs of a
-/// block computed while the block is in cache.
+/// every input value is finite: one parallel pass over the inputs, the check and the Gram matrix
+/// G of a block computed while the block is in cache, then ‖xᵢ − xⱼ‖² = Gᵢᵢ + Gⱼⱼ − 2Gᵢⱼ.
+///
+/// Why the Gram matrix: the distances are compute, not memory (n(n−1)/2 pairs per coordinate);
+/// a product is one multiply and one add where a difference squared is three operations, and a
+/// product of two f32 is exact in f64, so G's bits do not depend on FMA or the vector width.
+/// Identical inputs have bit-identical Gᵢᵢ, Gⱼⱼ and Gᵢⱼ and so distance exactly 0; the form
+/// loses digits only for inputs closer than ~1e-6 of their norm, which no verdict can tell apart.
 pub(super) fn pairwise_sq_distances(cs: &[Contribution], d: usize) -> (Vec<f64>, bool) {
     let n = cs.len();
-    let pairs: Vec<(usize, usize)> = (0..n)
-        .flat_map(|i| (i + 1..n).map(move |j| (i, j)))
-        .collect();
+    // G's upper triangle with its diagonal, row by row: (i, i), (i, i + 1), …, (i, n − 1).
+    let triangle = n * (n + 1) / 2;
     let finite = AtomicBool::new(true);
-    let sums = reduce_blocks(
+    let gram = reduce_blocks(
         d,
-        pairs.len(),
+        triangle,
         #[inline(always)]
         |range, acc| {
-            // Run by run, as a pass goes: every pair of a run is measured while it is in L1.
-            // Each input's run is widened to f64 once, not once per pair it is in (n − 1 times).
-            let mut sums = vec![SqDist::ZERO; pairs.len()];
+            // Run by run, as a pass goes: G's entries of a run are summed while it is in L1.
+            // Each input's run is widened to f64 once, not once per pair it is in.
+            let mut dots = vec![Dot::ZERO; triangle];
             let mut wide = vec![0.0f64; n * RUN];
             let mut finite_here = true;
             for start in range.clone().step_by(RUN) {
@@ -373,22 +423,43 @@ pub(super) fn pairwise_sq_distances(cs: &[Contribution], d: usize) -> (Vec<f64>,
                 }
                 let len = run.len();
                 let input = |i: usize| &wide[i * RUN..][..len];
-                for (sum, &(i, j)) in sums.iter_mut().zip(&pairs) {
-                    sum.add(input(i), input(j));
+                let mut row = dots.as_mut_slice();
+                for i in 0..n {
+                    let (this_row, rest) = row.split_at_mut(n - i);
+                    row = rest;
+                    // Four products at a time: 8 registers of lanes, x loaded once for the four.
+                    for (k, group) in this_row.chunks_mut(4).enumerate() {
+                        let j = i + 4 * k;
+                        match group.len() {
+                            4 => Dot::add_all(group, input(i), [0, 1, 2, 3].map(|g| input(j + g))),
+                            3 => Dot::add_all(group, input(i), [0, 1, 2].map(|g| input(j + g))),
+                            2 => Dot::add_all(group, input(i), [0, 1].map(|g| input(j + g))),
+                            _ => Dot::add_all(group, input(i), [input(j)]),
+                        }
+                    }
                 }
             }
             if !finite_here {
                 finite.store(false, Ordering::Relaxed);
             }
-            for (s, sum) in acc.iter_mut().zip(&sums) {
-                *s += sum.total();
+            for (s, dot) in acc.iter_mut().zip(&dots) {
+                *s += dot.total();
             }
         },
     );
+    // Row i of the triangle starts after rows 0..i, of n, n − 1, … entries.
+    let row_start: Vec<usize> = (0..n)
+        .map(|i| i * n - i * (i.saturating_sub(1)) / 2)
+        .collect();
+    let g = |i: usize, j: usize| gram[row_start[i] + j - i];
     let mut matrix = vec![0.0f64; n * n];
-    for (&(i, j), &s) in pairs.iter().zip(&sums) {
-        matrix[i * n + j] = s;
-        matrix[j * n + i] = s;
+    for i in 0..n {
+        for j in i + 1..n {
+            // Rounding can leave a hair below zero for near inputs; a distance is never negative.
+            let s = (g(i, i) + g(j, j) - 2.0 * g(i, j)).max(0.0);
+            matrix[i * n + j] = s;
+            matrix[j * n + i] = s;
+        }
     }
     (matrix, finite.into_inner())
 }
@@ -439,6 +510,56 @@ mod tests {
                 assert_eq!(got, baseline, "{simd:?}, len {len}");
             }
             assert_eq!(sq_dist(&a, &b).to_bits(), baseline, "len {len}");
+        }
+    }
+
+    #[test]
+    fn dot_products_have_the_same_bits_on_every_code_path_and_group_size() {
+        // Products of f32 widened to f64 are exact, so even extreme magnitudes keep their bits.
+        let inputs: Vec<Vec<f64>> = (0..5u64)
+            .map(|i| {
+                random_vec(60 + i, RUN, 1e3)
+                    .iter()
+                    .map(|&x| f64::from(if x > 990.0 { f32::MAX } else { x * 1e-30 }))
+                    .collect()
+            })
+            .collect();
+        for len in [RUN, RUN - 3, 5] {
+            let y = |k: usize| &inputs[1 + k][..len];
+            let totals = |simd: Simd, group: usize| {
+                simd.run(|| {
+                    let mut dots = vec![Dot::ZERO; 4];
+                    for (k, one) in dots.chunks_mut(group).enumerate() {
+                        let at = k * group;
+                        match one.len() {
+                            4 => Dot::add_all(one, &inputs[0][..len], [y(0), y(1), y(2), y(3)]),
+                            2 => Dot::add_all(one, &inputs[0][..len], [y(at), y(at + 1)]),
+                            _ => Dot::add_all(one, &inputs[0][..len], [y(at)]),
+                        }
+                    }
+                    dots.iter().map(|d| d.total().to_bits()).collect::<Vec<_>>()
+                })
+            };
+            let baseline = totals(Simd::Baseline, 1);
+            let naive: Vec<f64> = (0..4)
+                .map(|k| inputs[0][..len].iter().zip(y(k)).map(|(a, b)| a * b).sum())
+                .collect();
+            for (k, (&got, want)) in baseline.iter().zip(naive).enumerate() {
+                let got = f64::from_bits(got);
+                assert!(
+                    (got - want).abs() <= 1e-12 * want.abs(),
+                    "y{k}: {got} vs {want}"
+                );
+            }
+            for simd in Simd::available() {
+                for group in [1, 2, 4] {
+                    assert_eq!(
+                        totals(simd, group),
+                        baseline,
+                        "{simd:?}, group {group}, len {len}"
+                    );
+                }
+            }
         }
     }
 

@@ -4,8 +4,10 @@
 
 use libp2p::StreamProtocol;
 
-/// Version of NeuroShard's own wire protocols (gossip messages, blobs).
-const WIRE_VERSION: u32 = 1;
+/// Version of NeuroShard's own wire protocols (gossip messages, blobs), and of what every node
+/// must compute alike from them: 2 took pairwise distances (Krum, Multi-Krum, nearest-neighbour
+/// mixing) from the Gram matrix, which changes their last bits and so the verdicts of near-ties.
+const WIRE_VERSION: u32 = 2;
 
 /// The names one network speaks.
 #[derive(Debug, Clone)]
