@@ -301,8 +301,10 @@ fn sixteen_nodes_with_the_shipped_defaults_shard_their_rounds_and_agree() {
             );
             return;
         }
+        // 16 nodes starting on 2 cores can miss round 0 (its deadline is 120 s) and need a round
+        // more to all be in; 360 s failed once on a loaded machine, so this allows three rounds.
         assert!(
-            start.elapsed() < Duration::from_secs(360),
+            start.elapsed() < Duration::from_secs(600),
             "16 nodes never sharded a round together on one θ₀: rounds {rounds:?}, {} θ₀; node 0: {}\n{}",
             hashes.len(),
             summaries[0],
