@@ -1,12 +1,13 @@
 //! Chaos with the shipped round settings (quorum, straggler grace, the 120 s round deadline; only
 //! `--diloco-steps` and the harness's quick heartbeat are set): four nano nodes on loopback at
 //! H = 10; one joins late, one is paused (SIGSTOP) for longer than the round deadline and
-//! resumed, one is killed mid-round and restarted from its state dir; then all are restarted one
-//! by one at H = 60. The network must end on one θ₀ with every node taking part in its rounds,
-//! nobody banned or rate-limited, no proof credited by one node and refused by another, and
-//! identical balances over what was made once the network was whole again (a node that was away
-//! gets what it missed by history sync once those epochs are checkpointed, an hour and seven
-//! minutes at the shipped epoch length: after this test; tests/checkpoints.rs covers that).
+//! resumed (a request sent to it meanwhile must be answered once it resumes), one is killed
+//! mid-round and restarted from its state dir; then all are restarted one by one at H = 60. The
+//! network must end on one θ₀ with every node taking part in its rounds, nobody banned or
+//! rate-limited, no proof credited by one node and refused by another, and identical balances over
+//! what was made once the network was whole again (a node that was away gets what it missed by
+//! history sync once those epochs are checkpointed, an hour and seven minutes at the shipped epoch
+//! length: after this test; tests/checkpoints.rs covers that).
 //!
 //! It found: self-reputation, the 0.67 quorum of 3, newcomers waited for beyond the round's
 //! places, a resumed node banning its peers, a resumed node's timers firing every tick missed
@@ -15,7 +16,8 @@
 //! a node healed over pending for ever, uptime settled differently by a node that slept, and
 //! witnesses that stopped restating an uptime proof as soon as its claimant stopped re-gossiping
 //! it (the resumed node, which got the proof from that last re-gossip, heard one witness of two
-//! and refused what the others credited).
+//! and refused what the others credited), and actix-http answering 408 to requests sent to a node
+//! while it was stopped (its deadlines came from an instant cached before the stop: patches/).
 
 mod common;
 
@@ -126,10 +128,25 @@ fn four_nodes_with_default_round_settings_ride_out_a_late_join_a_pause_and_a_kil
     // without it (it is dropped after 3 silent heartbeats).
     signal(&nodes[1], "-STOP");
     let paused_at = round_of(&nodes[0]);
+    // A dashboard's request made while the node sleeps is answered once it wakes.
+    let asked_asleep = {
+        let url = nodes[1].url("/api/diloco");
+        std::thread::spawn(move || {
+            let agent = ureq::Agent::config_builder()
+                .timeout_global(Some(ROUND_DEADLINE + Duration::from_secs(60)))
+                .build()
+                .new_agent();
+            agent.get(&url).call().map(|r| r.status().as_u16())
+        })
+    };
     std::thread::sleep(ROUND_DEADLINE + Duration::from_secs(10));
     let others = [&nodes[0], &nodes[2], &nodes[3]];
     let went_on = others.iter().map(|n| round_of(n)).min().unwrap();
     signal(&nodes[1], "-CONT");
+    match asked_asleep.join().unwrap() {
+        Ok(200) => {}
+        other => panic!("GET /api/diloco sent while node 1 was paused: {other:?}"),
+    }
     assert!(
         went_on >= paused_at + 2,
         "the 3 others stalled while node 1 was paused: round {paused_at} → {went_on}"

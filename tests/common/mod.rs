@@ -81,11 +81,24 @@ impl Process {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// (status, JSON body), or why the process gave neither.
+    fn request(&self, path: &str) -> Result<(u16, Value), String> {
+        let mut resp = self
+            .agent
+            .get(&self.url(path))
+            .call()
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .read_json()
+            .map_err(|e| format!("status {status}, body not JSON: {e}"))?;
+        Ok((status, body))
+    }
+
     /// (status, JSON body) or None when the process does not answer.
     pub fn try_get(&self, path: &str) -> Option<(u16, Value)> {
-        let mut resp = self.agent.get(&self.url(path)).call().ok()?;
-        let status = resp.status().as_u16();
-        Some((status, resp.body_mut().read_json().ok()?))
+        self.request(path).ok()
     }
 
     /// GET of a text resource (e.g. /metrics) that must answer 200.
@@ -97,8 +110,8 @@ impl Process {
 
     /// GET that must answer: (status, JSON body).
     pub fn get_with_status(&self, path: &str) -> (u16, Value) {
-        self.try_get(path)
-            .unwrap_or_else(|| panic!("GET {path} failed; log:\n{}", self.log_tail()))
+        self.request(path)
+            .unwrap_or_else(|e| panic!("GET {path} failed: {e}; log:\n{}", self.log_tail()))
     }
 
     /// GET that must answer 200: the JSON body.
