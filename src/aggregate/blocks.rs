@@ -19,7 +19,7 @@ use neuroshard_kernels::Simd;
 /// Coordinates per block: n blocks of 4096 f32 (16 KiB each) stay in L2 while a block is worked on.
 pub(super) const BLOCK: usize = 4096;
 /// Coordinates a [`pass`] works on at once inside a block: 16 inputs' runs of 128 f32 (8 KiB)
-/// stay in L1 while they are checked, written from and measured. A multiple of [`SqDist`]'s lanes.
+/// stay in L1 while they are checked, written from and measured. A multiple of [`LaneSum`]'s lanes.
 pub(super) const RUN: usize = 128;
 /// Blocks summed, in order, into one partial per parallel task of a reduction.
 pub(super) const SPAN_BLOCKS: usize = 16;
@@ -98,7 +98,7 @@ pub(super) fn pass(
                 let start = b * BLOCK;
                 columns(cs, start..start + chunk.len(), cols);
                 sq_dists.clear();
-                sq_dists.resize(width, SqDist::ZERO);
+                sq_dists.resize(width, LaneSum::ZERO);
                 simd.run(
                     #[inline(always)]
                     || {
@@ -112,10 +112,10 @@ pub(super) fn pass(
                             }
                             write(run_cols, out);
                             let (own, distances) = sq_dists.split_last_mut().expect("width ≥ 1");
-                            own.add(out, &ZEROS[..out.len()]);
+                            own.add_sq_diffs(out, &ZEROS[..out.len()]);
                             if measure.distances {
                                 for (distance, col) in distances.iter_mut().zip(run_cols.iter()) {
-                                    distance.add(col, out);
+                                    distance.add_sq_diffs(col, out);
                                 }
                             }
                         }
@@ -287,30 +287,31 @@ pub(super) fn sq_dist(a: &[f32], b: &[f32]) -> f64 {
 /// [`sq_dist`] compiled into its caller, for loops already under [`Simd::run`].
 #[inline(always)]
 pub(super) fn sq_dist_inlined(a: &[f32], b: &[f32]) -> f64 {
-    let mut sum = SqDist::ZERO;
-    sum.add(a, b);
+    let mut sum = LaneSum::ZERO;
+    sum.add_sq_diffs(a, b);
     sum.total()
 }
 
-/// ‖a − b‖² fed run by run: runs whose lengths are multiples of [`SqDist::LANES`], then at most
-/// one shorter, give the bits of [`sq_dist`] over their concatenation (each lane gets the same
-/// terms in the same order).
+/// A sum fed run by run in 8 lanes, each adding its terms in coordinate order, then a tail of the
+/// last run: runs whose lengths are multiples of [`LaneSum::LANES`], then at most one shorter, give
+/// the bits of one call over their concatenation, on every [`Simd`] path. Its terms are squared
+/// differences ([`LaneSum::add_sq_diffs`], ‖a − b‖²) or products ([`LaneSum::add_products`], x · y).
 #[derive(Debug, Clone, Copy)]
-pub(super) struct SqDist {
+pub(super) struct LaneSum {
     lanes: [f64; Self::LANES],
     tail: f64,
 }
 
-impl SqDist {
+impl LaneSum {
     const LANES: usize = 8;
     pub const ZERO: Self = Self {
         lanes: [0.0; Self::LANES],
         tail: 0.0,
     };
 
-    /// Adds the terms of one run, given as f32 or already widened to f64 (the same terms).
+    /// Adds the terms (a − b)² of one run, given as f32 or already widened to f64 (the same terms).
     #[inline(always)]
-    pub fn add<T: Copy>(&mut self, a: &[T], b: &[T])
+    pub fn add_sq_diffs<T: Copy>(&mut self, a: &[T], b: &[T])
     where
         f64: From<T>,
     {
@@ -335,41 +336,19 @@ impl SqDist {
         self.lanes = lanes;
     }
 
-    /// The lanes added in order, then the tail (a +0.0 tail leaves the lanes' sum, which is never
-    /// −0.0, unchanged).
-    #[inline(always)]
-    pub fn total(&self) -> f64 {
-        self.lanes.iter().sum::<f64>() + self.tail
-    }
-}
-
-/// Dot products fed run by run like [`SqDist`] (8 lanes, each adding its terms in coordinate
-/// order, then a tail of the last run): the same bits on every [`Simd`] path.
-#[derive(Debug, Clone, Copy)]
-struct Dot {
-    lanes: [f64; SqDist::LANES],
-    tail: f64,
-}
-
-impl Dot {
-    const ZERO: Self = Self {
-        lanes: [0.0; SqDist::LANES],
-        tail: 0.0,
-    };
-
-    /// Adds x · yₖ over one run to each of `dots` at once: x's values are loaded once for all of
+    /// Adds x · yₖ over one run to each of `sums` at once: x's values are loaded once for all of
     /// them, and the G × 8 lanes stay in registers for the whole run.
     #[inline(always)]
-    fn add_all<const G: usize>(dots: &mut [Dot], x: &[f64], ys: [&[f64]; G]) {
-        let dots: &mut [Dot; G] = dots.try_into().expect("one dot per y");
-        let (xc, xr) = x.as_chunks::<{ SqDist::LANES }>();
-        let ycs = ys.map(|y| y[..x.len()].as_chunks::<{ SqDist::LANES }>());
+    fn add_products<const G: usize>(sums: &mut [LaneSum], x: &[f64], ys: [&[f64]; G]) {
+        let sums: &mut [LaneSum; G] = sums.try_into().expect("one sum per y");
+        let (xc, xr) = x.as_chunks::<{ Self::LANES }>();
+        let ycs = ys.map(|y| y[..x.len()].as_chunks::<{ Self::LANES }>());
         if !xr.is_empty() {
-            for (dot, (_, yr)) in dots.iter_mut().zip(&ycs) {
-                dot.tail = xr.iter().zip(*yr).map(|(&a, &b)| a * b).sum();
+            for (sum, (_, yr)) in sums.iter_mut().zip(&ycs) {
+                sum.tail = xr.iter().zip(*yr).map(|(&a, &b)| a * b).sum();
             }
         }
-        let mut lanes: [[f64; SqDist::LANES]; G] = std::array::from_fn(|g| dots[g].lanes);
+        let mut lanes: [[f64; Self::LANES]; G] = std::array::from_fn(|g| sums[g].lanes);
         for (c, xs) in xc.iter().enumerate() {
             for (lanes, (yc, _)) in lanes.iter_mut().zip(&ycs) {
                 for ((s, &a), &b) in lanes.iter_mut().zip(xs).zip(&yc[c]) {
@@ -377,13 +356,38 @@ impl Dot {
                 }
             }
         }
-        for (dot, lanes) in dots.iter_mut().zip(lanes) {
-            dot.lanes = lanes;
+        for (sum, lanes) in sums.iter_mut().zip(lanes) {
+            sum.lanes = lanes;
         }
     }
 
+    /// Adds, over one run, xᵢ · xⱼ to `row[j − first]` for j = first, first + 1, … (as many as
+    /// `row` holds), input k being `inputs[k * stride..][..len]`. Four products at a time: 8
+    /// registers of lanes, xᵢ loaded once for the four.
     #[inline(always)]
-    fn total(&self) -> f64 {
+    fn add_products_of_row(
+        row: &mut [LaneSum],
+        inputs: &[f64],
+        (stride, len): (usize, usize),
+        i: usize,
+        first: usize,
+    ) {
+        let input = |k: usize| &inputs[k * stride..][..len];
+        for (k, group) in row.chunks_mut(4).enumerate() {
+            let j = first + 4 * k;
+            match group.len() {
+                4 => Self::add_products(group, input(i), [0, 1, 2, 3].map(|g| input(j + g))),
+                3 => Self::add_products(group, input(i), [0, 1, 2].map(|g| input(j + g))),
+                2 => Self::add_products(group, input(i), [0, 1].map(|g| input(j + g))),
+                _ => Self::add_products(group, input(i), [input(j)]),
+            }
+        }
+    }
+
+    /// The lanes added in order, then the tail (a +0.0 tail leaves the lanes' sum, which is never
+    /// −0.0, unchanged).
+    #[inline(always)]
+    pub fn total(&self) -> f64 {
         self.lanes.iter().sum::<f64>() + self.tail
     }
 }
@@ -409,7 +413,7 @@ pub(super) fn pairwise_sq_distances(cs: &[Contribution], d: usize) -> (Vec<f64>,
         |range, acc| {
             // Run by run, as a pass goes: G's entries of a run are summed while it is in L1.
             // Each input's run is widened to f64 once, not once per pair it is in.
-            let mut dots = vec![Dot::ZERO; triangle];
+            let mut dots = vec![LaneSum::ZERO; triangle];
             let mut wide = vec![0.0f64; n * RUN];
             let mut finite_here = true;
             for start in range.clone().step_by(RUN) {
@@ -421,22 +425,11 @@ pub(super) fn pairwise_sq_distances(cs: &[Contribution], d: usize) -> (Vec<f64>,
                         *w = f64::from(x);
                     }
                 }
-                let len = run.len();
-                let input = |i: usize| &wide[i * RUN..][..len];
                 let mut row = dots.as_mut_slice();
                 for i in 0..n {
                     let (this_row, rest) = row.split_at_mut(n - i);
                     row = rest;
-                    // Four products at a time: 8 registers of lanes, x loaded once for the four.
-                    for (k, group) in this_row.chunks_mut(4).enumerate() {
-                        let j = i + 4 * k;
-                        match group.len() {
-                            4 => Dot::add_all(group, input(i), [0, 1, 2, 3].map(|g| input(j + g))),
-                            3 => Dot::add_all(group, input(i), [0, 1, 2].map(|g| input(j + g))),
-                            2 => Dot::add_all(group, input(i), [0, 1].map(|g| input(j + g))),
-                            _ => Dot::add_all(group, input(i), [input(j)]),
-                        }
-                    }
+                    LaneSum::add_products_of_row(this_row, &wide, (RUN, run.len()), i, i);
                 }
             }
             if !finite_here {
@@ -516,49 +509,49 @@ mod tests {
     #[test]
     fn dot_products_have_the_same_bits_on_every_code_path_and_group_size() {
         // Products of f32 widened to f64 are exact, so even extreme magnitudes keep their bits.
-        let inputs: Vec<Vec<f64>> = (0..5u64)
-            .map(|i| {
-                random_vec(60 + i, RUN, 1e3)
-                    .iter()
-                    .map(|&x| f64::from(if x > 990.0 { f32::MAX } else { x * 1e-30 }))
-                    .collect()
-            })
+        // Input 0 is x, inputs 1..=5 the ys, RUN apart as in a run of the Gram matrix.
+        let inputs: Vec<f64> = (0..6u64)
+            .flat_map(|i| random_vec(60 + i, RUN, 1e3))
+            .map(|x| f64::from(if x > 990.0 { f32::MAX } else { x * 1e-30 }))
             .collect();
+        let input = |k: usize, len: usize| &inputs[k * RUN..][..len];
         for len in [RUN, RUN - 3, 5] {
-            let y = |k: usize| &inputs[1 + k][..len];
-            let totals = |simd: Simd, group: usize| {
+            // Rows of 1 to 5 products take groups of every size 1 to 4, and 4 + 1.
+            let rows = |simd: Simd| {
                 simd.run(|| {
-                    let mut dots = vec![Dot::ZERO; 4];
-                    for (k, one) in dots.chunks_mut(group).enumerate() {
-                        let at = k * group;
-                        match one.len() {
-                            4 => Dot::add_all(one, &inputs[0][..len], [y(0), y(1), y(2), y(3)]),
-                            2 => Dot::add_all(one, &inputs[0][..len], [y(at), y(at + 1)]),
-                            _ => Dot::add_all(one, &inputs[0][..len], [y(at)]),
-                        }
-                    }
-                    dots.iter().map(|d| d.total().to_bits()).collect::<Vec<_>>()
+                    (1..=5)
+                        .map(|ys| {
+                            let mut row = vec![LaneSum::ZERO; ys];
+                            LaneSum::add_products_of_row(&mut row, &inputs, (RUN, len), 0, 1);
+                            row.iter().map(|s| s.total().to_bits()).collect::<Vec<_>>()
+                        })
+                        .collect::<Vec<_>>()
                 })
             };
-            let baseline = totals(Simd::Baseline, 1);
-            let naive: Vec<f64> = (0..4)
-                .map(|k| inputs[0][..len].iter().zip(y(k)).map(|(a, b)| a * b).sum())
-                .collect();
-            for (k, (&got, want)) in baseline.iter().zip(naive).enumerate() {
+            let baseline = rows(Simd::Baseline);
+            let longest = &baseline[4];
+            for (k, &got) in longest.iter().enumerate() {
                 let got = f64::from_bits(got);
+                let want: f64 = input(0, len)
+                    .iter()
+                    .zip(input(1 + k, len))
+                    .map(|(a, b)| a * b)
+                    .sum();
                 assert!(
                     (got - want).abs() <= 1e-12 * want.abs(),
                     "y{k}: {got} vs {want}"
                 );
             }
+            for row in &baseline {
+                assert_eq!(
+                    row[..],
+                    longest[..row.len()],
+                    "a row of {}, len {len}",
+                    row.len()
+                );
+            }
             for simd in Simd::available() {
-                for group in [1, 2, 4] {
-                    assert_eq!(
-                        totals(simd, group),
-                        baseline,
-                        "{simd:?}, group {group}, len {len}"
-                    );
-                }
+                assert_eq!(rows(simd), baseline, "{simd:?}, len {len}");
             }
         }
     }
