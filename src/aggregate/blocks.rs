@@ -392,16 +392,27 @@ impl LaneSum {
     }
 }
 
-/// The full n×n matrix (row-major) of squared L2 distances between contributions, and whether
-/// every input value is finite: one parallel pass over the inputs, the check and the Gram matrix
-/// G of a block computed while the block is in cache, then ‖xᵢ − xⱼ‖² = Gᵢᵢ + Gⱼⱼ − 2Gᵢⱼ.
+/// What one look at every pair of contributions gives: [`pairwise_sq_distances`].
+pub(super) struct Pairwise {
+    /// The full n×n matrix (row-major) of squared L2 distances.
+    pub sq_distances: Vec<f64>,
+    /// ‖xᵢ‖², the Gram matrix's diagonal: the same terms in the same lanes as [`norm`], so
+    /// `sq_norms[i].sqrt()` has the bits of `norm(xᵢ)`.
+    pub sq_norms: Vec<f64>,
+    /// Whether every input value is finite.
+    pub finite: bool,
+}
+
+/// The squared L2 distances between contributions, their squared norms and whether every input
+/// value is finite: one parallel pass over the inputs, the check and the Gram matrix G of a block
+/// computed while the block is in cache, then ‖xᵢ − xⱼ‖² = Gᵢᵢ + Gⱼⱼ − 2Gᵢⱼ.
 ///
 /// Why the Gram matrix: the distances are compute, not memory (n(n−1)/2 pairs per coordinate);
 /// a product is one multiply and one add where a difference squared is three operations, and a
 /// product of two f32 is exact in f64, so G's bits do not depend on FMA or the vector width.
 /// Identical inputs have bit-identical Gᵢᵢ, Gⱼⱼ and Gᵢⱼ and so distance exactly 0; the form
 /// loses digits only for inputs closer than ~1e-6 of their norm, which no verdict can tell apart.
-pub(super) fn pairwise_sq_distances(cs: &[Contribution], d: usize) -> (Vec<f64>, bool) {
+pub(super) fn pairwise_sq_distances(cs: &[Contribution], d: usize) -> Pairwise {
     let n = cs.len();
     // G's upper triangle with its diagonal, row by row: (i, i), (i, i + 1), …, (i, n − 1).
     let triangle = n * (n + 1) / 2;
@@ -454,7 +465,11 @@ pub(super) fn pairwise_sq_distances(cs: &[Contribution], d: usize) -> (Vec<f64>,
             matrix[j * n + i] = s;
         }
     }
-    (matrix, finite.into_inner())
+    Pairwise {
+        sq_distances: matrix,
+        sq_norms: (0..n).map(|i| g(i, i)).collect(),
+        finite: finite.into_inner(),
+    }
 }
 
 /// ‖v‖, reduced like every sum here: the same bits on every node, and as a [`pass`] measures it.
@@ -574,8 +589,15 @@ mod tests {
         let cs: Vec<_> = (0..4)
             .map(|i| c(&format!("n{i}"), random_vec(i, d, 1.0)))
             .collect();
-        let (m, finite) = pairwise_sq_distances(&cs, d);
+        let Pairwise {
+            sq_distances: m,
+            sq_norms,
+            finite,
+        } = pairwise_sq_distances(&cs, d);
         assert!(finite);
+        for (i, c) in cs.iter().enumerate() {
+            assert_eq!(sq_norms[i].sqrt().to_bits(), norm(&c.delta).to_bits());
+        }
         for i in 0..4 {
             assert_eq!(m[i * 4 + i], 0.0);
             for j in 0..4 {
@@ -611,7 +633,7 @@ mod tests {
             .enumerate()
             .map(|(i, v)| c(&format!("n{i}"), (*v).clone()))
             .collect();
-        let (m, _) = pairwise_sq_distances(&cs, d);
+        let m = pairwise_sq_distances(&cs, d).sq_distances;
         let exact = sq_dist(&base, &near);
         for i in 0..6 {
             for j in 0..6 {

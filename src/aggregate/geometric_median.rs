@@ -36,7 +36,11 @@ fn distances_from_combination(dsq: &[f64], alpha: &[f64]) -> Vec<f64> {
 
 pub(super) fn geometric_median(contributions: &[Contribution], d: usize, f: usize) -> Outcome {
     let n = contributions.len();
-    let (dsq, inputs_finite) = blocks::pairwise_sq_distances(contributions, d);
+    let blocks::Pairwise {
+        sq_distances: dsq,
+        finite: inputs_finite,
+        ..
+    } = blocks::pairwise_sq_distances(contributions, d);
     let scale = dsq.iter().copied().fold(0.0, f64::max).sqrt();
     // Nothing to iterate on: identical inputs, or ones `aggregate` refuses anyway.
     if scale == 0.0 || !inputs_finite {
@@ -101,7 +105,7 @@ mod tests {
     #[test]
     fn distances_from_weights_match_direct_ones() {
         let cs: Vec<_> = (0..4).map(|i| c("x", random_vec(i, 50, 1.0))).collect();
-        let (dsq, _) = blocks::pairwise_sq_distances(&cs, 50);
+        let dsq = blocks::pairwise_sq_distances(&cs, 50).sq_distances;
         let alpha = [0.1, 0.2, 0.3, 0.4];
         let z: Vec<f32> = (0..50)
             .map(|j| {

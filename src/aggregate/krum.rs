@@ -20,7 +20,11 @@ pub(super) fn multi_krum(contributions: &[Contribution], d: usize, f: usize, m: 
     let n = contributions.len();
     debug_assert!(n >= 2 * f + 3 && (1..=n - f).contains(&m));
     let neighbours = n - f - 2;
-    let (distances, inputs_finite) = blocks::pairwise_sq_distances(contributions, d);
+    let blocks::Pairwise {
+        sq_distances: distances,
+        sq_norms,
+        finite: inputs_finite,
+    } = blocks::pairwise_sq_distances(contributions, d);
     let mut row = Vec::with_capacity(n);
     let scores: Vec<f64> = (0..n)
         .map(|i| {
@@ -40,9 +44,10 @@ pub(super) fn multi_krum(contributions: &[Contribution], d: usize, f: usize, m: 
     let selected = &ranking[..m];
 
     let (delta, norm) = if m == 1 {
-        let delta = contributions[selected[0]].delta.clone();
-        let norm = blocks::norm(&delta);
-        (delta, norm)
+        // The norm from the Gram matrix's diagonal: the bits of `blocks::norm`, without reading
+        // the selected delta again.
+        let chosen = selected[0];
+        (contributions[chosen].delta.clone(), sq_norms[chosen].sqrt())
     } else {
         let pass = blocks::pass(
             contributions,

@@ -160,7 +160,11 @@ pub(super) fn nearest_neighbour_mixing(
     d: usize,
     f: usize,
 ) -> (Vec<Contribution>, bool) {
-    let (distances, finite) = blocks::pairwise_sq_distances(contributions, d);
+    let blocks::Pairwise {
+        sq_distances: distances,
+        finite,
+        ..
+    } = blocks::pairwise_sq_distances(contributions, d);
     let groups = if finite {
         neighbourhoods(&distances, contributions.len(), f)
     } else {
