@@ -558,7 +558,7 @@ impl Config {
         if d.round_deadline_s == 0 {
             return bad("diloco.round_deadline_s", "must be at least 1".into());
         }
-        if !(d.max_delta_norm > 0.0) {
+        if d.max_delta_norm.is_nan() || d.max_delta_norm <= 0.0 {
             return bad("diloco.max_delta_norm", "must be positive".into());
         }
         if let Err(reason) = d.compression.validate() {
@@ -570,7 +570,10 @@ impl Config {
         if let Err(reason) = d.sharding.validate() {
             return bad("diloco.sharding", reason);
         }
-        if !(self.diloco.outer_lr > 0.0) || !(0.0..1.0).contains(&self.diloco.outer_momentum) {
+        if self.diloco.outer_lr.is_nan()
+            || self.diloco.outer_lr <= 0.0
+            || !(0.0..1.0).contains(&self.diloco.outer_momentum)
+        {
             return bad(
                 "diloco.outer_lr",
                 "outer_lr must be positive and outer_momentum in [0, 1)".into(),
@@ -801,6 +804,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail closures return figment::Error
     fn layers_apply_in_order_defaults_file_env_cli() {
         Jail::expect_with(|jail| {
             jail.create_file(
@@ -828,6 +832,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail closures return figment::Error
     fn errors_name_the_file_and_the_key() {
         Jail::expect_with(|jail| {
             jail.create_file("typo.toml", "[training]\nbatch_sise = 4\n")?;
@@ -965,7 +970,7 @@ mod tests {
             assert_eq!(node.port, 8001 + i as u16);
             assert_eq!(node.network.network_id, "local");
             if i > 0 {
-                assert_eq!(&node.seed_peers, &[first.clone()]);
+                assert_eq!(node.seed_peers, std::slice::from_ref(first));
             }
         }
     }

@@ -142,9 +142,12 @@ pub fn save(
     for spec in layout {
         tensors.push((
             format!("model.{}", spec.name),
-            view(&params[offset..offset + spec.len()], spec.shape.clone()),
+            view(
+                &params[offset..offset + spec.num_elements()],
+                spec.shape.clone(),
+            ),
         ));
-        offset += spec.len();
+        offset += spec.num_elements();
     }
     for (name, values) in [
         ("adamw.m", &trainer.adam.m),
@@ -305,10 +308,10 @@ pub fn parse(
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect())
     };
-    let total: usize = layout.iter().map(ParamSpec::len).sum();
+    let total: usize = layout.iter().map(ParamSpec::num_elements).sum();
     let mut params = Vec::with_capacity(total);
     for spec in layout {
-        params.extend(read(&format!("model.{}", spec.name), spec.len())?);
+        params.extend(read(&format!("model.{}", spec.name), spec.num_elements())?);
     }
     Ok(Checkpoint {
         trainer: Arc::new(TrainerSnapshot {

@@ -149,8 +149,8 @@ pub fn hf_tensors(layout: &[ParamSpec], params: &[f32]) -> Result<Vec<HfTensor>,
     let mut offset = 0;
     let mut tensors = Vec::with_capacity(layout.len());
     for spec in layout {
-        let values = &params[offset..offset + spec.len()];
-        offset += spec.len();
+        let values = &params[offset..offset + spec.num_elements()];
+        offset += spec.num_elements();
         let (name, linear) = hf_name(&spec.name).ok_or_else(|| spec.name.clone())?;
         let (shape, values) = match (linear, spec.shape.as_slice()) {
             (true, &[d_in, d_out]) => (vec![d_out, d_in], transpose(values, d_in, d_out)),

@@ -265,6 +265,7 @@ impl<B: Backend> Rope<B> {
     }
 
     /// x·cos + rotate_half(x)·sin per head, for x [batch·seq, heads·head_dim].
+    #[allow(clippy::single_range_in_vec_init)] // burn's slice takes one range per sliced dimension
     fn apply(&self, x: Tensor<B, 2>, shape: Shape2, table: RopeTable) -> Tensor<B, 2> {
         let (cos, sin) = match table {
             RopeTable::Query => (&self.cos_q, &self.sin_q),

@@ -73,8 +73,8 @@ pub fn decay_ranges(layout: &[ParamSpec]) -> Vec<(usize, usize, bool)> {
     layout
         .iter()
         .map(|spec| {
-            let range = (offset, offset + spec.len(), spec.shape.len() >= 2);
-            offset += spec.len();
+            let range = (offset, offset + spec.num_elements(), spec.shape.len() >= 2);
+            offset += spec.num_elements();
             range
         })
         .collect()
@@ -165,9 +165,9 @@ impl<B: Backend> DeviceAdamW<B> {
             layout
                 .iter()
                 .map(|spec| {
-                    let part = flat[offset..offset + spec.len()].to_vec();
-                    offset += spec.len();
-                    Tensor::from_data(TensorData::new(part, [spec.len()]), device)
+                    let part = flat[offset..offset + spec.num_elements()].to_vec();
+                    offset += spec.num_elements();
+                    Tensor::from_data(TensorData::new(part, [spec.num_elements()]), device)
                 })
                 .collect()
         };

@@ -13,7 +13,7 @@ pub struct ParamSpec {
 }
 
 impl ParamSpec {
-    pub fn len(&self) -> usize {
+    pub fn num_elements(&self) -> usize {
         self.shape.iter().product()
     }
 }
@@ -157,7 +157,7 @@ mod tests {
         let flat = flatten(&model);
         assert_eq!(flat.len(), config.num_params());
         let specs = layout(&model);
-        assert_eq!(specs.iter().map(ParamSpec::len).sum::<usize>(), flat.len());
+        assert_eq!(specs.iter().map(ParamSpec::num_elements).sum::<usize>(), flat.len());
         let mut names: Vec<_> = specs.iter().map(|s| s.name.clone()).collect();
         names.sort();
         names.dedup();
