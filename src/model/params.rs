@@ -157,7 +157,10 @@ mod tests {
         let flat = flatten(&model);
         assert_eq!(flat.len(), config.num_params());
         let specs = layout(&model);
-        assert_eq!(specs.iter().map(ParamSpec::num_elements).sum::<usize>(), flat.len());
+        assert_eq!(
+            specs.iter().map(ParamSpec::num_elements).sum::<usize>(),
+            flat.len()
+        );
         let mut names: Vec<_> = specs.iter().map(|s| s.name.clone()).collect();
         names.sort();
         names.dedup();
