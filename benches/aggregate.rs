@@ -5,7 +5,11 @@
 //! (benches/aggregate_numpy.py, 2 threads) where numpy is installed.
 //!
 //!   cargo bench --bench aggregate -- [--d 10000000] [--n 16] [--f 3] [--runs 3]
-//!                                    [--rules mean,krum] [--skip-numpy]
+//!                                    [--rules mean,krum] [--codec int8|fp32] [--skip-numpy]
+//!
+//! `--codec`: how the inputs reached the aggregator. int8 (the shipped codec, the default): each
+//! input is its int8 message decoded, codes kept, as nodes hold them, so the pairwise rules read
+//! the codes; fp32: plain values.
 //!
 //! Each measurement is the median of `runs` after one warm-up. Also prints the fp16 codec's
 //! encode and decode time for one input vector (the step before aggregation). Peak memory: the
@@ -13,6 +17,7 @@
 //! numpy runs (its own copy of the data and its sort/median temporaries: 1.4 GB at the defaults).
 
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Instant;
 
 use neuroshard::aggregate::{AggregationConfig, Contribution, Rule, aggregate};
@@ -44,6 +49,7 @@ struct Args {
     f: usize,
     runs: usize,
     rules: Vec<Rule>,
+    codec: Codec,
     skip_numpy: bool,
 }
 
@@ -54,6 +60,7 @@ fn parse_args() -> Args {
         f: 3,
         runs: 3,
         rules: Rule::ALL.to_vec(),
+        codec: Codec::Int8,
         skip_numpy: false,
     };
     let mut it = std::env::args().skip(1);
@@ -74,6 +81,13 @@ fn parse_args() -> Args {
                             .unwrap_or_else(|| panic!("unknown rule {name}"))
                     })
                     .collect()
+            }
+            "--codec" => {
+                args.codec = match value().as_str() {
+                    "int8" => Codec::Int8,
+                    "fp32" => Codec::Fp32,
+                    other => panic!("--codec int8|fp32, not {other}"),
+                }
             }
             "--skip-numpy" => args.skip_numpy = true,
             "--bench" => {}
@@ -131,17 +145,25 @@ fn inputs(n: usize, d: usize, f: usize) -> Vec<Contribution> {
             let mut delta = vec![0.0f32; d];
             if i < n - f {
                 fill(&mut delta, &|j| centre[j] + 1e-3 * noise(i as u64 + 1, j));
-                Contribution {
-                    node_id: format!("honest{i}"),
-                    delta,
-                }
+                Contribution::new(format!("honest{i}"), delta)
             } else {
                 fill(&mut delta, &|j| -100.0 * centre[j]);
-                Contribution {
-                    node_id: format!("attacker{}", i - (n - f)),
-                    delta,
-                }
+                Contribution::new(format!("attacker{}", i - (n - f)), delta)
             }
+        })
+        .collect()
+}
+
+/// `cs` as an aggregator holds them after int8 messages with the shipped block size: each one
+/// encoded, then decoded with its codes kept.
+fn as_int8_messages(cs: Vec<Contribution>) -> Vec<Contribution> {
+    let int8 = CodecConfig::default();
+    assert_eq!(int8.codec, Codec::Int8, "the shipped codec");
+    cs.into_iter()
+        .map(|c| {
+            let bytes = Arc::new(encode(&int8, &c.delta));
+            Contribution::decoded(c.node_id, bytes, c.delta.len(), f32::INFINITY)
+                .expect("an int8 message decodes")
         })
         .collect()
 }
@@ -218,8 +240,12 @@ fn main() {
     );
     let start = Instant::now();
     let cs = inputs(n, d, f);
+    let (cs, reached_as) = match args.codec {
+        Codec::Int8 => (as_int8_messages(cs), "int8 messages (codes kept)"),
+        _ => (cs, "fp32 values"),
+    };
     println!(
-        "inputs: {} honest around a common centre, {f} attackers at −100 × centre (built in {:.1} s)",
+        "inputs: {} honest around a common centre, {f} attackers at −100 × centre, as {reached_as} (built in {:.1} s)",
         n - f,
         start.elapsed().as_secs_f64()
     );

@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use plotters::prelude::*;
@@ -35,7 +36,7 @@ use crate::aggregate::{
 };
 use crate::diloco::OuterOptimizer;
 use crate::diloco::attack::{Attack, normal, poison, splitmix};
-use crate::diloco::codec::{Codec, CodecConfig, decode, encode, encoded_len};
+use crate::diloco::codec::{Codec, CodecConfig, encode, encoded_len};
 use crate::diloco::heal::{DISAGREEMENT_GRACE, OwnState, PeerOuterState, heal_decision};
 use crate::diloco::round::{
     RoundDecision, RoundOptions, RoundProgress, has_quorum, round_decision,
@@ -374,14 +375,12 @@ impl Simulation {
         }
     }
 
-    /// What a receiver decodes of `values` sent with the codec.
-    fn quantized(&self, values: &[f32]) -> Vec<f32> {
-        decode(
-            &encode(&self.settings.codec, values),
-            values.len(),
-            f32::INFINITY,
-        )
-        .unwrap_or_else(|_| values.to_vec())
+    /// What a receiver decodes of `values` sent with the codec, the codes kept as nodes keep
+    /// them (the values as they are when they do not decode).
+    fn received(&self, node_id: &str, values: &[f32]) -> Contribution {
+        let bytes = Arc::new(encode(&self.settings.codec, values));
+        Contribution::decoded(node_id, bytes, values.len(), f32::INFINITY)
+            .unwrap_or_else(|_| Contribution::new(node_id, values.to_vec()))
     }
 
     /// Bytes of the model's slice `slice` of `plan` (the model cut into as many slices).
@@ -684,10 +683,7 @@ impl Simulation {
         let senders = deltas.len();
         let contributions: Vec<Contribution> = deltas
             .iter()
-            .map(|(i, d)| Contribution {
-                node_id: self.nodes[*i].id.clone(),
-                delta: self.quantized(d),
-            })
+            .map(|(i, d)| self.received(&self.nodes[*i].id, d))
             .collect();
         let load = bytes * senders.saturating_sub(1) as f64;
         let sent_at: Vec<f64> = deltas
@@ -807,9 +803,10 @@ impl Simulation {
                 let range = plan.range(s);
                 deltas
                     .iter()
-                    .map(|(i, d)| Contribution {
-                        node_id: self.nodes[*i].id.clone(),
-                        delta: self.quantized(&d[range.clone()]),
+                    // A slice's parts carry no codes, as on nodes.
+                    .map(|(i, d)| {
+                        let part = self.received(&self.nodes[*i].id, &d[range.clone()]);
+                        Contribution::new(part.node_id, part.delta)
                     })
                     .collect()
             })

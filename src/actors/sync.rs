@@ -27,9 +27,9 @@ use super::messages::{
 use super::peer::PeerActor;
 use super::run_every;
 use crate::aggregate::shard::{ShardOptions, ShardPlan, SliceEvidence, as_served};
-use crate::aggregate::{Aggregate, AggregationConfig, check_aggregate, norm};
+use crate::aggregate::{Aggregate, AggregationConfig, Contribution, check_aggregate, norm};
 use crate::diloco::attack::{self, Attack, attacker_sends, poison_informed};
-use crate::diloco::codec::{Codec, CodecConfig, ErrorFeedback, decode, encode};
+use crate::diloco::codec::{Codec, CodecConfig, ErrorFeedback, encode};
 use crate::diloco::heal::{HealPlan, PeerOuterState, check_adopted, reach};
 use crate::diloco::machine::{Effect, MachineRules, RoundMachine};
 use crate::diloco::round::RoundOptions;
@@ -917,8 +917,14 @@ impl SyncActor {
         // Our own contribution is what peers will decode, so every node combines the same inputs.
         let (bytes, own) = match self.settings.attack {
             None => {
-                let bytes = self.feedback.encode(&self.settings.compression, &delta);
-                match decode(&bytes, delta.len(), f32::INFINITY) {
+                let bytes = Arc::new(self.feedback.encode(&self.settings.compression, &delta));
+                let own = Contribution::decoded(
+                    self.node_id.clone(),
+                    Arc::clone(&bytes),
+                    delta.len(),
+                    f32::INFINITY,
+                );
+                match own {
                     Ok(own) => (bytes, own),
                     Err(e) => {
                         return error!(error = %e, "cannot decode our own delta; round skipped");
@@ -929,17 +935,20 @@ impl SyncActor {
             // decodes of it, or its honest delta when nothing does (NaN).
             Some(attack) => {
                 let poisoned = poison_informed(attack, &delta, seen, round);
-                let bytes = encode(&self.settings.compression, &poisoned);
-                let own = decode(&bytes, delta.len(), f32::INFINITY).unwrap_or(delta);
+                let bytes = Arc::new(encode(&self.settings.compression, &poisoned));
+                let own = Contribution::decoded(
+                    self.node_id.clone(),
+                    Arc::clone(&bytes),
+                    delta.len(),
+                    f32::INFINITY,
+                )
+                .unwrap_or_else(|_| Contribution::new(self.node_id.clone(), delta));
                 (bytes, own)
             }
         };
         let id = BlobId::of(&bytes);
         let size = bytes.len() as u64;
-        self.network.do_send(OfferBlob {
-            id,
-            bytes: Arc::new(bytes),
-        });
+        self.network.do_send(OfferBlob { id, bytes });
         let theta0_hash = self.machine.theta0_hash().to_string();
         let announcement = RoundAnnouncement {
             node_id: self.node_id.clone(),

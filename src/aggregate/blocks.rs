@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rayon::prelude::*;
 
 use super::Contribution;
+use crate::diloco::codec::Int8Codes;
 use neuroshard_kernels::Simd;
 
 /// Coordinates per block: n blocks of 4096 f32 (16 KiB each) stay in L2 while a block is worked on.
@@ -21,6 +22,9 @@ pub(super) const BLOCK: usize = 4096;
 /// Coordinates a [`pass`] works on at once inside a block: 16 inputs' runs of 128 f32 (8 KiB)
 /// stay in L1 while they are checked, written from and measured. A multiple of [`LaneSum`]'s lanes.
 pub(super) const RUN: usize = 128;
+/// Values whose int8 blocks [`int8_gram`] sums, in order, into one partial per parallel task
+/// (rounded down to whole blocks, at least one).
+const INT8_SPAN: usize = 1 << 16;
 /// Blocks summed, in order, into one partial per parallel task of a reduction.
 pub(super) const SPAN_BLOCKS: usize = 16;
 /// Zeros to measure a block's norm as its distance to them.
@@ -396,23 +400,101 @@ impl LaneSum {
 pub(super) struct Pairwise {
     /// The full n×n matrix (row-major) of squared L2 distances.
     pub sq_distances: Vec<f64>,
-    /// ‖xᵢ‖², the Gram matrix's diagonal: the same terms in the same lanes as [`norm`], so
-    /// `sq_norms[i].sqrt()` has the bits of `norm(xᵢ)`.
+    /// ‖xᵢ‖², the Gram matrix's diagonal. From the values: the same terms in the same lanes as
+    /// [`norm`], so `sq_norms[i].sqrt()` has the bits of `norm(xᵢ)`; from int8 codes: the norm
+    /// of what the codes stand for, within ~1e-7 of it.
     pub sq_norms: Vec<f64>,
     /// Whether every input value is finite.
     pub finite: bool,
 }
 
 /// The squared L2 distances between contributions, their squared norms and whether every input
-/// value is finite: one parallel pass over the inputs, the check and the Gram matrix G of a block
-/// computed while the block is in cache, then ‖xᵢ − xⱼ‖² = Gᵢᵢ + Gⱼⱼ − 2Gᵢⱼ.
+/// value is finite, from the Gram matrix G: ‖xᵢ − xⱼ‖² = Gᵢᵢ + Gⱼⱼ − 2Gᵢⱼ. When every contribution
+/// came as int8 with the same block size, G is computed from the codes ([`int8_gram`]); otherwise
+/// from the values ([`f32_gram`]). Which one depends only on the inputs, so every node that
+/// aggregates the same messages takes the same path and gets the same bits.
 ///
 /// Why the Gram matrix: the distances are compute, not memory (n(n−1)/2 pairs per coordinate);
-/// a product is one multiply and one add where a difference squared is three operations, and a
-/// product of two f32 is exact in f64, so G's bits do not depend on FMA or the vector width.
-/// Identical inputs have bit-identical Gᵢᵢ, Gⱼⱼ and Gᵢⱼ and so distance exactly 0; the form
-/// loses digits only for inputs closer than ~1e-6 of their norm, which no verdict can tell apart.
+/// a product is one multiply and one add where a difference squared is three operations, and its
+/// terms are exact (a product of two f32 in f64, or of two int8 codes in integers), so G's bits
+/// do not depend on FMA or the vector width. Identical inputs have bit-identical Gᵢᵢ, Gⱼⱼ and
+/// Gᵢⱼ and so distance exactly 0; the form loses digits only for inputs closer than ~1e-6 of
+/// their norm, which no verdict can tell apart.
 pub(super) fn pairwise_sq_distances(cs: &[Contribution], d: usize) -> Pairwise {
+    let n = cs.len();
+    let (gram, finite) = match same_int8_codes(cs, d) {
+        Some(codes) => (int8_gram(&codes), true),
+        None => f32_gram(cs, d),
+    };
+    // Row i of the triangle starts after rows 0..i, of n, n − 1, … entries.
+    let row_start: Vec<usize> = (0..n)
+        .map(|i| i * n - i * (i.saturating_sub(1)) / 2)
+        .collect();
+    let g = |i: usize, j: usize| gram[row_start[i] + j - i];
+    let mut matrix = vec![0.0f64; n * n];
+    for i in 0..n {
+        for j in i + 1..n {
+            // Rounding can leave a hair below zero for near inputs; a distance is never negative.
+            let s = (g(i, i) + g(j, j) - 2.0 * g(i, j)).max(0.0);
+            matrix[i * n + j] = s;
+            matrix[j * n + i] = s;
+        }
+    }
+    Pairwise {
+        sq_distances: matrix,
+        sq_norms: (0..n).map(|i| g(i, i)).collect(),
+        finite,
+    }
+}
+
+/// Every contribution's int8 codes, when all have them for `d` values with one block size.
+fn same_int8_codes(cs: &[Contribution], d: usize) -> Option<Vec<&Int8Codes>> {
+    let codes: Vec<&Int8Codes> = cs.iter().map(|c| c.int8.as_ref()).collect::<Option<_>>()?;
+    let block = codes.first()?.block();
+    codes
+        .iter()
+        .all(|q| q.block() == block && q.num_values() == d)
+        .then_some(codes)
+}
+
+/// G's upper triangle with its diagonal, row by row ((i, i), (i, i + 1), …, (i, n − 1)), from the
+/// codes: per int8 block exact integer dot products times the two scales, blocks added in order
+/// within spans of [`INT8_SPAN`] values, then the spans in order, whatever the thread count.
+/// Reads a quarter of the bytes [`f32_gram`] reads. The codes decoded to finite values, so there
+/// is nothing to check (the values are the codes times their scales).
+fn int8_gram(codes: &[&Int8Codes]) -> Vec<f64> {
+    let n = codes.len();
+    let triangle = n * (n + 1) / 2;
+    let Some(first) = codes.first() else {
+        return Vec::new();
+    };
+    let span = (INT8_SPAN / first.block()).max(1);
+    let blocks = first.num_blocks();
+    let simd = Simd::widest();
+    let per_span: Vec<Vec<f64>> = (0..blocks.div_ceil(span))
+        .into_par_iter()
+        .map_init(Vec::new, |payloads, s| {
+            let range = s * span..((s + 1) * span).min(blocks);
+            payloads.clear();
+            payloads.extend(codes.iter().map(|q| q.blocks(range.clone())));
+            let mut sums = vec![0.0f64; triangle];
+            neuroshard_kernels::int8_gram(simd, first.block(), payloads, &mut sums);
+            sums
+        })
+        .collect();
+    let mut gram = vec![0.0f64; triangle];
+    for sums in per_span {
+        for (g, s) in gram.iter_mut().zip(sums) {
+            *g += s;
+        }
+    }
+    gram
+}
+
+/// G's upper triangle with its diagonal (as [`int8_gram`] lays it out) from the values, and
+/// whether every value is finite: one parallel pass over the inputs, the check and G of a block
+/// computed while the block is in cache.
+fn f32_gram(cs: &[Contribution], d: usize) -> (Vec<f64>, bool) {
     let n = cs.len();
     // G's upper triangle with its diagonal, row by row: (i, i), (i, i + 1), …, (i, n − 1).
     let triangle = n * (n + 1) / 2;
@@ -451,25 +533,7 @@ pub(super) fn pairwise_sq_distances(cs: &[Contribution], d: usize) -> Pairwise {
             }
         },
     );
-    // Row i of the triangle starts after rows 0..i, of n, n − 1, … entries.
-    let row_start: Vec<usize> = (0..n)
-        .map(|i| i * n - i * (i.saturating_sub(1)) / 2)
-        .collect();
-    let g = |i: usize, j: usize| gram[row_start[i] + j - i];
-    let mut matrix = vec![0.0f64; n * n];
-    for i in 0..n {
-        for j in i + 1..n {
-            // Rounding can leave a hair below zero for near inputs; a distance is never negative.
-            let s = (g(i, i) + g(j, j) - 2.0 * g(i, j)).max(0.0);
-            matrix[i * n + j] = s;
-            matrix[j * n + i] = s;
-        }
-    }
-    Pairwise {
-        sq_distances: matrix,
-        sq_norms: (0..n).map(|i| g(i, i)).collect(),
-        finite: finite.into_inner(),
-    }
+    (gram, finite.into_inner())
 }
 
 /// ‖v‖, reduced like every sum here: the same bits on every node, and as a [`pass`] measures it.
@@ -487,7 +551,7 @@ pub(super) fn norm(v: &[f32]) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{c, random_vec};
+    use super::super::test_support::{c, int8_coded, random_vec};
     use super::*;
 
     #[test]
@@ -617,6 +681,90 @@ mod tests {
         assert!((to.distances[0] - m[2].sqrt()).abs() < 1e-9 * to.distances[0]);
         assert_eq!(to.norm.to_bits(), norm(&cs[2].delta).to_bits());
         assert_eq!(to.out, cs[2].delta);
+    }
+
+    #[test]
+    fn pairwise_distances_from_int8_codes_match_those_of_the_decoded_values() {
+        let d = BLOCK * 3 + 77;
+        // The default block; one that leaves a short last block; one larger than the vector.
+        for block in [256, 100, 1 << 17] {
+            let mut plain: Vec<_> = (0..5)
+                .map(|i| c(&format!("n{i}"), random_vec(i, d, 1.0)))
+                .collect();
+            plain.push(c("copy", plain[1].delta.clone()));
+            let coded = int8_coded(&plain, block);
+            assert!(coded.iter().all(|c| c.int8.is_some()));
+            let values: Vec<_> = coded
+                .iter()
+                .map(|c| Contribution::new(c.node_id.clone(), c.delta.clone()))
+                .collect();
+            let from_codes = pairwise_sq_distances(&coded, d);
+            let from_values = pairwise_sq_distances(&values, d);
+            assert!(from_codes.finite);
+            let n = coded.len();
+            for i in 0..n {
+                let (a, b) = (from_codes.sq_norms[i], from_values.sq_norms[i]);
+                assert!(
+                    (a - b).abs() <= 1e-6 * b,
+                    "block {block}: ‖x{i}‖² {a} vs {b}"
+                );
+                for j in 0..n {
+                    let (a, b) = (
+                        from_codes.sq_distances[i * n + j],
+                        from_values.sq_distances[i * n + j],
+                    );
+                    assert!(
+                        (a - b).abs() <= 1e-5 * b,
+                        "block {block} ({i}, {j}): {a} vs {b}"
+                    );
+                }
+            }
+            // The same message twice: the same codes, distance exactly 0.
+            assert_eq!(from_codes.sq_distances[n + n - 1], 0.0);
+            // One contribution without codes: every distance from the values, bit for bit.
+            let mut mixed = coded.clone();
+            mixed[3].int8 = None;
+            let from_mixed = pairwise_sq_distances(&mixed, d);
+            assert_eq!(from_mixed.sq_distances, from_values.sq_distances);
+            assert_eq!(from_mixed.sq_norms, from_values.sq_norms);
+        }
+    }
+
+    #[test]
+    fn int8_gram_is_exact_in_its_integer_sums_and_has_the_same_bits_on_every_code_path() {
+        // Blocks longer than an i32 sum of products (2¹⁶), full of the largest codes: the sums
+        // would overflow an i32.
+        let d = (1 << 17) + 5;
+        let cs = vec![
+            c("ones", vec![1.0; d]),
+            c("minus", vec![-0.5; d]),
+            c("mixed", random_vec(3, d, 1.0)),
+        ];
+        let coded = int8_coded(&cs, 1 << 17);
+        let payloads: Vec<&[u8]> = coded
+            .iter()
+            .map(|c| {
+                let q = c.int8.as_ref().expect("codes");
+                q.blocks(0..q.num_blocks())
+            })
+            .collect();
+        let gram_on = |simd: Simd| {
+            let mut triangle = vec![0.0f64; 6];
+            neuroshard_kernels::int8_gram(simd, 1 << 17, &payloads, &mut triangle);
+            triangle
+        };
+        let reference = gram_on(Simd::Baseline);
+        for simd in Simd::available() {
+            assert_eq!(gram_on(simd), reference, "{simd:?}");
+        }
+        // ‖ones‖² = 1·1·d (the codes are all 127 and the scales 1/127: the product's exact
+        // integer sum times the scales' product, one rounding); ⟨ones, minus⟩ = −0.5·d.
+        let scale = f64::from(1.0f32 / 127.0);
+        let main = (127.0 * 127.0 * (1 << 17) as f64) * (scale * scale);
+        let tail = (127.0 * 127.0 * 5.0) * (scale * scale);
+        assert_eq!(reference[0], main + tail);
+        assert!((reference[1] + 0.5 * d as f64).abs() <= 1e-6 * d as f64);
+        assert!((reference[3] - 0.25 * d as f64).abs() <= 1e-6 * d as f64);
     }
 
     #[test]

@@ -36,10 +36,7 @@ mod tests {
     use super::super::*;
 
     fn ct(id: &str, delta: Vec<f32>) -> Contribution {
-        Contribution {
-            node_id: id.into(),
-            delta,
-        }
+        Contribution::new(id, delta)
     }
 
     fn mean(cs: &[Contribution]) -> Aggregate {

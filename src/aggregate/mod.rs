@@ -55,17 +55,52 @@ pub mod pre;
 pub mod shard;
 mod trimmed_mean;
 
+use std::sync::Arc;
+
 use blocks::Measure;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use pre::PreAggregation;
 
+use crate::diloco::codec::{self, CodecError, Int8Codes};
+
 /// One worker's pseudo-gradient for a round.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Contribution {
     pub node_id: String,
     pub delta: Vec<f32>,
+    /// The int8 message `delta` was decoded from, when it came as one
+    /// ([`Contribution::decoded`]): the pairwise distances (Krum, Multi-Krum, geometric median,
+    /// nearest-neighbour mixing) are computed from its codes when every contribution has them.
+    pub int8: Option<Int8Codes>,
+}
+
+impl Contribution {
+    /// A contribution of plain values (no codes: its pairwise distances come from the values).
+    pub fn new(node_id: impl Into<String>, delta: Vec<f32>) -> Self {
+        Self {
+            node_id: node_id.into(),
+            delta,
+            int8: None,
+        }
+    }
+
+    /// A contribution decoded from a message, checked as [`codec::decode`] checks it; an int8
+    /// message's codes are kept (shared with `bytes`).
+    pub fn decoded(
+        node_id: impl Into<String>,
+        bytes: Arc<Vec<u8>>,
+        expected_len: usize,
+        max_norm: f32,
+    ) -> Result<Self, CodecError> {
+        let (delta, int8) = codec::decode_keeping_codes(bytes, expected_len, max_norm)?;
+        Ok(Self {
+            node_id: node_id.into(),
+            delta,
+            int8,
+        })
+    }
 }
 
 /// What the rule made of one contributor; the ledger credits only `kept` ones.
@@ -578,10 +613,23 @@ pub(crate) mod test_support {
     use super::*;
 
     pub fn c(id: &str, delta: Vec<f32>) -> Contribution {
-        Contribution {
-            node_id: id.into(),
-            delta,
-        }
+        Contribution::new(id, delta)
+    }
+
+    /// `cs` as nodes hold them after int8 messages of blocks of `block`: values and codes.
+    pub fn int8_coded(cs: &[Contribution], block: usize) -> Vec<Contribution> {
+        let config = codec::CodecConfig {
+            codec: codec::Codec::Int8,
+            int8_block: block,
+            ..Default::default()
+        };
+        cs.iter()
+            .map(|c| {
+                let bytes = Arc::new(codec::encode(&config, &c.delta));
+                Contribution::decoded(c.node_id.clone(), bytes, c.delta.len(), f32::INFINITY)
+                    .expect("decodes")
+            })
+            .collect()
     }
 
     /// Contributions named n0, n1, … from rows of values.
@@ -917,18 +965,23 @@ mod tests {
     fn results_do_not_depend_on_the_thread_count() {
         let d = 3 * blocks::BLOCK * blocks::SPAN_BLOCKS + 123;
         let cs = honest_and_attackers(&random_vec(9, d, 1.0), 5, 0.5, 2);
-        let on = |threads: usize, rule: Rule| {
+        // As values, and as int8 messages (the pairwise rules then read the codes).
+        let coded = int8_coded(&cs, 256);
+        let on = |threads: usize, rule: Rule, cs: &[Contribution]| {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
                 .unwrap()
-                .install(|| run(rule, 2, &cs))
+                .install(|| run(rule, 2, cs))
         };
         for rule in Rule::ALL {
-            let (one, three) = (on(1, rule), on(3, rule));
+            let (one, three) = (on(1, rule, &cs), on(3, rule, &cs));
             let bits = |a: &Aggregate| a.delta.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&one), bits(&three), "{}", rule.name());
             assert_eq!(one.verdicts, three.verdicts, "{}", rule.name());
+            let (one, three) = (on(1, rule, &coded), on(3, rule, &coded));
+            assert_eq!(bits(&one), bits(&three), "{} on int8", rule.name());
+            assert_eq!(one.verdicts, three.verdicts, "{} on int8", rule.name());
         }
     }
 

@@ -174,10 +174,7 @@ pub(super) fn nearest_neighbour_mixing(
     let named = contributions
         .iter()
         .zip(mixed)
-        .map(|(c, delta)| Contribution {
-            node_id: c.node_id.clone(),
-            delta,
-        })
+        .map(|(c, delta)| Contribution::new(c.node_id.clone(), delta))
         .collect();
     (named, finite)
 }
@@ -215,13 +212,15 @@ pub(super) fn bucketing(
     let named = groups
         .iter()
         .zip(means)
-        .map(|(group, delta)| Contribution {
-            node_id: group
-                .iter()
-                .map(|&i| contributions[i].node_id.as_str())
-                .collect::<Vec<_>>()
-                .join("+"),
-            delta,
+        .map(|(group, delta)| {
+            Contribution::new(
+                group
+                    .iter()
+                    .map(|&i| contributions[i].node_id.as_str())
+                    .collect::<Vec<_>>()
+                    .join("+"),
+                delta,
+            )
         })
         .collect();
     (named, finite)

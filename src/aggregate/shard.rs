@@ -574,10 +574,7 @@ pub fn slice_of(
     let range = plan.range(slice);
     contributions
         .iter()
-        .map(|c| Contribution {
-            node_id: c.node_id.clone(),
-            delta: c.delta[range.clone()].to_vec(),
-        })
+        .map(|c| Contribution::new(c.node_id.clone(), c.delta[range.clone()].to_vec()))
         .collect()
 }
 

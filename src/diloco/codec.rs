@@ -17,6 +17,9 @@
 //! [`encode`] is for our own Δ; [`decode`] is for a peer's bytes and never panics: it returns a
 //! [`CodecError`] for anything malformed, non-finite, of the wrong size or too large in norm.
 
+use std::ops::Range;
+use std::sync::Arc;
+
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
@@ -625,6 +628,59 @@ pub fn decode(bytes: &[u8], expected_len: usize, max_norm: f32) -> Result<Vec<f3
         return Err(CodecError::NormTooLarge { norm, max_norm });
     }
     Ok(out)
+}
+
+/// Decodes as [`decode`] does, and keeps an int8 message's bytes as [`Int8Codes`] (shared, not
+/// copied) for the rules that read codes instead of values.
+pub fn decode_keeping_codes(
+    bytes: Arc<Vec<u8>>,
+    expected_len: usize,
+    max_norm: f32,
+) -> Result<(Vec<f32>, Option<Int8Codes>), CodecError> {
+    let values = decode(&bytes, expected_len, max_norm)?;
+    let parsed = parse(&bytes, expected_len)?;
+    let codes = (parsed.codec == Codec::Int8).then(|| Int8Codes {
+        block: (parsed.param as usize).min(expected_len.max(1)),
+        len: expected_len,
+        bytes: Arc::clone(&bytes),
+    });
+    Ok((values, codes))
+}
+
+/// The codes of an int8 message that [`decode_keeping_codes`] accepted: scales finite and ≥ 0,
+/// codes in [−127, 127]. The Gram matrix of such messages is computed from their codes
+/// (`aggregate::pairwise_sq_distances`): a quarter of the bytes of the values, and per block
+/// exact integer products.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Int8Codes {
+    bytes: Arc<Vec<u8>>,
+    block: usize,
+    len: usize,
+}
+
+impl Int8Codes {
+    /// Values per block (the last block may be shorter).
+    pub fn block(&self) -> usize {
+        self.block
+    }
+
+    /// Values the message holds.
+    pub fn num_values(&self) -> usize {
+        self.len
+    }
+
+    /// Blocks the message holds.
+    pub fn num_blocks(&self) -> usize {
+        self.len.div_ceil(self.block)
+    }
+
+    /// The payload bytes of `blocks`, each `[f32 scale, little-endian][its codes as i8]`.
+    /// Panics when the range is past [`Self::num_blocks`].
+    pub fn blocks(&self, blocks: Range<usize>) -> &[u8] {
+        let stride = 4 + self.block;
+        let payload = &self.bytes[HEADER_LEN..];
+        &payload[blocks.start * stride..(blocks.end * stride).min(payload.len())]
+    }
 }
 
 /// Error feedback (Karimireddy et al., 2019, "Error Feedback Fixes SignSGD"; as used with

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 
-use super::codec::{Codec, decode, max_encoded_len};
+use super::codec::{Codec, max_encoded_len};
 use super::heal::{HealPlan, OwnState, PeerOuterState, catching_up, disagrees, heal_decision};
 use super::round::{
     RoundDecision, RoundOptions, RoundProgress, RoundSummary, has_quorum, quorum, round_decision,
@@ -407,6 +407,7 @@ impl RoundMachine {
         };
         if !own.delta.is_empty() {
             shard.own_delta(Arc::new(std::mem::take(&mut own.delta)));
+            own.int8 = None;
         }
     }
 
@@ -544,22 +545,18 @@ impl RoundMachine {
         peers.get(node_id).map_or(0.0, |p| p.weight)
     }
 
-    /// This node's H inner steps are done: its delta (`own`, decoded as peers will decode it)
-    /// is served as blob `blob`.
-    pub fn own_delta(&mut self, now: Instant, own: Vec<f32>, blob: BlobId) -> Vec<Effect> {
+    /// This node's H inner steps are done: its delta (`own`, decoded as peers will decode it,
+    /// with its codes when it went out as int8: [`Contribution::decoded`]) is served as blob
+    /// `blob`.
+    pub fn own_delta(&mut self, now: Instant, own: Contribution, blob: BlobId) -> Vec<Effect> {
+        debug_assert_eq!(own.node_id, self.node_id, "own delta under another id");
         self.open.own_ready_at = Some(now);
         self.open.own_delta = Some(blob);
-        self.open.own_delta_norm = Some(crate::aggregate::norm(&own));
+        self.open.own_delta_norm = Some(crate::aggregate::norm(&own.delta));
         self.open
             .delta_hashes
             .insert(self.node_id.clone(), blob.to_string());
-        self.open.contributions.insert(
-            self.node_id.clone(),
-            Contribution {
-                node_id: self.node_id.clone(),
-                delta: own,
-            },
-        );
+        self.open.contributions.insert(self.node_id.clone(), own);
         self.place_own_delta();
         self.evaluate(now)
     }
@@ -681,10 +678,7 @@ impl RoundMachine {
     fn parts_in(&mut self, now: Instant, node_id: &str) -> Vec<Effect> {
         self.open.contributions.insert(
             node_id.to_string(),
-            Contribution {
-                node_id: node_id.to_string(),
-                delta: Vec::new(),
-            },
+            Contribution::new(node_id.to_string(), Vec::new()),
         );
         self.evaluate(now)
     }
@@ -852,17 +846,14 @@ impl RoundMachine {
         }
         let decoded = fetched.and_then(|bytes| {
             self.open.bytes_received += bytes.len() as u64;
-            decode(&bytes, self.rules.params, self.rules.max_delta_norm).map_err(|e| e.to_string())
+            Contribution::decoded(node_id, bytes, self.rules.params, self.rules.max_delta_norm)
+                .map_err(|e| e.to_string())
         });
         let mut effects = match decoded {
-            Ok(delta) => {
+            Ok(contribution) => {
                 self.open
                     .delta_hashes
                     .insert(node_id.to_string(), delta_hash.to_string());
-                let contribution = Contribution {
-                    node_id: node_id.to_string(),
-                    delta,
-                };
                 self.open
                     .contributions
                     .insert(node_id.to_string(), contribution);
@@ -1230,7 +1221,7 @@ mod tests {
         );
 
         assert_eq!(
-            aggregation(&m.own_delta(t0, vec![0.5; 4], own_blob())),
+            aggregation(&m.own_delta(t0, Contribution::new("me", vec![0.5; 4]), own_blob())),
             None
         );
         assert!(m.state().contains("waiting"), "{}", m.state());
@@ -1284,7 +1275,10 @@ mod tests {
         let bytes = encoded(&[0.5; 8]);
         let p1 = announcement("p1", 3, &theta0, &bytes);
         assert!(m.announced(peers[0].peer_id, p1).is_empty());
-        assert!(m.own_delta(t0, vec![0.1; 8], own_blob()).is_empty());
+        assert!(
+            m.own_delta(t0, Contribution::new("me", vec![0.1; 8]), own_blob())
+                .is_empty()
+        );
         assert!(m.open.shard.is_none());
         assert!(
             m.state()
@@ -1309,7 +1303,7 @@ mod tests {
         // on those it hears, in time to fetch their deltas.
         let (mut m, ..) = three_peers_of(rules);
         m.trainers_heard(peers[..2].to_vec());
-        m.own_delta(t0, vec![0.1; 8], own_blob());
+        m.own_delta(t0, Contribution::new("me", vec![0.1; 8]), own_blob());
         assert!(m.tick(t0 + OPTIONS.deadline / 3).is_empty());
         assert!(m.open.shard.is_none() && !m.open.mode_decided);
         m.tick(t0 + OPTIONS.deadline / 2);
@@ -1334,7 +1328,7 @@ mod tests {
         let mut m = RoundMachine::new("me".into(), rules, 3, hash_of(&[0.0; 4]));
         m.start_listening(t0);
         // Alone, with min_peers 1, the round would close on its own delta at once.
-        let own = m.own_delta(at(2), vec![0.5; 4], own_blob());
+        let own = m.own_delta(at(2), Contribution::new("me", vec![0.5; 4]), own_blob());
         assert_eq!(aggregation(&own), None);
         assert!(m.state().contains("listening"), "{}", m.state());
         // Peers heard meanwhile: their announcements wait until the node knows the members.
@@ -1379,7 +1373,7 @@ mod tests {
         let bytes = encoded(&[1.0, 0.0, 0.0, 0.0]);
         let hash = BlobId::of(&bytes).to_string();
         m.announced(peer_id, announcement("p1", 3, &theta0, &bytes));
-        m.own_delta(t0, vec![0.5; 4], own_blob());
+        m.own_delta(t0, Contribution::new("me", vec![0.5; 4]), own_blob());
         let effects = m.delta_fetched(t0, 3, "p1", &hash, Ok(Arc::new(bytes)));
         let Some(Effect::Aggregate { contributions, .. }) = effects.into_iter().last() else {
             panic!("the round should close");
@@ -1454,7 +1448,7 @@ mod tests {
         m.trainers_heard(vec![peer, trainer("p2", 3, &theta0)]);
         let nan = encoded(&[f32::NAN; 4]);
         m.announced(peer_id, announcement("p1", 3, &theta0, &nan));
-        m.own_delta(t0, vec![0.5; 4], own_blob());
+        m.own_delta(t0, Contribution::new("me", vec![0.5; 4]), own_blob());
         let effects = m.delta_fetched(t0, 3, "p1", "h", Ok(Arc::new(nan)));
         assert!(matches!(effects.as_slice(), [Effect::Refused(why)] if why.contains("p1")));
         // 1 of 3 expected: short of the quorum (0.75 · 3) until the deadline.
@@ -1521,7 +1515,7 @@ mod tests {
         let config = AggregationConfig::default();
         // Three rounds alone: its own kept deltas establish nobody.
         for round in 3..6 {
-            let effects = m.own_delta(t0, vec![0.5; 4], own_blob());
+            let effects = m.own_delta(t0, Contribution::new("me", vec![0.5; 4]), own_blob());
             let Some(Effect::Aggregate { contributions, .. }) = effects.first() else {
                 panic!("a lone node closes at once: {effects:?}");
             };
@@ -1567,7 +1561,7 @@ mod tests {
             .map(str::to_string)
             .collect::<Vec<_>>();
         assert_eq!(placed.len(), 1, "{placed:?}");
-        m.own_delta(t0, vec![0.5; 4], own_blob());
+        m.own_delta(t0, Contribution::new("me", vec![0.5; 4]), own_blob());
         m.delta_fetched(t0, 3, "p1", &hash, Ok(Arc::new(bytes.clone())));
         let effects = m.delta_fetched(t0, 3, &placed[0], &hash, Ok(Arc::new(bytes)));
         assert!(
@@ -1603,7 +1597,7 @@ mod tests {
         let mut m = machine(WeightRule::Permissioned);
         let before = m.theta0_hash().to_string();
         m.trainers_heard(vec![trainer("p1", 3, &before), trainer("p2", 3, &before)]);
-        m.own_delta(t0, vec![0.5; 4], own_blob());
+        m.own_delta(t0, Contribution::new("me", vec![0.5; 4]), own_blob());
         let effects = m.tick(t0 + OPTIONS.deadline);
         assert!(aggregation(&effects).is_some());
         m.closed(t0 + OPTIONS.deadline, Err("test".into()));
@@ -1627,7 +1621,10 @@ mod tests {
         let (mut m, peers, theta0) = three_peers_of(sharding_rules(4));
         m.trainers_heard(peers.clone());
         let delta = |i: usize| -> Vec<f32> { (0..8).map(|j| (i * 8 + j) as f32 * 0.1).collect() };
-        assert!(m.own_delta(t0, delta(0), own_blob()).is_empty());
+        assert!(
+            m.own_delta(t0, Contribution::new("me", delta(0)), own_blob())
+                .is_empty()
+        );
         let plan = m
             .open
             .shard
@@ -1694,10 +1691,7 @@ mod tests {
         // The peers claim their slices; reports this node has already (its partner's equal
         // ones) are not fetched.
         let all: Vec<Contribution> = (0..4)
-            .map(|i| Contribution {
-                node_id: ["me", "p1", "p2", "p3"][i].into(),
-                delta: delta(i),
-            })
+            .map(|i| Contribution::new(["me", "p1", "p2", "p3"][i], delta(i)))
             .collect();
         let lied_on = (0..plan.slices()).find(|s| !mine.contains(s)).unwrap();
         let liars: Vec<String> = plan.group(lied_on).iter().map(|a| a.to_string()).collect();
@@ -1815,7 +1809,7 @@ mod tests {
                     .map(|id| trainer(id, 3, &theta0))
                     .collect(),
             );
-            m.own_delta(t0, vec![0.5; 8], own_blob());
+            m.own_delta(t0, Contribution::new("me", vec![0.5; 8]), own_blob());
             (m.slice_group(0), m.take_shard_note().unwrap_or_default())
         };
         let (group, note) = mode(PreAggregation::Nnm);

@@ -185,10 +185,8 @@ impl ShardRound {
         contributors
             .iter()
             .filter_map(|id| {
-                self.part(slice, id).map(|delta| Contribution {
-                    node_id: id.clone(),
-                    delta,
-                })
+                self.part(slice, id)
+                    .map(|delta| Contribution::new(id.clone(), delta))
             })
             .collect()
     }

@@ -6,8 +6,9 @@ use libp2p::StreamProtocol;
 
 /// Version of NeuroShard's own wire protocols (gossip messages, blobs), and of what every node
 /// must compute alike from them: 2 took pairwise distances (Krum, Multi-Krum, nearest-neighbour
-/// mixing) from the Gram matrix, which changes their last bits and so the verdicts of near-ties.
-const WIRE_VERSION: u32 = 2;
+/// mixing) from the Gram matrix, which changes their last bits and so the verdicts of near-ties;
+/// 3 takes that Gram matrix from the int8 codes when every contribution came as int8.
+const WIRE_VERSION: u32 = 3;
 
 /// The names one network speaks.
 #[derive(Debug, Clone)]
