@@ -1019,6 +1019,14 @@ mod tests {
                 );
             }
         }
+        // A receiver keeps the codes with the values.
+        let (values, codes) = decode_keeping_codes(Arc::new(bytes), n, f32::INFINITY).unwrap();
+        assert_eq!(values, decoded);
+        let codes = codes.expect("an int8 message keeps its codes");
+        assert_eq!(
+            (codes.num_values(), codes.block()),
+            (n, block.min(n.max(1)))
+        );
     }
 
     #[test]
