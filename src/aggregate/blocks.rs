@@ -406,6 +406,19 @@ pub(super) struct Pairwise {
     pub sq_norms: Vec<f64>,
     /// Whether every input value is finite.
     pub finite: bool,
+    /// Whether G came from the int8 codes rather than the values.
+    pub from_codes: bool,
+}
+
+impl Pairwise {
+    /// What a rule's note adds about where its distances came from.
+    pub fn source_note(&self) -> &'static str {
+        if self.from_codes {
+            ", distances from the int8 codes"
+        } else {
+            ""
+        }
+    }
 }
 
 /// The squared L2 distances between contributions, their squared norms and whether every input
@@ -422,7 +435,9 @@ pub(super) struct Pairwise {
 /// their norm, which no verdict can tell apart.
 pub(super) fn pairwise_sq_distances(cs: &[Contribution], d: usize) -> Pairwise {
     let n = cs.len();
-    let (gram, finite) = match same_int8_codes(cs, d) {
+    let codes = same_int8_codes(cs, d);
+    let from_codes = codes.is_some();
+    let (gram, finite) = match codes {
         Some(codes) => (int8_gram(&codes), true),
         None => f32_gram(cs, d),
     };
@@ -444,6 +459,7 @@ pub(super) fn pairwise_sq_distances(cs: &[Contribution], d: usize) -> Pairwise {
         sq_distances: matrix,
         sq_norms: (0..n).map(|i| g(i, i)).collect(),
         finite,
+        from_codes,
     }
 }
 
@@ -657,6 +673,7 @@ mod tests {
             sq_distances: m,
             sq_norms,
             finite,
+            ..
         } = pairwise_sq_distances(&cs, d);
         assert!(finite);
         for (i, c) in cs.iter().enumerate() {
@@ -700,7 +717,7 @@ mod tests {
                 .collect();
             let from_codes = pairwise_sq_distances(&coded, d);
             let from_values = pairwise_sq_distances(&values, d);
-            assert!(from_codes.finite);
+            assert!(from_codes.finite && from_codes.from_codes && !from_values.from_codes);
             let n = coded.len();
             for i in 0..n {
                 let (a, b) = (from_codes.sq_norms[i], from_values.sq_norms[i]);

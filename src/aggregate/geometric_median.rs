@@ -36,11 +36,8 @@ fn distances_from_combination(dsq: &[f64], alpha: &[f64]) -> Vec<f64> {
 
 pub(super) fn geometric_median(contributions: &[Contribution], d: usize, f: usize) -> Outcome {
     let n = contributions.len();
-    let blocks::Pairwise {
-        sq_distances: dsq,
-        finite: inputs_finite,
-        ..
-    } = blocks::pairwise_sq_distances(contributions, d);
+    let pairwise = blocks::pairwise_sq_distances(contributions, d);
+    let (dsq, inputs_finite) = (&pairwise.sq_distances, pairwise.finite);
     let scale = dsq.iter().copied().fold(0.0, f64::max).sqrt();
     // Nothing to iterate on: identical inputs, or ones `aggregate` refuses anyway.
     if scale == 0.0 || !inputs_finite {
@@ -57,7 +54,7 @@ pub(super) fn geometric_median(contributions: &[Contribution], d: usize, f: usiz
     }
     let nu = SMOOTHING * scale;
     let mut alpha = vec![1.0 / n as f64; n];
-    let mut distances = distances_from_combination(&dsq, &alpha);
+    let mut distances = distances_from_combination(dsq, &alpha);
     let mut objective: f64 = distances.iter().sum();
     let mut iterations = 0;
     let mut converged = false;
@@ -66,7 +63,7 @@ pub(super) fn geometric_median(contributions: &[Contribution], d: usize, f: usiz
         let beta: Vec<f64> = distances.iter().map(|&x| 1.0 / x.max(nu)).collect();
         let total: f64 = beta.iter().sum();
         alpha = beta.iter().map(|b| b / total).collect();
-        distances = distances_from_combination(&dsq, &alpha);
+        distances = distances_from_combination(dsq, &alpha);
         let next: f64 = distances.iter().sum();
         converged = (objective - next).abs() <= TOLERANCE * next;
         objective = next;
@@ -88,7 +85,10 @@ pub(super) fn geometric_median(contributions: &[Contribution], d: usize, f: usiz
         delta: pass.out,
         inputs_finite,
         verdicts: verdicts(contributions, kept_nearest(&distances, f, floor), alpha),
-        note: format!("Weiszfeld {state} after {iterations} iterations"),
+        note: format!(
+            "Weiszfeld {state} after {iterations} iterations{}",
+            pairwise.source_note()
+        ),
     }
 }
 

@@ -20,11 +20,9 @@ pub(super) fn multi_krum(contributions: &[Contribution], d: usize, f: usize, m: 
     let n = contributions.len();
     debug_assert!(n >= 2 * f + 3 && (1..=n - f).contains(&m));
     let neighbours = n - f - 2;
-    let blocks::Pairwise {
-        sq_distances: distances,
-        sq_norms,
-        finite: inputs_finite,
-    } = blocks::pairwise_sq_distances(contributions, d);
+    let pairwise = blocks::pairwise_sq_distances(contributions, d);
+    let (distances, sq_norms, inputs_finite) =
+        (&pairwise.sq_distances, &pairwise.sq_norms, pairwise.finite);
     let mut row = Vec::with_capacity(n);
     let scores: Vec<f64> = (0..n)
         .map(|i| {
@@ -63,11 +61,15 @@ pub(super) fn multi_krum(contributions: &[Contribution], d: usize, f: usize, m: 
     };
     let note = if m == 1 {
         format!(
-            "selected {} (Krum score over the {neighbours} nearest)",
-            contributions[selected[0]].node_id
+            "selected {} (Krum score over the {neighbours} nearest{})",
+            contributions[selected[0]].node_id,
+            pairwise.source_note()
         )
     } else {
-        format!("averaged {m} of {n} by Krum score over the {neighbours} nearest")
+        format!(
+            "averaged {m} of {n} by Krum score over the {neighbours} nearest{}",
+            pairwise.source_note()
+        )
     };
     // A score sums `neighbours` squared distances: the floor in the same unit.
     let floor = neighbours as f64 * outlier_floor(norm).powi(2);

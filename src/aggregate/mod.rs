@@ -1009,6 +1009,15 @@ mod tests {
             }
             let kept = |a: &Aggregate| a.verdicts.iter().map(|v| v.kept).collect::<Vec<_>>();
             assert_eq!(kept(&from_codes), kept(&from_values), "{}", rule.name());
+            // The reason says where the distances came from.
+            let pairwise = matches!(rule, Rule::Krum | Rule::MultiKrum | Rule::GeometricMedian);
+            let said = |a: &Aggregate| a.reason.contains("distances from the int8 codes");
+            assert_eq!(
+                (said(&from_codes), said(&from_values)),
+                (pairwise, false),
+                "{}",
+                from_codes.reason
+            );
         }
     }
 
