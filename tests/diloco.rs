@@ -233,6 +233,14 @@ fn robust_rules_hold_against_a_sign_flipper_and_nnm_against_informed_ipm() {
             .contains("nnm: each of 5 inputs"),
         "{mixed_round}"
     );
+    // Deltas travel as int8 by default, so Krum's distances come from the messages' codes.
+    assert!(
+        krum_round["reason"]
+            .as_str()
+            .unwrap()
+            .contains("distances from the int8 codes"),
+        "{krum_round}"
+    );
     assert!(
         spoiled > 1.2 * clean,
         "the attack should spoil the plain mean: {spoiled} vs clean {clean}"
