@@ -164,6 +164,61 @@ pub(super) fn combine<'a>(
     }
 }
 
+/// Per coordinate Σ wᵢ·xᵢ over `weighted` (input index, weight), added in that order from −0.0 as
+/// [`combine`] adds, `finish`ed into f32; and the result's norm ([`norm`]'s bits). When every
+/// contribution came as int8 with one block size, from the codes: each value computed as the
+/// decoder computes it (code × scale in f32), so the output has the same bits as from the
+/// values, from a quarter of the bytes; otherwise one [`pass`] over the values.
+pub(super) fn weighted_sum(
+    cs: &[Contribution],
+    d: usize,
+    weighted: &[(usize, f64)],
+    finish: impl Fn(f64) -> f32 + Sync + Send,
+) -> (Vec<f32>, f64) {
+    let Some(codes) = same_int8_codes(cs, d) else {
+        let pass = pass(
+            cs,
+            vec![0.0; d],
+            Measure::NOTHING,
+            #[inline(always)]
+            |cols, out| combine(out, weighted.iter().map(|&(i, w)| (cols[i], w)), &finish),
+        );
+        return (pass.out, pass.norm);
+    };
+    let block = codes.first().map_or(1, |q| q.block());
+    // Whole int8 blocks per task, about a block of the passes.
+    let chunk = (BLOCK / block).max(1) * block;
+    let mut out = vec![0.0f32; d];
+    let simd = Simd::widest();
+    out.par_chunks_mut(chunk)
+        .enumerate()
+        .for_each_init(Vec::new, |sums, (c, out)| {
+            simd.run(
+                #[inline(always)]
+                || {
+                    sums.clear();
+                    sums.resize(out.len(), -0.0f64);
+                    let first = c * chunk / block;
+                    let blocks = first..first + out.len().div_ceil(block);
+                    for &(i, w) in weighted {
+                        let payload = codes[i].blocks(blocks.clone());
+                        for (sums, b) in sums.chunks_mut(block).zip(payload.chunks(4 + block)) {
+                            let scale = f32::from_le_bytes(b[..4].try_into().expect("4 bytes"));
+                            for (s, &q) in sums.iter_mut().zip(&b[4..]) {
+                                *s += w * f64::from(q as i8 as f32 * scale);
+                            }
+                        }
+                    }
+                    for (o, &s) in out.iter_mut().zip(sums.iter()) {
+                        *o = finish(s);
+                    }
+                },
+            )
+        });
+    let norm = norm(&out);
+    (out, norm)
+}
+
 /// One vector per group: output g is the mean of the contributions `groups[g]` names, per
 /// coordinate their values added in the group's order (as [`combine`] does) and divided by the
 /// group's size, so a group of one is its input bit for bit and k copies of one vector are that

@@ -11,7 +11,7 @@
 //! Verdict: kept unless among the f farthest from z (L2); score: the final normalised Weiszfeld
 //! weight αᵢ (the weights sum to 1; an outlier's is small).
 
-use super::blocks::{self, Measure};
+use super::blocks;
 use super::{Contribution, Outcome, kept_nearest, outlier_floor, verdicts};
 
 /// Upper bound on Weiszfeld iterations (each costs O(n²), not a pass over the deltas).
@@ -69,20 +69,12 @@ pub(super) fn geometric_median(contributions: &[Contribution], d: usize, f: usiz
         objective = next;
     }
 
-    let pass = blocks::pass(
-        contributions,
-        vec![0.0; d],
-        Measure::NOTHING,
-        #[inline(always)]
-        |cols, out| {
-            let weighted = cols.iter().zip(&alpha).map(|(col, a)| (*col, *a));
-            blocks::combine(out, weighted, |z| z as f32);
-        },
-    );
+    let weighted: Vec<(usize, f64)> = alpha.iter().copied().enumerate().collect();
+    let (delta, norm) = blocks::weighted_sum(contributions, d, &weighted, |z| z as f32);
     let state = if converged { "converged" } else { "stopped" };
-    let floor = outlier_floor(pass.norm);
+    let floor = outlier_floor(norm);
     Outcome {
-        delta: pass.out,
+        delta,
         inputs_finite,
         verdicts: verdicts(contributions, kept_nearest(&distances, f, floor), alpha),
         note: format!(

@@ -12,7 +12,7 @@
 //! better. Ties in score are broken by node id, so the selection does not depend on the input
 //! order.
 
-use super::blocks::{self, Measure};
+use super::blocks;
 use super::{Contribution, Outcome, kept_nearest, outlier_floor, verdicts};
 
 /// Multi-Krum with `m` (1 ≤ m ≤ n − f) selected; Krum is m = 1. Needs n ≥ 2f + 3.
@@ -42,22 +42,12 @@ pub(super) fn multi_krum(contributions: &[Contribution], d: usize, f: usize, m: 
     let selected = &ranking[..m];
 
     let (delta, norm) = if m == 1 {
-        // The norm from the Gram matrix's diagonal: the bits of `blocks::norm`, without reading
-        // the selected delta again.
+        // The norm from the Gram matrix's diagonal, without reading the selected delta again.
         let chosen = selected[0];
         (contributions[chosen].delta.clone(), sq_norms[chosen].sqrt())
     } else {
-        let pass = blocks::pass(
-            contributions,
-            vec![0.0; d],
-            Measure::NOTHING,
-            #[inline(always)]
-            |cols, out| {
-                let chosen = selected.iter().map(|&i| (cols[i], 1.0));
-                blocks::combine(out, chosen, |sum| (sum / m as f64) as f32);
-            },
-        );
-        (pass.out, pass.norm)
+        let chosen: Vec<(usize, f64)> = selected.iter().map(|&i| (i, 1.0)).collect();
+        blocks::weighted_sum(contributions, d, &chosen, |sum| (sum / m as f64) as f32)
     };
     let note = if m == 1 {
         format!(
