@@ -915,35 +915,28 @@ impl SyncActor {
             work,
         } = own;
         // Our own contribution is what peers will decode, so every node combines the same inputs.
-        let (bytes, own) = match self.settings.attack {
-            None => {
-                let bytes = Arc::new(self.feedback.encode(&self.settings.compression, &delta));
-                let own = Contribution::decoded(
-                    self.node_id.clone(),
-                    Arc::clone(&bytes),
-                    delta.len(),
-                    f32::INFINITY,
-                );
-                match own {
-                    Ok(own) => (bytes, own),
-                    Err(e) => {
-                        return error!(error = %e, "cannot decode our own delta; round skipped");
-                    }
-                }
-            }
-            // The Byzantine fault switch: peers get the poisoned delta; this node keeps what
-            // decodes of it, or its honest delta when nothing does (NaN).
+        // The Byzantine fault switch: peers get the poisoned delta.
+        let bytes = Arc::new(match self.settings.attack {
+            None => self.feedback.encode(&self.settings.compression, &delta),
             Some(attack) => {
                 let poisoned = poison_informed(attack, &delta, seen, round);
-                let bytes = Arc::new(encode(&self.settings.compression, &poisoned));
-                let own = Contribution::decoded(
-                    self.node_id.clone(),
-                    Arc::clone(&bytes),
-                    delta.len(),
-                    f32::INFINITY,
-                )
-                .unwrap_or_else(|_| Contribution::new(self.node_id.clone(), delta));
-                (bytes, own)
+                encode(&self.settings.compression, &poisoned)
+            }
+        });
+        let decoded = Contribution::decoded(
+            self.node_id.clone(),
+            Arc::clone(&bytes),
+            delta.len(),
+            f32::INFINITY,
+        );
+        let own = match decoded {
+            Ok(own) => own,
+            // An attacker keeps its honest delta when nothing of the poisoned one decodes (NaN).
+            Err(_) if self.settings.attack.is_some() => {
+                Contribution::new(self.node_id.clone(), delta)
+            }
+            Err(e) => {
+                return error!(error = %e, "cannot decode our own delta; round skipped");
             }
         };
         let id = BlobId::of(&bytes);

@@ -35,28 +35,24 @@ mod tests {
     use super::super::test_support::*;
     use super::super::*;
 
-    fn ct(id: &str, delta: Vec<f32>) -> Contribution {
-        Contribution::new(id, delta)
-    }
-
     fn mean(cs: &[Contribution]) -> Aggregate {
         run(Rule::Mean, 1, cs)
     }
 
     #[test]
     fn every_contributor_counts_once_and_is_kept() {
-        let out = mean(&[ct("a", vec![1.0, 0.0]), ct("b", vec![5.0, 4.0])]);
+        let out = mean(&[c("a", vec![1.0, 0.0]), c("b", vec![5.0, 4.0])]);
         assert_eq!(out.delta, vec![3.0, 2.0]);
         assert!(out.verdicts.iter().all(|v| v.kept && v.score == 0.5));
         assert_eq!(out.reason, "mean: n = 2 meets n ≥ 1");
-        let out = mean(&[ct("a", vec![1.0]), ct("b", vec![2.0]), ct("c", vec![6.0])]);
+        let out = mean(&[c("a", vec![1.0]), c("b", vec![2.0]), c("c", vec![6.0])]);
         assert_eq!(out.delta, [3.0]);
         assert!(out.verdicts.iter().all(|v| v.score == 1.0 / 3.0));
     }
 
     #[test]
     fn a_single_input_is_returned_as_is() {
-        let out = mean(&[ct("a", vec![0.25, -3.0])]);
+        let out = mean(&[c("a", vec![0.25, -3.0])]);
         assert_eq!(out.delta, vec![0.25, -3.0]);
     }
 
@@ -70,9 +66,9 @@ mod tests {
     #[test]
     fn values_near_the_largest_f32_do_not_overflow() {
         let out = mean(&[
-            ct("a", vec![f32::MAX]),
-            ct("b", vec![f32::MAX]),
-            ct("c", vec![f32::MAX]),
+            c("a", vec![f32::MAX]),
+            c("b", vec![f32::MAX]),
+            c("c", vec![f32::MAX]),
         ]);
         assert_eq!(out.delta, [f32::MAX]);
     }
@@ -93,11 +89,11 @@ mod tests {
         let cfg = config(Rule::Mean, 1);
         assert_eq!(aggregate(&cfg, 0, &[]), Err(AggregateError::Empty));
         assert!(matches!(
-            aggregate(&cfg, 0, &[ct("a", vec![1.0]), ct("b", vec![1.0, 2.0])]),
+            aggregate(&cfg, 0, &[c("a", vec![1.0]), c("b", vec![1.0, 2.0])]),
             Err(AggregateError::LengthMismatch { .. })
         ));
         assert_eq!(
-            aggregate(&cfg, 0, &[ct("a", vec![f32::NAN])]),
+            aggregate(&cfg, 0, &[c("a", vec![f32::NAN])]),
             Err(AggregateError::NonFinite("a".into()))
         );
     }
