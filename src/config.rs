@@ -170,6 +170,8 @@ pub struct DilocoSection {
     pub inner_steps: u64,
     pub outer_lr: f32,
     pub outer_momentum: f32,
+    /// Rounds over which the outer momentum grows from 0 to `outer_momentum`.
+    pub outer_momentum_warmup_rounds: u64,
     /// Contributions (this node's included) a round needs before its deadline.
     pub min_peers: usize,
     /// Fraction of the expected trainers a round needs before its deadline.
@@ -205,6 +207,7 @@ impl DilocoSection {
             lr: self.outer_lr,
             momentum: self.outer_momentum,
             momentum_at_workers: self.aggregation.worker_momentum,
+            momentum_warmup_rounds: self.outer_momentum_warmup_rounds,
         }
     }
 }
@@ -292,7 +295,8 @@ impl Default for DilocoSection {
         Self {
             inner_steps: 500,
             outer_lr: 1.0,
-            outer_momentum: 0.5,
+            outer_momentum: 0.7,
+            outer_momentum_warmup_rounds: 4,
             min_peers: 1,
             quorum_fraction: 0.66,
             round_deadline_s: 120,
@@ -486,6 +490,18 @@ impl Config {
                  (EXPERIMENTS.md, \"Why C trails B at micro\"). Consider outer_momentum = 0 for \
                  rounds shorter than {SHORT_ROUND_STEPS} steps",
                 d.outer_momentum, d.inner_steps
+            ));
+        }
+        if self.model.init_weights.is_some()
+            && d.outer_momentum_warmup_rounds > 0
+            && d.outer_momentum > 0.0
+        {
+            advice.push(format!(
+                "diloco.outer_momentum_warmup_rounds = {} with model.init_weights: the warm-up is \
+                 for a network's first rounds from random weights; from a trained start the full \
+                 momentum from round 0 ended nearer data-parallel (EXPERIMENTS.md, \"A momentum \
+                 warm-up\"). Consider outer_momentum_warmup_rounds = 0",
+                d.outer_momentum_warmup_rounds
             ));
         }
         advice
@@ -798,8 +814,22 @@ mod tests {
         config.diloco.inner_steps = 10;
         let advice = config.advice();
         assert_eq!(advice.len(), 1, "{advice:?}");
-        assert!(advice[0].starts_with("diloco.outer_momentum = 0.5 with rounds of 10"));
+        assert!(advice[0].starts_with("diloco.outer_momentum = 0.7 with rounds of 10"));
         config.diloco.outer_momentum = 0.0;
+        assert!(config.advice().is_empty());
+    }
+
+    #[test]
+    fn a_trained_start_with_a_momentum_warm_up_gets_advice() {
+        let mut config = Config::default();
+        config.model.init_weights = Some("trained.safetensors".into());
+        let advice = config.advice();
+        assert_eq!(advice.len(), 1, "{advice:?}");
+        assert!(
+            advice[0]
+                .starts_with("diloco.outer_momentum_warmup_rounds = 4 with model.init_weights")
+        );
+        config.diloco.outer_momentum_warmup_rounds = 0;
         assert!(config.advice().is_empty());
     }
 

@@ -554,9 +554,12 @@ impl Simulation {
             let mut next = self.states[&state].clone();
             next.round = round + 1;
             if check_aggregate(&aggregate.delta, self.settings.max_delta_norm).is_ok() {
-                self.settings
-                    .outer
-                    .step(&mut next.theta0, &mut next.momentum, &aggregate.delta);
+                self.settings.outer.step(
+                    round,
+                    &mut next.theta0,
+                    &mut next.momentum,
+                    &aggregate.delta,
+                );
             }
             self.states.insert(self.next_state, next);
             moved.insert(*group, self.next_state);

@@ -578,9 +578,12 @@ impl SyncActor {
         match &checked {
             Ok((aggregate, _)) => {
                 let mut theta0 = self.theta0.to_vec();
-                self.settings
-                    .optimizer
-                    .step(&mut theta0, &mut self.momentum, &aggregate.delta);
+                self.settings.optimizer.step(
+                    round,
+                    &mut theta0,
+                    &mut self.momentum,
+                    &aggregate.delta,
+                );
                 self.theta0 = Arc::new(theta0);
                 if let Some(momentum) = pending_momentum {
                     self.momentum = momentum;
@@ -799,10 +802,11 @@ impl Handler<InnerRoundDone> for SyncActor {
             return;
         }
         // With worker momentum, this node's Nesterov direction in place of Δ.
-        let (delta, next_momentum) = self
-            .settings
-            .optimizer
-            .worker_direction(&self.momentum, pseudo_gradient(&self.theta0, &msg.theta_h));
+        let (delta, next_momentum) = self.settings.optimizer.worker_direction(
+            round,
+            &self.momentum,
+            pseudo_gradient(&self.theta0, &msg.theta_h),
+        );
         self.pending_momentum = next_momentum;
         let own = OwnDelta {
             round,

@@ -78,8 +78,12 @@ pub struct Options {
     #[arg(long, default_value_t = 1.0)]
     pub outer_lr: f64,
     /// Outer Nesterov momentum of the DiLoCo runs (the node's default; the paper's is 0.9).
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.7)]
     pub outer_momentum: f64,
+    /// Rounds over which the outer momentum grows from 0 (the node's default; the paper's and
+    /// the runs of EXPERIMENTS.md before 2026-12-06 have none: 0).
+    #[arg(long, default_value_t = 4)]
+    pub outer_momentum_warmup_rounds: u64,
     /// Peak AdamW learning rate of every run's inner steps (`[training] lr`); the node's
     /// default (1e-3) unless given.
     #[arg(long)]
@@ -145,6 +149,7 @@ pub struct RunSpec {
     pub rounds: u64,
     pub outer_lr: f64,
     pub outer_momentum: f64,
+    pub outer_momentum_warmup_rounds: u64,
     /// `[training] lr`, when not the node's default.
     pub inner_lr: Option<f64>,
     /// `[training] eval_every_rounds`: the curve's points.
@@ -173,6 +178,7 @@ impl RunSpec {
             rounds,
             outer_lr: 1.0,
             outer_momentum: 0.0,
+            outer_momentum_warmup_rounds: 0,
             inner_lr: o.inner_lr,
             eval_every_rounds: o.eval_every,
             worker_momentum: false,
@@ -195,6 +201,7 @@ impl RunSpec {
             rounds: o.rounds,
             outer_lr: o.outer_lr,
             outer_momentum: o.outer_momentum,
+            outer_momentum_warmup_rounds: o.outer_momentum_warmup_rounds,
             inner_lr: o.inner_lr,
             eval_every_rounds: o.eval_every,
             worker_momentum: o.worker_momentum,
@@ -242,6 +249,10 @@ impl RunSpec {
             ("TRAINING__LOG_EVERY", "100".into()),
             ("DILOCO__OUTER_LR", self.outer_lr.to_string()),
             ("DILOCO__OUTER_MOMENTUM", self.outer_momentum.to_string()),
+            (
+                "DILOCO__OUTER_MOMENTUM_WARMUP_ROUNDS",
+                self.outer_momentum_warmup_rounds.to_string(),
+            ),
             (
                 "DILOCO__AGGREGATION__WORKER_MOMENTUM",
                 self.worker_momentum.to_string(),
@@ -457,8 +468,8 @@ fn command_of(o: &Options, run: &RunSpec, seed: u64) -> String {
     );
     if group != "A" && group != "A1" && group != "B" {
         command += &format!(
-            " --outer-lr {} --outer-momentum {}",
-            run.outer_lr, run.outer_momentum
+            " --outer-lr {} --outer-momentum {} --outer-momentum-warmup-rounds {}",
+            run.outer_lr, run.outer_momentum, run.outer_momentum_warmup_rounds
         );
     }
     match group {
@@ -815,6 +826,7 @@ mod tests {
             pre: vec!["none".into()],
             outer_lr: 0.7,
             outer_momentum: 0.9,
+            outer_momentum_warmup_rounds: 0,
             inner_lr: None,
             eval_every: 1,
             run_timeout: 3600,
