@@ -75,6 +75,25 @@ fn four_nodes_agree_on_theta0_every_round_and_learn() {
         );
         assert!(last["bytes_received"].as_u64().unwrap() > 0, "{last}");
     }
+    // The shipped outer optimizer: its momentum warms up from 0 at round 0 to 0.7 from round 4,
+    // as each node's "round closed" log line says.
+    let mut momentum: BTreeMap<u64, f32> = BTreeMap::new();
+    for node in &nodes {
+        let closed = node.get("/api/logs?target=sync&q=outer_momentum&limit=100");
+        for line in closed["lines"].as_array().unwrap() {
+            let message = line["message"].as_str().unwrap();
+            let field = |name: &str| message.split(' ').find_map(|w| w.strip_prefix(name));
+            if let (Some(round), Some(mu)) = (field("round="), field("outer_momentum=")) {
+                // tracing records the f32 as an f64: back to the f32 the step used.
+                momentum.insert(round.parse().unwrap(), mu.parse::<f64>().unwrap() as f32);
+            }
+        }
+    }
+    assert_eq!(
+        (momentum.get(&0), momentum.get(&2), momentum.get(&4)),
+        (Some(&0.0), Some(&0.35), Some(&0.7)),
+        "{momentum:?}"
+    );
     // The shared model learns: the validation loss after the rounds is well below the initial one.
     let stats = nodes[0].stats();
     let initial = f64_of(&stats, "initial_val_loss");

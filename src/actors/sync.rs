@@ -611,6 +611,8 @@ impl SyncActor {
             rejected = ?summary.rejected,
             delta_norm = ?summary.delta_norm,
             aggregate_norm = ?summary.aggregate_norm,
+            // The warm-up's μ of this round: what an operator checks the first rounds against.
+            outer_momentum = self.settings.optimizer.momentum_at(round),
             "{}",
             summary.reason
         );
