@@ -127,6 +127,13 @@ impl LogRing {
     }
 }
 
+/// The value of field `name` in a log message as [`RingLayer`] writes it (" name=value").
+pub fn message_field<'a>(message: &'a str, name: &str) -> Option<&'a str> {
+    message
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix(name)?.strip_prefix('='))
+}
+
 /// The tracing layer that feeds a [`LogRing`].
 pub struct RingLayer(pub LogRing);
 

@@ -82,8 +82,8 @@ fn four_nodes_agree_on_theta0_every_round_and_learn() {
         let closed = node.get("/api/logs?target=sync&q=outer_momentum&limit=100");
         for line in closed["lines"].as_array().unwrap() {
             let message = line["message"].as_str().unwrap();
-            let field = |name: &str| message.split(' ').find_map(|w| w.strip_prefix(name));
-            if let (Some(round), Some(mu)) = (field("round="), field("outer_momentum=")) {
+            let field = |name: &str| neuroshard::logs::message_field(message, name);
+            if let (Some(round), Some(mu)) = (field("round"), field("outer_momentum")) {
                 // tracing records the f32 as an f64: back to the f32 the step used.
                 momentum.insert(round.parse().unwrap(), mu.parse::<f64>().unwrap() as f32);
             }

@@ -789,11 +789,7 @@ fn tokens_per_step(run: &RunSpec, context: u64) -> u64 {
 
 /// (step, round, val_loss) of a trainer's "validation step=S round=R val_loss=V" log message.
 pub fn parse_validation(message: &str) -> Option<(u64, u64, f32)> {
-    let field = |name: &str| {
-        message
-            .split_whitespace()
-            .find_map(|word| word.strip_prefix(name)?.strip_prefix('='))
-    };
+    let field = |name: &str| crate::logs::message_field(message, name);
     if !message.starts_with("validation") {
         return None;
     }
